@@ -1,0 +1,6 @@
+// tinyslm: run small language models from GGUF files on the CPU.
+// This umbrella header includes every layer, lowest first (see DESIGN.md).
+#pragma once
+
+#include "tinyslm/core.hpp"
+#include "tinyslm/gguf.hpp"
