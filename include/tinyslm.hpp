@@ -4,3 +4,4 @@
 
 #include "tinyslm/core.hpp"
 #include "tinyslm/gguf.hpp"
+#include "tinyslm/quant.hpp"
