@@ -601,7 +601,7 @@ class GgufFile {
         return bad(who + " of type " + info->name + " has a row of " + std::to_string(t.ne[0]) +
                    " values, not a multiple of its block size " + std::to_string(info->block_size));
       if (detail::mul_overflows(t.n_elements / info->block_size, info->block_bytes, &t.n_bytes))
-        return bad(who + " is too large");
+        return bad(who + " has a byte size that overflows");
       if (!read(c, &t.offset)) return truncated(c, "a tensor offset");
       tensors_.push_back(t);
     }
@@ -1012,8 +1012,8 @@ class GgufWriter {
   }
 
   std::vector<uint8_t> header() const {
-    std::vector<uint8_t> out;
-    out.insert(out.end(), {'G', 'G', 'U', 'F'});
+    std::vector<uint8_t> out(4);
+    std::memcpy(out.data(), "GGUF", 4);
     put<uint32_t>(out, version_);
     put<uint64_t>(out, tensors_.size());
     put<uint64_t>(out, kvs_.size());

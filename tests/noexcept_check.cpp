@@ -1,0 +1,16 @@
+// Built with -fno-exceptions -fno-rtti: the whole library must compile and work that way.
+#include <tinyslm.hpp>
+
+#include <cstdio>
+
+int main() {
+  tinyslm::GgufWriter w;
+  w.set_u32("a.b", 7);
+  const std::vector<uint8_t> bytes = w.to_bytes();
+  auto f = tinyslm::GgufFile::from_memory(bytes.data(), bytes.size());
+  if (!f || *f->get<uint32_t>("a.b") != 7) return 1;
+  auto bad = tinyslm::GgufFile::from_memory(bytes.data(), 10);
+  if (bad) return 1;
+  std::printf("no-exceptions build ok: %s\n", bad.error().message().c_str());
+  return 0;
+}
