@@ -77,7 +77,7 @@ struct Raw {
     return *this;
   }
   Raw& header(uint64_t n_tensors, uint64_t n_kv, uint32_t version = 3) {
-    b.insert(b.end(), {'G', 'G', 'U', 'F'});
+    for (char c : {'G', 'G', 'U', 'F'}) b.push_back(static_cast<uint8_t>(c));
     return put<uint32_t>(version).put<uint64_t>(n_tensors).put<uint64_t>(n_kv);
   }
   Raw& kv_u32(std::string_view key, uint32_t v) {
