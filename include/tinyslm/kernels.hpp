@@ -1,0 +1,295 @@
+// tinyslm kernels: matrix times activations for every weight block type, with a scalar
+// reference and SIMD paths chosen at run time from the CPU's features (one binary runs
+// everywhere and never executes an instruction the CPU lacks).
+//
+//   y[i * ldy + r] = sum_k W[r][k] * x[i * cols + k]      (i < n tokens, r < rows)
+//
+// Activations are quantized once per row into the format llama.cpp pairs with the weight
+// type (Q8_0, Q8_1, Q8_K, or rounded to F16/BF16), then every inner loop is an integer dot
+// product. n == 1 runs GEMV kernels (decode, bound by memory bandwidth); n >= 2 runs
+// register-tiled GEMM kernels (prefill). Rows are split over threads in multiples of 16, and
+// every row's arithmetic is the same whatever the split, so the result does not depend on
+// the thread count.
+//
+// Paths: scalar (always), AVX2+FMA+F16C, AVX-512 BW/VL/DQ with VNNI (x86-64), NEON with
+// dotprod (AArch64), Highway static dispatch (when TINYSLM_USE_HIGHWAY). The environment
+// variable TINYSLM_SIMD=scalar|avx2|avx512|neon|highway, or set_simd_level(), forces a lower
+// path (for tests).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "core.hpp"
+#include "gguf.hpp"
+#include "quant.hpp"
+#include "kernels_scalar.hpp"
+#include "kernels_x86.hpp"
+#include "kernels_arm.hpp"
+#include "kernels_hwy.hpp"
+
+namespace tinyslm {
+inline namespace v0 {
+
+enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3, highway = 4 };
+
+inline const char* simd_level_name(SimdLevel l) {
+  switch (l) {
+    case SimdLevel::scalar: return "scalar";
+    case SimdLevel::avx2: return "avx2";
+    case SimdLevel::avx512: return "avx512";
+    case SimdLevel::neon: return "neon";
+    case SimdLevel::highway: return "highway";
+  }
+  return "unknown";
+}
+
+// Whether this build and this CPU can run a path.
+inline bool simd_level_supported(SimdLevel l) {
+  static const CpuFeatures f = detect_cpu_features();
+  (void)f;
+  switch (l) {
+    case SimdLevel::scalar: return true;
+    case SimdLevel::avx2:
+#if defined(TINYSLM_KERNELS_X86)
+      return f.has_avx2_fma();
+#else
+      return false;
+#endif
+    case SimdLevel::avx512:
+#if defined(TINYSLM_KERNELS_X86)
+      return f.has_avx512_vnni();
+#else
+      return false;
+#endif
+    case SimdLevel::neon:
+#if defined(TINYSLM_KERNELS_ARM)
+      return f.neon && f.dotprod;
+#else
+      return false;
+#endif
+    case SimdLevel::highway:
+#if defined(TINYSLM_USE_HIGHWAY)
+      return true;
+#else
+      return false;
+#endif
+  }
+  return false;
+}
+
+// The best native path (Highway is used only when asked for).
+inline SimdLevel best_simd_level() {
+  if (simd_level_supported(SimdLevel::avx512)) return SimdLevel::avx512;
+  if (simd_level_supported(SimdLevel::avx2)) return SimdLevel::avx2;
+  if (simd_level_supported(SimdLevel::neon)) return SimdLevel::neon;
+  return SimdLevel::scalar;
+}
+
+namespace detail {
+inline std::atomic<int>& simd_override() {
+  static std::atomic<int> v{-1};
+  return v;
+}
+inline SimdLevel env_simd_level() {
+  static const SimdLevel level = [] {
+    const char* e = std::getenv("TINYSLM_SIMD");
+    if (!e) return best_simd_level();
+    const std::string_view s(e);
+    for (SimdLevel l : {SimdLevel::scalar, SimdLevel::avx2, SimdLevel::avx512, SimdLevel::neon,
+                        SimdLevel::highway})
+      if (s == simd_level_name(l)) return simd_level_supported(l) ? l : best_simd_level();
+    return best_simd_level();
+  }();
+  return level;
+}
+}  // namespace detail
+
+// The path matmul uses: set_simd_level's choice, else TINYSLM_SIMD (read once), else the best.
+inline SimdLevel active_simd_level() {
+  const int o = detail::simd_override().load(std::memory_order_relaxed);
+  return o >= 0 ? static_cast<SimdLevel>(o) : detail::env_simd_level();
+}
+
+// Forces a path for the whole process (for tests and benchmarks); fails when this build or
+// CPU cannot run it. reset_simd_level() returns to the default.
+inline Status set_simd_level(SimdLevel l) {
+  if (!simd_level_supported(l))
+    return make_error(Errc::unsupported, std::string("SIMD path ") + simd_level_name(l) +
+                                             " is not available on this CPU or build");
+  detail::simd_override().store(static_cast<int>(l), std::memory_order_relaxed);
+  return {};
+}
+inline void reset_simd_level() { detail::simd_override().store(-1, std::memory_order_relaxed); }
+
+// Weight types matmul accepts.
+inline bool matmul_supports(TensorType t) {
+  return detail::is_integer_weight_type(t) || t == TensorType::F32 || t == TensorType::F16 ||
+         t == TensorType::BF16;
+}
+
+// The activation type a weight type is multiplied with (Q8_0, Q8_1, Q8_K, F16, BF16, F32).
+inline TensorType activation_type_for(TensorType weight) {
+  switch (detail::act_format_for(weight)) {
+    case detail::ActFormat::q8_0: return TensorType::Q8_0;
+    case detail::ActFormat::q8_1: return TensorType::Q8_1;
+    case detail::ActFormat::q8_k: return TensorType::Q8_K;
+    case detail::ActFormat::f16: return TensorType::F16;
+    case detail::ActFormat::bf16: return TensorType::BF16;
+    case detail::ActFormat::f32: return TensorType::F32;
+  }
+  return TensorType::F32;
+}
+
+// A weight matrix in GGUF layout: `rows` rows of `cols` values, each row tensor_row_bytes
+// long, rows contiguous.
+struct MatrixRef {
+  TensorType type;
+  const uint8_t* data;
+  int64_t rows;
+  int64_t cols;
+};
+
+// Activation buffers for matmul. reserve() sizes them for up to max_n tokens of max_cols
+// values up front (once per session); matmul grows them itself if a call needs more, which
+// is the only allocation it ever makes.
+class MatmulScratch {
+ public:
+  Status reserve(int64_t max_n, int64_t max_cols) { return ensure(max_n, max_cols, true); }
+
+  // Internal: makes room for n rows of k values; float buffers only when `need_float`.
+  Status ensure(int64_t n, int64_t k, bool need_float) {
+    if (n < 0 || k < 0) return make_error(Errc::invalid_argument, "matmul scratch: negative size");
+    const int64_t kp = (k + 255) / 256 * 256;
+    uint64_t total = 0;
+    if (detail::mul_overflows(static_cast<uint64_t>(n), static_cast<uint64_t>(kp), &total) ||
+        total > (uint64_t{1} << 40))
+      return make_error(Errc::invalid_argument, "matmul scratch: size overflows");
+    if (n > cap_n_ || kp > cap_k_) {
+      const int64_t nn = n > cap_n_ ? n : cap_n_;
+      const int64_t kk = kp > cap_k_ ? kp : cap_k_;
+      const auto sz = static_cast<size_t>(nn * kk);
+      if (!qs_.allocate(sz) || !corr4_.allocate(sz / 4) || !da16_.allocate(sz / 16) ||
+          !m16_.allocate(sz / 16) || !sum16_.allocate(sz / 16) || !m32_.allocate(sz / 32))
+        return alloc_failed();
+      xf_.release();
+      cap_n_ = nn;
+      cap_k_ = kk;
+    }
+    if (need_float && xf_.size() < static_cast<size_t>(cap_n_ * cap_k_)) {
+      if (!xf_.allocate(static_cast<size_t>(cap_n_ * cap_k_))) return alloc_failed();
+    }
+    return {};
+  }
+
+  detail::ActRow row(int64_t i) const {
+    detail::ActRow a;
+    a.qs = qs_.data() + i * cap_k_;
+    a.da16 = da16_.data() + i * (cap_k_ / 16);
+    a.m16 = m16_.data() + i * (cap_k_ / 16);
+    a.sum16 = sum16_.data() + i * (cap_k_ / 16);
+    a.m32 = m32_.data() + i * (cap_k_ / 32);
+    a.corr4 = corr4_.data() + i * (cap_k_ / 4);
+    a.xf = xf_.empty() ? nullptr : xf_.data() + i * cap_k_;
+    return a;
+  }
+
+  // Quantizes token row i (k values) for weights of format fmt.
+  void quantize(detail::ActFormat fmt, int64_t i, const float* x, int64_t k) {
+    detail::quantize_activation_row(fmt, x, k, qs_.data() + i * cap_k_, da16_.data() + i * (cap_k_ / 16),
+                                    m32_.data() + i * (cap_k_ / 32), m16_.data() + i * (cap_k_ / 16),
+                                    sum16_.data() + i * (cap_k_ / 16), corr4_.data() + i * (cap_k_ / 4),
+                                    detail::act_format_is_float(fmt) ? xf_.data() + i * cap_k_ : nullptr);
+  }
+
+ private:
+  static Error alloc_failed() { return make_error(Errc::out_of_memory, "matmul scratch: allocation failed"); }
+  AlignedBuffer<int8_t> qs_;
+  AlignedBuffer<int32_t> corr4_;
+  AlignedBuffer<float> da16_, m16_, m32_, xf_;
+  AlignedBuffer<int32_t> sum16_;
+  int64_t cap_n_ = 0, cap_k_ = 0;
+};
+
+namespace detail {
+
+// Rows [r0, r1) of y for all n tokens on one path.
+inline void matmul_rows(SimdLevel level, const MatrixRef& w, int64_t row_bytes, const MatmulScratch& s, int64_t n,
+                        float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const int64_t k = w.cols;
+  const bool is_float = act_format_is_float(act_format_for(w.type));
+#if defined(TINYSLM_KERNELS_X86)
+  if (level == SimdLevel::avx512 || level == SimdLevel::avx2) {
+    if (x86::matmul_rows(level == SimdLevel::avx512, w.type, w.data, row_bytes, k, s, n, y, ldy, r0, r1)) return;
+  }
+#endif
+#if defined(TINYSLM_KERNELS_ARM)
+  if (level == SimdLevel::neon) {
+    if (arm::matmul_rows(w.type, w.data, row_bytes, k, s, n, y, ldy, r0, r1)) return;
+  }
+#endif
+#if defined(TINYSLM_USE_HIGHWAY)
+  if (level == SimdLevel::highway) {
+    if (hwy_kernels::matmul_rows(w.type, w.data, row_bytes, k, s, n, y, ldy, r0, r1)) return;
+  }
+#endif
+  (void)level;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * row_bytes;
+    for (int64_t i = 0; i < n; ++i) {
+      const ActRow a = s.row(i);
+      y[i * ldy + r] = is_float ? dot_row_float_scalar(w.type, row, k, a.xf) : dot_row_scalar(w.type, row, k, a);
+    }
+  }
+}
+
+}  // namespace detail
+
+// Rows are handed to threads in multiples of this (the GEMM tile height).
+inline constexpr int64_t kMatmulRowGrain = 16;
+
+// y[i * ldy + r] = sum_k W[r][k] * x[i * cols + k] for i < n, r < rows. x is n rows of
+// w.cols floats; ldy >= w.rows. Same result for any thread count.
+inline Status matmul(const MatrixRef& w, const float* x, int64_t n, float* y, int64_t ldy, MatmulScratch& scratch,
+                     const ParallelFor& par) {
+  if (!matmul_supports(w.type))
+    return make_error(Errc::unsupported, std::string("matmul: weight type ") + tensor_type_name(w.type) +
+                                             " is not supported");
+  if (w.rows < 0 || w.cols < 0 || n < 0) return make_error(Errc::invalid_argument, "matmul: negative size");
+  if (n == 0 || w.rows == 0) return {};
+  const auto& info = tensor_type_info(w.type);
+  const int64_t act_block = detail::act_format_for(w.type) == detail::ActFormat::q8_k ? 256 : 32;
+  const int64_t need_block = detail::is_integer_weight_type(w.type) ? act_block : 1;
+  if (w.cols == 0 || w.cols % need_block != 0 || w.cols % static_cast<int64_t>(info.block_size) != 0)
+    return make_error(Errc::invalid_argument, std::string("matmul: row length ") + std::to_string(w.cols) +
+                                                  " is not a multiple of the " + tensor_type_name(w.type) +
+                                                  " block size");
+  if (!w.data || !x || !y) return make_error(Errc::invalid_argument, "matmul: null pointer");
+  if (ldy < w.rows) return make_error(Errc::invalid_argument, "matmul: ldy is smaller than the row count");
+  uint64_t row_bytes = 0;
+  if (!tensor_row_bytes(w.type, static_cast<uint64_t>(w.cols), &row_bytes))
+    return make_error(Errc::invalid_argument, "matmul: bad row length");
+  const detail::ActFormat fmt = detail::act_format_for(w.type);
+  if (auto st = scratch.ensure(n, w.cols, detail::act_format_is_float(fmt)); !st) return st.error();
+
+  const SimdLevel level = active_simd_level();
+  const int64_t k = w.cols;
+  // Quantize the activations once (tokens split over threads), then the rows.
+  par([&](int t, int nt) {
+    int64_t b, e;
+    ParallelFor::split(n, t, nt, 1, &b, &e);
+    for (int64_t i = b; i < e; ++i) scratch.quantize(fmt, i, x + i * k, k);
+  });
+  const MatmulScratch& s = scratch;
+  par([&](int t, int nt) {
+    int64_t b, e;
+    ParallelFor::split(w.rows, t, nt, kMatmulRowGrain, &b, &e);
+    if (b < e) detail::matmul_rows(level, w, static_cast<int64_t>(row_bytes), s, n, y, ldy, b, e);
+  });
+  return {};
+}
+
+}  // namespace v0
+}  // namespace tinyslm

@@ -1,0 +1,4 @@
+// tinyslm kernels, x86 paths (filled in below; the scalar reference is kernels_scalar.hpp).
+#pragma once
+
+#include "kernels_scalar.hpp"
