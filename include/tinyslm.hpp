@@ -5,3 +5,5 @@
 #include "tinyslm/core.hpp"
 #include "tinyslm/gguf.hpp"
 #include "tinyslm/quant.hpp"
+#include "tinyslm/kernels.hpp"
+#include "tinyslm/threads.hpp"
