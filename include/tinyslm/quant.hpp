@@ -5,9 +5,11 @@
 // are kept as raw uint16_t bits (convert with fp16_to_fp32 / fp32_to_fp16 from core.hpp).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <type_traits>
 
 #include "core.hpp"
@@ -179,6 +181,975 @@ static_assert(detail::block_matches_table<BlockQ5_K>());
 static_assert(detail::block_matches_table<BlockQ6_K>());
 static_assert(detail::block_matches_table<BlockQ8_K>());
 static_assert(detail::block_matches_table<BlockIQ4_NL>());
+
+
+// ---------------------------------------------------------------------------------------
+// Numeric helpers shared by the quantizers. They reproduce llama.cpp's reference arithmetic
+// operation for operation (same float expressions, same evaluation order), because the
+// quantized bytes must be identical to what `llama-quantize` writes.
+
+namespace detail {
+
+// Round to nearest, ties to even: adding 1.5 * 2^23 leaves no fraction bits in the sum, so
+// the FPU's own rounding picks the integer, which is then read from the low mantissa bits.
+// Exact for |x| < 2^22; outside that range (and for inf/nan) it returns the same meaningless
+// value llama.cpp's helper does, and the callers clamp it. No undefined behaviour for any x.
+inline int round_nearest(float x) {
+  const float biased = x + 12582912.f;
+  int32_t bits;
+  std::memcpy(&bits, &biased, sizeof bits);
+  return (bits & 0x007fffff) - 0x00400000;
+}
+
+// float -> int truncation (C's cast) made total: nan gives 0, out-of-range values saturate.
+// Inside the int range it equals the plain cast, which is all the quantizers ever hit.
+inline int trunc_to_int(float v) {
+  if (!(v == v)) return 0;
+  if (v >= 2147483647.f) return 2147483647;
+  if (v <= -2147483648.f) return -2147483647 - 1;
+  return static_cast<int>(v);
+}
+
+// Index of the IQ4_NL level nearest to x (ties go to the upper level). The levels are sorted,
+// so x belongs to level i once it reaches the midpoint of levels i-1 and i; comparing 2x with
+// the sum of two neighbours keeps both sides exact. A four-step binary search over 16 levels.
+inline int nearest_level_index(const int8_t* levels, int n_levels, float x) {
+  const float twice = x + x;
+  int idx = 0;
+  for (int step = n_levels / 2; step > 0; step /= 2) {
+    const int j = idx + step;
+    if (twice >= static_cast<float>(levels[j - 1] + levels[j])) idx = j;
+  }
+  return idx;
+}
+
+// Scale for groups too small to matter (llama.cpp's GROUP_MAX_EPS).
+inline constexpr float kGroupEps = 1e-15f;
+
+// Symmetric quants L in [0, 2*nmax) with x ~ scale * (L - nmax), weighted by x^2: start from
+// the scale that maps the value of largest magnitude to -nmax, then try 18 nearby scales
+// (nmax +- 0.1 .. 0.9) and keep the one with the best weighted least-squares fit.
+// (llama.cpp make_qx_quants with rmse_type 1 and no importance weights; used by Q6_K.)
+inline float fit_symmetric_scale(int n, int nmax, const float* x, int8_t* L) {
+  float amax = 0.f, vmax = 0.f;
+  for (int i = 0; i < n; ++i) {
+    const float ax = std::fabs(x[i]);
+    if (ax > amax) {
+      amax = ax;
+      vmax = x[i];
+    }
+  }
+  if (amax < kGroupEps) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    return 0.f;
+  }
+  float iscale = -nmax / vmax;
+  float sumlx = 0.f, suml2 = 0.f;
+  for (int i = 0; i < n; ++i) {
+    const int l = std::max(-nmax, std::min(nmax - 1, round_nearest(iscale * x[i])));
+    L[i] = static_cast<int8_t>(l + nmax);
+    const float w = x[i] * x[i];
+    sumlx += w * x[i] * l;
+    suml2 += w * l * l;
+  }
+  float scale = suml2 != 0.f ? sumlx / suml2 : 0.0f;
+  float best = scale * sumlx;
+  for (int step = -9; step <= 9; ++step) {
+    if (step == 0) continue;
+    iscale = -(nmax + 0.1f * step) / vmax;
+    sumlx = suml2 = 0.f;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::max(-nmax, std::min(nmax - 1, round_nearest(iscale * x[i])));
+      const float w = x[i] * x[i];
+      sumlx += w * x[i] * l;
+      suml2 += w * l * l;
+    }
+    // compare sumlx^2 / suml2 (the error reduction) without dividing
+    if (suml2 > 0.f && sumlx * sumlx > best * suml2) {
+      for (int i = 0; i < n; ++i) {
+        const int l = round_nearest(iscale * x[i]);
+        L[i] = static_cast<int8_t>(nmax + std::max(-nmax, std::min(nmax - 1, l)));
+      }
+      scale = sumlx / suml2;
+      best = scale * sumlx;
+    }
+  }
+  return scale;
+}
+
+// Symmetric 3-bit quants for Q3_K: first guess from the largest magnitude, then up to five
+// rounds of coordinate descent that move one quant at a time when that improves the x^2-weighted
+// fit. Returns the scale; L holds values in [0, 2*nmax). (llama.cpp make_q3_quants, do_rmse.)
+inline float fit_q3_scale(int n, int nmax, const float* x, int8_t* L) {
+  float amax = 0.f, vmax = 0.f;
+  for (int i = 0; i < n; ++i) {
+    const float ax = std::fabs(x[i]);
+    if (ax > amax) {
+      amax = ax;
+      vmax = x[i];
+    }
+  }
+  if (amax < kGroupEps) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    return 0.f;
+  }
+  const float iscale = -nmax / vmax;
+  float sumlx = 0.f, suml2 = 0.f;
+  for (int i = 0; i < n; ++i) {
+    const int l = std::max(-nmax, std::min(nmax - 1, round_nearest(iscale * x[i])));
+    L[i] = static_cast<int8_t>(l);
+    const float w = x[i] * x[i];
+    sumlx += w * x[i] * l;
+    suml2 += w * l * l;
+  }
+  for (int round = 0; round < 5; ++round) {
+    int changed = 0;
+    for (int i = 0; i < n; ++i) {
+      const float w = x[i] * x[i];
+      float slx = sumlx - w * x[i] * L[i];
+      if (slx > 0.f) {
+        float sl2 = suml2 - w * L[i] * L[i];
+        int l = round_nearest(x[i] * sl2 / slx);
+        l = std::max(-nmax, std::min(nmax - 1, l));
+        if (l != L[i]) {
+          slx += w * x[i] * l;
+          sl2 += w * l * l;
+          if (sl2 > 0.f && slx * slx * suml2 > sumlx * sumlx * sl2) {
+            L[i] = static_cast<int8_t>(l);
+            sumlx = slx;
+            suml2 = sl2;
+            ++changed;
+          }
+        }
+      }
+    }
+    if (changed == 0) break;
+  }
+  for (int i = 0; i < n; ++i) L[i] = static_cast<int8_t>(L[i] + nmax);
+  return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+// Asymmetric quants L in [0, nmax] with x ~ scale * L - min (min >= 0 returned in *the_min):
+// start from the full [min(x, 0), max(x)] range, then try nstep + 1 scales
+// (nmax + rmin + rdelta * k) / range and, for each rounding, solve the weighted least-squares
+// fit of scale and offset; keep the fit with the least weighted error (|e| or e^2).
+// (llama.cpp make_qkx2_quants; used by Q2_K, Q4_K, Q5_K.)
+inline float fit_scale_min(int n, int nmax, const float* x, const float* weights, uint8_t* L,
+                           float* the_min, uint8_t* Laux, float rmin, float rdelta, int nstep,
+                           bool abs_error) {
+  float vmin = x[0], vmax = x[0];
+  float sum_w = weights[0];
+  float sum_x = sum_w * x[0];
+  for (int i = 1; i < n; ++i) {
+    if (x[i] < vmin) vmin = x[i];
+    if (x[i] > vmax) vmax = x[i];
+    const float w = weights[i];
+    sum_w += w;
+    sum_x += w * x[i];
+  }
+  if (vmin > 0) vmin = 0;
+  if (vmax == vmin) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    *the_min = -vmin;
+    return 0.f;
+  }
+  float iscale = nmax / (vmax - vmin);
+  float scale = 1 / iscale;
+  float best_error = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = round_nearest(iscale * (x[i] - vmin));
+    L[i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
+    float diff = scale * L[i] + vmin - x[i];
+    diff = abs_error ? std::fabs(diff) : diff * diff;
+    best_error += weights[i] * diff;
+  }
+  if (nstep < 1) {
+    *the_min = -vmin;
+    return scale;
+  }
+  for (int step = 0; step <= nstep; ++step) {
+    iscale = (rmin + rdelta * step + nmax) / (vmax - vmin);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::max(0, std::min(nmax, round_nearest(iscale * (x[i] - vmin))));
+      Laux[i] = static_cast<uint8_t>(l);
+      const float w = weights[i];
+      sum_l += w * l;
+      sum_l2 += w * l * l;
+      sum_xl += w * l * x[i];
+    }
+    // normal equations of min over (scale, offset) of sum w (scale * l + offset - x)^2
+    const float det = sum_w * sum_l2 - sum_l * sum_l;
+    if (det > 0) {
+      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+      if (this_min > 0) {  // the offset may only shift down; refit the scale alone
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+      }
+      float err = 0;
+      for (int i = 0; i < n; ++i) {
+        float diff = this_scale * Laux[i] + this_min - x[i];
+        diff = abs_error ? std::fabs(diff) : diff * diff;
+        err += weights[i] * diff;
+      }
+      if (err < best_error) {
+        for (int i = 0; i < n; ++i) L[i] = Laux[i];
+        best_error = err;
+        scale = this_scale;
+        vmin = this_min;
+      }
+    }
+  }
+  *the_min = -vmin;
+  return scale;
+}
+
+// Q4_K / Q5_K pack eight 6-bit scales and eight 6-bit mins in 12 bytes: bytes 0-3 hold scales
+// 0-3 (low 6 bits), bytes 4-7 mins 0-3; scales/mins 4-7 keep their low nibbles in bytes 8-11
+// and their top two bits in the spare top bits of bytes 0-7.
+inline void unpack_scale_min_k4(int j, const uint8_t* q, uint8_t* scale, uint8_t* min) {
+  if (j < 4) {
+    *scale = q[j] & 63;
+    *min = q[j + 4] & 63;
+  } else {
+    *scale = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    *min = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+inline void pack_scale_min_k4(int j, uint8_t ls, uint8_t lm, uint8_t* q) {
+  if (j < 4) {
+    q[j] = ls;
+    q[j + 4] = lm;
+  } else {
+    q[j + 4] = static_cast<uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
+    q[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
+    q[j] |= static_cast<uint8_t>((lm >> 4) << 6);
+  }
+}
+
+// Q3_K packs sixteen 6-bit scales in 12 bytes: low nibbles of scales 0-7 in bytes 0-7 (low
+// half) and of 8-15 in bytes 0-7 (high half); the top two bits of scale j in byte 8 + j % 4 at
+// bit 2 * (j / 4).
+inline int q3k_scale(const uint8_t* s, int j) {
+  const int low = j < 8 ? (s[j] & 0xF) : (s[j - 8] >> 4);
+  const int high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+  return (low | (high << 4)) - 32;
+}
+
+// Legacy blocks: the fifth bits of 32 values as one little-endian 32-bit word.
+inline uint32_t load_qh(const uint8_t* qh) {
+  return static_cast<uint32_t>(qh[0]) | static_cast<uint32_t>(qh[1]) << 8 |
+         static_cast<uint32_t>(qh[2]) << 16 | static_cast<uint32_t>(qh[3]) << 24;
+}
+inline void store_qh(uint8_t* qh, uint32_t bits) {
+  for (int k = 0; k < 4; ++k) qh[k] = static_cast<uint8_t>(bits >> (8 * k));
+}
+
+// Largest magnitude of a block and the signed value that has it (first one on ties).
+inline float signed_absmax(const float* x, int n) {
+  float amax = 0.f, vmax = 0.f;
+  for (int j = 0; j < n; ++j) {
+    if (amax < std::fabs(x[j])) {
+      amax = std::fabs(x[j]);
+      vmax = x[j];
+    }
+  }
+  return vmax;
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------
+// Reference dequantization, one block at a time: y receives Block::block_size floats.
+
+inline void dequantize_block(const BlockQ4_0& b, float* y) {
+  const float d = fp16_to_fp32(b.d);
+  for (int j = 0; j < kBlock32 / 2; ++j) {
+    y[j] = ((b.qs[j] & 0x0F) - 8) * d;
+    y[j + kBlock32 / 2] = ((b.qs[j] >> 4) - 8) * d;
+  }
+}
+
+inline void dequantize_block(const BlockQ4_1& b, float* y) {
+  const float d = fp16_to_fp32(b.d), m = fp16_to_fp32(b.m);
+  for (int j = 0; j < kBlock32 / 2; ++j) {
+    y[j] = (b.qs[j] & 0x0F) * d + m;
+    y[j + kBlock32 / 2] = (b.qs[j] >> 4) * d + m;
+  }
+}
+
+inline void dequantize_block(const BlockQ5_0& b, float* y) {
+  const float d = fp16_to_fp32(b.d);
+  const uint32_t qh = detail::load_qh(b.qh);
+  for (int j = 0; j < kBlock32 / 2; ++j) {
+    const int hi0 = static_cast<int>((qh >> j) & 1) << 4;
+    const int hi1 = static_cast<int>((qh >> (j + 16)) & 1) << 4;
+    y[j] = (((b.qs[j] & 0x0F) | hi0) - 16) * d;
+    y[j + kBlock32 / 2] = (((b.qs[j] >> 4) | hi1) - 16) * d;
+  }
+}
+
+inline void dequantize_block(const BlockQ5_1& b, float* y) {
+  const float d = fp16_to_fp32(b.d), m = fp16_to_fp32(b.m);
+  const uint32_t qh = detail::load_qh(b.qh);
+  for (int j = 0; j < kBlock32 / 2; ++j) {
+    const int hi0 = static_cast<int>((qh >> j) & 1) << 4;
+    const int hi1 = static_cast<int>((qh >> (j + 16)) & 1) << 4;
+    y[j] = ((b.qs[j] & 0x0F) | hi0) * d + m;
+    y[j + kBlock32 / 2] = ((b.qs[j] >> 4) | hi1) * d + m;
+  }
+}
+
+inline void dequantize_block(const BlockQ8_0& b, float* y) {
+  const float d = fp16_to_fp32(b.d);
+  for (int j = 0; j < kBlock32; ++j) y[j] = b.qs[j] * d;
+}
+
+inline void dequantize_block(const BlockQ8_1& b, float* y) {
+  const float d = fp16_to_fp32(b.d);
+  for (int j = 0; j < kBlock32; ++j) y[j] = b.qs[j] * d;
+}
+
+// Q2_K: 2-bit quant of value 128 * h + 32 * s + l sits in qs[32 * h + l] at bits 2s..2s+1;
+// sub-block of 16 values k uses scales[k].
+inline void dequantize_block(const BlockQ2_K& b, float* y) {
+  const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
+  int sub = 0;
+  for (int half = 0; half < 2; ++half) {
+    const uint8_t* q = b.qs + 32 * half;
+    for (int shift = 0; shift < 8; shift += 2) {
+      for (int part = 0; part < 2; ++part, ++sub) {
+        const float dl = d * (b.scales[sub] & 0xF);
+        const float ml = dmin * (b.scales[sub] >> 4);
+        for (int l = 0; l < 16; ++l) *y++ = dl * ((q[16 * part + l] >> shift) & 3) - ml;
+      }
+    }
+  }
+}
+
+// Q3_K: same bit positions as Q2_K for the low two bits; hmask[l] bit (value / 32) is the high
+// bit, and a clear high bit means the quant is offset by -4.
+inline void dequantize_block(const BlockQ3_K& b, float* y) {
+  const float d = fp16_to_fp32(b.d);
+  int sub = 0;
+  uint8_t mask = 1;
+  for (int half = 0; half < 2; ++half) {
+    const uint8_t* q = b.qs + 32 * half;
+    for (int shift = 0; shift < 8; shift += 2, mask = static_cast<uint8_t>(mask << 1)) {
+      for (int part = 0; part < 2; ++part, ++sub) {
+        const float dl = d * detail::q3k_scale(b.scales, sub);
+        for (int l = 0; l < 16; ++l) {
+          const int idx = 16 * part + l;
+          const int low = (q[idx] >> shift) & 3;
+          *y++ = dl * (low - ((b.hmask[idx] & mask) ? 0 : 4));
+        }
+      }
+    }
+  }
+}
+
+// Q4_K: each 32 bytes of qs hold two sub-blocks of 32: low nibbles then high nibbles.
+inline void dequantize_block(const BlockQ4_K& b, float* y) {
+  const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
+  const uint8_t* q = b.qs;
+  for (int sub = 0; sub < 8; sub += 2, q += 32) {
+    uint8_t sc, m;
+    detail::unpack_scale_min_k4(sub, b.scales, &sc, &m);
+    const float d1 = d * sc, m1 = dmin * m;
+    detail::unpack_scale_min_k4(sub + 1, b.scales, &sc, &m);
+    const float d2 = d * sc, m2 = dmin * m;
+    for (int l = 0; l < 32; ++l) *y++ = d1 * (q[l] & 0xF) - m1;
+    for (int l = 0; l < 32; ++l) *y++ = d2 * (q[l] >> 4) - m2;
+  }
+}
+
+// Q5_K: as Q4_K; sub-block k takes its fifth bit from bit k of qh[l].
+inline void dequantize_block(const BlockQ5_K& b, float* y) {
+  const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
+  const uint8_t* q = b.qs;
+  for (int sub = 0; sub < 8; sub += 2, q += 32) {
+    uint8_t sc, m;
+    detail::unpack_scale_min_k4(sub, b.scales, &sc, &m);
+    const float d1 = d * sc, m1 = dmin * m;
+    detail::unpack_scale_min_k4(sub + 1, b.scales, &sc, &m);
+    const float d2 = d * sc, m2 = dmin * m;
+    const uint8_t bit1 = static_cast<uint8_t>(1u << sub), bit2 = static_cast<uint8_t>(2u << sub);
+    for (int l = 0; l < 32; ++l) *y++ = d1 * ((q[l] & 0xF) + ((b.qh[l] & bit1) ? 16 : 0)) - m1;
+    for (int l = 0; l < 32; ++l) *y++ = d2 * ((q[l] >> 4) + ((b.qh[l] & bit2) ? 16 : 0)) - m2;
+  }
+}
+
+// Q6_K: per 128 values, ql[0..63] hold low nibbles (values l, l+32 in ql[l], ql[l+32] low;
+// l+64, l+96 in their high nibbles) and qh[0..31] the top two bits of the four values.
+inline void dequantize_block(const BlockQ6_K& b, float* y) {
+  const float d = fp16_to_fp32(b.d);
+  const uint8_t* ql = b.ql;
+  const uint8_t* qh = b.qh;
+  const int8_t* sc = b.scales;
+  for (int half = 0; half < 2; ++half, y += 128, ql += 64, qh += 32, sc += 8) {
+    for (int l = 0; l < 32; ++l) {
+      const int s = l / 16;
+      const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+      const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+      const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+      const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+      y[l] = d * sc[s] * q1;
+      y[l + 32] = d * sc[s + 2] * q2;
+      y[l + 64] = d * sc[s + 4] * q3;
+      y[l + 96] = d * sc[s + 6] * q4;
+    }
+  }
+}
+
+inline void dequantize_block(const BlockQ8_K& b, float* y) {
+  for (int j = 0; j < kBlockK; ++j) y[j] = b.d * b.qs[j];
+}
+
+inline void dequantize_block(const BlockIQ4_NL& b, float* y) {
+  const float d = fp16_to_fp32(b.d);
+  for (int j = 0; j < kBlock32 / 2; ++j) {
+    y[j] = d * kIq4nlValues[b.qs[j] & 0xF];
+    y[j + kBlock32 / 2] = d * kIq4nlValues[b.qs[j] >> 4];
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reference quantization, one block at a time: x holds Block::block_size floats. Each gives
+// the bytes llama.cpp's `llama-quantize` writes without an importance matrix.
+
+// Q4_0: the value of largest magnitude, with its sign, maps to -8, so [-8, 7] is fully used.
+inline void quantize_block(const float* x, BlockQ4_0* y) {
+  const float d = detail::signed_absmax(x, kBlock32) / -8;
+  const float id = d != 0.f ? 1.0f / d : 0.0f;
+  y->d = fp32_to_fp16(d);
+  for (int j = 0; j < kBlock32 / 2; ++j) {
+    // +8.5 then truncation: round half up into [0, 16], clamp the single overflow at 16
+    const int q0 = std::min(15, static_cast<int>(static_cast<int8_t>(detail::trunc_to_int(x[j] * id + 8.5f))));
+    const int q1 = std::min(15, static_cast<int>(static_cast<int8_t>(detail::trunc_to_int(x[j + 16] * id + 8.5f))));
+    y->qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
+  }
+}
+
+// Q4_1: d = (max - min) / 15, m = min.
+inline void quantize_block(const float* x, BlockQ4_1* y) {
+  float vmin = 3.402823466e+38f, vmax = -3.402823466e+38f;
+  for (int j = 0; j < kBlock32; ++j) {
+    if (x[j] < vmin) vmin = x[j];
+    if (x[j] > vmax) vmax = x[j];
+  }
+  const float d = (vmax - vmin) / 15;
+  const float id = d != 0.f ? 1.0f / d : 0.0f;
+  y->d = fp32_to_fp16(d);
+  y->m = fp32_to_fp16(vmin);
+  for (int j = 0; j < kBlock32 / 2; ++j) {
+    const int q0 = std::min(15, static_cast<int>(static_cast<int8_t>(detail::trunc_to_int((x[j] - vmin) * id + 0.5f))));
+    const int q1 = std::min(15, static_cast<int>(static_cast<int8_t>(detail::trunc_to_int((x[j + 16] - vmin) * id + 0.5f))));
+    y->qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
+  }
+}
+
+// Q5_0: as Q4_0 with 32 levels (largest magnitude maps to -16).
+inline void quantize_block(const float* x, BlockQ5_0* y) {
+  const float d = detail::signed_absmax(x, kBlock32) / -16;
+  const float id = d != 0.f ? 1.0f / d : 0.0f;
+  y->d = fp32_to_fp16(d);
+  uint32_t qh = 0;
+  for (int j = 0; j < kBlock32 / 2; ++j) {
+    const int q0 = std::min(31, static_cast<int>(static_cast<int8_t>(detail::trunc_to_int(x[j] * id + 16.5f))));
+    const int q1 = std::min(31, static_cast<int>(static_cast<int8_t>(detail::trunc_to_int(x[j + 16] * id + 16.5f))));
+    y->qs[j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
+    qh |= static_cast<uint32_t>((q0 >> 4) & 1) << j;
+    qh |= static_cast<uint32_t>((q1 >> 4) & 1) << (j + 16);
+  }
+  detail::store_qh(y->qh, qh);
+}
+
+// Q5_1: d = (max - min) / 31, m = min.
+inline void quantize_block(const float* x, BlockQ5_1* y) {
+  float vmin = 3.402823466e+38f, vmax = -3.402823466e+38f;
+  for (int j = 0; j < kBlock32; ++j) {
+    if (x[j] < vmin) vmin = x[j];
+    if (x[j] > vmax) vmax = x[j];
+  }
+  const float d = (vmax - vmin) / 31;
+  const float id = d != 0.f ? 1.0f / d : 0.0f;
+  y->d = fp32_to_fp16(d);
+  y->m = fp32_to_fp16(vmin);
+  uint32_t qh = 0;
+  for (int j = 0; j < kBlock32 / 2; ++j) {
+    const int q0 = static_cast<uint8_t>(detail::trunc_to_int((x[j] - vmin) * id + 0.5f));
+    const int q1 = static_cast<uint8_t>(detail::trunc_to_int((x[j + 16] - vmin) * id + 0.5f));
+    y->qs[j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
+    qh |= static_cast<uint32_t>((q0 >> 4) & 1) << j;
+    qh |= static_cast<uint32_t>((q1 >> 4) & 1) << (j + 16);
+  }
+  detail::store_qh(y->qh, qh);
+}
+
+// Q8_0: d = absmax / 127, q = round(x / d) (half away from zero).
+inline void quantize_block(const float* x, BlockQ8_0* y) {
+  float amax = 0.f;
+  for (int j = 0; j < kBlock32; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float d = amax / 127;
+  const float id = d != 0.f ? 1.0f / d : 0.0f;
+  y->d = fp32_to_fp16(d);
+  for (int j = 0; j < kBlock32; ++j)
+    y->qs[j] = static_cast<int8_t>(detail::trunc_to_int(std::round(x[j] * id)));
+}
+
+// Q8_1: as Q8_0, plus s = d * sum(q) (rounded to fp16) for the kernels of Q4_1 / Q5_1.
+inline void quantize_block(const float* x, BlockQ8_1* y) {
+  float amax = 0.f;
+  for (int j = 0; j < kBlock32; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float d = amax / 127;
+  const float id = d != 0.f ? 1.0f / d : 0.0f;
+  y->d = fp32_to_fp16(d);
+  int sum = 0;
+  for (int j = 0; j < kBlock32; ++j) {
+    y->qs[j] = static_cast<int8_t>(detail::trunc_to_int(std::round(x[j] * id)));
+    sum += y->qs[j];
+  }
+  y->s = fp32_to_fp16(sum * d);
+}
+
+// Q2_K: per sub-block of 16, an asymmetric 2-bit fit (|x|-weighted, absolute error); the 16
+// scales and 16 mins are then quantized to 4 bits against their maxima, and the values are
+// re-quantized with the rounded scales.
+inline void quantize_block(const float* x, BlockQ2_K* y) {
+  uint8_t L[kBlockK], Laux[16];
+  float weights[16], mins[16], scales[16];
+  float max_scale = 0, max_min = 0;
+  for (int j = 0; j < 16; ++j) {
+    for (int l = 0; l < 16; ++l) weights[l] = std::fabs(x[16 * j + l]);
+    scales[j] = detail::fit_scale_min(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux,
+                                      -0.5f, 0.1f, 15, true);
+    if (scales[j] > max_scale) max_scale = scales[j];
+    if (mins[j] > max_min) max_min = mins[j];
+  }
+  const float kLevels = 15.f;
+  if (max_scale > 0) {
+    const float iscale = kLevels / max_scale;
+    for (int j = 0; j < 16; ++j) y->scales[j] = static_cast<uint8_t>(detail::round_nearest(iscale * scales[j]));
+    y->d = fp32_to_fp16(max_scale / kLevels);
+  } else {
+    for (int j = 0; j < 16; ++j) y->scales[j] = 0;
+    y->d = fp32_to_fp16(0.f);
+  }
+  if (max_min > 0) {
+    const float iscale = kLevels / max_min;
+    for (int j = 0; j < 16; ++j)
+      y->scales[j] = static_cast<uint8_t>(y->scales[j] | (detail::round_nearest(iscale * mins[j]) << 4));
+    y->dmin = fp32_to_fp16(max_min / kLevels);
+  } else {
+    y->dmin = fp32_to_fp16(0.f);
+  }
+  for (int j = 0; j < 16; ++j) {
+    const float d = fp16_to_fp32(y->d) * (y->scales[j] & 0xF);
+    if (d == 0.f) continue;  // keeps the first fit's quants, as llama.cpp does
+    const float dm = fp16_to_fp32(y->dmin) * (y->scales[j] >> 4);
+    for (int l = 0; l < 16; ++l) {
+      const int q = detail::round_nearest((x[16 * j + l] + dm) / d);
+      L[16 * j + l] = static_cast<uint8_t>(std::max(0, std::min(3, q)));
+    }
+  }
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* Lh = L + 128 * h;
+      y->qs[32 * h + l] = static_cast<uint8_t>(Lh[l] | (Lh[l + 32] << 2) | (Lh[l + 64] << 4) | (Lh[l + 96] << 6));
+    }
+}
+
+// Q3_K: per sub-block of 16 a symmetric 3-bit fit; the 16 signed scales are quantized to
+// 6 bits against the one of largest magnitude, then the values are re-quantized.
+inline void quantize_block(const float* x, BlockQ3_K* y) {
+  int8_t L[kBlockK];
+  float scales[16];
+  float max_scale = 0, amax = 0;
+  for (int j = 0; j < 16; ++j) {
+    scales[j] = detail::fit_q3_scale(16, 4, x + 16 * j, L + 16 * j);
+    const float a = std::fabs(scales[j]);
+    if (a > amax) {
+      amax = a;
+      max_scale = scales[j];
+    }
+  }
+  std::memset(y->scales, 0, sizeof y->scales);
+  if (max_scale != 0.f) {
+    const float iscale = -32.f / max_scale;
+    for (int j = 0; j < 16; ++j) {
+      int8_t l = static_cast<int8_t>(detail::round_nearest(iscale * scales[j]));
+      l = static_cast<int8_t>(std::max(-32, std::min(31, static_cast<int>(l))) + 32);
+      if (j < 8)
+        y->scales[j] = static_cast<uint8_t>(l & 0xF);
+      else
+        y->scales[j - 8] = static_cast<uint8_t>(y->scales[j - 8] | ((l & 0xF) << 4));
+      y->scales[j % 4 + 8] = static_cast<uint8_t>(y->scales[j % 4 + 8] | ((l >> 4) << (2 * (j / 4))));
+    }
+    y->d = fp32_to_fp16(1 / iscale);
+  } else {
+    y->d = fp32_to_fp16(0.f);
+  }
+  for (int j = 0; j < 16; ++j) {
+    const float d = fp16_to_fp32(y->d) * static_cast<int8_t>(detail::q3k_scale(y->scales, j));
+    if (d == 0.f) continue;
+    for (int l = 0; l < 16; ++l) {
+      const int q = detail::round_nearest(x[16 * j + l] / d);
+      L[16 * j + l] = static_cast<int8_t>(std::max(-4, std::min(3, q)) + 4);
+    }
+  }
+  // third bit of value j goes to hmask[j % 32] bit j / 32
+  std::memset(y->hmask, 0, sizeof y->hmask);
+  for (int j = 0; j < kBlockK; ++j) {
+    if (L[j] > 3) {
+      y->hmask[j % 32] = static_cast<uint8_t>(y->hmask[j % 32] | (1u << (j / 32)));
+      L[j] = static_cast<int8_t>(L[j] - 4);
+    }
+  }
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < 32; ++l) {
+      const int8_t* Lh = L + 128 * h;
+      y->qs[32 * h + l] = static_cast<uint8_t>(Lh[l] | (Lh[l + 32] << 2) | (Lh[l + 64] << 4) | (Lh[l + 96] << 6));
+    }
+}
+
+namespace detail {
+// Shared by Q4_K (nmax 15) and Q5_K (nmax 31): per sub-block of 32, an asymmetric fit weighted
+// by rms(x) + |x|; scales and mins to 6 bits against their maxima; re-quantize. L gets the quants.
+inline void quantize_k4_scales(const float* x, int nmax, float rmin, float rdelta, int nstep,
+                               uint16_t* d_out, uint16_t* dmin_out, uint8_t* packed, uint8_t* L) {
+  uint8_t Laux[32];
+  float weights[32], mins[8], scales[8];
+  float max_scale = 0, max_min = 0;
+  for (int j = 0; j < 8; ++j) {
+    const float* xs = x + 32 * j;
+    float sum_x2 = 0;
+    for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
+    const float rms = std::sqrt(sum_x2 / 32);
+    for (int l = 0; l < 32; ++l) weights[l] = rms + std::fabs(xs[l]);
+    scales[j] = fit_scale_min(32, nmax, xs, weights, L + 32 * j, &mins[j], Laux, rmin, rdelta, nstep, false);
+    if (scales[j] > max_scale) max_scale = scales[j];
+    if (mins[j] > max_min) max_min = mins[j];
+  }
+  const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+  const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+  for (int j = 0; j < 8; ++j) {
+    uint8_t ls = static_cast<uint8_t>(round_nearest(inv_scale * scales[j]));
+    uint8_t lm = static_cast<uint8_t>(round_nearest(inv_min * mins[j]));
+    ls = std::min<uint8_t>(63, ls);
+    lm = std::min<uint8_t>(63, lm);
+    pack_scale_min_k4(j, ls, lm, packed);
+  }
+  *d_out = fp32_to_fp16(max_scale / 63.f);
+  *dmin_out = fp32_to_fp16(max_min / 63.f);
+  for (int j = 0; j < 8; ++j) {
+    uint8_t sc, m;
+    unpack_scale_min_k4(j, packed, &sc, &m);
+    const float d = fp16_to_fp32(*d_out) * sc;
+    if (d == 0.f) continue;
+    const float dm = fp16_to_fp32(*dmin_out) * m;
+    for (int l = 0; l < 32; ++l) {
+      const int q = round_nearest((x[32 * j + l] + dm) / d);
+      L[32 * j + l] = static_cast<uint8_t>(std::max(0, std::min(nmax, q)));
+    }
+  }
+}
+}  // namespace detail
+
+inline void quantize_block(const float* x, BlockQ4_K* y) {
+  uint8_t L[kBlockK];
+  detail::quantize_k4_scales(x, 15, -1.f, 0.1f, 20, &y->d, &y->dmin, y->scales, L);
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l)
+      y->qs[32 * c + l] = static_cast<uint8_t>(L[64 * c + l] | (L[64 * c + l + 32] << 4));
+}
+
+inline void quantize_block(const float* x, BlockQ5_K* y) {
+  uint8_t L[kBlockK];
+  detail::quantize_k4_scales(x, 31, -0.5f, 0.1f, 15, &y->d, &y->dmin, y->scales, L);
+  std::memset(y->qh, 0, sizeof y->qh);
+  for (int c = 0; c < 4; ++c) {
+    const uint8_t bit1 = static_cast<uint8_t>(1u << (2 * c)), bit2 = static_cast<uint8_t>(2u << (2 * c));
+    for (int l = 0; l < 32; ++l) {
+      int q1 = L[64 * c + l], q2 = L[64 * c + l + 32];
+      if (q1 > 15) {
+        q1 -= 16;
+        y->qh[l] |= bit1;
+      }
+      if (q2 > 15) {
+        q2 -= 16;
+        y->qh[l] |= bit2;
+      }
+      y->qs[32 * c + l] = static_cast<uint8_t>(q1 | (q2 << 4));
+    }
+  }
+}
+
+// Q6_K: per sub-block of 16 a symmetric 6-bit fit; the 16 signed scales go to int8 against the
+// one of largest magnitude (which maps to -128); re-quantize.
+inline void quantize_block(const float* x, BlockQ6_K* y) {
+  int8_t L[kBlockK];
+  float scales[16];
+  float max_scale = 0, max_abs_scale = 0;
+  for (int j = 0; j < 16; ++j) {
+    scales[j] = detail::fit_symmetric_scale(16, 32, x + 16 * j, L + 16 * j);
+    const float a = std::fabs(scales[j]);
+    if (a > max_abs_scale) {
+      max_abs_scale = a;
+      max_scale = scales[j];
+    }
+  }
+  if (max_abs_scale < detail::kGroupEps) {
+    std::memset(y, 0, sizeof *y);
+    return;
+  }
+  const float iscale = -128.f / max_scale;
+  y->d = fp32_to_fp16(1 / iscale);
+  for (int j = 0; j < 16; ++j)
+    y->scales[j] = static_cast<int8_t>(std::min(127, detail::round_nearest(iscale * scales[j])));
+  for (int j = 0; j < 16; ++j) {
+    const float d = fp16_to_fp32(y->d) * y->scales[j];
+    if (d == 0.f) continue;
+    for (int l = 0; l < 16; ++l) {
+      const int q = detail::round_nearest(x[16 * j + l] / d);
+      L[16 * j + l] = static_cast<int8_t>(std::max(-32, std::min(31, q)) + 32);
+    }
+  }
+  for (int h = 0; h < 2; ++h) {
+    const int8_t* Lh = L + 128 * h;
+    uint8_t* ql = y->ql + 64 * h;
+    uint8_t* qh = y->qh + 32 * h;
+    for (int l = 0; l < 32; ++l) {
+      const int q1 = Lh[l], q2 = Lh[l + 32], q3 = Lh[l + 64], q4 = Lh[l + 96];
+      ql[l] = static_cast<uint8_t>((q1 & 0xF) | ((q3 & 0xF) << 4));
+      ql[l + 32] = static_cast<uint8_t>((q2 & 0xF) | ((q4 & 0xF) << 4));
+      qh[l] = static_cast<uint8_t>((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6));
+    }
+  }
+}
+
+// Q8_K: float d with the largest magnitude mapped to -127, plus per-16 sums of the quants.
+inline void quantize_block(const float* x, BlockQ8_K* y) {
+  const float vmax = detail::signed_absmax(x, kBlockK);
+  if (vmax == 0.f) {
+    std::memset(y, 0, sizeof *y);
+    return;
+  }
+  const float iscale = -127.f / vmax;
+  for (int j = 0; j < kBlockK; ++j)
+    y->qs[j] = static_cast<int8_t>(std::min(127, detail::round_nearest(iscale * x[j])));
+  for (int g = 0; g < kBlockK / 16; ++g) {
+    int sum = 0;
+    for (int l = 0; l < 16; ++l) sum += y->qs[16 * g + l];
+    y->bsums[g] = static_cast<int16_t>(sum);
+  }
+  y->d = 1 / iscale;
+}
+
+// IQ4_NL: pick the block scale among 16 candidates (largest magnitude mapped near the extreme
+// level, +-7 steps) by the x^2-weighted least-squares fit to the 16 levels, then snap every
+// value to its nearest level. llama-quantize takes this search path (ntry = 7), not the
+// one-shot `_ref` path.
+inline void quantize_block(const float* x, BlockIQ4_NL* y) {
+  constexpr int n = kBlock32;
+  const int8_t* levels = kIq4nlValues;
+  float weight[n];
+  uint8_t L[n];
+  for (int j = 0; j < n; ++j) weight[j] = x[j] * x[j];
+  float amax = 0, vmax = 0;
+  for (int j = 0; j < n; ++j) {
+    const float ax = std::fabs(x[j]);
+    if (ax > amax) {
+      amax = ax;
+      vmax = x[j];
+    }
+  }
+  float scale = 0.f;
+  if (amax >= detail::kGroupEps) {
+    float d = -vmax / levels[0];
+    float id = 1 / d;
+    float sumqx = 0, sumq2 = 0;
+    for (int j = 0; j < n; ++j) {
+      const float q = levels[detail::nearest_level_index(levels, 16, id * x[j])];
+      sumqx += weight[j] * q * x[j];
+      sumq2 += weight[j] * q * q;
+    }
+    d = sumq2 > 0 ? sumqx / sumq2 : 0.f;
+    float best = d * sumqx;
+    for (int step = -7; step <= 7; ++step) {
+      id = (step + levels[0]) / vmax;
+      sumqx = sumq2 = 0;
+      for (int j = 0; j < n; ++j) {
+        const float q = levels[detail::nearest_level_index(levels, 16, id * x[j])];
+        sumqx += weight[j] * q * x[j];
+        sumq2 += weight[j] * q * q;
+      }
+      if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+        d = sumqx / sumq2;
+        best = d * sumqx;
+      }
+    }
+    scale = d;
+  }
+  y->d = fp32_to_fp16(scale);
+  // quants from the unrounded scale, as llama.cpp does
+  const float id = scale != 0.f ? 1 / scale : 0.f;
+  for (int j = 0; j < n; ++j) L[j] = static_cast<uint8_t>(detail::nearest_level_index(levels, 16, id * x[j]));
+  for (int j = 0; j < n / 2; ++j) y->qs[j] = static_cast<uint8_t>(L[j] | (L[j + n / 2] << 4));
+}
+
+// ---------------------------------------------------------------------------------------
+// Typed rows: nblocks consecutive blocks.
+
+template <class Block>
+inline void dequantize_blocks(const Block* x, float* y, int64_t nblocks) {
+  for (int64_t i = 0; i < nblocks; ++i) dequantize_block(x[i], y + i * Block::block_size);
+}
+template <class Block>
+inline void quantize_blocks(const float* x, Block* y, int64_t nblocks) {
+  for (int64_t i = 0; i < nblocks; ++i) quantize_block(x + i * Block::block_size, y + i);
+}
+
+// ---------------------------------------------------------------------------------------
+// The traits table: one row per supported type.
+
+// n values (a whole number of blocks, not checked here; quantize_row / dequantize_row check).
+using DequantizeRowFn = void (*)(const void* src, float* dst, int64_t n);
+using QuantizeRowFn = void (*)(const float* src, void* dst, int64_t n);
+
+struct QuantTraits {
+  TensorType type;
+  const char* name;
+  int block_size;          // values per block
+  int block_bytes;         // bytes per block
+  float bits_per_weight;   // 8 * block_bytes / block_size
+  DequantizeRowFn dequantize;
+  QuantizeRowFn quantize;  // llama.cpp's reference quantizer without importance matrix
+};
+
+namespace detail {
+
+template <class Block>
+inline void dequantize_row_erased(const void* src, float* dst, int64_t n) {
+  dequantize_blocks(static_cast<const Block*>(src), dst, n / Block::block_size);
+}
+template <class Block>
+inline void quantize_row_erased(const float* src, void* dst, int64_t n) {
+  quantize_blocks(src, static_cast<Block*>(dst), n / Block::block_size);
+}
+
+// Unquantized rows go through memcpy so rows need no alignment.
+inline void dequantize_row_f32(const void* src, float* dst, int64_t n) {
+  if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+}
+inline void quantize_row_f32(const float* src, void* dst, int64_t n) {
+  if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+}
+inline void dequantize_row_f16(const void* src, float* dst, int64_t n) {
+  const auto* p = static_cast<const uint8_t*>(src);
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, p + 2 * i, 2);
+    dst[i] = fp16_to_fp32(h);
+  }
+}
+inline void quantize_row_f16(const float* src, void* dst, int64_t n) {
+  auto* p = static_cast<uint8_t*>(dst);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t h = fp32_to_fp16(src[i]);
+    std::memcpy(p + 2 * i, &h, 2);
+  }
+}
+inline void dequantize_row_bf16(const void* src, float* dst, int64_t n) {
+  const auto* p = static_cast<const uint8_t*>(src);
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, p + 2 * i, 2);
+    dst[i] = bf16_to_fp32(h);
+  }
+}
+inline void quantize_row_bf16(const float* src, void* dst, int64_t n) {
+  auto* p = static_cast<uint8_t*>(dst);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t h = fp32_to_bf16(src[i]);
+    std::memcpy(p + 2 * i, &h, 2);
+  }
+}
+
+constexpr QuantTraits make_traits(TensorType t, DequantizeRowFn dq, QuantizeRowFn q) {
+  const TensorTypeInfo& info = tensor_type_info(t);
+  return {t,
+          info.name,
+          static_cast<int>(info.block_size),
+          static_cast<int>(info.block_bytes),
+          8.f * static_cast<float>(info.block_bytes) / static_cast<float>(info.block_size),
+          dq,
+          q};
+}
+template <class Block>
+constexpr QuantTraits make_block_traits() {
+  return make_traits(Block::type, &dequantize_row_erased<Block>, &quantize_row_erased<Block>);
+}
+
+inline constexpr QuantTraits quant_traits_table[] = {
+    make_traits(TensorType::F32, &dequantize_row_f32, &quantize_row_f32),
+    make_traits(TensorType::F16, &dequantize_row_f16, &quantize_row_f16),
+    make_traits(TensorType::BF16, &dequantize_row_bf16, &quantize_row_bf16),
+    make_block_traits<BlockQ4_0>(),
+    make_block_traits<BlockQ4_1>(),
+    make_block_traits<BlockQ5_0>(),
+    make_block_traits<BlockQ5_1>(),
+    make_block_traits<BlockQ8_0>(),
+    make_block_traits<BlockQ8_1>(),
+    make_block_traits<BlockQ2_K>(),
+    make_block_traits<BlockQ3_K>(),
+    make_block_traits<BlockQ4_K>(),
+    make_block_traits<BlockQ5_K>(),
+    make_block_traits<BlockQ6_K>(),
+    make_block_traits<BlockQ8_K>(),
+    make_block_traits<BlockIQ4_NL>(),
+};
+
+}  // namespace detail
+
+// Traits of a type, or nullptr when tinyslm cannot convert it (IQ2_XXS, TQ1_0, ...).
+inline const QuantTraits* quant_traits(TensorType t) {
+  for (const auto& q : detail::quant_traits_table)
+    if (q.type == t) return &q;
+  return nullptr;
+}
+inline bool is_supported(TensorType t) { return quant_traits(t) != nullptr; }
+
+namespace detail {
+inline Expected<const QuantTraits*> traits_for_row(TensorType t, int64_t n) {
+  const QuantTraits* q = quant_traits(t);
+  if (!q)
+    return make_error(Errc::unsupported,
+                      std::string("tensor type ") + tensor_type_name(t) + " is not supported");
+  if (n < 0 || n % q->block_size != 0)
+    return make_error(Errc::invalid_argument,
+                      std::string("row of ") + std::to_string(n) + " values is not a whole number of " +
+                          q->name + " blocks of " + std::to_string(q->block_size));
+  return q;
+}
+}  // namespace detail
+
+// n values of type t at src -> n floats at dst.
+inline Status dequantize_row(TensorType t, const void* src, float* dst, int64_t n) {
+  auto q = detail::traits_for_row(t, n);
+  if (!q) return q.error();
+  (*q)->dequantize(src, dst, n);
+  return {};
+}
+
+// n floats at src -> n values of type t at dst (n / block_size * block_bytes bytes), the same
+// bytes llama.cpp's reference quantizer writes without importance matrix.
+inline Status quantize_row(TensorType t, const float* src, void* dst, int64_t n) {
+  auto q = detail::traits_for_row(t, n);
+  if (!q) return q.error();
+  (*q)->quantize(src, dst, n);
+  return {};
+}
 
 }  // namespace v0
 }  // namespace tinyslm
