@@ -6,6 +6,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <deque>
+#include <fstream>
+#include <set>
 #include <filesystem>
 #include <map>
 #include <new>
@@ -48,9 +50,12 @@ namespace {
 // Parses bytes held in an exactly-sized heap copy (so sanitizers see any over-read) and
 // returns the result, checking that the parse allocated at most a bounded multiple of the
 // file size: the index holds one small entry per key or tensor actually present.
+// Every buffer parse_bytes saw, valid or not; it lives until the program ends (so returned
+// files stay valid) and doubles as the fuzzer's seed corpus.
+std::deque<std::vector<uint8_t>> g_arena;
+
 Expected<GgufFile> parse_bytes(const std::vector<uint8_t>& bytes) {
-  // Each parsed buffer lives until the test program ends, so returned files stay valid.
-  static std::deque<std::vector<uint8_t>> arena;
+  auto& arena = g_arena;
   arena.emplace_back(bytes);
   const std::vector<uint8_t>& kept = arena.back();
   g_allocated = 0;
@@ -617,4 +622,22 @@ TEST_CASE("every model in ../shared parses with the documented architecture and 
     CHECK_MESSAGE(types == it->second.types, file);
   }
   CHECK(checked >= 60);
+}
+
+// With TINYSLM_FUZZ_SEED_DIR set, writes every small file the tests above built (valid and
+// malformed) there, as the seed corpus of fuzz/fuzz_gguf.cpp. Runs last (doctest orders test
+// cases by file and line).
+TEST_CASE("write the fuzzer seed corpus when asked") {
+  const char* dir = std::getenv("TINYSLM_FUZZ_SEED_DIR");
+  if (!dir) return;
+  std::filesystem::create_directories(dir);
+  std::set<std::string> unique;
+  for (const auto& b : g_arena)
+    if (b.size() <= 65536) unique.emplace(b.begin(), b.end());
+  int n = 0;
+  for (const auto& b : unique) {
+    std::ofstream out(std::string(dir) + "/seed_" + std::to_string(n++), std::ios::binary);
+    out.write(b.data(), static_cast<std::streamsize>(b.size()));
+  }
+  CHECK(n > 50);
 }
