@@ -6,4 +6,8 @@
 #include "tinyslm/gguf.hpp"
 #include "tinyslm/quant.hpp"
 #include "tinyslm/kernels.hpp"
+#include "tinyslm/ops.hpp"
 #include "tinyslm/threads.hpp"
+#include "tinyslm/model.hpp"
+#include "tinyslm/kv.hpp"
+#include "tinyslm/forward.hpp"

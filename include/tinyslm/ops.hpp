@@ -1,0 +1,423 @@
+// tinyslm ops: the element-wise and attention kernels of the forward pass (kernels layer).
+//
+// RMSNorm / LayerNorm, RoPE (normal and NeoX, frequency base, linear scaling, per-pair
+// frequency factors), softmax, SwiGLU / GeGLU, soft-capping, and causal attention over an
+// F16 KV cache with GQA and a sliding window. Each kernel is plain scalar code written so the
+// compiler vectorises it; the hot ones are compiled a second and third time for AVX2 and
+// AVX-512 (function target attributes) and picked at run time, so one binary runs anywhere.
+// Every reduction has a fixed order: results do not depend on the number of threads.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "core.hpp"
+
+#if defined(TINYSLM_ARCH_X86) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define TINYSLM_OPS_X86 1
+#define TINYSLM_OPS_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TINYSLM_OPS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+#define TINYSLM_OPS_INLINE __attribute__((always_inline)) inline
+#else
+#define TINYSLM_OPS_INLINE inline
+#endif
+
+namespace tinyslm {
+inline namespace v0 {
+namespace ops {
+
+namespace detail {
+
+// 0 = portable scalar, 1 = AVX2+FMA+F16C, 2 = AVX-512 (F/BW/VL/DQ).
+inline int simd_level() {
+  static const int level = [] {
+#if defined(TINYSLM_OPS_X86)
+    const CpuFeatures f = detect_cpu_features();
+    if (f.has_avx512()) return 2;
+    if (f.has_avx2_fma()) return 1;
+#endif
+    return 0;
+  }();
+  return level;
+}
+
+inline uint32_t f32_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+inline float bits_f32(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// x rounded to the nearest fp16 value (ties to even), kept as a float. Exact for the fp16
+// normal range, which is all attention inputs use; branch-free so it vectorises.
+TINYSLM_OPS_INLINE float round_to_f16(float x) {
+  uint32_t u = f32_bits(x);
+  u += 0xfffu + ((u >> 13) & 1u);
+  return bits_f32(u & 0xffffe000u);
+}
+
+// exp(x) for float, branch-free (vectorises): 2^n * p(r) with x = n ln2 + r, |r| <= ln2/2,
+// p a degree-6 polynomial; relative error below 2 ulp on [-87, 88], 0 below -87.
+TINYSLM_OPS_INLINE float exp_f32(float x) {
+  const float hi = 88.3762626647949f, lo = -87.3365447505531f;
+  const bool underflow = x < lo;
+  x = x > hi ? hi : (x < lo ? lo : x);
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  const float r2 = r * r;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r2 + r + 1.0f;
+  const int32_t e = static_cast<int32_t>(n);
+  const float scale = bits_f32(static_cast<uint32_t>(e + 127) << 23);
+  const float out = p * scale;
+  return underflow ? 0.0f : out;
+}
+
+TINYSLM_OPS_INLINE float tanh_f32(float x) {
+  // tanh(x) = 1 - 2 / (exp(2x) + 1), saturating cleanly for large |x|
+  const float e = exp_f32(2.0f * x);
+  return 1.0f - 2.0f / (e + 1.0f);
+}
+
+// ---- bodies compiled once per instruction set ----
+
+TINYSLM_OPS_INLINE void silu_mul_body(const float* g, const float* u, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + exp_f32(-g[i])) * u[i];
+}
+
+TINYSLM_OPS_INLINE void gelu_mul_body(const float* g, const float* u, float* out, int64_t n) {
+  const float c = 0.79788456080286535587989211986876f;  // sqrt(2/pi)
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = g[i];
+    const float t = tanh_f32(c * x * (1.0f + 0.044715f * x * x));
+    out[i] = 0.5f * x * (1.0f + t) * u[i];
+  }
+}
+
+// s[j] += q[d] * kt[d][j] over d: one query against keys [0, n) stored transposed.
+TINYSLM_OPS_INLINE void scores_body(const float* q, const float* kt, int64_t ld, int64_t hd,
+                                    int64_t n, float* s) {
+  for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
+  for (int64_t d = 0; d < hd; ++d) {
+    const float qd = q[d];
+    const float* row = kt + d * ld;
+    for (int64_t j = 0; j < n; ++j) s[j] += qd * row[j];
+  }
+}
+
+// out[d] = sum_j p[j] * v[j][d], in order of j.
+TINYSLM_OPS_INLINE void mix_values_body(const float* p, const float* v, int64_t hd, int64_t n,
+                                        float* out) {
+  for (int64_t d = 0; d < hd; ++d) out[d] = 0.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    const float pj = p[j];
+    const float* row = v + j * hd;
+    for (int64_t d = 0; d < hd; ++d) out[d] += pj * row[d];
+  }
+}
+
+// Softmax of s[0, n) after scale and optional soft-cap; the probabilities are rounded to
+// fp16 as llama.cpp's F16-cache attention does. Sum in double, in order.
+TINYSLM_OPS_INLINE void softmax_body(float* s, int64_t n, float scale, float softcap) {
+  if (softcap > 0.0f) {
+    const float inv = 1.0f / softcap;
+    for (int64_t j = 0; j < n; ++j) s[j] = softcap * tanh_f32(s[j] * scale * inv);
+  } else {
+    for (int64_t j = 0; j < n; ++j) s[j] *= scale;
+  }
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
+  for (int64_t j = 0; j < n; ++j) s[j] = exp_f32(s[j] - mx);
+  double sum = 0.0;
+  for (int64_t j = 0; j < n; ++j) sum += s[j];
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t j = 0; j < n; ++j) s[j] = round_to_f16(s[j] * inv);
+}
+
+#define TINYSLM_OPS_VARIANTS(name, params, args)                                  \
+  inline void name##_scalar params { name##_body args; }                          \
+  TINYSLM_OPS_VARIANT_X86(name, params, args)                                     \
+  inline void name params {                                                       \
+    TINYSLM_OPS_DISPATCH_X86(name, args)                                          \
+    name##_scalar args;                                                           \
+  }
+#if defined(TINYSLM_OPS_X86)
+#define TINYSLM_OPS_VARIANT_X86(name, params, args)                   \
+  TINYSLM_OPS_AVX2 inline void name##_avx2 params { name##_body args; } \
+  TINYSLM_OPS_AVX512 inline void name##_avx512 params { name##_body args; }
+#define TINYSLM_OPS_DISPATCH_X86(name, args)                 \
+  switch (simd_level()) {                                    \
+    case 2: name##_avx512 args; return;                      \
+    case 1: name##_avx2 args; return;                        \
+    default: break;                                          \
+  }
+#else
+#define TINYSLM_OPS_VARIANT_X86(name, params, args)
+#define TINYSLM_OPS_DISPATCH_X86(name, args)
+#endif
+
+TINYSLM_OPS_VARIANTS(silu_mul, (const float* g, const float* u, float* out, int64_t n),
+                     (g, u, out, n))
+TINYSLM_OPS_VARIANTS(gelu_mul, (const float* g, const float* u, float* out, int64_t n),
+                     (g, u, out, n))
+TINYSLM_OPS_VARIANTS(scores, (const float* q, const float* kt, int64_t ld, int64_t hd, int64_t n, float* s),
+                     (q, kt, ld, hd, n, s))
+TINYSLM_OPS_VARIANTS(mix_values, (const float* p, const float* v, int64_t hd, int64_t n, float* out),
+                     (p, v, hd, n, out))
+TINYSLM_OPS_VARIANTS(softmax, (float* s, int64_t n, float scale, float softcap), (s, n, scale, softcap))
+
+#undef TINYSLM_OPS_VARIANTS
+#undef TINYSLM_OPS_VARIANT_X86
+#undef TINYSLM_OPS_DISPATCH_X86
+
+// fp16 <-> fp32 rows (hardware conversion where available; identical results: both RNE).
+inline void f16_to_f32_scalar(const uint16_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_fp32(src[i]);
+}
+inline void f32_to_f16_scalar(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
+}
+#if defined(TINYSLM_OPS_X86)
+TINYSLM_OPS_AVX2 inline void f16_to_f32_avx2(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < n; ++i) dst[i] = fp16_to_fp32(src[i]);
+}
+TINYSLM_OPS_AVX2 inline void f32_to_f16_avx2(const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
+}
+#endif
+
+}  // namespace detail
+
+inline void f16_to_f32(const uint16_t* src, float* dst, int64_t n) {
+#if defined(TINYSLM_OPS_X86)
+  if (detail::simd_level() >= 1) return detail::f16_to_f32_avx2(src, dst, n);
+#endif
+  detail::f16_to_f32_scalar(src, dst, n);
+}
+inline void f32_to_f16(const float* src, uint16_t* dst, int64_t n) {
+#if defined(TINYSLM_OPS_X86)
+  if (detail::simd_level() >= 1) return detail::f32_to_f16_avx2(src, dst, n);
+#endif
+  detail::f32_to_f16_scalar(src, dst, n);
+}
+
+// ---------------------------------------------------------------------------------------
+// Norms
+
+// y = x / sqrt(mean(x^2) + eps) * w   (w may be null: no weight). y may alias x.
+inline void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
+  const float scale = 1.0f / std::sqrt(static_cast<float>(sum / static_cast<double>(n)) + eps);
+  if (w) {
+    for (int64_t i = 0; i < n; ++i) y[i] = (x[i] * scale) * w[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale;
+  }
+}
+
+// y = (x - mean) / sqrt(var + eps) * w + b   (w, b may be null). y may alias x.
+inline void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t n, float eps) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += x[i];
+  const float mean = static_cast<float>(sum / static_cast<double>(n));
+  double var = 0.0;
+  for (int64_t i = 0; i < n; ++i) var += static_cast<double>(x[i] - mean) * (x[i] - mean);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(var / static_cast<double>(n)) + eps);
+  for (int64_t i = 0; i < n; ++i) {
+    float v = (x[i] - mean) * scale;
+    if (w) v *= w[i];
+    if (b) v += b[i];
+    y[i] = v;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// RoPE
+
+enum class RopeLayout : uint8_t { normal, neox };
+
+// cos/sin of the n_rot/2 rotation angles at `pos`, interleaved: cs[2i] = cos, cs[2i+1] = sin.
+// theta_i = pos * freq_scale * base^(-2i/n_rot) / freq_factors[i]; the power is built by
+// repeated multiplication in float, as llama.cpp does, so the angles match it closely.
+inline void rope_angles(int64_t pos, int64_t n_rot, float base, float freq_scale,
+                        const float* freq_factors, float* cs) {
+  const float theta_scale = std::pow(base, -2.0f / static_cast<float>(n_rot));
+  float theta = static_cast<float>(pos);
+  for (int64_t i = 0; i < n_rot / 2; ++i) {
+    const float ff = freq_factors ? freq_factors[i] : 1.0f;
+    const float t = freq_scale * (theta / ff);
+    cs[2 * i] = std::cos(t);
+    cs[2 * i + 1] = std::sin(t);
+    theta *= theta_scale;
+  }
+}
+
+// Rotates the first n_rot values of each of n_heads heads (head h at x + h * head_dim).
+inline void rope_apply(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot,
+                       const float* cs, RopeLayout layout) {
+  const int64_t half = n_rot / 2;
+  for (int64_t h = 0; h < n_heads; ++h) {
+    float* v = x + h * head_dim;
+    if (layout == RopeLayout::normal) {
+      for (int64_t i = 0; i < half; ++i) {
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        const float a = v[2 * i], b = v[2 * i + 1];
+        v[2 * i] = a * c - b * s;
+        v[2 * i + 1] = a * s + b * c;
+      }
+    } else {
+      for (int64_t i = 0; i < half; ++i) {
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = a * s + b * c;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Activations, softmax, soft-capping
+
+// out = silu(g) * u  (SwiGLU). out may alias g or u.
+inline void silu_mul(const float* g, const float* u, float* out, int64_t n) { detail::silu_mul(g, u, out, n); }
+// out = gelu_tanh(g) * u  (GeGLU). out may alias g or u.
+inline void gelu_mul(const float* g, const float* u, float* out, int64_t n) { detail::gelu_mul(g, u, out, n); }
+
+// In-place softmax (max-subtracted; sum in double).
+inline void softmax(float* x, int64_t n) {
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+// x = cap * tanh(x / cap)
+inline void soft_cap(float* x, int64_t n, float cap) {
+  const float inv = 1.0f / cap;
+  for (int64_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] * inv);
+}
+
+inline void add(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+inline void scale(float* y, float s, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] *= s;
+}
+
+// ---------------------------------------------------------------------------------------
+// Attention over an F16 KV cache
+
+struct AttentionShape {
+  int64_t n_head = 0, n_head_kv = 0;
+  int64_t head_dim_k = 0, head_dim_v = 0;
+  float scale = 1.0f;     // multiplies Q.K
+  float softcap = 0.0f;   // 0 = off
+  int64_t n_swa = 0;      // 0 = full causal attention; else p - q < n_swa
+};
+
+// Scratch owned by the caller, sized once for a context (see reserve()).
+struct AttentionScratch {
+  AlignedBuffer<float> kt;    // [n_head_kv][head_dim_k][n_ctx]  keys, transposed, f32
+  AlignedBuffer<float> vf;    // [n_head_kv][n_ctx][head_dim_v]  values, f32
+  AlignedBuffer<float> rows;  // per thread: scores[n_ctx] + q[head_dim_k]
+  int64_t n_ctx = 0, n_threads = 0, row_stride = 0;
+
+  [[nodiscard]] bool reserve(const AttentionShape& a, int64_t n_ctx_, int n_threads_) {
+    n_ctx = (n_ctx_ + 15) / 16 * 16;
+    n_threads = n_threads_;
+    row_stride = (n_ctx + a.head_dim_k + 15) / 16 * 16;
+    return kt.allocate(static_cast<size_t>(a.n_head_kv * a.head_dim_k * n_ctx)) &&
+           vf.allocate(static_cast<size_t>(a.n_head_kv * n_ctx * a.head_dim_v)) &&
+           rows.allocate(static_cast<size_t>(row_stride * n_threads));
+  }
+};
+
+// Causal attention for n_tokens queries at positions pos0 .. pos0 + n_tokens - 1.
+//   q:   row i (stride q_stride) holds n_head heads of head_dim_k values (after RoPE)
+//   k,v: this layer's cache, [n_head_kv][cache_ctx][head_dim], positions 0 .. pos0+n_tokens-1 filled
+//   out: row i (stride out_stride) receives n_head heads of head_dim_v values
+// Each (head, query) is computed whole by one thread, so the thread count never changes a result.
+inline void attention(const AttentionShape& a, const float* q, int64_t q_stride, int64_t n_tokens,
+                      int64_t pos0, const uint16_t* k, const uint16_t* v, int64_t cache_ctx,
+                      float* out, int64_t out_stride, AttentionScratch& scratch,
+                      const ParallelFor& par) {
+  const int64_t n_kv = pos0 + n_tokens;
+  const int64_t ld = scratch.n_ctx;
+  // The oldest position any of these queries can see.
+  const int64_t first = a.n_swa > 0 ? (pos0 - a.n_swa + 1 > 0 ? pos0 - a.n_swa + 1 : 0) : 0;
+  const int64_t hk = a.head_dim_k, hv = a.head_dim_v;
+
+  // 1. Keys to f32, transposed (so scores are row-wise multiply-adds), values to f32.
+  par([&](int t, int nt) {
+    int64_t b, e;
+    ParallelFor::split(a.n_head_kv * (n_kv - first), t, nt, 16, &b, &e);
+    float tmp[1024];
+    for (int64_t w = b; w < e; ++w) {
+      const int64_t g = w / (n_kv - first), j = first + w % (n_kv - first);
+      f16_to_f32(k + (g * cache_ctx + j) * hk, tmp, hk);
+      float* kt = scratch.kt.data() + g * hk * ld;
+      for (int64_t d = 0; d < hk; ++d) kt[d * ld + j] = tmp[d];
+      f16_to_f32(v + (g * cache_ctx + j) * hv, scratch.vf.data() + (g * ld + j) * hv, hv);
+    }
+  });
+
+  // 2. One (head, query) pair per work item.
+  const int64_t group = a.n_head / a.n_head_kv;
+  par([&](int t, int nt) {
+    int64_t b, e;
+    ParallelFor::split(a.n_head * n_tokens, t, nt, 1, &b, &e);
+    float* s = scratch.rows.data() + t * scratch.row_stride;
+    float* qh = s + scratch.n_ctx;
+    for (int64_t w = b; w < e; ++w) {
+      const int64_t h = w / n_tokens, i = w % n_tokens;
+      const int64_t p = pos0 + i, g = h / group;
+      const int64_t lo = a.n_swa > 0 && p - a.n_swa + 1 > 0 ? p - a.n_swa + 1 : 0;
+      const int64_t n = p + 1 - lo;
+      // llama.cpp multiplies Q by the F16 cache in F16: round Q the same way.
+      const float* qi = q + i * q_stride + h * hk;
+      for (int64_t d = 0; d < hk; ++d) qh[d] = detail::round_to_f16(qi[d]);
+      detail::scores(qh, scratch.kt.data() + g * hk * ld + lo, ld, hk, n, s);
+      detail::softmax(s, n, a.scale, a.softcap);
+      detail::mix_values(s, scratch.vf.data() + (g * ld + lo) * hv, hv, n, out + i * out_stride + h * hv);
+    }
+  });
+}
+
+}  // namespace ops
+}  // namespace v0
+}  // namespace tinyslm
+
+#undef TINYSLM_OPS_INLINE
+#if defined(TINYSLM_OPS_X86)
+#undef TINYSLM_OPS_AVX2
+#undef TINYSLM_OPS_AVX512
+#undef TINYSLM_OPS_X86
+#endif
