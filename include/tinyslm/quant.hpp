@@ -160,11 +160,19 @@ inline constexpr int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22,
                                             1,    13,   25,  38,  53,  69,  89,  113};
 
 namespace detail {
+// The table entry of a type, found by value: a plain loop stays a constant expression in every
+// build (GCC's UBSan makes the pointer test in tensor_type_info(TensorType) non-constant).
+constexpr TensorTypeInfo type_info_entry(TensorType t) {
+  for (const auto& e : tensor_type_table)
+    if (e.type == t) return e;
+  return {t, "unknown", 0, 0};
+}
 template <class Block>
 constexpr bool block_matches_table() {
+  constexpr TensorTypeInfo info = type_info_entry(Block::type);
   return std::is_trivial_v<Block> && std::is_standard_layout_v<Block> &&
-         sizeof(Block) == tensor_type_info(Block::type).block_bytes &&
-         static_cast<uint32_t>(Block::block_size) == tensor_type_info(Block::type).block_size;
+         sizeof(Block) == info.block_bytes &&
+         static_cast<uint32_t>(Block::block_size) == info.block_size;
 }
 }  // namespace detail
 
@@ -1077,7 +1085,7 @@ inline void quantize_row_bf16(const float* src, void* dst, int64_t n) {
 }
 
 constexpr QuantTraits make_traits(TensorType t, DequantizeRowFn dq, QuantizeRowFn q) {
-  const TensorTypeInfo& info = tensor_type_info(t);
+  const TensorTypeInfo info = type_info_entry(t);
   return {t,
           info.name,
           static_cast<int>(info.block_size),
