@@ -48,3 +48,11 @@ if(TARGET inspect)
       PASS_REGULAR_EXPRESSION "^inspect: [^\n]*unsupported GGUF version 1[^\n]*\n$")
   endif()
 endif()
+
+# meson: tinyslm as a subproject of the consumer app.
+find_program(TINYSLM_MESON meson)
+if(TINYSLM_MESON)
+  add_test(NAME consumer_meson_subproject
+           COMMAND sh -c "rm -rf '${TINYSLM_CONSUMER_WORK}/meson' && mkdir -p '${TINYSLM_CONSUMER_WORK}/meson/src/subprojects' && cp '${TINYSLM_CONSUMER_DIR}/main.cpp' '${TINYSLM_CONSUMER_DIR}/meson.build' '${TINYSLM_CONSUMER_WORK}/meson/src/' && ln -s '${PROJECT_SOURCE_DIR}' '${TINYSLM_CONSUMER_WORK}/meson/src/subprojects/tinyslm' && '${TINYSLM_MESON}' setup '${TINYSLM_CONSUMER_WORK}/meson/build' '${TINYSLM_CONSUMER_WORK}/meson/src' >/dev/null && '${TINYSLM_MESON}' compile -C '${TINYSLM_CONSUMER_WORK}/meson/build' >/dev/null && '${TINYSLM_CONSUMER_WORK}/meson/build/consumer'")
+  set_tests_properties(consumer_meson_subproject PROPERTIES RUN_SERIAL TRUE)
+endif()
