@@ -172,17 +172,23 @@ class MatmulScratch {
       const int64_t kk = kp > cap_k_ ? kp : cap_k_;
       const auto sz = static_cast<size_t>(nn * kk);
       if (!qs_.allocate(sz) || !corr4_.allocate(sz / 4) || !da16_.allocate(sz / 16) ||
-          !m16_.allocate(sz / 16) || !sum16_.allocate(sz / 16) || !m32_.allocate(sz / 32))
+          !m16_.allocate(sz / 16) || !sum16_.allocate(sz / 16) || !m32_.allocate(sz / 32) ||
+          !acts_.allocate(static_cast<size_t>(nn)))
         return alloc_failed();
       xf_.release();
       cap_n_ = nn;
       cap_k_ = kk;
+      fill_rows();
     }
     if (need_float && xf_.size() < static_cast<size_t>(cap_n_ * cap_k_)) {
       if (!xf_.allocate(static_cast<size_t>(cap_n_ * cap_k_))) return alloc_failed();
+      fill_rows();
     }
     return {};
   }
+
+  // The activation rows, one per token (valid after ensure / reserve).
+  const detail::ActRow* rows() const { return acts_.data(); }
 
   detail::ActRow row(int64_t i) const {
     detail::ActRow a;
@@ -205,11 +211,15 @@ class MatmulScratch {
   }
 
  private:
+  void fill_rows() {
+    for (int64_t i = 0; i < cap_n_; ++i) acts_[static_cast<size_t>(i)] = row(i);
+  }
   static Error alloc_failed() { return make_error(Errc::out_of_memory, "matmul scratch: allocation failed"); }
   AlignedBuffer<int8_t> qs_;
   AlignedBuffer<int32_t> corr4_;
   AlignedBuffer<float> da16_, m16_, m32_, xf_;
   AlignedBuffer<int32_t> sum16_;
+  AlignedBuffer<detail::ActRow> acts_;
   int64_t cap_n_ = 0, cap_k_ = 0;
 };
 
@@ -220,26 +230,27 @@ inline void matmul_rows(SimdLevel level, const MatrixRef& w, int64_t row_bytes, 
                         float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const int64_t k = w.cols;
   const bool is_float = act_format_is_float(act_format_for(w.type));
+  const ActRow* acts = s.rows();
 #if defined(TINYSLM_KERNELS_X86)
   if (level == SimdLevel::avx512 || level == SimdLevel::avx2) {
-    if (x86::matmul_rows(level == SimdLevel::avx512, w.type, w.data, row_bytes, k, s, n, y, ldy, r0, r1)) return;
+    if (x86::matmul_rows(level == SimdLevel::avx512, w.type, w.data, row_bytes, k, acts, n, y, ldy, r0, r1)) return;
   }
 #endif
 #if defined(TINYSLM_KERNELS_ARM)
   if (level == SimdLevel::neon) {
-    if (arm::matmul_rows(w.type, w.data, row_bytes, k, s, n, y, ldy, r0, r1)) return;
+    if (arm::matmul_rows(w.type, w.data, row_bytes, k, acts, n, y, ldy, r0, r1)) return;
   }
 #endif
 #if defined(TINYSLM_USE_HIGHWAY)
   if (level == SimdLevel::highway) {
-    if (hwy_kernels::matmul_rows(w.type, w.data, row_bytes, k, s, n, y, ldy, r0, r1)) return;
+    if (hwy_kernels::matmul_rows(w.type, w.data, row_bytes, k, acts, n, y, ldy, r0, r1)) return;
   }
 #endif
   (void)level;
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w.data + r * row_bytes;
     for (int64_t i = 0; i < n; ++i) {
-      const ActRow a = s.row(i);
+      const ActRow& a = acts[i];
       y[i * ldy + r] = is_float ? dot_row_float_scalar(w.type, row, k, a.xf) : dot_row_scalar(w.type, row, k, a);
     }
   }
@@ -293,3 +304,7 @@ inline Status matmul(const MatrixRef& w, const float* x, int64_t n, float* y, in
 
 }  // namespace v0
 }  // namespace tinyslm
+
+#undef TINYSLM_TARGET_AVX2
+#undef TINYSLM_TARGET_AVX512
+#undef TINYSLM_TARGET_NEON

@@ -73,7 +73,7 @@ inline void quantize_activation_row(ActFormat fmt, const float* x, int64_t k, in
                                     float* m32, float* m16, int32_t* sum16, int32_t* corr4, float* xf) {
   switch (fmt) {
     case ActFormat::f32:
-      if (xf != x) std::memcpy(xf, x, static_cast<size_t>(k) * sizeof(float));
+      if (xf && xf != x) std::memcpy(xf, x, static_cast<size_t>(k) * sizeof(float));
       return;
     case ActFormat::f16:
       for (int64_t i = 0; i < k; ++i) xf[i] = fp16_to_fp32(fp32_to_fp16(x[i]));

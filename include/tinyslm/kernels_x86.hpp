@@ -1,4 +1,561 @@
-// tinyslm kernels, x86 paths (filled in below; the scalar reference is kernels_scalar.hpp).
+// tinyslm kernels, x86-64 paths: AVX2 (+FMA, F16C) and AVX-512 (F/BW/VL/DQ + VNNI).
+//
+// Every function here carries a target attribute, so the header compiles without -march
+// flags and the dispatcher in kernels.hpp only calls a path after detect_cpu_features()
+// said the CPU has it.
+//
+// Integer weights go through the canonical decode of kernels_scalar.hpp (int8 weights plus
+// a float scale per 16 values and a min per group), done here with SIMD for the common
+// types, one chunk of a row at a time in L1:
+//  - GEMV (few tokens): decoded chunk times each token; AVX-512 uses VNNI (vpdpbusd) on
+//    unsigned bytes w + 128 with the exact integer correction -128 * sum(a) precomputed per
+//    4 activations; AVX2 uses the sign trick (maddubs(|w|, sign(a, w))), exact as well.
+//  - GEMM (AVX-512, n >= kGemmMinTokens): a panel of 16 rows is decoded and interleaved so
+//    one zmm holds 4 consecutive bytes of each of the 16 rows; the micro-kernel broadcasts
+//    4 activation bytes per vpdpbusd and keeps 8 tokens x 16 rows of float accumulators in
+//    registers, so scales are applied once per group of 16/32 values per (row, token).
+// Float weights (F32/F16/BF16) use a 4-row x up-to-4-token dot-product tile.
 #pragma once
 
+#include <cstdint>
+#include <cstring>
+
 #include "kernels_scalar.hpp"
+
+#if defined(TINYSLM_ARCH_X86) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define TINYSLM_KERNELS_X86 1
+#include <immintrin.h>
+
+#define TINYSLM_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TINYSLM_TARGET_AVX512 \
+  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+
+// GCC 12 warns about its own _mm512_undefined_* helpers once they are inlined here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace tinyslm {
+inline namespace v0 {
+namespace detail {
+namespace x86 {
+
+// Values decoded per chunk of a row (a multiple of 256, so K super-blocks are never split).
+inline constexpr int64_t kChunk = 512;
+// Token count from which the AVX-512 panel GEMM beats running the GEMV kernel per token.
+inline constexpr int64_t kGemmMinTokens = 4;
+
+// ---------------------------------------------------------------------------------------
+// SIMD canonical decode (AVX2 instructions; inlined into the AVX-512 kernels as well).
+
+TINYSLM_TARGET_AVX2 inline float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
+
+// 0xFF in byte i where bit i of `bits` is set.
+TINYSLM_TARGET_AVX2 inline __m256i bits_to_bytes(uint32_t bits) {
+  const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+  __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)), shuf);
+  v = _mm256_or_si256(v, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+  return _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1));
+}
+
+// The 32 nibbles of a 16-byte legacy block in natural order (low nibbles first).
+TINYSLM_TARGET_AVX2 inline __m256i nibbles32(const uint8_t* qs) {
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m4), _mm_and_si128(x, m4));
+}
+
+// Decodes native blocks covering values [v0, v0 + nv) of `row` into w / sw16 / mw (mw per
+// group of the type, indexed from v0).
+TINYSLM_TARGET_AVX2 inline void decode_chunk(TensorType t, const uint8_t* row, int64_t v0, int64_t nv, int8_t* w,
+                                             float* sw16, float* mw) {
+  const WeightTraits tr = weight_traits(t);
+  const int64_t b0 = v0 / tr.block_values, nb = nv / tr.block_values;
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t j = 0; j < nb; ++j) {
+    const uint8_t* blk = row + (b0 + j) * tr.block_bytes;
+    int8_t* o = w + j * tr.block_values;
+    float* s = sw16 + j * (tr.block_values / 16);
+    switch (t) {
+      case TensorType::Q4_0: {
+        const auto* b = reinterpret_cast<const BlockQ4_0*>(blk);
+        const __m256i v = _mm256_sub_epi8(nibbles32(b->qs), _mm256_set1_epi8(8));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), v);
+        s[0] = s[1] = f16_scalar(b->d);
+        break;
+      }
+      case TensorType::Q8_0: {
+        const auto* b = reinterpret_cast<const BlockQ8_0*>(blk);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qs)));
+        s[0] = s[1] = f16_scalar(b->d);
+        break;
+      }
+      case TensorType::Q5_0: {
+        const auto* b = reinterpret_cast<const BlockQ5_0*>(blk);
+        uint32_t qh;
+        std::memcpy(&qh, b->qh, 4);
+        __m256i v = _mm256_or_si256(nibbles32(b->qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
+        v = _mm256_sub_epi8(v, _mm256_set1_epi8(16));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), v);
+        s[0] = s[1] = f16_scalar(b->d);
+        break;
+      }
+      case TensorType::Q4_1: {
+        const auto* b = reinterpret_cast<const BlockQ4_1*>(blk);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), nibbles32(b->qs));
+        s[0] = s[1] = f16_scalar(b->d);
+        mw[j] = f16_scalar(b->m);
+        break;
+      }
+      case TensorType::Q5_1: {
+        const auto* b = reinterpret_cast<const BlockQ5_1*>(blk);
+        uint32_t qh;
+        std::memcpy(&qh, b->qh, 4);
+        const __m256i v = _mm256_or_si256(nibbles32(b->qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), v);
+        s[0] = s[1] = f16_scalar(b->d);
+        mw[j] = f16_scalar(b->m);
+        break;
+      }
+      case TensorType::IQ4_NL: {
+        const auto* b = reinterpret_cast<const BlockIQ4_NL*>(blk);
+        const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_shuffle_epi8(table, nibbles32(b->qs)));
+        s[0] = s[1] = f16_scalar(b->d);
+        break;
+      }
+      case TensorType::Q4_K:
+      case TensorType::Q5_K: {
+        const bool q5 = t == TensorType::Q5_K;
+        const auto* b4 = reinterpret_cast<const BlockQ4_K*>(blk);
+        const auto* b5 = reinterpret_cast<const BlockQ5_K*>(blk);
+        const float d = f16_scalar(q5 ? b5->d : b4->d), dmin = f16_scalar(q5 ? b5->dmin : b4->dmin);
+        const uint8_t* qs = q5 ? b5->qs : b4->qs;
+        uint8_t sc[8], mn[8];
+        unpack_scales_k4(q5 ? b5->scales : b4->scales, sc, mn);
+        const __m256i hb = q5 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b5->qh)) : _mm256_setzero_si256();
+        const __m256i one = _mm256_set1_epi8(1);
+        for (int c = 0; c < 4; ++c) {
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
+          __m256i lo = _mm256_and_si256(x, m4);
+          __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+          if (q5) {
+            const __m256i blo = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c)), one);
+            const __m256i bhi = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c + 1)), one);
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(blo, 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(bhi, 4));
+          }
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * c), lo);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * c + 32), hi);
+        }
+        for (int g = 0; g < 8; ++g) {
+          s[2 * g] = s[2 * g + 1] = d * static_cast<float>(sc[g]);
+          mw[j * 8 + g] = -dmin * static_cast<float>(mn[g]);
+        }
+        break;
+      }
+      case TensorType::Q6_K: {
+        const auto* b = reinterpret_cast<const BlockQ6_K*>(blk);
+        const __m256i m3 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->ql + 64 * h));
+          const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->ql + 64 * h + 32));
+          const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qh + 32 * h));
+          const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
+          const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
+          const __m256i h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
+          const __m256i h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
+          int8_t* oh = o + 128 * h;
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh), _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l0, m4), h0), off));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 32), _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l1, m4), h1), off));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 64),
+                              _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2), off));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 96),
+                              _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3), off));
+        }
+        const float d = f16_scalar(b->d);
+        for (int g = 0; g < 16; ++g) s[g] = d * static_cast<float>(b->scales[g]);
+        break;
+      }
+      default: {  // Q2_K, Q3_K: scalar decode (G = 16, so sw is already per 16)
+        float sw[16], m[16];
+        decode_block_scalar(t, blk, o, sw, m);
+        for (int g = 0; g < tr.block_values / 16; ++g) s[g] = sw[tr.group == 16 ? g : g / 2];
+        if (tr.has_min)
+          for (int g = 0; g < tr.block_values / tr.group; ++g) mw[j * (tr.block_values / tr.group) + g] = m[g];
+        break;
+      }
+    }
+  }
+}
+
+// Sum over groups of mw[g] * M(g) for a chunk starting at value v0.
+inline float chunk_min_term(const WeightTraits& tr, const float* mw, int64_t v0, int64_t nv, const ActRow& a) {
+  float acc = 0.f;
+  if (tr.group == 32) {
+    for (int64_t g = 0; g < nv / 32; ++g) acc += mw[g] * a.m32[v0 / 32 + g];
+  } else {
+    for (int64_t g = 0; g < nv / 16; ++g) acc += mw[g] * a.m16[v0 / 16 + g];
+  }
+  return acc;
+}
+
+// ---------------------------------------------------------------------------------------
+// Dot of a decoded chunk with one activation row.
+
+TINYSLM_TARGET_AVX2 inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// AVX2: 32 values per step; lanes of the int32 sums cover 4 consecutive values, like vpdpbusd.
+TINYSLM_TARGET_AVX2 inline float dot_chunk_avx2(const int8_t* w, const float* sw16, int64_t nv, const int8_t* aq,
+                                                const float* da16) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i idx = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+  for (int64_t v = 0; v < nv; v += 32) {
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + v));
+    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq + v));
+    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
+    const __m256i p32 = _mm256_madd_epi16(p16, ones);
+    const __m128 s2 = _mm_mul_ps(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sw16 + v / 16))),
+                                 _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(da16 + v / 16))));
+    const __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(s2), idx);
+    if ((v / 32) & 1)
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), s, acc1);
+    else
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), s, acc0);
+  }
+  return hsum256(_mm256_add_ps(acc0, acc1));
+}
+
+// AVX-512 VNNI: 64 values per step on unsigned bytes w + 128, corrected by corr4.
+TINYSLM_TARGET_AVX512 inline float dot_chunk_avx512(const int8_t* w, const float* sw16, int64_t nv, const int8_t* aq,
+                                                    const int32_t* corr4, const float* da16) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  int64_t v = 0;
+  for (; v + 128 <= nv; v += 128) {
+    const __m512i u0 = _mm512_xor_si512(_mm512_loadu_si512(w + v), flip);
+    const __m512i u1 = _mm512_xor_si512(_mm512_loadu_si512(w + v + 64), flip);
+    const __m512i t0 = _mm512_dpbusd_epi32(_mm512_loadu_si512(corr4 + v / 4), u0, _mm512_loadu_si512(aq + v));
+    const __m512i t1 = _mm512_dpbusd_epi32(_mm512_loadu_si512(corr4 + v / 4 + 16), u1, _mm512_loadu_si512(aq + v + 64));
+    const __m512 s0 = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(_mm_loadu_ps(sw16 + v / 16), _mm_loadu_ps(da16 + v / 16))));
+    const __m512 s1 = _mm512_permutexvar_ps(
+        idx, _mm512_castps128_ps512(_mm_mul_ps(_mm_loadu_ps(sw16 + v / 16 + 4), _mm_loadu_ps(da16 + v / 16 + 4))));
+    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t0), s0, acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t1), s1, acc1);
+  }
+  for (; v + 64 <= nv; v += 64) {
+    const __m512i u0 = _mm512_xor_si512(_mm512_loadu_si512(w + v), flip);
+    const __m512i t0 = _mm512_dpbusd_epi32(_mm512_loadu_si512(corr4 + v / 4), u0, _mm512_loadu_si512(aq + v));
+    const __m512 s0 = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(_mm_loadu_ps(sw16 + v / 16), _mm_loadu_ps(da16 + v / 16))));
+    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t0), s0, acc0);
+  }
+  if (v < nv) {  // 32 values left
+    const __m256i u = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + v)), _mm256_set1_epi8(static_cast<char>(0x80)));
+    const __m256i t = _mm256_dpbusd_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr4 + v / 4)), u,
+                                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq + v)));
+    const __m512 s = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_unpacklo_epi64(
+                                                    _mm_castps_si128(_mm_mul_ps(_mm_loadu_ps(sw16 + v / 16), _mm_loadu_ps(da16 + v / 16))),
+                                                    _mm_setzero_si128()))));
+    acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(t)), s, acc1);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+// ---------------------------------------------------------------------------------------
+// GEMV-style driver: each row is decoded chunk by chunk once and dotted with every token.
+
+template <bool Avx512>
+inline void int_rows_gemv(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
+                          int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1);
+
+#define TINYSLM_X86_GEMV_BODY(DOT)                                                             \
+  const WeightTraits tr = weight_traits(t);                                                   \
+  alignas(64) int8_t w[kChunk];                                                               \
+  alignas(64) float sw16[kChunk / 16 + 4];                                                    \
+  alignas(64) float mw[kChunk / 16];                                                          \
+  float acc[16];                                                                              \
+  for (int64_t r = r0; r < r1; ++r) {                                                         \
+    const uint8_t* row = data + r * row_bytes;                                                \
+    for (int64_t i0 = 0; i0 < n; i0 += 16) {                                                  \
+      const int64_t ni = n - i0 < 16 ? n - i0 : 16;                                           \
+      for (int64_t i = 0; i < ni; ++i) acc[i] = 0.f;                                          \
+      for (int64_t v0 = 0; v0 < k; v0 += kChunk) {                                            \
+        const int64_t nv = k - v0 < kChunk ? k - v0 : kChunk;                                 \
+        decode_chunk(t, row, v0, nv, w, sw16, mw);                                            \
+        for (int64_t i = 0; i < ni; ++i) {                                                    \
+          const ActRow& a = acts[i0 + i];                                                     \
+          acc[i] += DOT;                                                                      \
+          if (tr.has_min) acc[i] += chunk_min_term(tr, mw, v0, nv, a);                        \
+        }                                                                                     \
+      }                                                                                       \
+      for (int64_t i = 0; i < ni; ++i) y[(i0 + i) * ldy + r] = acc[i];                        \
+    }                                                                                         \
+  }
+
+TINYSLM_TARGET_AVX2 inline void int_rows_gemv_avx2(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
+                                                   const ActRow* acts, int64_t n, float* y, int64_t ldy, int64_t r0,
+                                                   int64_t r1) {
+  TINYSLM_X86_GEMV_BODY(dot_chunk_avx2(w, sw16, nv, a.qs + v0, a.da16 + v0 / 16))
+}
+
+TINYSLM_TARGET_AVX512 inline void int_rows_gemv_avx512(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
+                                                       const ActRow* acts, int64_t n, float* y, int64_t ldy, int64_t r0,
+                                                       int64_t r1) {
+  TINYSLM_X86_GEMV_BODY(dot_chunk_avx512(w, sw16, nv, a.qs + v0, a.corr4 + v0 / 4, a.da16 + v0 / 16))
+}
+#undef TINYSLM_X86_GEMV_BODY
+
+// ---------------------------------------------------------------------------------------
+// AVX-512 VNNI GEMM on interleaved 16-row panels.
+
+struct alignas(64) Panel {
+  uint8_t u[kChunk / 4][16][4];   // u[q][r] = bytes 4q..4q+3 of row r, plus 128
+  float s16[kChunk / 16][16];     // weight scale of each 16 values, per row
+  float mw[kChunk / 16][16];      // min per group, per row
+};
+
+// Decodes rows [r0, r0 + nr) (nr <= 16) for values [v0, v0 + nv) into the panel.
+TINYSLM_TARGET_AVX512 inline void fill_panel(TensorType t, const WeightTraits& tr, const uint8_t* data, int64_t row_bytes,
+                                             int64_t r0, int nr, int64_t v0, int64_t nv, Panel& p) {
+  alignas(64) int8_t w[kChunk];
+  alignas(64) float sw16[kChunk / 16 + 4];
+  alignas(64) float mw[kChunk / 16];
+  const int64_t nq = nv / 4;
+  for (int r = 0; r < 16; ++r) {
+    if (r < nr) {
+      decode_chunk(t, data + (r0 + r) * row_bytes, v0, nv, w, sw16, mw);
+      // Scatter 4-byte words of the row into column r of the panel (bytes flipped to w + 128).
+      const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+      const __m512i vidx = _mm512_set_epi32(15 * 16, 14 * 16, 13 * 16, 12 * 16, 11 * 16, 10 * 16, 9 * 16, 8 * 16, 7 * 16,
+                                            6 * 16, 5 * 16, 4 * 16, 3 * 16, 2 * 16, 16, 0);
+      for (int64_t q = 0; q < nq; q += 16) {
+        const __mmask16 m = nq - q >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (nq - q)) - 1u);
+        const __m512i v = _mm512_xor_si512(_mm512_maskz_loadu_epi32(m, w + 4 * q), flip);
+        _mm512_mask_i32scatter_epi32(&p.u[q][r][0], m, vidx, v, 4);
+      }
+      for (int64_t g = 0; g < nv / 16; ++g) p.s16[g][r] = sw16[g];
+      if (tr.has_min)
+        for (int64_t g = 0; g < nv / tr.group; ++g) p.mw[g][r] = mw[g];
+    } else {
+      for (int64_t q = 0; q < nq; ++q) std::memset(&p.u[q][r][0], 0x80, 4);
+      for (int64_t g = 0; g < nv / 16; ++g) p.s16[g][r] = 0.f;
+      if (tr.has_min)
+        for (int64_t g = 0; g < nv / tr.group; ++g) p.mw[g][r] = 0.f;
+    }
+  }
+}
+
+// acc[c] (16 rows) += panel (values [0, nv) of the chunk at v0) times token c.
+template <int C, int G, bool Min>
+TINYSLM_TARGET_AVX512 inline void panel_kernel(const Panel& p, int64_t v0, int64_t nv, const ActRow* acts, __m512* out) {
+  __m512 acc[C];
+  for (int c = 0; c < C; ++c) acc[c] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < nv / G; ++g) {
+    __m512i wq[G / 4];
+    for (int q = 0; q < G / 4; ++q) wq[q] = _mm512_load_si512(&p.u[g * (G / 4) + q][0][0]);
+    const __m512 s = _mm512_load_ps(&p.s16[g * (G / 16)][0]);
+    const int64_t base = v0 + g * G;
+    for (int c = 0; c < C; ++c) {
+      const ActRow& a = acts[c];
+      int32_t asum = a.sum16[base / 16];
+      if (G == 32) asum += a.sum16[base / 16 + 1];
+      __m512i isum = _mm512_set1_epi32(-128 * asum);
+      const int8_t* aq = a.qs + base;
+      for (int q = 0; q < G / 4; ++q) {
+        int32_t a4;
+        std::memcpy(&a4, aq + 4 * q, 4);
+        isum = _mm512_dpbusd_epi32(isum, wq[q], _mm512_set1_epi32(a4));
+      }
+      acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(s, _mm512_set1_ps(a.da16[base / 16])), acc[c]);
+      if (Min)
+        acc[c] = _mm512_fmadd_ps(_mm512_load_ps(&p.mw[g][0]),
+                                 _mm512_set1_ps(G == 32 ? a.m32[base / 32] : a.m16[base / 16]), acc[c]);
+    }
+  }
+  for (int c = 0; c < C; ++c) out[c] = acc[c];
+}
+
+template <int G, bool Min>
+TINYSLM_TARGET_AVX512 inline void panel_tokens(const Panel& p, int64_t v0, int64_t nv, const ActRow* acts, int64_t n,
+                                               float* y, int64_t ldy, int64_t r0, int nr, bool first) {
+  const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1u);
+  constexpr int kC = 8;
+  __m512 acc[kC];
+  for (int64_t i0 = 0; i0 < n; i0 += kC) {
+    const int64_t nc = n - i0 < kC ? n - i0 : kC;
+    switch (nc) {
+      case 8: panel_kernel<8, G, Min>(p, v0, nv, acts + i0, acc); break;
+      case 7: panel_kernel<7, G, Min>(p, v0, nv, acts + i0, acc); break;
+      case 6: panel_kernel<6, G, Min>(p, v0, nv, acts + i0, acc); break;
+      case 5: panel_kernel<5, G, Min>(p, v0, nv, acts + i0, acc); break;
+      case 4: panel_kernel<4, G, Min>(p, v0, nv, acts + i0, acc); break;
+      case 3: panel_kernel<3, G, Min>(p, v0, nv, acts + i0, acc); break;
+      case 2: panel_kernel<2, G, Min>(p, v0, nv, acts + i0, acc); break;
+      default: panel_kernel<1, G, Min>(p, v0, nv, acts + i0, acc); break;
+    }
+    for (int64_t c = 0; c < nc; ++c) {
+      float* yp = y + (i0 + c) * ldy + r0;
+      __m512 v = acc[c];
+      if (!first) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, yp), v);
+      _mm512_mask_storeu_ps(yp, mask, v);
+    }
+  }
+}
+
+TINYSLM_TARGET_AVX512 inline void int_rows_gemm_avx512(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
+                                                       const ActRow* acts, int64_t n, float* y, int64_t ldy, int64_t r0,
+                                                       int64_t r1) {
+  const WeightTraits tr = weight_traits(t);
+  Panel p;
+  for (int64_t rp = r0; rp < r1; rp += 16) {
+    const int nr = static_cast<int>(r1 - rp < 16 ? r1 - rp : 16);
+    for (int64_t v0 = 0; v0 < k; v0 += kChunk) {
+      const int64_t nv = k - v0 < kChunk ? k - v0 : kChunk;
+      fill_panel(t, tr, data, row_bytes, rp, nr, v0, nv, p);
+      const bool first = v0 == 0;
+      if (tr.group == 32) {
+        if (tr.has_min)
+          panel_tokens<32, true>(p, v0, nv, acts, n, y, ldy, rp, nr, first);
+        else
+          panel_tokens<32, false>(p, v0, nv, acts, n, y, ldy, rp, nr, first);
+      } else {
+        if (tr.has_min)
+          panel_tokens<16, true>(p, v0, nv, acts, n, y, ldy, rp, nr, first);
+        else
+          panel_tokens<16, false>(p, v0, nv, acts, n, y, ldy, rp, nr, first);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Float weights: 4 rows x up to 4 tokens per tile, vectors over k, one horizontal sum each.
+
+TINYSLM_TARGET_AVX512 inline __m512 load16_weights(TensorType t, const uint8_t* row, int64_t i, __mmask16 m) {
+  if (t == TensorType::F32) return _mm512_maskz_loadu_ps(m, row + 4 * i);
+  const __m256i h = _mm256_maskz_loadu_epi16(m, row + 2 * i);
+  if (t == TensorType::F16) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <int R, int C>
+TINYSLM_TARGET_AVX512 inline void float_tile_avx512(TensorType t, const uint8_t* const* rows, int64_t k, const float* const* xs,
+                                                    float* out) {
+  __m512 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; i += 16) {
+    const __mmask16 m = k - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (k - i)) - 1u);
+    __m512 xv[C];
+    for (int c = 0; c < C; ++c) xv[c] = _mm512_maskz_loadu_ps(m, xs[c] + i);
+    for (int r = 0; r < R; ++r) {
+      const __m512 wv = load16_weights(t, rows[r], i, m);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) out[r * C + c] = _mm512_reduce_add_ps(acc[r][c]);
+}
+
+TINYSLM_TARGET_AVX2 inline __m256 load8_weights(TensorType t, const uint8_t* row, int64_t i) {
+  if (t == TensorType::F32) return _mm256_loadu_ps(reinterpret_cast<const float*>(row + 4 * i));
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i));
+  if (t == TensorType::F16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+template <int R, int C>
+TINYSLM_TARGET_AVX2 inline void float_tile_avx2(TensorType t, const uint8_t* const* rows, int64_t k, const float* const* xs,
+                                                float* out) {
+  __m256 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) {
+    __m256 xv[C];
+    for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(xs[c] + i);
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = load8_weights(t, rows[r], i);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) {
+      float s = hsum256(acc[r][c]);
+      for (int64_t j = i; j < k; ++j) s += load_weight_float(t, rows[r], j) * xs[c][j];
+      out[r * C + c] = s;
+    }
+}
+
+template <bool Avx512, int R, int C>
+inline void float_tile(TensorType t, const uint8_t* const* rows, int64_t k, const float* const* xs, float* out) {
+  if constexpr (Avx512)
+    float_tile_avx512<R, C>(t, rows, k, xs, out);
+  else
+    float_tile_avx2<R, C>(t, rows, k, xs, out);
+}
+
+template <bool Avx512>
+inline void float_rows(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, int64_t n,
+                       float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; r += 4) {
+    const int nr = static_cast<int>(r1 - r < 4 ? r1 - r : 4);
+    const uint8_t* rows[4];
+    for (int j = 0; j < 4; ++j) rows[j] = data + (r + (j < nr ? j : 0)) * row_bytes;
+    for (int64_t i0 = 0; i0 < n; i0 += 4) {
+      const int nc = static_cast<int>(n - i0 < 4 ? n - i0 : 4);
+      const float* xs[4];
+      for (int c = 0; c < 4; ++c) xs[c] = acts[i0 + (c < nc ? c : 0)].xf;
+      float out[16];
+      // Every (row, token) pair is summed the same way whatever the tile shape.
+      switch (nc) {
+        case 4: float_tile<Avx512, 4, 4>(t, rows, k, xs, out); break;
+        case 3: float_tile<Avx512, 4, 3>(t, rows, k, xs, out); break;
+        case 2: float_tile<Avx512, 4, 2>(t, rows, k, xs, out); break;
+        default: float_tile<Avx512, 4, 1>(t, rows, k, xs, out); break;
+      }
+      for (int j = 0; j < nr; ++j)
+        for (int c = 0; c < nc; ++c) y[(i0 + c) * ldy + r + j] = out[j * nc + c];
+    }
+  }
+}
+
+// Entry from the dispatcher: rows [r0, r1) for n tokens. False when the type has no path here.
+inline bool matmul_rows(bool avx512, TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
+                        const ActRow* acts, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if (t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16) {
+    if (avx512)
+      float_rows<true>(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
+    else
+      float_rows<false>(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
+    return true;
+  }
+  if (!is_integer_weight_type(t)) return false;
+  if (!avx512)
+    int_rows_gemv_avx2(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  else if (n >= kGemmMinTokens)
+    int_rows_gemm_avx512(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  else
+    int_rows_gemv_avx512(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  return true;
+}
+
+}  // namespace x86
+}  // namespace detail
+}  // namespace v0
+}  // namespace tinyslm
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+#endif  // x86-64 with GCC or Clang

@@ -1,0 +1,275 @@
+// Kernels layer: every SIMD path against the scalar reference, for every weight type, on
+// random data (fixed seeds) and odd shapes; thread-count independence; bad inputs.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "test_support.hpp"
+#include "tinyslm/kernels.hpp"
+#include "tinyslm/threads.hpp"
+
+using namespace tinyslm;
+
+namespace {
+
+const TensorType kIntTypes[] = {TensorType::Q4_0, TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1,
+                                TensorType::Q8_0, TensorType::IQ4_NL, TensorType::Q2_K, TensorType::Q3_K,
+                                TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K};
+const TensorType kFloatTypes[] = {TensorType::F32, TensorType::F16, TensorType::BF16};
+
+std::vector<SimdLevel> available_levels() {
+  std::vector<SimdLevel> v;
+  for (SimdLevel l : {SimdLevel::scalar, SimdLevel::avx2, SimdLevel::avx512, SimdLevel::neon, SimdLevel::highway})
+    if (simd_level_supported(l)) v.push_back(l);
+  return v;
+}
+
+// Byte offsets of the fp16 scale fields of a block (random bytes there could be inf/nan).
+std::vector<int> half_fields(TensorType t) {
+  switch (t) {
+    case TensorType::Q4_0: case TensorType::Q5_0: case TensorType::Q8_0: case TensorType::IQ4_NL: return {0};
+    case TensorType::Q4_1: case TensorType::Q5_1: case TensorType::Q4_K: case TensorType::Q5_K: return {0, 2};
+    case TensorType::Q2_K: return {80, 82};
+    case TensorType::Q3_K: return {108};
+    case TensorType::Q6_K: return {208};
+    default: return {};
+  }
+}
+
+// A random weight matrix: random bytes (every bit pattern is a valid block) with sane
+// fp16 scales; float types get values in [-1, 1].
+std::vector<uint8_t> random_matrix(TensorType t, int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const auto& info = tensor_type_info(t);
+  const int64_t nb = rows * cols / info.block_size;
+  std::vector<uint8_t> m(static_cast<size_t>(nb * info.block_bytes));
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  if (t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16) {
+    for (int64_t i = 0; i < rows * cols; ++i) {
+      const float v = u(rng);
+      if (t == TensorType::F32) {
+        std::memcpy(&m[4 * i], &v, 4);
+      } else {
+        const uint16_t h = t == TensorType::F16 ? fp32_to_fp16(v) : fp32_to_bf16(v);
+        std::memcpy(&m[2 * i], &h, 2);
+      }
+    }
+    return m;
+  }
+  for (auto& b : m) b = static_cast<uint8_t>(rng());
+  const auto fields = half_fields(t);
+  for (int64_t b = 0; b < nb; ++b)
+    for (int off : fields) {
+      const uint16_t h = fp32_to_fp16(u(rng) * 0.05f);
+      std::memcpy(&m[b * info.block_bytes + off], &h, 2);
+    }
+  return m;
+}
+
+std::vector<float> random_acts(int64_t n, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.f, 1.f);
+  std::vector<float> x(static_cast<size_t>(n * cols));
+  for (auto& v : x) v = g(rng);
+  // a few outliers and an all-zero block, as real activations have
+  if (!x.empty()) x[0] = 25.f;
+  if (cols >= 64) std::fill(x.begin() + 32, x.begin() + 64, 0.f);
+  return x;
+}
+
+std::vector<float> run(SimdLevel level, TensorType t, const std::vector<uint8_t>& w, int64_t rows, int64_t cols,
+                       const std::vector<float>& x, int64_t n, int threads = 1, int64_t ldy_extra = 0) {
+  REQUIRE(set_simd_level(level));
+  ThreadPool pool(threads);
+  MatmulScratch scratch;
+  const int64_t ldy = rows + ldy_extra;
+  std::vector<float> y(static_cast<size_t>(n * ldy), -12345.f);
+  auto st = matmul({t, w.data(), rows, cols}, x.data(), n, y.data(), ldy, scratch, pool.parallel());
+  reset_simd_level();
+  REQUIRE(st);
+  return y;
+}
+
+// sum over the row of |each term| in the canonical formula: the scale of the rounding error.
+double magnitude_bound(TensorType t, const uint8_t* row, int64_t k, const float* x) {
+  if (t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16) {
+    double s = 0;
+    for (int64_t i = 0; i < k; ++i) s += std::fabs(detail::load_weight_float(t, row, i) * x[i]);
+    return s;
+  }
+  // Quantize the activation as the kernels do, then sum |terms|.
+  const detail::ActFormat fmt = detail::act_format_for(t);
+  std::vector<int8_t> qs(k);
+  std::vector<float> da16(k / 16), m32(k / 32), m16(k / 16);
+  std::vector<int32_t> sum16(k / 16), corr4(k / 4);
+  detail::quantize_activation_row(fmt, x, k, qs.data(), da16.data(), m32.data(), m16.data(), sum16.data(),
+                                  corr4.data(), nullptr);
+  const auto tr = detail::weight_traits(t);
+  int8_t w[256];
+  float sw[16], mw[16];
+  double s = 0;
+  for (int64_t b = 0; b < k / tr.block_values; ++b) {
+    detail::decode_block_scalar(t, row + b * tr.block_bytes, w, sw, mw);
+    for (int g = 0; g < tr.block_values / tr.group; ++g) {
+      const int64_t base = b * tr.block_values + g * tr.group;
+      double is = 0;
+      for (int i = 0; i < tr.group; ++i) is += std::fabs(double(w[g * tr.group + i]) * qs[base + i]);
+      s += std::fabs(sw[g] * da16[base / 16]) * is;
+      if (tr.has_min) s += std::fabs(mw[g] * (tr.group == 32 ? m32[base / 32] : m16[base / 16]));
+    }
+  }
+  return s;
+}
+
+void compare_to_scalar(TensorType t, int64_t rows, int64_t cols, int64_t n, uint32_t seed) {
+  const auto w = random_matrix(t, rows, cols, seed);
+  const auto x = random_acts(n, cols, seed + 1);
+  const auto ref = run(SimdLevel::scalar, t, w, rows, cols, x, n, 1, 3);
+  const int64_t row_bytes = cols / tensor_type_info(t).block_size * tensor_type_info(t).block_bytes;
+  for (SimdLevel l : available_levels()) {
+    if (l == SimdLevel::scalar) continue;
+    const auto y = run(l, t, w, rows, cols, x, n, 1, 3);
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t r = 0; r < rows + 3; ++r) {
+        const float got = y[i * (rows + 3) + r], want = ref[i * (rows + 3) + r];
+        if (r >= rows) {  // padding between rows of y is never written
+          REQUIRE(got == -12345.f);
+          continue;
+        }
+        // Integer sums are exact on every path; only the order of float additions differs:
+        // bound = 4 * cols * 2^-24 * sum |terms| (+ a tiny absolute floor).
+        const double bound =
+            4.0 * double(cols) * 5.96e-8 * magnitude_bound(t, w.data() + r * row_bytes, cols, x.data() + i * cols) + 1e-6;
+        if (!(std::fabs(double(got) - want) <= bound)) {
+          FAIL_CHECK(tensor_type_name(t) << " path " << simd_level_name(l) << " rows " << rows << " cols " << cols
+                                         << " n " << n << " at (" << i << "," << r << "): " << got << " vs " << want
+                                         << " bound " << bound);
+          return;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("every SIMD path equals the scalar reference for every type and odd shape") {
+  INFO("paths on this CPU: " << available_levels().size());
+  uint32_t seed = 100;
+  for (TensorType t : kIntTypes) {
+    const int64_t bs = tensor_type_info(t).block_size;
+    const int64_t act = detail::act_format_for(t) == detail::ActFormat::q8_k ? 256 : 32;
+    const int64_t kmin = bs > act ? bs : act;
+    for (int64_t cols : {kmin, 2 * kmin, 3 * kmin, 7 * kmin, (kmin == 32 ? 17 : 3) * kmin})
+      for (int64_t rows : {int64_t(1), int64_t(5), int64_t(16), int64_t(37)})
+        for (int64_t n : {int64_t(1), int64_t(2), int64_t(3), int64_t(7), int64_t(17)}) {
+          if (rows * cols * n > 3000000) continue;
+          compare_to_scalar(t, rows, cols, n, ++seed);
+        }
+  }
+  for (TensorType t : kFloatTypes)
+    for (int64_t cols : {int64_t(1), int64_t(7), int64_t(16), int64_t(33), int64_t(100), int64_t(576)})
+      for (int64_t rows : {int64_t(1), int64_t(6), int64_t(17)})
+        for (int64_t n : {int64_t(1), int64_t(2), int64_t(5), int64_t(9)}) compare_to_scalar(t, rows, cols, n, ++seed);
+}
+
+TEST_CASE("larger shapes (chunked k, many tokens) agree with the scalar reference") {
+  uint32_t seed = 900;
+  for (TensorType t : {TensorType::Q4_0, TensorType::Q8_0, TensorType::Q4_K, TensorType::Q6_K, TensorType::Q5_0,
+                       TensorType::Q5_K, TensorType::Q4_1, TensorType::Q2_K, TensorType::F16})
+    compare_to_scalar(t, 40, 1536, 21, ++seed);
+}
+
+TEST_CASE("matmul gives identical bits for 1, 2 and 3 threads") {
+  uint32_t seed = 500;
+  for (TensorType t : {TensorType::Q4_0, TensorType::Q8_0, TensorType::Q4_K, TensorType::Q6_K, TensorType::Q5_0,
+                       TensorType::Q3_K, TensorType::IQ4_NL, TensorType::F16, TensorType::BF16, TensorType::F32}) {
+    const int64_t rows = 83, cols = 512;
+    const auto w = random_matrix(t, rows, cols, ++seed);
+    for (int64_t n : {int64_t(1), int64_t(9)}) {
+      const auto x = random_acts(n, cols, seed + 7);
+      for (SimdLevel l : available_levels()) {
+        const auto y1 = run(l, t, w, rows, cols, x, n, 1);
+        const auto y2 = run(l, t, w, rows, cols, x, n, 2);
+        const auto y3 = run(l, t, w, rows, cols, x, n, 3);
+        CHECK(std::memcmp(y1.data(), y2.data(), y1.size() * 4) == 0);
+        CHECK(std::memcmp(y1.data(), y3.data(), y1.size() * 4) == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("the SIMD canonical decode is byte-exact with the scalar decode") {
+#if defined(TINYSLM_KERNELS_X86)
+  if (!simd_level_supported(SimdLevel::avx2)) return;
+  for (TensorType t : kIntTypes) {
+    const auto tr = detail::weight_traits(t);
+    const int64_t cols = 512;
+    const auto w = random_matrix(t, 1, cols, 77);
+    alignas(64) int8_t got[512];
+    float sw16[40], mw[40];
+    detail::x86::decode_chunk(t, w.data(), 0, cols, got, sw16, mw);
+    int8_t want[256];
+    float sw[16], m[16];
+    for (int64_t b = 0; b < cols / tr.block_values; ++b) {
+      detail::decode_block_scalar(t, w.data() + b * tr.block_bytes, want, sw, m);
+      CHECK(std::memcmp(want, got + b * tr.block_values, static_cast<size_t>(tr.block_values)) == 0);
+      for (int g = 0; g < tr.block_values / 16; ++g)
+        CHECK(sw16[b * (tr.block_values / 16) + g] == sw[tr.group == 16 ? g : g / 2]);
+      if (tr.has_min)
+        for (int g = 0; g < tr.block_values / tr.group; ++g)
+          CHECK(mw[b * (tr.block_values / tr.group) + g] == m[g]);
+    }
+  }
+#endif
+}
+
+TEST_CASE("forcing a path: scalar always works, unsupported paths are refused") {
+  CHECK(set_simd_level(SimdLevel::scalar));
+  CHECK(active_simd_level() == SimdLevel::scalar);
+  reset_simd_level();
+  for (SimdLevel l : {SimdLevel::avx2, SimdLevel::avx512, SimdLevel::neon, SimdLevel::highway})
+    if (!simd_level_supported(l)) {
+      auto st = set_simd_level(l);
+      CHECK(!st);
+      CHECK(st.error().code() == Errc::unsupported);
+    }
+  CHECK(simd_level_supported(best_simd_level()));
+}
+
+TEST_CASE("matmul rejects bad input") {
+  const auto w = random_matrix(TensorType::Q4_0, 4, 64, 1);
+  std::vector<float> x(64 * 2, 0.5f), y(8);
+  MatmulScratch s;
+  ParallelFor par;
+  auto code = [&](const Status& st) { return st ? Errc::ok : st.error().code(); };
+  CHECK(code(matmul({TensorType::Q4_0, w.data(), 4, 64}, x.data(), 2, y.data(), 4, s, par)) == Errc::ok);
+  CHECK(code(matmul({TensorType::IQ2_XXS, w.data(), 4, 256}, x.data(), 1, y.data(), 4, s, par)) == Errc::unsupported);
+  CHECK(code(matmul({TensorType::Q4_0, w.data(), 4, 48}, x.data(), 1, y.data(), 4, s, par)) == Errc::invalid_argument);
+  CHECK(code(matmul({TensorType::Q4_K, w.data(), 1, 128}, x.data(), 1, y.data(), 4, s, par)) == Errc::invalid_argument);
+  CHECK(code(matmul({TensorType::Q4_0, w.data(), 4, 64}, x.data(), 1, y.data(), 3, s, par)) == Errc::invalid_argument);
+  CHECK(code(matmul({TensorType::Q4_0, nullptr, 4, 64}, x.data(), 1, y.data(), 4, s, par)) == Errc::invalid_argument);
+  CHECK(code(matmul({TensorType::Q4_0, w.data(), 4, 64}, nullptr, 1, y.data(), 4, s, par)) == Errc::invalid_argument);
+  CHECK(code(matmul({TensorType::Q4_0, w.data(), -1, 64}, x.data(), 1, y.data(), 4, s, par)) == Errc::invalid_argument);
+  CHECK(code(matmul({TensorType::Q4_0, w.data(), 4, 64}, x.data(), -2, y.data(), 4, s, par)) == Errc::invalid_argument);
+  CHECK(code(matmul({TensorType::Q4_0, w.data(), 4, 0}, x.data(), 1, y.data(), 4, s, par)) == Errc::invalid_argument);
+  CHECK(code(s.reserve(-1, 10)) == Errc::invalid_argument);
+  CHECK(code(s.reserve(int64_t(1) << 40, int64_t(1) << 40)) == Errc::invalid_argument);
+  // n == 0 and rows == 0 are no-ops that touch nothing.
+  CHECK(code(matmul({TensorType::Q4_0, w.data(), 4, 64}, x.data(), 0, y.data(), 4, s, par)) == Errc::ok);
+}
+
+TEST_CASE("activation types follow llama.cpp's pairing") {
+  CHECK(activation_type_for(TensorType::Q4_0) == TensorType::Q8_0);
+  CHECK(activation_type_for(TensorType::Q8_0) == TensorType::Q8_0);
+  CHECK(activation_type_for(TensorType::IQ4_NL) == TensorType::Q8_0);
+  CHECK(activation_type_for(TensorType::Q4_1) == TensorType::Q8_1);
+  CHECK(activation_type_for(TensorType::Q5_1) == TensorType::Q8_1);
+  CHECK(activation_type_for(TensorType::Q4_K) == TensorType::Q8_K);
+  CHECK(activation_type_for(TensorType::Q6_K) == TensorType::Q8_K);
+  CHECK(activation_type_for(TensorType::F16) == TensorType::F16);
+  CHECK(activation_type_for(TensorType::BF16) == TensorType::BF16);
+}
