@@ -11,3 +11,5 @@
 #include "tinyslm/model.hpp"
 #include "tinyslm/kv.hpp"
 #include "tinyslm/forward.hpp"
+#include "tinyslm/tokenizer.hpp"
+#include "tinyslm/sampler.hpp"
