@@ -740,6 +740,9 @@ class Tokenizer {
   detail::U64Map merges_;          // (left id, right id) -> (rank << 32) | merged id
   int32_t byte_tokens_[256] = {};  // SPM: <0xNN> (or the byte itself); BPE: the mapped char
   size_t max_token_len_ = 0;
+  // SPM: code points that some token has right before a "\u2581" (not at its start). Text can
+  // be cut before any other "\u2581" without changing the result, since no token spans it.
+  std::vector<uint32_t> spm_glue_;
 
   Kind kind_ = Kind::spm;
   detail::PreTokenizer pre_ = detail::PreTokenizer::default_;
@@ -1094,6 +1097,20 @@ inline Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
     }
   }
 
+  if (t.kind_ == Kind::spm) {
+    for (int32_t i = 0; i < n; ++i) {
+      std::string_view s = t.text_of(i);
+      for (size_t k = 1; k + 3 <= s.size(); ++k) {
+        if (s.compare(k, 3, "\xe2\x96\x81") != 0) continue;
+        size_t b = k - 1;  // start of the code point before
+        while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80) --b;
+        size_t used;
+        const uint32_t cp = detail::utf8_decode_lenient(reinterpret_cast<const unsigned char*>(s.data()) + b, k - b, &used);
+        if (std::find(t.spm_glue_.begin(), t.spm_glue_.end(), cp) == t.spm_glue_.end()) t.spm_glue_.push_back(cp);
+      }
+    }
+  }
+
   // Pieces (output text) of every token.
   t.piece_offsets_.reserve(static_cast<size_t>(n) + 1);
   t.piece_offsets_.push_back(0);
@@ -1259,7 +1276,27 @@ inline Expected<std::vector<int32_t>> Tokenizer::encode(std::string_view text, b
           else
             buf.push_back(c);
         }
-        encode_spm(buf, out);
+        // Cut before each "\u2581" that no token joins to the character before it; the pieces
+        // merge independently, so the result is that of the whole text, only faster.
+        {
+          // Walk the symbols exactly as encode_spm forms them (by lead-byte length).
+          size_t start = 0, prev_sym = 0, pos = 0;
+          const unsigned char* bp = reinterpret_cast<const unsigned char*>(buf.data());
+          while (pos < buf.size()) {
+            const size_t len = std::min(detail::utf8_len(bp[pos]), buf.size() - pos);
+            if (pos > start && len == 3 && bp[pos] == 0xE2 && bp[pos + 1] == 0x96 && bp[pos + 2] == 0x81) {
+              size_t used;
+              const uint32_t prev = detail::utf8_decode_lenient(bp + prev_sym, pos - prev_sym, &used);
+              if (used == pos - prev_sym && std::find(spm_glue_.begin(), spm_glue_.end(), prev) == spm_glue_.end()) {
+                encode_spm(std::string_view(buf).substr(start, pos - start), out);
+                start = pos;
+              }
+            }
+            prev_sym = pos;
+            pos += len;
+          }
+          encode_spm(std::string_view(buf).substr(start), out);
+        }
         break;
       }
       case Kind::bpe: encode_bpe(piece, out); break;
