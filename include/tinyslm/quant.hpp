@@ -195,6 +195,20 @@ static_assert(detail::block_matches_table<BlockIQ4_NL>());
 // Numeric helpers shared by the quantizers. They reproduce llama.cpp's reference arithmetic
 // operation for operation (same float expressions, same evaluation order), because the
 // quantized bytes must be identical to what `llama-quantize` writes.
+//
+// That only holds if the compiler keeps every a * b + c as two roundings: a fused multiply-add
+// changes the bytes of most K-quant and IQ4_NL tensors. GCC fuses by default wherever the
+// target has FMA (all of AArch64, x86 with -mfma/-march=native) and Clang does within an
+// expression, so contraction is switched off for this section and restored after it. (The
+// price: GCC does not inline these functions into callers built with other options; they are
+// the reference path, the kernels layer has its own fast ones.)
+#if defined(__clang__)
+#pragma float_control(push)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 namespace detail {
 
@@ -1158,6 +1172,12 @@ inline Status quantize_row(TensorType t, const float* src, void* dst, int64_t n)
   (*q)->quantize(src, dst, n);
   return {};
 }
+
+#if defined(__clang__)
+#pragma float_control(pop)
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
 
 }  // namespace v0
 }  // namespace tinyslm
