@@ -342,7 +342,8 @@ TEST_CASE("quant: round-trip error on Gaussian data stays within the format's re
     const auto x = gaussian(64 * 256, 1234, sigma);
     for (const Case& c : cases) {
       const double rel = rms_diff(x, round_trip(c.t, x)) / rms(x);
-      CHECK_MESSAGE(rel < 2.0 / (1 << c.bits), std::string(tensor_type_name(c.t)) << " sigma " << sigma << " rel " << rel);
+      CHECK_MESSAGE(rel < 2.0 / (1 << c.bits),
+                    std::string(tensor_type_name(c.t)) << " sigma " << sigma << " rel " << rel);
     }
     // float formats: relative error of one rounding
     for (TensorType t : {TensorType::F16, TensorType::BF16, TensorType::F32}) {
@@ -426,8 +427,10 @@ TEST_CASE("quant: zero and constant rows") {
       // a constant is representable up to the rounding of one scale to fp16 (or bf16). When
       // the scale falls in fp16's subnormal range its error is absolute (up to 2^-24), times
       // the largest scale-times-quant product M of the format.
-      const double tol = (t == TensorType::BF16 ? 0x1p-8 : 0x1p-10) * std::fabs(c) + largest_multiplier(t) * 0x1p-24;
-      for (float v : y) REQUIRE_MESSAGE(std::fabs(v - c) <= tol, std::string(tensor_type_name(t)) << " c=" << c << " got " << v);
+      const double rel = t == TensorType::BF16 ? 0x1p-8 : 0x1p-10;
+      const double tol = rel * std::fabs(c) + largest_multiplier(t) * 0x1p-24;
+      for (float v : y)
+        REQUIRE_MESSAGE(std::fabs(v - c) <= tol, std::string(tensor_type_name(t)) << " c=" << c << " got " << v);
     }
   }
 }

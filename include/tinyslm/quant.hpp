@@ -22,7 +22,7 @@ inline namespace v0 {
 // made of 16 or 8 sub-blocks.
 inline constexpr int kBlock32 = 32;
 inline constexpr int kBlockK = 256;
-// Number of 6-bit scale/min pairs packed into 12 bytes in Q4_K / Q5_K (and Q3_K's 12 bytes).
+// Bytes of packed 6-bit sub-block scales (and mins) in Q3_K, Q4_K and Q5_K.
 inline constexpr int kScaleBytesK = 12;
 
 // ---------------------------------------------------------------------------------------
@@ -231,6 +231,8 @@ inline int trunc_to_int(float v) {
   if (v <= -2147483648.f) return -2147483647 - 1;
   return static_cast<int>(v);
 }
+// C's (int8_t)v, which llama.cpp's legacy quantizers apply to values in [0, 32].
+inline int trunc_to_i8(float v) { return static_cast<int8_t>(trunc_to_int(v)); }
 
 // Index of the IQ4_NL level nearest to x (ties go to the upper level). The levels are sorted,
 // so x belongs to level i once it reaches the midpoint of levels i-1 and i; comparing 2x with
@@ -468,6 +470,17 @@ inline void store_qh(uint8_t* qh, uint32_t bits) {
   for (int k = 0; k < 4; ++k) qh[k] = static_cast<uint8_t>(bits >> (8 * k));
 }
 
+// Q2_K / Q3_K low bits: per 128 values, byte l of 32 holds values l, l+32, l+64, l+96 at
+// bits 0, 2, 4, 6 (each L must already be in [0, 3]).
+template <class T>
+inline void pack_2bit_planes(const T* L, uint8_t* qs) {
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < 32; ++l) {
+      const T* Lh = L + 128 * h;
+      qs[32 * h + l] = static_cast<uint8_t>(Lh[l] | (Lh[l + 32] << 2) | (Lh[l + 64] << 4) | (Lh[l + 96] << 6));
+    }
+}
+
 // Largest magnitude of a block and the signed value that has it (first one on ties).
 inline float signed_absmax(const float* x, int n) {
   float amax = 0.f, vmax = 0.f;
@@ -646,9 +659,9 @@ inline void quantize_block(const float* x, BlockQ4_0* y) {
   const float id = d != 0.f ? 1.0f / d : 0.0f;
   y->d = fp32_to_fp16(d);
   for (int j = 0; j < kBlock32 / 2; ++j) {
-    // +8.5 then truncation: round half up into [0, 16], clamp the single overflow at 16
-    const int q0 = std::min(15, static_cast<int>(static_cast<int8_t>(detail::trunc_to_int(x[j] * id + 8.5f))));
-    const int q1 = std::min(15, static_cast<int>(static_cast<int8_t>(detail::trunc_to_int(x[j + 16] * id + 8.5f))));
+    // +8.5 then truncation rounds half up into [0, 16]; 16 (only +|max|) is clamped to 15
+    const int q0 = std::min(15, detail::trunc_to_i8(x[j] * id + 8.5f));
+    const int q1 = std::min(15, detail::trunc_to_i8(x[j + 16] * id + 8.5f));
     y->qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
   }
 }
@@ -665,8 +678,8 @@ inline void quantize_block(const float* x, BlockQ4_1* y) {
   y->d = fp32_to_fp16(d);
   y->m = fp32_to_fp16(vmin);
   for (int j = 0; j < kBlock32 / 2; ++j) {
-    const int q0 = std::min(15, static_cast<int>(static_cast<int8_t>(detail::trunc_to_int((x[j] - vmin) * id + 0.5f))));
-    const int q1 = std::min(15, static_cast<int>(static_cast<int8_t>(detail::trunc_to_int((x[j + 16] - vmin) * id + 0.5f))));
+    const int q0 = std::min(15, detail::trunc_to_i8((x[j] - vmin) * id + 0.5f));
+    const int q1 = std::min(15, detail::trunc_to_i8((x[j + 16] - vmin) * id + 0.5f));
     y->qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
   }
 }
@@ -678,8 +691,8 @@ inline void quantize_block(const float* x, BlockQ5_0* y) {
   y->d = fp32_to_fp16(d);
   uint32_t qh = 0;
   for (int j = 0; j < kBlock32 / 2; ++j) {
-    const int q0 = std::min(31, static_cast<int>(static_cast<int8_t>(detail::trunc_to_int(x[j] * id + 16.5f))));
-    const int q1 = std::min(31, static_cast<int>(static_cast<int8_t>(detail::trunc_to_int(x[j + 16] * id + 16.5f))));
+    const int q0 = std::min(31, detail::trunc_to_i8(x[j] * id + 16.5f));
+    const int q1 = std::min(31, detail::trunc_to_i8(x[j + 16] * id + 16.5f));
     y->qs[j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
     qh |= static_cast<uint32_t>((q0 >> 4) & 1) << j;
     qh |= static_cast<uint32_t>((q1 >> 4) & 1) << (j + 16);
@@ -752,7 +765,8 @@ inline void quantize_block(const float* x, BlockQ2_K* y) {
   const float kLevels = 15.f;
   if (max_scale > 0) {
     const float iscale = kLevels / max_scale;
-    for (int j = 0; j < 16; ++j) y->scales[j] = static_cast<uint8_t>(detail::round_nearest(iscale * scales[j]));
+    for (int j = 0; j < 16; ++j)
+      y->scales[j] = static_cast<uint8_t>(detail::round_nearest(iscale * scales[j]));
     y->d = fp32_to_fp16(max_scale / kLevels);
   } else {
     for (int j = 0; j < 16; ++j) y->scales[j] = 0;
@@ -775,11 +789,7 @@ inline void quantize_block(const float* x, BlockQ2_K* y) {
       L[16 * j + l] = static_cast<uint8_t>(std::max(0, std::min(3, q)));
     }
   }
-  for (int h = 0; h < 2; ++h)
-    for (int l = 0; l < 32; ++l) {
-      const uint8_t* Lh = L + 128 * h;
-      y->qs[32 * h + l] = static_cast<uint8_t>(Lh[l] | (Lh[l + 32] << 2) | (Lh[l + 64] << 4) | (Lh[l + 96] << 6));
-    }
+  detail::pack_2bit_planes(L, y->qs);
 }
 
 // Q3_K: per sub-block of 16 a symmetric 3-bit fit; the 16 signed scales are quantized to
@@ -806,7 +816,8 @@ inline void quantize_block(const float* x, BlockQ3_K* y) {
         y->scales[j] = static_cast<uint8_t>(l & 0xF);
       else
         y->scales[j - 8] = static_cast<uint8_t>(y->scales[j - 8] | ((l & 0xF) << 4));
-      y->scales[j % 4 + 8] = static_cast<uint8_t>(y->scales[j % 4 + 8] | ((l >> 4) << (2 * (j / 4))));
+      uint8_t& high = y->scales[j % 4 + 8];
+      high = static_cast<uint8_t>(high | ((l >> 4) << (2 * (j / 4))));
     }
     y->d = fp32_to_fp16(1 / iscale);
   } else {
@@ -828,11 +839,7 @@ inline void quantize_block(const float* x, BlockQ3_K* y) {
       L[j] = static_cast<int8_t>(L[j] - 4);
     }
   }
-  for (int h = 0; h < 2; ++h)
-    for (int l = 0; l < 32; ++l) {
-      const int8_t* Lh = L + 128 * h;
-      y->qs[32 * h + l] = static_cast<uint8_t>(Lh[l] | (Lh[l + 32] << 2) | (Lh[l + 64] << 4) | (Lh[l + 96] << 6));
-    }
+  detail::pack_2bit_planes(L, y->qs);
 }
 
 namespace detail {
