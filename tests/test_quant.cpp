@@ -91,7 +91,28 @@ double rms_diff(const std::vector<float>& a, const std::vector<float>& b) {
 struct MatchCount {
   int tensors = 0, matched = 0;
   uint64_t blocks = 0, blocks_differing = 0;
+  double err2 = 0, ref2 = 0;  // dequantized golden bytes vs the master
 };
+
+// Bits of resolution per value, for the error bound 2 / 2^bits of a round trip relative to
+// the rms of Gaussian-like weights (see the Gaussian round-trip test); 0 = must be exact.
+int resolution_bits(TensorType t) {
+  switch (t) {
+    case TensorType::F32: return 0;
+    case TensorType::F16: return 11;
+    case TensorType::BF16: return 8;
+    case TensorType::Q2_K: return 2;
+    case TensorType::Q3_K: return 3;
+    case TensorType::Q5_0:
+    case TensorType::Q5_1:
+    case TensorType::Q5_K: return 5;
+    case TensorType::Q6_K: return 6;
+    case TensorType::Q8_0:
+    case TensorType::Q8_1:
+    case TensorType::Q8_K: return 8;
+    default: return 4;
+  }
+}
 
 // Quantizes every tensor of `quant_path` from the tensor of the same name in `master_path`
 // (F32 or F16) and compares the bytes; returns false when a file is missing.
@@ -104,7 +125,7 @@ bool compare_with_master(const std::string& quant_rel, const std::string& master
   auto mf = GgufFile::open(mpath);
   REQUIRE(qf);
   REQUIRE(mf);
-  std::vector<float> row;
+  std::vector<float> row, deq;
   std::vector<uint8_t> out;
   for (const GgufTensorInfo& t : qf->tensors()) {
     const GgufTensorInfo* m = mf->find_tensor(t.name);
@@ -119,10 +140,17 @@ bool compare_with_master(const std::string& quant_rel, const std::string& master
     out.resize(out_bytes);
     MatchCount& c = by_type[tensor_type_name(t.type)];
     bool same = true;
+    deq.resize(static_cast<size_t>(n));
     for (uint64_t r = 0; r < t.rows(); ++r) {
       REQUIRE(dequantize_row(m->type, m->data + r * in_bytes, row.data(), n));
       REQUIRE(quantize_row(t.type, row.data(), out.data(), n));
       const uint8_t* golden = t.data + r * out_bytes;
+      // our dequantization of llama.cpp's bytes must land near the master values
+      REQUIRE(dequantize_row(t.type, golden, deq.data(), n));
+      for (size_t i = 0; i < row.size(); ++i) {
+        c.err2 += (static_cast<double>(deq[i]) - row[i]) * (static_cast<double>(deq[i]) - row[i]);
+        c.ref2 += static_cast<double>(row[i]) * row[i];
+      }
       for (size_t b = 0; b < out_bytes; b += block_bytes) {
         ++c.blocks;
         if (std::memcmp(out.data() + b, golden + b, block_bytes) != 0) {
@@ -140,11 +168,20 @@ bool compare_with_master(const std::string& quant_rel, const std::string& master
   return true;
 }
 
+// Prints the per-type table and checks the dequantization error of the golden bytes.
 void print_table(const char* title, const std::map<std::string, MatchCount>& by_type) {
-  std::printf("%s\n  %-7s %9s %9s %14s\n", title, "type", "tensors", "matched", "blocks differ");
-  for (const auto& [name, c] : by_type)
-    std::printf("  %-7s %9d %9d %8llu/%-8llu\n", name.c_str(), c.tensors, c.matched,
-                static_cast<unsigned long long>(c.blocks_differing), static_cast<unsigned long long>(c.blocks));
+  std::printf("%s\n  %-7s %9s %9s %18s %14s\n", title, "type", "tensors", "matched", "blocks differing",
+              "deq rel rms");
+  for (const auto& [name, c] : by_type) {
+    const double rel = c.ref2 > 0 ? std::sqrt(c.err2 / c.ref2) : 0.0;
+    std::printf("  %-7s %9d %9d %9llu/%-8llu %14.3g\n", name.c_str(), c.tensors, c.matched,
+                static_cast<unsigned long long>(c.blocks_differing), static_cast<unsigned long long>(c.blocks), rel);
+    const int bits = resolution_bits(tensor_type_by_name(name)->type);
+    if (bits == 0)
+      CHECK_MESSAGE(c.err2 == 0, name);
+    else
+      CHECK_MESSAGE(rel < 2.0 / (1 << bits), name << " rel rms " << rel);
+  }
 }
 
 }  // namespace
