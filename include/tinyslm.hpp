@@ -12,4 +12,5 @@
 #include "tinyslm/kv.hpp"
 #include "tinyslm/forward.hpp"
 #include "tinyslm/tokenizer.hpp"
+#include "tinyslm/chat.hpp"
 #include "tinyslm/sampler.hpp"

@@ -1,0 +1,588 @@
+// tinyslm chat templates: turn a list of messages into the prompt text a model was trained on.
+//
+// GGUF files carry their chat template as Jinja text (`tokenizer.chat_template`). tinyslm does
+// not run Jinja: it recognises the common families from markers in that text and renders them
+// with hand-written code that produces the same bytes llama.cpp's Jinja engine renders for the
+// family's published templates (checked against llama.cpp's output in the tests). Families:
+// chatml (and its Qwen2.5 / SmolLM variants with a default system prompt), Qwen3, Llama 2,
+// Mistral v1/v3/v3-tekken/v7, Llama 3 and 3.1+, Gemma 2/3, Phi-3 / Phi-3.5, Phi-4, Zephyr,
+// DeepSeek (coder, V2, V3), Command-R, Falcon 3.
+//
+// A model without a template gets Kind::none and is rendered as chatml, as llama.cpp does; a
+// template that is not recognised gives Kind::unknown and apply() fails with Errc::unsupported
+// (render it yourself through from_function, or force a family with from_kind).
+//
+// Like llama.cpp, when the rendered text starts with the BOS token's text and the tokenizer
+// adds BOS itself, that text is left out (and a trailing EOS text likewise when it adds EOS), so
+// the result is ready for Tokenizer::encode(text, /*add_special=*/true, /*parse_special=*/true).
+#pragma once
+
+#include <functional>
+#include <initializer_list>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core.hpp"
+#include "gguf.hpp"
+#include "tokenizer.hpp"
+
+namespace tinyslm {
+inline namespace v0 {
+
+struct ChatMessage {
+  std::string role;  // "system", "user", "assistant" (others are passed through where the family allows)
+  std::string content;
+};
+
+class ChatTemplate {
+ public:
+  enum class Kind {
+    none,       // the model has no template: rendered as chatml (llama.cpp's default)
+    unknown,    // a template tinyslm does not recognise: apply() fails
+    custom,     // a caller-supplied function
+    chatml,     // <|im_start|>role\n...<|im_end|>\n (with the template's default system prompt, if any)
+    qwen3,      // chatml with <think> handling of assistant turns
+    llama2,     // [INST] ... [/INST] (variants: with <<SYS>>, with BOS inside history, stripped)
+    mistral_v1,
+    mistral_v3,
+    mistral_v3_tekken,
+    mistral_v7,
+    llama3,     // <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>
+    llama3_1,   // Llama 3.1 / 3.2: system header with "Cutting Knowledge Date" and today's date
+    gemma,      // <start_of_turn>user / model ... <end_of_turn>
+    phi3,       // <|role|>\n...<|end|>\n (Phi-3.5: system turns; Phi-3-mini: no system role)
+    phi4,       // <|im_start|>role<|im_sep|>...<|im_end|>
+    zephyr,     // <|role|>\n...<|endoftext|>\n
+    deepseek,   // ### Instruction: / ### Response: (deepseek-coder)
+    deepseek2,  // User: / Assistant: (DeepSeek-V2)
+    deepseek3,  // <｜User｜> / <｜Assistant｜> (DeepSeek-V3 / R1)
+    command_r,  // <|START_OF_TURN_TOKEN|><|USER_TOKEN|>...
+    falcon3,    // <|role|>\n...\n
+  };
+  using Function = std::function<Expected<std::string>(std::span<const ChatMessage>, bool add_generation_prompt)>;
+
+  ChatTemplate() = default;
+
+  // From the model: its template text and its BOS/EOS token texts.
+  static ChatTemplate from_gguf(const GgufFile& f, const Tokenizer& tok);
+  static ChatTemplate from_gguf(const GgufFile& f);  // builds the tokenizer to learn BOS/EOS
+  // From Jinja template text. bos_token / eos_token are the texts the template's bos_token /
+  // eos_token stand for; strip_bos / strip_eos: the tokenizer adds them itself.
+  static ChatTemplate from_string(std::string_view jinja, std::string bos_token = "", std::string eos_token = "",
+                                  bool strip_bos = false, bool strip_eos = false);
+  // A family by kind (e.g. Kind::chatml for a model whose template is missing or unknown).
+  static ChatTemplate from_kind(Kind kind, std::string bos_token = "", std::string eos_token = "",
+                                bool strip_bos = false, bool strip_eos = false);
+  // The caller's own renderer.
+  static ChatTemplate from_function(Function fn) {
+    ChatTemplate t;
+    t.kind_ = Kind::custom;
+    t.fn_ = std::move(fn);
+    return t;
+  }
+
+  Kind kind() const { return kind_; }
+  static const char* kind_name(Kind k);
+  const char* name() const { return kind_name(kind_); }
+  const std::string& source() const { return source_; }  // the Jinja text ("" when none)
+
+  // Llama 3.1+: the "Today Date" line. Default "26 Jul 2024", the date the template itself
+  // falls back to; llama.cpp uses the current date when its Jinja engine runs the template.
+  void set_date_string(std::string d) { date_ = std::move(d); }
+  // Qwen3: false adds an empty <think></think> block to the generation prompt.
+  void set_enable_thinking(bool on) { enable_thinking_ = on; }
+
+  Expected<std::string> apply(std::span<const ChatMessage> messages, bool add_generation_prompt) const;
+  Expected<std::string> apply(std::initializer_list<ChatMessage> messages, bool add_generation_prompt) const {
+    return apply(std::span<const ChatMessage>(messages.begin(), messages.size()), add_generation_prompt);
+  }
+
+ private:
+  Kind kind_ = Kind::none;
+  std::string source_;
+  std::string bos_, eos_;
+  bool strip_bos_ = false, strip_eos_ = false;
+  // Variants inside a family.
+  bool llama2_sys_ = false, llama2_bos_in_history_ = false, llama2_strip_ = false;
+  bool gemma_system_ = true;       // Gemma 3 takes a system turn; Gemma 2 merges it into the user turn
+  bool phi3_system_ = true;        // Phi-3.5 takes system turns; Phi-3-mini merges them
+  bool template_bos_ = false;      // the template writes bos_token first
+  bool phi3_eos_at_end_ = false;   // Phi-3.5: eos_token when no generation prompt
+  std::string default_system_;     // chatml variants: system prompt used when none is given
+  std::string date_ = "26 Jul 2024";
+  bool enable_thinking_ = true;
+  Function fn_;
+
+  Expected<std::string> render(std::span<const ChatMessage> m, bool gen) const;
+};
+
+namespace detail {
+
+inline std::string chat_trim(std::string_view s) {
+  auto sp = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; };
+  size_t b = 0, e = s.size();
+  while (b < e && sp(s[b])) ++b;
+  while (e > b && sp(s[e - 1])) --e;
+  return std::string(s.substr(b, e - b));
+}
+
+inline bool chat_contains(std::string_view hay, std::string_view needle) {
+  return hay.find(needle) != std::string_view::npos;
+}
+
+// A default system prompt written into a chatml template as a literal, e.g.
+// '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. ...<|im_end|>\n'.
+inline std::string chatml_default_system(std::string_view t) {
+  const std::string_view head = "<|im_start|>system";
+  for (size_t pos = t.find(head); pos != std::string_view::npos; pos = t.find(head, pos + 1)) {
+    size_t p = pos + head.size();
+    if (t.compare(p, 2, "\\n") == 0)
+      p += 2;
+    else if (p < t.size() && t[p] == '\n')
+      p += 1;
+    else
+      continue;
+    const size_t end = t.find("<|im_end|>", p);
+    if (end == std::string_view::npos) continue;
+    std::string_view body = t.substr(p, end - p);
+    if (body.empty() || body.find_first_of("'\"{}+") != std::string_view::npos) continue;
+    std::string out;
+    for (size_t i = 0; i < body.size(); ++i) {
+      if (body[i] == '\\' && i + 1 < body.size() && body[i + 1] == 'n') {
+        out.push_back('\n');
+        ++i;
+      } else {
+        out.push_back(body[i]);
+      }
+    }
+    return out;
+  }
+  return {};
+}
+
+}  // namespace detail
+
+inline const char* ChatTemplate::kind_name(Kind k) {
+  switch (k) {
+    case Kind::none: return "none (chatml fallback)";
+    case Kind::unknown: return "unknown";
+    case Kind::custom: return "custom";
+    case Kind::chatml: return "chatml";
+    case Kind::qwen3: return "qwen3";
+    case Kind::llama2: return "llama2";
+    case Kind::mistral_v1: return "mistral-v1";
+    case Kind::mistral_v3: return "mistral-v3";
+    case Kind::mistral_v3_tekken: return "mistral-v3-tekken";
+    case Kind::mistral_v7: return "mistral-v7";
+    case Kind::llama3: return "llama3";
+    case Kind::llama3_1: return "llama3.1";
+    case Kind::gemma: return "gemma";
+    case Kind::phi3: return "phi3";
+    case Kind::phi4: return "phi4";
+    case Kind::zephyr: return "zephyr";
+    case Kind::deepseek: return "deepseek";
+    case Kind::deepseek2: return "deepseek2";
+    case Kind::deepseek3: return "deepseek3";
+    case Kind::command_r: return "command-r";
+    case Kind::falcon3: return "falcon3";
+  }
+  return "?";
+}
+
+inline ChatTemplate ChatTemplate::from_kind(Kind kind, std::string bos_token, std::string eos_token, bool strip_bos,
+                                            bool strip_eos) {
+  ChatTemplate t;
+  t.kind_ = kind;
+  t.bos_ = std::move(bos_token);
+  t.eos_ = std::move(eos_token);
+  t.strip_bos_ = strip_bos;
+  t.strip_eos_ = strip_eos;
+  return t;
+}
+
+// Family detection: the markers llama.cpp's llm_chat_detect_template looks for, plus the
+// variants inside a family that change the rendered bytes.
+inline ChatTemplate ChatTemplate::from_string(std::string_view s, std::string bos_token, std::string eos_token,
+                                              bool strip_bos, bool strip_eos) {
+  using detail::chat_contains;
+  auto has = [&](std::string_view x) { return chat_contains(s, x); };
+  ChatTemplate t = from_kind(Kind::unknown, std::move(bos_token), std::move(eos_token), strip_bos, strip_eos);
+  t.source_ = std::string(s);
+  if (detail::chat_trim(s).empty()) {
+    t.kind_ = Kind::none;
+    return t;
+  }
+  // A template starting by writing bos_token ("{{ bos_token }}", "{{- bos_token }}").
+  {
+    std::string_view head = s.substr(0, std::min<size_t>(s.size(), 24));
+    t.template_bos_ = chat_contains(head, "bos_token");
+  }
+  if (has("<|im_start|>")) {
+    if (has("<|im_sep|>")) {
+      t.kind_ = Kind::phi4;
+    } else if (has("<think>") || has("enable_thinking") || has("reasoning_content")) {
+      t.kind_ = Kind::qwen3;
+    } else {
+      t.kind_ = Kind::chatml;
+      t.default_system_ = detail::chatml_default_system(s);
+    }
+  } else if (s.rfind("mistral", 0) == 0 || has("[INST]")) {
+    if (has("[SYSTEM_PROMPT]")) {
+      t.kind_ = Kind::mistral_v7;
+    } else if (has("' [INST] ' + system_message") || has("[AVAILABLE_TOOLS]")) {
+      t.kind_ = has(" [INST]") ? Kind::mistral_v1 : has("\"[INST]\"") ? Kind::mistral_v3_tekken : Kind::mistral_v3;
+    } else {
+      t.kind_ = Kind::llama2;
+      t.llama2_sys_ = has("<<SYS>>");
+      t.llama2_bos_in_history_ = has("bos_token + '[INST]");
+      t.llama2_strip_ = has("content.strip()");
+      if (t.llama2_strip_ || t.llama2_bos_in_history_) t.llama2_sys_ = true;
+    }
+  } else if (has("<|assistant|>") && has("<|end|>")) {
+    t.kind_ = Kind::phi3;
+    // Phi-3-mini/medium handle only 'user' and 'assistant'; Phi-3.5/small/vision write any role.
+    t.phi3_system_ = has("system") || !has("'user'");
+    t.phi3_eos_at_end_ = has("eos_token");
+  } else if (has("<|assistant|>") && has("<|user|>") && has("</s>")) {
+    t.kind_ = Kind::falcon3;
+  } else if (has("<|user|>") && has("<|endoftext|>")) {
+    t.kind_ = Kind::zephyr;
+  } else if (has("<start_of_turn>")) {
+    t.kind_ = Kind::gemma;
+    t.gemma_system_ = has("first_user_prefix");
+  } else if (has("### Instruction:") && has("<|EOT|>")) {
+    t.kind_ = Kind::deepseek;
+  } else if (has("<|START_OF_TURN_TOKEN|>") && has("<|USER_TOKEN|>")) {
+    t.kind_ = Kind::command_r;
+  } else if (has("<|start_header_id|>") && has("<|end_header_id|>")) {
+    t.kind_ = has("Cutting Knowledge Date") ? Kind::llama3_1 : Kind::llama3;
+  } else if (has("'Assistant: ' + message['content'] + eos_token")) {
+    t.kind_ = Kind::deepseek2;
+  } else if (has("<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>") && has("<\xef\xbd\x9c" "User\xef\xbd\x9c>")) {
+    t.kind_ = Kind::deepseek3;
+  }
+  return t;
+}
+
+inline ChatTemplate ChatTemplate::from_gguf(const GgufFile& f, const Tokenizer& tok) {
+  std::string src;
+  if (auto v = f.get<std::string>("tokenizer.chat_template")) src = *v;
+  std::string bos(tok.token_text(tok.bos())), eos(tok.token_text(tok.eos()));
+  return from_string(src, bos, eos, tok.add_bos(), tok.add_eos());
+}
+
+inline ChatTemplate ChatTemplate::from_gguf(const GgufFile& f) {
+  auto tok = Tokenizer::from_gguf(f);
+  if (!tok) {
+    std::string src;
+    if (auto v = f.get<std::string>("tokenizer.chat_template")) src = *v;
+    return from_string(src);
+  }
+  return from_gguf(f, *tok);
+}
+
+inline Expected<std::string> ChatTemplate::apply(std::span<const ChatMessage> messages,
+                                                 bool add_generation_prompt) const {
+  if (kind_ == Kind::custom) {
+    if (!fn_) return make_error(Errc::invalid_argument, "chat template: empty custom function");
+    return fn_(messages, add_generation_prompt);
+  }
+  if (kind_ == Kind::unknown)
+    return make_error(Errc::unsupported,
+                      "chat template not recognised; use ChatTemplate::from_kind(...) or from_function(...)");
+  auto r = render(messages, add_generation_prompt);
+  if (!r) return r;
+  std::string out = std::move(*r);
+  // What llama.cpp does with the rendered text when the tokenizer adds BOS / EOS itself.
+  if (strip_bos_ && !bos_.empty() && out.compare(0, bos_.size(), bos_) == 0) out.erase(0, bos_.size());
+  if (strip_eos_ && !eos_.empty() && out.size() >= eos_.size() &&
+      out.compare(out.size() - eos_.size(), eos_.size(), eos_) == 0)
+    out.erase(out.size() - eos_.size());
+  return out;
+}
+
+inline Expected<std::string> ChatTemplate::render(std::span<const ChatMessage> msgs, bool gen) const {
+  using detail::chat_trim;
+  std::string o;
+  if (template_bos_) o += bos_;
+  switch (kind_) {
+    case Kind::none:
+    case Kind::chatml: {
+      if (!default_system_.empty() && (msgs.empty() || msgs[0].role != "system"))
+        o += "<|im_start|>system\n" + default_system_ + "<|im_end|>\n";
+      for (const auto& m : msgs) o += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+      if (gen) o += "<|im_start|>assistant\n";
+      break;
+    }
+    case Kind::qwen3: {
+      size_t first = 0;
+      if (!msgs.empty() && msgs[0].role == "system") {
+        o += "<|im_start|>system\n" + msgs[0].content + "<|im_end|>\n";
+      }
+      // The last user turn that is not a wrapped tool response.
+      size_t last_query = msgs.empty() ? 0 : msgs.size() - 1;
+      for (size_t i = msgs.size(); i-- > 0;) {
+        const std::string& c = msgs[i].content;
+        const bool tool_wrapped = c.rfind("<tool_response>", 0) == 0 && c.size() >= 16 &&
+                                  c.compare(c.size() - 16, 16, "</tool_response>") == 0;
+        if (msgs[i].role == "user" && !tool_wrapped) {
+          last_query = i;
+          break;
+        }
+      }
+      for (size_t i = first; i < msgs.size(); ++i) {
+        const ChatMessage& m = msgs[i];
+        const bool is_last = i + 1 == msgs.size();
+        if (m.role == "user" || (m.role == "system" && i != 0)) {
+          o += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+        } else if (m.role == "assistant") {
+          std::string content = m.content, reasoning;
+          const size_t close = content.rfind("</think>");
+          if (close != std::string::npos) {
+            std::string after = content.substr(close + 8);
+            after.erase(0, after.find_first_not_of('\n') == std::string::npos ? after.size() : after.find_first_not_of('\n'));
+            std::string before = content.substr(0, content.find("</think>"));
+            while (!before.empty() && before.back() == '\n') before.pop_back();
+            const size_t open = before.rfind("<think>");
+            if (open != std::string::npos) before = before.substr(open + 7);
+            before.erase(0, before.find_first_not_of('\n') == std::string::npos ? before.size() : before.find_first_not_of('\n'));
+            reasoning = before;
+            content = after;
+          }
+          if (i > last_query && (is_last || !reasoning.empty())) {
+            std::string r = reasoning;
+            while (!r.empty() && r.front() == '\n') r.erase(0, 1);
+            while (!r.empty() && r.back() == '\n') r.pop_back();
+            std::string c = content;
+            while (!c.empty() && c.front() == '\n') c.erase(0, 1);
+            o += "<|im_start|>assistant\n<think>\n" + r + "\n</think>\n\n" + c;
+          } else {
+            o += "<|im_start|>assistant\n" + content;
+          }
+          o += "<|im_end|>\n";
+        } else if (m.role == "tool") {
+          if (i == 0 || msgs[i - 1].role != "tool") o += "<|im_start|>user";
+          o += "\n<tool_response>\n" + m.content + "\n</tool_response>";
+          if (is_last || msgs[i + 1].role != "tool") o += "<|im_end|>\n";
+        }
+      }
+      if (gen) {
+        o += "<|im_start|>assistant\n";
+        if (!enable_thinking_) o += "<think>\n\n</think>\n\n";
+      }
+      break;
+    }
+    case Kind::phi4:
+      for (const auto& m : msgs) o += "<|im_start|>" + m.role + "<|im_sep|>" + m.content + "<|im_end|>";
+      if (gen) o += "<|im_start|>assistant<|im_sep|>";
+      break;
+    case Kind::llama2: {
+      bool inside = true;
+      o += "[INST] ";
+      for (const auto& m : msgs) {
+        const std::string content = llama2_strip_ ? chat_trim(m.content) : m.content;
+        if (!inside) {
+          inside = true;
+          o += llama2_bos_in_history_ ? "<s>[INST] " : "[INST] ";
+        }
+        if (m.role == "system") {
+          if (llama2_sys_)
+            o += "<<SYS>>\n" + content + "\n<</SYS>>\n\n";
+          else
+            o += content + "\n";
+        } else if (m.role == "user") {
+          o += content + " [/INST]";
+        } else {
+          o += content + "</s>";
+          inside = false;
+        }
+      }
+      break;
+    }
+    case Kind::mistral_v3:
+    case Kind::mistral_v3_tekken: {
+      // The official v3 templates put the system text into the last user turn.
+      const std::string sp = kind_ == Kind::mistral_v3 ? " " : "";
+      std::string system;
+      size_t last_user = msgs.size();
+      for (size_t i = 0; i < msgs.size(); ++i)
+        if (msgs[i].role == "user") last_user = i;
+      for (const auto& m : msgs)
+        if (m.role == "system") system = m.content;
+      for (size_t i = 0; i < msgs.size(); ++i) {
+        const ChatMessage& m = msgs[i];
+        if (m.role == "user") {
+          o += "[INST]" + sp + (i == last_user && !system.empty() ? system + "\n\n" : std::string()) + m.content + "[/INST]";
+        } else if (m.role == "assistant") {
+          o += sp + (kind_ == Kind::mistral_v3 ? chat_trim(m.content) : m.content) + "</s>";
+        }
+      }
+      break;
+    }
+    case Kind::mistral_v1: {
+      const std::string lead = kind_ == Kind::mistral_v1 ? " " : "";
+      const std::string trail = kind_ == Kind::mistral_v3_tekken ? "" : " ";
+      bool inside = false;
+      for (const auto& m : msgs) {
+        if (!inside) {
+          o += lead + "[INST]" + trail;
+          inside = true;
+        }
+        if (m.role == "system") {
+          o += m.content + "\n\n";
+        } else if (m.role == "user") {
+          o += m.content + lead + "[/INST]";
+        } else {
+          o += trail + (kind_ == Kind::mistral_v3 ? chat_trim(m.content) : m.content) + "</s>";
+          inside = false;
+        }
+      }
+      break;
+    }
+    case Kind::mistral_v7:
+      for (const auto& m : msgs) {
+        if (m.role == "system")
+          o += "[SYSTEM_PROMPT] " + m.content + "[/SYSTEM_PROMPT]";
+        else if (m.role == "user")
+          o += "[INST] " + m.content + "[/INST]";
+        else
+          o += " " + m.content + "</s>";
+      }
+      break;
+    case Kind::llama3:
+      for (const auto& m : msgs) o += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + chat_trim(m.content) + "<|eot_id|>";
+      if (gen) o += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+      break;
+    case Kind::llama3_1: {
+      size_t first = 0;
+      std::string system;
+      if (!msgs.empty() && msgs[0].role == "system") {
+        system = chat_trim(msgs[0].content);
+        first = 1;
+      }
+      o += "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: " + date_ +
+           "\n\n" + system + "<|eot_id|>";
+      for (size_t i = first; i < msgs.size(); ++i)
+        o += "<|start_header_id|>" + msgs[i].role + "<|end_header_id|>\n\n" + chat_trim(msgs[i].content) + "<|eot_id|>";
+      if (gen) o += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+      break;
+    }
+    case Kind::gemma: {
+      size_t first = 0;
+      std::string prefix;
+      if (!msgs.empty() && msgs[0].role == "system") {
+        // Gemma 3 writes the system text before the first turn's text; Gemma 2 has no system
+        // role and llama.cpp merges it into the first user turn.
+        prefix = gemma_system_ ? msgs[0].content + "\n\n" : msgs[0].content + "\n";
+        first = 1;
+      }
+      for (size_t i = first; i < msgs.size(); ++i) {
+        const ChatMessage& m = msgs[i];
+        if ((m.role == "user") != ((i - first) % 2 == 0))
+          return make_error(Errc::invalid_argument, "gemma chat template: roles must alternate user/assistant");
+        const std::string role = m.role == "assistant" ? "model" : m.role;
+        std::string text;
+        if (i == first && !prefix.empty())
+          text = gemma_system_ ? prefix + chat_trim(m.content) : chat_trim(prefix + m.content);
+        else
+          text = chat_trim(m.content);
+        o += "<start_of_turn>" + role + "\n" + text + "<end_of_turn>\n";
+      }
+      if (gen) o += "<start_of_turn>model\n";
+      break;
+    }
+    case Kind::phi3: {
+      if (phi3_system_) {
+        for (const auto& m : msgs) {
+          if (m.role == "system") {
+            if (!m.content.empty()) o += "<|system|>\n" + m.content + "<|end|>\n";
+          } else if (m.role == "user" || m.role == "assistant") {
+            o += "<|" + m.role + "|>\n" + m.content + "<|end|>\n";
+          }
+        }
+        if (gen)
+          o += "<|assistant|>\n";
+        else if (phi3_eos_at_end_)
+          o += eos_;
+      } else {
+        // Phi-3-mini: no system role (llama.cpp puts the system text before the first user
+        // message), and "<|assistant|>\n" follows every user turn.
+        std::string pending;
+        for (const auto& m : msgs) {
+          if (m.role == "system") {
+            pending = m.content;
+          } else if (m.role == "user") {
+            std::string c = pending.empty() ? m.content : pending + (m.content.empty() ? "" : "\n" + m.content);
+            pending.clear();
+            o += "<|user|>\n" + c + "<|end|>\n<|assistant|>\n";
+          } else if (m.role == "assistant") {
+            o += m.content + "<|end|>\n";
+          }
+        }
+      }
+      break;
+    }
+    case Kind::zephyr:
+      for (const auto& m : msgs) o += "<|" + m.role + "|>\n" + m.content + "<|endoftext|>\n";
+      if (gen) o += "<|assistant|>\n";
+      break;
+    case Kind::falcon3:
+      for (const auto& m : msgs) o += "<|" + m.role + "|>\n" + m.content + "\n";
+      if (gen) o += "<|assistant|>\n";
+      break;
+    case Kind::deepseek:
+      for (const auto& m : msgs) {
+        if (m.role == "system")
+          o += m.content;
+        else if (m.role == "user")
+          o += "### Instruction:\n" + m.content + "\n";
+        else if (m.role == "assistant")
+          o += "### Response:\n" + m.content + "\n<|EOT|>\n";
+      }
+      if (gen) o += "### Response:\n";
+      break;
+    case Kind::deepseek2:
+      for (const auto& m : msgs) {
+        if (m.role == "system")
+          o += m.content + "\n\n";
+        else if (m.role == "user")
+          o += "User: " + m.content + "\n\n";
+        else if (m.role == "assistant")
+          o += "Assistant: " + m.content +
+               (eos_.empty() ? std::string("<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>") : eos_);
+      }
+      if (gen) o += "Assistant:";
+      break;
+    case Kind::deepseek3:
+      for (const auto& m : msgs) {
+        if (m.role == "system")
+          o += m.content + "\n\n";
+        else if (m.role == "user")
+          o += "<\xef\xbd\x9c" "User\xef\xbd\x9c>" + m.content;
+        else if (m.role == "assistant")
+          o += "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>" + m.content + "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
+      }
+      if (gen) o += "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>";
+      break;
+    case Kind::command_r:
+      for (const auto& m : msgs) {
+        if (m.role == "system")
+          o += "<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>" + m.content + "<|END_OF_TURN_TOKEN|>";
+        else if (m.role == "user")
+          o += "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>" + chat_trim(m.content) + "<|END_OF_TURN_TOKEN|>";
+        else if (m.role == "assistant")
+          o += "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>" + chat_trim(m.content) + "<|END_OF_TURN_TOKEN|>";
+      }
+      if (gen) o += "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>";
+      break;
+    case Kind::unknown:
+    case Kind::custom:
+      return make_error(Errc::unsupported, "chat template: nothing to render");
+  }
+  return o;
+}
+
+}  // namespace v0
+}  // namespace tinyslm
