@@ -108,20 +108,40 @@ TINYSLM_OPS_INLINE void gelu_mul_body(const float* g, const float* u, float* out
   }
 }
 
-// s[j] += q[d] * kt[d][j] over d: one query against keys [0, n) stored transposed.
+// s[j] = sum_d q[d] * kt[d][j]: one query against keys [0, n) stored transposed (rows of
+// ld floats, readable up to 64 past n). Blocks of 64 keys stay in registers over d.
 TINYSLM_OPS_INLINE void scores_body(const float* q, const float* kt, int64_t ld, int64_t hd,
                                     int64_t n, float* s) {
-  for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
-  for (int64_t d = 0; d < hd; ++d) {
-    const float qd = q[d];
-    const float* row = kt + d * ld;
-    for (int64_t j = 0; j < n; ++j) s[j] += qd * row[j];
+  constexpr int64_t kB = 64;
+  for (int64_t jb = 0; jb < n; jb += kB) {
+    float acc[kB] = {};
+    for (int64_t d = 0; d < hd; ++d) {
+      const float qd = q[d];
+      const float* row = kt + d * ld + jb;
+      for (int64_t j = 0; j < kB; ++j) acc[j] += qd * row[j];
+    }
+    const int64_t m = n - jb < kB ? n - jb : kB;
+    for (int64_t j = 0; j < m; ++j) s[jb + j] = acc[j];
   }
 }
 
-// out[d] = sum_j p[j] * v[j][d], in order of j.
+// out[d] = sum_j p[j] * v[j][d], in order of j; the accumulators stay in registers for the
+// common head sizes.
+template <int64_t HD>
+TINYSLM_OPS_INLINE void mix_values_fixed(const float* p, const float* v, int64_t n, float* out) {
+  float acc[HD] = {};
+  for (int64_t j = 0; j < n; ++j) {
+    const float pj = p[j];
+    const float* row = v + j * HD;
+    for (int64_t d = 0; d < HD; ++d) acc[d] += pj * row[d];
+  }
+  for (int64_t d = 0; d < HD; ++d) out[d] = acc[d];
+}
+
 TINYSLM_OPS_INLINE void mix_values_body(const float* p, const float* v, int64_t hd, int64_t n,
                                         float* out) {
+  if (hd == 64) return mix_values_fixed<64>(p, v, n, out);
+  if (hd == 128) return mix_values_fixed<128>(p, v, n, out);
   for (int64_t d = 0; d < hd; ++d) out[d] = 0.0f;
   for (int64_t j = 0; j < n; ++j) {
     const float pj = p[j];
@@ -354,7 +374,8 @@ struct AttentionScratch {
     n_ctx = (n_ctx_ + 15) / 16 * 16;
     n_threads = n_threads_;
     row_stride = (n_ctx + a.head_dim_k + 15) / 16 * 16;
-    return kt.allocate(static_cast<size_t>(a.n_head_kv * a.head_dim_k * n_ctx)) &&
+    // keys are read in blocks of 64 past the last one: pad
+    return kt.allocate(static_cast<size_t>(a.n_head_kv * a.head_dim_k * n_ctx + 64)) &&
            vf.allocate(static_cast<size_t>(a.n_head_kv * n_ctx * a.head_dim_v)) &&
            rows.allocate(static_cast<size_t>(row_stride * n_threads));
   }

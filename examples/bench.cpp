@@ -1,0 +1,166 @@
+// bench: prompt processing and generation speed, in the manner of llama-bench.
+//
+//   bench -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [--json]
+//
+// pp<P>: one eval of P tokens from an empty cache (prefill, GEMM). tg<N>: N evals of one token
+// each from an empty cache (decode, GEMV). Each test runs once untimed to warm up, then R
+// times; the table gives tokens/s as mean ± standard deviation over the R runs.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "tinyslm.hpp"
+
+using namespace tinyslm;
+
+namespace {
+
+std::vector<int> parse_list(const char* s) {
+  std::vector<int> v;
+  while (*s) {
+    char* end = nullptr;
+    const long x = std::strtol(s, &end, 10);
+    if (end == s) break;
+    v.push_back(static_cast<int>(x));
+    s = end;
+    while (*s == ',') ++s;
+  }
+  return v;
+}
+
+struct Result {
+  std::string test;
+  int threads;
+  double mean, stddev;
+  std::vector<double> samples;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model_path;
+  std::vector<int> pp = {512}, tg = {128}, threads = {1};
+  int reps = 3;
+  bool json = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> const char* {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "bench: %s needs a value\n", a.c_str());
+        std::exit(1);
+      }
+      return argv[++i];
+    };
+    if (a == "-m") model_path = next();
+    else if (a == "-p") pp = parse_list(next());
+    else if (a == "-n") tg = parse_list(next());
+    else if (a == "-t") threads = parse_list(next());
+    else if (a == "-r") reps = std::atoi(next());
+    else if (a == "--json") json = true;
+    else {
+      std::fprintf(stderr, "usage: %s -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [--json]\n", argv[0]);
+      return 1;
+    }
+  }
+  if (model_path.empty() || reps < 1) {
+    std::fprintf(stderr, "usage: %s -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [--json]\n", argv[0]);
+    return 1;
+  }
+  auto model = Model::open(model_path);
+  if (!model) {
+    std::fprintf(stderr, "bench: %s\n", model.error().message().c_str());
+    return 1;
+  }
+  const HParams& hp = model->hparams();
+  const std::string name = model_path.substr(model_path.find_last_of('/') == std::string::npos ? 0 : model_path.find_last_of('/') + 1);
+  const double size_mib = static_cast<double>(model->weight_bytes()) / (1024.0 * 1024.0);
+  const TensorType main_type = model->weights().layers.empty() ? model->weights().token_embd.type
+                                                               : model->weights().layers[0].ffn_up.type;
+  int64_t max_tokens = 1;
+  for (int p : pp) max_tokens = std::max<int64_t>(max_tokens, p);
+  for (int n : tg) max_tokens = std::max<int64_t>(max_tokens, n);
+
+  std::vector<Result> results;
+  using clock = std::chrono::steady_clock;
+  for (int t : threads) {
+    auto ctx = Context::create(*model, {.n_ctx = max_tokens, .n_threads = t, .n_batch = 512});
+    if (!ctx) {
+      std::fprintf(stderr, "bench: %s\n", ctx.error().message().c_str());
+      return 1;
+    }
+    auto tokens = [&](int n) {
+      std::vector<int32_t> v(static_cast<size_t>(n));
+      for (int i = 0; i < n; ++i) v[static_cast<size_t>(i)] = static_cast<int32_t>((i * 7919 + 11) % hp.n_vocab);
+      return v;
+    };
+    auto measure = [&](const std::string& test, int n_tokens, bool prefill) {
+      const auto toks = tokens(n_tokens);
+      Result r{test, t, 0, 0, {}};
+      for (int rep = -1; rep < reps; ++rep) {
+        ctx->reset();
+        const auto t0 = clock::now();
+        if (prefill) {
+          auto lg = ctx->eval(toks);
+          if (!lg) {
+            std::fprintf(stderr, "bench: %s\n", lg.error().message().c_str());
+            std::exit(1);
+          }
+        } else {
+          for (int i = 0; i < n_tokens; ++i) {
+            auto lg = ctx->eval(std::span<const int32_t>(&toks[static_cast<size_t>(i)], 1));
+            if (!lg) {
+              std::fprintf(stderr, "bench: %s\n", lg.error().message().c_str());
+              std::exit(1);
+            }
+          }
+        }
+        const double s = std::chrono::duration<double>(clock::now() - t0).count();
+        if (rep >= 0) r.samples.push_back(n_tokens / s);
+      }
+      double sum = 0, sq = 0;
+      for (double x : r.samples) sum += x;
+      r.mean = sum / static_cast<double>(r.samples.size());
+      for (double x : r.samples) sq += (x - r.mean) * (x - r.mean);
+      r.stddev = r.samples.size() > 1 ? std::sqrt(sq / static_cast<double>(r.samples.size() - 1)) : 0.0;
+      results.push_back(r);
+      if (!json)
+        std::fprintf(stderr, "  %s t=%d: %.2f t/s\n", test.c_str(), t, r.mean);
+    };
+    for (int p : pp)
+      if (p > 0) measure("pp" + std::to_string(p), p, true);
+    for (int n : tg)
+      if (n > 0) measure("tg" + std::to_string(n), n, false);
+  }
+
+  if (json) {
+    std::printf("[");
+    for (size_t i = 0; i < results.size(); ++i) {
+      const auto& r = results[i];
+      std::printf("%s\n  {\"model\": \"%s\", \"size_mib\": %.2f, \"type\": \"%s\", \"arch\": \"%s\", \"threads\": %d, "
+                  "\"test\": \"%s\", \"tokens_per_s\": %.3f, \"stddev\": %.3f, \"samples\": [",
+                  i ? "," : "", name.c_str(), size_mib, tensor_type_name(main_type), hp.arch_name.c_str(), r.threads,
+                  r.test.c_str(), r.mean, r.stddev);
+      for (size_t k = 0; k < r.samples.size(); ++k) std::printf("%s%.3f", k ? ", " : "", r.samples[k]);
+      std::printf("]}");
+    }
+    std::printf("\n]\n");
+    return 0;
+  }
+  std::printf("| %-36s | %10s | %-6s | %7s | %6s | %20s |\n", "model", "size", "type", "threads", "test", "t/s");
+  std::printf("| %s | %s | %s | %s | %s | %s |\n", std::string(36, '-').c_str(), std::string(10, '-').c_str(),
+              std::string(6, '-').c_str(), std::string(7, '-').c_str(), std::string(6, '-').c_str(),
+              std::string(20, '-').c_str());
+  for (const auto& r : results) {
+    char tps[64];
+    std::snprintf(tps, sizeof tps, "%.2f ± %.2f", r.mean, r.stddev);
+    char size[32];
+    std::snprintf(size, sizeof size, "%.2f MiB", size_mib);
+    std::printf("| %-36s | %10s | %-6s | %7d | %6s | %20s |\n", name.c_str(), size, tensor_type_name(main_type), r.threads,
+                r.test.c_str(), tps);
+  }
+  return 0;
+}

@@ -1,0 +1,288 @@
+// complete: one-shot completion.
+//
+//   complete -m MODEL (-p PROMPT | -f FILE | --prompt-ids 1,2,3) [-n N] [-t THREADS] [-c CTX]
+//            [--temp T] [--top-k K] [--top-p P] [--seed S] [--no-bos]
+//            [--json [--top-logits K]] [--ids]
+//
+// --temp 0 is greedy (lowest id wins ties, as llama.cpp's golden runs). --json prints one JSON
+// object (prompt_ids, top_logits at the last prompt position, ids, text, timings) instead of
+// streaming text; --ids prints the generated ids on a last line.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "tinyslm.hpp"
+#include "tinyslm/tokenizer.hpp"
+
+using namespace tinyslm;
+
+namespace {
+
+void usage(const char* argv0) {
+  std::fprintf(stderr,
+               "usage: %s -m MODEL (-p PROMPT | -f FILE | --prompt-ids 1,2,3) [-n N] [-t THREADS] [-c CTX]\n"
+               "          [--temp T] [--top-k K] [--top-p P] [--seed S] [--no-bos] [--json] [--top-logits K] [--ids]\n",
+               argv0);
+}
+
+std::string json_escape(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out;
+}
+
+// Seeded generator (splitmix64) so a seed gives the same text on every platform.
+struct Rng {
+  uint64_t s;
+  uint64_t next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return static_cast<double>(next() >> 11) * (1.0 / 9007199254740992.0); }
+};
+
+int32_t greedy(std::span<const float> lg) {
+  int32_t best = 0;
+  for (size_t i = 1; i < lg.size(); ++i)
+    if (lg[i] > lg[static_cast<size_t>(best)]) best = static_cast<int32_t>(i);
+  return best;
+}
+
+int32_t sample(std::span<const float> lg, float temp, int top_k, float top_p, Rng& rng,
+               std::vector<std::pair<float, int32_t>>& cand) {
+  if (temp <= 0.0f) return greedy(lg);
+  cand.clear();
+  for (size_t i = 0; i < lg.size(); ++i) cand.emplace_back(lg[i], static_cast<int32_t>(i));
+  const size_t k = top_k > 0 ? std::min<size_t>(static_cast<size_t>(top_k), cand.size()) : cand.size();
+  std::partial_sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(k), cand.end(),
+                    [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
+  cand.resize(k);
+  double sum = 0;
+  for (auto& c : cand) {
+    c.first = static_cast<float>(std::exp((c.first - cand[0].first) / temp));
+    sum += c.first;
+  }
+  size_t keep = cand.size();
+  if (top_p < 1.0f) {
+    double acc = 0;
+    for (size_t i = 0; i < cand.size(); ++i) {
+      acc += cand[i].first / sum;
+      if (acc >= top_p) {
+        keep = i + 1;
+        break;
+      }
+    }
+    cand.resize(keep);
+    sum = 0;
+    for (auto& c : cand) sum += c.first;
+  }
+  double r = rng.uniform() * sum;
+  for (const auto& c : cand) {
+    r -= c.first;
+    if (r <= 0) return c.second;
+  }
+  return cand.back().second;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model_path, prompt, prompt_file, prompt_ids_arg;
+  int n_predict = 32, threads = 1, top_k = 40, top_logits = 20;
+  int64_t n_ctx = 2048;
+  float temp = 0.8f, top_p = 0.95f;
+  uint64_t seed = 42;
+  bool no_bos = false, json = false, print_ids = false, have_prompt = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> const char* {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "complete: %s needs a value\n", a.c_str());
+        std::exit(1);
+      }
+      return argv[++i];
+    };
+    if (a == "-m" || a == "--model") model_path = next();
+    else if (a == "-p" || a == "--prompt") prompt = next(), have_prompt = true;
+    else if (a == "-f" || a == "--file") prompt_file = next();
+    else if (a == "--prompt-ids") prompt_ids_arg = next();
+    else if (a == "-n" || a == "--n-predict") n_predict = std::atoi(next());
+    else if (a == "-t" || a == "--threads") threads = std::atoi(next());
+    else if (a == "-c" || a == "--ctx-size") n_ctx = std::atoll(next());
+    else if (a == "--temp") temp = static_cast<float>(std::atof(next()));
+    else if (a == "--top-k") top_k = std::atoi(next());
+    else if (a == "--top-p") top_p = static_cast<float>(std::atof(next()));
+    else if (a == "--seed") seed = std::strtoull(next(), nullptr, 10);
+    else if (a == "--no-bos") no_bos = true;
+    else if (a == "--json") json = true;
+    else if (a == "--top-logits") top_logits = std::atoi(next());
+    else if (a == "--ids") print_ids = true;
+    else if (a == "-h" || a == "--help") {
+      usage(argv[0]);
+      return 0;
+    } else {
+      std::fprintf(stderr, "complete: unknown argument '%s'\n", a.c_str());
+      usage(argv[0]);
+      return 1;
+    }
+  }
+  if (model_path.empty() || (!have_prompt && prompt_file.empty() && prompt_ids_arg.empty())) {
+    usage(argv[0]);
+    return 1;
+  }
+  if (!prompt_file.empty()) {
+    std::ifstream f(prompt_file, std::ios::binary);
+    if (!f) {
+      std::fprintf(stderr, "complete: cannot read %s\n", prompt_file.c_str());
+      return 1;
+    }
+    prompt.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  }
+
+  auto model = Model::open(model_path);
+  if (!model) {
+    std::fprintf(stderr, "complete: %s\n", model.error().message().c_str());
+    return 1;
+  }
+  auto tok = Tokenizer::from_gguf(model->gguf());  // optional with --prompt-ids
+
+  std::vector<int32_t> ids;
+  if (!prompt_ids_arg.empty()) {
+    const char* s = prompt_ids_arg.c_str();
+    while (*s) {
+      char* end = nullptr;
+      const long v = std::strtol(s, &end, 10);
+      if (end == s) {
+        std::fprintf(stderr, "complete: bad --prompt-ids '%s'\n", prompt_ids_arg.c_str());
+        return 1;
+      }
+      ids.push_back(static_cast<int32_t>(v));
+      s = end;
+      while (*s == ',' || *s == ' ') ++s;
+    }
+  } else {
+    if (!tok) {
+      std::fprintf(stderr, "complete: %s (use --prompt-ids)\n", tok.error().message().c_str());
+      return 1;
+    }
+    auto enc = tok->encode(prompt, /*add_special=*/!no_bos);
+    if (!enc) {
+      std::fprintf(stderr, "complete: %s\n", enc.error().message().c_str());
+      return 1;
+    }
+    ids = std::move(*enc);
+  }
+  if (ids.empty()) {
+    std::fprintf(stderr, "complete: empty prompt\n");
+    return 1;
+  }
+
+  const int64_t need = static_cast<int64_t>(ids.size()) + std::max(n_predict, 0);
+  auto ctx = Context::create(*model, {.n_ctx = std::max(n_ctx, need), .n_threads = std::max(threads, 1)});
+  if (!ctx) {
+    std::fprintf(stderr, "complete: %s\n", ctx.error().message().c_str());
+    return 1;
+  }
+
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  auto lg = ctx->eval(ids);
+  if (!lg) {
+    std::fprintf(stderr, "complete: %s\n", lg.error().message().c_str());
+    return 1;
+  }
+  const auto t1 = clock::now();
+  std::vector<float> logits(lg->begin(), lg->end());
+
+  // The K largest logits at the last prompt position (lowest id first on ties).
+  std::vector<std::pair<float, int32_t>> top;
+  if (json) {
+    for (size_t i = 0; i < logits.size(); ++i) top.emplace_back(logits[i], static_cast<int32_t>(i));
+    const size_t k = std::min<size_t>(static_cast<size_t>(std::max(top_logits, 0)), top.size());
+    std::partial_sort(top.begin(), top.begin() + static_cast<std::ptrdiff_t>(k), top.end(),
+                      [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
+    top.resize(k);
+  }
+
+  Rng rng{seed};
+  std::vector<std::pair<float, int32_t>> cand;
+  std::vector<int32_t> out_ids;
+  std::string text;
+  std::unique_ptr<StreamDecoder> stream;
+  if (tok) stream = std::make_unique<StreamDecoder>(*tok);
+  for (int s = 0; s < n_predict; ++s) {
+    const int32_t id = sample(logits, temp, top_k, top_p, rng, cand);
+    out_ids.push_back(id);
+    if (stream) {
+      auto piece = stream->push(id);
+      if (piece) {
+        text += *piece;
+        if (!json) {
+          std::fputs(piece->c_str(), stdout);
+          std::fflush(stdout);
+        }
+      }
+    }
+    if (tok && tok->is_eog(id)) break;
+    if (s + 1 == n_predict) break;
+    auto next = ctx->eval(std::span<const int32_t>(&id, 1));
+    if (!next) {
+      std::fprintf(stderr, "\ncomplete: %s\n", next.error().message().c_str());
+      break;
+    }
+    logits.assign(next->begin(), next->end());
+  }
+  const auto t2 = clock::now();
+  const double pp_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+  const double tg_ms = std::chrono::duration<double, std::milli>(t2 - t1).count();
+  const size_t n_gen_evals = out_ids.empty() ? 0 : out_ids.size() - 1;
+
+  if (json) {
+    std::printf("{\"prompt_ids\": [");
+    for (size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? ", " : "", ids[i]);
+    std::printf("], \"top_logits\": [");
+    for (size_t i = 0; i < top.size(); ++i) std::printf("%s[%d, %.6g]", i ? ", " : "", top[i].second, top[i].first);
+    std::printf("], \"ids\": [");
+    for (size_t i = 0; i < out_ids.size(); ++i) std::printf("%s%d", i ? ", " : "", out_ids[i]);
+    std::printf("], \"text\": \"%s\", ", json_escape(text).c_str());
+    std::printf("\"timings\": {\"prompt_tokens\": %zu, \"prompt_ms\": %.3f, \"prompt_tokens_per_s\": %.2f, "
+                "\"generated_tokens\": %zu, \"generation_ms\": %.3f, \"generation_tokens_per_s\": %.2f, \"threads\": %d}}\n",
+                ids.size(), pp_ms, pp_ms > 0 ? 1000.0 * static_cast<double>(ids.size()) / pp_ms : 0.0, out_ids.size(), tg_ms,
+                tg_ms > 0 ? 1000.0 * static_cast<double>(n_gen_evals) / tg_ms : 0.0, ctx->n_threads());
+    return 0;
+  }
+  std::printf("\n");
+  if (print_ids) {
+    for (size_t i = 0; i < out_ids.size(); ++i) std::printf("%s%d", i ? " " : "", out_ids[i]);
+    std::printf("\n");
+  }
+  std::fprintf(stderr, "prompt: %zu tokens, %.1f tokens/s; generation: %zu tokens, %.1f tokens/s\n", ids.size(),
+               pp_ms > 0 ? 1000.0 * static_cast<double>(ids.size()) / pp_ms : 0.0, out_ids.size(),
+               tg_ms > 0 ? 1000.0 * static_cast<double>(n_gen_evals) / tg_ms : 0.0);
+  return 0;
+}
