@@ -5,6 +5,7 @@
 #include "tinyslm/core.hpp"
 #include "tinyslm/gguf.hpp"
 #include "tinyslm/quant.hpp"
+#include "tinyslm/quantize_model.hpp"
 #include "tinyslm/kernels.hpp"
 #include "tinyslm/ops.hpp"
 #include "tinyslm/threads.hpp"
