@@ -190,6 +190,38 @@ class MatmulScratch {
   // The activation rows, one per token (valid after ensure / reserve).
   const detail::ActRow* rows() const { return acts_.data(); }
 
+#if defined(TINYSLM_KERNELS_X86)
+  // Token tiles for the AVX-512 GEMM: room for n tokens of k values.
+  Status ensure_tiles(int64_t n, int64_t k) {
+    namespace x = detail::x86;
+    const int64_t nt = (n + x::kTileTokens - 1) / x::kTileTokens;
+    if (nt > tiles_n_ || k > tiles_k_) {
+      const int64_t tn = nt > tiles_n_ ? nt : tiles_n_, tk = k > tiles_k_ ? k : tiles_k_;
+      const auto q = static_cast<size_t>(tn * x::tile_q_words(tk)), g16 = static_cast<size_t>(tn * x::tile_g16(tk)),
+                 g32 = static_cast<size_t>(tn * x::tile_g32(tk));
+      if (!tq_.allocate(q) || !tc16_.allocate(g16) || !tc32_.allocate(g32) || !td16_.allocate(g16) ||
+          !tm16_.allocate(g16) || !tm32_.allocate(g32) || !tiles_.allocate(static_cast<size_t>(tn)))
+        return alloc_failed();
+      tiles_n_ = tn;
+      tiles_k_ = tk;
+    }
+    return {};
+  }
+  // Builds tile ti for the current n tokens of k values (after quantize).
+  void build_tile(int64_t ti, int64_t n, int64_t k) {
+    namespace x = detail::x86;
+    int32_t* q = tq_.data() + ti * x::tile_q_words(k);
+    int32_t* c16 = tc16_.data() + ti * x::tile_g16(k);
+    int32_t* c32 = tc32_.data() + ti * x::tile_g32(k);
+    float* d16 = td16_.data() + ti * x::tile_g16(k);
+    float* m16 = tm16_.data() + ti * x::tile_g16(k);
+    float* m32 = tm32_.data() + ti * x::tile_g32(k);
+    x::build_token_tile(acts_.data(), n, k, ti, q, c16, c32, d16, m16, m32);
+    tiles_[static_cast<size_t>(ti)] = {q, c16, c32, d16, m16, m32};
+  }
+  const detail::x86::TokenTile* tiles() const { return tiles_.data(); }
+#endif
+
   detail::ActRow row(int64_t i) const {
     detail::ActRow a;
     a.qs = qs_.data() + i * cap_k_;
@@ -202,8 +234,18 @@ class MatmulScratch {
     return a;
   }
 
-  // Quantizes token row i (k values) for weights of format fmt.
-  void quantize(detail::ActFormat fmt, int64_t i, const float* x, int64_t k) {
+  // Quantizes token row i (k values) for weights of format fmt (SIMD when `simd`; the
+  // result is bit-identical either way).
+  void quantize(detail::ActFormat fmt, int64_t i, const float* x, int64_t k, bool simd = false) {
+#if defined(TINYSLM_KERNELS_X86)
+    if (simd && !detail::act_format_is_float(fmt)) {
+      detail::x86::quantize_activation_row_avx2(fmt, x, k, qs_.data() + i * cap_k_, da16_.data() + i * (cap_k_ / 16),
+                                                m32_.data() + i * (cap_k_ / 32), m16_.data() + i * (cap_k_ / 16),
+                                                sum16_.data() + i * (cap_k_ / 16), corr4_.data() + i * (cap_k_ / 4));
+      return;
+    }
+#endif
+    (void)simd;
     detail::quantize_activation_row(fmt, x, k, qs_.data() + i * cap_k_, da16_.data() + i * (cap_k_ / 16),
                                     m32_.data() + i * (cap_k_ / 32), m16_.data() + i * (cap_k_ / 16),
                                     sum16_.data() + i * (cap_k_ / 16), corr4_.data() + i * (cap_k_ / 4),
@@ -220,20 +262,28 @@ class MatmulScratch {
   AlignedBuffer<float> da16_, m16_, m32_, xf_;
   AlignedBuffer<int32_t> sum16_;
   AlignedBuffer<detail::ActRow> acts_;
+#if defined(TINYSLM_KERNELS_X86)
+  AlignedBuffer<int32_t> tq_, tc16_, tc32_;
+  AlignedBuffer<float> td16_, tm16_, tm32_;
+  AlignedBuffer<detail::x86::TokenTile> tiles_;
+  int64_t tiles_n_ = 0, tiles_k_ = 0;
+#endif
   int64_t cap_n_ = 0, cap_k_ = 0;
 };
 
 namespace detail {
 
 // Rows [r0, r1) of y for all n tokens on one path.
-inline void matmul_rows(SimdLevel level, const MatrixRef& w, int64_t row_bytes, const MatmulScratch& s, int64_t n,
-                        float* y, int64_t ldy, int64_t r0, int64_t r1) {
+inline void matmul_rows(SimdLevel level, const MatrixRef& w, int64_t row_bytes, const MatmulScratch& s, bool tiled,
+                        int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const int64_t k = w.cols;
   const bool is_float = act_format_is_float(act_format_for(w.type));
   const ActRow* acts = s.rows();
 #if defined(TINYSLM_KERNELS_X86)
   if (level == SimdLevel::avx512 || level == SimdLevel::avx2) {
-    if (x86::matmul_rows(level == SimdLevel::avx512, w.type, w.data, row_bytes, k, acts, n, y, ldy, r0, r1)) return;
+    if (x86::matmul_rows(level == SimdLevel::avx512, w.type, w.data, row_bytes, k, acts, tiled ? s.tiles() : nullptr, n,
+                         y, ldy, r0, r1))
+      return;
   }
 #endif
 #if defined(TINYSLM_KERNELS_ARM)
@@ -247,6 +297,7 @@ inline void matmul_rows(SimdLevel level, const MatrixRef& w, int64_t row_bytes, 
   }
 #endif
   (void)level;
+  (void)tiled;
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w.data + r * row_bytes;
     for (int64_t i = 0; i < n; ++i) {
@@ -286,18 +337,33 @@ inline Status matmul(const MatrixRef& w, const float* x, int64_t n, float* y, in
   if (auto st = scratch.ensure(n, w.cols, detail::act_format_is_float(fmt)); !st) return st.error();
 
   const SimdLevel level = active_simd_level();
+  const bool simd_quant = level == SimdLevel::avx2 || level == SimdLevel::avx512;
   const int64_t k = w.cols;
   // Quantize the activations once (tokens split over threads), then the rows.
   par([&](int t, int nt) {
     int64_t b, e;
     ParallelFor::split(n, t, nt, 1, &b, &e);
-    for (int64_t i = b; i < e; ++i) scratch.quantize(fmt, i, x + i * k, k);
+    for (int64_t i = b; i < e; ++i) scratch.quantize(fmt, i, x + i * k, k, simd_quant);
   });
+  bool tiled = false;
+#if defined(TINYSLM_KERNELS_X86)
+  // AVX-512 GEMM: interleave the quantized tokens 8 at a time.
+  if (level == SimdLevel::avx512 && n >= detail::x86::kGemmMinTokens && detail::is_integer_weight_type(w.type)) {
+    if (auto st = scratch.ensure_tiles(n, k); !st) return st.error();
+    const int64_t ntiles = (n + detail::x86::kTileTokens - 1) / detail::x86::kTileTokens;
+    par([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(ntiles, t, nt, 1, &b, &e);
+      for (int64_t ti = b; ti < e; ++ti) scratch.build_tile(ti, n, k);
+    });
+    tiled = true;
+  }
+#endif
   const MatmulScratch& s = scratch;
   par([&](int t, int nt) {
     int64_t b, e;
     ParallelFor::split(w.rows, t, nt, kMatmulRowGrain, &b, &e);
-    if (b < e) detail::matmul_rows(level, w, static_cast<int64_t>(row_bytes), s, n, y, ldy, b, e);
+    if (b < e) detail::matmul_rows(level, w, static_cast<int64_t>(row_bytes), s, tiled, n, y, ldy, b, e);
   });
   return {};
 }

@@ -191,6 +191,116 @@ TINYSLM_TARGET_AVX2 inline void decode_chunk(TensorType t, const uint8_t* row, i
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// Activation quantization, bit-exact with quantize_activation_row (kernels_scalar.hpp).
+
+TINYSLM_TARGET_AVX2 inline float hmax256(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+// roundf (half away from zero), exactly: trunc, then step away when the dropped part >= 0.5.
+TINYSLM_TARGET_AVX2 inline __m256i round_away_epi32(__m256 v) {
+  const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m256 sign = _mm256_and_ps(v, _mm256_set1_ps(-0.f));
+  const __m256 frac = _mm256_andnot_ps(_mm256_set1_ps(-0.f), _mm256_sub_ps(v, t));
+  const __m256 step = _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ),
+                                    _mm256_or_ps(sign, _mm256_set1_ps(1.f)));
+  return _mm256_cvttps_epi32(_mm256_add_ps(t, step));
+}
+
+// Packs 4 x 8 int32 (each in [-127, 127]) into 32 int8 in order.
+TINYSLM_TARGET_AVX2 inline __m256i pack_32(__m256i a, __m256i b, __m256i c, __m256i d) {
+  const __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d);
+  const __m256i q = _mm256_packs_epi16(ab, cd);
+  return _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+TINYSLM_TARGET_AVX2 inline void quantize_activation_row_avx2(ActFormat fmt, const float* x, int64_t k, int8_t* qs,
+                                                             float* da16, float* m32, float* m16, int32_t* sum16,
+                                                             int32_t* corr4) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  if (fmt == ActFormat::q8_0 || fmt == ActFormat::q8_1) {
+    for (int64_t b = 0; b < k / 32; ++b) {
+      const float* xb = x + b * 32;
+      __m256 v[4];
+      __m256 am = _mm256_setzero_ps();
+      for (int j = 0; j < 4; ++j) {
+        v[j] = _mm256_loadu_ps(xb + 8 * j);
+        am = _mm256_max_ps(am, _mm256_and_ps(v[j], abs_mask));
+      }
+      const float amax = hmax256(am);
+      const float d = amax / 127.f;
+      const float id = d != 0.f ? 1.f / d : 0.f;
+      const __m256 idv = _mm256_set1_ps(id);
+      __m256i q[4];
+      for (int j = 0; j < 4; ++j) q[j] = round_away_epi32(_mm256_mul_ps(v[j], idv));
+      const __m256i q8 = pack_32(q[0], q[1], q[2], q[3]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * 32), q8);
+      const float dh = _cvtsh_ss(_cvtss_sh(d, 0));
+      da16[2 * b] = da16[2 * b + 1] = dh;
+      if (fmt == ActFormat::q8_1) {
+        const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        m32[b] = _cvtsh_ss(_cvtss_sh(d * static_cast<float>(_mm_cvtsi128_si32(s4)), 0));
+      } else {
+        m32[b] = 0.f;
+      }
+    }
+  } else {  // q8_k
+    for (int64_t b = 0; b < k / 256; ++b) {
+      const float* xb = x + b * 256;
+      __m256 am = _mm256_setzero_ps();
+      for (int j = 0; j < 32; ++j) am = _mm256_max_ps(am, _mm256_and_ps(_mm256_loadu_ps(xb + 8 * j), abs_mask));
+      const float amax = hmax256(am);
+      float d = 0.f;
+      if (amax == 0.f) {
+        std::memset(qs + b * 256, 0, 256);
+      } else {
+        float maxv = 0.f;
+        for (int j = 0; j < 256; ++j)
+          if (std::fabs(xb[j]) == amax) {
+            maxv = xb[j];
+            break;
+          }
+        const float iscale = -127.f / maxv;
+        const __m256 is = _mm256_set1_ps(iscale);
+        const __m256i hi = _mm256_set1_epi32(127);
+        for (int j = 0; j < 8; ++j) {
+          __m256i q[4];
+          for (int u = 0; u < 4; ++u)
+            q[u] = _mm256_min_epi32(
+                _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + 32 * j + 8 * u), is),
+                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
+                hi);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * 256 + 32 * j), pack_32(q[0], q[1], q[2], q[3]));
+        }
+        d = 1.f / iscale;
+      }
+      for (int g = 0; g < 16; ++g) da16[b * 16 + g] = d;
+    }
+  }
+  // Sums of 4 (for corr4) and of 16 quants.
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  for (int64_t v = 0; v < k; v += 32) {
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + v));
+    const __m256i s4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(corr4 + v / 4), _mm256_mullo_epi32(s4, _mm256_set1_epi32(-128)));
+    alignas(32) int32_t t[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t), s4);
+    sum16[v / 16] = t[0] + t[1] + t[2] + t[3];
+    sum16[v / 16 + 1] = t[4] + t[5] + t[6] + t[7];
+  }
+  if (fmt == ActFormat::q8_k) {
+    for (int64_t g = 0; g < k / 16; ++g) m16[g] = da16[g] * static_cast<float>(sum16[g]);
+    for (int64_t g = 0; g < k / 32; ++g) m32[g] = da16[2 * g] * static_cast<float>(sum16[2 * g] + sum16[2 * g + 1]);
+  }
+}
+
 // Sum over groups of mw[g] * M(g) for a chunk starting at value v0.
 inline float chunk_min_term(const WeightTraits& tr, const float* mw, int64_t v0, int64_t nv, const ActRow& a) {
   float acc = 0.f;
@@ -354,54 +464,107 @@ TINYSLM_TARGET_AVX512 inline void fill_panel(TensorType t, const WeightTraits& t
   }
 }
 
-// acc[c] (16 rows) += panel (values [0, nv) of the chunk at v0) times token c.
-template <int C, int G, bool Min>
-TINYSLM_TARGET_AVX512 inline void panel_kernel(const Panel& p, int64_t v0, int64_t nv, const ActRow* acts, __m512* out) {
+// Activations of 8 tokens interleaved for the panel kernel, so one pointer and constant
+// offsets reach every token: q holds 4-byte words as [k/4][8 tokens]; c16 / c32 the
+// corrections -128 * (sum of 16 / 32 quants) as [k/16][8] / [k/32][8]; d16 the scale per 16
+// values as [k/16][8]; m16 / m32 the min terms likewise. Tokens past n are zeros.
+inline constexpr int kTileTokens = 8;
+struct TokenTile {
+  const int32_t* q;
+  const int32_t* c16;
+  const int32_t* c32;
+  const float* d16;
+  const float* m16;
+  const float* m32;
+};
+
+// Per tile, the element counts of each array for k values.
+inline int64_t tile_q_words(int64_t k) { return k / 4 * kTileTokens; }
+inline int64_t tile_g16(int64_t k) { return k / 16 * kTileTokens; }
+inline int64_t tile_g32(int64_t k) { return k / 32 * kTileTokens; }
+
+// Builds tile `ti` (tokens 8 ti .. 8 ti + 7) from the activation rows.
+inline void build_token_tile(const ActRow* acts, int64_t n, int64_t k, int64_t ti, int32_t* q, int32_t* c16,
+                             int32_t* c32, float* d16, float* m16, float* m32) {
+  for (int c = 0; c < kTileTokens; ++c) {
+    const int64_t i = ti * kTileTokens + c;
+    if (i < n) {
+      const ActRow& a = acts[i];
+      for (int64_t w = 0; w < k / 4; ++w) std::memcpy(&q[w * kTileTokens + c], a.qs + 4 * w, 4);
+      for (int64_t g = 0; g < k / 16; ++g) {
+        c16[g * kTileTokens + c] = -128 * a.sum16[g];
+        d16[g * kTileTokens + c] = a.da16[g];
+        m16[g * kTileTokens + c] = a.m16[g];
+      }
+      for (int64_t g = 0; g < k / 32; ++g) {
+        c32[g * kTileTokens + c] = -128 * (a.sum16[2 * g] + a.sum16[2 * g + 1]);
+        m32[g * kTileTokens + c] = a.m32[g];
+      }
+    } else {
+      for (int64_t w = 0; w < k / 4; ++w) q[w * kTileTokens + c] = 0;
+      for (int64_t g = 0; g < k / 16; ++g) c16[g * kTileTokens + c] = 0, d16[g * kTileTokens + c] = 0.f, m16[g * kTileTokens + c] = 0.f;
+      for (int64_t g = 0; g < k / 32; ++g) c32[g * kTileTokens + c] = 0, m32[g * kTileTokens + c] = 0.f;
+    }
+  }
+}
+
+// acc[c] (16 rows, c < 8 tokens) = panel (values [0, nv) of the chunk at v0) times the
+// tile's tokens. The q and c loops are interleaved so the 8 integer sums are independent
+// chains; each vpdpbusd takes its 4 activation bytes as an embedded broadcast.
+// vpdpbusd with the signed operand broadcast from memory ({1to16}): compilers do not fold
+// the broadcast themselves, and a separate vpbroadcastd costs a vector-pipe slot.
+TINYSLM_TARGET_AVX512 inline __m512i dpbusd_bcast(__m512i acc, __m512i u8, const int32_t* s8x4) {
+#if defined(__GNUC__) && !defined(TINYSLM_NO_INLINE_ASM)
+  __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u8), "m"(*s8x4));
+  return acc;
+#else
+  return _mm512_dpbusd_epi32(acc, u8, _mm512_set1_epi32(*s8x4));
+#endif
+}
+
+template <int G, bool Min>
+TINYSLM_TARGET_AVX512 inline void panel_kernel(const Panel& p, int64_t v0, int64_t nv, const TokenTile& t, __m512* out) {
+  constexpr int C = kTileTokens;
+  const int32_t* q4 = t.q + v0 / 4 * C;
+  const int32_t* cc = G == 32 ? t.c32 + v0 / 32 * C : t.c16 + v0 / 16 * C;
+  const float* dd = t.d16 + v0 / 16 * C;
+  const float* mm = G == 32 ? t.m32 + v0 / 32 * C : t.m16 + v0 / 16 * C;
   __m512 acc[C];
+#pragma GCC unroll 8
   for (int c = 0; c < C; ++c) acc[c] = _mm512_setzero_ps();
   for (int64_t g = 0; g < nv / G; ++g) {
     __m512i wq[G / 4];
+#pragma GCC unroll 8
     for (int q = 0; q < G / 4; ++q) wq[q] = _mm512_load_si512(&p.u[g * (G / 4) + q][0][0]);
+    __m512i isum[C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) isum[c] = _mm512_set1_epi32(cc[g * C + c]);
+    const int32_t* qg = q4 + g * (G / 4) * C;
+#pragma GCC unroll 8
+    for (int q = 0; q < G / 4; ++q) {
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) isum[c] = dpbusd_bcast(isum[c], wq[q], qg + q * C + c);
+    }
     const __m512 s = _mm512_load_ps(&p.s16[g * (G / 16)][0]);
-    const int64_t base = v0 + g * G;
+    const float* dg = dd + g * (G / 16) * C;
+#pragma GCC unroll 8
     for (int c = 0; c < C; ++c) {
-      const ActRow& a = acts[c];
-      int32_t asum = a.sum16[base / 16];
-      if (G == 32) asum += a.sum16[base / 16 + 1];
-      __m512i isum = _mm512_set1_epi32(-128 * asum);
-      const int8_t* aq = a.qs + base;
-      for (int q = 0; q < G / 4; ++q) {
-        int32_t a4;
-        std::memcpy(&a4, aq + 4 * q, 4);
-        isum = _mm512_dpbusd_epi32(isum, wq[q], _mm512_set1_epi32(a4));
-      }
-      acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(s, _mm512_set1_ps(a.da16[base / 16])), acc[c]);
-      if (Min)
-        acc[c] = _mm512_fmadd_ps(_mm512_load_ps(&p.mw[g][0]),
-                                 _mm512_set1_ps(G == 32 ? a.m32[base / 32] : a.m16[base / 16]), acc[c]);
+      acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[c]), _mm512_mul_ps(s, _mm512_set1_ps(dg[c])), acc[c]);
+      if (Min) acc[c] = _mm512_fmadd_ps(_mm512_load_ps(&p.mw[g][0]), _mm512_set1_ps(mm[g * C + c]), acc[c]);
     }
   }
+#pragma GCC unroll 8
   for (int c = 0; c < C; ++c) out[c] = acc[c];
 }
 
 template <int G, bool Min>
-TINYSLM_TARGET_AVX512 inline void panel_tokens(const Panel& p, int64_t v0, int64_t nv, const ActRow* acts, int64_t n,
+TINYSLM_TARGET_AVX512 inline void panel_tokens(const Panel& p, int64_t v0, int64_t nv, const TokenTile* tiles, int64_t n,
                                                float* y, int64_t ldy, int64_t r0, int nr, bool first) {
   const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1u);
-  constexpr int kC = 8;
-  __m512 acc[kC];
-  for (int64_t i0 = 0; i0 < n; i0 += kC) {
-    const int64_t nc = n - i0 < kC ? n - i0 : kC;
-    switch (nc) {
-      case 8: panel_kernel<8, G, Min>(p, v0, nv, acts + i0, acc); break;
-      case 7: panel_kernel<7, G, Min>(p, v0, nv, acts + i0, acc); break;
-      case 6: panel_kernel<6, G, Min>(p, v0, nv, acts + i0, acc); break;
-      case 5: panel_kernel<5, G, Min>(p, v0, nv, acts + i0, acc); break;
-      case 4: panel_kernel<4, G, Min>(p, v0, nv, acts + i0, acc); break;
-      case 3: panel_kernel<3, G, Min>(p, v0, nv, acts + i0, acc); break;
-      case 2: panel_kernel<2, G, Min>(p, v0, nv, acts + i0, acc); break;
-      default: panel_kernel<1, G, Min>(p, v0, nv, acts + i0, acc); break;
-    }
+  __m512 acc[kTileTokens];
+  for (int64_t i0 = 0; i0 < n; i0 += kTileTokens) {
+    panel_kernel<G, Min>(p, v0, nv, tiles[i0 / kTileTokens], acc);
+    const int64_t nc = n - i0 < kTileTokens ? n - i0 : kTileTokens;
     for (int64_t c = 0; c < nc; ++c) {
       float* yp = y + (i0 + c) * ldy + r0;
       __m512 v = acc[c];
@@ -412,8 +575,8 @@ TINYSLM_TARGET_AVX512 inline void panel_tokens(const Panel& p, int64_t v0, int64
 }
 
 TINYSLM_TARGET_AVX512 inline void int_rows_gemm_avx512(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
-                                                       const ActRow* acts, int64_t n, float* y, int64_t ldy, int64_t r0,
-                                                       int64_t r1) {
+                                                       const TokenTile* tiles, int64_t n, float* y, int64_t ldy,
+                                                       int64_t r0, int64_t r1) {
   const WeightTraits tr = weight_traits(t);
   Panel p;
   for (int64_t rp = r0; rp < r1; rp += 16) {
@@ -424,14 +587,14 @@ TINYSLM_TARGET_AVX512 inline void int_rows_gemm_avx512(TensorType t, const uint8
       const bool first = v0 == 0;
       if (tr.group == 32) {
         if (tr.has_min)
-          panel_tokens<32, true>(p, v0, nv, acts, n, y, ldy, rp, nr, first);
+          panel_tokens<32, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
         else
-          panel_tokens<32, false>(p, v0, nv, acts, n, y, ldy, rp, nr, first);
+          panel_tokens<32, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
       } else {
         if (tr.has_min)
-          panel_tokens<16, true>(p, v0, nv, acts, n, y, ldy, rp, nr, first);
+          panel_tokens<16, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
         else
-          panel_tokens<16, false>(p, v0, nv, acts, n, y, ldy, rp, nr, first);
+          panel_tokens<16, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
       }
     }
   }
@@ -531,7 +694,8 @@ inline void float_rows(TensorType t, const uint8_t* data, int64_t row_bytes, int
 
 // Entry from the dispatcher: rows [r0, r1) for n tokens. False when the type has no path here.
 inline bool matmul_rows(bool avx512, TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
-                        const ActRow* acts, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+                        const ActRow* acts, const TokenTile* tiles, int64_t n, float* y, int64_t ldy, int64_t r0,
+                        int64_t r1) {
   if (t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16) {
     if (avx512)
       float_rows<true>(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
@@ -542,8 +706,8 @@ inline bool matmul_rows(bool avx512, TensorType t, const uint8_t* data, int64_t 
   if (!is_integer_weight_type(t)) return false;
   if (!avx512)
     int_rows_gemv_avx2(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
-  else if (n >= kGemmMinTokens)
-    int_rows_gemm_avx512(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  else if (tiles)
+    int_rows_gemm_avx512(t, data, row_bytes, k, tiles, n, y, ldy, r0, r1);
   else
     int_rows_gemv_avx512(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
   return true;

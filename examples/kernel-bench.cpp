@@ -1,0 +1,221 @@
+// kernel-bench: speed of the matmul kernels per weight type.
+//
+//   kernel-bench [--types Q4_0,Q8_0,...] [--threads 1,2] [--quick] [--simd scalar|avx2|avx512|neon|highway]
+//
+// Prints the machine's read bandwidth (a plain read-sum loop over 512 MiB, 1 and 2 threads),
+// then per type: GEMV (one token) throughput in GB/s of weights read, for a 4096 x 4096 and a
+// 49152 x 576 (rows x cols: an output head) matrix, with the ratio to the measured read
+// bandwidth at the same thread count; and GEMM throughput in GOP/s (2 * rows * cols * tokens
+// per second) for 512 tokens on the 4096 x 4096 matrix. GEMV rotates over enough copies of
+// the weights that they never sit in the caches. Each figure is the best of several runs.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <tinyslm.hpp>
+
+using namespace tinyslm;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Runs fn repeatedly for about `budget` seconds (at least `min_reps` times); best time per call.
+template <class F>
+double best_time(F&& fn, double budget, int min_reps = 3) {
+  double best = 1e30;
+  const auto start = Clock::now();
+  for (int rep = 0; rep < min_reps || seconds_since(start) < budget; ++rep) {
+    const auto t0 = Clock::now();
+    fn();
+    best = std::min(best, seconds_since(t0));
+    if (rep > 1000) break;
+  }
+  return best;
+}
+
+double read_bandwidth(ThreadPool& pool, const std::vector<uint64_t>& buf, double budget) {
+  std::vector<uint64_t> sums(static_cast<size_t>(pool.size()) * 8);
+  const double t = best_time(
+      [&] {
+        pool.run([&](int ti, int nt) {
+          int64_t b, e;
+          ParallelFor::split(static_cast<int64_t>(buf.size()), ti, nt, 64, &b, &e);
+          uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+          for (int64_t i = b; i + 4 <= e; i += 4) {
+            s0 += buf[i];
+            s1 += buf[i + 1];
+            s2 += buf[i + 2];
+            s3 += buf[i + 3];
+          }
+          sums[static_cast<size_t>(ti) * 8] = s0 + s1 + s2 + s3;
+        });
+      },
+      budget);
+  return static_cast<double>(buf.size() * 8) / t / 1e9;
+}
+
+std::vector<uint8_t> random_weights(TensorType t, int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  uint64_t bytes = 0;
+  tensor_row_bytes(t, static_cast<uint64_t>(cols), &bytes);
+  std::vector<uint8_t> m(static_cast<size_t>(bytes * rows));
+  if (t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16) {
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    for (int64_t i = 0; i < rows * cols; ++i) {
+      const float v = u(rng);
+      if (t == TensorType::F32) {
+        std::memcpy(&m[4 * i], &v, 4);
+      } else {
+        const uint16_t h = t == TensorType::F16 ? fp32_to_fp16(v) : fp32_to_bf16(v);
+        std::memcpy(&m[2 * i], &h, 2);
+      }
+    }
+    return m;
+  }
+  // Random bytes are valid blocks of every type; keep every 16-bit word (so every fp16
+  // scale) finite and small, as NaN scales would be unrepresentative.
+  for (auto& b : m) b = static_cast<uint8_t>(rng());
+  for (size_t i = 1; i < m.size(); i += 2) m[i] &= 0x3b;
+  return m;
+}
+
+std::vector<TensorType> parse_types(const std::string& s) {
+  std::vector<TensorType> v;
+  size_t p = 0;
+  while (p <= s.size()) {
+    const size_t q = s.find(',', p);
+    const std::string name = s.substr(p, q == std::string::npos ? std::string::npos : q - p);
+    if (const TensorTypeInfo* info = tensor_type_by_name(name)) v.push_back(info->type);
+    else std::fprintf(stderr, "unknown type %s\n", name.c_str());
+    if (q == std::string::npos) break;
+    p = q + 1;
+  }
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<TensorType> types = {TensorType::Q4_0, TensorType::Q8_0, TensorType::Q4_K, TensorType::Q6_K,
+                                   TensorType::Q5_0, TensorType::Q5_K, TensorType::Q4_1, TensorType::Q5_1,
+                                   TensorType::Q2_K, TensorType::Q3_K, TensorType::IQ4_NL, TensorType::F16,
+                                   TensorType::BF16, TensorType::F32};
+  std::vector<int> thread_counts = {1, 2};
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--types" && i + 1 < argc) {
+      types = parse_types(argv[++i]);
+    } else if (a == "--threads" && i + 1 < argc) {
+      thread_counts.clear();
+      for (const char* p = argv[++i]; *p;) {
+        thread_counts.push_back(std::atoi(p));
+        while (*p && *p != ',') ++p;
+        if (*p == ',') ++p;
+      }
+    } else if (a == "--quick") {
+      quick = true;
+    } else if (a == "--simd" && i + 1 < argc) {
+      const std::string s = argv[++i];
+      bool ok = false;
+      for (SimdLevel l : {SimdLevel::scalar, SimdLevel::avx2, SimdLevel::avx512, SimdLevel::neon, SimdLevel::highway})
+        if (s == simd_level_name(l)) ok = static_cast<bool>(set_simd_level(l));
+      if (!ok) {
+        std::fprintf(stderr, "kernel-bench: SIMD path %s is not available\n", s.c_str());
+        return 1;
+      }
+    } else {
+      std::fprintf(stderr, "usage: %s [--types Q4_0,Q8_0,...] [--threads 1,2] [--quick] [--simd PATH]\n", argv[0]);
+      return 1;
+    }
+  }
+  const double budget = quick ? 0.15 : 0.6;
+  std::printf("kernel-bench: SIMD path %s\n", simd_level_name(active_simd_level()));
+
+  // Machine read bandwidth.
+  std::vector<uint64_t> big(static_cast<size_t>(512) << 17);  // 512 MiB
+  for (size_t i = 0; i < big.size(); ++i) big[i] = i;
+  std::vector<double> bw(thread_counts.size());
+  for (size_t ti = 0; ti < thread_counts.size(); ++ti) {
+    ThreadPool pool(thread_counts[ti]);
+    bw[ti] = read_bandwidth(pool, big, budget * 2);
+    std::printf("read bandwidth, %d thread(s): %.1f GB/s\n", thread_counts[ti], bw[ti]);
+  }
+  big.clear();
+  big.shrink_to_fit();
+
+  struct Shape {
+    int64_t rows, cols;
+  };
+  const Shape gemv_shapes[] = {{4096, 4096}, {49152, 576}};
+  std::printf("\n| type | GEMV 4096x4096 GB/s (t=%s) | ratio | GEMV 49152x576 GB/s | ratio | GEMM 512 tok GOP/s |\n",
+              thread_counts.size() > 1 ? "1 / 2" : "1");
+  std::printf("| --- | --- | --- | --- | --- | --- |\n");
+  for (TensorType t : types) {
+    if (!matmul_supports(t)) continue;
+    std::string cells[5];
+    for (int si = 0; si < 2; ++si) {
+      const Shape sh = gemv_shapes[si];
+      if (sh.cols % static_cast<int64_t>(tensor_type_info(t).block_size) != 0) {  // e.g. K types on 576
+        cells[2 * si] = cells[2 * si + 1] = "-";
+        continue;
+      }
+      auto w = random_weights(t, sh.rows, sh.cols, 7);
+      const int64_t bytes = static_cast<int64_t>(w.size());
+      // Enough copies for ~384 MiB, so every call streams from memory.
+      const int copies = static_cast<int>(std::max<int64_t>(2, (int64_t(384) << 20) / bytes));
+      std::vector<std::vector<uint8_t>> ws(static_cast<size_t>(copies), w);
+      std::vector<float> x(static_cast<size_t>(sh.cols)), y(static_cast<size_t>(sh.rows));
+      for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.1f * static_cast<float>(i));
+      for (size_t ti = 0; ti < thread_counts.size(); ++ti) {
+        ThreadPool pool(thread_counts[ti]);
+        MatmulScratch scratch;
+        (void)scratch.reserve(1, sh.cols);
+        int next = 0;
+        const double tm = best_time(
+            [&] {
+              for (int c = 0; c < copies; ++c) {
+                const auto& wc = ws[static_cast<size_t>((next + c) % copies)];
+                (void)matmul({t, wc.data(), sh.rows, sh.cols}, x.data(), 1, y.data(), sh.rows, scratch, pool.parallel());
+              }
+              next = (next + 1) % copies;
+            },
+            budget);
+        const double gbs = static_cast<double>(bytes) * copies / tm / 1e9;
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%s%.1f", ti ? " / " : "", gbs);
+        cells[2 * si] += buf;
+        std::snprintf(buf, sizeof buf, "%s%.0f%%", ti ? " / " : "", 100.0 * gbs / bw[ti]);
+        cells[2 * si + 1] += buf;
+      }
+    }
+    {
+      const int64_t rows = 4096, cols = 4096, n = quick ? 128 : 512;
+      auto w = random_weights(t, rows, cols, 9);
+      std::vector<float> x(static_cast<size_t>(n * cols)), y(static_cast<size_t>(n * rows));
+      for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.01f * static_cast<float>(i));
+      for (size_t ti = 0; ti < thread_counts.size(); ++ti) {
+        ThreadPool pool(thread_counts[ti]);
+        MatmulScratch scratch;
+        (void)scratch.reserve(n, cols);
+        const double tm = best_time(
+            [&] { (void)matmul({t, w.data(), rows, cols}, x.data(), n, y.data(), rows, scratch, pool.parallel()); },
+            budget, 2);
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%s%.0f", ti ? " / " : "", 2.0 * rows * cols * n / tm / 1e9);
+        cells[4] += buf;
+      }
+    }
+    std::printf("| %s | %s | %s | %s | %s | %s |\n", tensor_type_name(t), cells[0].c_str(), cells[1].c_str(),
+                cells[2].c_str(), cells[3].c_str(), cells[4].c_str());
+    std::fflush(stdout);
+  }
+  return 0;
+}
