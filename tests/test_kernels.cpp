@@ -273,3 +273,103 @@ TEST_CASE("activation types follow llama.cpp's pairing") {
   CHECK(activation_type_for(TensorType::F16) == TensorType::F16);
   CHECK(activation_type_for(TensorType::BF16) == TensorType::BF16);
 }
+
+namespace {
+// Our activation layout, quantized by the scalar and (when present) SIMD quantizers.
+struct QuantizedRow {
+  std::vector<int8_t> qs;
+  std::vector<float> da16, m32, m16;
+  std::vector<int32_t> sum16, corr4;
+  explicit QuantizedRow(int64_t k) : qs(k), da16(k / 16), m32(k / 32), m16(k / 16), sum16(k / 16), corr4(k / 4) {}
+};
+}  // namespace
+
+TEST_CASE("activation quantization is bit-exact with quant.hpp's quantize_row (Q8_0, Q8_1, Q8_K)") {
+  const int64_t k = 1024;
+  for (uint32_t seed = 1; seed <= 3; ++seed) {
+    auto x = random_acts(1, k, seed);
+    for (auto fmt : {detail::ActFormat::q8_0, detail::ActFormat::q8_1, detail::ActFormat::q8_k}) {
+      QuantizedRow a(k);
+      detail::quantize_activation_row(fmt, x.data(), k, a.qs.data(), a.da16.data(), a.m32.data(), a.m16.data(),
+                                      a.sum16.data(), a.corr4.data(), nullptr);
+      if (fmt == detail::ActFormat::q8_k) {
+        std::vector<BlockQ8_K> ref(k / 256);
+        REQUIRE(quantize_row(TensorType::Q8_K, x.data(), ref.data(), k));
+        for (int64_t b = 0; b < k / 256; ++b) {
+          CHECK(std::memcmp(ref[b].qs, a.qs.data() + b * 256, 256) == 0);
+          CHECK(ref[b].d == a.da16[b * 16]);
+          for (int g = 0; g < 16; ++g) CHECK(ref[b].bsums[g] == a.sum16[b * 16 + g]);
+        }
+      } else if (fmt == detail::ActFormat::q8_0) {
+        std::vector<BlockQ8_0> ref(k / 32);
+        REQUIRE(quantize_row(TensorType::Q8_0, x.data(), ref.data(), k));
+        for (int64_t b = 0; b < k / 32; ++b) {
+          CHECK(std::memcmp(ref[b].qs, a.qs.data() + b * 32, 32) == 0);
+          CHECK(fp16_to_fp32(ref[b].d) == a.da16[2 * b]);
+        }
+      } else {
+        std::vector<BlockQ8_1> ref(k / 32);
+        REQUIRE(quantize_row(TensorType::Q8_1, x.data(), ref.data(), k));
+        for (int64_t b = 0; b < k / 32; ++b) {
+          CHECK(std::memcmp(ref[b].qs, a.qs.data() + b * 32, 32) == 0);
+          CHECK(fp16_to_fp32(ref[b].d) == a.da16[2 * b]);
+          CHECK(fp16_to_fp32(ref[b].s) == a.m32[b]);
+        }
+      }
+      for (int64_t l = 0; l < k / 4; ++l)
+        CHECK(a.corr4[l] == -128 * (a.qs[4 * l] + a.qs[4 * l + 1] + a.qs[4 * l + 2] + a.qs[4 * l + 3]));
+#if defined(TINYSLM_KERNELS_X86)
+      if (simd_level_supported(SimdLevel::avx2)) {
+        QuantizedRow s(k);
+        detail::x86::quantize_activation_row_avx2(fmt, x.data(), k, s.qs.data(), s.da16.data(), s.m32.data(),
+                                                  s.m16.data(), s.sum16.data(), s.corr4.data());
+        CHECK(s.qs == a.qs);
+        CHECK(std::memcmp(s.da16.data(), a.da16.data(), a.da16.size() * 4) == 0);
+        CHECK(std::memcmp(s.m32.data(), a.m32.data(), a.m32.size() * 4) == 0);
+        CHECK(s.sum16 == a.sum16);
+        CHECK(s.corr4 == a.corr4);
+        if (fmt == detail::ActFormat::q8_k) CHECK(std::memcmp(s.m16.data(), a.m16.data(), a.m16.size() * 4) == 0);
+      }
+#endif
+    }
+  }
+}
+
+TEST_CASE("the scalar reference dot equals the float dot of quant.hpp's dequantized rows") {
+  // Independent check of the canonical decode: dequantize weights and quantized activations
+  // with quant.hpp and compare the float dot (tolerance: float rounding of both sides).
+  const int64_t k = 512;
+  uint32_t seed = 4000;
+  for (TensorType t : kIntTypes) {
+    const auto w = random_matrix(t, 1, k, ++seed);
+    const auto x = random_acts(1, k, seed + 1);
+    std::vector<float> wf(k), af(k);
+    REQUIRE(dequantize_row(t, w.data(), wf.data(), k));
+    const TensorType at = activation_type_for(t);
+    std::vector<uint8_t> aq(k / tensor_type_info(at).block_size * tensor_type_info(at).block_bytes);
+    REQUIRE(quantize_row(at, x.data(), aq.data(), k));
+    REQUIRE(dequantize_row(at, aq.data(), af.data(), k));
+    double want = 0, mag = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      want += double(wf[i]) * af[i];
+      mag += std::fabs(double(wf[i]) * af[i]);
+    }
+    QuantizedRow a(k);
+    detail::quantize_activation_row(detail::act_format_for(t), x.data(), k, a.qs.data(), a.da16.data(), a.m32.data(),
+                                    a.m16.data(), a.sum16.data(), a.corr4.data(), nullptr);
+    detail::ActRow row;
+    row.qs = a.qs.data();
+    row.da16 = a.da16.data();
+    row.m32 = a.m32.data();
+    row.m16 = a.m16.data();
+    row.sum16 = a.sum16.data();
+    row.corr4 = a.corr4.data();
+    const float got = detail::dot_row_scalar(t, w.data(), k, row);
+    // Q4_1/Q5_1 use the fp16-rounded s of Q8_1 like llama.cpp, which the float dot does
+    // not: allow the fp16 rounding of s (2^-11 relative) per block on top of float error.
+    double bound = 1e-5 * mag + 1e-6;
+    if (t == TensorType::Q4_1 || t == TensorType::Q5_1)
+      for (int64_t b = 0; b < k / 32; ++b) bound += 0.05 * std::fabs(a.m32[b]) * 1e-3;
+    CHECK_MESSAGE(std::fabs(got - want) <= bound, tensor_type_name(t) << ": " << got << " vs " << want);
+  }
+}
