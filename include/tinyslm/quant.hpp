@@ -190,7 +190,6 @@ static_assert(detail::block_matches_table<BlockQ6_K>());
 static_assert(detail::block_matches_table<BlockQ8_K>());
 static_assert(detail::block_matches_table<BlockIQ4_NL>());
 
-
 // ---------------------------------------------------------------------------------------
 // Numeric helpers shared by the quantizers. They reproduce llama.cpp's reference arithmetic
 // operation for operation (same float expressions, same evaluation order), because the
@@ -201,7 +200,8 @@ static_assert(detail::block_matches_table<BlockIQ4_NL>());
 // target has FMA (all of AArch64, x86 with -mfma/-march=native) and Clang does within an
 // expression, so contraction is switched off for this section and restored after it. (The
 // price: GCC does not inline these functions into callers built with other options; they are
-// the reference path, the kernels layer has its own fast ones.)
+// the reference path, the kernels layer has its own fast ones.) Clang ignores the pragma under
+// an explicit -ffp-contract=fast, and MSVC is not covered: there the bytes may differ.
 #if defined(__clang__)
 #pragma float_control(push)
 #pragma clang fp contract(off)
@@ -1163,7 +1163,8 @@ inline Expected<const QuantTraits*> traits_for_row(TensorType t, int64_t n) {
 }
 }  // namespace detail
 
-// n values of type t at src -> n floats at dst.
+// n values of type t at src -> n floats at dst. Quantized rows are read as block structs, so
+// src must be 2-byte aligned (4 for Q8_K), as every row inside a GGUF tensor is.
 inline Status dequantize_row(TensorType t, const void* src, float* dst, int64_t n) {
   auto q = detail::traits_for_row(t, n);
   if (!q) return q.error();
@@ -1172,7 +1173,8 @@ inline Status dequantize_row(TensorType t, const void* src, float* dst, int64_t 
 }
 
 // n floats at src -> n values of type t at dst (n / block_size * block_bytes bytes), the same
-// bytes llama.cpp's reference quantizer writes without importance matrix.
+// bytes llama.cpp's reference quantizer writes without importance matrix. Same alignment rule
+// for dst as for dequantize_row's src.
 inline Status quantize_row(TensorType t, const float* src, void* dst, int64_t n) {
   auto q = detail::traits_for_row(t, n);
   if (!q) return q.error();
