@@ -125,6 +125,22 @@ TINYSLM_OPS_INLINE void scores_body(const float* q, const float* kt, int64_t ld,
   }
 }
 
+// s[j] = q . k[j] for keys stored row by row (decode: one query, no transposition). Each
+// dot sums 16 lanes, then folds them in a fixed order.
+TINYSLM_OPS_INLINE void scores_rows_body(const float* q, const float* k, int64_t hd, int64_t n, float* s) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float* row = k + j * hd;
+    float acc[16] = {};
+    int64_t d = 0;
+    for (; d + 16 <= hd; d += 16)
+      for (int l = 0; l < 16; ++l) acc[l] += q[d + l] * row[d + l];
+    for (int l = 0; d < hd; ++d, ++l) acc[l] += q[d] * row[d];
+    for (int w = 8; w >= 1; w /= 2)
+      for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+    s[j] = acc[0];
+  }
+}
+
 // out[d] = sum_j p[j] * v[j][d], in order of j; the accumulators stay in registers for the
 // common head sizes.
 template <int64_t HD>
@@ -196,6 +212,8 @@ TINYSLM_OPS_VARIANTS(gelu_mul, (const float* g, const float* u, float* out, int6
                      (g, u, out, n))
 TINYSLM_OPS_VARIANTS(scores, (const float* q, const float* kt, int64_t ld, int64_t hd, int64_t n, float* s),
                      (q, kt, ld, hd, n, s))
+TINYSLM_OPS_VARIANTS(scores_rows, (const float* q, const float* k, int64_t hd, int64_t n, float* s),
+                     (q, k, hd, n, s))
 TINYSLM_OPS_VARIANTS(mix_values, (const float* p, const float* v, int64_t hd, int64_t n, float* out),
                      (p, v, hd, n, out))
 TINYSLM_OPS_VARIANTS(softmax, (float* s, int64_t n, float scale, float softcap), (s, n, scale, softcap))
@@ -395,8 +413,46 @@ inline void attention(const AttentionShape& a, const float* q, int64_t q_stride,
   // The oldest position any of these queries can see.
   const int64_t first = a.n_swa > 0 ? (pos0 - a.n_swa + 1 > 0 ? pos0 - a.n_swa + 1 : 0) : 0;
   const int64_t hk = a.head_dim_k, hv = a.head_dim_v;
+  const int64_t group = a.n_head / a.n_head_kv;
+  auto window = [&](int64_t p) { return a.n_swa > 0 && p - a.n_swa + 1 > 0 ? p - a.n_swa + 1 : 0; };
+  // One query of head h at row i: Q rounded to fp16 as llama.cpp multiplies it by the F16
+  // cache in F16; then scores, softmax, weighted sum of the values.
+  auto finish = [&](float* s, int64_t h, int64_t i, int64_t n, const float* vrows) {
+    detail::softmax(s, n, a.scale, a.softcap);
+    detail::mix_values(s, vrows, hv, n, out + i * out_stride + h * hv);
+  };
+  auto round_q = [&](float* qh, int64_t h, int64_t i) {
+    const float* qi = q + i * q_stride + h * hk;
+    for (int64_t d = 0; d < hk; ++d) qh[d] = detail::round_to_f16(qi[d]);
+  };
 
-  // 1. Keys to f32, transposed (so scores are row-wise multiply-adds), values to f32.
+  if (n_tokens <= 2) {
+    // Decode: one work item per KV head. Its keys and values are converted to f32 rows once
+    // and shared by the heads of its group.
+    par([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(a.n_head_kv, t, nt, 1, &b, &e);
+      float* s = scratch.rows.data() + t * scratch.row_stride;
+      float* qh = s + scratch.n_ctx;
+      for (int64_t g = b; g < e; ++g) {
+        float* kr = scratch.kt.data() + g * hk * ld;  // [position][d] here
+        float* vr = scratch.vf.data() + g * ld * hv;
+        f16_to_f32(k + (g * cache_ctx + first) * hk, kr + first * hk, (n_kv - first) * hk);
+        f16_to_f32(v + (g * cache_ctx + first) * hv, vr + first * hv, (n_kv - first) * hv);
+        for (int64_t i = 0; i < n_tokens; ++i) {
+          const int64_t p = pos0 + i, lo = window(p), n = p + 1 - lo;
+          for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+            round_q(qh, h, i);
+            detail::scores_rows(qh, kr + lo * hk, hk, n, s);
+            finish(s, h, i, n, vr + lo * hv);
+          }
+        }
+      }
+    });
+    return;
+  }
+
+  // Prefill. 1. Keys to f32, transposed (so scores are row-wise multiply-adds), values to f32.
   par([&](int t, int nt) {
     int64_t b, e;
     ParallelFor::split(a.n_head_kv * (n_kv - first), t, nt, 16, &b, &e);
@@ -411,7 +467,6 @@ inline void attention(const AttentionShape& a, const float* q, int64_t q_stride,
   });
 
   // 2. One (head, query) pair per work item.
-  const int64_t group = a.n_head / a.n_head_kv;
   par([&](int t, int nt) {
     int64_t b, e;
     ParallelFor::split(a.n_head * n_tokens, t, nt, 1, &b, &e);
@@ -419,15 +474,10 @@ inline void attention(const AttentionShape& a, const float* q, int64_t q_stride,
     float* qh = s + scratch.n_ctx;
     for (int64_t w = b; w < e; ++w) {
       const int64_t h = w / n_tokens, i = w % n_tokens;
-      const int64_t p = pos0 + i, g = h / group;
-      const int64_t lo = a.n_swa > 0 && p - a.n_swa + 1 > 0 ? p - a.n_swa + 1 : 0;
-      const int64_t n = p + 1 - lo;
-      // llama.cpp multiplies Q by the F16 cache in F16: round Q the same way.
-      const float* qi = q + i * q_stride + h * hk;
-      for (int64_t d = 0; d < hk; ++d) qh[d] = detail::round_to_f16(qi[d]);
+      const int64_t p = pos0 + i, g = h / group, lo = window(p), n = p + 1 - lo;
+      round_q(qh, h, i);
       detail::scores(qh, scratch.kt.data() + g * hk * ld + lo, ld, hk, n, s);
-      detail::softmax(s, n, a.scale, a.softcap);
-      detail::mix_values(s, scratch.vf.data() + (g * ld + lo) * hv, hv, n, out + i * out_stride + h * hv);
+      finish(s, h, i, n, scratch.vf.data() + (g * ld + lo) * hv);
     }
   });
 }
