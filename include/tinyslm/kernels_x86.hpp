@@ -425,6 +425,222 @@ TINYSLM_TARGET_AVX512 inline void int_rows_gemv_avx512(TensorType t, const uint8
 #undef TINYSLM_X86_GEMV_BODY
 
 // ---------------------------------------------------------------------------------------
+// AVX-512 VNNI fused GEMV for the common types: each block is unpacked in registers straight
+// into unsigned bytes u = w + 128 (no trip through memory), vpdpbusd'd against up to N
+// tokens, and scaled. Two legacy blocks (64 values) or one K super-block per step.
+
+// 64 bytes u = w + 128 of two consecutive legacy blocks (natural order). `single` leaves
+// the second block's bytes unspecified (its scale is forced to zero by the caller).
+template <TensorType T>
+TINYSLM_TARGET_AVX512 inline __m512i legacy_pair_u8(const uint8_t* b0, const uint8_t* b1) {
+  if constexpr (T == TensorType::Q8_0) {
+    const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 2))),
+                                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b1 + 2)), 1);
+    return _mm512_xor_si512(z, _mm512_set1_epi8(static_cast<char>(0x80)));
+  } else {
+    constexpr int off = T == TensorType::Q4_1 ? 4 : T == TensorType::Q5_0 ? 6 : T == TensorType::Q5_1 ? 8 : 2;
+    const __m256i x = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + off))),
+                                              _mm_loadu_si128(reinterpret_cast<const __m128i*>(b1 + off)), 1);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i lo = _mm256_and_si256(x, m4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+    // [b0 values 0-15, b0 16-31, b1 0-15, b1 16-31]
+    __m512i z = _mm512_permutex2var_epi64(_mm512_castsi256_si512(lo), _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11),
+                                          _mm512_castsi256_si512(hi));
+    if constexpr (T == TensorType::Q5_0 || T == TensorType::Q5_1) {
+      uint32_t h0, h1;
+      std::memcpy(&h0, b0 + off - 4, 4);
+      std::memcpy(&h1, b1 + off - 4, 4);
+      const __mmask64 bits = static_cast<__mmask64>(h0) | (static_cast<__mmask64>(h1) << 32);
+      z = _mm512_or_si512(z, _mm512_and_si512(_mm512_movm_epi8(bits), _mm512_set1_epi8(0x10)));
+    }
+    if constexpr (T == TensorType::Q4_0) return _mm512_add_epi8(z, _mm512_set1_epi8(120));
+    if constexpr (T == TensorType::Q5_0) return _mm512_add_epi8(z, _mm512_set1_epi8(112));
+    if constexpr (T == TensorType::IQ4_NL) {
+      const __m512i table = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+      return _mm512_xor_si512(_mm512_shuffle_epi8(table, z), _mm512_set1_epi8(static_cast<char>(0x80)));
+    }
+    return _mm512_or_si512(z, _mm512_set1_epi8(static_cast<char>(0x80)));  // Q4_1, Q5_1: w >= 0
+  }
+}
+
+template <TensorType T, int N>
+TINYSLM_TARGET_AVX512 inline void gemv_row_legacy(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
+  constexpr bool has_min = T == TensorType::Q4_1 || T == TensorType::Q5_1;
+  constexpr int bb = T == TensorType::Q8_0 ? 34 : T == TensorType::Q4_1 ? 20 : T == TensorType::Q5_0 ? 22
+                   : T == TensorType::Q5_1 ? 24 : 18;
+  const int64_t nb = k / 32;
+  const __m512i half_idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  __m512 acc[N];
+  __m128 accm[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_ps(), accm[i] = _mm_setzero_ps();
+  for (int64_t b = 0; b < nb; b += 2) {
+    const bool pair = b + 1 < nb;
+    const uint8_t* b0 = row + b * bb;
+    const uint8_t* b1 = pair ? b0 + bb : b0;
+    const __m512i u = legacy_pair_u8<T>(b0, b1);
+    uint16_t h0, h1;
+    std::memcpy(&h0, b0, 2);
+    std::memcpy(&h1, b1, 2);
+    const __m128 dw = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(h0 | (pair ? static_cast<uint32_t>(h1) << 16 : 0u))));
+    __m128 mw = _mm_setzero_ps();
+    if constexpr (has_min) {
+      std::memcpy(&h0, b0 + 2, 2);
+      std::memcpy(&h1, b1 + 2, 2);
+      mw = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(h0 | (pair ? static_cast<uint32_t>(h1) << 16 : 0u))));
+    }
+    const __mmask16 m16 = pair ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>(0x00FF);
+#pragma GCC unroll 4
+    for (int i = 0; i < N; ++i) {
+      const ActRow& a = acts[i];
+      const __m512i t = _mm512_dpbusd_epi32(_mm512_maskz_loadu_epi32(m16, a.corr4 + b * 8), u,
+                                            _mm512_maskz_loadu_epi32(m16, a.qs + b * 32));
+      const __m128 da = _mm_setr_ps(a.da16[2 * b], pair ? a.da16[2 * b + 2] : 0.f, 0.f, 0.f);
+      const __m512 sc = _mm512_permutexvar_ps(half_idx, _mm512_castps128_ps512(_mm_mul_ps(dw, da)));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sc, acc[i]);
+      if constexpr (has_min)
+        accm[i] = _mm_fmadd_ps(mw, _mm_setr_ps(a.m32[b], pair ? a.m32[b + 1] : 0.f, 0.f, 0.f), accm[i]);
+    }
+  }
+  for (int i = 0; i < N; ++i) {
+    float r = _mm512_reduce_add_ps(acc[i]);
+    if constexpr (has_min) r += hsum256(_mm256_castps128_ps256(accm[i]));
+    out[i] = r;
+  }
+}
+
+// Q4_K / Q5_K / Q6_K: integer sub-block scales applied with vpmulld, one float scale per
+// super-block (as llama.cpp does), mins through the activation's sums of 16.
+template <TensorType T, int N>
+TINYSLM_TARGET_AVX512 inline void gemv_row_k(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
+  const int64_t nb = k / 256;
+  __m512 acc[N];
+  __m256 accm[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_ps(), accm[i] = _mm256_setzero_ps();
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t b = 0; b < nb; ++b) {
+    __m512i u[4], scl[4];
+    float d;
+    __m256 mnf = _mm256_setzero_ps();  // -dmin * min of each sub-block of 32
+    if constexpr (T == TensorType::Q4_K || T == TensorType::Q5_K) {
+      constexpr bool q5 = T == TensorType::Q5_K;
+      const auto* b4 = reinterpret_cast<const BlockQ4_K*>(row + b * sizeof(BlockQ4_K));
+      const auto* b5 = reinterpret_cast<const BlockQ5_K*>(row + b * sizeof(BlockQ5_K));
+      d = f16_scalar(q5 ? b5->d : b4->d);
+      const float dmin = f16_scalar(q5 ? b5->dmin : b4->dmin);
+      // The 12 scale bytes as three words: 6-bit scales and mins of sub-blocks 0-3 sit in
+      // words 0 and 1, those of 4-7 are split between word 2 (low 4 bits) and the top two
+      // bits of words 0 and 1.
+      uint32_t w3[3];
+      std::memcpy(w3, q5 ? b5->scales : b4->scales, 12);
+      const uint32_t sc_lo = w3[0] & 0x3f3f3f3fu, mn_lo = w3[1] & 0x3f3f3f3fu;
+      const uint32_t sc_hi = (w3[2] & 0x0f0f0f0fu) | (((w3[0] >> 6) & 0x03030303u) << 4);
+      const uint32_t mn_hi = ((w3[2] >> 4) & 0x0f0f0f0fu) | (((w3[1] >> 6) & 0x03030303u) << 4);
+      const __m128i sc8 = _mm_setr_epi32(static_cast<int>(sc_lo), static_cast<int>(sc_hi), 0, 0);
+      const __m128i mn8 = _mm_setr_epi32(static_cast<int>(mn_lo), static_cast<int>(mn_hi), 0, 0);
+      const __m512i scv = _mm512_cvtepu8_epi32(sc8);
+      mnf = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn8)), _mm256_set1_ps(-dmin));
+      const uint8_t* qs = q5 ? b5->qs : b4->qs;
+      const __m256i hb = q5 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b5->qh)) : _mm256_setzero_si256();
+      for (int c = 0; c < 4; ++c) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
+        __m256i lo = _mm256_and_si256(x, m4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+        if constexpr (q5) {
+          const __m256i one = _mm256_set1_epi8(1);
+          lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c)), one), 4));
+          hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c + 1)), one), 4));
+        }
+        u[c] = _mm512_or_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), _mm512_set1_epi8(static_cast<char>(0x80)));
+        scl[c] = _mm512_permutexvar_epi32(_mm512_setr_epi32(2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c + 1,
+                                                            2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1),
+                                          scv);
+      }
+    } else {  // Q6_K
+      const auto* b6 = reinterpret_cast<const BlockQ6_K*>(row + b * sizeof(BlockQ6_K));
+      d = f16_scalar(b6->d);
+      const __m512i scv = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b6->scales)));
+      const __m256i m3 = _mm256_set1_epi8(3);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->ql + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->ql + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh + 32 * h));
+        const __m256i v0 = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+        const __m256i v1 = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+        const __m256i v2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+        const __m256i v3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+        const __m512i off = _mm512_set1_epi8(96);  // u = (q - 32) + 128
+        u[2 * h] = _mm512_add_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(v0), v1, 1), off);
+        u[2 * h + 1] = _mm512_add_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(v2), v3, 1), off);
+      }
+      for (int j = 0; j < 4; ++j) {
+        const int g = 4 * j;
+        scl[j] = _mm512_permutexvar_epi32(_mm512_setr_epi32(g, g, g, g, g + 1, g + 1, g + 1, g + 1, g + 2, g + 2, g + 2, g + 2,
+                                                            g + 3, g + 3, g + 3, g + 3),
+                                          scv);
+      }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < N; ++i) {
+      const ActRow& a = acts[i];
+      const int64_t v = b * 256;
+      __m512i isum = _mm512_setzero_si512();
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const __m512i t = _mm512_dpbusd_epi32(_mm512_loadu_si512(a.corr4 + (v + 64 * j) / 4), u[j], _mm512_loadu_si512(a.qs + v + 64 * j));
+        isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(t, scl[j]));
+      }
+      const float da = a.da16[v / 16];
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * da), acc[i]);
+      if constexpr (T != TensorType::Q6_K) accm[i] = _mm256_fmadd_ps(mnf, _mm256_loadu_ps(a.m32 + v / 32), accm[i]);
+    }
+  }
+  for (int i = 0; i < N; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) + hsum256(accm[i]);
+}
+
+template <TensorType T, int N>
+TINYSLM_TARGET_AVX512 inline void gemv_rows_fused(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
+                                                  float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  float out[N];
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = data + r * row_bytes;
+    if constexpr (T == TensorType::Q4_K || T == TensorType::Q5_K || T == TensorType::Q6_K)
+      gemv_row_k<T, N>(row, k, acts, out);
+    else
+      gemv_row_legacy<T, N>(row, k, acts, out);
+    for (int i = 0; i < N; ++i) y[i * ldy + r] = out[i];
+  }
+}
+
+template <TensorType T>
+inline bool gemv_fused_n(int64_t n, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, float* y,
+                         int64_t ldy, int64_t r0, int64_t r1) {
+  switch (n) {
+    case 1: gemv_rows_fused<T, 1>(data, row_bytes, k, acts, y, ldy, r0, r1); return true;
+    case 2: gemv_rows_fused<T, 2>(data, row_bytes, k, acts, y, ldy, r0, r1); return true;
+    case 3: gemv_rows_fused<T, 3>(data, row_bytes, k, acts, y, ldy, r0, r1); return true;
+    default: return false;
+  }
+}
+
+// False when there is no fused kernel for this type / token count.
+inline bool gemv_fused_avx512(TensorType t, int64_t n, const uint8_t* data, int64_t row_bytes, int64_t k,
+                              const ActRow* acts, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  switch (t) {
+    case TensorType::Q4_0: return gemv_fused_n<TensorType::Q4_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q4_1: return gemv_fused_n<TensorType::Q4_1>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q5_0: return gemv_fused_n<TensorType::Q5_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q5_1: return gemv_fused_n<TensorType::Q5_1>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q8_0: return gemv_fused_n<TensorType::Q8_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::IQ4_NL: return gemv_fused_n<TensorType::IQ4_NL>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q4_K: return gemv_fused_n<TensorType::Q4_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q5_K: return gemv_fused_n<TensorType::Q5_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q6_K: return gemv_fused_n<TensorType::Q6_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    default: return false;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // AVX-512 VNNI GEMM on interleaved 16-row panels.
 
 struct alignas(64) Panel {
@@ -708,7 +924,7 @@ inline bool matmul_rows(bool avx512, TensorType t, const uint8_t* data, int64_t 
     int_rows_gemv_avx2(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
   else if (tiles)
     int_rows_gemm_avx512(t, data, row_bytes, k, tiles, n, y, ldy, r0, r1);
-  else
+  else if (!gemv_fused_avx512(t, n, data, row_bytes, k, acts, y, ldy, r0, r1))
     int_rows_gemv_avx512(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
   return true;
 }
