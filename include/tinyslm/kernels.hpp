@@ -172,7 +172,7 @@ class MatmulScratch {
       const int64_t kk = kp > cap_k_ ? kp : cap_k_;
       const auto sz = static_cast<size_t>(nn * kk);
       if (!qs_.allocate(sz) || !corr4_.allocate(sz / 4) || !da16_.allocate(sz / 16) ||
-          !m16_.allocate(sz / 16) || !sum16_.allocate(sz / 16) || !m32_.allocate(sz / 32) ||
+          !m16_.allocate(sz / 16) || !sum16_.allocate(sz / 16) || !m32_.allocate(sz / 32) || !da32_.allocate(sz / 32) ||
           !acts_.allocate(static_cast<size_t>(nn)))
         return alloc_failed();
       xf_.release();
@@ -230,6 +230,7 @@ class MatmulScratch {
     a.sum16 = sum16_.data() + i * (cap_k_ / 16);
     a.m32 = m32_.data() + i * (cap_k_ / 32);
     a.corr4 = corr4_.data() + i * (cap_k_ / 4);
+    a.da32 = da32_.data() + i * (cap_k_ / 32);
     a.xf = xf_.empty() ? nullptr : xf_.data() + i * cap_k_;
     return a;
   }
@@ -237,6 +238,16 @@ class MatmulScratch {
   // Quantizes token row i (k values) for weights of format fmt (SIMD when `simd`; the
   // result is bit-identical either way).
   void quantize(detail::ActFormat fmt, int64_t i, const float* x, int64_t k, bool simd = false) {
+    quantize_row_only(fmt, i, x, k, simd);
+    if (!detail::act_format_is_float(fmt)) {
+      const float* d16 = da16_.data() + i * (cap_k_ / 16);
+      float* d32 = da32_.data() + i * (cap_k_ / 32);
+      for (int64_t g = 0; g < k / 32; ++g) d32[g] = d16[2 * g];
+    }
+  }
+
+ private:
+  void quantize_row_only(detail::ActFormat fmt, int64_t i, const float* x, int64_t k, bool simd) {
 #if defined(TINYSLM_KERNELS_X86)
     if (simd && !detail::act_format_is_float(fmt)) {
       detail::x86::quantize_activation_row_avx2(fmt, x, k, qs_.data() + i * cap_k_, da16_.data() + i * (cap_k_ / 16),
@@ -252,14 +263,13 @@ class MatmulScratch {
                                     detail::act_format_is_float(fmt) ? xf_.data() + i * cap_k_ : nullptr);
   }
 
- private:
   void fill_rows() {
     for (int64_t i = 0; i < cap_n_; ++i) acts_[static_cast<size_t>(i)] = row(i);
   }
   static Error alloc_failed() { return make_error(Errc::out_of_memory, "matmul scratch: allocation failed"); }
   AlignedBuffer<int8_t> qs_;
   AlignedBuffer<int32_t> corr4_;
-  AlignedBuffer<float> da16_, m16_, m32_, xf_;
+  AlignedBuffer<float> da16_, m16_, m32_, da32_, xf_;
   AlignedBuffer<int32_t> sum16_;
   AlignedBuffer<detail::ActRow> acts_;
 #if defined(TINYSLM_KERNELS_X86)

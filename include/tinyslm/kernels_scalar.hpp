@@ -56,6 +56,7 @@ struct ActRow {
   const float* m16 = nullptr;
   const int32_t* sum16 = nullptr;
   const int32_t* corr4 = nullptr;
+  const float* da32 = nullptr;  // the activation scale of each 32 values (da16[2g])
   const float* xf = nullptr;  // float formats: the (rounded) values
 };
 

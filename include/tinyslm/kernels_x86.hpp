@@ -473,7 +473,37 @@ TINYSLM_TARGET_AVX512 inline void gemv_row_legacy(const uint8_t* row, int64_t k,
   __m512 acc[N];
   __m128 accm[N];
   for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_ps(), accm[i] = _mm_setzero_ps();
-  for (int64_t b = 0; b < nb; b += 2) {
+  int64_t b = 0;
+  // Four blocks per step: one scale computation for two vectors of 64 values.
+  const __m512i idx01 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const __m512i idx23 = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  for (; b + 4 <= nb; b += 4) {
+    const uint8_t* p = row + b * bb;
+    const __m512i u01 = legacy_pair_u8<T>(p, p + bb);
+    const __m512i u23 = legacy_pair_u8<T>(p + 2 * bb, p + 3 * bb);
+    uint16_t h[4];
+    for (int j = 0; j < 4; ++j) std::memcpy(&h[j], p + j * bb, 2);
+    uint64_t hw;
+    std::memcpy(&hw, h, 8);
+    const __m128 dw = _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(hw)));
+    __m128 mw = _mm_setzero_ps();
+    if constexpr (has_min) {
+      for (int j = 0; j < 4; ++j) std::memcpy(&h[j], p + j * bb + 2, 2);
+      std::memcpy(&hw, h, 8);
+      mw = _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(hw)));
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < N; ++i) {
+      const ActRow& a = acts[i];
+      const __m512i t01 = _mm512_dpbusd_epi32(_mm512_loadu_si512(a.corr4 + b * 8), u01, _mm512_loadu_si512(a.qs + b * 32));
+      const __m512i t23 = _mm512_dpbusd_epi32(_mm512_loadu_si512(a.corr4 + b * 8 + 16), u23, _mm512_loadu_si512(a.qs + b * 32 + 64));
+      const __m512 s4 = _mm512_castps128_ps512(_mm_mul_ps(dw, _mm_loadu_ps(a.da32 + b)));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t01), _mm512_permutexvar_ps(idx01, s4), acc[i]);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t23), _mm512_permutexvar_ps(idx23, s4), acc[i]);
+      if constexpr (has_min) accm[i] = _mm_fmadd_ps(mw, _mm_loadu_ps(a.m32 + b), accm[i]);
+    }
+  }
+  for (; b < nb; b += 2) {
     const bool pair = b + 1 < nb;
     const uint8_t* b0 = row + b * bb;
     const uint8_t* b1 = pair ? b0 + bb : b0;
