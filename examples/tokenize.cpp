@@ -8,8 +8,10 @@
 #include <tinyslm.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -28,29 +30,69 @@ void usage() {
                "       tokenize -m MODEL --bench [-f FILE]\n");
 }
 
-// 1 MiB of English prose, Korean prose and source code, interleaved.
+// 1 MiB of mixed text: English sentences, Korean sentences and C++/Python code, built from word
+// lists with a fixed pseudo-random generator so words recur with a natural skew but the text
+// does not repeat verbatim.
 std::string bench_text() {
-  const char* english =
-      "Once upon a time, in a small village at the edge of a great forest, there lived an old "
-      "clockmaker who could mend anything that ticked. Children brought him broken toys; farmers "
-      "brought him rusty scales. \"Patience,\" he would say, \"is the gear that turns all others.\"\n";
-  const char* korean =
-      "대한민국의 수도는 서울이다. 서울은 한강을 끼고 있으며, 인구는 약 천만 명이다. "
-      "오늘 날씨가 맑아서 우리는 공원에 산책을 나갔다. 한국어 토크나이저 테스트입니다.\n";
-  const char* code =
-      "#include <vector>\nint sum(const std::vector<int>& v) {\n    int s = 0;\n"
-      "    for (int x : v) s += x;  // accumulate\n    return s;\n}\n"
-      "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
-      "    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n";
+  static const char* en[] = {
+      "the", "of", "and", "a", "to", "in", "is", "was", "that", "for", "it", "with", "as", "on", "be", "at",
+      "by", "this", "had", "not", "are", "but", "from", "or", "have", "an", "they", "which", "one", "you",
+      "were", "her", "all", "she", "there", "would", "their", "we", "him", "been", "has", "when", "who",
+      "will", "more", "no", "if", "out", "so", "said", "what", "up", "its", "about", "into", "than", "them",
+      "can", "only", "other", "new", "some", "could", "time", "these", "two", "may", "then", "do", "first",
+      "any", "my", "now", "such", "like", "our", "over", "man", "me", "even", "most", "made", "after",
+      "also", "did", "many", "before", "must", "through", "back", "years", "where", "much", "your", "way",
+      "well", "down", "should", "because", "each", "just", "those", "people", "how", "too", "little",
+      "state", "good", "very", "make", "world", "still", "own", "see", "men", "work", "long", "get", "here",
+      "between", "both", "life", "being", "under", "never", "day", "same", "another", "know", "while",
+      "last", "might", "us", "great", "old", "year", "off", "come", "since", "against", "go", "came",
+      "right", "used", "take", "three", "clockmaker", "village", "forest", "gear", "patience", "river",
+      "mountain", "library", "engine", "tokenizer", "whisper", "lantern", "harvest", "quantum", "Seoul",
+      "London", "Alice", "Bob", "don't", "it's", "we'll", "they're", "I'm", "You've"};
+  static const char* ko[] = {"대한민국의", "수도는", "서울이다", "서울은", "한강을", "끼고", "있으며",
+                             "인구는", "약", "천만", "명이다", "오늘", "날씨가", "맑아서", "우리는",
+                             "공원에", "산책을", "나갔다", "한국어", "토크나이저", "테스트입니다",
+                             "띄어쓰기와", "받침을", "확인합니다", "학교에서", "친구들과", "점심을",
+                             "먹었다", "도서관은", "조용하다", "내일은", "비가", "올", "것이다"};
+  static const char* code[] = {
+      "for (int i = 0; i < n; ++i) {\n", "    sum += a[i] * b[i];\n", "}\n", "return result;\n",
+      "std::vector<int> v = {", "if (x == nullptr) return;\n", "def ", "(self, x):\n", "    return x + ",
+      "import numpy as np\n", "#include <vector>\n", "auto it = map.find(key);\n", "    print(f\"{value}\")\n",
+      "class Parser:\n", "    pass\n", "};\n", "    // TODO: handle errors\n", "x = [i ** 2 for i in range(",
+      ")]\n", "const char* name = \"tinyslm\";\n"};
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  auto next = [&](uint32_t n) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    const uint32_t r = static_cast<uint32_t>(state >> 33);
+    return (r % n + r % (n / 2 + 1) * (r & 1)) % n;  // skewed towards small indices
+  };
   std::string out;
   const size_t target = 1u << 20;
-  uint32_t counter = 0;
   while (out.size() < target) {
-    out += english;
-    out += korean;
-    out += code;
-    out += "value_" + std::to_string(counter * 7919u % 100003u) + " = " + std::to_string(counter * 31u) + ";\n";
-    ++counter;
+    const uint32_t kind = next(10);
+    if (kind < 5) {  // an English sentence
+      const uint32_t len = 5 + next(15);
+      for (uint32_t w = 0; w < len; ++w) {
+        std::string word = en[next(std::size(en))];
+        if (w == 0) word[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(word[0])));
+        out += word;
+        out += (w + 1 == len) ? ". " : (next(12) == 0 ? ", " : " ");
+      }
+      if (next(4) == 0) out += "\n";
+    } else if (kind < 8) {  // a Korean sentence
+      const uint32_t len = 3 + next(8);
+      for (uint32_t w = 0; w < len; ++w) {
+        out += ko[next(std::size(ko))];
+        out += (w + 1 == len) ? ". " : " ";
+      }
+      if (next(3) == 0) out += "\n";
+    } else {  // some code with fresh numbers and identifiers
+      const uint32_t len = 2 + next(6);
+      for (uint32_t w = 0; w < len; ++w) {
+        out += code[next(std::size(code))];
+        if (next(3) == 0) out += "var_" + std::to_string(next(5000)) + " = " + std::to_string(next(100000)) + ";\n";
+      }
+    }
   }
   out.resize(target);
   // Do not end inside a UTF-8 character.
@@ -117,6 +159,10 @@ int main(int argc, char** argv) {
 
   if (bench) {
     if (!have_text) text = bench_text();
+    if (const char* dump = std::getenv("TINYSLM_BENCH_DUMP")) {  // keep the text for other tools
+      std::ofstream o(dump, std::ios::binary);
+      o << text;
+    }
     double best = 1e30;
     size_t n_tokens = 0;
     for (int rep = 0; rep < 3; ++rep) {

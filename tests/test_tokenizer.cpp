@@ -301,6 +301,44 @@ TEST_CASE("1 MB input stays fast (no quadratic merge loop)") {
   }
 }
 
+TEST_CASE("fast paths (word caches, SentencePiece cuts) give the plain algorithm's ids") {
+  const std::string strings_path = tinyslm_test::shared_file("golden/tokenize-strings.jsonl");
+  if (strings_path.empty()) return;
+  // Random concatenations of the golden test strings, 200 KB.
+  std::vector<std::string> pool;
+  {
+    const std::string all = tinyslm_test::read_text(strings_path);
+    size_t p = 0;
+    while (p < all.size()) {
+      size_t e = all.find('\n', p);
+      if (e == std::string::npos) e = all.size();
+      if (e > p) pool.push_back(tinyslm_test::Json::parse(all.substr(p, e - p))["text"].as_string());
+      p = e + 1;
+    }
+  }
+  REQUIRE(pool.size() > 20);
+  std::mt19937 rng(7);
+  std::string text;
+  while (text.size() < 200000) {
+    text += pool[rng() % pool.size()];
+    text += (rng() % 3 == 0) ? "\n" : " ";
+  }
+  auto& tune = tinyslm::detail::tokenizer_tuning();
+  for (const char* file : {"ggml-vocab-llama-spm.gguf", "ggml-vocab-phi-3.gguf", "ggml-vocab-baichuan.gguf",
+                           "ggml-vocab-gpt-2.gguf", "ggml-vocab-deepseek-llm.gguf", "synth-llama3-tiny-F16.gguf"}) {
+    const Tokenizer* t = tokenizer_for(file);
+    REQUIRE(t);
+    auto fast = t->encode(text, true, true);
+    tune.cache_min_bytes = SIZE_MAX;
+    tune.spm_cut = false;
+    auto plain = t->encode(text, true, true);
+    tune = tinyslm::detail::TokenizerTuning{};
+    REQUIRE(fast);
+    REQUIRE(plain);
+    CHECK_MESSAGE(*fast == *plain, file);
+  }
+}
+
 TEST_CASE("StreamDecoder: whole characters only, same text as decode") {
   if (tinyslm_test::shared_file("models/vocab/ggml-vocab-llama-spm.gguf").empty()) return;
   std::mt19937 rng(1234);

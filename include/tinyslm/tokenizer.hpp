@@ -21,10 +21,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <queue>
+#include <deque>
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -651,6 +652,39 @@ inline const ByteUnicodeTable& byte_unicode() {
   return t;
 }
 
+// Switches for tests only: they compare the fast paths (word caches, SentencePiece cuts) with
+// the plain algorithm. Not thread-safe to change while encoding.
+struct TokenizerTuning {
+  size_t cache_min_bytes = 4096;  // texts at least this long use the per-call word cache
+  bool spm_cut = true;            // cut SentencePiece text at spaces no token spans
+};
+inline TokenizerTuning& tokenizer_tuning() {
+  static TokenizerTuning t;
+  return t;
+}
+
+// Working memory of the SentencePiece merge, reused across the words of one encode call.
+struct SpmWork {
+  struct Sym {
+    int32_t prev, next;
+    uint32_t begin, len;
+  };
+  struct Bigram {
+    float score;
+    int32_t left, right;
+    uint32_t len;
+  };
+  struct Worse {
+    bool operator()(const Bigram& a, const Bigram& b) const {
+      return a.score < b.score || (a.score == b.score && a.left > b.left);
+    }
+  };
+  std::vector<Sym> syms;
+  std::vector<Bigram> heap;
+  std::unordered_map<std::string_view, std::pair<uint32_t, uint32_t>> cache;  // chunk -> ids in cached
+  std::vector<int32_t> cached;
+};
+
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------
@@ -769,7 +803,7 @@ class Tokenizer {
     }
   }
   std::string make_piece(int32_t id) const;
-  void encode_spm(std::string_view text, std::vector<int32_t>& out) const;
+  void encode_spm(std::string_view text, std::vector<int32_t>& out, detail::SpmWork& w) const;
   void encode_bpe(std::string_view text, std::vector<int32_t>& out) const;
   void encode_wpm(std::string_view text, std::vector<int32_t>& out) const;
   int32_t spm_byte_token(unsigned char b) const {
@@ -1258,6 +1292,25 @@ inline Expected<std::vector<int32_t>> Tokenizer::encode(std::string_view text, b
   if (add_special && kind_ == Kind::wpm && bos_ != no_token) out.push_back(bos_);
   bool prev_special = true;  // SPM: a space goes before the text and after each special token
   std::string buf;
+  detail::SpmWork spm_work;
+  std::deque<std::string> spm_bufs;  // keeps cached chunk keys alive
+  auto spm_chunk = [&](std::string_view chunk, bool cacheable) {
+    if (cacheable && chunk.size() <= 64) {
+      auto it = spm_work.cache.find(chunk);
+      if (it != spm_work.cache.end()) {
+        out.insert(out.end(), spm_work.cached.begin() + it->second.first,
+                   spm_work.cached.begin() + it->second.first + it->second.second);
+        return;
+      }
+      const size_t start = out.size();
+      encode_spm(chunk, out, spm_work);
+      spm_work.cache.emplace(chunk, std::make_pair(static_cast<uint32_t>(spm_work.cached.size()),
+                                                   static_cast<uint32_t>(out.size() - start)));
+      spm_work.cached.insert(spm_work.cached.end(), out.begin() + static_cast<std::ptrdiff_t>(start), out.end());
+      return;
+    }
+    encode_spm(chunk, out, spm_work);
+  };
   for (const Frag& fr : frags) {
     if (fr.token >= 0) {
       out.push_back(fr.token);
@@ -1277,25 +1330,33 @@ inline Expected<std::vector<int32_t>> Tokenizer::encode(std::string_view text, b
             buf.push_back(c);
         }
         // Cut before each "\u2581" that no token joins to the character before it; the pieces
-        // merge independently, so the result is that of the whole text, only faster.
+        // merge independently, so the result is that of the whole text, only faster. In long
+        // texts the pieces (words) repeat, so their ids are remembered; the cache keys point
+        // into this fragment's buffer, which is kept alive until the end of the call.
+        const bool cacheable = buf.size() >= detail::tokenizer_tuning().cache_min_bytes;
+        if (cacheable) {
+          spm_bufs.push_back(std::move(buf));
+          buf = std::string();
+        }
+        const std::string& cur = cacheable ? spm_bufs.back() : buf;
         {
           // Walk the symbols exactly as encode_spm forms them (by lead-byte length).
           size_t start = 0, prev_sym = 0, pos = 0;
-          const unsigned char* bp = reinterpret_cast<const unsigned char*>(buf.data());
-          while (pos < buf.size()) {
-            const size_t len = std::min(detail::utf8_len(bp[pos]), buf.size() - pos);
-            if (pos > start && len == 3 && bp[pos] == 0xE2 && bp[pos + 1] == 0x96 && bp[pos + 2] == 0x81) {
+          const unsigned char* bp = reinterpret_cast<const unsigned char*>(cur.data());
+          while (pos < cur.size()) {
+            const size_t len = std::min(detail::utf8_len(bp[pos]), cur.size() - pos);
+            if (pos > start && detail::tokenizer_tuning().spm_cut && len == 3 && bp[pos] == 0xE2 && bp[pos + 1] == 0x96 && bp[pos + 2] == 0x81) {
               size_t used;
               const uint32_t prev = detail::utf8_decode_lenient(bp + prev_sym, pos - prev_sym, &used);
               if (used == pos - prev_sym && std::find(spm_glue_.begin(), spm_glue_.end(), prev) == spm_glue_.end()) {
-                encode_spm(std::string_view(buf).substr(start, pos - start), out);
+                spm_chunk(std::string_view(cur).substr(start, pos - start), cacheable);
                 start = pos;
               }
             }
             prev_sym = pos;
             pos += len;
           }
-          encode_spm(std::string_view(buf).substr(start), out);
+          spm_chunk(std::string_view(cur).substr(start), cacheable);
         }
         break;
       }
@@ -1317,23 +1378,11 @@ inline Expected<std::vector<int32_t>> Tokenizer::encode(std::string_view text, b
 // SentencePiece merge: start from single characters, repeatedly join the adjacent pair whose
 // joined text is the highest-scoring token (leftmost on ties). A priority queue over a linked
 // list of symbols keeps this O(n log n).
-inline void Tokenizer::encode_spm(std::string_view text, std::vector<int32_t>& out) const {
-  struct Sym {
-    int32_t prev, next;
-    uint32_t begin, len;
-  };
-  struct Bigram {
-    float score;
-    int32_t left, right;
-    uint32_t len;
-  };
-  struct Worse {
-    bool operator()(const Bigram& a, const Bigram& b) const {
-      return a.score < b.score || (a.score == b.score && a.left > b.left);
-    }
-  };
-  std::vector<Sym> syms;
-  syms.reserve(text.size());
+inline void Tokenizer::encode_spm(std::string_view text, std::vector<int32_t>& out, detail::SpmWork& w) const {
+  using Sym = detail::SpmWork::Sym;
+  using Worse = detail::SpmWork::Worse;
+  std::vector<Sym>& syms = w.syms;
+  syms.clear();
   for (size_t off = 0; off < text.size();) {
     const size_t len = std::min(detail::utf8_len(static_cast<unsigned char>(text[off])), text.size() - off);
     const int32_t idx = static_cast<int32_t>(syms.size());
@@ -1341,20 +1390,21 @@ inline void Tokenizer::encode_spm(std::string_view text, std::vector<int32_t>& o
                     static_cast<uint32_t>(len)});
     off += len;
   }
-  std::vector<Bigram> heap_storage;
-  heap_storage.reserve(syms.size());
-  std::priority_queue<Bigram, std::vector<Bigram>, Worse> queue(Worse{}, std::move(heap_storage));
+  auto& heap = w.heap;
+  heap.clear();
   auto try_add = [&](int32_t l, int32_t r) {
     if (l < 0 || r < 0) return;
     const uint32_t len = syms[l].len + syms[r].len;
     const int32_t id = lookup(text.data() + syms[l].begin, len);
     if (id < 0) return;
-    queue.push({scores_[id], l, r, len});
+    heap.push_back({scores_[id], l, r, len});
+    std::push_heap(heap.begin(), heap.end(), Worse{});
   };
   for (int32_t i = 1; i < static_cast<int32_t>(syms.size()); ++i) try_add(i - 1, i);
-  while (!queue.empty()) {
-    const Bigram bg = queue.top();
-    queue.pop();
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), Worse{});
+    const detail::SpmWork::Bigram bg = heap.back();
+    heap.pop_back();
     Sym& l = syms[bg.left];
     Sym& r = syms[bg.right];
     if (l.len == 0 || r.len == 0 || l.len + r.len != bg.len || l.next != bg.right) continue;
@@ -1418,11 +1468,37 @@ inline void Tokenizer::encode_bpe(std::string_view text, std::vector<int32_t>& o
   std::vector<Sym> syms;
   std::vector<Bigram> heap;
   const auto& tab = detail::byte_unicode();
+  // Long texts repeat words: remember each short word's ids for the rest of this call.
+  const bool use_cache = text.size() >= detail::tokenizer_tuning().cache_min_bytes;
+  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> cache;  // word -> (offset, count) in cached
+  std::vector<int32_t> cached;
   size_t cp_pos = 0;
   for (size_t wlen : words) {
     bytes.clear();
     for (size_t k = 0; k < wlen; ++k) detail::utf8_append(bytes, cps[cp_pos + k]);
     cp_pos += wlen;
+    const size_t out_start = out.size();
+    const bool cacheable = use_cache && bytes.size() <= 48;
+    if (cacheable) {
+      auto it = cache.find(bytes);
+      if (it != cache.end()) {
+        out.insert(out.end(), cached.begin() + it->second.first, cached.begin() + it->second.first + it->second.second);
+        continue;
+      }
+    }
+    struct Remember {  // on every exit from this word's body: cache what it produced
+      bool on;
+      std::unordered_map<std::string, std::pair<uint32_t, uint32_t>>& cache;
+      std::vector<int32_t>& cached;
+      std::vector<int32_t>& out;
+      size_t start;
+      const std::string& word;
+      ~Remember() {
+        if (!on) return;
+        cache.emplace(word, std::make_pair(static_cast<uint32_t>(cached.size()), static_cast<uint32_t>(out.size() - start)));
+        cached.insert(cached.end(), out.begin() + static_cast<std::ptrdiff_t>(start), out.end());
+      }
+    } remember{cacheable, cache, cached, out, out_start, bytes};
     if (ignore_merges_) {
       mapped.clear();
       for (unsigned char b : bytes) detail::utf8_append(mapped, tab.to_cp[b]);
