@@ -125,6 +125,57 @@ TINYSLM_OPS_INLINE void scores_body(const float* q, const float* kt, int64_t ld,
   }
 }
 
+// Four queries at once (prefill): s[r * ss + j] = sum_d q[r * hd + d] * kt[d][j]. Each key
+// row is loaded once for the four; the same sums in the same order as scores_body.
+TINYSLM_OPS_INLINE void scores4_body(const float* q, int64_t hd, const float* kt, int64_t ld, int64_t n,
+                                     float* s, int64_t ss) {
+  constexpr int64_t kB = 32;
+  for (int64_t jb = 0; jb < n; jb += kB) {
+    float acc[4][kB] = {};
+    for (int64_t d = 0; d < hd; ++d) {
+      const float* row = kt + d * ld + jb;
+      for (int r = 0; r < 4; ++r) {
+        const float qd = q[r * hd + d];
+        for (int64_t j = 0; j < kB; ++j) acc[r][j] += qd * row[j];
+      }
+    }
+    const int64_t m = n - jb < kB ? n - jb : kB;
+    for (int r = 0; r < 4; ++r)
+      for (int64_t j = 0; j < m; ++j) s[r * ss + jb + j] = acc[r][j];
+  }
+}
+
+// Four queries at once: out[r][d] = sum_j p[r * ps + j] * v[j][d] (p is zero outside a
+// query's window, which adds exact zeros).
+template <int64_t HD>
+TINYSLM_OPS_INLINE void mix4_fixed(const float* p, int64_t ps, const float* v, int64_t n, float* out,
+                                   int64_t os) {
+  float acc[4][HD] = {};
+  for (int64_t j = 0; j < n; ++j) {
+    const float* row = v + j * HD;
+    for (int r = 0; r < 4; ++r) {
+      const float pj = p[r * ps + j];
+      for (int64_t d = 0; d < HD; ++d) acc[r][d] += pj * row[d];
+    }
+  }
+  for (int r = 0; r < 4; ++r)
+    for (int64_t d = 0; d < HD; ++d) out[r * os + d] = acc[r][d];
+}
+
+TINYSLM_OPS_INLINE void mix4_body(const float* p, int64_t ps, const float* v, int64_t hd, int64_t n,
+                                  float* out, int64_t os) {
+  if (hd == 64) return mix4_fixed<64>(p, ps, v, n, out, os);
+  for (int r = 0; r < 4; ++r) {
+    float* o = out + r * os;
+    for (int64_t d = 0; d < hd; ++d) o[d] = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+      const float pj = p[r * ps + j];
+      const float* row = v + j * hd;
+      for (int64_t d = 0; d < hd; ++d) o[d] += pj * row[d];
+    }
+  }
+}
+
 // s[j] = q . k[j] for keys stored row by row (decode: one query, no transposition). Each
 // dot sums 16 lanes, then folds them in a fixed order.
 TINYSLM_OPS_INLINE void scores_rows_body(const float* q, const float* k, int64_t hd, int64_t n, float* s) {
@@ -166,8 +217,33 @@ TINYSLM_OPS_INLINE void mix_values_body(const float* p, const float* v, int64_t 
   }
 }
 
+// Sum of x[0, n) in double, over 16 lanes folded in a fixed order (vectorises; the order
+// depends only on n).
+TINYSLM_OPS_INLINE double sum_lanes(const float* x, int64_t n) {
+  double acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int l = 0; l < 16; ++l) acc[l] += static_cast<double>(x[i + l]);
+  for (int l = 0; i < n; ++i, ++l) acc[l] += static_cast<double>(x[i]);
+  for (int w = 8; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+TINYSLM_OPS_INLINE float max_lanes(const float* x, int64_t n) {
+  float acc[16];
+  for (int l = 0; l < 16; ++l) acc[l] = -INFINITY;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int l = 0; l < 16; ++l) acc[l] = x[i + l] > acc[l] ? x[i + l] : acc[l];
+  for (int l = 0; i < n; ++i, ++l) acc[l] = x[i] > acc[l] ? x[i] : acc[l];
+  for (int w = 8; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] = acc[l + w] > acc[l] ? acc[l + w] : acc[l];
+  return acc[0];
+}
+
 // Softmax of s[0, n) after scale and optional soft-cap; the probabilities are rounded to
-// fp16 as llama.cpp's F16-cache attention does. Sum in double, in order.
+// fp16 as llama.cpp's F16-cache attention does. Sum in double.
 TINYSLM_OPS_INLINE void softmax_body(float* s, int64_t n, float scale, float softcap) {
   if (softcap > 0.0f) {
     const float inv = 1.0f / softcap;
@@ -175,13 +251,22 @@ TINYSLM_OPS_INLINE void softmax_body(float* s, int64_t n, float scale, float sof
   } else {
     for (int64_t j = 0; j < n; ++j) s[j] *= scale;
   }
-  float mx = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
+  const float mx = max_lanes(s, n);
   for (int64_t j = 0; j < n; ++j) s[j] = exp_f32(s[j] - mx);
-  double sum = 0.0;
-  for (int64_t j = 0; j < n; ++j) sum += s[j];
-  const float inv = static_cast<float>(1.0 / sum);
+  const float inv = static_cast<float>(1.0 / sum_lanes(s, n));
   for (int64_t j = 0; j < n; ++j) s[j] = round_to_f16(s[j] * inv);
+}
+
+// Sum of squares in double over 16 lanes (RMSNorm).
+TINYSLM_OPS_INLINE double sum_squares_body(const float* x, int64_t n) {
+  double acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int l = 0; l < 16; ++l) acc[l] += static_cast<double>(x[i + l]) * static_cast<double>(x[i + l]);
+  for (int l = 0; i < n; ++i, ++l) acc[l] += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+  for (int w = 8; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
 }
 
 #define TINYSLM_OPS_VARIANTS(name, params, args)                                  \
@@ -191,7 +276,23 @@ TINYSLM_OPS_INLINE void softmax_body(float* s, int64_t n, float scale, float sof
     TINYSLM_OPS_DISPATCH_X86(name, args)                                          \
     name##_scalar args;                                                           \
   }
+#define TINYSLM_OPS_VARIANTS_R(ret, name, params, args)                         \
+  inline ret name##_scalar params { return name##_body args; }                   \
+  TINYSLM_OPS_VARIANT_X86_R(ret, name, params, args)                             \
+  inline ret name params {                                                       \
+    TINYSLM_OPS_DISPATCH_X86_R(name, args)                                       \
+    return name##_scalar args;                                                   \
+  }
 #if defined(TINYSLM_OPS_X86)
+#define TINYSLM_OPS_VARIANT_X86_R(ret, name, params, args)                        \
+  TINYSLM_OPS_AVX2 inline ret name##_avx2 params { return name##_body args; }     \
+  TINYSLM_OPS_AVX512 inline ret name##_avx512 params { return name##_body args; }
+#define TINYSLM_OPS_DISPATCH_X86_R(name, args)             \
+  switch (simd_level()) {                                  \
+    case 2: return name##_avx512 args;                     \
+    case 1: return name##_avx2 args;                       \
+    default: break;                                        \
+  }
 #define TINYSLM_OPS_VARIANT_X86(name, params, args)                   \
   TINYSLM_OPS_AVX2 inline void name##_avx2 params { name##_body args; } \
   TINYSLM_OPS_AVX512 inline void name##_avx512 params { name##_body args; }
@@ -204,6 +305,8 @@ TINYSLM_OPS_INLINE void softmax_body(float* s, int64_t n, float scale, float sof
 #else
 #define TINYSLM_OPS_VARIANT_X86(name, params, args)
 #define TINYSLM_OPS_DISPATCH_X86(name, args)
+#define TINYSLM_OPS_VARIANT_X86_R(ret, name, params, args)
+#define TINYSLM_OPS_DISPATCH_X86_R(name, args)
 #endif
 
 TINYSLM_OPS_VARIANTS(silu_mul, (const float* g, const float* u, float* out, int64_t n),
@@ -214,13 +317,21 @@ TINYSLM_OPS_VARIANTS(scores, (const float* q, const float* kt, int64_t ld, int64
                      (q, kt, ld, hd, n, s))
 TINYSLM_OPS_VARIANTS(scores_rows, (const float* q, const float* k, int64_t hd, int64_t n, float* s),
                      (q, k, hd, n, s))
+TINYSLM_OPS_VARIANTS(scores4, (const float* q, int64_t hd, const float* kt, int64_t ld, int64_t n, float* s, int64_t ss),
+                     (q, hd, kt, ld, n, s, ss))
+TINYSLM_OPS_VARIANTS(mix4, (const float* p, int64_t ps, const float* v, int64_t hd, int64_t n, float* out, int64_t os),
+                     (p, ps, v, hd, n, out, os))
+TINYSLM_OPS_VARIANTS_R(double, sum_squares, (const float* x, int64_t n), (x, n))
 TINYSLM_OPS_VARIANTS(mix_values, (const float* p, const float* v, int64_t hd, int64_t n, float* out),
                      (p, v, hd, n, out))
 TINYSLM_OPS_VARIANTS(softmax, (float* s, int64_t n, float scale, float softcap), (s, n, scale, softcap))
 
 #undef TINYSLM_OPS_VARIANTS
+#undef TINYSLM_OPS_VARIANTS_R
 #undef TINYSLM_OPS_VARIANT_X86
 #undef TINYSLM_OPS_DISPATCH_X86
+#undef TINYSLM_OPS_VARIANT_X86_R
+#undef TINYSLM_OPS_DISPATCH_X86_R
 
 // fp16 <-> fp32 rows (hardware conversion where available; identical results: both RNE).
 inline void f16_to_f32_scalar(const uint16_t* src, float* dst, int64_t n) {
@@ -265,8 +376,7 @@ inline void f32_to_f16(const float* src, uint16_t* dst, int64_t n) {
 
 // y = x / sqrt(mean(x^2) + eps) * w   (w may be null: no weight). y may alias x.
 inline void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
+  const double sum = detail::sum_squares(x, n);
   const float scale = 1.0f / std::sqrt(static_cast<float>(sum / static_cast<double>(n)) + eps);
   if (w) {
     for (int64_t i = 0; i < n; ++i) y[i] = (x[i] * scale) * w[i];
@@ -391,7 +501,7 @@ struct AttentionScratch {
   [[nodiscard]] bool reserve(const AttentionShape& a, int64_t n_ctx_, int n_threads_) {
     n_ctx = (n_ctx_ + 15) / 16 * 16;
     n_threads = n_threads_;
-    row_stride = (n_ctx + a.head_dim_k + 15) / 16 * 16;
+    row_stride = (4 * n_ctx + 4 * a.head_dim_k + 4 * a.head_dim_v + 15) / 16 * 16;
     // keys are read in blocks of 64 past the last one: pad
     return kt.allocate(static_cast<size_t>(a.n_head_kv * a.head_dim_k * n_ctx + 64)) &&
            vf.allocate(static_cast<size_t>(a.n_head_kv * n_ctx * a.head_dim_v)) &&
@@ -466,18 +576,31 @@ inline void attention(const AttentionShape& a, const float* q, int64_t q_stride,
     }
   });
 
-  // 2. One (head, query) pair per work item.
+  // 2. One (head, block of 4 queries) per work item; the block shares its key and value loads.
+  const int64_t n_blocks = (n_tokens + 3) / 4;
   par([&](int t, int nt) {
     int64_t b, e;
-    ParallelFor::split(a.n_head * n_tokens, t, nt, 1, &b, &e);
-    float* s = scratch.rows.data() + t * scratch.row_stride;
-    float* qh = s + scratch.n_ctx;
+    ParallelFor::split(a.n_head * n_blocks, t, nt, 1, &b, &e);
+    float* s = scratch.rows.data() + t * scratch.row_stride;  // 4 rows of n_ctx
+    float* qh = s + 4 * scratch.n_ctx;                          // 4 rows of head_dim_k
+    float* o4 = qh + 4 * hk;                                    // 4 rows of head_dim_v
     for (int64_t w = b; w < e; ++w) {
-      const int64_t h = w / n_tokens, i = w % n_tokens;
-      const int64_t p = pos0 + i, g = h / group, lo = window(p), n = p + 1 - lo;
-      round_q(qh, h, i);
-      detail::scores(qh, scratch.kt.data() + g * hk * ld + lo, ld, hk, n, s);
-      finish(s, h, i, n, scratch.vf.data() + (g * ld + lo) * hv);
+      const int64_t h = w / n_blocks, i0 = (w % n_blocks) * 4, g = h / group;
+      const int64_t count = n_tokens - i0 < 4 ? n_tokens - i0 : 4;
+      const int64_t lo = window(pos0 + i0), n = pos0 + i0 + count - lo;
+      for (int r = 0; r < 4; ++r) round_q(qh + r * hk, h, i0 + (r < count ? r : count - 1));
+      detail::scores4(qh, hk, scratch.kt.data() + g * hk * ld + lo, ld, n, s, scratch.n_ctx);
+      for (int64_t r = 0; r < 4; ++r) {
+        float* sr = s + r * scratch.n_ctx;
+        const int64_t p = pos0 + i0 + (r < count ? r : count - 1);
+        const int64_t a0 = window(p) - lo, a1 = p + 1 - lo;  // this query's keys [a0, a1)
+        detail::softmax(sr + a0, a1 - a0, a.scale, a.softcap);
+        for (int64_t j = 0; j < a0; ++j) sr[j] = 0.0f;
+        for (int64_t j = a1; j < n; ++j) sr[j] = 0.0f;
+      }
+      detail::mix4(s, scratch.n_ctx, scratch.vf.data() + (g * ld + lo) * hv, hv, n, o4, hv);
+      for (int64_t r = 0; r < count; ++r)
+        std::memcpy(out + (i0 + r) * out_stride + h * hv, o4 + r * hv, static_cast<size_t>(hv) * sizeof(float));
     }
   });
 }
