@@ -11,6 +11,7 @@
 #include "tinyslm/threads.hpp"
 #include "tinyslm/model.hpp"
 #include "tinyslm/kv.hpp"
+#include "tinyslm/moe.hpp"
 #include "tinyslm/forward.hpp"
 #include "tinyslm/tokenizer.hpp"
 #include "tinyslm/chat.hpp"
