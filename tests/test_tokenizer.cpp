@@ -319,18 +319,23 @@ TEST_CASE("fast paths (word caches, SentencePiece cuts) give the plain algorithm
   REQUIRE(pool.size() > 20);
   std::mt19937 rng(7);
   std::string text;
+  const char* specials[] = {"<|user|>", "<|assistant|>", "<|end|>", "<s>", "</s>", "<|eot_id|>",
+                            "<|start_header_id|>", "<|endoftext|>", "<|im_start|>"};
   while (text.size() < 200000) {
     text += pool[rng() % pool.size()];
     text += (rng() % 3 == 0) ? "\n" : " ";
+    if (rng() % 4 == 0) text += specials[rng() % std::size(specials)];
   }
   auto& tune = tinyslm::detail::tokenizer_tuning();
   for (const char* file : {"ggml-vocab-llama-spm.gguf", "ggml-vocab-phi-3.gguf", "ggml-vocab-baichuan.gguf",
-                           "ggml-vocab-gpt-2.gguf", "ggml-vocab-deepseek-llm.gguf", "synth-llama3-tiny-F16.gguf"}) {
+                           "ggml-vocab-gpt-2.gguf", "ggml-vocab-deepseek-llm.gguf", "synth-llama3-tiny-F16.gguf",
+                           "synth-phi3-tiny-F16.gguf", "synth-qwen2-tiny-F16.gguf"}) {
     const Tokenizer* t = tokenizer_for(file);
     REQUIRE(t);
     auto fast = t->encode(text, true, true);
     tune.cache_min_bytes = SIZE_MAX;
     tune.spm_cut = false;
+    tune.special_filter = false;
     auto plain = t->encode(text, true, true);
     tune = tinyslm::detail::TokenizerTuning{};
     REQUIRE(fast);

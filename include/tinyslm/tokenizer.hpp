@@ -657,6 +657,7 @@ inline const ByteUnicodeTable& byte_unicode() {
 struct TokenizerTuning {
   size_t cache_min_bytes = 4096;  // texts at least this long use the per-call word cache
   bool spm_cut = true;            // cut SentencePiece text at spaces no token spans
+  bool special_filter = true;     // skip special tokens whose 3-byte windows the text lacks
 };
 inline TokenizerTuning& tokenizer_tuning() {
   static TokenizerTuning t;
@@ -1249,15 +1250,39 @@ inline Expected<std::vector<int32_t>> Tokenizer::encode(std::string_view text, b
   std::vector<Frag> frags;
   if (!text.empty()) frags.push_back({-1, 0, text.size()});
   if (!text.empty() && !specials_.empty()) {
-    // Cheap pre-filter: only tokens whose first byte occurs in the text can match.
+    // Pre-filters: a token can only occur if its first byte does, and (in long texts) if each
+    // of its 3-byte windows does (a hashed set of the text's 3-byte windows).
     bool present[256] = {};
     for (unsigned char c : text) present[c] = true;
+    std::vector<uint64_t> tri;
+    auto tri_hash = [](const char* p) {
+      const uint32_t v = static_cast<uint32_t>(static_cast<unsigned char>(p[0])) |
+                         static_cast<uint32_t>(static_cast<unsigned char>(p[1])) << 8 |
+                         static_cast<uint32_t>(static_cast<unsigned char>(p[2])) << 16;
+      return (v * 2654435761u) >> 12;  // 20 bits
+    };
+    if (text.size() >= 4096 && detail::tokenizer_tuning().special_filter) {
+      tri.assign((1u << 20) / 64, 0);
+      for (size_t i = 0; i + 3 <= text.size(); ++i) {
+        const uint32_t h = tri_hash(text.data() + i);
+        tri[h >> 6] |= 1ull << (h & 63);
+      }
+    }
+    auto may_occur = [&](std::string_view st) {
+      if (!present[static_cast<unsigned char>(st[0])]) return false;
+      if (tri.empty()) return true;
+      for (size_t i = 0; i + 3 <= st.size(); ++i) {
+        const uint32_t h = tri_hash(st.data() + i);
+        if (!(tri[h >> 6] >> (h & 63) & 1)) return false;
+      }
+      return true;
+    };
     std::vector<Frag> next;
     for (int32_t sid : specials_) {
       const uint16_t a = attrs_[sid];
       if (!parse_special && (a & (token_attr_control | token_attr_unknown))) continue;
       std::string_view st = text_of(sid);
-      if (st.empty() || !present[static_cast<unsigned char>(st[0])]) continue;
+      if (st.empty() || !may_occur(st)) continue;
       bool any = false;
       next.clear();
       for (const Frag& fr : frags) {
