@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "test_support.hpp"
@@ -157,7 +158,9 @@ void compare_to_scalar(TensorType t, int64_t rows, int64_t cols, int64_t n, uint
 }  // namespace
 
 TEST_CASE("every SIMD path equals the scalar reference for every type and odd shape") {
-  INFO("paths on this CPU: " << available_levels().size());
+  std::string names;
+  for (SimdLevel l : available_levels()) names += std::string(" ") + simd_level_name(l);
+  MESSAGE("paths compared on this CPU:" << names);
   uint32_t seed = 100;
   for (TensorType t : kIntTypes) {
     const int64_t bs = tensor_type_info(t).block_size;

@@ -21,7 +21,7 @@
 #if defined(__clang__)
 #define TINYSLM_TARGET_NEON __attribute__((target("dotprod")))
 #else
-#define TINYSLM_TARGET_NEON __attribute__((target("+dotprod")))
+#define TINYSLM_TARGET_NEON __attribute__((target("arch=armv8.2-a+dotprod")))
 #endif
 
 namespace tinyslm {
@@ -78,14 +78,14 @@ TINYSLM_TARGET_NEON inline void decode_chunk(TensorType t, const uint8_t* row, i
           const uint8x16_t l1 = vld1q_u8(b->ql + 64 * h + 32 + 16 * p);
           const uint8x16_t qh = vld1q_u8(b->qh + 32 * h + 16 * p);
           int8_t* oh = o + 128 * h + 16 * p;
-          const uint8x16_t v0 = vorrq_u8(vandq_u8(l0, m4), vshlq_n_u8(vandq_u8(qh, m3), 4));
-          const uint8x16_t v1 = vorrq_u8(vandq_u8(l1, m4), vshlq_n_u8(vandq_u8(vshrq_n_u8(qh, 2), m3), 4));
-          const uint8x16_t v2 = vorrq_u8(vshrq_n_u8(l0, 4), vshlq_n_u8(vandq_u8(vshrq_n_u8(qh, 4), m3), 4));
-          const uint8x16_t v3 = vorrq_u8(vshrq_n_u8(l1, 4), vshlq_n_u8(vshrq_n_u8(qh, 6), 4));
-          vst1q_s8(oh, vsubq_s8(vreinterpretq_s8_u8(v0), off));
-          vst1q_s8(oh + 32, vsubq_s8(vreinterpretq_s8_u8(v1), off));
-          vst1q_s8(oh + 64, vsubq_s8(vreinterpretq_s8_u8(v2), off));
-          vst1q_s8(oh + 96, vsubq_s8(vreinterpretq_s8_u8(v3), off));
+          const uint8x16_t q0 = vorrq_u8(vandq_u8(l0, m4), vshlq_n_u8(vandq_u8(qh, m3), 4));
+          const uint8x16_t q1 = vorrq_u8(vandq_u8(l1, m4), vshlq_n_u8(vandq_u8(vshrq_n_u8(qh, 2), m3), 4));
+          const uint8x16_t q2 = vorrq_u8(vshrq_n_u8(l0, 4), vshlq_n_u8(vandq_u8(vshrq_n_u8(qh, 4), m3), 4));
+          const uint8x16_t q3 = vorrq_u8(vshrq_n_u8(l1, 4), vshlq_n_u8(vshrq_n_u8(qh, 6), 4));
+          vst1q_s8(oh, vsubq_s8(vreinterpretq_s8_u8(q0), off));
+          vst1q_s8(oh + 32, vsubq_s8(vreinterpretq_s8_u8(q1), off));
+          vst1q_s8(oh + 64, vsubq_s8(vreinterpretq_s8_u8(q2), off));
+          vst1q_s8(oh + 96, vsubq_s8(vreinterpretq_s8_u8(q3), off));
         }
       const float d = fp16_to_fp32(b->d);
       for (int g = 0; g < 16; ++g) s[g] = d * static_cast<float>(b->scales[g]);
