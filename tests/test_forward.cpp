@@ -320,3 +320,141 @@ TEST_CASE("forward: bad input is refused without touching the cache") {
   CHECK(!ctx->truncate(7));
   CHECK(!Context::create(*model, {.n_ctx = 0}));
 }
+
+// ---------------------------------------------------------------------------------------
+// ops: SIMD paths against the scalar reference, kernels against plain double formulas.
+
+namespace {
+struct TestRng {
+  uint64_t s;
+  float next() {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<float>((s >> 40) & 0xffffff) / 16777216.0f * 2.0f - 1.0f;
+  }
+};
+}  // namespace
+
+TEST_CASE("ops: exp, activations, norms and RoPE against double formulas") {
+  for (float x = -80.0f; x < 80.0f; x += 0.37f) {
+    const double ref = std::exp(static_cast<double>(x));
+    CHECK(std::fabs(ops::detail::exp_f32(x) - ref) <= 4e-7 * ref);
+  }
+  CHECK(ops::detail::exp_f32(-INFINITY) == 0.0f);
+  CHECK(ops::detail::exp_f32(-200.0f) == 0.0f);
+
+  TestRng rng{7};
+  std::vector<float> g(203), u(203), out(203), ref(203);
+  for (size_t i = 0; i < g.size(); ++i) g[i] = 6 * rng.next(), u[i] = rng.next();
+  ops::silu_mul(g.data(), u.data(), out.data(), 203);
+  for (size_t i = 0; i < g.size(); ++i) {
+    const double x = g[i];
+    CHECK(std::fabs(out[i] - x / (1 + std::exp(-x)) * u[i]) < 1e-5);
+  }
+  ops::gelu_mul(g.data(), u.data(), out.data(), 203);
+  for (size_t i = 0; i < g.size(); ++i) {
+    const double x = g[i];
+    const double ge = 0.5 * x * (1 + std::tanh(0.7978845608028654 * x * (1 + 0.044715 * x * x)));
+    CHECK(std::fabs(out[i] - ge * u[i]) < 1e-5);
+  }
+  // SIMD and scalar builds of the same body agree to rounding.
+  ops::detail::silu_mul_scalar(g.data(), u.data(), ref.data(), 203);
+  ops::silu_mul(g.data(), u.data(), out.data(), 203);
+  for (size_t i = 0; i < g.size(); ++i) CHECK(std::fabs(out[i] - ref[i]) <= 1e-6 * (1 + std::fabs(ref[i])));
+
+  std::vector<float> w(203);
+  for (auto& x : w) x = 1 + 0.1f * rng.next();
+  ops::rms_norm(g.data(), w.data(), out.data(), 203, 1e-6f);
+  double ss = 0;
+  for (float x : g) ss += static_cast<double>(x) * x;
+  const double sc = 1 / std::sqrt(ss / 203 + 1e-6);
+  for (size_t i = 0; i < g.size(); ++i) CHECK(std::fabs(out[i] - g[i] * sc * w[i]) < 1e-5);
+
+  // RoPE: position 7, base 10000, 16 rotated dims of a 20-dim head, llama3-style factors.
+  std::vector<float> ff(8);
+  for (size_t i = 0; i < 8; ++i) ff[i] = 1.0f + static_cast<float>(i);
+  std::vector<float> cs(16);
+  ops::rope_angles(7, 16, 10000.0f, 0.5f, ff.data(), cs.data());
+  for (auto layout : {ops::RopeLayout::normal, ops::RopeLayout::neox}) {
+    std::vector<float> x(20), y;
+    for (auto& v : x) v = rng.next();
+    y = x;
+    ops::rope_apply(y.data(), 1, 20, 16, cs.data(), layout);
+    for (int i = 0; i < 8; ++i) {
+      const double theta = 0.5 * 7 * std::pow(10000.0, -2.0 * i / 16) / ff[static_cast<size_t>(i)];
+      const int a = layout == ops::RopeLayout::normal ? 2 * i : i;
+      const int b = layout == ops::RopeLayout::normal ? 2 * i + 1 : i + 8;
+      CHECK(std::fabs(y[static_cast<size_t>(a)] - (x[static_cast<size_t>(a)] * std::cos(theta) - x[static_cast<size_t>(b)] * std::sin(theta))) < 1e-5);
+      CHECK(std::fabs(y[static_cast<size_t>(b)] - (x[static_cast<size_t>(a)] * std::sin(theta) + x[static_cast<size_t>(b)] * std::cos(theta))) < 1e-5);
+    }
+    for (int i = 16; i < 20; ++i) CHECK(y[static_cast<size_t>(i)] == x[static_cast<size_t>(i)]);
+  }
+}
+
+TEST_CASE("ops: attention (prefill and decode paths) against a double reference") {
+  struct Setup {
+    int64_t n_head, n_head_kv, hd, n_swa;
+    float softcap;
+  };
+  for (Setup su : {Setup{4, 2, 64, 0, 0.0f}, Setup{3, 1, 48, 5, 0.0f}, Setup{2, 2, 128, 0, 10.0f}, Setup{8, 2, 64, 7, 0.0f}}) {
+    CAPTURE(su.hd);
+    CAPTURE(su.n_swa);
+    const int64_t n_tok = 23, ctx = 32, hd = su.hd;
+    ops::AttentionShape a{su.n_head, su.n_head_kv, hd, hd, 1.0f / std::sqrt(static_cast<float>(hd)), su.softcap, su.n_swa};
+    TestRng rng{static_cast<uint64_t>(hd * 31 + su.n_swa)};
+    std::vector<float> q(static_cast<size_t>(n_tok * su.n_head * hd)), kf(static_cast<size_t>(su.n_head_kv * ctx * hd)),
+        vf(kf.size());
+    for (auto& x : q) x = 2 * rng.next();
+    for (auto& x : kf) x = 2 * rng.next();
+    for (auto& x : vf) x = rng.next();
+    std::vector<uint16_t> k16(kf.size()), v16(vf.size());
+    for (size_t i = 0; i < kf.size(); ++i) {
+      k16[i] = fp32_to_fp16(kf[i]);
+      v16[i] = fp32_to_fp16(vf[i]);
+      kf[i] = fp16_to_fp32(k16[i]);
+      vf[i] = fp16_to_fp32(v16[i]);
+    }
+    // Reference: plain softmax attention in double.
+    const int64_t width = su.n_head * hd;
+    std::vector<double> ref(static_cast<size_t>(n_tok * width));
+    for (int64_t i = 0; i < n_tok; ++i)
+      for (int64_t h = 0; h < su.n_head; ++h) {
+        const int64_t g = h / (su.n_head / su.n_head_kv);
+        const int64_t lo = su.n_swa > 0 ? std::max<int64_t>(0, i - su.n_swa + 1) : 0;
+        std::vector<double> sc;
+        for (int64_t j = lo; j <= i; ++j) {
+          double d = 0;
+          for (int64_t c = 0; c < hd; ++c)
+            d += static_cast<double>(q[static_cast<size_t>((i * su.n_head + h) * hd + c)]) * kf[static_cast<size_t>((g * ctx + j) * hd + c)];
+          d *= a.scale;
+          if (su.softcap > 0) d = su.softcap * std::tanh(d / su.softcap);
+          sc.push_back(d);
+        }
+        double mx = *std::max_element(sc.begin(), sc.end()), sum = 0;
+        for (auto& x : sc) sum += (x = std::exp(x - mx));
+        for (int64_t c = 0; c < hd; ++c) {
+          double o = 0;
+          for (int64_t j = lo; j <= i; ++j) o += sc[static_cast<size_t>(j - lo)] / sum * vf[static_cast<size_t>((g * ctx + j) * hd + c)];
+          ref[static_cast<size_t>(i * width + h * hd + c)] = o;
+        }
+      }
+    ops::AttentionScratch scratch;
+    REQUIRE(scratch.reserve(a, ctx, 2));
+    ThreadPool pool(2);
+    // Prefill: all 23 queries at once (4-query blocks and a tail of 3).
+    std::vector<float> out(static_cast<size_t>(n_tok * width));
+    ops::attention(a, q.data(), width, n_tok, 0, k16.data(), v16.data(), ctx, out.data(), width, scratch, pool.parallel());
+    // Decode: one query at a time.
+    std::vector<float> out1(out.size());
+    for (int64_t i = 0; i < n_tok; ++i)
+      ops::attention(a, q.data() + i * width, width, 1, i, k16.data(), v16.data(), ctx, out1.data() + i * width, width,
+                     scratch, ParallelFor{});
+    double e_pre = 0, e_dec = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+      e_pre = std::max(e_pre, std::fabs(out[i] - ref[i]));
+      e_dec = std::max(e_dec, std::fabs(out1[i] - ref[i]));
+    }
+    // fp16 rounding of Q and of the probabilities (as llama.cpp) bounds the difference.
+    CHECK(e_pre < 2e-3);
+    CHECK(e_dec < 2e-3);
+  }
+}
