@@ -1059,14 +1059,14 @@ inline Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
     }
   };
   find_first(t.eot_, {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
-                      "<EOT>", "_<EOT>", "[EOT]", "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+                      "<EOT>", "_<EOT>", "[EOT]", ("<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"),
                       "<end_of_utterance>"});
   find_first(t.eom_, {"<|eom_id|>"});
-  find_first(fim_pre, {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>",
+  find_first(fim_pre, {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", ("<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>"),
                        "<PRE>", "\xe2\x96\x81<PRE>", "<|code_prefix|>", "<|prefix|>"});
-  find_first(fim_suf, {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81hole\xef\xbd\x9c>",
+  find_first(fim_suf, {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", ("<\xef\xbd\x9c" "fim\xe2\x96\x81hole\xef\xbd\x9c>"),
                        "<SUF>", "\xe2\x96\x81<SUF>", "<|code_suffix|>", "<|suffix|>"});
-  find_first(fim_mid, {"<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>",
+  find_first(fim_mid, {"<|fim_middle|>", "<fim-middle>", "<fim_middle>", ("<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>"),
                        "<MID>", "\xe2\x96\x81<MID>", "<|code_middle|>", "<|middle|>"});
   find_first(fim_pad, {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"});
   find_first(fim_rep, {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"});
@@ -1079,7 +1079,7 @@ inline Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
       "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
       "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
       "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
-      "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>", "[e~["};
+      ("<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"), "[e~["};
   for (int32_t i = 0; i < n; ++i) {
     std::string_view s = t.text_of(i);
     if (s.size() < 3 || s.size() > 40) continue;
@@ -1704,9 +1704,7 @@ inline Expected<std::string> Tokenizer::decode(std::span<const int32_t> ids, Dec
     if (!valid(id))
       return make_error(Errc::out_of_range, "decode: token id " + std::to_string(id) +
                                                 " is outside the vocabulary (size " + std::to_string(n_vocab()) + ")");
-    const size_t before = out.size();
     append_piece(out, id, opt.render_special, strip);
-    (void)before;
     strip = false;
   }
   if (opt.clean_spaces && clean_spaces_) clean_up_spaces(out);
