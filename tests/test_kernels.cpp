@@ -376,3 +376,32 @@ TEST_CASE("the scalar reference dot equals the float dot of quant.hpp's dequanti
     CHECK_MESSAGE(std::fabs(got - want) <= bound, tensor_type_name(t) << ": " << got << " vs " << want);
   }
 }
+
+TEST_CASE("activations quantized once serve several matrices (matmul_quantized)") {
+  const int64_t cols = 256, n = 9;
+  const auto x = random_acts(n, cols, 31);
+  const auto wq = random_matrix(TensorType::Q4_0, 40, cols, 32);
+  const auto wk = random_matrix(TensorType::Q8_0, 24, cols, 33);
+  const auto wk4 = random_matrix(TensorType::Q4_K, 8, cols, 34);
+  for (SimdLevel l : available_levels()) {
+    REQUIRE(set_simd_level(l));
+    ThreadPool pool(2);
+    MatmulScratch s;
+    std::vector<float> yq(n * 40), yk(n * 24), ref_q(n * 40), ref_k(n * 24);
+    REQUIRE(quantize_activations(TensorType::Q4_0, x.data(), n, cols, s, pool.parallel()));
+    REQUIRE(matmul_quantized({TensorType::Q4_0, wq.data(), 40, cols}, n, yq.data(), 40, s, pool.parallel()));
+    REQUIRE(matmul_quantized({TensorType::Q8_0, wk.data(), 24, cols}, n, yk.data(), 24, s, pool.parallel()));
+    // A type with another activation format, another n or another row length is refused.
+    auto st = matmul_quantized({TensorType::Q4_K, wk4.data(), 8, cols}, n, yk.data(), 24, s, pool.parallel());
+    CHECK(!st);
+    if (!st) CHECK(st.error().code() == Errc::invalid_argument);
+    CHECK(!matmul_quantized({TensorType::Q8_0, wk.data(), 24, cols}, n - 1, yk.data(), 24, s, pool.parallel()));
+    CHECK(!matmul_quantized({TensorType::Q8_0, wk.data(), 12, cols / 2}, n, yk.data(), 24, s, pool.parallel()));
+    MatmulScratch s2;
+    REQUIRE(matmul({TensorType::Q4_0, wq.data(), 40, cols}, x.data(), n, ref_q.data(), 40, s2, pool.parallel()));
+    REQUIRE(matmul({TensorType::Q8_0, wk.data(), 24, cols}, x.data(), n, ref_k.data(), 24, s2, pool.parallel()));
+    CHECK(std::memcmp(yq.data(), ref_q.data(), yq.size() * 4) == 0);
+    CHECK(std::memcmp(yk.data(), ref_k.data(), yk.size() * 4) == 0);
+    reset_simd_level();
+  }
+}

@@ -176,6 +176,7 @@ class MatmulScratch {
           !acts_.allocate(static_cast<size_t>(nn)))
         return alloc_failed();
       xf_.release();
+      q_fmt_ = -1;
       cap_n_ = nn;
       cap_k_ = kk;
       fill_rows();
@@ -186,6 +187,18 @@ class MatmulScratch {
     }
     return {};
   }
+
+  // What quantize_activations last stored (format id, rows, row length, tiles built).
+  void set_quantized(int fmt, int64_t n, int64_t k, bool tiled) {
+    q_fmt_ = fmt;
+    q_n_ = n;
+    q_k_ = k;
+    q_tiled_ = tiled;
+  }
+  int quantized_format() const { return q_fmt_; }
+  int64_t quantized_n() const { return q_n_; }
+  int64_t quantized_cols() const { return q_k_; }
+  bool quantized_tiled() const { return q_tiled_; }
 
   // The activation rows, one per token (valid after ensure / reserve).
   const detail::ActRow* rows() const { return acts_.data(); }
@@ -279,9 +292,23 @@ class MatmulScratch {
   int64_t tiles_n_ = 0, tiles_k_ = 0;
 #endif
   int64_t cap_n_ = 0, cap_k_ = 0;
+  int q_fmt_ = -1;
+  int64_t q_n_ = 0, q_k_ = 0;
+  bool q_tiled_ = false;
 };
 
 namespace detail {
+
+// Row lengths must be whole blocks of the weight type and of its activation type.
+inline Status check_cols(TensorType t, int64_t cols) {
+  const auto& info = tensor_type_info(t);
+  const int64_t act_block = act_format_for(t) == ActFormat::q8_k ? 256 : 32;
+  const int64_t need_block = is_integer_weight_type(t) ? act_block : 1;
+  if (cols % need_block != 0 || cols % static_cast<int64_t>(info.block_size) != 0)
+    return make_error(Errc::invalid_argument, std::string("matmul: row length ") + std::to_string(cols) +
+                                                  " is not a multiple of the " + tensor_type_name(t) + " block size");
+  return {};
+}
 
 // Rows [r0, r1) of y for all n tokens on one path.
 inline void matmul_rows(SimdLevel level, const MatrixRef& w, int64_t row_bytes, const MatmulScratch& s, bool tiled,
@@ -322,60 +349,97 @@ inline void matmul_rows(SimdLevel level, const MatrixRef& w, int64_t row_bytes, 
 // Rows are handed to threads in multiples of this (the GEMM tile height).
 inline constexpr int64_t kMatmulRowGrain = 16;
 
-// y[i * ldy + r] = sum_k W[r][k] * x[i * cols + k] for i < n, r < rows. x is n rows of
-// w.cols floats; ldy >= w.rows. Same result for any thread count.
-inline Status matmul(const MatrixRef& w, const float* x, int64_t n, float* y, int64_t ldy, MatmulScratch& scratch,
-                     const ParallelFor& par) {
+namespace detail {
+inline Status check_matrix(const MatrixRef& w) {
   if (!matmul_supports(w.type))
     return make_error(Errc::unsupported, std::string("matmul: weight type ") + tensor_type_name(w.type) +
                                              " is not supported");
-  if (w.rows < 0 || w.cols < 0 || n < 0) return make_error(Errc::invalid_argument, "matmul: negative size");
-  if (n == 0 || w.rows == 0) return {};
-  const auto& info = tensor_type_info(w.type);
-  const int64_t act_block = detail::act_format_for(w.type) == detail::ActFormat::q8_k ? 256 : 32;
-  const int64_t need_block = detail::is_integer_weight_type(w.type) ? act_block : 1;
-  if (w.cols == 0 || w.cols % need_block != 0 || w.cols % static_cast<int64_t>(info.block_size) != 0)
-    return make_error(Errc::invalid_argument, std::string("matmul: row length ") + std::to_string(w.cols) +
-                                                  " is not a multiple of the " + tensor_type_name(w.type) +
-                                                  " block size");
-  if (!w.data || !x || !y) return make_error(Errc::invalid_argument, "matmul: null pointer");
-  if (ldy < w.rows) return make_error(Errc::invalid_argument, "matmul: ldy is smaller than the row count");
-  uint64_t row_bytes = 0;
-  if (!tensor_row_bytes(w.type, static_cast<uint64_t>(w.cols), &row_bytes))
-    return make_error(Errc::invalid_argument, "matmul: bad row length");
-  const detail::ActFormat fmt = detail::act_format_for(w.type);
-  if (auto st = scratch.ensure(n, w.cols, detail::act_format_is_float(fmt)); !st) return st.error();
+  if (w.rows < 0 || w.cols <= 0)
+    return make_error(Errc::invalid_argument, "matmul: bad matrix shape " + std::to_string(w.rows) + " x " +
+                                                  std::to_string(w.cols));
+  if (!w.data) return make_error(Errc::invalid_argument, "matmul: null weights");
+  return check_cols(w.type, w.cols);
+}
+}  // namespace detail
 
+// Quantizes n rows of `cols` activations into `scratch`, in the format that weights of
+// `weight_type` pair with (activation_type_for). matmul_quantized() then multiplies them
+// with any matrix whose type has the same activation type and whose row length is `cols`,
+// e.g. the Q, K and V projections of one input quantized once.
+inline Status quantize_activations(TensorType weight_type, const float* x, int64_t n, int64_t cols,
+                                   MatmulScratch& scratch, const ParallelFor& par) {
+  if (!matmul_supports(weight_type))
+    return make_error(Errc::unsupported, std::string("matmul: weight type ") + tensor_type_name(weight_type) +
+                                             " is not supported");
+  if (n < 0 || cols <= 0) return make_error(Errc::invalid_argument, "matmul: bad activation shape");
+  if (auto st = detail::check_cols(weight_type, cols); !st) return st.error();
+  if (n > 0 && !x) return make_error(Errc::invalid_argument, "matmul: null activations");
+  const detail::ActFormat fmt = detail::act_format_for(weight_type);
+  if (auto st = scratch.ensure(n, cols, detail::act_format_is_float(fmt)); !st) return st.error();
   const SimdLevel level = active_simd_level();
   const bool simd_quant = level == SimdLevel::avx2 || level == SimdLevel::avx512;
-  const int64_t k = w.cols;
-  // Quantize the activations once (tokens split over threads), then the rows.
   par([&](int t, int nt) {
     int64_t b, e;
     ParallelFor::split(n, t, nt, 1, &b, &e);
-    for (int64_t i = b; i < e; ++i) scratch.quantize(fmt, i, x + i * k, k, simd_quant);
+    for (int64_t i = b; i < e; ++i) scratch.quantize(fmt, i, x + i * cols, cols, simd_quant);
   });
   bool tiled = false;
 #if defined(TINYSLM_KERNELS_X86)
   // AVX-512 GEMM: interleave the quantized tokens 8 at a time.
-  if (level == SimdLevel::avx512 && n >= detail::x86::kGemmMinTokens && detail::is_integer_weight_type(w.type)) {
-    if (auto st = scratch.ensure_tiles(n, k); !st) return st.error();
+  if (level == SimdLevel::avx512 && n >= detail::x86::kGemmMinTokens && !detail::act_format_is_float(fmt)) {
+    if (auto st = scratch.ensure_tiles(n, cols); !st) return st.error();
     const int64_t ntiles = (n + detail::x86::kTileTokens - 1) / detail::x86::kTileTokens;
     par([&](int t, int nt) {
       int64_t b, e;
       ParallelFor::split(ntiles, t, nt, 1, &b, &e);
-      for (int64_t ti = b; ti < e; ++ti) scratch.build_tile(ti, n, k);
+      for (int64_t ti = b; ti < e; ++ti) scratch.build_tile(ti, n, cols);
     });
     tiled = true;
   }
 #endif
-  const MatmulScratch& s = scratch;
+  scratch.set_quantized(static_cast<int>(fmt), n, cols, tiled);
+  return {};
+}
+
+// y[i * ldy + r] = sum_k W[r][k] * a[i][k] for the n activation rows last quantized into
+// `scratch` by quantize_activations (n must match, and w's type must pair with the same
+// activation type, and w.cols with the quantized row length).
+inline Status matmul_quantized(const MatrixRef& w, int64_t n, float* y, int64_t ldy, const MatmulScratch& scratch,
+                               const ParallelFor& par) {
+  if (auto st = detail::check_matrix(w); !st) return st.error();
+  if (n < 0) return make_error(Errc::invalid_argument, "matmul: negative token count");
+  if (n == 0 || w.rows == 0) return {};
+  if (!y) return make_error(Errc::invalid_argument, "matmul: null output");
+  if (ldy < w.rows) return make_error(Errc::invalid_argument, "matmul: ldy is smaller than the row count");
+  if (scratch.quantized_format() != static_cast<int>(detail::act_format_for(w.type)) || scratch.quantized_n() != n ||
+      scratch.quantized_cols() != w.cols)
+    return make_error(Errc::invalid_argument, std::string("matmul: the scratch does not hold ") + std::to_string(n) +
+                                                  " activation rows of " + std::to_string(w.cols) + " values for " +
+                                                  tensor_type_name(w.type) + " weights");
+  uint64_t row_bytes = 0;
+  if (!tensor_row_bytes(w.type, static_cast<uint64_t>(w.cols), &row_bytes))
+    return make_error(Errc::invalid_argument, "matmul: bad row length");
+  const SimdLevel level = active_simd_level();
+  const bool tiled = scratch.quantized_tiled() && level == SimdLevel::avx512;
   par([&](int t, int nt) {
     int64_t b, e;
     ParallelFor::split(w.rows, t, nt, kMatmulRowGrain, &b, &e);
-    if (b < e) detail::matmul_rows(level, w, static_cast<int64_t>(row_bytes), s, tiled, n, y, ldy, b, e);
+    if (b < e) detail::matmul_rows(level, w, static_cast<int64_t>(row_bytes), scratch, tiled, n, y, ldy, b, e);
   });
   return {};
+}
+
+// y[i * ldy + r] = sum_k W[r][k] * x[i * cols + k] for i < n, r < rows. x is n rows of
+// w.cols floats; ldy >= w.rows. Same result for any thread count.
+inline Status matmul(const MatrixRef& w, const float* x, int64_t n, float* y, int64_t ldy, MatmulScratch& scratch,
+                     const ParallelFor& par) {
+  if (auto st = detail::check_matrix(w); !st) return st.error();
+  if (n < 0) return make_error(Errc::invalid_argument, "matmul: negative token count");
+  if (n == 0 || w.rows == 0) return {};
+  if (!x || !y) return make_error(Errc::invalid_argument, "matmul: null pointer");
+  if (ldy < w.rows) return make_error(Errc::invalid_argument, "matmul: ldy is smaller than the row count");
+  if (auto st = quantize_activations(w.type, x, n, w.cols, scratch, par); !st) return st.error();
+  return matmul_quantized(w, n, y, ldy, scratch, par);
 }
 
 }  // namespace v0
