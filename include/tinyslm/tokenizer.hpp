@@ -440,6 +440,18 @@ inline bool in_ranges(uint32_t c, const uint32_t (*r)[2], size_t n) {
     if (c >= r[i][0] && c <= r[i][1]) return true;
   return false;
 }
+// Same for a list sorted by start with no overlaps (binary search).
+inline bool in_sorted_ranges(uint32_t c, const uint32_t (*r)[2], size_t n) {
+  size_t lo = 0, hi = n;
+  while (lo < hi) {
+    const size_t mid = (lo + hi) / 2;
+    if (r[mid][1] < c)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < n && c >= r[lo][0];
+}
 // Latin/Greek/Cyrillic/... letter set of DeepSeek-LLM's second split rule.
 inline constexpr uint32_t deepseek_letters[][2] = {
     {0x41, 0x5a}, {0x61, 0x7a}, {0xb5, 0xb5}, {0xc0, 0xd6}, {0xd8, 0xf6}, {0xf8, 0x1ba}, {0x1bc, 0x1bf},
@@ -516,8 +528,12 @@ inline size_t match_rule(Rule r, const CpView& v, size_t pos) {
     case Rule::ds_punct: {
       auto ok = [&](size_t i) {
         const uint32_t ch = wc(i);
-        return r == Rule::ds_letters ? in_ranges(ch, deepseek_letters, std::size(deepseek_letters))
-                                     : in_ranges(ch, deepseek_punct, std::size(deepseek_punct));
+        if (r == Rule::ds_letters) {
+          if (ch < 128) return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z');
+          return in_sorted_ranges(ch, deepseek_letters, std::size(deepseek_letters));
+        }
+        if (ch < 128) return (ch >= 0x21 && ch <= 0x2f) || (ch >= 0x3a && ch <= 0x7e);
+        return in_ranges(ch, deepseek_punct, std::size(deepseek_punct));
       };
       // \s? is greedy: take the space when the class follows it, else try without it.
       if (rx_space(wc(p), 0) && p + 1 < v.end && ok(p + 1)) {
