@@ -16,3 +16,4 @@
 #include "tinyslm/tokenizer.hpp"
 #include "tinyslm/chat.hpp"
 #include "tinyslm/sampler.hpp"
+#include "tinyslm/session.hpp"
