@@ -286,6 +286,87 @@ TEST_CASE("bad input never crashes and gives clear results") {
   }
 }
 
+namespace {
+// A small vocabulary written with our own GGUF writer.
+std::vector<uint8_t> make_vocab(const std::string& model, const std::vector<std::string>& tokens,
+                                const std::vector<std::string>& merges, const std::vector<int32_t>& types,
+                                const std::vector<float>& scores, const std::string& pre = "") {
+  tinyslm::GgufWriter w;
+  w.set_string("general.architecture", "llama");
+  w.set_string("tokenizer.ggml.model", model);
+  if (!pre.empty()) w.set_string("tokenizer.ggml.pre", pre);
+  w.set_array_strings("tokenizer.ggml.tokens", tokens);
+  if (!merges.empty()) w.set_array_strings("tokenizer.ggml.merges", merges);
+  if (!types.empty()) w.set_array<int32_t>("tokenizer.ggml.token_type", tinyslm::GgufValueType::i32, types);
+  if (!scores.empty()) w.set_array<float>("tokenizer.ggml.scores", tinyslm::GgufValueType::f32, scores);
+  return w.to_bytes();
+}
+tinyslm::Expected<Tokenizer> load_vocab(const std::vector<uint8_t>& bytes) {
+  auto f = tinyslm::GgufFile::from_source(tinyslm::Source::borrow(bytes.data(), bytes.size(), "vocab"));
+  if (!f) return f.error();
+  return Tokenizer::from_gguf(*f);
+}
+}  // namespace
+
+TEST_CASE("malformed tokenizer metadata gives clear errors") {
+  using tinyslm::Errc;
+  const std::vector<std::string> toks = {"<unk>", "<s>", "</s>", "a", "b", "ab"};
+  // Unsupported tokenizer model and pre-tokenizer.
+  auto t1 = load_vocab(make_vocab("t5", toks, {}, {}, {}));
+  REQUIRE(!t1);
+  CHECK(t1.error().code() == Errc::unsupported);
+  auto t2 = load_vocab(make_vocab("gpt2", toks, {"a b"}, {}, {}, "no-such-pre"));
+  REQUIRE(!t2);
+  CHECK(t2.error().code() == Errc::unsupported);
+  // BPE without merges.
+  auto t3 = load_vocab(make_vocab("gpt2", toks, {}, {}, {}, "gpt-2"));
+  REQUIRE(!t3);
+  CHECK(t3.error().code() == Errc::not_found);
+  // Too few scores / token types.
+  auto t4 = load_vocab(make_vocab("llama", toks, {}, {}, {0.f, 1.f}));
+  REQUIRE(!t4);
+  CHECK(t4.error().code() == Errc::invalid_format);
+  auto t5 = load_vocab(make_vocab("llama", toks, {}, {2, 3}, {}));
+  REQUIRE(!t5);
+  CHECK(t5.error().code() == Errc::invalid_format);
+  // Empty vocabulary.
+  auto t6 = load_vocab(make_vocab("llama", {}, {}, {}, {}));
+  REQUIRE(!t6);
+  CHECK(t6.error().code() == Errc::invalid_format);
+  // A tokens key of the wrong type.
+  {
+    tinyslm::GgufWriter w;
+    w.set_string("tokenizer.ggml.model", "llama");
+    w.set_u32("tokenizer.ggml.tokens", 5);
+    const auto bytes = w.to_bytes();
+    auto t = load_vocab(bytes);
+    REQUIRE(!t);
+    CHECK(t.error().code() == Errc::type_mismatch);
+  }
+}
+
+TEST_CASE("tiny SentencePiece vocabulary: scores decide merges, bytes fall back") {
+  // ids: 0 <unk>, 1 <s>, 2 </s>, 3 ▁, 4 a, 5 b, 6 ab, 7 ▁a, 8 <0x0A>, 9 <0xC3>, 10 <0xA9>
+  const std::vector<std::string> toks = {"<unk>", "<s>", "</s>", "\xe2\x96\x81", "a", "b", "ab", "\xe2\x96\x81" "a",
+                                         "<0x0A>", "<0xC3>", "<0xA9>"};
+  const std::vector<int32_t> types = {2, 3, 3, 1, 1, 1, 1, 1, 6, 6, 6};
+  // "▁a" scores higher than "ab": "▁ab" becomes ▁a + b.
+  auto t = load_vocab(make_vocab("llama", toks, {}, types, {0, 0, 0, -1, -2, -2, -3, -1.5f, 0, 0, 0}));
+  REQUIRE(t);
+  CHECK(*t->encode("ab", false, false) == std::vector<int32_t>{7, 5});
+  CHECK(*t->encode("ab", true, false) == std::vector<int32_t>{1, 7, 5});
+  // An unknown character becomes its UTF-8 bytes (é = C3 A9), a missing byte token <unk>.
+  CHECK(*t->encode("\xc3\xa9\n", false, false) == std::vector<int32_t>{3, 9, 10, 8});
+  CHECK(*t->encode("z", false, false) == std::vector<int32_t>{3, 0});
+  CHECK(*t->decode(std::vector<int32_t>{7, 5, 9, 10}) == "ab\xc3\xa9");
+  // Special tokens only with parse_special; a space is put after them.
+  CHECK(*t->encode("</s>a", false, true) == std::vector<int32_t>{2, 7});
+  CHECK(t->is_eog(2));
+  CHECK(t->bos() == 1);
+  CHECK(t->eos() == 2);
+  CHECK(t->add_bos());
+}
+
 TEST_CASE("1 MB input stays fast (no quadratic merge loop)") {
   if (tinyslm_test::shared_file("models/vocab/ggml-vocab-llama-spm.gguf").empty()) return;
   const Tokenizer* spm = tokenizer_for("ggml-vocab-llama-spm.gguf");
