@@ -203,6 +203,21 @@ struct MoeLayerWeights {
   int64_t n_embd() const { return router.cols; }
 };
 
+// Weight bytes one decode step of this layer's FFN reads: the router, the k selected
+// experts' gate, up and down matrices, and the shared expert (for the bench's "bytes read
+// per token" against the model's active-parameter size).
+inline uint64_t moe_decode_bytes(const MoeConfig& cfg, const MoeLayerWeights& w) {
+  auto bytes = [](const MatrixRef& m) -> uint64_t {
+    uint64_t rb = 0;
+    if (!m.data || !tensor_row_bytes(m.type, static_cast<uint64_t>(m.cols), &rb)) return 0;
+    return rb * static_cast<uint64_t>(m.rows);
+  };
+  uint64_t n = bytes(w.router);
+  n += static_cast<uint64_t>(cfg.n_expert_used) * (w.gate.expert_bytes() + w.up.expert_bytes() + w.down.expert_bytes());
+  n += bytes(w.shared_gate) + bytes(w.shared_up) + bytes(w.shared_down) + bytes(w.shared_gate_inp);
+  return n;
+}
+
 namespace detail {
 
 // "[a, b, c]" (built by appending: GCC 12 warns falsely on "[" + std::string temporaries).
