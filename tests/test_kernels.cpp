@@ -145,7 +145,7 @@ void compare_to_scalar(TensorType t, int64_t rows, int64_t cols, int64_t n, uint
         const double bound =
             4.0 * double(cols) * 5.96e-8 * magnitude_bound(t, w.data() + r * row_bytes, cols, x.data() + i * cols) + 1e-6;
         if (!(std::fabs(double(got) - want) <= bound)) {
-          FAIL_CHECK(tensor_type_name(t) << " path " << simd_level_name(l) << " rows " << rows << " cols " << cols
+          FAIL_CHECK(std::string(tensor_type_name(t)) << " path " << std::string(simd_level_name(l)) << " rows " << rows << " cols " << cols
                                          << " n " << n << " at (" << i << "," << r << "): " << got << " vs " << want
                                          << " bound " << bound);
           return;

@@ -378,11 +378,16 @@ inline Status quantize_activations(TensorType weight_type, const float* x, int64
   if (auto st = scratch.ensure(n, cols, detail::act_format_is_float(fmt)); !st) return st.error();
   const SimdLevel level = active_simd_level();
   const bool simd_quant = level == SimdLevel::avx2 || level == SimdLevel::avx512;
-  par([&](int t, int nt) {
-    int64_t b, e;
-    ParallelFor::split(n, t, nt, 1, &b, &e);
-    for (int64_t i = b; i < e; ++i) scratch.quantize(fmt, i, x + i * cols, cols, simd_quant);
-  });
+  // A few tokens (decode) are quantized on the calling thread: cheaper than waking the pool.
+  if (n * cols <= 32768) {
+    for (int64_t i = 0; i < n; ++i) scratch.quantize(fmt, i, x + i * cols, cols, simd_quant);
+  } else {
+    par([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(n, t, nt, 1, &b, &e);
+      for (int64_t i = b; i < e; ++i) scratch.quantize(fmt, i, x + i * cols, cols, simd_quant);
+    });
+  }
   bool tiled = false;
 #if defined(TINYSLM_KERNELS_X86)
   // AVX-512 GEMM: interleave the quantized tokens 8 at a time.

@@ -533,7 +533,7 @@ TINYSLM_TARGET_AVX512 inline void gemv_row_legacy(const uint8_t* row, int64_t k,
   }
   for (int i = 0; i < N; ++i) {
     float r = _mm512_reduce_add_ps(acc[i]);
-    if constexpr (has_min) r += hsum256(_mm256_castps128_ps256(accm[i]));
+    if constexpr (has_min) r += hsum256(_mm256_zextps128_ps256(accm[i]));
     out[i] = r;
   }
 }
