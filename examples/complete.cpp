@@ -4,7 +4,8 @@
 //            [--temp T] [--top-k K] [--top-p P] [--seed S] [--no-bos]
 //            [--json [--top-logits K]] [--ids]
 //
-// --temp 0 is greedy (lowest id wins ties, as llama.cpp's golden runs). --json prints one JSON
+// --temp 0 is greedy (lowest id wins ties, as llama.cpp's golden runs); otherwise the
+// sampler layer's top-k / top-p / temperature chain with the given seed. --json prints one JSON
 // object (prompt_ids, top_logits at the last prompt position, ids, text, timings) instead of
 // streaming text; --ids prints the generated ids on a last line.
 #include <algorithm>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "tinyslm.hpp"
+#include "tinyslm/sampler.hpp"
 #include "tinyslm/tokenizer.hpp"
 
 using namespace tinyslm;
@@ -52,61 +54,6 @@ std::string json_escape(const std::string& s) {
     }
   }
   return out;
-}
-
-// Seeded generator (splitmix64) so a seed gives the same text on every platform.
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return static_cast<double>(next() >> 11) * (1.0 / 9007199254740992.0); }
-};
-
-int32_t greedy(std::span<const float> lg) {
-  int32_t best = 0;
-  for (size_t i = 1; i < lg.size(); ++i)
-    if (lg[i] > lg[static_cast<size_t>(best)]) best = static_cast<int32_t>(i);
-  return best;
-}
-
-int32_t sample(std::span<const float> lg, float temp, int top_k, float top_p, Rng& rng,
-               std::vector<std::pair<float, int32_t>>& cand) {
-  if (temp <= 0.0f) return greedy(lg);
-  cand.clear();
-  for (size_t i = 0; i < lg.size(); ++i) cand.emplace_back(lg[i], static_cast<int32_t>(i));
-  const size_t k = top_k > 0 ? std::min<size_t>(static_cast<size_t>(top_k), cand.size()) : cand.size();
-  std::partial_sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(k), cand.end(),
-                    [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
-  cand.resize(k);
-  double sum = 0;
-  for (auto& c : cand) {
-    c.first = static_cast<float>(std::exp((c.first - cand[0].first) / temp));
-    sum += c.first;
-  }
-  size_t keep = cand.size();
-  if (top_p < 1.0f) {
-    double acc = 0;
-    for (size_t i = 0; i < cand.size(); ++i) {
-      acc += cand[i].first / sum;
-      if (acc >= top_p) {
-        keep = i + 1;
-        break;
-      }
-    }
-    cand.resize(keep);
-    sum = 0;
-    for (auto& c : cand) sum += c.first;
-  }
-  double r = rng.uniform() * sum;
-  for (const auto& c : cand) {
-    r -= c.first;
-    if (r <= 0) return c.second;
-  }
-  return cand.back().second;
 }
 
 }  // namespace
@@ -229,14 +176,23 @@ int main(int argc, char** argv) {
     top.resize(k);
   }
 
-  Rng rng{seed};
-  std::vector<std::pair<float, int32_t>> cand;
+  SamplerParams sp;
+  sp.temperature = temp;
+  sp.top_k = top_k;
+  sp.top_p = top_p;
+  sp.min_p = 0.0f;
+  sp.seed = seed;
+  auto sampler = Sampler::create(static_cast<int32_t>(model->hparams().n_vocab), sp);
+  if (!sampler) {
+    std::fprintf(stderr, "complete: %s\n", sampler.error().message().c_str());
+    return 1;
+  }
   std::vector<int32_t> out_ids;
   std::string text;
   std::unique_ptr<StreamDecoder> stream;
   if (tok) stream = std::make_unique<StreamDecoder>(*tok);
   for (int s = 0; s < n_predict; ++s) {
-    const int32_t id = sample(logits, temp, top_k, top_p, rng, cand);
+    const int32_t id = sampler->sample(logits);
     out_ids.push_back(id);
     if (stream) {
       auto piece = stream->push(id);

@@ -35,6 +35,7 @@ class Context {
  public:
   static Expected<Context> create(const Model& model, const ContextParams& params = {});
 
+  Context() = default;  // empty: assign the result of create() before use
   Context(Context&&) = default;
   Context& operator=(Context&&) = default;
 
@@ -56,12 +57,11 @@ class Context {
   void reset() { kv_.clear(); }
 
   const Model& model() const { return *model_; }
-  int n_threads() const { return pool_->size(); }
+  int n_threads() const { return pool_ ? pool_->size() : 0; }
   const ContextParams& params() const { return params_; }
   KvCache& kv() { return kv_; }
 
  private:
-  Context() = default;
   const HParams& hp() const { return model_->hparams(); }
   Status forward_chunk(const int32_t* tokens, int64_t n, bool last_chunk);
 
@@ -116,6 +116,7 @@ inline Expected<Context> Context::create(const Model& model, const ContextParams
 }
 
 inline Expected<std::span<const float>> Context::eval(std::span<const int32_t> tokens) {
+  if (!model_) return make_error(Errc::invalid_argument, "eval: the context was not created");
   const HParams& h = hp();
   if (tokens.empty()) return make_error(Errc::invalid_argument, "eval: no tokens");
   for (size_t i = 0; i < tokens.size(); ++i)
