@@ -843,4 +843,10 @@ TEST_CASE("moe_ffn and MoeScratch: bad arguments") {
   st = moe_ffn(c, bad, x.data(), 3, out.data(), s, pool1.parallel());
   REQUIRE(!st);
   CHECK(st.error().code() == Errc::unsupported);
+  // Stacked experts whose row size does not match their type (a hand-made MoeExperts).
+  bad = L.w;
+  bad.down.row_bytes += 4;
+  st = moe_ffn(c, bad, x.data(), 1, out.data(), s, pool1.parallel());
+  REQUIRE(!st);
+  CHECK(st.error().code() == Errc::invalid_argument);
 }

@@ -483,6 +483,14 @@ inline Status moe_check(const MoeConfig& cfg, const MoeLayerWeights& w, const fl
       w.gate.cols != E || w.up.n_expert != cfg.n_expert || w.up.rows != cfg.expert_ff || w.up.cols != E ||
       w.down.n_expert != cfg.n_expert || w.down.rows != E || w.down.cols != cfg.expert_ff)
     return make_error(Errc::invalid_argument, "moe_ffn: weight shapes do not match the config");
+  for (const MoeExperts* x3 : {&w.gate, &w.up, &w.down}) {
+    if (!matmul_supports(x3->type))
+      return make_error(Errc::unsupported, std::string("moe_ffn: expert weight type ") + tensor_type_name(x3->type) +
+                                               " is not supported");
+    uint64_t rb = 0;
+    if (!tensor_row_bytes(x3->type, static_cast<uint64_t>(x3->cols), &rb) || rb != x3->row_bytes)
+      return make_error(Errc::invalid_argument, "moe_ffn: expert row size does not match the weight type");
+  }
   if (cfg.shared_expert &&
       (!w.shared_gate.data || !w.shared_up.data || !w.shared_down.data || w.shared_gate.rows != cfg.shared_ff ||
        w.shared_up.rows != cfg.shared_ff || w.shared_down.cols != cfg.shared_ff || w.shared_down.rows != E ||
