@@ -268,10 +268,6 @@ enum class PreTokenizer {
   starcoder,       // starcoder, refact, command-r, smollm, codeshell, exaone, minerva
 };
 
-struct Span {
-  size_t begin, end;
-};
-
 // Flags at position i of [begin,end) or 0 outside it.
 struct CpView {
   const uint32_t* cps;
