@@ -242,6 +242,19 @@ TEST_CASE("family detection, fallback and custom templates") {
   CHECK(*q.apply({{"user", "x"}, {"assistant", "<think>\nhm\n</think>\n\nyes"}, {"user", "y"}}, false) ==
         "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\nyes<|im_end|>\n<|im_start|>user\ny<|im_end|>\n");
 
+  // SmolLM2's chatml template carries a default system prompt, used when none is given.
+  const ChatTemplate smol = ChatTemplate::from_string(
+      "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+      "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+      "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+      "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}");
+  CHECK(smol.kind() == K::chatml);
+  CHECK(*smol.apply({{"user", "Hi"}}, true) ==
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  CHECK(*smol.apply({{"system", "S"}, {"user", "Hi"}}, false) ==
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+
   // Llama 3.1+: the date line can be set.
   ChatTemplate l = ChatTemplate::from_string("<|start_header_id|><|end_header_id|>Cutting Knowledge Date");
   l.set_date_string("01 Jan 2026");
