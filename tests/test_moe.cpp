@@ -760,6 +760,19 @@ TEST_CASE("read_moe_config: good file, key overrides, bad metadata") {
     auto c = read_moe_config(*f);
     REQUIRE(c);
     CHECK(c->expert_ff == 32);
+    CHECK(!c->shared_expert);  // the shared-length key is ignored outside qwen2moe, as in llama.cpp
+  }
+  p = {};
+  p.arch = "llama";
+  {
+    MemFile m = make_file(p);
+    auto f = m.open();
+    REQUIRE(f);
+    auto c = read_moe_config(*f);
+    REQUIRE(c);
+    CHECK(c->expert_ff == 64);  // llama (Mixtral) experts are feed_forward_length wide
+    CHECK(c->norm_weights);
+    CHECK(!c->shared_expert);
   }
 }
 

@@ -64,8 +64,9 @@ struct MoeConfig {
 struct MoeArchInfo {
   const char* name;
   bool norm_weights;
-  bool ff_from_expert_key;   // expert_feed_forward_length, else feed_forward_length / k
-  bool shared_expert;        // shared expert required
+  bool ff_from_expert_key;   // expert_feed_forward_length, else feed_forward_length / k;
+                             // false: feed_forward_length is the expert width
+  bool shared_expert;        // the family has a shared expert (required)
   bool shared_gated;
 };
 
@@ -132,12 +133,16 @@ inline Expected<MoeConfig> read_moe_config(const GgufFile& f) {
   if (!n_ff) return n_ff.error();
   auto ff_key = detail::moe_int_key(f, a + ".expert_feed_forward_length", 0);
   if (!ff_key) return ff_key.error();
-  if (*ff_key > 0) c.expert_ff = *ff_key;
-  else c.expert_ff = info->ff_from_expert_key ? *n_ff / c.n_expert_used : *n_ff;
+  // qwen2moe/qwen3moe: expert_feed_forward_length, else feed_forward_length / k; llama and
+  // olmoe: feed_forward_length is the expert width (llama.cpp does not read the expert key).
+  if (info->ff_from_expert_key) c.expert_ff = *ff_key > 0 ? *ff_key : *n_ff / c.n_expert_used;
+  else c.expert_ff = *n_ff;
 
   auto sh = detail::moe_int_key(f, a + ".expert_shared_feed_forward_length", 0);
   if (!sh) return sh.error();
-  c.shared_expert = info->shared_expert || *sh > 0;
+  // Only the families whose graph has a shared expert get one (llama.cpp's llama graph ignores
+  // ffn_*_shexp tensors and the shared-length key).
+  c.shared_expert = info->shared_expert;
   c.shared_gated = info->shared_gated;
   if (c.shared_expert) c.shared_ff = *sh > 0 ? *sh : *n_ff;
   if (c.expert_ff <= 0 || c.expert_ff > (int64_t{1} << 22) || (c.shared_expert && (c.shared_ff <= 0 || c.shared_ff > (int64_t{1} << 22))))
