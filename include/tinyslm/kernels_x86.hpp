@@ -671,6 +671,177 @@ inline bool gemv_fused_avx512(TensorType t, int64_t n, const uint8_t* data, int6
 }
 
 // ---------------------------------------------------------------------------------------
+// AVX2 fused GEMV for the common types. Without VNNI, maddubs multiplies unsigned by signed
+// bytes into saturating int16 pairs, so the weights enter as their unsigned codes q (at most
+// 63 here, so no pair can saturate) and the offset is taken out exactly afterwards:
+// sum (q - off) a = sum q a - off * sum a, with sum a from the activation's sums of 16.
+// Q8_0 uses the sign trick instead (|w| x sign(a, w), at most 2 * 128 * 127).
+
+TINYSLM_TARGET_AVX2 inline __m256i madd_u8s8(__m256i u, __m256i s) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+// Adds an int32 to lane 0 (lanes are summed later, so this adds it to the total).
+TINYSLM_TARGET_AVX2 inline __m256i add_lane0(__m256i v, int32_t c) {
+  return _mm256_add_epi32(v, _mm256_zextsi128_si256(_mm_cvtsi32_si128(c)));
+}
+
+template <TensorType T, int N>
+TINYSLM_TARGET_AVX2 inline void gemv_row_legacy_avx2(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
+  constexpr int bb = T == TensorType::Q8_0 ? 34 : T == TensorType::Q5_0 ? 22 : 18;
+  __m256 acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < k / 32; ++b) {
+    const uint8_t* p = row + b * bb;
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    const float d = f16_scalar(h);
+    __m256i q;
+    int off = 0;
+    if constexpr (T == TensorType::Q8_0) {
+      q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
+    } else if constexpr (T == TensorType::Q5_0) {
+      uint32_t qh;
+      std::memcpy(&qh, p + 2, 4);
+      q = _mm256_or_si256(nibbles32(p + 6), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
+      off = 16;
+    } else {
+      q = nibbles32(p + 2);
+      off = 8;
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < N; ++i) {
+      const ActRow& a = acts[i];
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + b * 32));
+      __m256i t;
+      if constexpr (T == TensorType::Q8_0) {
+        t = madd_u8s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(av, q));
+      } else {
+        t = add_lane0(madd_u8s8(q, av), -off * (a.sum16[2 * b] + a.sum16[2 * b + 1]));
+      }
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * a.da32[b]), acc[i]);
+    }
+  }
+  for (int i = 0; i < N; ++i) out[i] = hsum256(acc[i]);
+}
+
+template <TensorType T, int N>
+TINYSLM_TARGET_AVX2 inline void gemv_row_k_avx2(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
+  __m256 acc[N];
+  float accs[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps(), accs[i] = 0.f;
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t b = 0; b < k / 256; ++b) {
+    const int64_t v = b * 256;
+    if constexpr (T == TensorType::Q4_K) {
+      const auto* blk = reinterpret_cast<const BlockQ4_K*>(row + b * sizeof(BlockQ4_K));
+      const float d = f16_scalar(blk->d), dmin = f16_scalar(blk->dmin);
+      uint8_t sc[8], mn[8];
+      unpack_scales_k4(blk->scales, sc, mn);
+      __m256i q[8];
+      for (int c = 0; c < 4; ++c) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qs + 32 * c));
+        q[2 * c] = _mm256_and_si256(x, m4);
+        q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+      }
+#pragma GCC unroll 4
+      for (int i = 0; i < N; ++i) {
+        const ActRow& a = acts[i];
+        __m256i isum = _mm256_setzero_si256();
+        int32_t ms = 0;
+        for (int j = 0; j < 8; ++j) {
+          const __m256i t = madd_u8s8(q[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + v + 32 * j)));
+          isum = _mm256_add_epi32(isum, _mm256_mullo_epi32(t, _mm256_set1_epi32(sc[j])));
+          ms += mn[j] * (a.sum16[v / 16 + 2 * j] + a.sum16[v / 16 + 2 * j + 1]);
+        }
+        const float da = a.da16[v / 16];
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * da), acc[i]);
+        accs[i] -= dmin * da * static_cast<float>(ms);
+      }
+    } else {  // Q6_K
+      const auto* blk = reinterpret_cast<const BlockQ6_K*>(row + b * sizeof(BlockQ6_K));
+      const float d = f16_scalar(blk->d);
+      const __m256i m3 = _mm256_set1_epi8(3);
+      __m256i q[8];
+      for (int h = 0; h < 2; ++h) {
+        const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->ql + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->ql + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qh + 32 * h));
+        q[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+        q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+        q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+        q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+      }
+      // Per-lane scales: lanes 0-3 of vector j cover values 32 j .. 32 j + 15 (group 2 j).
+      const __m256i sc16 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->scales)));
+      const __m256i sc16b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->scales + 8)));
+#pragma GCC unroll 4
+      for (int i = 0; i < N; ++i) {
+        const ActRow& a = acts[i];
+        __m256i isum = _mm256_setzero_si256();
+        for (int j = 0; j < 8; ++j) {
+          const int g = 2 * j;
+          const __m256i t = madd_u8s8(q[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + v + 32 * j)));
+          const __m256i src = j < 4 ? sc16 : sc16b;
+          const int gl = g % 8;
+          const __m256i scl = _mm256_permutevar8x32_epi32(src, _mm256_setr_epi32(gl, gl, gl, gl, gl + 1, gl + 1, gl + 1, gl + 1));
+          // the -32 offset of each group of 16, weighted by its scale
+          const int32_t corr = -32 * (blk->scales[g] * a.sum16[v / 16 + g] + blk->scales[g + 1] * a.sum16[v / 16 + g + 1]);
+          isum = add_lane0(_mm256_add_epi32(isum, _mm256_mullo_epi32(t, scl)), corr);
+        }
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * a.da16[v / 16]), acc[i]);
+      }
+    }
+  }
+  for (int i = 0; i < N; ++i) out[i] = hsum256(acc[i]) + accs[i];
+}
+
+template <TensorType T, int N>
+TINYSLM_TARGET_AVX2 inline void gemv_rows_fused_avx2(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
+                                                     float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  float out[N];
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = data + r * row_bytes;
+    if constexpr (T == TensorType::Q4_K || T == TensorType::Q6_K)
+      gemv_row_k_avx2<T, N>(row, k, acts, out);
+    else
+      gemv_row_legacy_avx2<T, N>(row, k, acts, out);
+    for (int i = 0; i < N; ++i) y[i * ldy + r] = out[i];
+  }
+}
+
+template <TensorType T>
+inline bool gemv_fused_avx2_n(int64_t n, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, float* y,
+                              int64_t ldy, int64_t r0, int64_t r1) {
+  // Tokens 4 at a time, so each block is unpacked once per 4 tokens.
+  for (int64_t i0 = 0; i0 < n; i0 += 4) {
+    float* yi = y + i0 * ldy;
+    switch (n - i0 < 4 ? n - i0 : 4) {
+      case 1: gemv_rows_fused_avx2<T, 1>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+      case 2: gemv_rows_fused_avx2<T, 2>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+      case 3: gemv_rows_fused_avx2<T, 3>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+      default: gemv_rows_fused_avx2<T, 4>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+    }
+  }
+  return true;
+}
+
+inline bool gemv_fused_avx2(TensorType t, int64_t n, const uint8_t* data, int64_t row_bytes, int64_t k,
+                            const ActRow* acts, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if (n > 8) return false;  // more tokens: the decoded-chunk path reuses a decode for 16 tokens
+  switch (t) {
+    case TensorType::Q4_0: return gemv_fused_avx2_n<TensorType::Q4_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q5_0: return gemv_fused_avx2_n<TensorType::Q5_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q8_0: return gemv_fused_avx2_n<TensorType::Q8_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q4_K: return gemv_fused_avx2_n<TensorType::Q4_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q6_K: return gemv_fused_avx2_n<TensorType::Q6_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    default: return false;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // AVX-512 VNNI GEMM on interleaved 16-row panels.
 
 struct alignas(64) Panel {
@@ -950,8 +1121,10 @@ inline bool matmul_rows(bool avx512, TensorType t, const uint8_t* data, int64_t 
     return true;
   }
   if (!is_integer_weight_type(t)) return false;
-  if (!avx512)
-    int_rows_gemv_avx2(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  if (!avx512) {
+    if (!gemv_fused_avx2(t, n, data, row_bytes, k, acts, y, ldy, r0, r1))
+      int_rows_gemv_avx2(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  }
   else if (tiles)
     int_rows_gemm_avx512(t, data, row_bytes, k, tiles, n, y, ldy, r0, r1);
   else if (!gemv_fused_avx512(t, n, data, row_bytes, k, acts, y, ldy, r0, r1))
