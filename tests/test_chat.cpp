@@ -255,6 +255,32 @@ TEST_CASE("family detection, fallback and custom templates") {
   CHECK(*smol.apply({{"system", "S"}, {"user", "Hi"}}, false) ==
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
 
+  // TinyLlama-chat / Zephyr: turns end with the EOS text (Jinja with trim_blocks keeps the
+  // newline after each expression).
+  const ChatTemplate tiny = ChatTemplate::from_string(
+      "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
+      "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+      "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
+      "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}",
+      "<s>", "</s>", true, false);
+  CHECK(tiny.kind() == K::zephyr);
+  CHECK(*tiny.apply({{"system", "S"}, {"user", "Hi"}}, true) == "<|system|>\nS</s>\n<|user|>\nHi</s>\n<|assistant|>\n");
+
+  // Meta's Llama-2-chat template.
+  const ChatTemplate l2 = ChatTemplate::from_string(
+      "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
+      "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+      "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ "
+      "raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if "
+      "loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + "
+      "'\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if "
+      "message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] "
+      "== 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}",
+      "<s>", "</s>", true, false);
+  CHECK(l2.kind() == K::llama2);
+  CHECK(*l2.apply({{"system", "S"}, {"user", "Hi "}, {"assistant", " Yo"}, {"user", "Q"}}, true) ==
+        "[INST] <<SYS>>\nS\n<</SYS>>\n\nHi [/INST] Yo </s><s>[INST] Q [/INST]");
+
   // Llama 3.1+: the date line can be set.
   ChatTemplate l = ChatTemplate::from_string("<|start_header_id|><|end_header_id|>Cutting Knowledge Date");
   l.set_date_string("01 Jan 2026");

@@ -110,6 +110,8 @@ class ChatTemplate {
   bool phi3_system_ = true;        // Phi-3.5 takes system turns; Phi-3-mini merges them
   bool template_bos_ = false;      // the template writes bos_token first
   bool phi3_eos_at_end_ = false;   // Phi-3.5: eos_token when no generation prompt
+  bool zephyr_eos_ = false;        // turns end with eos_token rather than <|endoftext|>
+  bool llama2_official_ = false;   // Llama-2-chat: BOS before each [INST], spaces around replies
   std::string default_system_;     // chatml variants: system prompt used when none is given
   std::string date_ = "26 Jul 2024";
   bool enable_thinking_ = true;
@@ -239,6 +241,8 @@ inline ChatTemplate ChatTemplate::from_string(std::string_view s, std::string bo
       t.llama2_bos_in_history_ = has("bos_token + '[INST]");
       t.llama2_strip_ = has("content.strip()");
       if (t.llama2_strip_ || t.llama2_bos_in_history_) t.llama2_sys_ = true;
+      t.llama2_official_ = has("bos_token + '[INST] ' + content.strip() + ' [/INST]'") &&
+                           has("' '  + content.strip() + ' ' + eos_token");
     }
   } else if (has("<|assistant|>") && has("<|end|>")) {
     t.kind_ = Kind::phi3;
@@ -247,8 +251,11 @@ inline ChatTemplate ChatTemplate::from_string(std::string_view s, std::string bo
     t.phi3_eos_at_end_ = has("eos_token");
   } else if (has("<|assistant|>") && has("<|user|>") && has("</s>")) {
     t.kind_ = Kind::falcon3;
-  } else if (has("<|user|>") && has("<|endoftext|>")) {
+  } else if (has("<|user|>") && (has("<|endoftext|>") || (has("<|assistant|>") && has("eos_token")))) {
+    // Zephyr / TinyLlama-chat: turns end with eos_token ("</s>"), or with <|endoftext|> in the
+    // StableLM variant.
     t.kind_ = Kind::zephyr;
+    t.zephyr_eos_ = !has("<|endoftext|>");
   } else if (has("<start_of_turn>")) {
     t.kind_ = Kind::gemma;
     t.gemma_system_ = has("first_user_prefix");
@@ -379,6 +386,28 @@ inline Expected<std::string> ChatTemplate::render(std::span<const ChatMessage> m
       if (gen) o += "<|im_start|>assistant<|im_sep|>";
       break;
     case Kind::llama2: {
+      if (llama2_official_) {
+        // Meta's Llama-2-chat template: the system block joins the first user message, every
+        // user turn starts with BOS, replies are " reply </s>".
+        size_t first = 0;
+        std::string system;
+        if (!msgs.empty() && msgs[0].role == "system") {
+          system = msgs[0].content;
+          first = 1;
+        }
+        for (size_t i = first; i < msgs.size(); ++i) {
+          const ChatMessage& m = msgs[i];
+          if ((m.role == "user") != ((i - first) % 2 == 0))
+            return make_error(Errc::invalid_argument, "llama2 chat template: roles must alternate user/assistant");
+          std::string content = m.content;
+          if (i == first && first == 1) content = "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content;
+          if (m.role == "user")
+            o += bos_ + "[INST] " + chat_trim(content) + " [/INST]";
+          else if (m.role == "assistant")
+            o += " " + chat_trim(content) + " " + eos_;
+        }
+        break;
+      }
       bool inside = true;
       o += "[INST] ";
       for (const auto& m : msgs) {
@@ -525,7 +554,8 @@ inline Expected<std::string> ChatTemplate::render(std::span<const ChatMessage> m
       break;
     }
     case Kind::zephyr:
-      for (const auto& m : msgs) o += "<|" + m.role + "|>\n" + m.content + "<|endoftext|>\n";
+      for (const auto& m : msgs)
+        o += "<|" + m.role + "|>\n" + m.content + (zephyr_eos_ ? eos_ : std::string("<|endoftext|>")) + "\n";
       if (gen) o += "<|assistant|>\n";
       break;
     case Kind::falcon3:
