@@ -19,6 +19,11 @@
 
 #include <tinyslm.hpp>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define KB_HAVE_VNNI_PEAK 1
+#endif
+
 using namespace tinyslm;
 using Clock = std::chrono::steady_clock;
 
@@ -60,6 +65,31 @@ double read_bandwidth(ThreadPool& pool, const std::vector<uint64_t>& buf, double
       budget);
   return static_cast<double>(buf.size() * 8) / t / 1e9;
 }
+
+#if defined(KB_HAVE_VNNI_PEAK)
+// int8 VNNI peak: 24 independent vpdpbusd chains on zmm registers (128 ops each).
+__attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) int64_t vnni_spin(int64_t iters) {
+  __m512i acc[24];
+  for (int i = 0; i < 24; ++i) acc[i] = _mm512_set1_epi32(i);
+  __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 24
+    for (int i = 0; i < 24; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+    __asm__("" : "+v"(a));
+  }
+  __m512i s = acc[0];
+  for (int i = 1; i < 24; ++i) s = _mm512_add_epi32(s, acc[i]);
+  return _mm512_reduce_add_epi32(s);
+}
+
+double vnni_peak_gops(ThreadPool& pool, double budget) {
+  const int64_t iters = 2000000;
+  std::vector<int64_t> sink(static_cast<size_t>(pool.size()));
+  const double t = best_time([&] { pool.run([&](int ti, int) { sink[static_cast<size_t>(ti)] = vnni_spin(iters); }); },
+                             budget);
+  return 24.0 * 128.0 * static_cast<double>(iters) * pool.size() / t / 1e9;
+}
+#endif
 
 std::vector<uint8_t> random_weights(TensorType t, int64_t rows, int64_t cols, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -150,12 +180,22 @@ int main(int argc, char** argv) {
   }
   big.clear();
   big.shrink_to_fit();
+  std::vector<double> peak(thread_counts.size(), 0.0);
+#if defined(KB_HAVE_VNNI_PEAK)
+  if (detect_cpu_features().has_avx512_vnni()) {
+    for (size_t ti = 0; ti < thread_counts.size(); ++ti) {
+      ThreadPool pool(thread_counts[ti]);
+      peak[ti] = vnni_peak_gops(pool, budget);
+      std::printf("int8 VNNI peak (vpdpbusd zmm), %d thread(s): %.0f GOP/s\n", thread_counts[ti], peak[ti]);
+    }
+  }
+#endif
 
   struct Shape {
     int64_t rows, cols;
   };
   const Shape gemv_shapes[] = {{4096, 4096}, {49152, 576}};
-  std::printf("\n| type | GEMV 4096x4096 GB/s (t=%s) | ratio | GEMV 49152x576 GB/s | ratio | GEMM 512 tok GOP/s |\n",
+  std::printf("\n| type | GEMV 4096x4096 GB/s (t=%s) | ratio | GEMV 49152x576 GB/s | ratio | GEMM 512 tok GOP/s (%% of VNNI peak) |\n",
               thread_counts.size() > 1 ? "1 / 2" : "1");
   std::printf("| --- | --- | --- | --- | --- | --- |\n");
   for (TensorType t : types) {
@@ -209,7 +249,11 @@ int main(int argc, char** argv) {
             [&] { (void)matmul({t, w.data(), rows, cols}, x.data(), n, y.data(), rows, scratch, pool.parallel()); },
             budget, 2);
         char buf[64];
-        std::snprintf(buf, sizeof buf, "%s%.0f", ti ? " / " : "", 2.0 * rows * cols * n / tm / 1e9);
+        const double gops = 2.0 * rows * cols * n / tm / 1e9;
+        if (peak[ti] > 0)
+          std::snprintf(buf, sizeof buf, "%s%.0f (%.0f%%)", ti ? " / " : "", gops, 100.0 * gops / peak[ti]);
+        else
+          std::snprintf(buf, sizeof buf, "%s%.0f", ti ? " / " : "", gops);
         cells[4] += buf;
       }
     }
