@@ -67,6 +67,9 @@ double read_bandwidth(ThreadPool& pool, const std::vector<uint64_t>& buf, double
 }
 
 #if defined(KB_HAVE_VNNI_PEAK)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"  // GCC 12 inside _mm512_reduce_add_epi32
+#endif
 // int8 VNNI peak: 24 independent vpdpbusd chains on zmm registers (128 ops each).
 __attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) int64_t vnni_spin(int64_t iters) {
   __m512i acc[24];

@@ -4,16 +4,22 @@
 // flags and the dispatcher in kernels.hpp only calls a path after detect_cpu_features()
 // said the CPU has it.
 //
-// Integer weights go through the canonical decode of kernels_scalar.hpp (int8 weights plus
-// a float scale per 16 values and a min per group), done here with SIMD for the common
-// types, one chunk of a row at a time in L1:
-//  - GEMV (few tokens): decoded chunk times each token; AVX-512 uses VNNI (vpdpbusd) on
-//    unsigned bytes w + 128 with the exact integer correction -128 * sum(a) precomputed per
-//    4 activations; AVX2 uses the sign trick (maddubs(|w|, sign(a, w))), exact as well.
+// Integer weights:
+//  - GEMV, few tokens (n < 4 on AVX-512, n <= 8 on AVX2), for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/
+//    IQ4_NL/Q4_K/Q5_K/Q6_K (AVX2: Q4_0/Q5_0/Q8_0/Q4_K/Q6_K): fused kernels that unpack each
+//    block in registers and dot it with every token. AVX-512 uses VNNI (vpdpbusd) on
+//    unsigned bytes u = w + 128 with the exact integer correction -128 * sum(a) (corr4,
+//    precomputed per 4 activations); AVX2 uses maddubs on the unsigned codes and removes the
+//    offset exactly with the activation's sums of 16 (Q8_0: the sign trick).
+//  - The other types, and more tokens on AVX2, go through the canonical decode of
+//    kernels_scalar.hpp (SIMD for the common types), one 512-value chunk of a row at a time
+//    in L1, reused for up to 16 tokens.
 //  - GEMM (AVX-512, n >= kGemmMinTokens): a panel of 16 rows is decoded and interleaved so
 //    one zmm holds 4 consecutive bytes of each of the 16 rows; the micro-kernel broadcasts
-//    4 activation bytes per vpdpbusd and keeps 8 tokens x 16 rows of float accumulators in
-//    registers, so scales are applied once per group of 16/32 values per (row, token).
+//    4 activation bytes of a token per vpdpbusd (tokens interleaved 8 at a time, TokenTile)
+//    and keeps 8 tokens x 16 rows of accumulators in registers, so scales are applied once
+//    per group of 16/32 values per (row, token). Panels are built on the fly from the GGUF
+//    bytes (no repacked copy of the weights: no extra memory, no load-time cost).
 // Float weights (F32/F16/BF16) use a 4-row x up-to-4-token dot-product tile.
 #pragma once
 
