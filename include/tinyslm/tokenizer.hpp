@@ -21,11 +21,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <deque>
 #include <span>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -76,24 +74,34 @@ inline bool unicode_is_space_slow(uint32_t cp) {
   return false;
 }
 
-struct UnicodeAsciiTable {
-  uint8_t flags[128];
-  UnicodeAsciiTable() {
-    for (uint32_t c = 0; c < 128; ++c)
-      flags[c] = static_cast<uint8_t>(unicode_class_slow(c) | (unicode_is_space_slow(c) ? uflag_space : 0) |
-                                      uflag_valid);
+inline uint8_t unicode_flags_slow(uint32_t cp) {
+  if (cp >= 0x110000) return static_cast<uint8_t>(uflag_valid);
+  uint8_t f = unicode_class_slow(cp) | uflag_valid;
+  if (unicode_is_space_slow(cp)) f |= uflag_space;
+  return f;
+}
+
+// Flags of the Basic Multilingual Plane, expanded once (64 KiB) on first use.
+struct UnicodeBmpTable {
+  uint8_t flags[0x10000];
+  UnicodeBmpTable() {
+    // Walk the class ranges once instead of searching per code point.
+    constexpr size_t n = sizeof(unicode_class_ranges) / sizeof(unicode_class_ranges[0]);
+    for (size_t r = 0; r < n; ++r) {
+      const uint32_t begin = unicode_class_ranges[r] >> 3;
+      if (begin >= 0x10000) break;
+      const uint32_t end = r + 1 < n ? std::min<uint32_t>(unicode_class_ranges[r + 1] >> 3, 0x10000) : 0x10000;
+      for (uint32_t c = begin; c < end; ++c) flags[c] = static_cast<uint8_t>((unicode_class_ranges[r] & 7) | uflag_valid);
+    }
+    for (uint32_t s : unicode_white_space)
+      if (s < 0x10000) flags[s] |= uflag_space;
   }
 };
 
 inline uint8_t unicode_flags(uint32_t cp) {
-  static const UnicodeAsciiTable ascii;
-  if (cp < 128) return ascii.flags[cp];
-  if (cp >= 0x110000) return static_cast<uint8_t>(uflag_valid);
-  uint8_t f = unicode_class_slow(cp) | uflag_valid;
-  if ((cp >= 0x2000 && cp <= 0x200A) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 || cp == 0x2028 ||
-      cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000)
-    f |= uflag_space;
-  return f;
+  static const UnicodeBmpTable bmp;
+  if (cp < 0x10000) return bmp.flags[cp];
+  return unicode_flags_slow(cp);
 }
 inline uint8_t uclass(uint8_t flags) { return flags & 7; }
 inline bool uis_letter(uint8_t f) { return (f & 7) == ucls_letter; }
@@ -676,6 +684,59 @@ inline TokenizerTuning& tokenizer_tuning() {
   return t;
 }
 
+// Word -> ids memo for one encode call (open addressing; keys copied into an arena).
+class WordCache {
+ public:
+  // Ids remembered for this word, or nullptr.
+  const int32_t* find(std::string_view w, uint32_t* n) const {
+    if (slots_.empty()) return nullptr;
+    const uint64_t h = hash_bytes(w.data(), w.size());
+    for (size_t i = h & (slots_.size() - 1);; i = (i + 1) & (slots_.size() - 1)) {
+      const Slot& sl = slots_[i];
+      if (sl.key_len == empty) return nullptr;
+      if (sl.hash == h && sl.key_len == w.size() && std::memcmp(arena_.data() + sl.key_off, w.data(), w.size()) == 0) {
+        *n = sl.ids_len;
+        return ids_.data() + sl.ids_off;
+      }
+    }
+  }
+  void insert(std::string_view w, const int32_t* ids, size_t n) {
+    if ((used_ + 1) * 2 > slots_.size()) grow();
+    const uint64_t h = hash_bytes(w.data(), w.size());
+    Slot sl{h, static_cast<uint32_t>(arena_.size()), static_cast<uint32_t>(w.size()),
+            static_cast<uint32_t>(ids_.size()), static_cast<uint32_t>(n)};
+    arena_.insert(arena_.end(), w.begin(), w.end());
+    ids_.insert(ids_.end(), ids, ids + n);
+    place(sl);
+    ++used_;
+  }
+
+ private:
+  static constexpr uint32_t empty = 0xFFFFFFFFu;
+  struct Slot {
+    uint64_t hash;
+    uint32_t key_off, key_len, ids_off, ids_len;
+  };
+  std::vector<Slot> slots_;
+  std::vector<char> arena_;
+  std::vector<int32_t> ids_;
+  size_t used_ = 0;
+  void place(const Slot& sl) {
+    for (size_t i = sl.hash & (slots_.size() - 1);; i = (i + 1) & (slots_.size() - 1)) {
+      if (slots_[i].key_len == empty) {
+        slots_[i] = sl;
+        return;
+      }
+    }
+  }
+  void grow() {
+    std::vector<Slot> old = std::move(slots_);
+    slots_.assign(old.empty() ? 1024 : old.size() * 2, Slot{0, 0, empty, 0, 0});
+    for (const Slot& sl : old)
+      if (sl.key_len != empty) place(sl);
+  }
+};
+
 // Working memory of the SentencePiece merge, reused across the words of one encode call.
 struct SpmWork {
   struct Sym {
@@ -694,8 +755,7 @@ struct SpmWork {
   };
   std::vector<Sym> syms;
   std::vector<Bigram> heap;
-  std::unordered_map<std::string_view, std::pair<uint32_t, uint32_t>> cache;  // chunk -> ids in cached
-  std::vector<int32_t> cached;
+  WordCache cache;  // chunk -> ids
 };
 
 }  // namespace detail
@@ -1060,15 +1120,11 @@ inline Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
   // Tokens llama.cpp recognises by their text (first match in id order), made control.
   auto find_first = [&](int32_t& id, std::initializer_list<const char*> names) {
     if (id != no_token) return;
-    for (int32_t i = 0; i < n && id == no_token; ++i) {
-      std::string_view s = t.text_of(i);
-      for (const char* name : names)
-        if (s == name) {
-          id = i;
-          t.attrs_[i] |= token_attr_control;
-          break;
-        }
+    for (const char* name : names) {
+      const int32_t i = t.find_token(name);
+      if (i >= 0 && (id == no_token || i < id)) id = i;
     }
+    if (id != no_token) t.attrs_[id] |= token_attr_control;
   };
   find_first(t.eot_, {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
                       "<EOT>", "_<EOT>", "[EOT]", ("<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"),
@@ -1092,15 +1148,11 @@ inline Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
       "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
       "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
       ("<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"), "[e~["};
-  for (int32_t i = 0; i < n; ++i) {
-    std::string_view s = t.text_of(i);
-    if (s.size() < 3 || s.size() > 40) continue;
-    for (const char* name : eog_names)
-      if (s == name) {
-        t.eog_.push_back(i);
-        t.attrs_[i] |= token_attr_control;
-        break;
-      }
+  for (const char* name : eog_names) {
+    const int32_t i = t.find_token(name);
+    if (i < 0) continue;
+    t.eog_.push_back(i);
+    t.attrs_[i] |= token_attr_control;
   }
   std::sort(t.eog_.begin(), t.eog_.end());
   t.eog_.erase(std::unique(t.eog_.begin(), t.eog_.end()), t.eog_.end());
@@ -1330,20 +1382,16 @@ inline Expected<std::vector<int32_t>> Tokenizer::encode(std::string_view text, b
   bool prev_special = true;  // SPM: a space goes before the text and after each special token
   std::string buf;
   detail::SpmWork spm_work;
-  std::deque<std::string> spm_bufs;  // keeps cached chunk keys alive
   auto spm_chunk = [&](std::string_view chunk, bool cacheable) {
     if (cacheable && chunk.size() <= 64) {
-      auto it = spm_work.cache.find(chunk);
-      if (it != spm_work.cache.end()) {
-        out.insert(out.end(), spm_work.cached.begin() + it->second.first,
-                   spm_work.cached.begin() + it->second.first + it->second.second);
+      uint32_t n = 0;
+      if (const int32_t* ids = spm_work.cache.find(chunk, &n)) {
+        out.insert(out.end(), ids, ids + n);
         return;
       }
       const size_t start = out.size();
       encode_spm(chunk, out, spm_work);
-      spm_work.cache.emplace(chunk, std::make_pair(static_cast<uint32_t>(spm_work.cached.size()),
-                                                   static_cast<uint32_t>(out.size() - start)));
-      spm_work.cached.insert(spm_work.cached.end(), out.begin() + static_cast<std::ptrdiff_t>(start), out.end());
+      spm_work.cache.insert(chunk, out.data() + start, out.size() - start);
       return;
     }
     encode_spm(chunk, out, spm_work);
@@ -1368,14 +1416,9 @@ inline Expected<std::vector<int32_t>> Tokenizer::encode(std::string_view text, b
         }
         // Cut before each "\u2581" that no token joins to the character before it; the pieces
         // merge independently, so the result is that of the whole text, only faster. In long
-        // texts the pieces (words) repeat, so their ids are remembered; the cache keys point
-        // into this fragment's buffer, which is kept alive until the end of the call.
+        // texts the pieces (words) repeat, so their ids are remembered.
         const bool cacheable = buf.size() >= detail::tokenizer_tuning().cache_min_bytes;
-        if (cacheable) {
-          spm_bufs.push_back(std::move(buf));
-          buf = std::string();
-        }
-        const std::string& cur = cacheable ? spm_bufs.back() : buf;
+        const std::string& cur = buf;
         {
           // Walk the symbols exactly as encode_spm forms them (by lead-byte length).
           size_t start = 0, prev_sym = 0, pos = 0;
@@ -1507,8 +1550,7 @@ inline void Tokenizer::encode_bpe(std::string_view text, std::vector<int32_t>& o
   const auto& tab = detail::byte_unicode();
   // Long texts repeat words: remember each short word's ids for the rest of this call.
   const bool use_cache = text.size() >= detail::tokenizer_tuning().cache_min_bytes;
-  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> cache;  // word -> (offset, count) in cached
-  std::vector<int32_t> cached;
+  detail::WordCache cache;
   size_t cp_pos = 0;
   for (size_t wlen : words) {
     bytes.clear();
@@ -1517,25 +1559,22 @@ inline void Tokenizer::encode_bpe(std::string_view text, std::vector<int32_t>& o
     const size_t out_start = out.size();
     const bool cacheable = use_cache && bytes.size() <= 48;
     if (cacheable) {
-      auto it = cache.find(bytes);
-      if (it != cache.end()) {
-        out.insert(out.end(), cached.begin() + it->second.first, cached.begin() + it->second.first + it->second.second);
+      uint32_t n = 0;
+      if (const int32_t* ids = cache.find(bytes, &n)) {
+        out.insert(out.end(), ids, ids + n);
         continue;
       }
     }
     struct Remember {  // on every exit from this word's body: cache what it produced
       bool on;
-      std::unordered_map<std::string, std::pair<uint32_t, uint32_t>>& cache;
-      std::vector<int32_t>& cached;
+      detail::WordCache& cache;
       std::vector<int32_t>& out;
       size_t start;
       const std::string& word;
       ~Remember() {
-        if (!on) return;
-        cache.emplace(word, std::make_pair(static_cast<uint32_t>(cached.size()), static_cast<uint32_t>(out.size() - start)));
-        cached.insert(cached.end(), out.begin() + static_cast<std::ptrdiff_t>(start), out.end());
+        if (on) cache.insert(word, out.data() + start, out.size() - start);
       }
-    } remember{cacheable, cache, cached, out, out_start, bytes};
+    } remember{cacheable, cache, out, out_start, bytes};
     if (ignore_merges_) {
       mapped.clear();
       for (unsigned char b : bytes) detail::utf8_append(mapped, tab.to_cp[b]);
