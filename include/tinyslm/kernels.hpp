@@ -11,6 +11,9 @@
 // every row's arithmetic is the same whatever the split, so the result does not depend on
 // the thread count.
 //
+// quantize_activations() + matmul_quantized() split the two steps, so one input quantized
+// once feeds several matrices (Q/K/V, gate/up).
+//
 // Paths: scalar (always), AVX2+FMA+F16C, AVX-512 BW/VL/DQ with VNNI (x86-64), NEON with
 // dotprod (AArch64), Highway static dispatch (when TINYSLM_USE_HIGHWAY). The environment
 // variable TINYSLM_SIMD=scalar|avx2|avx512|neon|highway, or set_simd_level(), forces a lower
