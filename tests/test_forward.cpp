@@ -12,6 +12,11 @@
 //  - quantized weights: the 20 largest logits within 2% of the range. llama.cpp's own logits
 //    move by 0.25 to 0.35 (about 1.5% of the range) on stories260K Q4_0/Q4_K_M when only its
 //    KV cache precision or attention kernel changes, so a tighter bound would test noise.
+//  - quantized mixture-of-experts files: 5% of the range. A router choice that is nearly
+//    tied flips under rounding noise and moves the logits by a whole expert's contribution:
+//    our own batched and token-by-token evaluations of the same tokens differ by up to 6% of
+//    the range (syn-qwen2moe-Q4_K_M, prompt 7 plus 15 generated tokens) and 2.1% at a last
+//    prompt position (syn-olmoe-Q4_K_M, prompt 7); against llama.cpp we measure up to 4.8%.
 //  - top-1 equal unless llama.cpp's top two are within the bound; top-10 equal as sets except
 //    for candidates whose logits are within the bound of the 10th.
 //  - greedy: the first 16 generated ids equal llama.cpp's up to the first step whose margin
@@ -49,19 +54,24 @@ std::vector<Case> dense_cases() {
   for (const char* q : {"Q4_0", "Q4_K_M", "Q8_0"})
     c.push_back({std::string("models/quant/stories260K-") + q + ".gguf",
                  std::string("golden/stories260K-") + q + ".json"});
+  for (const char* q : {"Q4_0", "Q4_K_M", "Q8_0"})
+    c.push_back({std::string("models/quant/synth-qwen3moe-tiny-") + q + ".gguf",
+                 std::string("golden/synth-qwen3moe-tiny-") + q + ".json"});
   for (const char* q : {"BF16-pure", "IQ4_NL-pure", "Q2_K-pure", "Q3_K-pure", "Q4_0-pure", "Q4_0",
                         "Q4_1-pure", "Q4_K-pure", "Q4_K_M", "Q5_0-pure", "Q5_1-pure", "Q5_K-pure",
                         "Q6_K-pure", "Q8_0"})
     c.push_back({std::string("models/quant/synth-llama3-tiny-") + q + ".gguf",
                  std::string("golden/synth-llama3-tiny-") + q + ".json"});
-  for (const char* a : {"llama3", "qwen2", "qwen3", "gemma3", "phi3"})
+  for (const char* a : {"llama3", "qwen2", "qwen3", "gemma3", "phi3", "qwen3moe"})
     c.push_back({std::string("models/synthetic/synth-") + a + "-tiny-F16.gguf",
                  std::string("golden/synth-") + a + "-tiny-F16.json"});
   for (const char* s : {"llama-BF16", "llama-F16", "llama-F32", "llama-IQ4_NL", "llama-Q2_K",
                         "llama-Q3_K_M", "llama-Q4_0", "llama-Q4_1", "llama-Q4_K_M", "llama-Q5_0",
                         "llama-Q5_1", "llama-Q5_K_M", "llama-Q6_K", "llama-Q8_0", "qwen2-Q4_K_M",
                         "qwen2-Q8_0", "qwen3-Q4_K_M", "qwen3-Q8_0", "gemma2-Q4_K_M", "gemma2-Q8_0",
-                        "gemma3-Q4_K_M", "gemma3-Q8_0", "phi3-Q4_K_M", "phi3-Q8_0"})
+                        "gemma3-Q4_K_M", "gemma3-Q8_0", "phi3-Q4_K_M", "phi3-Q8_0", "mixtral-Q4_K_M",
+                        "mixtral-Q8_0", "qwen2moe-Q4_K_M", "qwen2moe-Q8_0", "qwen3moe-Q4_K_M",
+                        "qwen3moe-Q8_0", "olmoe-Q4_K_M", "olmoe-Q8_0"})
     c.push_back({std::string("models/synthetic/syn-") + s + ".gguf",
                  std::string("golden/synthetic/syn-") + s + ".json"});
   return c;
@@ -125,7 +135,8 @@ void check_model(const Case& c, Summary& sum) {
   REQUIRE_MESSAGE(model, c.model << ": " << (model ? "" : model.error().message()));
   const Json g = Json::parse(tinyslm_test::read_text(gpath));
   const bool quant = model_is_quantized(*model);
-  const double rel_bound = quant ? 0.02 : model_has_type(*model, TensorType::BF16) ? 2.5e-3 : 1e-3;
+  const bool moe = model->hparams().n_expert > 0;
+  const double rel_bound = quant ? (moe ? 0.05 : 0.02) : model_has_type(*model, TensorType::BF16) ? 2.5e-3 : 1e-3;
 
   auto ctx = Context::create(*model, {.n_ctx = 2048, .n_threads = 1});
   REQUIRE_MESSAGE(ctx, c.model << ": " << (ctx ? "" : ctx.error().message()));

@@ -266,20 +266,28 @@ TEST_CASE("model: bad files give clear errors") {
     CHECK(m.error().code() == Errc::unsupported);
     CHECK(contains(m.error().message(), "'mamba'"));
   }
-  SUBCASE("MoE architecture") {
+  SUBCASE("unsupported MoE architecture") {
     TinySpec s;
-    s.arch = "qwen3moe";
+    s.arch = "deepseek2";
     auto m = load(make_model(s));
     REQUIRE(!m);
     CHECK(m.error().code() == Errc::unsupported);
-    CHECK(contains(m.error().message(), "MoE not supported yet"));
+    CHECK(contains(m.error().message(), "'deepseek2'"));
   }
-  SUBCASE("llama file with experts (Mixtral)") {
+  SUBCASE("llama file declaring experts without a router") {
     TinySpec s;
     s.extra_meta = [](GgufWriter& w) { w.set_u32("llama.expert_count", 8); };
     auto m = load(make_model(s));
     REQUIRE(!m);
-    CHECK(contains(m.error().message(), "MoE not supported yet"));
+    CHECK(contains(m.error().message(), "blk.0.ffn_gate_inp.weight"));
+  }
+  SUBCASE("experts in a family that has none") {
+    TinySpec s;
+    s.arch = "gemma2";
+    s.extra_meta = [](GgufWriter& w) { w.set_u32("gemma2.expert_count", 8); };
+    auto m = load(make_model(s));
+    REQUIRE(!m);
+    CHECK(contains(m.error().message(), "experts"));
   }
   SUBCASE("unsupported RoPE scaling") {
     TinySpec s;
@@ -333,18 +341,18 @@ TEST_CASE("model: bad files give clear errors") {
 }
 
 TEST_CASE("model: the shared MoE and dense files") {
-  const std::string moe = tinyslm_test::shared_file("models/synthetic/synth-qwen3moe-tiny-F16.gguf");
-  if (moe.empty()) return;
-  auto m = Model::open(moe);
-  REQUIRE(!m);
-  CHECK(contains(m.error().message(), "MoE not supported yet"));
-  for (const char* f : {"models/synthetic/syn-mixtral-Q8_0.gguf", "models/synthetic/syn-olmoe-Q8_0.gguf",
-                        "models/synthetic/syn-qwen2moe-Q8_0.gguf"}) {
+  // MoE files load: attention weights bound here, experts by the forward layer.
+  for (const char* f : {"models/synthetic/synth-qwen3moe-tiny-F16.gguf", "models/synthetic/syn-mixtral-Q8_0.gguf",
+                        "models/synthetic/syn-olmoe-Q8_0.gguf", "models/synthetic/syn-qwen2moe-Q8_0.gguf"}) {
     const std::string p = tinyslm_test::shared_file(f);
     if (p.empty()) continue;
     auto x = Model::open(p);
-    CHECK_MESSAGE(!x, f);
-    if (!x) CHECK(contains(x.error().message(), "MoE not supported yet"));
+    REQUIRE_MESSAGE(x, f << ": " << (x ? "" : x.error().message()));
+    CHECK(x->hparams().n_expert > 0);
+    CHECK(x->weights().layers[0].moe);
+    CHECK(!x->weights().layers[0].ffn_up);
+    auto ctx = Context::create(*x, {.n_ctx = 16});
+    CHECK_MESSAGE(ctx, f << ": " << (ctx ? "" : ctx.error().message()));
   }
   const std::string g3 = tinyslm_test::shared_file("models/synthetic/synth-gemma3-tiny-F16.gguf");
   if (g3.empty()) return;

@@ -17,6 +17,7 @@
 #include "kernels.hpp"
 #include "kv.hpp"
 #include "model.hpp"
+#include "moe.hpp"
 #include "ops.hpp"
 #include "quant.hpp"
 #include "threads.hpp"
@@ -71,6 +72,11 @@ class Context {
   KvCache kv_;
   MatmulScratch mm_;
   ops::AttentionScratch attn_;
+  // Mixture of experts (n_expert > 0): the routing configuration, each layer's experts
+  // (pointers into the mapped file) and the MoE step's buffers.
+  MoeConfig moe_;
+  std::vector<MoeLayerWeights> moe_layers_;
+  MoeScratch moe_scratch_;
 
   // Activations of one chunk, [n_batch][width] each.
   AlignedBuffer<float> x_;      // residual stream, n_embd
@@ -112,6 +118,17 @@ inline Expected<Context> Context::create(const Model& model, const ContextParams
   if (!ok) return make_error(Errc::out_of_memory, "context: cannot allocate the activation buffers");
   auto st = c.mm_.reserve(B, max_cols);
   if (!st) return st.error();
+  if (hp.n_expert > 0) {
+    auto cfg = read_moe_config(model.gguf());
+    if (!cfg) return cfg.error();
+    c.moe_ = *cfg;
+    for (int64_t il = 0; il < hp.n_layer; ++il) {
+      auto lw = bind_moe_layer(model.gguf(), c.moe_, il, E);
+      if (!lw) return lw.error();
+      c.moe_layers_.push_back(std::move(*lw));
+    }
+    if (auto ms = c.moe_scratch_.reserve(c.moe_, E, B, params.n_threads); !ms) return ms.error();
+  }
   return c;
 }
 
@@ -218,9 +235,12 @@ inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last
       if (!L.bq.empty()) ops::add(q, L.bq.data(), Q);
       if (!L.bk.empty()) ops::add(k, L.bk.data(), K);
       if (!L.bv.empty()) ops::add(v, L.bv.data(), V);
-      if (!L.q_norm.empty())
+      // QK-norm per head, or over the whole projection (olmoe: the weight spans all heads).
+      if (static_cast<int64_t>(L.q_norm.size()) == Q && Q != hk) ops::rms_norm(q, L.q_norm.data(), q, Q, h.rms_eps);
+      else if (!L.q_norm.empty())
         for (int64_t hh = 0; hh < h.n_head; ++hh) ops::rms_norm(q + hh * hk, L.q_norm.data(), q + hh * hk, hk, h.rms_eps);
-      if (!L.k_norm.empty())
+      if (static_cast<int64_t>(L.k_norm.size()) == K && K != hk) ops::rms_norm(k, L.k_norm.data(), k, K, h.rms_eps);
+      else if (!L.k_norm.empty())
         for (int64_t hh = 0; hh < h.n_head_kv; ++hh) ops::rms_norm(k + hh * hk, L.k_norm.data(), k + hh * hk, hk, h.rms_eps);
       ops::rope_apply(q, h.n_head, hk, h.n_rot, cs + i * h.n_rot, rope_layout);
       ops::rope_apply(k, h.n_head_kv, hk, h.n_rot, cs + i * h.n_rot, rope_layout);
@@ -245,23 +265,29 @@ inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last
       ops::rms_norm(x + i * E, L.ffn_norm.data(), xn + i * E, E, h.rms_eps);
     });
 
-    // 7. Feed-forward: [gate | up] GEMM(s), gated activation, down projection.
-    //    (An MoE layer will take this step's place: route, run the chosen experts, mix.)
-    if (L.ffn_gate) {
-      if (auto st = mm(L.ffn_gate, xn, m, ffn, 2 * F); !st) return st;
-      if (auto st = mm(L.ffn_up, xn, m, ffn + F, 2 * F); !st) return st;
+    // 7. Feed-forward: the MoE step (router, the chosen experts, their weighted sum), or the
+    //    dense [gate | up] GEMM(s), gated activation and down projection.
+    if (L.moe) {
+      if (auto st = moe_ffn(moe_, moe_layers_[static_cast<size_t>(il)], xn, m, proj, moe_scratch_, par); !st)
+        return Error(st.error()).context("layer " + std::to_string(il));
     } else {
-      if (auto st = mm(L.ffn_up, xn, m, ffn, 2 * F); !st) return st;  // fused [gate; up]
+      if (L.ffn_gate) {
+        if (auto st = mm(L.ffn_gate, xn, m, ffn, 2 * F); !st) return st;
+        if (auto st = mm(L.ffn_up, xn, m, ffn + F, 2 * F); !st) return st;
+      } else {
+        if (auto st = mm(L.ffn_up, xn, m, ffn, 2 * F); !st) return st;  // fused [gate; up]
+      }
+      for_rows(0, m, [&](int64_t i) {
+        float* g = ffn + i * 2 * F;
+        if (arch.activation == FfnActivation::gelu_tanh) ops::gelu_mul(g, g + F, g, F);
+        else ops::silu_mul(g, g + F, g, F);
+      });
+      // The activations sit in the gate half of each row; compact them into dense rows for
+      // the down projection (in increasing row order, so no row overwrites an unread one).
+      for (int64_t i = 1; i < m; ++i)
+        std::memmove(ffn + i * F, ffn + i * 2 * F, static_cast<size_t>(F) * sizeof(float));
+      if (auto st = mm(L.ffn_down, ffn, m, proj, E); !st) return st;
     }
-    for_rows(0, m, [&](int64_t i) {
-      float* g = ffn + i * 2 * F;
-      if (arch.activation == FfnActivation::gelu_tanh) ops::gelu_mul(g, g + F, g, F);
-      else ops::silu_mul(g, g + F, g, F);
-    });
-    // The activations sit in the gate half of each row: read them with a row stride of 2F by
-    // compacting them first (the GEMM takes dense rows).
-    for (int64_t i = 1; i < m; ++i) std::memmove(ffn + i * F, ffn + i * 2 * F, static_cast<size_t>(F) * sizeof(float));
-    if (auto st = mm(L.ffn_down, ffn, m, proj, E); !st) return st;
     for_rows(0, m, [&](int64_t i) {
       float* p = proj + i * E;
       if (!L.post_ffn_norm.empty()) ops::rms_norm(p, L.post_ffn_norm.data(), p, E, h.rms_eps);

@@ -37,7 +37,8 @@ struct ArchInfo {
   FfnActivation activation;
   bool embed_scale;         // multiply token embeddings by sqrt(n_embd) (gemma)
   bool scale_q;             // apply the attention scale to Q before attention (gemma, phi3)
-  bool qk_norm;             // RMS norm over each head of Q and K before RoPE (qwen3, gemma3)
+  bool qk_norm;             // RMS norm of Q and K before RoPE: per head (qwen3, gemma3) or over
+                            // the whole projection (olmoe; told apart by the weight's length)
   bool post_norms;          // RMS norm on the attention and FFN outputs before the residual add
   bool fused_qkv;           // one attn_qkv matrix (phi3)
   bool fused_gate_up;       // ffn_up holds [gate; up] with 2*n_ff rows (phi3)
@@ -56,6 +57,10 @@ inline constexpr ArchInfo kArchTable[] = {
     {"gemma2", RopeStyle::neox,   FfnActivation::gelu_tanh, true,  true,  false, true,  false, false, 2, false},
     {"gemma3", RopeStyle::neox,   FfnActivation::gelu_tanh, true,  true,  true,  true,  false, false, 6, true},
     {"phi3",   RopeStyle::neox,   FfnActivation::silu,      false, true,  false, false, true,  true,  0, false},
+    // Mixture-of-experts families: attention as their dense relatives, FFN in moe.hpp.
+    {"qwen2moe", RopeStyle::neox, FfnActivation::silu,      false, false, false, false, false, false, 0, false},
+    {"qwen3moe", RopeStyle::neox, FfnActivation::silu,      false, false, true,  false, false, false, 0, false},
+    {"olmoe",  RopeStyle::neox,   FfnActivation::silu,      false, false, true,  false, false, false, 0, false},
 };
 
 inline const ArchInfo* find_arch(std::string_view name) {
@@ -64,9 +69,9 @@ inline const ArchInfo* find_arch(std::string_view name) {
   return nullptr;
 }
 
-inline bool is_moe_arch(std::string_view name) {
-  return name == "qwen2moe" || name == "qwen3moe" || name == "olmoe" || name == "mixtral" ||
-         name == "deepseek" || name == "deepseek2" || name == "granitemoe" || name == "dbrx" ||
+// Mixture-of-experts families whose routing this library does not implement.
+inline bool is_unsupported_moe_arch(std::string_view name) {
+  return name == "deepseek" || name == "deepseek2" || name == "granitemoe" || name == "dbrx" ||
          name == "arctic" || name == "jamba" || name == "llama4" || name == "gpt-oss";
 }
 
@@ -102,7 +107,8 @@ struct HParams {
   int64_t n_swa = 0;                 // sliding window (positions p - q < n_swa are visible)
   std::vector<uint8_t> layer_swa;    // per layer: 1 = sliding window, 0 = global
 
-  int64_t n_expert = 0;              // > 0 only for MoE files (refused for now)
+  int64_t n_expert = 0;              // > 0: MoE file; its FFN weights are bound by the forward
+                                     // layer (moe.hpp, read_moe_config / bind_moe_layer)
 
   int64_t q_dim() const { return n_head * head_dim_k; }
   int64_t k_dim() const { return n_head_kv * head_dim_k; }
@@ -135,9 +141,10 @@ struct LayerWeights {
   std::vector<float> bo;
   std::vector<float> post_attn_norm;      // gemma2/3
   std::vector<float> ffn_norm;
-  // Dense FFN. An MoE layer will add its router and expert tensors next to these and the
-  // forward pass will pick the MoE step when the router is present.
+  // Dense FFN. In an MoE layer (moe == true) these stay empty: the forward layer binds the
+  // router and experts (moe.hpp) and runs the MoE step in this FFN's place.
   Weight ffn_gate, ffn_up, ffn_down;      // ffn_up holds [gate; up] when fused (phi3)
+  bool moe = false;
   std::vector<float> post_ffn_norm;       // gemma2/3
 };
 
@@ -204,14 +211,16 @@ inline Expected<HParams> read_hparams(const GgufFile& f) {
   auto n_expert = detail::arch_int(f, a, "expert_count", 0);
   if (!n_expert) return n_expert.error();
   hp.n_expert = *n_expert;
-  if (is_moe_arch(a) || hp.n_expert > 0)
+  if (is_unsupported_moe_arch(a))
     return make_error(Errc::unsupported, f.name() + ": architecture '" + a +
-                                             "' is a mixture of experts: MoE not supported yet");
+                                             "' is a mixture of experts this library does not support");
   const ArchInfo* info = find_arch(a);
   if (!info)
     return make_error(Errc::unsupported, f.name() + ": unsupported architecture '" + a +
                                              "' (supported: llama, qwen2, qwen3, gemma, gemma2, "
-                                             "gemma3, phi3)");
+                                             "gemma3, phi3, qwen2moe, qwen3moe, olmoe, mixtral as llama)");
+  if (hp.n_expert > 0 && (a == "gemma" || a == "gemma2" || a == "gemma3" || a == "phi3" || a == "qwen2" || a == "qwen3"))
+    return make_error(Errc::unsupported, f.name() + ": experts in a '" + a + "' file are not supported");
   hp.arch = *info;
 
 #define TINYSLM_READ_INT(field, suffix, fallback)                 \
@@ -477,19 +486,26 @@ inline Status Model::bind() {
       TINYSLM_BIND(b.matrix(blk(il, "attn_k.weight"), E, K, true, &L.wk));
       TINYSLM_BIND(b.matrix(blk(il, "attn_v.weight"), E, V, true, &L.wv));
     }
-    const bool need_bias = hp.arch_name == "qwen2";
+    const bool need_bias = hp.arch_name == "qwen2" || hp.arch_name == "qwen2moe";
     TINYSLM_BIND(b.vector(blk(il, "attn_q.bias"), Q, need_bias, &L.bq));
     TINYSLM_BIND(b.vector(blk(il, "attn_k.bias"), K, need_bias, &L.bk));
     TINYSLM_BIND(b.vector(blk(il, "attn_v.bias"), V, need_bias, &L.bv));
-    TINYSLM_BIND(b.vector(blk(il, "attn_q_norm.weight"), hp.head_dim_k, ai.qk_norm, &L.q_norm));
-    TINYSLM_BIND(b.vector(blk(il, "attn_k_norm.weight"), hp.head_dim_k, ai.qk_norm, &L.k_norm));
+    const bool whole = hp.arch_name == "olmoe";  // norm over the whole projection
+    TINYSLM_BIND(b.vector(blk(il, "attn_q_norm.weight"), whole ? Q : hp.head_dim_k, ai.qk_norm, &L.q_norm));
+    TINYSLM_BIND(b.vector(blk(il, "attn_k_norm.weight"), whole ? K : hp.head_dim_k, ai.qk_norm, &L.k_norm));
     TINYSLM_BIND(b.matrix(blk(il, "attn_output.weight"), hp.n_head * hp.head_dim_v, E, true, &L.wo));
     TINYSLM_BIND(b.vector(blk(il, "attn_output.bias"), E, false, &L.bo));
     TINYSLM_BIND(b.vector(blk(il, "post_attention_norm.weight"), E, ai.post_norms, &L.post_attn_norm));
     TINYSLM_BIND(b.vector(blk(il, "ffn_norm.weight"), E, true, &L.ffn_norm));
+    if (hp.n_expert > 0) {
+      // The experts (ffn_*_exps, router, shared expert) are bound by the forward layer.
+      if (!f.find_tensor(blk(il, "ffn_gate_inp.weight"))) return b.missing(blk(il, "ffn_gate_inp.weight"));
+      L.moe = true;
+      continue;
+    }
     if (f.find_tensor(blk(il, "ffn_gate_inp.weight")))
-      return make_error(Errc::unsupported, f.name() + ": layer " + std::to_string(il) +
-                                               " has experts (ffn_gate_inp): MoE not supported yet");
+      return make_error(Errc::invalid_format, f.name() + ": layer " + std::to_string(il) +
+                                                  " has a router (ffn_gate_inp) but the file declares no experts");
     if (ai.fused_gate_up) {
       TINYSLM_BIND(b.matrix(blk(il, "ffn_up.weight"), E, 2 * F, true, &L.ffn_up));
     } else {
