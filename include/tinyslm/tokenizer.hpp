@@ -1785,7 +1785,8 @@ inline std::string utf8_sanitize(std::string_view s) {
 // only of whole, valid UTF-8 characters. A character split over several tokens (byte tokens)
 // is held back until it is complete; bytes that can never form a character come out as
 // U+FFFD. The SentencePiece leading space of the first token is removed, as decode() does.
-// The concatenated output equals utf8_sanitize(decode(ids, {render_special, false})).
+// The concatenated output equals utf8_sanitize(decode(ids, {render_special, false})). The
+// tokenizer must outlive the decoder.
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tok, bool render_special = false)
