@@ -1,7 +1,7 @@
 // tokenize: text to token ids with a model's own tokenizer.
 //
 //   tokenize -m MODEL (-p TEXT | -f FILE) [--no-bos] [--no-parse-special] [--pieces]
-//   tokenize -m MODEL --bench [-f FILE]     # tokenization speed on 1 MiB of mixed text
+//   tokenize -m MODEL --bench [--no-cache] [-f FILE]   # speed on 1 MiB of mixed text
 //
 // Prints the ids space separated on one line. Like llama-tokenize, special tokens written in
 // the text (e.g. "<|im_start|>") are recognised unless --no-parse-special is given.
@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -27,7 +28,7 @@ int fail(const std::string& msg) {
 void usage() {
   std::fprintf(stderr,
                "usage: tokenize -m MODEL (-p TEXT | -f FILE) [--no-bos] [--no-parse-special] [--pieces]\n"
-               "       tokenize -m MODEL --bench [-f FILE]\n");
+               "       tokenize -m MODEL --bench [--no-cache] [-f FILE]\n");
 }
 
 // 1 MiB of mixed text: English sentences, Korean sentences and C++/Python code, built from word
@@ -134,6 +135,8 @@ int main(int argc, char** argv) {
       pieces = true;
     } else if (a == "--bench") {
       bench = true;
+    } else if (a == "--no-cache") {  // benchmark without the per-call word cache
+      tinyslm::detail::tokenizer_tuning().cache_min_bytes = SIZE_MAX;
     } else if (a == "-h" || a == "--help") {
       usage();
       return 0;
