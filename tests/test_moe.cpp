@@ -14,8 +14,12 @@
 //    quantized weights 6e-2. Rounding to 8 bits moves each activation by up to amax/254 of
 //    its block; the SwiGLU output is heavy-tailed, so Q8_K's one scale per 256 values costs
 //    the most: we measure 1-2% for Q8_0 and up to 3.4% for Q8_K (Q4_K weights).
-//  - prefill (GEMM) against decode (GEMV): identical with the scalar kernels; 1e-5 with the
-//    SIMD kernels, which add the same products in another order (we measure 3e-7).
+//  - prefill (GEMM) against decode (GEMV): identical with the scalar kernels. The SIMD GEMM
+//    and GEMV kernels add the same products in other orders (1e-7 apart), and when such a
+//    difference moves a SwiGLU output across a rounding boundary of its 8-bit quantization
+//    the down projection sees one quantization step (amax/127 of the block) more or less:
+//    bound 1e-3, as for the emulated reference (we measure 3e-7 on this data, 3e-4 on
+//    other data).
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -38,7 +42,7 @@ constexpr double kBoundF32 = 1e-4;
 constexpr double kBoundF16 = 5e-3;
 constexpr double kBoundQuant = 0.06;
 constexpr double kBoundEmulated = 1e-3;
-constexpr double kBoundGemmGemv = 1e-5;
+constexpr double kBoundGemmGemv = 1e-3;
 
 // Deterministic uniform values in [-1, 1) (splitmix64), the same on every platform.
 struct Rng {
@@ -488,9 +492,8 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 
 // Prefill and decode use the same code for everything but the matmul kernels: GEMM for the
 // experts with two or more tokens, GEMV for one. The scalar kernels compute every row the
-// same way for any token count, so there the two paths agree to the bit. The SIMD GEMM and
-// GEMV kernels add the same products in different orders (float rounding), so on the
-// active path we bound the difference by 1e-5 of the largest output.
+// same way for any token count, so there the two paths agree to the bit. On the SIMD path
+// the difference is bounded by kBoundGemmGemv (see the top of the file).
 TEST_CASE("moe_ffn: prefill grouping equals token-by-token decode; any thread count; stats add up") {
   for (TensorType t : {TensorType::F32, TensorType::Q8_0, TensorType::Q4_K}) {
     CAPTURE(tensor_type_name(t));

@@ -412,7 +412,7 @@ class MoeScratch {
                     u_.allocate(sz(rows, ff)) && d_.allocate(sz(rows, E)) && slot_.allocate(sz(k + 1, 1));
     if (!ok) return make_error(Errc::out_of_memory, "moe scratch: allocation failed");
     if (auto st = mm_.reserve(max_tokens, std::max(E, ff)); !st) return st;
-    thread_mm_ = std::vector<MatmulScratch>(static_cast<size_t>(n_threads));
+    thread_mm_ = std::vector<MatmulScratch>(static_cast<size_t>(2 * n_threads));
     for (auto& s : thread_mm_)
       if (auto st = s.reserve(1, std::max(E, ff)); !st) return st;
     cfg_ = cfg;
@@ -423,7 +423,7 @@ class MoeScratch {
   }
 
   int64_t max_tokens() const { return max_tokens_; }
-  int n_threads() const { return static_cast<int>(thread_mm_.size()); }
+  int n_threads() const { return static_cast<int>(thread_mm_.size() / 2); }
   // After moe_ffn: the experts chosen for token i (k ids, by decreasing weight) and weights.
   const int32_t* selected(int64_t i) const { return ids_.data() + i * cfg_.n_expert_used; }
   const float* selected_weights(int64_t i) const { return wts_.data() + i * cfg_.n_expert_used; }
@@ -446,7 +446,7 @@ class MoeScratch {
   AlignedBuffer<float> d_;         // down outputs
   AlignedBuffer<int32_t> slot_;    // decode: selection slots in ascending expert id
   MatmulScratch mm_;
-  std::vector<MatmulScratch> thread_mm_;
+  std::vector<MatmulScratch> thread_mm_;  // two per thread (decode)
 };
 
 namespace detail {
@@ -468,6 +468,17 @@ inline int64_t moe_row_bytes(const MatrixRef& m) {
 // Rows [r0, r1) of a matrix.
 inline MatrixRef moe_rows(const MatrixRef& m, int64_t r0, int64_t r1) {
   return {m.type, m.data + r0 * moe_row_bytes(m), r1 - r0, m.cols};
+}
+
+// g = gate . x and u = up . x for n rows of x (dense outputs, gate.rows wide), quantizing x
+// once when both matrices take the same activation format.
+inline Status moe_gate_up(const MatrixRef& gate, const MatrixRef& up, const float* x, int64_t n, float* g, float* u,
+                          MatmulScratch& ms, const ParallelFor& par) {
+  if (auto st = quantize_activations(gate.type, x, n, gate.cols, ms, par); !st) return st;
+  if (auto st = matmul_quantized(gate, n, g, gate.rows, ms, par); !st) return st;
+  if (activation_type_for(up.type) != activation_type_for(gate.type))
+    if (auto st = quantize_activations(up.type, x, n, up.cols, ms, par); !st) return st;
+  return matmul_quantized(up, n, u, up.rows, ms, par);
 }
 
 inline Status moe_check(const MoeConfig& cfg, const MoeLayerWeights& w, const float* x, int64_t n, const float* out,
@@ -561,7 +572,25 @@ inline Status moe_ffn(const MoeConfig& cfg, const MoeLayerWeights& w, const floa
     };
     // Gate and up rows of every slot, split over the threads; SwiGLU on each thread's rows.
     par([&](int t, int nt) {
-      MatmulScratch& ms = s.thread_mm_[static_cast<size_t>(t)];
+      // x quantized once per activation format on this thread (gate and up usually share one).
+      MatmulScratch* ms = s.thread_mm_.data() + 2 * t;
+      int held[2] = {-1, -1};
+      int next = 0;
+      auto acts = [&](TensorType wt, MatmulScratch** found) -> Status {
+        const int fmt = static_cast<int>(activation_type_for(wt));
+        for (int i = 0; i < 2; ++i)
+          if (held[i] == fmt) {
+            *found = &ms[i];
+            return {};
+          }
+        const int i = next;
+        next ^= 1;
+        held[i] = -1;
+        if (auto st = quantize_activations(wt, x, 1, E, ms[i], inline_par); !st) return st;
+        held[i] = fmt;
+        *found = &ms[i];
+        return {};
+      };
       for (int64_t j = 0; j < n_slots; ++j) {
         const bool shared = j == k;
         const int64_t rows = shared ? SF : F;
@@ -579,15 +608,18 @@ inline Status moe_ffn(const MoeConfig& cfg, const MoeLayerWeights& w, const floa
           wg = w.gate.expert_rows(ex, b, e);
           wu = w.up.expert_rows(ex, b, e);
         }
-        if (auto st = matmul(wg, x, 1, gj + b, e - b, ms, inline_par); !st) return fail(std::move(st));
-        if (auto st = matmul(wu, x, 1, uj + b, e - b, ms, inline_par); !st) return fail(std::move(st));
+        MatmulScratch* a = nullptr;
+        if (auto st = acts(wg.type, &a); !st) return fail(std::move(st));
+        if (auto st = matmul_quantized(wg, 1, gj + b, e - b, *a, inline_par); !st) return fail(std::move(st));
+        if (auto st = acts(wu.type, &a); !st) return fail(std::move(st));
+        if (auto st = matmul_quantized(wu, 1, uj + b, e - b, *a, inline_par); !st) return fail(std::move(st));
         ops::silu_mul(gj + b, uj + b, gj + b, e - b);
       }
     });
     if (failed.load()) return err;
     // Down rows of every slot, then each thread mixes its rows of the output.
     par([&](int t, int nt) {
-      MatmulScratch& ms = s.thread_mm_[static_cast<size_t>(t)];
+      MatmulScratch& ms = s.thread_mm_[static_cast<size_t>(2 * t)];
       int64_t b, e;
       ParallelFor::split(E, t, nt, kMatmulRowGrain, &b, &e);
       if (b >= e) return;
@@ -646,16 +678,16 @@ inline Status moe_ffn(const MoeConfig& cfg, const MoeLayerWeights& w, const floa
     const float* we = s.list_w_.data() + start[e];
     for (int64_t i = 0; i < m; ++i)
       std::memcpy(xg + i * E, x + static_cast<int64_t>(toks[i]) * E, static_cast<size_t>(E) * sizeof(float));
-    if (auto st = matmul(w.gate.expert(e), xg, m, g, F, s.mm_, par); !st) return Error(st.error()).context("ffn_gate_exps");
-    if (auto st = matmul(w.up.expert(e), xg, m, u, F, s.mm_, par); !st) return Error(st.error()).context("ffn_up_exps");
+    if (auto st = detail::moe_gate_up(w.gate.expert(e), w.up.expert(e), xg, m, g, u, s.mm_, par); !st)
+      return Error(st.error()).context("ffn_gate_exps / ffn_up_exps");
     for_rows(m, [&](int64_t i) { ops::silu_mul(g + i * F, u + i * F, g + i * F, F); });
     if (auto st = matmul(w.down.expert(e), g, m, d, E, s.mm_, par); !st) return Error(st.error()).context("ffn_down_exps");
     for_rows(m, [&](int64_t i) { detail::moe_axpy(out + static_cast<int64_t>(toks[i]) * E, we[i], d + i * E, E); });
   }
   // The shared expert over all tokens.
   if (cfg.shared_expert) {
-    if (auto st = matmul(w.shared_gate, x, n, g, SF, s.mm_, par); !st) return Error(st.error()).context("ffn_gate_shexp");
-    if (auto st = matmul(w.shared_up, x, n, u, SF, s.mm_, par); !st) return Error(st.error()).context("ffn_up_shexp");
+    if (auto st = detail::moe_gate_up(w.shared_gate, w.shared_up, x, n, g, u, s.mm_, par); !st)
+      return Error(st.error()).context("ffn_gate_shexp / ffn_up_shexp");
     for_rows(n, [&](int64_t i) { ops::silu_mul(g + i * SF, u + i * SF, g + i * SF, SF); });
     if (auto st = matmul(w.shared_down, g, n, d, E, s.mm_, par); !st) return Error(st.error()).context("ffn_down_shexp");
     for_rows(n, [&](int64_t i) { detail::moe_axpy(out + i * E, s.shgate_[static_cast<size_t>(i)], d + i * E, E); });
