@@ -185,7 +185,40 @@ TINYSLM_TARGET_AVX2 inline void decode_chunk(TensorType t, const uint8_t* row, i
         for (int g = 0; g < 16; ++g) s[g] = d * static_cast<float>(b->scales[g]);
         break;
       }
-      default: {  // Q2_K, Q3_K: scalar decode (G = 16, so sw is already per 16)
+      case TensorType::Q2_K:
+      case TensorType::Q3_K: {
+        const bool q3 = t == TensorType::Q3_K;
+        const auto* b2 = reinterpret_cast<const BlockQ2_K*>(blk);
+        const auto* b3 = reinterpret_cast<const BlockQ3_K*>(blk);
+        const uint8_t* qs = q3 ? b3->qs : b2->qs;
+        const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
+        const __m256i hm = q3 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b3->hmask)) : _mm256_setzero_si256();
+        for (int h = 0; h < 2; ++h) {
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * h));
+          for (int jj = 0; jj < 4; ++jj) {
+            __m256i v = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(2 * jj)), m3);
+            if (q3) {  // value = low two bits - 4, unless the hmask bit is set
+              const __m256i hb = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(4 * h + jj)), one);
+              v = _mm256_sub_epi8(_mm256_add_epi8(v, _mm256_slli_epi16(hb, 2)), four);
+            }
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 128 * h + 32 * jj), v);
+          }
+        }
+        if (q3) {
+          const float d = f16_scalar(b3->d);
+          int sc[16];
+          unpack_scales_q3k(b3->scales, sc);
+          for (int g = 0; g < 16; ++g) s[g] = d * static_cast<float>(sc[g]);
+        } else {
+          const float d = f16_scalar(b2->d), dmin = f16_scalar(b2->dmin);
+          for (int g = 0; g < 16; ++g) {
+            s[g] = d * static_cast<float>(b2->scales[g] & 0xF);
+            mw[j * 16 + g] = -dmin * static_cast<float>(b2->scales[g] >> 4);
+          }
+        }
+        break;
+      }
+      default: {  // any other type: the scalar decode
         float sw[16], m[16];
         decode_block_scalar(t, blk, o, sw, m);
         for (int g = 0; g < tr.block_values / 16; ++g) s[g] = sw[tr.group == 16 ? g : g / 2];
@@ -307,15 +340,20 @@ TINYSLM_TARGET_AVX2 inline void quantize_activation_row_avx2(ActFormat fmt, cons
   }
 }
 
-// Sum over groups of mw[g] * M(g) for a chunk starting at value v0.
-inline float chunk_min_term(const WeightTraits& tr, const float* mw, int64_t v0, int64_t nv, const ActRow& a) {
-  float acc = 0.f;
-  if (tr.group == 32) {
-    for (int64_t g = 0; g < nv / 32; ++g) acc += mw[g] * a.m32[v0 / 32 + g];
-  } else {
-    for (int64_t g = 0; g < nv / 16; ++g) acc += mw[g] * a.m16[v0 / 16 + g];
-  }
-  return acc;
+// Sum over groups of mw[g] * M(g) for a chunk starting at value v0 (8 groups per step).
+TINYSLM_TARGET_AVX2 inline float chunk_min_term(const WeightTraits& tr, const float* mw, int64_t v0, int64_t nv,
+                                                const ActRow& a) {
+  const int64_t ng = nv / tr.group;
+  const float* m = tr.group == 32 ? a.m32 + v0 / 32 : a.m16 + v0 / 16;
+  __m256 acc = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 8 <= ng; g += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(mw + g), _mm256_loadu_ps(m + g), acc);
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  float r = _mm_cvtss_f32(s);
+  for (; g < ng; ++g) r += mw[g] * m[g];
+  return r;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1026,25 +1064,43 @@ TINYSLM_TARGET_AVX512 inline void int_rows_gemm_avx512(TensorType t, const uint8
 // ---------------------------------------------------------------------------------------
 // Float weights: 4 rows x up to 4 tokens per tile, vectors over k, one horizontal sum each.
 
-TINYSLM_TARGET_AVX512 inline __m512 load16_weights(TensorType t, const uint8_t* row, int64_t i, __mmask16 m) {
-  if (t == TensorType::F32) return _mm512_maskz_loadu_ps(m, row + 4 * i);
-  const __m256i h = _mm256_maskz_loadu_epi16(m, row + 2 * i);
-  if (t == TensorType::F16) return _mm512_cvtph_ps(h);
+template <TensorType T>
+TINYSLM_TARGET_AVX512 inline __m512 load16_weights(const uint8_t* row, int64_t i) {
+  if constexpr (T == TensorType::F32) return _mm512_loadu_ps(row + 4 * i);
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * i));
+  if constexpr (T == TensorType::F16) return _mm512_cvtph_ps(h);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-template <int R, int C>
-TINYSLM_TARGET_AVX512 inline void float_tile_avx512(TensorType t, const uint8_t* const* rows, int64_t k, const float* const* xs,
+template <TensorType T>
+TINYSLM_TARGET_AVX512 inline __m512 load16_weights_masked(const uint8_t* row, int64_t i, __mmask16 m) {
+  if constexpr (T == TensorType::F32) return _mm512_maskz_loadu_ps(m, row + 4 * i);
+  const __m256i h = _mm256_maskz_loadu_epi16(m, row + 2 * i);
+  if constexpr (T == TensorType::F16) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <TensorType T, int R, int C>
+TINYSLM_TARGET_AVX512 inline void float_tile_avx512(const uint8_t* const* rows, int64_t k, const float* const* xs,
                                                     float* out) {
   __m512 acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-  for (int64_t i = 0; i < k; i += 16) {
-    const __mmask16 m = k - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (k - i)) - 1u);
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    __m512 xv[C];
+    for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_ps(xs[c] + i);
+    for (int r = 0; r < R; ++r) {
+      const __m512 wv = load16_weights<T>(rows[r], i);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+    }
+  }
+  if (i < k) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (k - i)) - 1u);
     __m512 xv[C];
     for (int c = 0; c < C; ++c) xv[c] = _mm512_maskz_loadu_ps(m, xs[c] + i);
     for (int r = 0; r < R; ++r) {
-      const __m512 wv = load16_weights(t, rows[r], i, m);
+      const __m512 wv = load16_weights_masked<T>(rows[r], i, m);
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
     }
   }
@@ -1052,16 +1108,16 @@ TINYSLM_TARGET_AVX512 inline void float_tile_avx512(TensorType t, const uint8_t*
     for (int c = 0; c < C; ++c) out[r * C + c] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
-TINYSLM_TARGET_AVX2 inline __m256 load8_weights(TensorType t, const uint8_t* row, int64_t i) {
-  if (t == TensorType::F32) return _mm256_loadu_ps(reinterpret_cast<const float*>(row + 4 * i));
+template <TensorType T>
+TINYSLM_TARGET_AVX2 inline __m256 load8_weights(const uint8_t* row, int64_t i) {
+  if constexpr (T == TensorType::F32) return _mm256_loadu_ps(reinterpret_cast<const float*>(row + 4 * i));
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i));
-  if (t == TensorType::F16) return _mm256_cvtph_ps(h);
+  if constexpr (T == TensorType::F16) return _mm256_cvtph_ps(h);
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-template <int R, int C>
-TINYSLM_TARGET_AVX2 inline void float_tile_avx2(TensorType t, const uint8_t* const* rows, int64_t k, const float* const* xs,
-                                                float* out) {
+template <TensorType T, int R, int C>
+TINYSLM_TARGET_AVX2 inline void float_tile_avx2(const uint8_t* const* rows, int64_t k, const float* const* xs, float* out) {
   __m256 acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
@@ -1070,29 +1126,29 @@ TINYSLM_TARGET_AVX2 inline void float_tile_avx2(TensorType t, const uint8_t* con
     __m256 xv[C];
     for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(xs[c] + i);
     for (int r = 0; r < R; ++r) {
-      const __m256 wv = load8_weights(t, rows[r], i);
+      const __m256 wv = load8_weights<T>(rows[r], i);
       for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
     }
   }
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) {
       float s = hsum256(acc[r][c]);
-      for (int64_t j = i; j < k; ++j) s += load_weight_float(t, rows[r], j) * xs[c][j];
+      for (int64_t j = i; j < k; ++j) s += load_weight_float(T, rows[r], j) * xs[c][j];
       out[r * C + c] = s;
     }
 }
 
-template <bool Avx512, int R, int C>
-inline void float_tile(TensorType t, const uint8_t* const* rows, int64_t k, const float* const* xs, float* out) {
+template <bool Avx512, TensorType T, int R, int C>
+inline void float_tile(const uint8_t* const* rows, int64_t k, const float* const* xs, float* out) {
   if constexpr (Avx512)
-    float_tile_avx512<R, C>(t, rows, k, xs, out);
+    float_tile_avx512<T, R, C>(rows, k, xs, out);
   else
-    float_tile_avx2<R, C>(t, rows, k, xs, out);
+    float_tile_avx2<T, R, C>(rows, k, xs, out);
 }
 
-template <bool Avx512>
-inline void float_rows(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, int64_t n,
-                       float* y, int64_t ldy, int64_t r0, int64_t r1) {
+template <bool Avx512, TensorType T>
+inline void float_rows_t(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, int64_t n, float* y,
+                         int64_t ldy, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; r += 4) {
     const int nr = static_cast<int>(r1 - r < 4 ? r1 - r : 4);
     const uint8_t* rows[4];
@@ -1104,15 +1160,26 @@ inline void float_rows(TensorType t, const uint8_t* data, int64_t row_bytes, int
       float out[16];
       // Every (row, token) pair is summed the same way whatever the tile shape.
       switch (nc) {
-        case 4: float_tile<Avx512, 4, 4>(t, rows, k, xs, out); break;
-        case 3: float_tile<Avx512, 4, 3>(t, rows, k, xs, out); break;
-        case 2: float_tile<Avx512, 4, 2>(t, rows, k, xs, out); break;
-        default: float_tile<Avx512, 4, 1>(t, rows, k, xs, out); break;
+        case 4: float_tile<Avx512, T, 4, 4>(rows, k, xs, out); break;
+        case 3: float_tile<Avx512, T, 4, 3>(rows, k, xs, out); break;
+        case 2: float_tile<Avx512, T, 4, 2>(rows, k, xs, out); break;
+        default: float_tile<Avx512, T, 4, 1>(rows, k, xs, out); break;
       }
       for (int j = 0; j < nr; ++j)
         for (int c = 0; c < nc; ++c) y[(i0 + c) * ldy + r + j] = out[j * nc + c];
     }
   }
+}
+
+template <bool Avx512>
+inline void float_rows(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, int64_t n,
+                       float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if (t == TensorType::F32)
+    float_rows_t<Avx512, TensorType::F32>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  else if (t == TensorType::F16)
+    float_rows_t<Avx512, TensorType::F16>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  else
+    float_rows_t<Avx512, TensorType::BF16>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
 }
 
 // Entry from the dispatcher: rows [r0, r1) for n tokens. False when the type has no path here.
