@@ -15,7 +15,9 @@
 //
 // Both paths add the experts' contributions to a token in ascending expert id, then the
 // shared expert, with the same arithmetic, so a batch gives what token-by-token decoding
-// gives up to the difference between the GEMM and GEMV kernels (none on the current ones).
+// gives up to the difference between the GEMM and GEMV kernels: none with the scalar
+// kernels; with the SIMD ones their summation order (~1e-7), which can move an activation
+// across an 8-bit rounding boundary before the down projection.
 //
 // This header uses only core, gguf, quant, kernels and ops; it needs nothing from model.hpp.
 #pragma once
