@@ -324,14 +324,18 @@ class Session {
   void reset() {
     ctx_.reset();
     tokens_.clear();
+    logits_valid_ = false;
   }
 
   // The tokens whose keys and values are in the cache, in order.
   std::span<const int32_t> tokens() const { return tokens_; }
   int64_t n_past() const { return static_cast<int64_t>(tokens_.size()); }
   int64_t n_ctx() const { return ctx_.n_ctx(); }
-  // Logits of the last token evaluated (after generate with max_tokens = 0: the prompt's last).
-  std::span<const float> last_logits() const { return ctx_.last_logits(); }
+  // Logits of the last token evaluated (after generate with max_tokens = 0: the prompt's last);
+  // empty before any evaluation and after reset() or load_state().
+  std::span<const float> last_logits() const {
+    return logits_valid_ ? ctx_.last_logits() : std::span<const float>();
+  }
 
   const Model& model() const { return *model_; }
   const SessionParams& params() const { return params_; }
@@ -361,6 +365,7 @@ class Session {
   bool has_tokenizer_ = false;
   ChatTemplate tmpl_;
   std::vector<int32_t> tokens_;
+  bool logits_valid_ = false;
   uint64_t fingerprint_ = 0;
 };
 
@@ -410,6 +415,7 @@ inline Expected<bool> Session::eval_chunks(std::span<const int32_t> toks, const 
     auto lg = ctx_.eval(chunk);
     if (!lg) return lg.error();
     tokens_.insert(tokens_.end(), chunk.begin(), chunk.end());
+    logits_valid_ = true;
     *evaluated += static_cast<int64_t>(chunk.size());
   }
   return true;
@@ -458,6 +464,7 @@ inline Expected<GenerateResult> Session::generate_ids(std::span<const int32_t> p
   common = std::min(common, prompt.size() - 1);
   if (auto t = ctx_.truncate(static_cast<int64_t>(common)); !t) return t.error();
   tokens_.resize(common);
+  logits_valid_ = false;
   st.prompt_reused = static_cast<int64_t>(common);
 
   const auto t_prompt = clock::now();
@@ -547,9 +554,10 @@ inline Expected<GenerateResult> Session::generate_ids(std::span<const int32_t> p
         break;
       }
       const int64_t n_discard = std::max<int64_t>(1, (n_ctx - keep) / 2);
-      std::vector<int32_t> rest(tokens_.begin() + keep + n_discard, tokens_.end());
+      const std::vector<int32_t> rest(tokens_.begin() + keep + n_discard, tokens_.end());
       if (auto t = ctx_.truncate(keep); !t) return t.error();
       tokens_.resize(static_cast<size_t>(keep));
+      logits_valid_ = false;
       ++st.shifts;
       const auto t_shift = clock::now();
       auto ok = eval_chunks(rest, options.cancel, &st.prompt_evaluated);
@@ -564,6 +572,7 @@ inline Expected<GenerateResult> Session::generate_ids(std::span<const int32_t> p
     auto lg = ctx_.eval(std::span<const int32_t>(&id, 1));
     if (!lg) return lg.error();
     tokens_.push_back(id);
+    logits_valid_ = true;
     logits.assign(lg->begin(), lg->end());
     decode_ms += ms_since(t_eval);
     ++decoded;
@@ -663,6 +672,7 @@ inline Status Session::load_state(std::span<const uint8_t> bytes) {
   }
   kv.advance(static_cast<int64_t>(n));
   tokens_ = std::move(toks);
+  logits_valid_ = false;
   return {};
 }
 
@@ -736,7 +746,7 @@ inline Expected<MemoryEstimate> memory_estimate(const std::string& path, int64_t
 
 // A conversation on a session: the system prompt and the messages so far, rendered with the
 // model's chat template on every turn (the session reuses the cached prefix, so only the new
-// turn is evaluated).
+// turn is evaluated). It refers to the session, which must outlive it and stay in place.
 class Chat {
  public:
   explicit Chat(Session& session, std::string system_prompt = "")
