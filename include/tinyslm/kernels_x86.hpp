@@ -672,6 +672,76 @@ TINYSLM_TARGET_AVX512 inline void gemv_row_k(const uint8_t* row, int64_t k, cons
   for (int i = 0; i < N; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) + hsum256(accm[i]);
 }
 
+// Q2_K / Q3_K: 2-bit codes (Q3_K: plus the hmask bit, minus 4), 16 sub-blocks of 16 with
+// integer scales (Q2_K: and mins) applied like Q6_K's.
+template <TensorType T, int N>
+TINYSLM_TARGET_AVX512 inline void gemv_row_k23(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
+  constexpr bool q3 = T == TensorType::Q3_K;
+  const int64_t nb = k / 256;
+  __m512 acc[N], accm[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_ps(), accm[i] = _mm512_setzero_ps();
+  const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto* b2 = reinterpret_cast<const BlockQ2_K*>(row + b * sizeof(BlockQ2_K));
+    const auto* b3 = reinterpret_cast<const BlockQ3_K*>(row + b * sizeof(BlockQ3_K));
+    const uint8_t* qs = q3 ? b3->qs : b2->qs;
+    __m512i u[4], scl[4];
+    __m512i scv;
+    __m512 mnf = _mm512_setzero_ps();
+    float d;
+    if constexpr (q3) {
+      d = f16_scalar(b3->d);
+      uint32_t a[3];
+      std::memcpy(a, b3->scales, 12);
+      const uint32_t lo4 = 0x0f0f0f0fu, lo2 = 0x03030303u;
+      const uint32_t s0 = (a[0] & lo4) | (((a[2] >> 0) & lo2) << 4), s1 = (a[1] & lo4) | (((a[2] >> 2) & lo2) << 4);
+      const uint32_t s2 = ((a[0] >> 4) & lo4) | (((a[2] >> 4) & lo2) << 4);
+      const uint32_t s3 = ((a[1] >> 4) & lo4) | (((a[2] >> 6) & lo2) << 4);
+      const __m128i sc8 = _mm_setr_epi32(static_cast<int>(s0), static_cast<int>(s1), static_cast<int>(s2), static_cast<int>(s3));
+      scv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(sc8), _mm512_set1_epi32(32));
+    } else {
+      d = f16_scalar(b2->d);
+      const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b2->scales));
+      scv = _mm512_cvtepu8_epi32(_mm_and_si128(sc8, _mm_set1_epi8(0x0F)));
+      mnf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(0x0F)))),
+                          _mm512_set1_ps(-f16_scalar(b2->dmin)));
+    }
+    const __m256i hm = q3 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b3->hmask)) : _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {
+      const int h = j / 2;
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * h));
+      __m256i v[2];
+      for (int e = 0; e < 2; ++e) {
+        const int jj = 2 * (j % 2) + e;
+        v[e] = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(2 * jj)), m3);
+        if constexpr (q3) {
+          const __m256i hb = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(4 * h + jj)), one);
+          v[e] = _mm256_add_epi8(v[e], _mm256_slli_epi16(hb, 2));  // code + 4 * bit, in 0..7
+        }
+      }
+      // u = w + 128: Q3_K w = code + 4 * bit - 4; Q2_K w = code.
+      u[j] = _mm512_add_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(v[0]), v[1], 1), _mm512_set1_epi8(q3 ? 124 : static_cast<char>(128)));
+      const int g = 4 * j;
+      scl[j] = _mm512_permutexvar_epi32(
+          _mm512_setr_epi32(g, g, g, g, g + 1, g + 1, g + 1, g + 1, g + 2, g + 2, g + 2, g + 2, g + 3, g + 3, g + 3, g + 3), scv);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < N; ++i) {
+      const ActRow& a = acts[i];
+      const int64_t v0 = b * 256;
+      __m512i isum = _mm512_setzero_si512();
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const __m512i t = _mm512_dpbusd_epi32(_mm512_loadu_si512(a.corr4 + (v0 + 64 * j) / 4), u[j], _mm512_loadu_si512(a.qs + v0 + 64 * j));
+        isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(t, scl[j]));
+      }
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * a.da16[v0 / 16]), acc[i]);
+      if constexpr (!q3) accm[i] = _mm512_fmadd_ps(mnf, _mm512_loadu_ps(a.m16 + v0 / 16), accm[i]);
+    }
+  }
+  for (int i = 0; i < N; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) + (q3 ? 0.f : _mm512_reduce_add_ps(accm[i]));
+}
+
 template <TensorType T, int N>
 TINYSLM_TARGET_AVX512 inline void gemv_rows_fused(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
                                                   float* y, int64_t ldy, int64_t r0, int64_t r1) {
@@ -680,6 +750,8 @@ TINYSLM_TARGET_AVX512 inline void gemv_rows_fused(const uint8_t* data, int64_t r
     const uint8_t* row = data + r * row_bytes;
     if constexpr (T == TensorType::Q4_K || T == TensorType::Q5_K || T == TensorType::Q6_K)
       gemv_row_k<T, N>(row, k, acts, out);
+    else if constexpr (T == TensorType::Q2_K || T == TensorType::Q3_K)
+      gemv_row_k23<T, N>(row, k, acts, out);
     else
       gemv_row_legacy<T, N>(row, k, acts, out);
     for (int i = 0; i < N; ++i) y[i * ldy + r] = out[i];
@@ -710,6 +782,8 @@ inline bool gemv_fused_avx512(TensorType t, int64_t n, const uint8_t* data, int6
     case TensorType::Q4_K: return gemv_fused_n<TensorType::Q4_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
     case TensorType::Q5_K: return gemv_fused_n<TensorType::Q5_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
     case TensorType::Q6_K: return gemv_fused_n<TensorType::Q6_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q2_K: return gemv_fused_n<TensorType::Q2_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q3_K: return gemv_fused_n<TensorType::Q3_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
     default: return false;
   }
 }
