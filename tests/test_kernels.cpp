@@ -405,3 +405,64 @@ TEST_CASE("activations quantized once serve several matrices (matmul_quantized)"
     reset_simd_level();
   }
 }
+
+TEST_CASE("llama.cpp-quantized tensors of the synthetic models: every path agrees with the scalar reference") {
+  // Real scale distributions (llama.cpp's quantizers) rather than random bytes; also a
+  // float reference from quant.hpp's dequantize_row of both operands.
+  const char* files[] = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K_M",
+                         "Q4_K_M", "Q5_K_M", "Q6_K", "F16", "BF16", "F32"};
+  int checked = 0;
+  for (const char* f : files) {
+    const std::string path = tinyslm_test::shared_file(std::string("models/synthetic/syn-llama-") + f + ".gguf");
+    if (path.empty()) return;
+    auto file = GgufFile::open(path);
+    REQUIRE(file);
+    int per_file = 0;
+    for (const auto& t : file->tensors()) {
+      if (t.n_dims != 2 || !matmul_supports(t.type) || per_file >= 4) continue;
+      const int64_t cols = static_cast<int64_t>(t.ne[0]);
+      if (!detail::check_cols(t.type, cols)) continue;
+      const int64_t rows = std::min<int64_t>(static_cast<int64_t>(t.ne[1]), 40);
+      ++per_file;
+      const int64_t n = 5;
+      const auto x = random_acts(n, cols, 77 + checked);
+      std::vector<uint8_t> w(t.data, t.data + rows * (t.n_bytes / t.ne[1]));
+      const auto ref = run(SimdLevel::scalar, t.type, w, rows, cols, x, n);
+      // float reference: dequantized weights times dequantized activations
+      const TensorType at = activation_type_for(t.type);
+      const int64_t row_bytes = static_cast<int64_t>(t.n_bytes / t.ne[1]);
+      std::vector<float> wf(cols), af(cols);
+      std::vector<uint8_t> aq(cols / tensor_type_info(at).block_size * tensor_type_info(at).block_bytes);
+      for (int64_t i = 0; i < n; ++i) {
+        REQUIRE(quantize_row(at, x.data() + i * cols, aq.data(), cols));
+        REQUIRE(dequantize_row(at, aq.data(), af.data(), cols));
+        for (int64_t r = 0; r < rows; ++r) {
+          REQUIRE(dequantize_row(t.type, w.data() + r * row_bytes, wf.data(), cols));
+          double want = 0, mag = 0;
+          for (int64_t c = 0; c < cols; ++c) {
+            want += double(wf[c]) * af[c];
+            mag += std::fabs(double(wf[c]) * af[c]);
+          }
+          // Q4_1/Q5_1 use Q8_1's fp16-rounded s (as llama.cpp does): allow its rounding too.
+          const double tol = (t.type == TensorType::Q4_1 || t.type == TensorType::Q5_1 ? 2e-3 : 1e-5) * mag + 1e-5;
+          CHECK_MESSAGE(std::fabs(ref[i * rows + r] - want) <= tol,
+                        std::string(t.name) << " " << tensor_type_name(t.type) << ": " << ref[i * rows + r] << " vs " << want);
+        }
+      }
+      for (SimdLevel l : available_levels()) {
+        if (l == SimdLevel::scalar) continue;
+        const auto y = run(l, t.type, w, rows, cols, x, n);
+        for (size_t j = 0; j < y.size(); ++j) {
+          const int64_t r = static_cast<int64_t>(j) % rows, i = static_cast<int64_t>(j) / rows;
+          const double bound =
+              4.0 * double(cols) * 5.96e-8 * magnitude_bound(t.type, w.data() + r * row_bytes, cols, x.data() + i * cols) + 1e-6;
+          CHECK_MESSAGE(std::fabs(double(y[j]) - ref[j]) <= bound,
+                        std::string(t.name) << " " << simd_level_name(l) << ": " << y[j] << " vs " << ref[j]);
+        }
+      }
+      ++checked;
+    }
+  }
+  MESSAGE("synthetic-model tensors checked: " << checked);
+  CHECK(checked > 20);
+}
