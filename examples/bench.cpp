@@ -32,6 +32,33 @@ std::vector<int> parse_list(const char* s) {
   return v;
 }
 
+// The file's declared type (general.file_type), as llama.cpp names it.
+std::string file_type_name(const GgufFile& f, TensorType fallback) {
+  auto ft = f.get_or<uint32_t>("general.file_type", 9999);
+  if (!ft) return tensor_type_name(fallback);
+  switch (*ft) {
+    case 0: return "F32";
+    case 1: return "F16";
+    case 2: return "Q4_0";
+    case 3: return "Q4_1";
+    case 7: return "Q8_0";
+    case 8: return "Q5_0";
+    case 9: return "Q5_1";
+    case 10: return "Q2_K";
+    case 11: return "Q3_K_S";
+    case 12: return "Q3_K_M";
+    case 13: return "Q3_K_L";
+    case 14: return "Q4_K_S";
+    case 15: return "Q4_K_M";
+    case 16: return "Q5_K_S";
+    case 17: return "Q5_K_M";
+    case 18: return "Q6_K";
+    case 25: return "IQ4_NL";
+    case 32: return "BF16";
+    default: return tensor_type_name(fallback);
+  }
+}
+
 struct Result {
   std::string test;
   int threads;
@@ -78,8 +105,10 @@ int main(int argc, char** argv) {
   const HParams& hp = model->hparams();
   const std::string name = model_path.substr(model_path.find_last_of('/') == std::string::npos ? 0 : model_path.find_last_of('/') + 1);
   const double size_mib = static_cast<double>(model->weight_bytes()) / (1024.0 * 1024.0);
-  const TensorType main_type = model->weights().layers.empty() ? model->weights().token_embd.type
-                                                               : model->weights().layers[0].ffn_up.type;
+  const TensorType first_type = model->weights().layers.empty() || !model->weights().layers[0].wo
+                                   ? model->weights().token_embd.type
+                                   : model->weights().layers[0].wo.type;
+  const std::string type_name = file_type_name(model->gguf(), first_type);
   int64_t max_tokens = 1;
   for (int p : pp) max_tokens = std::max<int64_t>(max_tokens, p);
   for (int n : tg) max_tokens = std::max<int64_t>(max_tokens, n);
@@ -142,7 +171,7 @@ int main(int argc, char** argv) {
       const auto& r = results[i];
       std::printf("%s\n  {\"model\": \"%s\", \"size_mib\": %.2f, \"type\": \"%s\", \"arch\": \"%s\", \"threads\": %d, "
                   "\"test\": \"%s\", \"tokens_per_s\": %.3f, \"stddev\": %.3f, \"samples\": [",
-                  i ? "," : "", name.c_str(), size_mib, tensor_type_name(main_type), hp.arch_name.c_str(), r.threads,
+                  i ? "," : "", name.c_str(), size_mib, type_name.c_str(), hp.arch_name.c_str(), r.threads,
                   r.test.c_str(), r.mean, r.stddev);
       for (size_t k = 0; k < r.samples.size(); ++k) std::printf("%s%.3f", k ? ", " : "", r.samples[k]);
       std::printf("]}");
@@ -150,16 +179,16 @@ int main(int argc, char** argv) {
     std::printf("\n]\n");
     return 0;
   }
-  std::printf("| %-36s | %10s | %-6s | %7s | %6s | %20s |\n", "model", "size", "type", "threads", "test", "t/s");
+  std::printf("| %-36s | %10s | %-7s | %7s | %6s | %20s |\n", "model", "size", "type", "threads", "test", "t/s");
   std::printf("| %s | %s | %s | %s | %s | %s |\n", std::string(36, '-').c_str(), std::string(10, '-').c_str(),
-              std::string(6, '-').c_str(), std::string(7, '-').c_str(), std::string(6, '-').c_str(),
+              std::string(7, '-').c_str(), std::string(7, '-').c_str(), std::string(6, '-').c_str(),
               std::string(20, '-').c_str());
   for (const auto& r : results) {
     char tps[64];
     std::snprintf(tps, sizeof tps, "%.2f ± %.2f", r.mean, r.stddev);
     char size[32];
     std::snprintf(size, sizeof size, "%.2f MiB", size_mib);
-    std::printf("| %-36s | %10s | %-6s | %7d | %6s | %20s |\n", name.c_str(), size, tensor_type_name(main_type), r.threads,
+    std::printf("| %-36s | %10s | %-7s | %7d | %6s | %20s |\n", name.c_str(), size, type_name.c_str(), r.threads,
                 r.test.c_str(), tps);
   }
   return 0;

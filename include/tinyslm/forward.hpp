@@ -26,7 +26,7 @@ namespace tinyslm {
 inline namespace v0 {
 
 struct ContextParams {
-  int64_t n_ctx = 2048;     // positions in the KV cache (clamped to the model's training length)
+  int64_t n_ctx = 2048;     // positions in the KV cache (allocated once, F16)
   int n_threads = 1;        // 1 = no extra threads at all
   int64_t n_batch = 512;    // most tokens per forward chunk
   bool all_logits = false;  // keep the logits of every token of an eval (else only the last)
@@ -175,6 +175,10 @@ inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last
 
   // Rows [r0, r0 + rows) of a buffer of `width` values per token, split over the threads.
   auto for_rows = [&](int64_t r0, int64_t rows, auto&& fn) {
+    if (rows < 4) {  // decode: a fork-join costs more than this row's work
+      for (int64_t i = r0; i < r0 + rows; ++i) fn(i);
+      return;
+    }
     par([&](int t, int nt) {
       int64_t b, e;
       ParallelFor::split(rows, t, nt, 1, &b, &e);
