@@ -204,8 +204,9 @@ struct ByteWriter {
     for (int i = 0; i < 8; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
   }
   void raw(const void* p, size_t n) {
-    const auto* s = static_cast<const uint8_t*>(p);
-    out.insert(out.end(), s, s + n);
+    const size_t at = out.size();
+    out.resize(at + n);
+    if (n > 0) std::memcpy(out.data() + at, p, n);
   }
   // 16-bit values (F16 rows), little-endian whatever the host.
   void u16s(const uint16_t* p, size_t n) {
