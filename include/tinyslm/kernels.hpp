@@ -192,16 +192,17 @@ class MatmulScratch {
   }
 
   // What quantize_activations last stored (format id, rows, row length, tiles built).
-  void set_quantized(int fmt, int64_t n, int64_t k, bool tiled) {
+  // tiled_level: the SimdLevel the token tiles were built for, or -1.
+  void set_quantized(int fmt, int64_t n, int64_t k, int tiled_level) {
     q_fmt_ = fmt;
     q_n_ = n;
     q_k_ = k;
-    q_tiled_ = tiled;
+    q_tiled_ = tiled_level;
   }
   int quantized_format() const { return q_fmt_; }
   int64_t quantized_n() const { return q_n_; }
   int64_t quantized_cols() const { return q_k_; }
-  bool quantized_tiled() const { return q_tiled_; }
+  int quantized_tiled_level() const { return q_tiled_; }
 
   // The activation rows, one per token (valid after ensure / reserve).
   const detail::ActRow* rows() const { return acts_.data(); }
@@ -224,7 +225,7 @@ class MatmulScratch {
     return {};
   }
   // Builds tile ti for the current n tokens of k values (after quantize).
-  void build_tile(int64_t ti, int64_t n, int64_t k) {
+  void build_tile(int64_t ti, int64_t n, int64_t k, bool unsigned_q) {
     namespace x = detail::x86;
     int32_t* q = tq_.data() + ti * x::tile_q_words(k);
     int32_t* c16 = tc16_.data() + ti * x::tile_g16(k);
@@ -232,7 +233,7 @@ class MatmulScratch {
     float* d16 = td16_.data() + ti * x::tile_g16(k);
     float* m16 = tm16_.data() + ti * x::tile_g16(k);
     float* m32 = tm32_.data() + ti * x::tile_g32(k);
-    x::build_token_tile(acts_.data(), n, k, ti, q, c16, c32, d16, m16, m32);
+    x::build_token_tile(acts_.data(), n, k, ti, q, c16, c32, d16, m16, m32, unsigned_q);
     tiles_[static_cast<size_t>(ti)] = {q, c16, c32, d16, m16, m32};
   }
   const detail::x86::TokenTile* tiles() const { return tiles_.data(); }
@@ -297,7 +298,7 @@ class MatmulScratch {
   int64_t cap_n_ = 0, cap_k_ = 0;
   int q_fmt_ = -1;
   int64_t q_n_ = 0, q_k_ = 0;
-  bool q_tiled_ = false;
+  int q_tiled_ = -1;
 };
 
 namespace detail {
@@ -393,19 +394,21 @@ inline Status quantize_activations(TensorType weight_type, const float* x, int64
   }
   bool tiled = false;
 #if defined(TINYSLM_KERNELS_X86)
-  // AVX-512 GEMM: interleave the quantized tokens 8 at a time.
-  if (level == SimdLevel::avx512 && n >= detail::x86::kGemmMinTokens && !detail::act_format_is_float(fmt)) {
+  // The GEMM kernels take the quantized tokens interleaved 8 at a time (AVX2: as a + 128).
+  if (((level == SimdLevel::avx512 && n >= detail::x86::kGemmMinTokens) ||
+       (level == SimdLevel::avx2 && n >= detail::x86::kGemmMinTokensAvx2)) &&
+      !detail::act_format_is_float(fmt)) {
     if (auto st = scratch.ensure_tiles(n, cols); !st) return st.error();
     const int64_t ntiles = (n + detail::x86::kTileTokens - 1) / detail::x86::kTileTokens;
     par([&](int t, int nt) {
       int64_t b, e;
       ParallelFor::split(ntiles, t, nt, 1, &b, &e);
-      for (int64_t ti = b; ti < e; ++ti) scratch.build_tile(ti, n, cols);
+      for (int64_t ti = b; ti < e; ++ti) scratch.build_tile(ti, n, cols, level == SimdLevel::avx2);
     });
     tiled = true;
   }
 #endif
-  scratch.set_quantized(static_cast<int>(fmt), n, cols, tiled);
+  scratch.set_quantized(static_cast<int>(fmt), n, cols, tiled ? static_cast<int>(level) : -1);
   return {};
 }
 
@@ -428,7 +431,7 @@ inline Status matmul_quantized(const MatrixRef& w, int64_t n, float* y, int64_t 
   if (!tensor_row_bytes(w.type, static_cast<uint64_t>(w.cols), &row_bytes))
     return make_error(Errc::invalid_argument, "matmul: bad row length");
   const SimdLevel level = active_simd_level();
-  const bool tiled = scratch.quantized_tiled() && level == SimdLevel::avx512;
+  const bool tiled = scratch.quantized_tiled_level() == static_cast<int>(level);
   par([&](int t, int nt) {
     int64_t b, e;
     ParallelFor::split(w.rows, t, nt, kMatmulRowGrain, &b, &e);

@@ -52,6 +52,8 @@ namespace x86 {
 inline constexpr int64_t kChunk = 512;
 // Token count from which the AVX-512 panel GEMM beats running the GEMV kernel per token.
 inline constexpr int64_t kGemmMinTokens = 4;
+// On AVX2 the panel GEMM takes over from the fused GEMV above this many tokens.
+inline constexpr int64_t kGemmMinTokensAvx2 = 9;
 
 // ---------------------------------------------------------------------------------------
 // SIMD canonical decode (AVX2 instructions; inlined into the AVX-512 kernels as well).
@@ -1019,13 +1021,19 @@ inline int64_t tile_g16(int64_t k) { return k / 16 * kTileTokens; }
 inline int64_t tile_g32(int64_t k) { return k / 32 * kTileTokens; }
 
 // Builds tile `ti` (tokens 8 ti .. 8 ti + 7) from the activation rows.
+// `unsigned_q`: store the quants as a + 128 (unsigned bytes), for the AVX2 GEMM.
 inline void build_token_tile(const ActRow* acts, int64_t n, int64_t k, int64_t ti, int32_t* q, int32_t* c16,
-                             int32_t* c32, float* d16, float* m16, float* m32) {
+                             int32_t* c32, float* d16, float* m16, float* m32, bool unsigned_q = false) {
   for (int c = 0; c < kTileTokens; ++c) {
     const int64_t i = ti * kTileTokens + c;
     if (i < n) {
       const ActRow& a = acts[i];
-      for (int64_t w = 0; w < k / 4; ++w) std::memcpy(&q[w * kTileTokens + c], a.qs + 4 * w, 4);
+      for (int64_t w = 0; w < k / 4; ++w) {
+        uint32_t word;
+        std::memcpy(&word, a.qs + 4 * w, 4);
+        if (unsigned_q) word ^= 0x80808080u;
+        std::memcpy(&q[w * kTileTokens + c], &word, 4);
+      }
       for (int64_t g = 0; g < k / 16; ++g) {
         c16[g * kTileTokens + c] = -128 * a.sum16[g];
         d16[g * kTileTokens + c] = a.da16[g];
@@ -1036,7 +1044,7 @@ inline void build_token_tile(const ActRow* acts, int64_t n, int64_t k, int64_t t
         m32[g * kTileTokens + c] = a.m32[g];
       }
     } else {
-      for (int64_t w = 0; w < k / 4; ++w) q[w * kTileTokens + c] = 0;
+      for (int64_t w = 0; w < k / 4; ++w) q[w * kTileTokens + c] = unsigned_q ? static_cast<int32_t>(0x80808080u) : 0;
       for (int64_t g = 0; g < k / 16; ++g) c16[g * kTileTokens + c] = 0, d16[g * kTileTokens + c] = 0.f, m16[g * kTileTokens + c] = 0.f;
       for (int64_t g = 0; g < k / 32; ++g) c32[g * kTileTokens + c] = 0, m32[g * kTileTokens + c] = 0.f;
     }
@@ -1130,6 +1138,136 @@ TINYSLM_TARGET_AVX512 inline void int_rows_gemm_avx512(TensorType t, const uint8
           panel_tokens<16, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
         else
           panel_tokens<16, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// AVX2 GEMM on interleaved 8-row panels (no VNNI). maddubs takes the activations as unsigned
+// bytes a + 128 (tiles built with unsigned_q) and the weights as signed bytes; with |w| <= 32
+// two products never saturate an int16 (2 * 255 * 32), and even two maddubs results add
+// up without overflow, so pairs of 4-byte steps share one madd. The +128 is taken out
+// exactly per row: -128 * (sum of the row's 16 weights), kept in the panel. Types with
+// larger weights (Q8_0, IQ4_NL) use the decoded-chunk path.
+
+inline bool avx2_gemm_supports(TensorType t) {
+  return is_integer_weight_type(t) && t != TensorType::Q8_0 && t != TensorType::IQ4_NL;
+}
+
+struct alignas(32) Panel8 {
+  int8_t w[kChunk / 4][8][4];   // w[q][r] = weights 4q..4q+3 of row r (signed)
+  float s16[kChunk / 16][8];    // weight scale per 16 values, per row
+  float mw[kChunk / 16][8];     // min per group, per row
+  int32_t corr16[kChunk / 16][8];  // -128 * sum of the row's 16 weights
+};
+
+TINYSLM_TARGET_AVX2 inline void fill_panel8(TensorType t, const WeightTraits& tr, const uint8_t* data, int64_t row_bytes,
+                                            int64_t r0, int nr, int64_t v0, int64_t nv, Panel8& p) {
+  alignas(64) int8_t w[kChunk];
+  alignas(64) float sw16[kChunk / 16 + 4];
+  alignas(64) float mw[kChunk / 16];
+  const int64_t nq = nv / 4;
+  for (int r = 0; r < 8; ++r) {
+    if (r < nr) {
+      decode_chunk(t, data + (r0 + r) * row_bytes, v0, nv, w, sw16, mw);
+      for (int64_t q = 0; q < nq; ++q) std::memcpy(&p.w[q][r][0], w + 4 * q, 4);
+      for (int64_t g = 0; g < nv / 16; ++g) {
+        int32_t sum = 0;
+        for (int i = 0; i < 16; ++i) sum += w[16 * g + i];
+        p.s16[g][r] = sw16[g];
+        p.corr16[g][r] = -128 * sum;
+      }
+      if (tr.has_min)
+        for (int64_t g = 0; g < nv / tr.group; ++g) p.mw[g][r] = mw[g];
+    } else {
+      for (int64_t q = 0; q < nq; ++q) std::memset(&p.w[q][r][0], 0, 4);
+      for (int64_t g = 0; g < nv / 16; ++g) p.s16[g][r] = 0.f, p.corr16[g][r] = 0;
+      if (tr.has_min)
+        for (int64_t g = 0; g < nv / tr.group; ++g) p.mw[g][r] = 0.f;
+    }
+  }
+}
+
+// acc[c] (8 rows) for 4 tokens (c0 .. c0 + 3 of the tile).
+template <int G, bool Min>
+TINYSLM_TARGET_AVX2 inline void panel8_kernel(const Panel8& p, int64_t v0, int64_t nv, const TokenTile& t, int c0,
+                                              __m256* out) {
+  constexpr int C = 4, T = kTileTokens;
+  const int32_t* q4 = t.q + v0 / 4 * T + c0;
+  const float* dd = t.d16 + v0 / 16 * T + c0;
+  const float* mm = (G == 32 ? t.m32 + v0 / 32 * T : t.m16 + v0 / 16 * T) + c0;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[C];
+  for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < nv / G; ++g) {
+    __m256i corr = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.corr16[g * (G / 16)][0]));
+    if (G == 32) corr = _mm256_add_epi32(corr, _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.corr16[2 * g + 1][0])));
+    __m256i isum[C];
+    for (int c = 0; c < C; ++c) isum[c] = corr;
+    const int64_t q0 = g * (G / 4);
+#pragma GCC unroll 4
+    for (int q = 0; q < G / 4; q += 2) {
+      const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.w[q0 + q][0][0]));
+      const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.w[q0 + q + 1][0][0]));
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) {
+        const __m256i a0 = _mm256_set1_epi32(q4[(q0 + q) * T + c]);
+        const __m256i a1 = _mm256_set1_epi32(q4[(q0 + q + 1) * T + c]);
+        const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(a0, w0), _mm256_maddubs_epi16(a1, w1));
+        isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(p16, ones));
+      }
+    }
+    const __m256 s = _mm256_load_ps(&p.s16[g * (G / 16)][0]);
+    const float* dg = dd + g * (G / 16) * T;
+    for (int c = 0; c < C; ++c) {
+      acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(s, _mm256_set1_ps(dg[c])), acc[c]);
+      if (Min) acc[c] = _mm256_fmadd_ps(_mm256_load_ps(&p.mw[g][0]), _mm256_set1_ps(mm[g * T + c]), acc[c]);
+    }
+  }
+  for (int c = 0; c < C; ++c) out[c] = acc[c];
+}
+
+template <int G, bool Min>
+TINYSLM_TARGET_AVX2 inline void panel8_tokens(const Panel8& p, int64_t v0, int64_t nv, const TokenTile* tiles, int64_t n,
+                                              float* y, int64_t ldy, int64_t r0, int nr, bool first) {
+  alignas(32) int32_t mk[8];
+  for (int r = 0; r < 8; ++r) mk[r] = r < nr ? -1 : 0;
+  const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(mk));
+  __m256 acc[4];
+  for (int64_t i0 = 0; i0 < n; i0 += 4) {
+    panel8_kernel<G, Min>(p, v0, nv, tiles[i0 / kTileTokens], static_cast<int>(i0 % kTileTokens), acc);
+    const int64_t nc = n - i0 < 4 ? n - i0 : 4;
+    for (int64_t c = 0; c < nc; ++c) {
+      float* yp = y + (i0 + c) * ldy + r0;
+      __m256 v = acc[c];
+      if (!first) v = _mm256_add_ps(_mm256_maskload_ps(yp, mask), v);
+      _mm256_maskstore_ps(yp, mask, v);
+    }
+  }
+}
+
+TINYSLM_TARGET_AVX2 inline void int_rows_gemm_avx2(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
+                                                   const TokenTile* tiles, int64_t n, float* y, int64_t ldy, int64_t r0,
+                                                   int64_t r1) {
+  const WeightTraits tr = weight_traits(t);
+  Panel8 p;
+  for (int64_t rp = r0; rp < r1; rp += 8) {
+    const int nr = static_cast<int>(r1 - rp < 8 ? r1 - rp : 8);
+    for (int64_t v0 = 0; v0 < k; v0 += kChunk) {
+      const int64_t nv = k - v0 < kChunk ? k - v0 : kChunk;
+      fill_panel8(t, tr, data, row_bytes, rp, nr, v0, nv, p);
+      const bool first = v0 == 0;
+      if (tr.group == 32) {
+        if (tr.has_min)
+          panel8_tokens<32, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+        else
+          panel8_tokens<32, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+      } else {
+        if (tr.has_min)
+          panel8_tokens<16, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+        else
+          panel8_tokens<16, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
       }
     }
   }
@@ -1269,7 +1407,9 @@ inline bool matmul_rows(bool avx512, TensorType t, const uint8_t* data, int64_t 
   }
   if (!is_integer_weight_type(t)) return false;
   if (!avx512) {
-    if (!gemv_fused_avx2(t, n, data, row_bytes, k, acts, y, ldy, r0, r1))
+    if (tiles && avx2_gemm_supports(t))
+      int_rows_gemm_avx2(t, data, row_bytes, k, tiles, n, y, ldy, r0, r1);
+    else if (!gemv_fused_avx2(t, n, data, row_bytes, k, acts, y, ldy, r0, r1))
       int_rows_gemv_avx2(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
   }
   else if (tiles)
