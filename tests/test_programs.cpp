@@ -199,7 +199,8 @@ TEST_CASE("perplexity: matches llama-perplexity within 1%") {
     const Json g = Json::parse(tinyslm_test::read_text(gpath));
     const double want = g["perplexity"]["ppl"].as_number();
     const Run r = run(ppl, {"-m", model, "-f", text, "-c", "128", "-t", "2"});
-    CAPTURE(c.model);
+    const std::string model_name = c.model;
+    CAPTURE(model_name);
     CAPTURE(r.err);
     REQUIRE(r.exit_code == 0);
     const size_t at = r.out.find("PPL = ");

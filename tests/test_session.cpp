@@ -7,6 +7,8 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -104,6 +106,26 @@ TEST_CASE("session: greedy generation reproduces llama.cpp's golden text (storie
     if (r->ids == want_ids && r->text == p["greedy"]["text"].as_string()) ++matched;
   }
   MESSAGE("golden greedy prompts matched: " << matched << " of " << g["prompts"].size());
+}
+
+TEST_CASE("session: prompts tokenize as llama.cpp evaluated them (chat prompts of the synthetic models)") {
+  for (const char* stem : {"synth-llama3-tiny-F16", "synth-gemma3-tiny-F16", "synth-phi3-tiny-F16",
+                           "synth-qwen2-tiny-F16", "synth-qwen3-tiny-F16"}) {
+    auto L = load((std::string("models/synthetic/") + stem + ".gguf").c_str());
+    const std::string gpath = tinyslm_test::shared_file(std::string("golden/") + stem + ".json");
+    if (!L || gpath.empty()) continue;
+    const Json g = Json::parse(tinyslm_test::read_text(gpath));
+    Session s = make_session(L->model, {.context = 512});
+    int n = 0;
+    for (const Json& p : g["prompts"].items()) {
+      if (p["kind"].as_string() != "chat") continue;
+      auto toks = s.tokenize(p["text"].as_string());
+      REQUIRE(toks);
+      CHECK_MESSAGE(*toks == p["eval_tokens"].int_list(), stem << " " << p["id"].as_string());
+      ++n;
+    }
+    CHECK(n > 0);
+  }
 }
 
 TEST_CASE("session: generate_ids drives the model without text; bad ids are refused") {
@@ -255,6 +277,34 @@ TEST_CASE("session: callback stop and cancellation") {
   REQUIRE(c);
   CHECK(c->stop == StopReason::cancelled);
   CHECK(c->ids.size() == 2);
+
+  // Cancelled from another thread at some moment: the cache always holds exactly the chunks
+  // that were evaluated, and an interrupted prompt stops on a chunk boundary.
+  {
+    std::string long_prompt;
+    for (int i = 0; i < 40; ++i) long_prompt += "The cat sat on the mat and looked at the bird. ";
+    Session t = make_session(L->model, {.context = 2048, .batch = 8});
+    auto toks = t.tokenize(long_prompt);
+    REQUIRE(toks);
+    std::atomic<bool> stop{false};
+    GenerateOptions ot = greedy(64);
+    ot.cancel = &stop;
+    std::thread canceller([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(3));
+      stop = true;
+    });
+    auto rt = t.generate(long_prompt, ot);
+    canceller.join();
+    REQUIRE(rt);
+    CHECK(t.n_past() == rt->stats.prompt_reused + rt->stats.prompt_evaluated + std::max<int64_t>(0, rt->stats.generated - 1));
+    if (rt->stats.prompt_evaluated < static_cast<int64_t>(toks->size())) {
+      CHECK(rt->stop == StopReason::cancelled);
+      CHECK(rt->stats.prompt_evaluated % 8 == 0);
+      CHECK(rt->ids.empty());
+    }
+    MESSAGE("cancelled after " << rt->stats.prompt_evaluated << " of " << toks->size() << " prompt tokens, "
+                               << rt->ids.size() << " generated");
+  }
 
   // Cancelled before the prompt: nothing evaluated, nothing generated.
   s.reset();
@@ -469,7 +519,8 @@ TEST_CASE("chat helper: templates, prefix reuse across turns, dropping whole mes
                           "models/synthetic/synth-phi3-tiny-F16.gguf"}) {
     auto L = load(rel);
     if (!L) continue;
-    CAPTURE(rel);
+    const std::string model_name = rel;
+    CAPTURE(model_name);
     Session s = make_session(L->model, {.context = 512});
     CHECK(s.chat_template().kind() != ChatTemplate::Kind::none);
     Chat chat(s, "You are terse.");
@@ -534,9 +585,10 @@ TEST_CASE("chat helper: templates, prefix reuse across turns, dropping whole mes
 }
 
 TEST_CASE("memory_estimate: bounds what a session really uses") {
-  const std::string path = tinyslm_test::shared_file(kStories);
-  if (path.empty()) return;
-  for (int64_t ctx : {256, 2048}) {
+  for (const auto& [rel, ctx] : {std::pair<const char*, int64_t>{kStories, 256}, {kStories, 2048},
+                                  {"models/synthetic/synth-gemma3-tiny-F16.gguf", 1024}}) {
+    const std::string path = tinyslm_test::shared_file(rel);
+    if (path.empty()) continue;
     auto est = memory_estimate(path, ctx);
     REQUIRE(est);
     auto f = GgufFile::open(path);
@@ -568,13 +620,15 @@ TEST_CASE("memory_estimate: bounds what a session really uses") {
       REQUIRE(s.generate(kStory, greedy(4)));
       const uint64_t used = heap() - h0 + m->weight_bytes();
       const double ratio = static_cast<double>(est->total()) / static_cast<double>(used);
-      MESSAGE("context " << ctx << ": estimate " << est->total() << " bytes, measured " << used << " (ratio " << ratio
+      MESSAGE(std::string(rel) << ", context " << ctx << ": estimate " << est->total() << " bytes, measured " << used << " (ratio " << ratio
                          << ")");
       CHECK(ratio > 0.75);
       CHECK(ratio < 1.5);
     }
 #endif
   }
+  const std::string path = tinyslm_test::shared_file(kStories);
+  if (path.empty()) return;
   CHECK(!memory_estimate(std::string("/nonexistent/model.gguf"), 256));
   auto f = GgufFile::open(path);
   REQUIRE(f);

@@ -734,7 +734,8 @@ inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t conte
     });
   }
   if (auto merges = f.get<GgufArray>("tokenizer.ggml.merges")) n_merges = merges->size();
-  m.other = small + 2 * vocab_bytes + u(n_vocab) * (4 + 4 + 2 + 4 + 8 + 12 + 8 + 4) + n_merges * 32;
+  // plus a fixed 256 KiB for the small tables and vectors every session has.
+  m.other = small + 2 * vocab_bytes + u(n_vocab) * (4 + 4 + 2 + 4 + 8 + 12 + 8 + 4) + n_merges * 32 + (256u << 10);
   return m;
 }
 
