@@ -7,9 +7,9 @@
 // Activations are quantized once per row into the format llama.cpp pairs with the weight
 // type (Q8_0, Q8_1, Q8_K, or rounded to F16/BF16), then every inner loop is an integer dot
 // product. n == 1 runs GEMV kernels (decode, bound by memory bandwidth); n >= 2 runs
-// register-tiled GEMM kernels (prefill). Rows are split over threads in multiples of 16, and
-// every row's arithmetic is the same whatever the split, so the result does not depend on
-// the thread count.
+// register-tiled GEMM kernels (prefill). Threads take rows in chunks of multiples of 16 from
+// a shared counter, and every row's arithmetic is the same whatever the split, so the result
+// does not depend on the thread count or the schedule.
 //
 // quantize_activations() + matmul_quantized() split the two steps, so one input quantized
 // once feeds several matrices (Q/K/V, gate/up).
@@ -432,10 +432,20 @@ inline Status matmul_quantized(const MatrixRef& w, int64_t n, float* y, int64_t 
     return make_error(Errc::invalid_argument, "matmul: bad row length");
   const SimdLevel level = active_simd_level();
   const bool tiled = scratch.quantized_tiled_level() == static_cast<int>(level);
-  par([&](int t, int nt) {
-    int64_t b, e;
-    ParallelFor::split(w.rows, t, nt, kMatmulRowGrain, &b, &e);
-    if (b < e) detail::matmul_rows(level, w, static_cast<int64_t>(row_bytes), scratch, tiled, n, y, ldy, b, e);
+  // Rows are handed out in chunks (multiples of 16) from a shared counter, so a thread
+  // slowed down by other work (or a small core) takes fewer; every row is computed the same
+  // way whichever thread takes it, so the result does not depend on the schedule.
+  const int nthreads = par.n_threads < 1 ? 1 : par.n_threads;
+  int64_t chunk = w.rows / (int64_t{8} * nthreads);
+  chunk = chunk < kMatmulRowGrain ? kMatmulRowGrain : (chunk + kMatmulRowGrain - 1) / kMatmulRowGrain * kMatmulRowGrain;
+  std::atomic<int64_t> next{0};
+  par([&](int, int) {
+    for (;;) {
+      const int64_t b = next.fetch_add(chunk, std::memory_order_relaxed);
+      if (b >= w.rows) break;
+      const int64_t e = b + chunk < w.rows ? b + chunk : w.rows;
+      detail::matmul_rows(level, w, static_cast<int64_t>(row_bytes), scratch, tiled, n, y, ldy, b, e);
+    }
   });
   return {};
 }
