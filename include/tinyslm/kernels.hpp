@@ -6,8 +6,9 @@
 //
 // Activations are quantized once per row into the format llama.cpp pairs with the weight
 // type (Q8_0, Q8_1, Q8_K, or rounded to F16/BF16), then every inner loop is an integer dot
-// product. n == 1 runs GEMV kernels (decode, bound by memory bandwidth); n >= 2 runs
-// register-tiled GEMM kernels (prefill). Threads take rows in chunks of multiples of 16 from
+// product. Few tokens (decode: n == 1, bound by memory bandwidth) run GEMV kernels that
+// unpack each weight block once for all n tokens; from 4 tokens (AVX-512) or 9 (AVX2) on,
+// register-tiled GEMM kernels on 16- / 8-row panels (prefill). Threads take rows in chunks of multiples of 16 from
 // a shared counter, and every row's arithmetic is the same whatever the split, so the result
 // does not depend on the thread count or the schedule.
 //
