@@ -172,3 +172,5 @@ class ThreadPool {
 
 }  // namespace v0
 }  // namespace tinyslm
+
+#undef TINYSLM_CPU_RELAX
