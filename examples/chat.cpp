@@ -206,7 +206,16 @@ int main(int argc, char** argv) {
         doc = line;
         r = session->generate(doc, opt, stream);
       }
-      if (r) doc += r->text;
+      if (r) {
+        // The exact continuation bytes (the streamed text drops a SentencePiece leading space).
+        const Tokenizer& tk = session->tokenizer();
+        std::string raw;
+        for (int32_t id : r->ids)
+          if (!tk.is_eog(id))
+            if (auto piece = tk.token_to_piece(id, false)) raw += *piece;
+        if (r->stop == StopReason::stop_string || r->stop == StopReason::callback) raw = r->text;
+        doc += raw;
+      }
     } else {
       r = chat.send(line, opt, stream);
     }
