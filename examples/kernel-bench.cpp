@@ -4,8 +4,8 @@
 //
 // Prints the machine's read bandwidth (a plain read-sum loop over 512 MiB, 1 and 2 threads),
 // then per type: GEMV (one token) throughput in GB/s of weights read, for a 4096 x 4096 and a
-// 49152 x 576 (rows x cols: an output head) matrix, with the ratio to the measured read
-// bandwidth at the same thread count; and GEMM throughput in GOP/s (2 * rows * cols * tokens
+// 49152 x 576 (rows x cols: an output head) matrix, with the ratio to the read bandwidth
+// measured again right after, on the same threads; and GEMM throughput in GOP/s (2 * rows * cols * tokens
 // per second) for 512 tokens on the 4096 x 4096 matrix. GEMV rotates over enough copies of
 // the weights that they never sit in the caches. Each figure is the best of several runs.
 #include <algorithm>
@@ -178,6 +178,11 @@ int main(int argc, char** argv) {
   }
   const double budget = quick ? 0.15 : 0.6;
   std::printf("kernel-bench: SIMD path %s\n", simd_level_name(active_simd_level()));
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {  // how busy the machine was (Linux)
+    char line[128] = {0};
+    if (std::fgets(line, sizeof line, f)) std::printf("load average: %s", line);
+    std::fclose(f);
+  }
 
   // Machine read bandwidth.
   std::vector<uint64_t> big(static_cast<size_t>(512) << 17);  // 512 MiB
@@ -188,8 +193,6 @@ int main(int argc, char** argv) {
     bw[ti] = read_bandwidth(pool, big, budget * 2);
     std::printf("read bandwidth, %d thread(s): %.1f GB/s\n", thread_counts[ti], bw[ti]);
   }
-  big.clear();
-  big.shrink_to_fit();
   std::vector<double> peak(thread_counts.size(), 0.0);
 #if defined(KB_HAVE_VNNI_PEAK)
   if (detect_cpu_features().has_avx512_vnni()) {
@@ -239,10 +242,13 @@ int main(int argc, char** argv) {
             },
             budget);
         const double gbs = static_cast<double>(bytes) * copies / tm / 1e9;
+        // The ratio uses a bandwidth measured right after, on the same threads: on a shared
+        // machine both move together.
+        const double bw_now = std::max(read_bandwidth(pool, big, budget / 2), 1e-9);
         char buf[64];
         std::snprintf(buf, sizeof buf, "%s%.1f", ti ? " / " : "", gbs);
         cells[2 * si] += buf;
-        std::snprintf(buf, sizeof buf, "%s%.0f%%", ti ? " / " : "", 100.0 * gbs / bw[ti]);
+        std::snprintf(buf, sizeof buf, "%s%.0f%%", ti ? " / " : "", 100.0 * gbs / bw_now);
         cells[2 * si + 1] += buf;
       }
     }
