@@ -1361,6 +1361,38 @@ inline void float_tile(const uint8_t* const* rows, int64_t k, const float* const
 template <bool Avx512, TensorType T>
 inline void float_rows_t(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, int64_t n, float* y,
                          int64_t ldy, int64_t r0, int64_t r1) {
+  if (n > 4) {
+    // Many tokens: block k so a tile of 4 tokens stays in L1 while the rows stream past it;
+    // partial sums of each k block are added into y.
+    constexpr int64_t kb = 1024;
+    const int64_t wsize = T == TensorType::F32 ? 4 : 2;
+    for (int64_t k0 = 0; k0 < k; k0 += kb) {
+      const int64_t nk = k - k0 < kb ? k - k0 : kb;
+      for (int64_t i0 = 0; i0 < n; i0 += 4) {
+        const int nc = static_cast<int>(n - i0 < 4 ? n - i0 : 4);
+        const float* xs[4];
+        for (int c = 0; c < 4; ++c) xs[c] = acts[i0 + (c < nc ? c : 0)].xf + k0;
+        for (int64_t r = r0; r < r1; r += 4) {
+          const int nr = static_cast<int>(r1 - r < 4 ? r1 - r : 4);
+          const uint8_t* rows[4];
+          for (int j = 0; j < 4; ++j) rows[j] = data + (r + (j < nr ? j : 0)) * row_bytes + k0 * wsize;
+          float out[16];
+          switch (nc) {
+            case 4: float_tile<Avx512, T, 4, 4>(rows, nk, xs, out); break;
+            case 3: float_tile<Avx512, T, 4, 3>(rows, nk, xs, out); break;
+            case 2: float_tile<Avx512, T, 4, 2>(rows, nk, xs, out); break;
+            default: float_tile<Avx512, T, 4, 1>(rows, nk, xs, out); break;
+          }
+          for (int j = 0; j < nr; ++j)
+            for (int c = 0; c < nc; ++c) {
+              float& dst = y[(i0 + c) * ldy + r + j];
+              dst = k0 == 0 ? out[j * nc + c] : dst + out[j * nc + c];
+            }
+        }
+      }
+    }
+    return;
+  }
   for (int64_t r = r0; r < r1; r += 4) {
     const int nr = static_cast<int>(r1 - r < 4 ? r1 - r : 4);
     const uint8_t* rows[4];
