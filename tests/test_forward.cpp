@@ -74,7 +74,7 @@ std::vector<Case> dense_cases() {
   for (const char* a : {"llama3", "qwen2", "qwen3", "gemma3", "phi3", "qwen3moe"})
     c.push_back({std::string("models/synthetic/synth-") + a + "-tiny-F16.gguf",
                  std::string("golden/synth-") + a + "-tiny-F16.json"});
-  for (const char* s : {"llama-BF16", "llama-F16", "llama-F32", "llama-IQ4_NL", "llama-Q2_K",
+  for (const char* s : {"llama-BF16", "llama-F16", "llama-IQ4_NL", "llama-Q2_K",
                         "llama-Q3_K_M", "llama-Q4_0", "llama-Q4_1", "llama-Q4_K_M", "llama-Q5_0",
                         "llama-Q5_1", "llama-Q5_K_M", "llama-Q6_K", "llama-Q8_0", "qwen2-Q4_K_M",
                         "qwen2-Q8_0", "qwen3-Q4_K_M", "qwen3-Q8_0", "gemma2-Q4_K_M", "gemma2-Q8_0",

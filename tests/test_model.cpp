@@ -26,6 +26,7 @@ struct TinySpec {
   std::vector<std::string> skip;                  // tensors to leave out
   std::map<std::string, std::vector<uint64_t>> reshape;  // tensors with another shape
   std::function<void(GgufWriter&)> extra_meta;    // more metadata
+  std::vector<std::string> extra_vectors;         // more F32 tensors of 8 values
 };
 
 uint64_t g_state = 12345;
@@ -77,6 +78,7 @@ std::vector<uint8_t> make_model(const TinySpec& s) {
   const float g = 1.0f / std::sqrt(static_cast<float>(s.n_embd));
   add("token_embd.weight", {E, static_cast<uint64_t>(s.n_vocab)}, s.type, 0.0f, 1.0f);
   add("output_norm.weight", {E}, TensorType::F32, 1.0f, 0.1f);
+  for (const auto& n : s.extra_vectors) add(n, {8}, TensorType::F32, 1.0f, 0.1f);
   if (!s.tied) add("output.weight", {E, static_cast<uint64_t>(s.n_vocab)}, s.type, 0.0f, g);
   const bool phi3 = A == "phi3", qk_norm = A == "qwen3" || A == "gemma3", post = A == "gemma2" || A == "gemma3";
   for (int64_t il = 0; il < s.n_layer; ++il) {
@@ -295,6 +297,27 @@ TEST_CASE("model: bad files give clear errors") {
     auto m = load(make_model(s));
     REQUIRE(!m);
     CHECK(contains(m.error().message(), "yarn"));
+  }
+  SUBCASE("Phi-3 LongRoPE factors") {
+    TinySpec s;
+    s.arch = "phi3";
+    s.tied = false;
+    s.extra_vectors = {"rope_factors_long.weight", "rope_factors_short.weight"};
+    auto m = load(make_model(s));
+    REQUIRE(!m);
+    CHECK(m.error().code() == Errc::unsupported);
+    CHECK(contains(m.error().message(), "LongRoPE"));
+  }
+  SUBCASE("rope_freqs of the wrong length") {
+    TinySpec s;
+    s.extra_vectors = {"rope_freqs.weight"};  // 8 values, but n_rot / 2 = 8: accepted
+    auto ok = load(make_model(s));
+    REQUIRE(ok);
+    CHECK(ok->hparams().rope_freq_factors.size() == 8);
+    s.head_dim = 32;  // n_rot / 2 = 16 now
+    auto bad = load(make_model(s));
+    REQUIRE(!bad);
+    CHECK(contains(bad.error().message(), "rope_freqs.weight"));
   }
   SUBCASE("inconsistent head counts") {
     TinySpec s;

@@ -466,6 +466,10 @@ inline Status Model::bind() {
   }
   if (auto st = b.vector("output.bias", hp.n_vocab, false, &w_.output_bias); !st) return st;
 
+  // Phi-3 LongRoPE stores per-layer long/short factor tables and an attention factor.
+  if (f.find_tensor("rope_factors_long.weight") || f.find_tensor("blk.0.rope_factors_long.weight"))
+    return make_error(Errc::unsupported, f.name() + ": LongRoPE (rope_factors_long/short) is not supported yet");
+
   // llama3-style RoPE frequency factors (one per rotated pair).
   if (auto st = b.vector("rope_freqs.weight", hp.n_rot / 2, false, &hp.rope_freq_factors); !st)
     return st;
