@@ -40,7 +40,7 @@ constexpr Shape kShapes[] = {
 };
 
 // Small, fast, seeded generator (splitmix64); uniform values with the variance wanted.
-struct Rng {
+struct SplitMix {
   uint64_t s;
   uint64_t next() {
     uint64_t z = (s += 0x9e3779b97f4a7c15ull);
@@ -190,7 +190,7 @@ int main(int argc, char** argv) {
     auto st = w.add_tensor_generated(name, t, shape, [=](uint8_t* dst, size_t bytes) {
       const size_t row_bytes = bytes / static_cast<size_t>(rows);
       std::vector<float> row(static_cast<size_t>(cols));
-      Rng rng{h};
+      SplitMix rng{h};
       for (int64_t r = 0; r < rows; ++r) {
         for (auto& v : row) v = amp * rng.uniform();
         (void)quantize_row(t, row.data(), dst + static_cast<size_t>(r) * row_bytes, cols);
@@ -201,7 +201,7 @@ int main(int argc, char** argv) {
   };
   auto add_vector = [&](const std::string& name, int64_t n, float center, float spread) -> bool {
     std::vector<float> v(static_cast<size_t>(n));
-    Rng rng{hash_name(name, seed)};
+    SplitMix rng{hash_name(name, seed)};
     for (auto& x : v) x = center + spread * rng.uniform();
     const uint64_t shape[1] = {static_cast<uint64_t>(n)};
     return static_cast<bool>(w.add_tensor(name, TensorType::F32, shape, v.data(), v.size() * 4));
