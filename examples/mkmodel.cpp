@@ -168,7 +168,9 @@ int main(int argc, char** argv) {
       types.push_back(6);
     }
     for (int64_t i = static_cast<int64_t>(tokens.size()); i < S.n_vocab; ++i) {
-      tokens.push_back("\xE2\x96\x81t" + std::to_string(i));
+      std::string piece = "\xE2\x96\x81t";  // SentencePiece's word-start mark, then a name
+      piece += std::to_string(i);
+      tokens.push_back(std::move(piece));
       scores.push_back(-static_cast<float>(i));
       types.push_back(1);
     }
