@@ -276,12 +276,20 @@ TEST_CASE("forward: results do not depend on the thread count or on batching") {
   std::vector<int32_t> toks;
   for (int i = 0; i < 70; ++i) toks.push_back((i * 7919 + 13) % 50000);
 
+  // The prompt (prefill), then 5 single tokens (decode, rows split over the threads).
   auto run = [&](int threads, int64_t batch) {
     auto ctx = Context::create(*model, {.n_ctx = 256, .n_threads = threads, .n_batch = batch});
     REQUIRE(ctx);
     auto lg = ctx->eval(toks);
     REQUIRE(lg);
-    return std::vector<float>(lg->begin(), lg->end());
+    std::vector<float> all(lg->begin(), lg->end());
+    for (int32_t t = 0; t < 5; ++t) {
+      const int32_t id = 100 + 37 * t;
+      auto step = ctx->eval(std::span<const int32_t>(&id, 1));
+      REQUIRE(step);
+      all.insert(all.end(), step->begin(), step->end());
+    }
+    return all;
   };
   const auto a = run(1, 512), b = run(2, 512), c = run(3, 512);
   CHECK(a == b);

@@ -7,6 +7,8 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <initializer_list>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -71,6 +73,7 @@ class Context {
   std::unique_ptr<ThreadPool> pool_;
   KvCache kv_;
   MatmulScratch mm_;
+  std::vector<MatmulScratch> thread_mm_;  // decode: one per thread (see mm_rows below)
   ops::AttentionScratch attn_;
   // Mixture of experts (n_expert > 0): the routing configuration, each layer's experts
   // (pointers into the mapped file) and the MoE step's buffers.
@@ -118,6 +121,9 @@ inline Expected<Context> Context::create(const Model& model, const ContextParams
   if (!ok) return make_error(Errc::out_of_memory, "context: cannot allocate the activation buffers");
   auto st = c.mm_.reserve(B, max_cols);
   if (!st) return st.error();
+  c.thread_mm_ = std::vector<MatmulScratch>(static_cast<size_t>(params.n_threads));
+  for (auto& t : c.thread_mm_)
+    if (auto ts = t.reserve(1, max_cols); !ts) return ts.error();
   if (hp.n_expert > 0) {
     auto cfg = read_moe_config(model.gguf());
     if (!cfg) return cfg.error();
@@ -185,11 +191,49 @@ inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last
       for (int64_t i = r0 + b; i < r0 + e; ++i) fn(i);
     });
   };
-  auto mm = [&](const Weight& wt, const float* in, int64_t rows, float* out, int64_t ldy) -> Status {
-    const MatrixRef ref{wt.type, wt.data, wt.rows, wt.cols};
-    auto st = matmul(ref, in, rows, out, ldy, mm_, par);
-    if (!st) return Error(st.error()).context(std::string(wt.name));
+  // y = W x for `rows` tokens. Several matrices with the same input (Q, K, V; gate, up) go
+  // together: in decode (one token, several threads) every thread multiplies its share of
+  // each matrix's rows in one fork-join, instead of two fork-joins per matrix. A row's dot
+  // product is the same whichever thread computes it, so results do not depend on the split.
+  struct Out {
+    const Weight* w;
+    float* y;
+  };
+  auto mm_group = [&](std::initializer_list<Out> outs, const float* in, int64_t rows, int64_t ldy) -> Status {
+    if (rows > 1 || par.n_threads <= 1) {
+      for (const Out& o : outs) {
+        const MatrixRef ref{o.w->type, o.w->data, o.w->rows, o.w->cols};
+        auto st = matmul(ref, in, rows, o.y, ldy, mm_, par);
+        if (!st) return Error(st.error()).context(std::string(o.w->name));
+      }
+      return {};
+    }
+    std::atomic<int> failed{-1};
+    par([&](int t, int nt) {
+      int k = 0;
+      for (const Out& o : outs) {
+        int64_t b, e;
+        ParallelFor::split(o.w->rows, t, nt, kMatmulRowGrain, &b, &e);
+        if (b < e) {
+          const MatrixRef ref{o.w->type, o.w->data + static_cast<size_t>(b) * o.w->row_bytes(), e - b, o.w->cols};
+          int expected = -1;
+          if (!matmul(ref, in, 1, o.y + b, ldy, thread_mm_[static_cast<size_t>(t)], ParallelFor{}))
+            failed.compare_exchange_strong(expected, k);
+        }
+        ++k;
+      }
+    });
+    if (failed.load() >= 0) {
+      // Redo the failing product on one thread for its error message.
+      const Out& o = *(outs.begin() + failed.load());
+      const MatrixRef ref{o.w->type, o.w->data, o.w->rows, o.w->cols};
+      auto st = matmul(ref, in, rows, o.y, ldy, mm_, ParallelFor{});
+      if (!st) return Error(st.error()).context(std::string(o.w->name));
+    }
     return {};
+  };
+  auto mm = [&](const Weight& wt, const float* in, int64_t rows, float* out, int64_t ldy) -> Status {
+    return mm_group({Out{&wt, out}}, in, rows, ldy);
   };
 
   // 1. Token embeddings (one dequantised row each), scaled by sqrt(n_embd) for gemma.
@@ -225,9 +269,8 @@ inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last
     if (L.wqkv) {
       if (auto st = mm(L.wqkv, xn, n, qkv, QKV); !st) return st;
     } else {
-      if (auto st = mm(L.wq, xn, n, qkv, QKV); !st) return st;
-      if (auto st = mm(L.wk, xn, n, qkv + Q, QKV); !st) return st;
-      if (auto st = mm(L.wv, xn, n, qkv + Q + K, QKV); !st) return st;
+      if (auto st = mm_group({Out{&L.wq, qkv}, Out{&L.wk, qkv + Q}, Out{&L.wv, qkv + Q + K}}, xn, n, QKV); !st)
+        return st;
     }
 
     // 4. Biases, per-head QK-norm, RoPE, Q pre-scaling; then K and V into the cache.
@@ -276,8 +319,7 @@ inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last
         return Error(st.error()).context("layer " + std::to_string(il));
     } else {
       if (L.ffn_gate) {
-        if (auto st = mm(L.ffn_gate, xn, m, ffn, 2 * F); !st) return st;
-        if (auto st = mm(L.ffn_up, xn, m, ffn + F, 2 * F); !st) return st;
+        if (auto st = mm_group({Out{&L.ffn_gate, ffn}, Out{&L.ffn_up, ffn + F}}, xn, m, 2 * F); !st) return st;
       } else {
         if (auto st = mm(L.ffn_up, xn, m, ffn, 2 * F); !st) return st;  // fused [gate; up]
       }
