@@ -356,6 +356,42 @@ TINYSLM_OPS_AVX2 inline void f32_to_f16_avx2(const float* src, uint16_t* dst, in
 }
 #endif
 
+#if defined(TINYSLM_OPS_X86)
+// Decode, AVX-512: one head of one query straight from the F16 cache (keys and values read
+// once, 2 bytes each, converted in registers). hk and hv multiples of 16, hv <= 128.
+TINYSLM_OPS_AVX512 inline __m512 f16x16(const uint16_t* p) {
+  return _mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+TINYSLM_OPS_AVX512 inline void decode_head_avx512(const float* qh, const uint16_t* k, const uint16_t* v,
+                                                  int64_t hk, int64_t hv, int64_t n, float scale,
+                                                  float softcap, float* s, float* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    const uint16_t* kr = k + j * hk;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t d = 0; d < hk; d += 16)
+      acc = _mm512_fmadd_ps(_mm512_loadu_ps(qh + d), f16x16(kr + d), acc);
+    // Fold the 16 lanes in a fixed order (the zero-masked shuffles avoid GCC 12's
+    // "may be used uninitialized" warnings from the unmasked intrinsics).
+    acc = _mm512_add_ps(acc, _mm512_maskz_shuffle_f32x4(0xffff, acc, acc, 0x4E));
+    acc = _mm512_add_ps(acc, _mm512_maskz_shuffle_f32x4(0xffff, acc, acc, 0xB1));
+    acc = _mm512_add_ps(acc, _mm512_maskz_shuffle_ps(0xffff, acc, acc, 0x4E));
+    acc = _mm512_add_ps(acc, _mm512_maskz_shuffle_ps(0xffff, acc, acc, 0xB1));
+    s[j] = _mm512_cvtss_f32(acc);
+  }
+  softmax_body(s, n, scale, softcap);
+  __m512 o[8];
+  const int64_t nb = hv / 16;
+  for (int64_t b = 0; b < nb; ++b) o[b] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const __m512 pj = _mm512_set1_ps(s[j]);
+    const uint16_t* vr = v + j * hv;
+    for (int64_t b = 0; b < nb; ++b)
+      o[b] = _mm512_fmadd_ps(pj, f16x16(vr + 16 * b), o[b]);
+  }
+  for (int64_t b = 0; b < nb; ++b) _mm512_storeu_ps(out + 16 * b, o[b]);
+}
+#endif
+
 }  // namespace detail
 
 inline void f16_to_f32(const uint16_t* src, float* dst, int64_t n) {
@@ -536,6 +572,25 @@ inline void attention(const AttentionShape& a, const float* q, int64_t q_stride,
     for (int64_t d = 0; d < hk; ++d) qh[d] = detail::round_to_f16(qi[d]);
   };
 
+#if defined(TINYSLM_OPS_X86)
+  if (n_tokens <= 2 && detail::simd_level() == 2 && hk % 16 == 0 && hv % 16 == 0 && hv <= 128) {
+    // Decode on AVX-512: one (head, query) per work item, reading the F16 cache directly.
+    par([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(a.n_head * n_tokens, t, nt, 1, &b, &e);
+      float* s = scratch.rows.data() + t * scratch.row_stride;
+      float* qh = s + scratch.n_ctx;
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t h = w / n_tokens, i = w % n_tokens, g = h / group;
+        const int64_t p = pos0 + i, lo = window(p), n = p + 1 - lo;
+        round_q(qh, h, i);
+        detail::decode_head_avx512(qh, k + (g * cache_ctx + lo) * hk, v + (g * cache_ctx + lo) * hv, hk, hv, n,
+                                   a.scale, a.softcap, s, out + i * out_stride + h * hv);
+      }
+    });
+    return;
+  }
+#endif
   if (n_tokens <= 2) {
     // Decode: one work item per KV head. Its keys and values are converted to f32 rows once
     // and shared by the heads of its group.
