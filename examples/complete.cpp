@@ -9,8 +9,10 @@
 // object (prompt_ids, top_logits at the last prompt position, ids, text, timings) instead of
 // streaming text; --ids prints the generated ids on a last line.
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -61,7 +63,7 @@ std::string json_escape(const std::string& s) {
 int main(int argc, char** argv) {
   std::string model_path, prompt, prompt_file, prompt_ids_arg;
   int n_predict = 32, threads = 1, top_k = 40, top_logits = 20;
-  int64_t n_ctx = 2048;
+  int64_t n_ctx = 0;  // 0: 2048, or the model's training context if that is smaller
   float temp = 0.8f, top_p = 0.95f;
   uint64_t seed = 42;
   bool no_bos = false, json = false, print_ids = false, have_prompt = false;
@@ -74,32 +76,57 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
+    // A whole number in [lo, hi], or a one-line error and exit.
+    auto number = [&](long long lo, long long hi) -> long long {
+      const char* v = next();
+      char* end = nullptr;
+      errno = 0;
+      const long long x = std::strtoll(v, &end, 10);
+      if (end == v || *end != '\0' || errno != 0 || x < lo || x > hi) {
+        std::fprintf(stderr, "complete: %s takes a whole number from %lld to %lld, got '%s'\n", a.c_str(), lo, hi, v);
+        std::exit(1);
+      }
+      return x;
+    };
+    auto real = [&]() -> float {
+      const char* v = next();
+      char* end = nullptr;
+      const float x = std::strtof(v, &end);
+      if (end == v || *end != '\0' || !std::isfinite(x)) {
+        std::fprintf(stderr, "complete: %s takes a number, got '%s'\n", a.c_str(), v);
+        std::exit(1);
+      }
+      return x;
+    };
     if (a == "-m" || a == "--model") model_path = next();
     else if (a == "-p" || a == "--prompt") prompt = next(), have_prompt = true;
     else if (a == "-f" || a == "--file") prompt_file = next();
     else if (a == "--prompt-ids") prompt_ids_arg = next();
-    else if (a == "-n" || a == "--n-predict") n_predict = std::atoi(next());
-    else if (a == "-t" || a == "--threads") threads = std::atoi(next());
-    else if (a == "-c" || a == "--ctx-size") n_ctx = std::atoll(next());
-    else if (a == "--temp") temp = static_cast<float>(std::atof(next()));
-    else if (a == "--top-k") top_k = std::atoi(next());
-    else if (a == "--top-p") top_p = static_cast<float>(std::atof(next()));
-    else if (a == "--seed") seed = std::strtoull(next(), nullptr, 10);
+    else if (a == "-n" || a == "--n-predict") n_predict = static_cast<int>(number(0, 1 << 24));
+    else if (a == "-t" || a == "--threads") threads = static_cast<int>(number(1, 512));
+    else if (a == "-c" || a == "--ctx-size") n_ctx = number(1, 1 << 24);
+    else if (a == "--temp") temp = real();
+    else if (a == "--top-k") top_k = static_cast<int>(number(0, 1 << 30));
+    else if (a == "--top-p") top_p = real();
+    else if (a == "--seed") seed = static_cast<uint64_t>(number(0, std::numeric_limits<long long>::max()));
     else if (a == "--no-bos") no_bos = true;
     else if (a == "--json") json = true;
-    else if (a == "--top-logits") top_logits = std::atoi(next());
+    else if (a == "--top-logits") top_logits = static_cast<int>(number(0, 1 << 24));
     else if (a == "--ids") print_ids = true;
     else if (a == "-h" || a == "--help") {
       usage(argv[0]);
       return 0;
     } else {
-      std::fprintf(stderr, "complete: unknown argument '%s'\n", a.c_str());
-      usage(argv[0]);
+      std::fprintf(stderr, "complete: unknown argument '%s' (see --help)\n", a.c_str());
       return 1;
     }
   }
-  if (model_path.empty() || (!have_prompt && prompt_file.empty() && prompt_ids_arg.empty())) {
-    usage(argv[0]);
+  if (model_path.empty()) {
+    std::fprintf(stderr, "complete: no model (use -m MODEL; see --help)\n");
+    return 1;
+  }
+  if (!have_prompt && prompt_file.empty() && prompt_ids_arg.empty()) {
+    std::fprintf(stderr, "complete: no prompt (use -p TEXT, -f FILE or --prompt-ids 1,2,3)\n");
     return 1;
   }
   if (!prompt_file.empty()) {
@@ -149,8 +176,19 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  const int64_t need = static_cast<int64_t>(ids.size()) + std::max(n_predict, 0);
-  auto ctx = Context::create(*model, {.n_ctx = std::max(n_ctx, need), .n_threads = std::max(threads, 1)});
+  const int64_t n_ctx_train = model->hparams().n_ctx_train;
+  if (n_ctx == 0) n_ctx = n_ctx_train > 0 ? std::min<int64_t>(2048, n_ctx_train) : 2048;
+  if (n_ctx_train > 0 && n_ctx > n_ctx_train) {
+    std::fprintf(stderr, "complete: context %lld is larger than the model's training context %lld\n",
+                 static_cast<long long>(n_ctx), static_cast<long long>(n_ctx_train));
+    return 1;
+  }
+  if (static_cast<int64_t>(ids.size()) > n_ctx) {
+    std::fprintf(stderr, "complete: the prompt is %zu tokens but the context holds %lld (use -c)\n", ids.size(),
+                 static_cast<long long>(n_ctx));
+    return 1;
+  }
+  auto ctx = Context::create(*model, {.n_ctx = n_ctx, .n_threads = threads});
   if (!ctx) {
     std::fprintf(stderr, "complete: %s\n", ctx.error().message().c_str());
     return 1;
