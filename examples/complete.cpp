@@ -2,12 +2,14 @@
 //
 //   complete -m MODEL (-p PROMPT | -f FILE | --prompt-ids 1,2,3) [-n N] [-t THREADS] [-c CTX]
 //            [--temp T] [--top-k K] [--top-p P] [--seed S] [--no-bos]
-//            [--json [--top-logits K]] [--ids]
+//            [--json [--top-logits K]] [--ids] [--moe-stats]
 //
 // --temp 0 is greedy (lowest id wins ties, as llama.cpp's golden runs); otherwise the
 // sampler layer's top-k / top-p / temperature chain with the given seed. --json prints one JSON
 // object (prompt_ids, top_logits at the last prompt position, ids, text, timings) instead of
-// streaming text; --ids prints the generated ids on a last line.
+// streaming text; --ids prints the generated ids on a last line. --moe-stats (mixture-of-experts
+// models) prints to stderr, after generation, how often each expert of each layer was selected
+// over the whole run: one line per layer, then a total line with the most and least used experts.
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -32,8 +34,46 @@ namespace {
 void usage(const char* argv0) {
   std::fprintf(stderr,
                "usage: %s -m MODEL (-p PROMPT | -f FILE | --prompt-ids 1,2,3) [-n N] [-t THREADS] [-c CTX]\n"
-               "          [--temp T] [--top-k K] [--top-p P] [--seed S] [--no-bos] [--json] [--top-logits K] [--ids]\n",
+               "          [--temp T] [--top-k K] [--top-p P] [--seed S] [--no-bos] [--json] [--top-logits K] [--ids]\n"
+               "          [--moe-stats]\n",
                argv0);
+}
+
+// Per layer the selection count of every expert (one line each), then the counts summed over
+// the layers with the most and least used experts.
+void print_moe_stats(const MoeStats* st) {
+  if (!st) {
+    std::fprintf(stderr, "moe-stats: not a mixture-of-experts model\n");
+    return;
+  }
+  const int64_t L = st->n_layer(), X = st->n_expert();
+  std::fprintf(stderr, "moe-stats: selections per expert (%lld layers x %lld experts; without all logits the "
+               "last layer runs only each chunk's last token)\n", static_cast<long long>(L), static_cast<long long>(X));
+  std::vector<uint64_t> total(static_cast<size_t>(X), 0);
+  for (int64_t il = 0; il < L; ++il) {
+    std::fprintf(stderr, "layer %3lld (%llu):", static_cast<long long>(il),
+                 static_cast<unsigned long long>(st->layer_total(il)));
+    for (int64_t e = 0; e < X; ++e) {
+      std::fprintf(stderr, " %llu", static_cast<unsigned long long>(st->count(il, e)));
+      total[static_cast<size_t>(e)] += st->count(il, e);
+    }
+    std::fprintf(stderr, "\n");
+  }
+  std::vector<int64_t> order(static_cast<size_t>(X));
+  for (int64_t e = 0; e < X; ++e) order[static_cast<size_t>(e)] = e;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return total[static_cast<size_t>(a)] > total[static_cast<size_t>(b)]; });
+  const size_t show = std::min<size_t>(5, order.size());
+  std::fprintf(stderr, "total: most used");
+  for (size_t i = 0; i < show; ++i)
+    std::fprintf(stderr, " #%lld=%llu", static_cast<long long>(order[i]),
+                 static_cast<unsigned long long>(total[static_cast<size_t>(order[i])]));
+  std::fprintf(stderr, "; least used");
+  for (size_t i = 0; i < show; ++i) {
+    const int64_t e = order[order.size() - 1 - i];
+    std::fprintf(stderr, " #%lld=%llu", static_cast<long long>(e), static_cast<unsigned long long>(total[static_cast<size_t>(e)]));
+  }
+  std::fprintf(stderr, "\n");
 }
 
 std::string json_escape(const std::string& s) {
@@ -66,7 +106,7 @@ int main(int argc, char** argv) {
   int64_t n_ctx = 0;  // 0: 2048, or the model's training context if that is smaller
   float temp = 0.8f, top_p = 0.95f;
   uint64_t seed = 42;
-  bool no_bos = false, json = false, print_ids = false, have_prompt = false;
+  bool no_bos = false, json = false, print_ids = false, have_prompt = false, moe_stats = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -113,6 +153,7 @@ int main(int argc, char** argv) {
     else if (a == "--json") json = true;
     else if (a == "--top-logits") top_logits = static_cast<int>(number(0, 1 << 24));
     else if (a == "--ids") print_ids = true;
+    else if (a == "--moe-stats") moe_stats = true;
     else if (a == "-h" || a == "--help") {
       usage(argv[0]);
       return 0;
@@ -268,6 +309,8 @@ int main(int argc, char** argv) {
                 "\"generated_tokens\": %zu, \"generation_ms\": %.3f, \"generation_tokens_per_s\": %.2f, \"threads\": %d}}\n",
                 ids.size(), pp_ms, pp_ms > 0 ? 1000.0 * static_cast<double>(ids.size()) / pp_ms : 0.0, out_ids.size(), tg_ms,
                 tg_ms > 0 ? 1000.0 * static_cast<double>(n_gen_evals) / tg_ms : 0.0, ctx->n_threads());
+    std::fflush(stdout);
+    if (moe_stats) print_moe_stats(ctx->moe_stats());
     return 0;
   }
   std::printf("\n");
@@ -276,6 +319,7 @@ int main(int argc, char** argv) {
     std::printf("\n");
   }
   std::fflush(stdout);
+  if (moe_stats) print_moe_stats(ctx->moe_stats());
   std::fprintf(stderr, "prompt: %zu tokens, %.1f tokens/s; generation: %zu tokens, %.1f tokens/s\n", ids.size(),
                pp_ms > 0 ? 1000.0 * static_cast<double>(ids.size()) / pp_ms : 0.0, out_ids.size(),
                tg_ms > 0 ? 1000.0 * static_cast<double>(n_gen_evals) / tg_ms : 0.0);

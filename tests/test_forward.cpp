@@ -487,3 +487,58 @@ TEST_CASE("ops: attention (prefill and decode paths) against a double reference"
     CHECK(e_dec < 2e-3);
   }
 }
+
+TEST_CASE("forward: MoE routing statistics add up and match token-by-token decode") {
+  const std::string path = tinyslm_test::shared_file("models/synthetic/syn-olmoe-Q8_0.gguf");
+  if (path.empty()) return;
+  auto model = Model::open(path);
+  REQUIRE(model);
+  const HParams& hp = model->hparams();
+  std::vector<int32_t> toks;
+  for (int i = 0; i < 24; ++i) toks.push_back(static_cast<int32_t>((i * 7919 + 13) % hp.n_vocab));
+  const uint64_t n = toks.size();
+
+  // One batch with every row kept: n * k selections in every layer.
+  auto batch = Context::create(*model, {.n_ctx = 64, .n_threads = 2, .all_logits = true});
+  REQUIRE(batch);
+  const MoeStats* sb = batch->moe_stats();
+  REQUIRE(sb != nullptr);
+  REQUIRE(sb->n_layer() == hp.n_layer);
+  auto cfg = read_moe_config(model->gguf());
+  REQUIRE(cfg);
+  const auto k = static_cast<uint64_t>(cfg->n_expert_used);
+  REQUIRE(k > 0);
+  for (int64_t il = 0; il < hp.n_layer; ++il) CHECK(sb->layer_total(il) == 0);
+  REQUIRE(batch->eval(toks));
+  for (int64_t il = 0; il < hp.n_layer; ++il) CHECK(sb->layer_total(il) == n * k);
+
+  // The same tokens one at a time (the decode path): the same experts, counted the same.
+  auto step = Context::create(*model, {.n_ctx = 64, .n_threads = 1});
+  REQUIRE(step);
+  for (int32_t t : toks) REQUIRE(step->eval(std::span<const int32_t>(&t, 1)));
+  const MoeStats* ss = step->moe_stats();
+  REQUIRE(ss != nullptr);
+  for (int64_t il = 0; il < hp.n_layer; ++il)
+    for (int64_t e = 0; e < sb->n_expert(); ++e) {
+      INFO("layer " << il << " expert " << e);
+      CHECK(ss->count(il, e) == sb->count(il, e));
+    }
+
+  // Without all_logits the last layer runs only the chunk's last token.
+  auto last = Context::create(*model, {.n_ctx = 64, .n_threads = 1});
+  REQUIRE(last);
+  REQUIRE(last->eval(toks));
+  for (int64_t il = 0; il + 1 < hp.n_layer; ++il) CHECK(last->moe_stats()->layer_total(il) == n * k);
+  CHECK(last->moe_stats()->layer_total(hp.n_layer - 1) == k);
+  last->reset_moe_stats();
+  for (int64_t il = 0; il < hp.n_layer; ++il) CHECK(last->moe_stats()->layer_total(il) == 0);
+
+  // A dense model has none.
+  const std::string dense = tinyslm_test::shared_file("models/synthetic/syn-qwen2-Q8_0.gguf");
+  if (dense.empty()) return;
+  auto dm = Model::open(dense);
+  REQUIRE(dm);
+  auto dc = Context::create(*dm, {.n_ctx = 16});
+  REQUIRE(dc);
+  CHECK(dc->moe_stats() == nullptr);
+}

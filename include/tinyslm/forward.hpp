@@ -63,6 +63,14 @@ class Context {
   int n_threads() const { return pool_ ? pool_->size() : 0; }
   const ContextParams& params() const { return params_; }
   KvCache& kv() { return kv_; }
+  const KvCache& kv() const { return kv_; }
+
+  // Mixture of experts: how often each expert of each layer was selected since creation or
+  // the last reset_moe_stats(): one count per token and selected expert, so n tokens give
+  // n * k per layer, except that without all_logits the last layer of a chunk runs (and
+  // counts) only the chunk's last token. nullptr for a dense model.
+  const MoeStats* moe_stats() const { return moe_.enabled() ? &moe_stats_ : nullptr; }
+  void reset_moe_stats() { moe_stats_.reset(); }
 
  private:
   const HParams& hp() const { return model_->hparams(); }
@@ -80,6 +88,7 @@ class Context {
   MoeConfig moe_;
   std::vector<MoeLayerWeights> moe_layers_;
   MoeScratch moe_scratch_;
+  MoeStats moe_stats_;
 
   // Activations of one chunk, [n_batch][width] each.
   AlignedBuffer<float> x_;      // residual stream, n_embd
@@ -134,6 +143,7 @@ inline Expected<Context> Context::create(const Model& model, const ContextParams
       c.moe_layers_.push_back(std::move(*lw));
     }
     if (auto ms = c.moe_scratch_.reserve(c.moe_, E, B, params.n_threads); !ms) return ms.error();
+    c.moe_stats_.init(hp.n_layer, c.moe_.n_expert);
   }
   return c;
 }
@@ -315,7 +325,8 @@ inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last
     // 7. Feed-forward: the MoE step (router, the chosen experts, their weighted sum), or the
     //    dense [gate | up] GEMM(s), gated activation and down projection.
     if (L.moe) {
-      if (auto st = moe_ffn(moe_, moe_layers_[static_cast<size_t>(il)], xn, m, proj, moe_scratch_, par); !st)
+      if (auto st = moe_ffn(moe_, moe_layers_[static_cast<size_t>(il)], xn, m, proj, moe_scratch_, par, &moe_stats_, il);
+          !st)
         return Error(st.error()).context("layer " + std::to_string(il));
     } else {
       if (L.ffn_gate) {

@@ -591,7 +591,7 @@ inline Expected<GenerateResult> Session::generate_ids(std::span<const int32_t> p
 
 inline std::vector<uint8_t> Session::save_state() const {
   const HParams& hp = model_->hparams();
-  const KvCache& kv = const_cast<Context&>(ctx_).kv();
+  const KvCache& kv = ctx_.kv();
   const uint64_t n = tokens_.size();
   std::vector<uint8_t> out;
   out.reserve(detail::kStateHeaderBytes + n * 4 + kv.bytes() / static_cast<size_t>(std::max<int64_t>(1, kv.n_ctx())) * n + 8);
