@@ -113,7 +113,7 @@ void expect_error(const std::vector<uint8_t>& bytes, Errc code, const std::strin
   CHECK(f.error().message().rfind("test.gguf", 0) == 0);  // names the file
 }
 
-std::vector<uint8_t> small_valid_file() {
+GgufWriter small_valid_writer() {
   GgufWriter w;
   w.set_string("general.architecture", "llama");
   w.set_u32("llama.block_count", 2);
@@ -124,8 +124,10 @@ std::vector<uint8_t> small_valid_file() {
   const uint64_t shape_b[] = {32};
   std::vector<uint8_t> q(34, 1);
   REQUIRE(w.add_tensor("b", TensorType::Q8_0, shape_b, q.data(), q.size()));
-  return w.to_bytes();
+  return w;
 }
+
+std::vector<uint8_t> small_valid_file() { return small_valid_writer().to_bytes(); }
 
 }  // namespace
 
@@ -269,17 +271,8 @@ TEST_CASE("writer round trip: every value type, nested arrays, tensors, alignmen
 }
 
 TEST_CASE("writer writes the same bytes to a file as to memory") {
-  auto bytes = small_valid_file();
-  GgufWriter w;
-  w.set_string("general.architecture", "llama");
-  w.set_u32("llama.block_count", 2);
-  std::vector<float> t(64);
-  for (size_t i = 0; i < t.size(); ++i) t[i] = static_cast<float>(i);
-  const uint64_t shape[] = {16, 4};
-  REQUIRE(w.add_tensor("a", TensorType::F32, shape, t.data(), t.size() * 4));
-  const uint64_t shape_b[] = {32};
-  std::vector<uint8_t> q(34, 1);
-  REQUIRE(w.add_tensor("b", TensorType::Q8_0, shape_b, q.data(), q.size()));
+  GgufWriter w = small_valid_writer();
+  const auto bytes = w.to_bytes();
   const std::string path = std::filesystem::temp_directory_path().string() + "/tinyslm_writer.gguf";
   REQUIRE(w.write_file(path));
   CHECK(tinyslm_test::read_bytes(path) == std::vector<unsigned char>(bytes.begin(), bytes.end()));

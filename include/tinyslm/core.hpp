@@ -297,6 +297,18 @@ inline bool align_up(uint64_t x, uint64_t align, uint64_t* out) {
 
 inline bool is_power_of_two(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
 
+// ASCII case-insensitive equality (type and mix names such as "q4_k_m").
+inline bool iequals_ascii(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    char x = a[i], y = b[i];
+    if (x >= 'a' && x <= 'z') x = static_cast<char>(x - 'a' + 'A');
+    if (y >= 'a' && y <= 'z') y = static_cast<char>(y - 'a' + 'A');
+    if (x != y) return false;
+  }
+  return true;
+}
+
 inline std::string quoted(std::string_view s) {
   std::string out = "'";
   for (char c : s) {

@@ -75,17 +75,8 @@ inline const char* tensor_type_name(TensorType t) {
 }
 // Looks a type up by its name ("Q4_K", case-insensitive); nullptr when unknown.
 inline const TensorTypeInfo* tensor_type_by_name(std::string_view name) {
-  for (const auto& t : tensor_type_table) {
-    std::string_view n = t.name;
-    if (n.size() != name.size()) continue;
-    bool same = true;
-    for (size_t i = 0; i < n.size() && same; ++i) {
-      char a = n[i], b = name[i];
-      if (b >= 'a' && b <= 'z') b = static_cast<char>(b - 'a' + 'A');
-      same = a == b;
-    }
-    if (same) return &t;
-  }
+  for (const auto& t : tensor_type_table)
+    if (detail::iequals_ascii(t.name, name)) return &t;
   return nullptr;
 }
 

@@ -63,17 +63,8 @@ inline constexpr QuantMix quant_mixes[] = {
 };
 
 inline const QuantMix* find_quant_mix(std::string_view name) {
-  for (const auto& m : quant_mixes) {
-    std::string_view n = m.name;
-    if (n.size() != name.size()) continue;
-    bool same = true;
-    for (size_t i = 0; i < n.size() && same; ++i) {
-      char c = name[i];
-      if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
-      same = c == n[i];
-    }
-    if (same) return &m;
-  }
+  for (const auto& m : quant_mixes)
+    if (iequals_ascii(m.name, name)) return &m;
   return nullptr;
 }
 
