@@ -10,10 +10,22 @@
 // Q4_K, with Q6_K for attn_v / ffn_down on the layers where it spends more bits and for the
 // output head; rows that are not a multiple of 256 fall back to Q5_0 (Q6_K to Q8_0), as real
 // downloads of such models do.
+//
+// Mixture-of-experts shapes (stacked ffn_{gate,up,down}_exps tensors, an F32 router
+// ffn_gate_inp, as llama-quantize keeps it):
+//  - OLMoE-1B-7B-style: OLMoE's layer (olmoe arch, n_embd 2048, 16 heads, 64 experts of width
+//    1024, top-8, QK RMSNorm over the whole 2048-wide projection, vocab 50304, untied) with 2
+//    layers instead of 16: 1.045 B parameters, the layer count nearest the 977 M of the golden
+//    README's reference row (1 layer would be 0.63 B); 0.24 B active per token.
+//  - Qwen3-MoE-style: Qwen3-30B-A3B's layout scaled down (qwen3moe arch, n_embd 1024, 24 layers,
+//    16 / 4 heads of 64, per-head QK-norm, 128 experts cut to 64 of width 512, top-8, vocab
+//    151936, untied): 2.79 B parameters, 0.44 B active.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -23,12 +35,17 @@ using namespace tinyslm;
 
 namespace {
 
+enum class QkNorm { none, per_head, whole };  // RMSNorm of q and k: none, per head, whole projection
+
 struct Shape {
   const char* name;
   const char* arch;
   int64_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
   float rope_base, rms_eps;
   bool tied, qkv_bias, llama3_rope;
+  // Mixture of experts (n_expert 0: dense). n_ff is then each expert's width.
+  int64_t n_expert = 0, n_expert_used = 0;
+  QkNorm qk_norm = QkNorm::none;
 };
 
 constexpr Shape kShapes[] = {
@@ -37,6 +54,10 @@ constexpr Shape kShapes[] = {
     {"Qwen2.5-0.5B", "qwen2", 896, 24, 14, 2, 4864, 151936, 32768, 1000000.0f, 1e-6f, true, true, false},
     {"Llama-3.2-1B", "llama", 2048, 16, 32, 8, 8192, 128256, 131072, 500000.0f, 1e-5f, true, false, true},
     {"Llama-3-8B", "llama", 4096, 32, 32, 8, 14336, 128256, 8192, 500000.0f, 1e-5f, false, false, false},
+    {"OLMoE-1B-7B-style", "olmoe", 2048, 2, 16, 16, 1024, 50304, 4096, 10000.0f, 1e-5f, false, false, false,
+     64, 8, QkNorm::whole},
+    {"Qwen3-MoE-style", "qwen3moe", 1024, 24, 16, 4, 512, 151936, 32768, 1000000.0f, 1e-6f, false, false, false,
+     64, 8, QkNorm::per_head},
 };
 
 // Small, fast, seeded generator (splitmix64); uniform values with the variance wanted.
@@ -100,10 +121,13 @@ int file_type_id(const std::string& f) {
 
 int main(int argc, char** argv) {
   if (argc >= 2 && std::strcmp(argv[1], "--list") == 0) {
-    for (const auto& s : kShapes)
-      std::printf("%-14s %-6s n_embd %5lld layers %3lld heads %2lld/%lld n_ff %5lld vocab %6lld%s\n", s.name, s.arch,
+    for (const auto& s : kShapes) {
+      std::printf("%-17s %-8s n_embd %5lld layers %3lld heads %2lld/%lld n_ff %5lld vocab %6lld%s", s.name, s.arch,
                   (long long)s.n_embd, (long long)s.n_layer, (long long)s.n_head, (long long)s.n_head_kv,
                   (long long)s.n_ff, (long long)s.n_vocab, s.tied ? " tied" : "");
+      if (s.n_expert > 0) std::printf(" experts %lld top-%lld", (long long)s.n_expert, (long long)s.n_expert_used);
+      std::printf("\n");
+    }
     return 0;
   }
   if (argc < 4) {
@@ -147,6 +171,11 @@ int main(int argc, char** argv) {
   w.set_f32(A + ".rope.freq_base", S.rope_base);
   w.set_f32(A + ".attention.layer_norm_rms_epsilon", S.rms_eps);
   w.set_u32(A + ".vocab_size", static_cast<uint32_t>(S.n_vocab));
+  if (S.n_expert > 0) {
+    w.set_u32(A + ".expert_count", static_cast<uint32_t>(S.n_expert));
+    w.set_u32(A + ".expert_used_count", static_cast<uint32_t>(S.n_expert_used));
+    if (A == "qwen3moe") w.set_u32(A + ".expert_feed_forward_length", static_cast<uint32_t>(S.n_ff));
+  }
 
   // Minimal SentencePiece vocabulary: <unk> <s> </s>, the 256 byte tokens, then filler pieces.
   {
@@ -184,16 +213,19 @@ int main(int argc, char** argv) {
     w.set_bool("tokenizer.ggml.add_bos_token", true);
   }
 
-  // A matrix of `rows` x `cols`, N(0, gain^2 / cols)-like (uniform with that variance).
-  auto add_matrix = [&](const std::string& name, int64_t cols, int64_t rows, TensorType t, float gain) -> bool {
-    const uint64_t shape[2] = {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows)};
+  // A matrix of `rows` x `cols` (n_mat > 0: a stack of n_mat of them, the experts'
+  // [cols, rows, n_mat] layout), N(0, gain^2 / cols)-like (uniform with that variance).
+  auto add_matrix = [&](const std::string& name, int64_t cols, int64_t rows, TensorType t, float gain,
+                        int64_t n_mat = 0) -> bool {
+    const uint64_t shape[3] = {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows), static_cast<uint64_t>(n_mat)};
     const uint64_t h = hash_name(name, seed);
     const float amp = gain * std::sqrt(3.0f / static_cast<float>(cols));
-    auto st = w.add_tensor_generated(name, t, shape, [=](uint8_t* dst, size_t bytes) {
-      const size_t row_bytes = bytes / static_cast<size_t>(rows);
+    const int64_t all_rows = rows * std::max<int64_t>(1, n_mat);
+    auto st = w.add_tensor_generated(name, t, std::span<const uint64_t>(shape, n_mat > 0 ? 3 : 2), [=](uint8_t* dst, size_t bytes) {
+      const size_t row_bytes = bytes / static_cast<size_t>(all_rows);
       std::vector<float> row(static_cast<size_t>(cols));
       SplitMix rng{h};
-      for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t r = 0; r < all_rows; ++r) {
         for (auto& v : row) v = amp * rng.uniform();
         (void)quantize_row(t, row.data(), dst + static_cast<size_t>(r) * row_bytes, cols);
       }
@@ -242,11 +274,26 @@ int main(int argc, char** argv) {
       ok &= add_vector(p + "attn_k.bias", K, 0.0f, 0.1f);
       ok &= add_vector(p + "attn_v.bias", K, 0.0f, 0.1f);
     }
+    if (S.qk_norm == QkNorm::whole) {
+      ok &= add_vector(p + "attn_q_norm.weight", Q, 1.0f, 0.1f);
+      ok &= add_vector(p + "attn_k_norm.weight", K, 1.0f, 0.1f);
+    } else if (S.qk_norm == QkNorm::per_head) {
+      ok &= add_vector(p + "attn_q_norm.weight", hd, 1.0f, 0.1f);
+      ok &= add_vector(p + "attn_k_norm.weight", hd, 1.0f, 0.1f);
+    }
     ok &= add_matrix(p + "attn_output.weight", Q, E, plan.pick("attn_output", il, Q, false), 1.0f);
     ok &= add_vector(p + "ffn_norm.weight", E, 1.0f, 0.1f);
-    ok &= add_matrix(p + "ffn_gate.weight", E, F, plan.pick("ffn_gate", il, E, false), 1.0f);
-    ok &= add_matrix(p + "ffn_up.weight", E, F, plan.pick("ffn_up", il, E, false), 1.0f);
-    ok &= add_matrix(p + "ffn_down.weight", F, E, plan.pick("ffn_down", il, F, false), 1.0f);
+    if (S.n_expert > 0) {
+      // The router stays F32; a larger gain spreads its logits so the top-k is not uniform.
+      ok &= add_matrix(p + "ffn_gate_inp.weight", E, S.n_expert, TensorType::F32, 4.0f);
+      ok &= add_matrix(p + "ffn_gate_exps.weight", E, F, plan.pick("ffn_gate", il, E, false), 1.0f, S.n_expert);
+      ok &= add_matrix(p + "ffn_up_exps.weight", E, F, plan.pick("ffn_up", il, E, false), 1.0f, S.n_expert);
+      ok &= add_matrix(p + "ffn_down_exps.weight", F, E, plan.pick("ffn_down", il, F, false), 1.0f, S.n_expert);
+    } else {
+      ok &= add_matrix(p + "ffn_gate.weight", E, F, plan.pick("ffn_gate", il, E, false), 1.0f);
+      ok &= add_matrix(p + "ffn_up.weight", E, F, plan.pick("ffn_up", il, E, false), 1.0f);
+      ok &= add_matrix(p + "ffn_down.weight", F, E, plan.pick("ffn_down", il, F, false), 1.0f);
+    }
   }
   if (!ok) return 1;
   auto st = w.write_file(out);
