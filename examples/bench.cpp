@@ -5,6 +5,12 @@
 // pp<P>: one eval of P tokens from an empty cache (prefill, GEMM). tg<N>: N evals of one token
 // each from an empty cache (decode, GEMV). Each test runs once untimed to warm up, then R
 // times; the table gives tokens/s as mean ± standard deviation over the R runs.
+//
+// Below the table: the weight bytes one decoded token reads (every matrix it multiplies: the
+// attention projections, for a mixture of experts the router and the k selected experts' gate,
+// up and down matrices (moe_decode_bytes), the output head, plus the one embedding row),
+// against the model's active parameters (the same matrices' element counts; the embedding
+// table is not counted, only its row is read) and its total size.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -57,6 +63,47 @@ std::string file_type_name(const GgufFile& f, TensorType fallback) {
     case 32: return "BF16";
     default: return tensor_type_name(fallback);
   }
+}
+
+struct DecodeReads {
+  uint64_t bytes = 0;          // weight bytes read per decoded token
+  uint64_t active_params = 0;  // parameters multiplied per decoded token
+};
+
+uint64_t weight_bytes_of(const Weight& w) { return w ? w.row_bytes() * static_cast<uint64_t>(w.rows) : 0; }
+uint64_t params_of(const Weight& w) { return w ? static_cast<uint64_t>(w.rows) * static_cast<uint64_t>(w.cols) : 0; }
+uint64_t params_of(const MatrixRef& m) { return m.data ? static_cast<uint64_t>(m.rows) * static_cast<uint64_t>(m.cols) : 0; }
+uint64_t params_of(const MoeExperts& x) { return static_cast<uint64_t>(x.rows) * static_cast<uint64_t>(x.cols); }
+
+Expected<DecodeReads> decode_reads(const Model& model) {
+  const HParams& hp = model.hparams();
+  const ModelWeights& w = model.weights();
+  DecodeReads r;
+  auto add = [&](const Weight& m) {
+    r.bytes += weight_bytes_of(m);
+    r.active_params += params_of(m);
+  };
+  MoeConfig cfg;
+  if (hp.n_expert > 0) {
+    auto c = read_moe_config(model.gguf());
+    if (!c) return c.error();
+    cfg = *c;
+  }
+  for (int64_t il = 0; il < hp.n_layer; ++il) {
+    const LayerWeights& L = w.layers[static_cast<size_t>(il)];
+    for (const Weight* m : {&L.wq, &L.wk, &L.wv, &L.wqkv, &L.wo, &L.ffn_gate, &L.ffn_up, &L.ffn_down}) add(*m);
+    if (L.moe) {
+      auto lw = bind_moe_layer(model.gguf(), cfg, il, hp.n_embd);
+      if (!lw) return lw.error();
+      r.bytes += moe_decode_bytes(cfg, *lw);
+      r.active_params += params_of(lw->router) + params_of(lw->shared_gate) + params_of(lw->shared_up) +
+                         params_of(lw->shared_down) + params_of(lw->shared_gate_inp) +
+                         static_cast<uint64_t>(cfg.n_expert_used) * (params_of(lw->gate) + params_of(lw->up) + params_of(lw->down));
+    }
+  }
+  add(w.output);
+  r.bytes += w.token_embd.row_bytes();
+  return r;
 }
 
 struct Result {
@@ -112,6 +159,12 @@ int main(int argc, char** argv) {
   int64_t max_tokens = 1;
   for (int p : pp) max_tokens = std::max<int64_t>(max_tokens, p);
   for (int n : tg) max_tokens = std::max<int64_t>(max_tokens, n);
+
+  auto reads = decode_reads(*model);
+  if (!reads) {
+    std::fprintf(stderr, "bench: %s\n", reads.error().message().c_str());
+    return 1;
+  }
 
   std::vector<Result> results;
   using clock = std::chrono::steady_clock;
@@ -170,9 +223,11 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < results.size(); ++i) {
       const auto& r = results[i];
       std::printf("%s\n  {\"model\": \"%s\", \"size_mib\": %.2f, \"type\": \"%s\", \"arch\": \"%s\", \"threads\": %d, "
-                  "\"test\": \"%s\", \"tokens_per_s\": %.3f, \"stddev\": %.3f, \"samples\": [",
+                  "\"test\": \"%s\", \"tokens_per_s\": %.3f, \"stddev\": %.3f, \"decode_weight_bytes\": %llu, \"active_params\": %llu, "
+                  "\"samples\": [",
                   i ? "," : "", name.c_str(), size_mib, type_name.c_str(), hp.arch_name.c_str(), r.threads,
-                  r.test.c_str(), r.mean, r.stddev);
+                  r.test.c_str(), r.mean, r.stddev, static_cast<unsigned long long>(reads->bytes),
+                  static_cast<unsigned long long>(reads->active_params));
       for (size_t k = 0; k < r.samples.size(); ++k) std::printf("%s%.3f", k ? ", " : "", r.samples[k]);
       std::printf("]}");
     }
@@ -191,5 +246,11 @@ int main(int argc, char** argv) {
     std::printf("| %-36s | %10s | %-7s | %7d | %6s | %20s |\n", name.c_str(), size, type_name.c_str(), r.threads,
                 r.test.c_str(), tps);
   }
+  const double active = static_cast<double>(reads->active_params);
+  std::printf("\ndecode reads %.2f MiB of weights per token: %.1f M active parameters (%.2f bits each) of %.1f MiB "
+              "in the file (%.1f%%)\n",
+              static_cast<double>(reads->bytes) / (1024.0 * 1024.0), active / 1e6,
+              active > 0 ? 8.0 * static_cast<double>(reads->bytes) / active : 0.0, size_mib,
+              100.0 * static_cast<double>(reads->bytes) / static_cast<double>(model->weight_bytes()));
   return 0;
 }

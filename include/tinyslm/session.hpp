@@ -723,6 +723,20 @@ inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t conte
               4 * (u(hp.n_head_kv) * u(hp.head_dim_k + hp.head_dim_v) * u(ctx16) +
                    u(threads) * u(4 * ctx16 + 4 * hp.head_dim_k + 4 * hp.head_dim_v)) +
               6 * u(B) * u(max_cols);
+  if (hp.n_expert > 0) {
+    // Mirrors MoeScratch::reserve: router logits, selections and expert lists per token, the
+    // gathered rows and gate/up/down outputs of one expert, its matmul scratch (one for the
+    // batch, two rows per thread for decode).
+    auto cfg = read_moe_config(f);
+    if (!cfg) return cfg.error();
+    const int64_t X = cfg->n_expert, k = cfg->n_expert_used;
+    const int64_t ff = std::max(cfg->expert_ff, cfg->shared_expert ? cfg->shared_ff : int64_t{0});
+    const int64_t rows = std::max(B, k + 1), sel = B * k;
+    const int64_t moe_cols = (std::max(E, ff) + 255) / 256 * 256;
+    m.compute += 4 * (u(B) * u(X) + 4 * u(sel) + 2 * u(X + 1) + u(B) + u(B) * u(E) + 2 * u(rows) * u(ff) +
+                      u(rows) * u(E) + u(k + 1)) +
+                 6 * u(B) * u(moe_cols) + 12 * u(threads) * u(moe_cols);
+  }
   m.logits = 4 * u(n_vocab);
   // Tokenizer: the vocabulary strings twice (text and output pieces), per-token tables, merges;
   // sampler: a candidate (8 bytes) and a count (4) per token plus its probability buffers.
