@@ -9,7 +9,8 @@
 //    IQ4_NL/Q4_K/Q5_K/Q6_K (AVX2: Q4_0/Q5_0/Q8_0/Q4_K/Q6_K): fused kernels that unpack each
 //    block in registers and dot it with every token. AVX-512 uses VNNI (vpdpbusd) on
 //    unsigned bytes u = w + 128 with the exact integer correction -128 * sum(a) (corr4,
-//    precomputed per 4 activations); AVX2 uses maddubs on the unsigned codes and removes the
+//    precomputed per 4 activations); Q4_0 with one token rearranges the activation once per
+//    call so four blocks unpack with one word permute (gemv_row_q4_0_prep); AVX2 uses maddubs on the unsigned codes and removes the
 //    offset exactly with the activation's sums of 16 (Q8_0: the sign trick).
 //  - The other types, and more tokens on AVX2, go through the canonical decode of
 //    kernels_scalar.hpp (SIMD for the common types), one 512-value chunk of a row at a time
@@ -485,13 +486,12 @@ TINYSLM_TARGET_AVX512 inline __m512i legacy_pair_u8(const uint8_t* b0, const uin
     return _mm512_xor_si512(z, _mm512_set1_epi8(static_cast<char>(0x80)));
   } else {
     constexpr int off = T == TensorType::Q4_1 ? 4 : T == TensorType::Q5_0 ? 6 : T == TensorType::Q5_1 ? 8 : 2;
-    const __m256i x = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + off))),
-                                              _mm_loadu_si128(reinterpret_cast<const __m128i*>(b1 + off)), 1);
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const __m256i lo = _mm256_and_si256(x, m4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-    // [b0 values 0-15, b0 16-31, b1 0-15, b1 16-31]
-    __m512i z = _mm512_permutex2var_epi64(_mm512_castsi256_si512(lo), _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11),
-                                          _mm512_castsi256_si512(hi));
+    // [b0 qs, b0 qs, b1 qs, b1 qs]: the second copy of each block's bytes is shifted right
+    // by 4 (a masked shift), so one AND leaves [b0 0-15, b0 16-31, b1 0-15, b1 16-31].
+    const __m256i x0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + off)));
+    const __m256i x1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b1 + off)));
+    const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1);
+    __m512i z = _mm512_and_si512(_mm512_mask_srli_epi16(x, static_cast<__mmask32>(0xFF00FF00u), x, 4), _mm512_set1_epi8(0x0F));
     if constexpr (T == TensorType::Q5_0 || T == TensorType::Q5_1) {
       uint32_t h0, h1;
       std::memcpy(&h0, b0 + off - 4, 4);
@@ -744,9 +744,93 @@ TINYSLM_TARGET_AVX512 inline void gemv_row_k23(const uint8_t* row, int64_t k, co
   for (int i = 0; i < N; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) + (q3 ? 0.f : _mm512_reduce_add_ps(accm[i]));
 }
 
+// Q4_0 decode (one token), the activation rearranged once per call so each group of four
+// blocks (72 bytes) unpacks with one word permute and one AND / shift / AND:
+//  - the four 16-byte qs fields are gathered into one zmm (vpermt2w over the bytes [0, 64)
+//    and [8, 72) of the group), so the low nibbles give [b0 v0-15, b1 v0-15, b2 .., b3 ..]
+//    and the high nibbles [b0 v16-31, b1 .., b2 .., b3 ..];
+//  - the activation is stored in the same two orders (lo, hi), so both vpdpbusd land in the
+//    same lanes: lane j holds 8 products of block j / 4, and one scale vector serves both;
+//  - the nibble q in 0..15 enters vpdpbusd unsigned and w = q - 8 is restored exactly by
+//    starting each lane at -8 * (sum of its 8 activations), precomputed here;
+//  - the four fp16 scales come out of the same 64-byte load with one vpermw.
+inline constexpr int64_t kQ4Prep = 16384;  // longest row this path takes (values)
+struct alignas(64) Q4_0Prep {
+  int8_t q[kQ4Prep];            // per group of 128: lo order (64 bytes), then hi order
+  int32_t corr[kQ4Prep / 8];    // per group: 16 lanes of -8 * sum
+  float da[kQ4Prep / 32];       // activation scale per block
+};
+
+TINYSLM_TARGET_AVX512 inline void prepare_q4_0(const ActRow& a, int64_t k, Q4_0Prep& p) {
+  const __m512i lo_idx = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13);
+  const __m512i hi_idx = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t g = 0; g < k / 128; ++g) {
+    const __m512i a01 = _mm512_loadu_si512(a.qs + 128 * g), a23 = _mm512_loadu_si512(a.qs + 128 * g + 64);
+    const __m512i lo = _mm512_permutex2var_epi64(a01, lo_idx, a23), hi = _mm512_permutex2var_epi64(a01, hi_idx, a23);
+    _mm512_store_si512(p.q + 128 * g, lo);
+    _mm512_store_si512(p.q + 128 * g + 64, hi);
+    const __m512i s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, lo), ones, hi);
+    _mm512_store_si512(p.corr + 16 * g, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(s, 3)));
+  }
+  for (int64_t b = 0; b < k / 32; ++b) p.da[b] = a.da32[b];
+}
+
+TINYSLM_TARGET_AVX512 inline float gemv_row_q4_0_prep(const uint8_t* row, int64_t k, const Q4_0Prep& p, const ActRow& a) {
+  constexpr int bb = 18;
+  const int64_t nb = k / 32;
+  // Words of the group: A = bytes [0, 64) (words 0-31), B = bytes [8, 72) (word i = A word i + 4).
+  const __m512i qs_idx = _mm512_setr_epi32(
+      (2 << 16) | 1, (4 << 16) | 3, (6 << 16) | 5, (8 << 16) | 7, (11 << 16) | 10, (13 << 16) | 12, (15 << 16) | 14,
+      (17 << 16) | 16, (20 << 16) | 19, (22 << 16) | 21, (24 << 16) | 23, (26 << 16) | 25, ((32 + 25) << 16) | (32 + 24),
+      ((32 + 27) << 16) | (32 + 26), ((32 + 29) << 16) | (32 + 28), ((32 + 31) << 16) | (32 + 30));
+  const __m512i d_idx = _mm512_setr_epi32((9 << 16) | 0, (27 << 16) | 18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i lane_idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512 acc = _mm512_setzero_ps();
+  int64_t b = 0;
+  for (; b + 4 <= nb; b += 4) {
+    const uint8_t* g = row + b * bb;
+    const __m512i A = _mm512_loadu_si512(g), B = _mm512_loadu_si512(g + 8);
+    const __m512i z = _mm512_permutex2var_epi16(A, qs_idx, B);
+    const __m512i lo = _mm512_and_si512(z, m4), hi = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+    const int64_t gi = b / 4;
+    __m512i t = _mm512_dpbusd_epi32(_mm512_load_si512(p.corr + 16 * gi), lo, _mm512_load_si512(p.q + 128 * gi));
+    t = _mm512_dpbusd_epi32(t, hi, _mm512_load_si512(p.q + 128 * gi + 64));
+    const __m128 dw = _mm_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(d_idx, A)));
+    const __m512 s4 = _mm512_castps128_ps512(_mm_mul_ps(dw, _mm_loadu_ps(p.da + b)));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(lane_idx, s4), acc);
+  }
+  const __m512i half_idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  for (; b < nb; b += 2) {  // the last 1-3 blocks: natural order, as gemv_row_legacy
+    const bool pair = b + 1 < nb;
+    const uint8_t* b0 = row + b * bb;
+    const uint8_t* b1 = pair ? b0 + bb : b0;
+    const __m512i u = legacy_pair_u8<TensorType::Q4_0>(b0, b1);
+    uint16_t h0, h1;
+    std::memcpy(&h0, b0, 2);
+    std::memcpy(&h1, b1, 2);
+    const __m128 dw = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(h0 | (pair ? static_cast<uint32_t>(h1) << 16 : 0u))));
+    const __mmask16 m16 = pair ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>(0x00FF);
+    const __m512i t = _mm512_dpbusd_epi32(_mm512_maskz_loadu_epi32(m16, a.corr4 + b * 8), u,
+                                          _mm512_maskz_loadu_epi32(m16, a.qs + b * 32));
+    const __m128 da = _mm_setr_ps(a.da16[2 * b], pair ? a.da16[2 * b + 2] : 0.f, 0.f, 0.f);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(half_idx, _mm512_castps128_ps512(_mm_mul_ps(dw, da))), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
 template <TensorType T, int N>
 TINYSLM_TARGET_AVX512 inline void gemv_rows_fused(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
                                                   float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if constexpr (T == TensorType::Q4_0 && N == 1) {
+    if (k <= kQ4Prep) {
+      Q4_0Prep prep;
+      prepare_q4_0(acts[0], k, prep);
+      for (int64_t r = r0; r < r1; ++r) y[r] = gemv_row_q4_0_prep(data + r * row_bytes, k, prep, acts[0]);
+      return;
+    }
+  }
   float out[N];
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = data + r * row_bytes;
