@@ -9,8 +9,8 @@
 //    IQ4_NL/Q4_K/Q5_K/Q6_K (AVX2: Q4_0/Q5_0/Q8_0/Q4_K/Q6_K): fused kernels that unpack each
 //    block in registers and dot it with every token. AVX-512 uses VNNI (vpdpbusd) on
 //    unsigned bytes u = w + 128 with the exact integer correction -128 * sum(a) (corr4,
-//    precomputed per 4 activations); Q4_0 with one token rearranges the activation once per
-//    call so four blocks unpack with one word permute (gemv_row_q4_0_prep); AVX2 uses maddubs on the unsigned codes and removes the
+//    precomputed per 4 activations); Q4_0 / Q5_0 with one token rearrange the activation once per
+//    call so four blocks unpack with one word permute (gemv_row_legacy_prep, Q5_0 too); AVX2 uses maddubs on the unsigned codes and removes the
 //    offset exactly with the activation's sums of 16 (Q8_0: the sign trick).
 //  - The other types, and more tokens on AVX2, go through the canonical decode of
 //    kernels_scalar.hpp (SIMD for the common types), one 512-value chunk of a row at a time
@@ -744,24 +744,25 @@ TINYSLM_TARGET_AVX512 inline void gemv_row_k23(const uint8_t* row, int64_t k, co
   for (int i = 0; i < N; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) + (q3 ? 0.f : _mm512_reduce_add_ps(accm[i]));
 }
 
-// Q4_0 decode (one token), the activation rearranged once per call so each group of four
-// blocks (72 bytes) unpacks with one word permute and one AND / shift / AND:
-//  - the four 16-byte qs fields are gathered into one zmm (vpermt2w over the bytes [0, 64)
-//    and [8, 72) of the group), so the low nibbles give [b0 v0-15, b1 v0-15, b2 .., b3 ..]
-//    and the high nibbles [b0 v16-31, b1 .., b2 .., b3 ..];
+// Q4_0 / Q5_0 decode (one token), the activation rearranged once per call so each group of
+// four blocks unpacks with one word permute and one AND / shift / AND:
+//  - the four 16-byte qs fields are gathered into one zmm (vpermt2w over two overlapping
+//    64-byte loads covering the group), so the low nibbles give [b0 v0-15, b1 v0-15, b2 ..,
+//    b3 ..] and the high nibbles [b0 v16-31, b1 .., b2 .., b3 ..];
 //  - the activation is stored in the same two orders (lo, hi), so both vpdpbusd land in the
 //    same lanes: lane j holds 8 products of block j / 4, and one scale vector serves both;
-//  - the nibble q in 0..15 enters vpdpbusd unsigned and w = q - 8 is restored exactly by
-//    starting each lane at -8 * (sum of its 8 activations), precomputed here;
-//  - the four fp16 scales come out of the same 64-byte load with one vpermw.
-inline constexpr int64_t kQ4Prep = 16384;  // longest row this path takes (values)
-struct alignas(64) Q4_0Prep {
-  int8_t q[kQ4Prep];            // per group of 128: lo order (64 bytes), then hi order
-  int32_t corr[kQ4Prep / 8];    // per group: 16 lanes of -8 * sum
-  float da[kQ4Prep / 32];       // activation scale per block
+//  - the code q (Q4_0 0..15, Q5_0 0..31) enters vpdpbusd unsigned and w = q - off (8, 16) is
+//    restored exactly by starting each lane at -off * (sum of its 8 activations);
+//  - the fp16 scales (and Q5_0's high-bit words) come out of the same loads with one vpermw.
+inline constexpr int64_t kPrepMax = 16384;  // longest row these paths take (values)
+struct alignas(64) LegacyPrep {
+  int8_t q[kPrepMax];            // per group of 128: lo order (64 bytes), then hi order
+  int32_t corr[kPrepMax / 8];    // per group: 16 lanes of -off * sum
+  float da[kPrepMax / 32];       // activation scale per block
 };
 
-TINYSLM_TARGET_AVX512 inline void prepare_q4_0(const ActRow& a, int64_t k, Q4_0Prep& p) {
+template <int Shift>  // off = 1 << Shift
+TINYSLM_TARGET_AVX512 inline void prepare_legacy(const ActRow& a, int64_t k, LegacyPrep& p) {
   const __m512i lo_idx = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13);
   const __m512i hi_idx = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
   const __m512i ones = _mm512_set1_epi8(1);
@@ -771,50 +772,69 @@ TINYSLM_TARGET_AVX512 inline void prepare_q4_0(const ActRow& a, int64_t k, Q4_0P
     _mm512_store_si512(p.q + 128 * g, lo);
     _mm512_store_si512(p.q + 128 * g + 64, hi);
     const __m512i s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, lo), ones, hi);
-    _mm512_store_si512(p.corr + 16 * g, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(s, 3)));
+    _mm512_store_si512(p.corr + 16 * g, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(s, Shift)));
   }
   for (int64_t b = 0; b < k / 32; ++b) p.da[b] = a.da32[b];
 }
 
-TINYSLM_TARGET_AVX512 inline float gemv_row_q4_0_prep(const uint8_t* row, int64_t k, const Q4_0Prep& p, const ActRow& a) {
-  constexpr int bb = 18;
-  const int64_t nb = k / 32;
-  // Words of the group: A = bytes [0, 64) (words 0-31), B = bytes [8, 72) (word i = A word i + 4).
+// Word index w of a group, read from A = bytes [0, 64) or B = bytes [Bo, Bo + 64).
+template <int Bo>
+constexpr int group_word(int w) { return w < 32 ? w : 32 + w - Bo / 2; }
+
+template <TensorType T>
+TINYSLM_TARGET_AVX512 inline float gemv_row_legacy_prep(const uint8_t* row, int64_t k, const LegacyPrep& p, const ActRow& a) {
+  constexpr bool q5 = T == TensorType::Q5_0;
+  constexpr int bb = q5 ? 22 : 18, qw = q5 ? 3 : 1, bw = bb / 2;  // qs word offset, block words
+  constexpr int Bo = 4 * bb - 64;                                   // second load: the group's last 64 bytes
+  auto pair = [](int lo_w, int hi_w) { return (group_word<Bo>(hi_w) << 16) | group_word<Bo>(lo_w); };
   const __m512i qs_idx = _mm512_setr_epi32(
-      (2 << 16) | 1, (4 << 16) | 3, (6 << 16) | 5, (8 << 16) | 7, (11 << 16) | 10, (13 << 16) | 12, (15 << 16) | 14,
-      (17 << 16) | 16, (20 << 16) | 19, (22 << 16) | 21, (24 << 16) | 23, (26 << 16) | 25, ((32 + 25) << 16) | (32 + 24),
-      ((32 + 27) << 16) | (32 + 26), ((32 + 29) << 16) | (32 + 28), ((32 + 31) << 16) | (32 + 30));
-  const __m512i d_idx = _mm512_setr_epi32((9 << 16) | 0, (27 << 16) | 18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+      pair(qw + 0, qw + 1), pair(qw + 2, qw + 3), pair(qw + 4, qw + 5), pair(qw + 6, qw + 7),
+      pair(bw + qw + 0, bw + qw + 1), pair(bw + qw + 2, bw + qw + 3), pair(bw + qw + 4, bw + qw + 5), pair(bw + qw + 6, bw + qw + 7),
+      pair(2 * bw + qw + 0, 2 * bw + qw + 1), pair(2 * bw + qw + 2, 2 * bw + qw + 3), pair(2 * bw + qw + 4, 2 * bw + qw + 5),
+      pair(2 * bw + qw + 6, 2 * bw + qw + 7), pair(3 * bw + qw + 0, 3 * bw + qw + 1), pair(3 * bw + qw + 2, 3 * bw + qw + 3),
+      pair(3 * bw + qw + 4, 3 * bw + qw + 5), pair(3 * bw + qw + 6, 3 * bw + qw + 7));
+  // Words 0-3: the four scales; Q5_0 words 4-7 / 8-11: low / high halves of the four qh.
+  const __m512i hdr_idx = _mm512_setr_epi32(pair(0, bw), pair(2 * bw, 3 * bw), pair(1, bw + 1), pair(2 * bw + 1, 3 * bw + 1),
+                                            pair(2, bw + 2), pair(2 * bw + 2, 3 * bw + 2), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512i lane_idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   __m512 acc = _mm512_setzero_ps();
+  const int64_t nb = k / 32;
   int64_t b = 0;
   for (; b + 4 <= nb; b += 4) {
     const uint8_t* g = row + b * bb;
-    const __m512i A = _mm512_loadu_si512(g), B = _mm512_loadu_si512(g + 8);
+    const __m512i A = _mm512_loadu_si512(g), B = _mm512_loadu_si512(g + Bo);
     const __m512i z = _mm512_permutex2var_epi16(A, qs_idx, B);
-    const __m512i lo = _mm512_and_si512(z, m4), hi = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+    __m512i lo = _mm512_and_si512(z, m4), hi = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+    // Q4_0's scales all sit in A: a one-source permute is cheaper.
+    const __m512i hdr = q5 ? _mm512_permutex2var_epi16(A, hdr_idx, B) : _mm512_permutexvar_epi16(hdr_idx, A);
+    if constexpr (q5) {
+      const __m256i h = _mm512_castsi512_si256(hdr);
+      const __m512i bit = _mm512_set1_epi8(0x10);
+      lo = _mm512_mask_add_epi8(lo, _cvtu64_mask64(static_cast<uint64_t>(_mm256_extract_epi64(h, 1))), lo, bit);
+      hi = _mm512_mask_add_epi8(hi, _cvtu64_mask64(static_cast<uint64_t>(_mm256_extract_epi64(h, 2))), hi, bit);
+    }
     const int64_t gi = b / 4;
     __m512i t = _mm512_dpbusd_epi32(_mm512_load_si512(p.corr + 16 * gi), lo, _mm512_load_si512(p.q + 128 * gi));
     t = _mm512_dpbusd_epi32(t, hi, _mm512_load_si512(p.q + 128 * gi + 64));
-    const __m128 dw = _mm_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(d_idx, A)));
+    const __m128 dw = _mm_cvtph_ps(_mm512_castsi512_si128(hdr));
     const __m512 s4 = _mm512_castps128_ps512(_mm_mul_ps(dw, _mm_loadu_ps(p.da + b)));
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(lane_idx, s4), acc);
   }
   const __m512i half_idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   for (; b < nb; b += 2) {  // the last 1-3 blocks: natural order, as gemv_row_legacy
-    const bool pair = b + 1 < nb;
+    const bool two = b + 1 < nb;
     const uint8_t* b0 = row + b * bb;
-    const uint8_t* b1 = pair ? b0 + bb : b0;
-    const __m512i u = legacy_pair_u8<TensorType::Q4_0>(b0, b1);
+    const uint8_t* b1 = two ? b0 + bb : b0;
+    const __m512i u = legacy_pair_u8<T>(b0, b1);
     uint16_t h0, h1;
     std::memcpy(&h0, b0, 2);
     std::memcpy(&h1, b1, 2);
-    const __m128 dw = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(h0 | (pair ? static_cast<uint32_t>(h1) << 16 : 0u))));
-    const __mmask16 m16 = pair ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>(0x00FF);
+    const __m128 dw = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(h0 | (two ? static_cast<uint32_t>(h1) << 16 : 0u))));
+    const __mmask16 m16 = two ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>(0x00FF);
     const __m512i t = _mm512_dpbusd_epi32(_mm512_maskz_loadu_epi32(m16, a.corr4 + b * 8), u,
                                           _mm512_maskz_loadu_epi32(m16, a.qs + b * 32));
-    const __m128 da = _mm_setr_ps(a.da16[2 * b], pair ? a.da16[2 * b + 2] : 0.f, 0.f, 0.f);
+    const __m128 da = _mm_setr_ps(a.da16[2 * b], two ? a.da16[2 * b + 2] : 0.f, 0.f, 0.f);
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(half_idx, _mm512_castps128_ps512(_mm_mul_ps(dw, da))), acc);
   }
   return _mm512_reduce_add_ps(acc);
@@ -823,11 +843,11 @@ TINYSLM_TARGET_AVX512 inline float gemv_row_q4_0_prep(const uint8_t* row, int64_
 template <TensorType T, int N>
 TINYSLM_TARGET_AVX512 inline void gemv_rows_fused(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
                                                   float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  if constexpr (T == TensorType::Q4_0 && N == 1) {
-    if (k <= kQ4Prep) {
-      Q4_0Prep prep;
-      prepare_q4_0(acts[0], k, prep);
-      for (int64_t r = r0; r < r1; ++r) y[r] = gemv_row_q4_0_prep(data + r * row_bytes, k, prep, acts[0]);
+  if constexpr ((T == TensorType::Q4_0 || T == TensorType::Q5_0) && N == 1) {
+    if (k <= kPrepMax) {
+      LegacyPrep prep;
+      prepare_legacy<T == TensorType::Q4_0 ? 3 : 4>(acts[0], k, prep);
+      for (int64_t r = r0; r < r1; ++r) y[r] = gemv_row_legacy_prep<T>(data + r * row_bytes, k, prep, acts[0]);
       return;
     }
   }
