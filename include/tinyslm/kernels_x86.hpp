@@ -840,6 +840,58 @@ TINYSLM_TARGET_AVX512 inline float gemv_row_legacy_prep(const uint8_t* row, int6
   return _mm512_reduce_add_ps(acc);
 }
 
+// Q4_K decode (one token): each 64 qs bytes hold values [0, 32) + [64, 96) of their 128 in
+// the low nibbles and [32, 64) + [96, 128) in the high ones, so the activation is rearranged
+// once per call into that order and one AND / shift / AND unpacks 128 values. The code q in
+// 0..15 is the weight itself (the min is separate), so vpdpbusd needs no correction.
+TINYSLM_TARGET_AVX512 inline void prepare_q4_k(const ActRow& a, int64_t k, LegacyPrep& p) {
+  const __m512i lo_idx = _mm512_setr_epi64(0, 1, 2, 3, 8, 9, 10, 11);
+  const __m512i hi_idx = _mm512_setr_epi64(4, 5, 6, 7, 12, 13, 14, 15);
+  for (int64_t g = 0; g < k / 128; ++g) {
+    const __m512i a01 = _mm512_loadu_si512(a.qs + 128 * g), a23 = _mm512_loadu_si512(a.qs + 128 * g + 64);
+    _mm512_store_si512(p.q + 128 * g, _mm512_permutex2var_epi64(a01, lo_idx, a23));
+    _mm512_store_si512(p.q + 128 * g + 64, _mm512_permutex2var_epi64(a01, hi_idx, a23));
+  }
+}
+
+TINYSLM_TARGET_AVX512 inline float gemv_row_q4_k_prep(const uint8_t* row, int64_t k, const LegacyPrep& p, const ActRow& a) {
+  const int64_t nb = k / 256;
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  // Sub-block (of 32) of each lane: low nibbles of the first 64 bytes cover sub-blocks 0 and
+  // 2, high nibbles 1 and 3; the second 64 bytes 4, 6 and 5, 7.
+  const __m512i i0 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+  const __m512i i1 = _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m512i i2 = _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6);
+  const __m512i i3 = _mm512_setr_epi32(5, 5, 5, 5, 5, 5, 5, 5, 7, 7, 7, 7, 7, 7, 7, 7);
+  __m512 acc = _mm512_setzero_ps();
+  __m256 accm = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto* blk = reinterpret_cast<const BlockQ4_K*>(row + b * sizeof(BlockQ4_K));
+    const float d = f16_scalar(blk->d), dmin = f16_scalar(blk->dmin);
+    uint32_t w3[3];
+    std::memcpy(w3, blk->scales, 12);  // the 6-bit scales / mins, as in gemv_row_k
+    const uint32_t sc_lo = w3[0] & 0x3f3f3f3fu, mn_lo = w3[1] & 0x3f3f3f3fu;
+    const uint32_t sc_hi = (w3[2] & 0x0f0f0f0fu) | (((w3[0] >> 6) & 0x03030303u) << 4);
+    const uint32_t mn_hi = ((w3[2] >> 4) & 0x0f0f0f0fu) | (((w3[1] >> 6) & 0x03030303u) << 4);
+    const __m512i scv = _mm512_cvtepu8_epi32(_mm_setr_epi32(static_cast<int>(sc_lo), static_cast<int>(sc_hi), 0, 0));
+    const __m256 mnf = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_setr_epi32(static_cast<int>(mn_lo), static_cast<int>(mn_hi), 0, 0))),
+                                     _mm256_set1_ps(-dmin));
+    const __m512i z0 = _mm512_loadu_si512(blk->qs), z1 = _mm512_loadu_si512(blk->qs + 64);
+    const int8_t* q = p.q + 256 * b;
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i t0 = _mm512_dpbusd_epi32(zero, _mm512_and_si512(z0, m4), _mm512_load_si512(q));
+    const __m512i t1 = _mm512_dpbusd_epi32(zero, _mm512_and_si512(_mm512_srli_epi16(z0, 4), m4), _mm512_load_si512(q + 64));
+    const __m512i t2 = _mm512_dpbusd_epi32(zero, _mm512_and_si512(z1, m4), _mm512_load_si512(q + 128));
+    const __m512i t3 = _mm512_dpbusd_epi32(zero, _mm512_and_si512(_mm512_srli_epi16(z1, 4), m4), _mm512_load_si512(q + 192));
+    const __m512i isum = _mm512_add_epi32(
+        _mm512_add_epi32(_mm512_mullo_epi32(t0, _mm512_permutexvar_epi32(i0, scv)), _mm512_mullo_epi32(t1, _mm512_permutexvar_epi32(i1, scv))),
+        _mm512_add_epi32(_mm512_mullo_epi32(t2, _mm512_permutexvar_epi32(i2, scv)), _mm512_mullo_epi32(t3, _mm512_permutexvar_epi32(i3, scv))));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * a.da16[b * 16]), acc);
+    accm = _mm256_fmadd_ps(mnf, _mm256_loadu_ps(a.m32 + b * 8), accm);
+  }
+  return _mm512_reduce_add_ps(acc) + hsum256(accm);
+}
+
 template <TensorType T, int N>
 TINYSLM_TARGET_AVX512 inline void gemv_rows_fused(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
                                                   float* y, int64_t ldy, int64_t r0, int64_t r1) {
@@ -848,6 +900,14 @@ TINYSLM_TARGET_AVX512 inline void gemv_rows_fused(const uint8_t* data, int64_t r
       LegacyPrep prep;
       prepare_legacy<T == TensorType::Q4_0 ? 3 : 4>(acts[0], k, prep);
       for (int64_t r = r0; r < r1; ++r) y[r] = gemv_row_legacy_prep<T>(data + r * row_bytes, k, prep, acts[0]);
+      return;
+    }
+  }
+  if constexpr (T == TensorType::Q4_K && N == 1) {
+    if (k <= kPrepMax) {
+      LegacyPrep prep;
+      prepare_q4_k(acts[0], k, prep);
+      for (int64_t r = r0; r < r1; ++r) y[r] = gemv_row_q4_k_prep(data + r * row_bytes, k, prep, acts[0]);
       return;
     }
   }
