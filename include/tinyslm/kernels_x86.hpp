@@ -9,9 +9,11 @@
 //    IQ4_NL/Q4_K/Q5_K/Q6_K (AVX2: Q4_0/Q5_0/Q8_0/Q4_K/Q6_K): fused kernels that unpack each
 //    block in registers and dot it with every token. AVX-512 uses VNNI (vpdpbusd) on
 //    unsigned bytes u = w + 128 with the exact integer correction -128 * sum(a) (corr4,
-//    precomputed per 4 activations); Q4_0 / Q5_0 with one token rearrange the activation once per
-//    call so four blocks unpack with one word permute (gemv_row_legacy_prep, Q5_0 too); AVX2 uses maddubs on the unsigned codes and removes the
-//    offset exactly with the activation's sums of 16 (Q8_0: the sign trick).
+//    precomputed per 4 activations). With one token, Q4_0 / Q5_0 / Q4_K rearrange the
+//    activation once per call into the order their nibbles unpack to (gemv_row_legacy_prep,
+//    gemv_row_q4_k_prep), so a group of values unpacks with one AND / shift / AND. AVX2
+//    uses maddubs on the unsigned codes and removes the offset exactly with the
+//    activation's sums of 16 (Q8_0: the sign trick).
 //  - The other types, and more tokens on AVX2, go through the canonical decode of
 //    kernels_scalar.hpp (SIMD for the common types), one 512-value chunk of a row at a time
 //    in L1, reused for up to 16 tokens.
@@ -634,20 +636,20 @@ TINYSLM_TARGET_AVX512 inline void gemv_row_k(const uint8_t* row, int64_t k, cons
       const auto* b6 = reinterpret_cast<const BlockQ6_K*>(row + b * sizeof(BlockQ6_K));
       d = f16_scalar(b6->d);
       const __m512i scv = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b6->scales)));
-      const __m256i m3 = _mm256_set1_epi8(3);
+      // Per half h (128 values): the 64 ql bytes give values [0, 64) in their low nibbles and
+      // [64, 128) in their high ones, already in order; the 32 qh bytes are broadcast to both
+      // 256-bit halves and the upper copy shifted right by 2, so bits 0-1 / 4-5 of each byte
+      // are the high bits of the low / high nibble's value.
+      const __m512i m4z = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+      const __m512i off = _mm512_set1_epi8(96);  // u = (q - 32) + 128
       for (int h = 0; h < 2; ++h) {
-        const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->ql + 64 * h));
-        const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->ql + 64 * h + 32));
-        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh + 32 * h));
-        const __m256i v0 = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
-        const __m256i v1 = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
-        const __m256i v2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
-        const __m256i v3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
-        const __m512i off = _mm512_set1_epi8(96);  // u = (q - 32) + 128
-        u[2 * h] = _mm512_add_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(v0), v1, 1), off);
-        u[2 * h + 1] = _mm512_add_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(v2), v3, 1), off);
+        const __m512i l = _mm512_loadu_si512(b6->ql + 64 * h);
+        const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh + 32 * h)));
+        const __m512i qs = _mm512_mask_srli_epi16(q, static_cast<__mmask32>(0xFFFF0000u), q, 2);
+        const __m512i lo = _mm512_or_si512(_mm512_and_si512(l, m4z), _mm512_and_si512(_mm512_slli_epi16(qs, 4), m30));
+        const __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4z), _mm512_and_si512(qs, m30));
+        u[2 * h] = _mm512_add_epi8(lo, off);
+        u[2 * h + 1] = _mm512_add_epi8(hi, off);
       }
       for (int j = 0; j < 4; ++j) {
         const int g = 4 * j;
