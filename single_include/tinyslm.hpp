@@ -307,6 +307,18 @@ inline bool align_up(uint64_t x, uint64_t align, uint64_t* out) {
 
 inline bool is_power_of_two(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
 
+// ASCII case-insensitive equality (type and mix names such as "q4_k_m").
+inline bool iequals_ascii(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    char x = a[i], y = b[i];
+    if (x >= 'a' && x <= 'z') x = static_cast<char>(x - 'a' + 'A');
+    if (y >= 'a' && y <= 'z') y = static_cast<char>(y - 'a' + 'A');
+    if (x != y) return false;
+  }
+  return true;
+}
+
 inline std::string quoted(std::string_view s) {
   std::string out = "'";
   for (char c : s) {
@@ -888,17 +900,8 @@ inline const char* tensor_type_name(TensorType t) {
 }
 // Looks a type up by its name ("Q4_K", case-insensitive); nullptr when unknown.
 inline const TensorTypeInfo* tensor_type_by_name(std::string_view name) {
-  for (const auto& t : tensor_type_table) {
-    std::string_view n = t.name;
-    if (n.size() != name.size()) continue;
-    bool same = true;
-    for (size_t i = 0; i < n.size() && same; ++i) {
-      char a = n[i], b = name[i];
-      if (b >= 'a' && b <= 'z') b = static_cast<char>(b - 'a' + 'A');
-      same = a == b;
-    }
-    if (same) return &t;
-  }
+  for (const auto& t : tensor_type_table)
+    if (detail::iequals_ascii(t.name, name)) return &t;
   return nullptr;
 }
 
@@ -3113,17 +3116,8 @@ inline constexpr QuantMix quant_mixes[] = {
 };
 
 inline const QuantMix* find_quant_mix(std::string_view name) {
-  for (const auto& m : quant_mixes) {
-    std::string_view n = m.name;
-    if (n.size() != name.size()) continue;
-    bool same = true;
-    for (size_t i = 0; i < n.size() && same; ++i) {
-      char c = name[i];
-      if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
-      same = c == n[i];
-    }
-    if (same) return &m;
-  }
+  for (const auto& m : quant_mixes)
+    if (iequals_ascii(m.name, name)) return &m;
   return nullptr;
 }
 
@@ -3786,8 +3780,11 @@ inline float dot_row_float_scalar(TensorType t, const uint8_t* row, int64_t k, c
 //    IQ4_NL/Q4_K/Q5_K/Q6_K (AVX2: Q4_0/Q5_0/Q8_0/Q4_K/Q6_K): fused kernels that unpack each
 //    block in registers and dot it with every token. AVX-512 uses VNNI (vpdpbusd) on
 //    unsigned bytes u = w + 128 with the exact integer correction -128 * sum(a) (corr4,
-//    precomputed per 4 activations); AVX2 uses maddubs on the unsigned codes and removes the
-//    offset exactly with the activation's sums of 16 (Q8_0: the sign trick).
+//    precomputed per 4 activations). With one token, Q4_0 / Q5_0 / Q4_K rearrange the
+//    activation once per call into the order their nibbles unpack to (gemv_row_legacy_prep,
+//    gemv_row_q4_k_prep), so a group of values unpacks with one AND / shift / AND. AVX2
+//    uses maddubs on the unsigned codes and removes the offset exactly with the
+//    activation's sums of 16 (Q8_0: the sign trick).
 //  - The other types, and more tokens on AVX2, go through the canonical decode of
 //    kernels_scalar.hpp (SIMD for the common types), one 512-value chunk of a row at a time
 //    in L1, reused for up to 16 tokens.
@@ -4260,13 +4257,12 @@ TINYSLM_TARGET_AVX512 inline __m512i legacy_pair_u8(const uint8_t* b0, const uin
     return _mm512_xor_si512(z, _mm512_set1_epi8(static_cast<char>(0x80)));
   } else {
     constexpr int off = T == TensorType::Q4_1 ? 4 : T == TensorType::Q5_0 ? 6 : T == TensorType::Q5_1 ? 8 : 2;
-    const __m256i x = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + off))),
-                                              _mm_loadu_si128(reinterpret_cast<const __m128i*>(b1 + off)), 1);
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const __m256i lo = _mm256_and_si256(x, m4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-    // [b0 values 0-15, b0 16-31, b1 0-15, b1 16-31]
-    __m512i z = _mm512_permutex2var_epi64(_mm512_castsi256_si512(lo), _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11),
-                                          _mm512_castsi256_si512(hi));
+    // [b0 qs, b0 qs, b1 qs, b1 qs]: the second copy of each block's bytes is shifted right
+    // by 4 (a masked shift), so one AND leaves [b0 0-15, b0 16-31, b1 0-15, b1 16-31].
+    const __m256i x0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + off)));
+    const __m256i x1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b1 + off)));
+    const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1);
+    __m512i z = _mm512_and_si512(_mm512_mask_srli_epi16(x, static_cast<__mmask32>(0xFF00FF00u), x, 4), _mm512_set1_epi8(0x0F));
     if constexpr (T == TensorType::Q5_0 || T == TensorType::Q5_1) {
       uint32_t h0, h1;
       std::memcpy(&h0, b0 + off - 4, 4);
@@ -4409,20 +4405,20 @@ TINYSLM_TARGET_AVX512 inline void gemv_row_k(const uint8_t* row, int64_t k, cons
       const auto* b6 = reinterpret_cast<const BlockQ6_K*>(row + b * sizeof(BlockQ6_K));
       d = f16_scalar(b6->d);
       const __m512i scv = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b6->scales)));
-      const __m256i m3 = _mm256_set1_epi8(3);
+      // Per half h (128 values): the 64 ql bytes give values [0, 64) in their low nibbles and
+      // [64, 128) in their high ones, already in order; the 32 qh bytes are broadcast to both
+      // 256-bit halves and the upper copy shifted right by 2, so bits 0-1 / 4-5 of each byte
+      // are the high bits of the low / high nibble's value.
+      const __m512i m4z = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+      const __m512i off = _mm512_set1_epi8(96);  // u = (q - 32) + 128
       for (int h = 0; h < 2; ++h) {
-        const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->ql + 64 * h));
-        const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->ql + 64 * h + 32));
-        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh + 32 * h));
-        const __m256i v0 = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
-        const __m256i v1 = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
-        const __m256i v2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
-        const __m256i v3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
-        const __m512i off = _mm512_set1_epi8(96);  // u = (q - 32) + 128
-        u[2 * h] = _mm512_add_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(v0), v1, 1), off);
-        u[2 * h + 1] = _mm512_add_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(v2), v3, 1), off);
+        const __m512i l = _mm512_loadu_si512(b6->ql + 64 * h);
+        const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh + 32 * h)));
+        const __m512i qs = _mm512_mask_srli_epi16(q, static_cast<__mmask32>(0xFFFF0000u), q, 2);
+        const __m512i lo = _mm512_or_si512(_mm512_and_si512(l, m4z), _mm512_and_si512(_mm512_slli_epi16(qs, 4), m30));
+        const __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4z), _mm512_and_si512(qs, m30));
+        u[2 * h] = _mm512_add_epi8(lo, off);
+        u[2 * h + 1] = _mm512_add_epi8(hi, off);
       }
       for (int j = 0; j < 4; ++j) {
         const int g = 4 * j;
@@ -4519,9 +4515,173 @@ TINYSLM_TARGET_AVX512 inline void gemv_row_k23(const uint8_t* row, int64_t k, co
   for (int i = 0; i < N; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) + (q3 ? 0.f : _mm512_reduce_add_ps(accm[i]));
 }
 
+// Q4_0 / Q5_0 decode (one token), the activation rearranged once per call so each group of
+// four blocks unpacks with one word permute and one AND / shift / AND:
+//  - the four 16-byte qs fields are gathered into one zmm (vpermt2w over two overlapping
+//    64-byte loads covering the group), so the low nibbles give [b0 v0-15, b1 v0-15, b2 ..,
+//    b3 ..] and the high nibbles [b0 v16-31, b1 .., b2 .., b3 ..];
+//  - the activation is stored in the same two orders (lo, hi), so both vpdpbusd land in the
+//    same lanes: lane j holds 8 products of block j / 4, and one scale vector serves both;
+//  - the code q (Q4_0 0..15, Q5_0 0..31) enters vpdpbusd unsigned and w = q - off (8, 16) is
+//    restored exactly by starting each lane at -off * (sum of its 8 activations);
+//  - the fp16 scales (and Q5_0's high-bit words) come out of the same loads with one vpermw.
+inline constexpr int64_t kPrepMax = 16384;  // longest row these paths take (values)
+struct alignas(64) LegacyPrep {
+  int8_t q[kPrepMax];            // per group of 128: lo order (64 bytes), then hi order
+  int32_t corr[kPrepMax / 8];    // per group: 16 lanes of -off * sum
+  float da[kPrepMax / 32];       // activation scale per block
+};
+
+template <int Shift>  // off = 1 << Shift
+TINYSLM_TARGET_AVX512 inline void prepare_legacy(const ActRow& a, int64_t k, LegacyPrep& p) {
+  const __m512i lo_idx = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13);
+  const __m512i hi_idx = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t g = 0; g < k / 128; ++g) {
+    const __m512i a01 = _mm512_loadu_si512(a.qs + 128 * g), a23 = _mm512_loadu_si512(a.qs + 128 * g + 64);
+    const __m512i lo = _mm512_permutex2var_epi64(a01, lo_idx, a23), hi = _mm512_permutex2var_epi64(a01, hi_idx, a23);
+    _mm512_store_si512(p.q + 128 * g, lo);
+    _mm512_store_si512(p.q + 128 * g + 64, hi);
+    const __m512i s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, lo), ones, hi);
+    _mm512_store_si512(p.corr + 16 * g, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(s, Shift)));
+  }
+  for (int64_t b = 0; b < k / 32; ++b) p.da[b] = a.da32[b];
+}
+
+// Word index w of a group, read from A = bytes [0, 64) or B = bytes [Bo, Bo + 64).
+template <int Bo>
+constexpr int group_word(int w) { return w < 32 ? w : 32 + w - Bo / 2; }
+
+template <TensorType T>
+TINYSLM_TARGET_AVX512 inline float gemv_row_legacy_prep(const uint8_t* row, int64_t k, const LegacyPrep& p, const ActRow& a) {
+  constexpr bool q5 = T == TensorType::Q5_0;
+  constexpr int bb = q5 ? 22 : 18, qw = q5 ? 3 : 1, bw = bb / 2;  // qs word offset, block words
+  constexpr int Bo = 4 * bb - 64;                                   // second load: the group's last 64 bytes
+  auto pair = [](int lo_w, int hi_w) { return (group_word<Bo>(hi_w) << 16) | group_word<Bo>(lo_w); };
+  const __m512i qs_idx = _mm512_setr_epi32(
+      pair(qw + 0, qw + 1), pair(qw + 2, qw + 3), pair(qw + 4, qw + 5), pair(qw + 6, qw + 7),
+      pair(bw + qw + 0, bw + qw + 1), pair(bw + qw + 2, bw + qw + 3), pair(bw + qw + 4, bw + qw + 5), pair(bw + qw + 6, bw + qw + 7),
+      pair(2 * bw + qw + 0, 2 * bw + qw + 1), pair(2 * bw + qw + 2, 2 * bw + qw + 3), pair(2 * bw + qw + 4, 2 * bw + qw + 5),
+      pair(2 * bw + qw + 6, 2 * bw + qw + 7), pair(3 * bw + qw + 0, 3 * bw + qw + 1), pair(3 * bw + qw + 2, 3 * bw + qw + 3),
+      pair(3 * bw + qw + 4, 3 * bw + qw + 5), pair(3 * bw + qw + 6, 3 * bw + qw + 7));
+  // Words 0-3: the four scales; Q5_0 words 4-7 / 8-11: low / high halves of the four qh.
+  const __m512i hdr_idx = _mm512_setr_epi32(pair(0, bw), pair(2 * bw, 3 * bw), pair(1, bw + 1), pair(2 * bw + 1, 3 * bw + 1),
+                                            pair(2, bw + 2), pair(2 * bw + 2, 3 * bw + 2), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i lane_idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512 acc = _mm512_setzero_ps();
+  const int64_t nb = k / 32;
+  int64_t b = 0;
+  for (; b + 4 <= nb; b += 4) {
+    const uint8_t* g = row + b * bb;
+    const __m512i A = _mm512_loadu_si512(g), B = _mm512_loadu_si512(g + Bo);
+    const __m512i z = _mm512_permutex2var_epi16(A, qs_idx, B);
+    __m512i lo = _mm512_and_si512(z, m4), hi = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+    // Q4_0's scales all sit in A: a one-source permute is cheaper.
+    const __m512i hdr = q5 ? _mm512_permutex2var_epi16(A, hdr_idx, B) : _mm512_permutexvar_epi16(hdr_idx, A);
+    if constexpr (q5) {
+      const __m256i h = _mm512_castsi512_si256(hdr);
+      const __m512i bit = _mm512_set1_epi8(0x10);
+      lo = _mm512_mask_add_epi8(lo, _cvtu64_mask64(static_cast<uint64_t>(_mm256_extract_epi64(h, 1))), lo, bit);
+      hi = _mm512_mask_add_epi8(hi, _cvtu64_mask64(static_cast<uint64_t>(_mm256_extract_epi64(h, 2))), hi, bit);
+    }
+    const int64_t gi = b / 4;
+    __m512i t = _mm512_dpbusd_epi32(_mm512_load_si512(p.corr + 16 * gi), lo, _mm512_load_si512(p.q + 128 * gi));
+    t = _mm512_dpbusd_epi32(t, hi, _mm512_load_si512(p.q + 128 * gi + 64));
+    const __m128 dw = _mm_cvtph_ps(_mm512_castsi512_si128(hdr));
+    const __m512 s4 = _mm512_castps128_ps512(_mm_mul_ps(dw, _mm_loadu_ps(p.da + b)));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(lane_idx, s4), acc);
+  }
+  const __m512i half_idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  for (; b < nb; b += 2) {  // the last 1-3 blocks: natural order, as gemv_row_legacy
+    const bool two = b + 1 < nb;
+    const uint8_t* b0 = row + b * bb;
+    const uint8_t* b1 = two ? b0 + bb : b0;
+    const __m512i u = legacy_pair_u8<T>(b0, b1);
+    uint16_t h0, h1;
+    std::memcpy(&h0, b0, 2);
+    std::memcpy(&h1, b1, 2);
+    const __m128 dw = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(h0 | (two ? static_cast<uint32_t>(h1) << 16 : 0u))));
+    const __mmask16 m16 = two ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>(0x00FF);
+    const __m512i t = _mm512_dpbusd_epi32(_mm512_maskz_loadu_epi32(m16, a.corr4 + b * 8), u,
+                                          _mm512_maskz_loadu_epi32(m16, a.qs + b * 32));
+    const __m128 da = _mm_setr_ps(a.da16[2 * b], two ? a.da16[2 * b + 2] : 0.f, 0.f, 0.f);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(half_idx, _mm512_castps128_ps512(_mm_mul_ps(dw, da))), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// Q4_K decode (one token): each 64 qs bytes hold values [0, 32) + [64, 96) of their 128 in
+// the low nibbles and [32, 64) + [96, 128) in the high ones, so the activation is rearranged
+// once per call into that order and one AND / shift / AND unpacks 128 values. The code q in
+// 0..15 is the weight itself (the min is separate), so vpdpbusd needs no correction.
+TINYSLM_TARGET_AVX512 inline void prepare_q4_k(const ActRow& a, int64_t k, LegacyPrep& p) {
+  const __m512i lo_idx = _mm512_setr_epi64(0, 1, 2, 3, 8, 9, 10, 11);
+  const __m512i hi_idx = _mm512_setr_epi64(4, 5, 6, 7, 12, 13, 14, 15);
+  for (int64_t g = 0; g < k / 128; ++g) {
+    const __m512i a01 = _mm512_loadu_si512(a.qs + 128 * g), a23 = _mm512_loadu_si512(a.qs + 128 * g + 64);
+    _mm512_store_si512(p.q + 128 * g, _mm512_permutex2var_epi64(a01, lo_idx, a23));
+    _mm512_store_si512(p.q + 128 * g + 64, _mm512_permutex2var_epi64(a01, hi_idx, a23));
+  }
+}
+
+TINYSLM_TARGET_AVX512 inline float gemv_row_q4_k_prep(const uint8_t* row, int64_t k, const LegacyPrep& p, const ActRow& a) {
+  const int64_t nb = k / 256;
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  // Sub-block (of 32) of each lane: low nibbles of the first 64 bytes cover sub-blocks 0 and
+  // 2, high nibbles 1 and 3; the second 64 bytes 4, 6 and 5, 7.
+  const __m512i i0 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+  const __m512i i1 = _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m512i i2 = _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6);
+  const __m512i i3 = _mm512_setr_epi32(5, 5, 5, 5, 5, 5, 5, 5, 7, 7, 7, 7, 7, 7, 7, 7);
+  __m512 acc = _mm512_setzero_ps();
+  __m256 accm = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto* blk = reinterpret_cast<const BlockQ4_K*>(row + b * sizeof(BlockQ4_K));
+    const float d = f16_scalar(blk->d), dmin = f16_scalar(blk->dmin);
+    uint32_t w3[3];
+    std::memcpy(w3, blk->scales, 12);  // the 6-bit scales / mins, as in gemv_row_k
+    const uint32_t sc_lo = w3[0] & 0x3f3f3f3fu, mn_lo = w3[1] & 0x3f3f3f3fu;
+    const uint32_t sc_hi = (w3[2] & 0x0f0f0f0fu) | (((w3[0] >> 6) & 0x03030303u) << 4);
+    const uint32_t mn_hi = ((w3[2] >> 4) & 0x0f0f0f0fu) | (((w3[1] >> 6) & 0x03030303u) << 4);
+    const __m512i scv = _mm512_cvtepu8_epi32(_mm_setr_epi32(static_cast<int>(sc_lo), static_cast<int>(sc_hi), 0, 0));
+    const __m256 mnf = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_setr_epi32(static_cast<int>(mn_lo), static_cast<int>(mn_hi), 0, 0))),
+                                     _mm256_set1_ps(-dmin));
+    const __m512i z0 = _mm512_loadu_si512(blk->qs), z1 = _mm512_loadu_si512(blk->qs + 64);
+    const int8_t* q = p.q + 256 * b;
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i t0 = _mm512_dpbusd_epi32(zero, _mm512_and_si512(z0, m4), _mm512_load_si512(q));
+    const __m512i t1 = _mm512_dpbusd_epi32(zero, _mm512_and_si512(_mm512_srli_epi16(z0, 4), m4), _mm512_load_si512(q + 64));
+    const __m512i t2 = _mm512_dpbusd_epi32(zero, _mm512_and_si512(z1, m4), _mm512_load_si512(q + 128));
+    const __m512i t3 = _mm512_dpbusd_epi32(zero, _mm512_and_si512(_mm512_srli_epi16(z1, 4), m4), _mm512_load_si512(q + 192));
+    const __m512i isum = _mm512_add_epi32(
+        _mm512_add_epi32(_mm512_mullo_epi32(t0, _mm512_permutexvar_epi32(i0, scv)), _mm512_mullo_epi32(t1, _mm512_permutexvar_epi32(i1, scv))),
+        _mm512_add_epi32(_mm512_mullo_epi32(t2, _mm512_permutexvar_epi32(i2, scv)), _mm512_mullo_epi32(t3, _mm512_permutexvar_epi32(i3, scv))));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * a.da16[b * 16]), acc);
+    accm = _mm256_fmadd_ps(mnf, _mm256_loadu_ps(a.m32 + b * 8), accm);
+  }
+  return _mm512_reduce_add_ps(acc) + hsum256(accm);
+}
+
 template <TensorType T, int N>
 TINYSLM_TARGET_AVX512 inline void gemv_rows_fused(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
                                                   float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if constexpr ((T == TensorType::Q4_0 || T == TensorType::Q5_0) && N == 1) {
+    if (k <= kPrepMax) {
+      LegacyPrep prep;
+      prepare_legacy<T == TensorType::Q4_0 ? 3 : 4>(acts[0], k, prep);
+      for (int64_t r = r0; r < r1; ++r) y[r] = gemv_row_legacy_prep<T>(data + r * row_bytes, k, prep, acts[0]);
+      return;
+    }
+  }
+  if constexpr (T == TensorType::Q4_K && N == 1) {
+    if (k <= kPrepMax) {
+      LegacyPrep prep;
+      prepare_q4_k(acts[0], k, prep);
+      for (int64_t r = r0; r < r1; ++r) y[r] = gemv_row_q4_k_prep(data + r * row_bytes, k, prep, acts[0]);
+      return;
+    }
+  }
   float out[N];
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = data + r * row_bytes;
@@ -13064,6 +13224,20 @@ inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t conte
               4 * (u(hp.n_head_kv) * u(hp.head_dim_k + hp.head_dim_v) * u(ctx16) +
                    u(threads) * u(4 * ctx16 + 4 * hp.head_dim_k + 4 * hp.head_dim_v)) +
               6 * u(B) * u(max_cols);
+  if (hp.n_expert > 0) {
+    // Mirrors MoeScratch::reserve: router logits, selections and expert lists per token, the
+    // gathered rows and gate/up/down outputs of one expert, its matmul scratch (one for the
+    // batch, two rows per thread for decode).
+    auto cfg = read_moe_config(f);
+    if (!cfg) return cfg.error();
+    const int64_t X = cfg->n_expert, k = cfg->n_expert_used;
+    const int64_t ff = std::max(cfg->expert_ff, cfg->shared_expert ? cfg->shared_ff : int64_t{0});
+    const int64_t rows = std::max(B, k + 1), sel = B * k;
+    const int64_t moe_cols = (std::max(E, ff) + 255) / 256 * 256;
+    m.compute += 4 * (u(B) * u(X) + 4 * u(sel) + 2 * u(X + 1) + u(B) + u(B) * u(E) + 2 * u(rows) * u(ff) +
+                      u(rows) * u(E) + u(k + 1)) +
+                 6 * u(B) * u(moe_cols) + 12 * u(threads) * u(moe_cols);
+  }
   m.logits = 4 * u(n_vocab);
   // Tokenizer: the vocabulary strings twice (text and output pieces), per-token tables, merges;
   // sampler: a candidate (8 bytes) and a count (4) per token plus its probability buffers.
