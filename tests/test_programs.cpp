@@ -266,3 +266,42 @@ TEST_CASE("programs: bad input gives a one-line error and a non-zero exit") {
   std::error_code ec;
   fs::remove_all(work_dir(), ec);
 }
+
+TEST_CASE("complete: greedy output on stories260K equals llama.cpp's, byte for byte") {
+  const std::string prog = program("complete");
+  const std::string model = tinyslm_test::shared_file("models/stories260K.gguf");
+  const std::string golden = tinyslm_test::shared_file("golden/stories260K.json");
+  if (prog.empty() || model.empty() || golden.empty()) return;
+  const Json g = Json::parse(tinyslm_test::read_text(golden));
+  int checked = 0;
+  for (const auto& p : g["prompts"].items()) {
+    if (p["kind"].as_string() != "text") continue;
+    CAPTURE(p["id"].as_string());
+    const fs::path prompt = work_dir() / "greedy_prompt.txt";
+    {
+      std::ofstream f(prompt, std::ios::binary);
+      f << p["text"].as_string();
+    }
+    const auto& want = p["greedy"]["tokens"].int_list();
+    const Run r = run(prog, {"-m", model, "-f", prompt.string(), "-n", std::to_string(want.size()), "--temp", "0", "--ids"});
+    CAPTURE(r.err);
+    REQUIRE(r.exit_code == 0);
+    // stdout: the streamed text, a newline, then the generated ids on the last line
+    const auto out_lines = lines(r.out);
+    REQUIRE(out_lines.size() >= 2);
+    std::vector<int32_t> ids;
+    for (const char* s = out_lines.back().c_str(); *s;) {
+      char* end = nullptr;
+      const long v = std::strtol(s, &end, 10);
+      if (end == s) break;
+      ids.push_back(static_cast<int32_t>(v));
+      s = end;
+    }
+    CHECK(ids == want);
+    const std::string text = r.out.substr(0, r.out.size() - out_lines.back().size() - 1);
+    std::string expected = p["greedy"]["text"].as_string();
+    CHECK(text == expected + "\n");
+    ++checked;
+  }
+  CHECK(checked >= 9);  // the golden file has 9 text prompts (and 3 chat prompts)
+}
