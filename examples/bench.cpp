@@ -41,28 +41,8 @@ std::vector<int> parse_list(const char* s) {
 // The file's declared type (general.file_type), as llama.cpp names it.
 std::string file_type_name(const GgufFile& f, TensorType fallback) {
   auto ft = f.get_or<uint32_t>("general.file_type", 9999);
-  if (!ft) return tensor_type_name(fallback);
-  switch (*ft) {
-    case 0: return "F32";
-    case 1: return "F16";
-    case 2: return "Q4_0";
-    case 3: return "Q4_1";
-    case 7: return "Q8_0";
-    case 8: return "Q5_0";
-    case 9: return "Q5_1";
-    case 10: return "Q2_K";
-    case 11: return "Q3_K_S";
-    case 12: return "Q3_K_M";
-    case 13: return "Q3_K_L";
-    case 14: return "Q4_K_S";
-    case 15: return "Q4_K_M";
-    case 16: return "Q5_K_S";
-    case 17: return "Q5_K_M";
-    case 18: return "Q6_K";
-    case 25: return "IQ4_NL";
-    case 32: return "BF16";
-    default: return tensor_type_name(fallback);
-  }
+  const char* name = ft ? tinyslm::file_type_name(*ft) : nullptr;
+  return name ? name : tensor_type_name(fallback);
 }
 
 struct DecodeReads {

@@ -3121,6 +3121,17 @@ inline const QuantMix* find_quant_mix(std::string_view name) {
   return nullptr;
 }
 
+}  // namespace detail
+
+// The name llama.cpp gives a general.file_type value ("Q4_K_M"), or nullptr when unknown.
+inline const char* file_type_name(uint32_t file_type) {
+  for (const auto& m : detail::quant_mixes)
+    if (m.file_type == file_type) return m.name;
+  return nullptr;
+}
+
+namespace detail {
+
 inline bool ends_with(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
