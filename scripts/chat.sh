@@ -28,7 +28,17 @@ if [ -z "$model" ]; then
 fi
 [ -f "$model" ] || die "model not found: $model"
 
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null || die "cmake configure failed"
+# A fresh Debian/Ubuntu machine may lack the compiler and CMake: install them with apt.
+if ! command -v cmake >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1; then
+  command -v apt-get >/dev/null 2>&1 || die "needs cmake and a C++20 compiler (g++ 12 or clang 14)"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  echo "chat.sh: installing cmake and g++ with apt" >&2
+  $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq cmake make g++ >/dev/null \
+    || die "could not install cmake and g++"
+fi
+
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DTINYSLM_BUILD_TESTS=OFF >/dev/null || die "cmake configure failed"
 cmake --build "$build" --target chat -j "$jobs" >/dev/null || die "build failed (run: cmake --build $build --target chat)"
 echo "chat.sh: $model" >&2
 exec "$build/examples/chat" -m "$model" "$@"
