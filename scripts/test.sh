@@ -79,12 +79,12 @@ for stage in "${stages[@]}"; do
   t0=$(date +%s)
   case $stage in
     release)
-      if build release "$root/build-release" -DCMAKE_BUILD_TYPE=Release; then
+      if build release "$root/build-release" -DCMAKE_BUILD_TYPE=Release -DTINYSLM_BUILD_TESTS=ON -DTINYSLM_BUILD_EXAMPLES=ON; then
         run_ctest release "$root/build-release"
       else failed=$((failed + 1)); failed_stages+=(release); fi ;;
     asan)
       if build asan "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-g -O1" \
-           -DTINYSLM_SANITIZE=ON -DTINYSLM_BUILD_EXAMPLES=ON; then
+           -DTINYSLM_SANITIZE=ON -DTINYSLM_BUILD_TESTS=ON -DTINYSLM_BUILD_EXAMPLES=ON; then
         ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
           run_ctest asan "$root/build-asan" -E "consumer_"
       else failed=$((failed + 1)); failed_stages+=(asan); fi ;;
