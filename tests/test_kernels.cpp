@@ -186,6 +186,41 @@ TEST_CASE("larger shapes (chunked k, many tokens) agree with the scalar referenc
     compare_to_scalar(t, 40, 1536, 21, ++seed);
 }
 
+// The one-token kernels keep partial sums in 16-bit lanes (vpdpwssd) where the format
+// allows it; saturated codes, extreme scales and full-scale activations reach those bounds.
+TEST_CASE("extreme codes and scales stay exact; rows longer than the one-token fast paths") {
+  for (TensorType t : {TensorType::Q4_K, TensorType::Q6_K, TensorType::Q4_0, TensorType::Q5_0, TensorType::Q8_0}) {
+    const auto& info = tensor_type_info(t);
+    for (int64_t cols : {int64_t(512), int64_t(16384 + 512)}) {
+      const int64_t rows = 3;
+      std::vector<uint8_t> w(static_cast<size_t>(rows * cols / info.block_size * info.block_bytes), 0xFF);
+      const auto fields = half_fields(t);
+      for (size_t b = 0; b < w.size() / info.block_bytes; ++b)
+        for (int off : fields) {
+          const uint16_t h = fp32_to_fp16(0.01f);
+          std::memcpy(&w[b * info.block_bytes + off], &h, 2);
+        }
+      if (t == TensorType::Q6_K)  // scales of the first row: -128, of the second: 127
+        for (size_t b = 0; b < w.size() / info.block_bytes; ++b)
+          std::memset(&w[b * info.block_bytes + 192], b < w.size() / info.block_bytes / 3 ? 0x80 : 0x7F, 16);
+      for (float sign : {1.f, -1.f}) {
+        std::vector<float> x(static_cast<size_t>(cols), sign);  // every value quantizes to +-127
+        const auto ref = run(SimdLevel::scalar, t, w, rows, cols, x, 1);
+        for (SimdLevel l : available_levels()) {
+          const auto y = run(l, t, w, rows, cols, x, 1);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t rb = cols / info.block_size * info.block_bytes;
+            const double bound = 4.0 * double(cols) * 5.96e-8 * magnitude_bound(t, w.data() + r * rb, cols, x.data()) + 1e-6;
+            CHECK_MESSAGE(std::fabs(double(y[r]) - ref[r]) <= bound,
+                          tensor_type_name(t) << " " << simd_level_name(l) << " cols " << cols << " row " << r << ": "
+                                              << y[r] << " vs " << ref[r]);
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("matmul gives identical bits for 1, 2 and 3 threads") {
   uint32_t seed = 500;
   for (TensorType t : {TensorType::Q4_0, TensorType::Q8_0, TensorType::Q4_K, TensorType::Q6_K, TensorType::Q5_0,
