@@ -4655,7 +4655,8 @@ TINYSLM_TARGET_AVX512 inline float gemv_row_q4_k_prep(const uint8_t* row, int64_
     const uint32_t sc_lo = w3[0] & 0x3f3f3f3fu, mn_lo = w3[1] & 0x3f3f3f3fu;
     const uint32_t sc_hi = (w3[2] & 0x0f0f0f0fu) | (((w3[0] >> 6) & 0x03030303u) << 4);
     const uint32_t mn_hi = ((w3[2] >> 4) & 0x0f0f0f0fu) | (((w3[1] >> 6) & 0x03030303u) << 4);
-    const __m512i scv = _mm512_cvtepu8_epi32(_mm_setr_epi32(static_cast<int>(sc_lo), static_cast<int>(sc_hi), 0, 0));
+    const __m128i sc8 = _mm_setr_epi32(static_cast<int>(sc_lo), static_cast<int>(sc_hi), 0, 0);
+    const __m512i scw = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(sc8));
     const __m256 mnf = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_setr_epi32(static_cast<int>(mn_lo), static_cast<int>(mn_hi), 0, 0))),
                                      _mm256_set1_ps(-dmin));
     const __m512i z0 = _mm512_loadu_si512(blk->qs), z1 = _mm512_loadu_si512(blk->qs + 64);
@@ -4665,13 +4666,64 @@ TINYSLM_TARGET_AVX512 inline float gemv_row_q4_k_prep(const uint8_t* row, int64_
     const __m512i t1 = _mm512_dpbusd_epi32(zero, _mm512_and_si512(_mm512_srli_epi16(z0, 4), m4), _mm512_load_si512(q + 64));
     const __m512i t2 = _mm512_dpbusd_epi32(zero, _mm512_and_si512(z1, m4), _mm512_load_si512(q + 128));
     const __m512i t3 = _mm512_dpbusd_epi32(zero, _mm512_and_si512(_mm512_srli_epi16(z1, 4), m4), _mm512_load_si512(q + 192));
-    const __m512i isum = _mm512_add_epi32(
-        _mm512_add_epi32(_mm512_mullo_epi32(t0, _mm512_permutexvar_epi32(i0, scv)), _mm512_mullo_epi32(t1, _mm512_permutexvar_epi32(i1, scv))),
-        _mm512_add_epi32(_mm512_mullo_epi32(t2, _mm512_permutexvar_epi32(i2, scv)), _mm512_mullo_epi32(t3, _mm512_permutexvar_epi32(i3, scv))));
+    // Each lane of t is at most 4 * 15 * 127 (int16): vpdpwssd scales it and adds.
+    __m512i isum = _mm512_dpwssd_epi32(zero, t0, _mm512_maskz_permutexvar_epi16(0x55555555u, i0, scw));
+    isum = _mm512_dpwssd_epi32(isum, t1, _mm512_maskz_permutexvar_epi16(0x55555555u, i1, scw));
+    isum = _mm512_dpwssd_epi32(isum, t2, _mm512_maskz_permutexvar_epi16(0x55555555u, i2, scw));
+    isum = _mm512_dpwssd_epi32(isum, t3, _mm512_maskz_permutexvar_epi16(0x55555555u, i3, scw));
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * a.da16[b * 16]), acc);
     accm = _mm256_fmadd_ps(mnf, _mm256_loadu_ps(a.m32 + b * 8), accm);
   }
   return _mm512_reduce_add_ps(acc) + hsum256(accm);
+}
+
+// Q6_K decode (one token): the codes q in 0..63 enter vpdpbusd unsigned (no offset), so
+// each lane's sum of 4 products stays within int16 (4 * 63 * 127); vpdpwssd then multiplies
+// the lanes by their sub-block scales (in the low word of each dword, high word zero) and
+// adds. The -32 offset comes out per sub-block of 16 through the activation's sums, kept
+// negated as int16 once per call: isum starts at 32 * sum(sc * -s16).
+struct alignas(64) Q6Prep {
+  int16_t s16[kPrepMax / 16];  // minus the activation's sum of each 16 values
+};
+
+TINYSLM_TARGET_AVX512 inline float gemv_row_q6_k_prep(const uint8_t* row, int64_t k, const Q6Prep& p, const ActRow& a) {
+  const int64_t nb = k / 256;
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m3f = _mm512_set1_epi8(0x3F);
+  const __m512i idx0 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i idx1 = _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
+  const __m512i idx2 = _mm512_setr_epi32(8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11);
+  const __m512i idx3 = _mm512_setr_epi32(12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15);
+  const __mmask32 even = 0x55555555u;
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto* b6 = reinterpret_cast<const BlockQ6_K*>(row + b * sizeof(BlockQ6_K));
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b6->scales)));
+    const __m512i scw = _mm512_castsi256_si512(sc16);
+    const int64_t v = b * 256;
+    // -32 * sum over sub-blocks of sc * s16, two sub-blocks per lane of 8.
+    const __m256i corr = _mm256_slli_epi32(_mm256_madd_epi16(sc16, _mm256_load_si256(reinterpret_cast<const __m256i*>(p.s16 + v / 16))), 5);
+    __m512i isum = _mm512_zextsi256_si512(corr);
+    const __m512i l0 = _mm512_loadu_si512(b6->ql), l1 = _mm512_loadu_si512(b6->ql + 64);
+    const __m512i q0 = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh)));
+    const __m512i q1 = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh + 32)));
+    const __m512i qs0 = _mm512_mask_srli_epi16(q0, static_cast<__mmask32>(0xFFFF0000u), q0, 2);
+    const __m512i qs1 = _mm512_mask_srli_epi16(q1, static_cast<__mmask32>(0xFFFF0000u), q1, 2);
+    const __m512i u0 = _mm512_and_si512(_mm512_ternarylogic_epi32(l0, _mm512_slli_epi16(qs0, 4), m4, 0xE4), m3f);
+    const __m512i u1 = _mm512_and_si512(_mm512_ternarylogic_epi32(_mm512_srli_epi16(l0, 4), qs0, m4, 0xE4), m3f);
+    const __m512i u2 = _mm512_and_si512(_mm512_ternarylogic_epi32(l1, _mm512_slli_epi16(qs1, 4), m4, 0xE4), m3f);
+    const __m512i u3 = _mm512_and_si512(_mm512_ternarylogic_epi32(_mm512_srli_epi16(l1, 4), qs1, m4, 0xE4), m3f);
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i t0 = _mm512_dpbusd_epi32(zero, u0, _mm512_loadu_si512(a.qs + v));
+    const __m512i t1 = _mm512_dpbusd_epi32(zero, u1, _mm512_loadu_si512(a.qs + v + 64));
+    const __m512i t2 = _mm512_dpbusd_epi32(zero, u2, _mm512_loadu_si512(a.qs + v + 128));
+    const __m512i t3 = _mm512_dpbusd_epi32(zero, u3, _mm512_loadu_si512(a.qs + v + 192));
+    isum = _mm512_dpwssd_epi32(isum, t0, _mm512_maskz_permutexvar_epi16(even, idx0, scw));
+    isum = _mm512_dpwssd_epi32(isum, t1, _mm512_maskz_permutexvar_epi16(even, idx1, scw));
+    isum = _mm512_dpwssd_epi32(isum, t2, _mm512_maskz_permutexvar_epi16(even, idx2, scw));
+    isum = _mm512_dpwssd_epi32(isum, t3, _mm512_maskz_permutexvar_epi16(even, idx3, scw));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(f16_scalar(b6->d) * a.da16[v / 16]), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
 }
 
 template <TensorType T, int N>
@@ -4690,6 +4742,14 @@ TINYSLM_TARGET_AVX512 inline void gemv_rows_fused(const uint8_t* data, int64_t r
       LegacyPrep prep;
       prepare_q4_k(acts[0], k, prep);
       for (int64_t r = r0; r < r1; ++r) y[r] = gemv_row_q4_k_prep(data + r * row_bytes, k, prep, acts[0]);
+      return;
+    }
+  }
+  if constexpr (T == TensorType::Q6_K && N == 1) {
+    if (k <= kPrepMax) {
+      Q6Prep prep;
+      for (int64_t g = 0; g < k / 16; ++g) prep.s16[g] = static_cast<int16_t>(-acts[0].sum16[g]);
+      for (int64_t r = r0; r < r1; ++r) y[r] = gemv_row_q6_k_prep(data + r * row_bytes, k, prep, acts[0]);
       return;
     }
   }
