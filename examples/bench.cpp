@@ -1,6 +1,6 @@
 // bench: prompt processing and generation speed, in the manner of llama-bench.
 //
-//   bench -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [--json]
+//   bench -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [--load map|read] [--json]
 //
 // pp<P>: one eval of P tokens from an empty cache (prefill, GEMM). tg<N>: N evals of one token
 // each from an empty cache (decode, GEMV). Each test runs once untimed to warm up, then R
@@ -10,7 +10,9 @@
 // attention projections, for a mixture of experts the router and the k selected experts' gate,
 // up and down matrices (moe_decode_bytes), the output head, plus the one embedding row),
 // against the model's active parameters (the same matrices' element counts; the embedding
-// table is not counted, only its row is read) and its total size.
+// table is not counted, only its row is read) and its total size; then how the weights are
+// held (--load map: mapped from the file, the default; read: copied into memory) and, on
+// Linux, how much of that memory sits in 2 MB pages, which decode speed depends on.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -86,6 +88,39 @@ Expected<DecodeReads> decode_reads(const Model& model) {
   return r;
 }
 
+// Linux: how much of the weights' mapping is resident, and how much of that sits in 2 MB
+// pages (decode speed depends on it; see LoadMode in core.hpp). Empty elsewhere.
+std::string page_report(const void* data) {
+  std::string out;
+#if defined(__linux__)
+  FILE* f = std::fopen("/proc/self/smaps", "r");
+  if (!f) return out;
+  const auto addr = reinterpret_cast<uintptr_t>(data);
+  char line[512];
+  bool in = false;
+  unsigned long long rss = 0, huge = 0;
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long long lo = 0, hi = 0;
+    if (std::sscanf(line, "%llx-%llx ", &lo, &hi) == 2 && std::strchr(line, ' ') && std::strchr(line, '-') < std::strchr(line, ' ')) {
+      in = addr >= lo && addr < hi;
+      continue;
+    }
+    if (!in) continue;
+    unsigned long long kb = 0;
+    if (std::sscanf(line, "Rss: %llu kB", &kb) == 1) rss = kb;
+    else if (std::sscanf(line, "FilePmdMapped: %llu kB", &kb) == 1) huge += kb;
+    else if (std::sscanf(line, "AnonHugePages: %llu kB", &kb) == 1) huge += kb;
+  }
+  std::fclose(f);
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%.1f MiB of the weights' memory resident, %.1f MiB of it in 2 MB pages", rss / 1024.0, huge / 1024.0);
+  out = buf;
+#else
+  (void)data;
+#endif
+  return out;
+}
+
 struct Result {
   std::string test;
   int threads;
@@ -100,6 +135,7 @@ int main(int argc, char** argv) {
   std::vector<int> pp = {512}, tg = {128}, threads = {1};
   int reps = 3;
   bool json = false;
+  LoadMode load = LoadMode::map;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -115,16 +151,25 @@ int main(int argc, char** argv) {
     else if (a == "-t") threads = parse_list(next());
     else if (a == "-r") reps = std::atoi(next());
     else if (a == "--json") json = true;
+    else if (a == "--load") {
+      const std::string v = next();
+      if (v == "map") load = LoadMode::map;
+      else if (v == "read") load = LoadMode::read;
+      else {
+        std::fprintf(stderr, "bench: --load takes map or read, not '%s'\n", v.c_str());
+        return 1;
+      }
+    }
     else {
-      std::fprintf(stderr, "usage: %s -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [--json]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [--load map|read] [--json]\n", argv[0]);
       return 1;
     }
   }
   if (model_path.empty() || reps < 1) {
-    std::fprintf(stderr, "usage: %s -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [--json]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [--load map|read] [--json]\n", argv[0]);
     return 1;
   }
-  auto model = Model::open(model_path);
+  auto model = Model::open(model_path, load);
   if (!model) {
     std::fprintf(stderr, "bench: %s\n", model.error().message().c_str());
     return 1;
@@ -232,5 +277,8 @@ int main(int argc, char** argv) {
               static_cast<double>(reads->bytes) / (1024.0 * 1024.0), active / 1e6,
               active > 0 ? 8.0 * static_cast<double>(reads->bytes) / active : 0.0, size_mib,
               100.0 * static_cast<double>(reads->bytes) / static_cast<double>(model->weight_bytes()));
+  const std::string pages = page_report(model->gguf().source().data());
+  std::printf("weights %s%s%s\n", load == LoadMode::map ? "mapped from the file" : "read into memory",
+              pages.empty() ? "" : ": ", pages.c_str());
   return 0;
 }

@@ -131,6 +131,38 @@ TEST_CASE("Source maps, reads and borrows the same bytes") {
   std::remove(path.c_str());
 }
 
+// Files of 2 MB and more are read into anonymous memory starting on a 2 MB boundary (Linux:
+// advised for transparent huge pages); the bytes, the size and moves must be unaffected.
+TEST_CASE("Source reads a multi-megabyte file into its own memory, byte for byte") {
+  const std::string path = temp_path("source_big");
+  std::vector<char> bytes((size_t(5) << 20) + 12345);
+  uint32_t v = 1;
+  for (auto& b : bytes) b = static_cast<char>((v = v * 1103515245u + 12345u) >> 24);
+  {
+    std::ofstream f(path, std::ios::binary);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  auto read = Source::open(path, LoadMode::read);
+  REQUIRE(read);
+  CHECK_FALSE(read->is_mapped());
+  REQUIRE(read->size() == bytes.size());
+  CHECK(std::memcmp(read->data(), bytes.data(), bytes.size()) == 0);
+#if defined(__linux__)
+  CHECK(reinterpret_cast<uintptr_t>(read->data()) % (uintptr_t(2) << 20) == 0);
+#endif
+  Source moved = std::move(*read);
+  CHECK(read->data() == nullptr);
+  CHECK(moved.size() == bytes.size());
+  CHECK(std::memcmp(moved.data(), bytes.data(), bytes.size()) == 0);
+  Source assigned;
+  assigned = std::move(moved);
+  CHECK(std::memcmp(assigned.data(), bytes.data(), bytes.size()) == 0);
+  auto mapped = Source::open(path, LoadMode::map);
+  REQUIRE(mapped);
+  CHECK(std::memcmp(mapped->data(), bytes.data(), bytes.size()) == 0);
+  std::remove(path.c_str());
+}
+
 TEST_CASE("Source reports missing files and directories") {
   auto missing = Source::open("/nonexistent/dir/model.gguf");
   REQUIRE_FALSE(missing);
