@@ -908,7 +908,7 @@ struct alignas(64) Q6Prep {
 
 TINYSLM_TARGET_AVX512 inline float gemv_row_q6_k_prep(const uint8_t* row, int64_t k, const Q6Prep& p, const ActRow& a) {
   const int64_t nb = k / 256;
-  const __m512i m4 = _mm512_set1_epi8(0x0F), m3f = _mm512_set1_epi8(0x3F);
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m33 = _mm512_set1_epi8(0x33);
   const __m512i idx0 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   const __m512i idx1 = _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
   const __m512i idx2 = _mm512_setr_epi32(8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11);
@@ -926,12 +926,15 @@ TINYSLM_TARGET_AVX512 inline float gemv_row_q6_k_prep(const uint8_t* row, int64_
     const __m512i l0 = _mm512_loadu_si512(b6->ql), l1 = _mm512_loadu_si512(b6->ql + 64);
     const __m512i q0 = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh)));
     const __m512i q1 = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh + 32)));
-    const __m512i qs0 = _mm512_mask_srli_epi16(q0, static_cast<__mmask32>(0xFFFF0000u), q0, 2);
-    const __m512i qs1 = _mm512_mask_srli_epi16(q1, static_cast<__mmask32>(0xFFFF0000u), q1, 2);
-    const __m512i u0 = _mm512_and_si512(_mm512_ternarylogic_epi32(l0, _mm512_slli_epi16(qs0, 4), m4, 0xE4), m3f);
-    const __m512i u1 = _mm512_and_si512(_mm512_ternarylogic_epi32(_mm512_srli_epi16(l0, 4), qs0, m4, 0xE4), m3f);
-    const __m512i u2 = _mm512_and_si512(_mm512_ternarylogic_epi32(l1, _mm512_slli_epi16(qs1, 4), m4, 0xE4), m3f);
-    const __m512i u3 = _mm512_and_si512(_mm512_ternarylogic_epi32(_mm512_srli_epi16(l1, 4), qs1, m4, 0xE4), m3f);
+    // Keep bits 0-1 and 4-5 of each qh byte (upper copy shifted by 2 first); one bitwise
+    // select (vpternlogd 0xE4: C ? A : B with C = 0x0F) then joins a nibble of ql with its two
+    // high bits, and whatever a 16-bit shift carries across bytes lands where ql is taken.
+    const __m512i qs0 = _mm512_and_si512(_mm512_mask_srli_epi16(q0, static_cast<__mmask32>(0xFFFF0000u), q0, 2), m33);
+    const __m512i qs1 = _mm512_and_si512(_mm512_mask_srli_epi16(q1, static_cast<__mmask32>(0xFFFF0000u), q1, 2), m33);
+    const __m512i u0 = _mm512_ternarylogic_epi32(l0, _mm512_slli_epi16(qs0, 4), m4, 0xE4);
+    const __m512i u1 = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l0, 4), qs0, m4, 0xE4);
+    const __m512i u2 = _mm512_ternarylogic_epi32(l1, _mm512_slli_epi16(qs1, 4), m4, 0xE4);
+    const __m512i u3 = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l1, 4), qs1, m4, 0xE4);
     const __m512i zero = _mm512_setzero_si512();
     const __m512i t0 = _mm512_dpbusd_epi32(zero, u0, _mm512_loadu_si512(a.qs + v));
     const __m512i t1 = _mm512_dpbusd_epi32(zero, u1, _mm512_loadu_si512(a.qs + v + 64));
