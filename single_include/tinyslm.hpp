@@ -410,6 +410,15 @@ enum class LoadMode {
   read,       // read the whole file into an owned buffer
 };
 
+// Page size and decode speed (Linux): decode streams every weight once per token, and with
+// 4 KB pages that means a TLB miss per 4 KB and a hardware prefetcher that restarts at every
+// page boundary. Mappings are advised MADV_HUGEPAGE, so a file read into the page cache
+// through the mapping lands in 2 MB folios where the file system supports them (ext4, xfs
+// on recent kernels); a file the page cache already holds in small pages (one just written,
+// e.g. by mkmodel or a download) stays that way until evicted. LoadMode::read copies the
+// file into anonymous memory advised the same way, which gets 2 MB pages whenever
+// transparent huge pages are enabled (`always` or `madvise`).
+
 // The bytes of a model file. Owns a mapping or a buffer, or borrows caller memory
 // (for instance an Android asset or an array embedded in the program) that must outlive it.
 class Source {
@@ -428,6 +437,9 @@ class Source {
       name_ = std::move(o.name_);
 #if defined(_WIN32)
       mapping_ = std::exchange(o.mapping_, nullptr);
+#else
+      anon_ = std::exchange(o.anon_, nullptr);
+      anon_size_ = std::exchange(o.anon_size_, 0);
 #endif
     }
     return *this;
@@ -463,7 +475,7 @@ class Source {
   bool is_mapped() const { return kind_ == Kind::mapped; }
 
  private:
-  enum class Kind { none, mapped, owned, borrowed };
+  enum class Kind { none, mapped, owned, borrowed, anon };
 
   void reset() {
     if (kind_ == Kind::mapped && data_) {
@@ -475,6 +487,11 @@ class Source {
       munmap(const_cast<uint8_t*>(data_), size_);
 #endif
     }
+#if !defined(_WIN32)
+    if (kind_ == Kind::anon && anon_) munmap(anon_, anon_size_);
+    anon_ = nullptr;
+    anon_size_ = 0;
+#endif
     buffer_.release();
     data_ = nullptr;
     size_ = 0;
@@ -488,6 +505,9 @@ class Source {
   std::string name_;
 #if defined(_WIN32)
   HANDLE mapping_ = nullptr;
+#else
+  void* anon_ = nullptr;  // Kind::anon: the whole anonymous mapping (data_ is 2 MB aligned inside it)
+  size_t anon_size_ = 0;
 #endif
 };
 
@@ -580,6 +600,9 @@ inline Expected<Source> Source::map_file(const std::string& path) {
   void* p = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
   ::close(fd);
   if (p == MAP_FAILED) return make_error(Errc::unsupported, path + ": cannot map the file");
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  (void)madvise(p, static_cast<size_t>(st.st_size), MADV_HUGEPAGE);  // a hint; failure is harmless
+#endif
   s.kind_ = Kind::mapped;
   s.data_ = static_cast<const uint8_t*>(p);
   s.size_ = static_cast<size_t>(st.st_size);
@@ -598,14 +621,33 @@ inline Expected<Source> Source::read_file(const std::string& path) {
   }
   Source s;
   s.name_ = path;
-  s.kind_ = Kind::owned;
-  if (!s.buffer_.allocate(static_cast<size_t>(st.st_size))) {
-    ::close(fd);
-    return make_error(Errc::out_of_memory, path + ": cannot allocate a buffer for the file");
+  const size_t size = static_cast<size_t>(st.st_size);
+  uint8_t* dst = nullptr;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  // Anonymous memory starting on a 2 MB boundary, advised for transparent huge pages.
+  constexpr size_t kHuge = size_t(2) << 20;
+  if (size >= kHuge && size <= SIZE_MAX - kHuge) {
+    void* m = mmap(nullptr, size + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m != MAP_FAILED) {
+      s.kind_ = Kind::anon;
+      s.anon_ = m;
+      s.anon_size_ = size + kHuge;
+      dst = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(m) + kHuge - 1) & ~uintptr_t(kHuge - 1));
+      (void)madvise(dst, size, MADV_HUGEPAGE);
+    }
+  }
+#endif
+  if (!dst) {
+    s.kind_ = Kind::owned;
+    if (!s.buffer_.allocate(size)) {
+      ::close(fd);
+      return make_error(Errc::out_of_memory, path + ": cannot allocate a buffer for the file");
+    }
+    dst = s.buffer_.data();
   }
   size_t done = 0;
-  while (done < s.buffer_.size()) {
-    ssize_t got = ::read(fd, s.buffer_.data() + done, s.buffer_.size() - done);
+  while (done < size) {
+    ssize_t got = ::read(fd, dst + done, size - done);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) {
       ::close(fd);
@@ -614,8 +656,8 @@ inline Expected<Source> Source::read_file(const std::string& path) {
     done += static_cast<size_t>(got);
   }
   ::close(fd);
-  s.data_ = s.buffer_.data();
-  s.size_ = s.buffer_.size();
+  s.data_ = dst;
+  s.size_ = size;
   return s;
 }
 #endif
@@ -4688,7 +4730,7 @@ struct alignas(64) Q6Prep {
 
 TINYSLM_TARGET_AVX512 inline float gemv_row_q6_k_prep(const uint8_t* row, int64_t k, const Q6Prep& p, const ActRow& a) {
   const int64_t nb = k / 256;
-  const __m512i m4 = _mm512_set1_epi8(0x0F), m3f = _mm512_set1_epi8(0x3F);
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m33 = _mm512_set1_epi8(0x33);
   const __m512i idx0 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   const __m512i idx1 = _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
   const __m512i idx2 = _mm512_setr_epi32(8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11);
@@ -4706,12 +4748,15 @@ TINYSLM_TARGET_AVX512 inline float gemv_row_q6_k_prep(const uint8_t* row, int64_
     const __m512i l0 = _mm512_loadu_si512(b6->ql), l1 = _mm512_loadu_si512(b6->ql + 64);
     const __m512i q0 = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh)));
     const __m512i q1 = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh + 32)));
-    const __m512i qs0 = _mm512_mask_srli_epi16(q0, static_cast<__mmask32>(0xFFFF0000u), q0, 2);
-    const __m512i qs1 = _mm512_mask_srli_epi16(q1, static_cast<__mmask32>(0xFFFF0000u), q1, 2);
-    const __m512i u0 = _mm512_and_si512(_mm512_ternarylogic_epi32(l0, _mm512_slli_epi16(qs0, 4), m4, 0xE4), m3f);
-    const __m512i u1 = _mm512_and_si512(_mm512_ternarylogic_epi32(_mm512_srli_epi16(l0, 4), qs0, m4, 0xE4), m3f);
-    const __m512i u2 = _mm512_and_si512(_mm512_ternarylogic_epi32(l1, _mm512_slli_epi16(qs1, 4), m4, 0xE4), m3f);
-    const __m512i u3 = _mm512_and_si512(_mm512_ternarylogic_epi32(_mm512_srli_epi16(l1, 4), qs1, m4, 0xE4), m3f);
+    // Keep bits 0-1 and 4-5 of each qh byte (upper copy shifted by 2 first); one bitwise
+    // select (vpternlogd 0xE4: C ? A : B with C = 0x0F) then joins a nibble of ql with its two
+    // high bits, and whatever a 16-bit shift carries across bytes lands where ql is taken.
+    const __m512i qs0 = _mm512_and_si512(_mm512_mask_srli_epi16(q0, static_cast<__mmask32>(0xFFFF0000u), q0, 2), m33);
+    const __m512i qs1 = _mm512_and_si512(_mm512_mask_srli_epi16(q1, static_cast<__mmask32>(0xFFFF0000u), q1, 2), m33);
+    const __m512i u0 = _mm512_ternarylogic_epi32(l0, _mm512_slli_epi16(qs0, 4), m4, 0xE4);
+    const __m512i u1 = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l0, 4), qs0, m4, 0xE4);
+    const __m512i u2 = _mm512_ternarylogic_epi32(l1, _mm512_slli_epi16(qs1, 4), m4, 0xE4);
+    const __m512i u3 = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l1, 4), qs1, m4, 0xE4);
     const __m512i zero = _mm512_setzero_si512();
     const __m512i t0 = _mm512_dpbusd_epi32(zero, u0, _mm512_loadu_si512(a.qs + v));
     const __m512i t1 = _mm512_dpbusd_epi32(zero, u1, _mm512_loadu_si512(a.qs + v + 64));
