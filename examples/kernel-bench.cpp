@@ -1,6 +1,6 @@
 // kernel-bench: speed of the matmul kernels per weight type.
 //
-//   kernel-bench [--types Q4_0,Q8_0,...] [--threads 1,2] [--quick] [--simd scalar|avx2|avx512|neon|highway]
+//   kernel-bench [--types Q4_0,Q8_0,...] [--threads 1,2] [--quick] [--simd scalar|avx2|avxvnni|avx512|neon|highway]
 //
 // Prints the machine's read bandwidth (a plain read-sum loop over 512 MiB, 1 and 2 threads),
 // then per type: GEMV (one token) throughput in GB/s of weights read, for a 4096 x 4096 and a
@@ -216,7 +216,7 @@ int main(int argc, char** argv) {
     } else if (a == "--simd" && i + 1 < argc) {
       const std::string s = argv[++i];
       bool ok = false;
-      for (SimdLevel l : {SimdLevel::scalar, SimdLevel::avx2, SimdLevel::avx512, SimdLevel::neon, SimdLevel::highway})
+      for (SimdLevel l : {SimdLevel::scalar, SimdLevel::avx2, SimdLevel::avx512, SimdLevel::neon, SimdLevel::highway, SimdLevel::avxvnni})
         if (s == simd_level_name(l)) ok = static_cast<bool>(set_simd_level(l));
       if (!ok) {
         std::fprintf(stderr, "kernel-bench: SIMD path %s is not available\n", s.c_str());

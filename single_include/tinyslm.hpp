@@ -1772,6 +1772,14 @@ class GgufWriter {
       ok = ok && std::fwrite(buf.data(), 1, buf.size(), f) == buf.size();
       pos = padded + t.bytes;
     }
+#if defined(__linux__)
+    // A model file just written sits in the page cache in small pages, and stays there until
+    // evicted; mapped like that it decodes 10-25% slower than when read in fresh (2 MB folios,
+    // see LoadMode in core.hpp). For large files, flush and drop our pages so the first load
+    // reads it anew.
+    if (ok && pos >= (uint64_t(64) << 20) && std::fflush(f) == 0 && fdatasync(fileno(f)) == 0)
+      (void)posix_fadvise(fileno(f), 0, 0, POSIX_FADV_DONTNEED);
+#endif
     if (std::fclose(f) != 0) ok = false;
     if (!ok) return make_error(Errc::io, path + ": write failed");
     return {};
@@ -3426,7 +3434,7 @@ inline Status quantize_model(const GgufFile& in, const std::string& out_path, co
 //
 // Paths: scalar (always), AVX2+FMA+F16C, AVX-512 BW/VL/DQ with VNNI (x86-64), NEON with
 // dotprod (AArch64), Highway static dispatch (when TINYSLM_USE_HIGHWAY). The environment
-// variable TINYSLM_SIMD=scalar|avx2|avx512|neon|highway, or set_simd_level(), forces a lower
+// variable TINYSLM_SIMD=scalar|avx2|avxvnni|avx512|neon|highway, or set_simd_level(), forces a lower
 // path (for tests).
 
 #include <atomic>
@@ -3822,7 +3830,8 @@ inline float dot_row_float_scalar(TensorType t, const uint8_t* row, int64_t k, c
 // ---- end tinyslm/kernels_scalar.hpp ----
 
 // ---- begin tinyslm/kernels_x86.hpp ----
-// tinyslm kernels, x86-64 paths: AVX2 (+FMA, F16C) and AVX-512 (F/BW/VL/DQ + VNNI).
+// tinyslm kernels, x86-64 paths: AVX2 (+FMA, F16C), AVX-VNNI (the AVX2 kernels with
+// 256-bit vpdpbusd, see dot4_u8s8) and AVX-512 (F/BW/VL/DQ + VNNI).
 //
 // Every function here carries a target attribute, so the header compiles without -march
 // flags and the dispatcher in kernels.hpp only calls a path after detect_cpu_features()
@@ -3837,7 +3846,7 @@ inline float dot_row_float_scalar(TensorType t, const uint8_t* row, int64_t k, c
 //    activation once per call into the order their nibbles unpack to (gemv_row_legacy_prep,
 //    gemv_row_q4_k_prep), so a group of values unpacks with one AND / shift / AND. AVX2
 //    uses maddubs on the unsigned codes and removes the offset exactly with the
-//    activation's sums of 16 (Q8_0: the sign trick).
+//    activation's sums of 16 (Q8_0: the sign trick); AVX-VNNI the same with vpdpbusd.
 //  - The other types, and more tokens on AVX2, go through the canonical decode of
 //    kernels_scalar.hpp (SIMD for the common types), one 512-value chunk of a row at a time
 //    in L1, reused for up to 16 tokens.
@@ -3847,6 +3856,8 @@ inline float dot_row_float_scalar(TensorType t, const uint8_t* row, int64_t k, c
 //    and keeps 8 tokens x 16 rows of accumulators in registers, so scales are applied once
 //    per group of 16/32 values per (row, token). Panels are built on the fly from the GGUF
 //    bytes (no repacked copy of the weights: no extra memory, no load-time cost).
+//  - GEMM on AVX2 / AVX-VNNI (n > 8): 8-row panels, maddubs or vpdpbusd on activations
+//    a + 128 (panel8_kernel); with vpdpbusd nothing saturates, so Q8_0 and IQ4_NL take it too.
 // Float weights (F32/F16/BF16) use a 4-row x up-to-4-token dot-product tile.
 
 #include <cstdint>
@@ -4193,17 +4204,41 @@ TINYSLM_TARGET_AVX2 inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// The 256-bit integer dot step: each int32 lane of the result is the sum of 4 products of
+// unsigned bytes u and signed bytes s (lane i: bytes 4i..4i+3), added to acc. V selects how:
+//   0 (AVX2): vpmaddubsw + vpmaddwd; the int16 pair sums saturate, so callers keep
+//     |u * s| pairs below 2^15 (they do: codes <= 63, or the sign trick for Q8_0);
+//   1 (AVX-VNNI): vpdpbusd in its VEX encoding (Alder Lake and later, Zen 5 desktop);
+//   2: the same instruction in its EVEX encoding (AVX-512 VL + VNNI). Same arithmetic as 1,
+//     no saturation; it lets CPUs with AVX-512 VNNI but no AVX-VNNI run (and test) the
+//     256-bit VNNI kernels.
+// Written as inline assembly so these functions keep the plain AVX2 target attribute; the
+// dispatcher runs V = 1 only when CPUID reports AVX-VNNI and V = 2 only with AVX-512 VNNI.
+inline constexpr int kDotAvx2 = 0, kDotAvxVnni = 1, kDotEvex256 = 2;
+
+template <int V>
+TINYSLM_TARGET_AVX2 inline __m256i dot4_u8s8(__m256i acc, __m256i u, __m256i s) {
+  if constexpr (V == kDotAvx2) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+  } else if constexpr (V == kDotAvxVnni) {
+    __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+    return acc;
+  } else {
+    __asm__("%{evex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+    return acc;
+  }
+}
+
 // AVX2: 32 values per step; lanes of the int32 sums cover 4 consecutive values, like vpdpbusd.
+template <int V>
 TINYSLM_TARGET_AVX2 inline float dot_chunk_avx2(const int8_t* w, const float* sw16, int64_t nv, const int8_t* aq,
                                                 const float* da16) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  const __m256i ones = _mm256_set1_epi16(1);
   const __m256i idx = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
   for (int64_t v = 0; v < nv; v += 32) {
     const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + v));
     const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq + v));
-    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
-    const __m256i p32 = _mm256_madd_epi16(p16, ones);
+    const __m256i p32 = dot4_u8s8<V>(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
     const __m128 s2 = _mm_mul_ps(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sw16 + v / 16))),
                                  _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(da16 + v / 16))));
     const __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(s2), idx);
@@ -4282,10 +4317,11 @@ inline void int_rows_gemv(TensorType t, const uint8_t* data, int64_t row_bytes, 
     }                                                                                         \
   }
 
+template <int V>
 TINYSLM_TARGET_AVX2 inline void int_rows_gemv_avx2(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
                                                    const ActRow* acts, int64_t n, float* y, int64_t ldy, int64_t r0,
                                                    int64_t r1) {
-  TINYSLM_X86_GEMV_BODY(dot_chunk_avx2(w, sw16, nv, a.qs + v0, a.da16 + v0 / 16))
+  TINYSLM_X86_GEMV_BODY(dot_chunk_avx2<V>(w, sw16, nv, a.qs + v0, a.da16 + v0 / 16))
 }
 
 TINYSLM_TARGET_AVX512 inline void int_rows_gemv_avx512(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
@@ -4848,8 +4884,9 @@ inline bool gemv_fused_avx512(TensorType t, int64_t n, const uint8_t* data, int6
 // sum (q - off) a = sum q a - off * sum a, with sum a from the activation's sums of 16.
 // Q8_0 uses the sign trick instead (|w| x sign(a, w), at most 2 * 128 * 127).
 
+template <int V>
 TINYSLM_TARGET_AVX2 inline __m256i madd_u8s8(__m256i u, __m256i s) {
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+  return dot4_u8s8<V>(_mm256_setzero_si256(), u, s);
 }
 
 // Adds an int32 to lane 0 (lanes are summed later, so this adds it to the total).
@@ -4857,7 +4894,7 @@ TINYSLM_TARGET_AVX2 inline __m256i add_lane0(__m256i v, int32_t c) {
   return _mm256_add_epi32(v, _mm256_zextsi128_si256(_mm_cvtsi32_si128(c)));
 }
 
-template <TensorType T, int N>
+template <int V, TensorType T, int N>
 TINYSLM_TARGET_AVX2 inline void gemv_row_legacy_avx2(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
   constexpr int bb = T == TensorType::Q8_0 ? 34 : T == TensorType::Q5_0 ? 22 : 18;
   __m256 acc[N];
@@ -4886,9 +4923,9 @@ TINYSLM_TARGET_AVX2 inline void gemv_row_legacy_avx2(const uint8_t* row, int64_t
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + b * 32));
       __m256i t;
       if constexpr (T == TensorType::Q8_0) {
-        t = madd_u8s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(av, q));
+        t = madd_u8s8<V>(_mm256_sign_epi8(q, q), _mm256_sign_epi8(av, q));
       } else {
-        t = add_lane0(madd_u8s8(q, av), -off * (a.sum16[2 * b] + a.sum16[2 * b + 1]));
+        t = add_lane0(madd_u8s8<V>(q, av), -off * (a.sum16[2 * b] + a.sum16[2 * b + 1]));
       }
       acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * a.da32[b]), acc[i]);
     }
@@ -4896,7 +4933,7 @@ TINYSLM_TARGET_AVX2 inline void gemv_row_legacy_avx2(const uint8_t* row, int64_t
   for (int i = 0; i < N; ++i) out[i] = hsum256(acc[i]);
 }
 
-template <TensorType T, int N>
+template <int V, TensorType T, int N>
 TINYSLM_TARGET_AVX2 inline void gemv_row_k_avx2(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
   __m256 acc[N];
   float accs[N];
@@ -4921,7 +4958,7 @@ TINYSLM_TARGET_AVX2 inline void gemv_row_k_avx2(const uint8_t* row, int64_t k, c
         __m256i isum = _mm256_setzero_si256();
         int32_t ms = 0;
         for (int j = 0; j < 8; ++j) {
-          const __m256i t = madd_u8s8(q[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + v + 32 * j)));
+          const __m256i t = madd_u8s8<V>(q[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + v + 32 * j)));
           isum = _mm256_add_epi32(isum, _mm256_mullo_epi32(t, _mm256_set1_epi32(sc[j])));
           ms += mn[j] * (a.sum16[v / 16 + 2 * j] + a.sum16[v / 16 + 2 * j + 1]);
         }
@@ -4954,7 +4991,7 @@ TINYSLM_TARGET_AVX2 inline void gemv_row_k_avx2(const uint8_t* row, int64_t k, c
         __m256i isum = _mm256_setzero_si256();
         for (int j = 0; j < 8; ++j) {
           const int g = 2 * j;
-          const __m256i t = madd_u8s8(q[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + v + 32 * j)));
+          const __m256i t = madd_u8s8<V>(q[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + v + 32 * j)));
           const __m256i src = j < 4 ? sc16 : sc16b;
           const int gl = g % 8;
           const __m256i scl = _mm256_permutevar8x32_epi32(src, _mm256_setr_epi32(gl, gl, gl, gl, gl + 1, gl + 1, gl + 1, gl + 1));
@@ -4969,45 +5006,46 @@ TINYSLM_TARGET_AVX2 inline void gemv_row_k_avx2(const uint8_t* row, int64_t k, c
   for (int i = 0; i < N; ++i) out[i] = hsum256(acc[i]) + accs[i];
 }
 
-template <TensorType T, int N>
+template <int V, TensorType T, int N>
 TINYSLM_TARGET_AVX2 inline void gemv_rows_fused_avx2(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
                                                      float* y, int64_t ldy, int64_t r0, int64_t r1) {
   float out[N];
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = data + r * row_bytes;
     if constexpr (T == TensorType::Q4_K || T == TensorType::Q6_K)
-      gemv_row_k_avx2<T, N>(row, k, acts, out);
+      gemv_row_k_avx2<V, T, N>(row, k, acts, out);
     else
-      gemv_row_legacy_avx2<T, N>(row, k, acts, out);
+      gemv_row_legacy_avx2<V, T, N>(row, k, acts, out);
     for (int i = 0; i < N; ++i) y[i * ldy + r] = out[i];
   }
 }
 
-template <TensorType T>
+template <int V, TensorType T>
 inline bool gemv_fused_avx2_n(int64_t n, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, float* y,
                               int64_t ldy, int64_t r0, int64_t r1) {
   // Tokens 4 at a time, so each block is unpacked once per 4 tokens.
   for (int64_t i0 = 0; i0 < n; i0 += 4) {
     float* yi = y + i0 * ldy;
     switch (n - i0 < 4 ? n - i0 : 4) {
-      case 1: gemv_rows_fused_avx2<T, 1>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
-      case 2: gemv_rows_fused_avx2<T, 2>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
-      case 3: gemv_rows_fused_avx2<T, 3>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
-      default: gemv_rows_fused_avx2<T, 4>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+      case 1: gemv_rows_fused_avx2<V, T, 1>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+      case 2: gemv_rows_fused_avx2<V, T, 2>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+      case 3: gemv_rows_fused_avx2<V, T, 3>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+      default: gemv_rows_fused_avx2<V, T, 4>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
     }
   }
   return true;
 }
 
+template <int V>
 inline bool gemv_fused_avx2(TensorType t, int64_t n, const uint8_t* data, int64_t row_bytes, int64_t k,
                             const ActRow* acts, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   if (n > 8) return false;  // more tokens: the decoded-chunk path reuses a decode for 16 tokens
   switch (t) {
-    case TensorType::Q4_0: return gemv_fused_avx2_n<TensorType::Q4_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q5_0: return gemv_fused_avx2_n<TensorType::Q5_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q8_0: return gemv_fused_avx2_n<TensorType::Q8_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q4_K: return gemv_fused_avx2_n<TensorType::Q4_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q6_K: return gemv_fused_avx2_n<TensorType::Q6_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q4_0: return gemv_fused_avx2_n<V, TensorType::Q4_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q5_0: return gemv_fused_avx2_n<V, TensorType::Q5_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q8_0: return gemv_fused_avx2_n<V, TensorType::Q8_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q4_K: return gemv_fused_avx2_n<V, TensorType::Q4_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q6_K: return gemv_fused_avx2_n<V, TensorType::Q6_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
     default: return false;
   }
 }
@@ -5202,8 +5240,8 @@ TINYSLM_TARGET_AVX512 inline void int_rows_gemm_avx512(TensorType t, const uint8
 // exactly per row: -128 * (sum of the row's 16 weights), kept in the panel. Types with
 // larger weights (Q8_0, IQ4_NL) use the decoded-chunk path.
 
-inline bool avx2_gemm_supports(TensorType t) {
-  return is_integer_weight_type(t) && t != TensorType::Q8_0 && t != TensorType::IQ4_NL;
+inline bool avx2_gemm_supports(int v, TensorType t) {
+  return is_integer_weight_type(t) && (v != kDotAvx2 || (t != TensorType::Q8_0 && t != TensorType::IQ4_NL));
 }
 
 struct alignas(32) Panel8 {
@@ -5241,7 +5279,7 @@ TINYSLM_TARGET_AVX2 inline void fill_panel8(TensorType t, const WeightTraits& tr
 }
 
 // acc[c] (8 rows) for 4 tokens (c0 .. c0 + 3 of the tile).
-template <int G, bool Min>
+template <int V, int G, bool Min>
 TINYSLM_TARGET_AVX2 inline void panel8_kernel(const Panel8& p, int64_t v0, int64_t nv, const TokenTile& t, int c0,
                                               __m256* out) {
   constexpr int C = 4, T = kTileTokens;
@@ -5265,8 +5303,12 @@ TINYSLM_TARGET_AVX2 inline void panel8_kernel(const Panel8& p, int64_t v0, int64
       for (int c = 0; c < C; ++c) {
         const __m256i a0 = _mm256_set1_epi32(q4[(q0 + q) * T + c]);
         const __m256i a1 = _mm256_set1_epi32(q4[(q0 + q + 1) * T + c]);
-        const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(a0, w0), _mm256_maddubs_epi16(a1, w1));
-        isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(p16, ones));
+        if constexpr (V == kDotAvx2) {
+          const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(a0, w0), _mm256_maddubs_epi16(a1, w1));
+          isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(p16, ones));
+        } else {
+          isum[c] = dot4_u8s8<V>(dot4_u8s8<V>(isum[c], a0, w0), a1, w1);
+        }
       }
     }
     const __m256 s = _mm256_load_ps(&p.s16[g * (G / 16)][0]);
@@ -5279,7 +5321,7 @@ TINYSLM_TARGET_AVX2 inline void panel8_kernel(const Panel8& p, int64_t v0, int64
   for (int c = 0; c < C; ++c) out[c] = acc[c];
 }
 
-template <int G, bool Min>
+template <int V, int G, bool Min>
 TINYSLM_TARGET_AVX2 inline void panel8_tokens(const Panel8& p, int64_t v0, int64_t nv, const TokenTile* tiles, int64_t n,
                                               float* y, int64_t ldy, int64_t r0, int nr, bool first) {
   alignas(32) int32_t mk[8];
@@ -5287,7 +5329,7 @@ TINYSLM_TARGET_AVX2 inline void panel8_tokens(const Panel8& p, int64_t v0, int64
   const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(mk));
   __m256 acc[4];
   for (int64_t i0 = 0; i0 < n; i0 += 4) {
-    panel8_kernel<G, Min>(p, v0, nv, tiles[i0 / kTileTokens], static_cast<int>(i0 % kTileTokens), acc);
+    panel8_kernel<V, G, Min>(p, v0, nv, tiles[i0 / kTileTokens], static_cast<int>(i0 % kTileTokens), acc);
     const int64_t nc = n - i0 < 4 ? n - i0 : 4;
     for (int64_t c = 0; c < nc; ++c) {
       float* yp = y + (i0 + c) * ldy + r0;
@@ -5298,6 +5340,7 @@ TINYSLM_TARGET_AVX2 inline void panel8_tokens(const Panel8& p, int64_t v0, int64
   }
 }
 
+template <int V>
 TINYSLM_TARGET_AVX2 inline void int_rows_gemm_avx2(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
                                                    const TokenTile* tiles, int64_t n, float* y, int64_t ldy, int64_t r0,
                                                    int64_t r1) {
@@ -5311,14 +5354,14 @@ TINYSLM_TARGET_AVX2 inline void int_rows_gemm_avx2(TensorType t, const uint8_t* 
       const bool first = v0 == 0;
       if (tr.group == 32) {
         if (tr.has_min)
-          panel8_tokens<32, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+          panel8_tokens<V, 32, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
         else
-          panel8_tokens<32, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+          panel8_tokens<V, 32, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
       } else {
         if (tr.has_min)
-          panel8_tokens<16, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+          panel8_tokens<V, 16, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
         else
-          panel8_tokens<16, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+          panel8_tokens<V, 16, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
       }
     }
   }
@@ -5478,9 +5521,23 @@ inline void float_rows(TensorType t, const uint8_t* data, int64_t row_bytes, int
 }
 
 // Entry from the dispatcher: rows [r0, r1) for n tokens. False when the type has no path here.
-inline bool matmul_rows(bool avx512, TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
+template <int V>
+inline void int_rows_avx2(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
+                          const TokenTile* tiles, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if (tiles && avx2_gemm_supports(V, t))
+    int_rows_gemm_avx2<V>(t, data, row_bytes, k, tiles, n, y, ldy, r0, r1);
+  else if (!gemv_fused_avx2<V>(t, n, data, row_bytes, k, acts, y, ldy, r0, r1))
+    int_rows_gemv_avx2<V>(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
+}
+
+// path: kPathAvx2, kPathAvxVnni (256-bit kernels with vpdpbusd; `evex` picks its AVX-512
+// encoding on CPUs without AVX-VNNI) or kPathAvx512.
+inline constexpr int kPathAvx2 = 0, kPathAvxVnni = 1, kPathAvx512 = 2;
+
+inline bool matmul_rows(int path, bool evex, TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
                         const ActRow* acts, const TokenTile* tiles, int64_t n, float* y, int64_t ldy, int64_t r0,
                         int64_t r1) {
+  const bool avx512 = path == kPathAvx512;
   if (t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16) {
     if (avx512)
       float_rows<true>(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
@@ -5489,12 +5546,12 @@ inline bool matmul_rows(bool avx512, TensorType t, const uint8_t* data, int64_t 
     return true;
   }
   if (!is_integer_weight_type(t)) return false;
-  if (!avx512) {
-    if (tiles && avx2_gemm_supports(t))
-      int_rows_gemm_avx2(t, data, row_bytes, k, tiles, n, y, ldy, r0, r1);
-    else if (!gemv_fused_avx2(t, n, data, row_bytes, k, acts, y, ldy, r0, r1))
-      int_rows_gemv_avx2(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
-  }
+  if (path == kPathAvx2)
+    int_rows_avx2<kDotAvx2>(t, data, row_bytes, k, acts, tiles, n, y, ldy, r0, r1);
+  else if (path == kPathAvxVnni && !evex)
+    int_rows_avx2<kDotAvxVnni>(t, data, row_bytes, k, acts, tiles, n, y, ldy, r0, r1);
+  else if (path == kPathAvxVnni)
+    int_rows_avx2<kDotEvex256>(t, data, row_bytes, k, acts, tiles, n, y, ldy, r0, r1);
   else if (tiles)
     int_rows_gemm_avx512(t, data, row_bytes, k, tiles, n, y, ldy, r0, r1);
   else if (!gemv_fused_avx512(t, n, data, row_bytes, k, acts, y, ldy, r0, r1))
@@ -5846,7 +5903,11 @@ inline bool matmul_rows(TensorType t, const uint8_t* data, int64_t row_bytes, in
 namespace tinyslm {
 inline namespace v0 {
 
-enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3, highway = 4 };
+// avxvnni: the AVX2 kernels with vpdpbusd on 256-bit vectors. It runs on CPUs with AVX-VNNI
+// (VEX encoding) and, through the EVEX encoding of the same instruction, on CPUs with AVX-512
+// VL + VNNI, where it is never the default (avx512 is faster) but can be forced, which is how
+// it is tested on an AVX-512 machine.
+enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3, highway = 4, avxvnni = 5 };
 
 inline const char* simd_level_name(SimdLevel l) {
   switch (l) {
@@ -5855,6 +5916,7 @@ inline const char* simd_level_name(SimdLevel l) {
     case SimdLevel::avx512: return "avx512";
     case SimdLevel::neon: return "neon";
     case SimdLevel::highway: return "highway";
+    case SimdLevel::avxvnni: return "avxvnni";
   }
   return "unknown";
 }
@@ -5877,6 +5939,12 @@ inline bool simd_level_supported(SimdLevel l) {
 #else
       return false;
 #endif
+    case SimdLevel::avxvnni:
+#if defined(TINYSLM_KERNELS_X86)
+      return f.has_avx2_fma() && (f.avx_vnni || f.has_avx512_vnni());
+#else
+      return false;
+#endif
     case SimdLevel::neon:
 #if defined(TINYSLM_KERNELS_ARM)
       return f.neon && f.dotprod;
@@ -5896,6 +5964,7 @@ inline bool simd_level_supported(SimdLevel l) {
 // The best native path (Highway is used only when asked for).
 inline SimdLevel best_simd_level() {
   if (simd_level_supported(SimdLevel::avx512)) return SimdLevel::avx512;
+  if (simd_level_supported(SimdLevel::avxvnni)) return SimdLevel::avxvnni;  // AVX-VNNI without AVX-512
   if (simd_level_supported(SimdLevel::avx2)) return SimdLevel::avx2;
   if (simd_level_supported(SimdLevel::neon)) return SimdLevel::neon;
   return SimdLevel::scalar;
@@ -5912,7 +5981,7 @@ inline SimdLevel env_simd_level() {
     if (!e) return best_simd_level();
     const std::string_view s(e);
     for (SimdLevel l : {SimdLevel::scalar, SimdLevel::avx2, SimdLevel::avx512, SimdLevel::neon,
-                        SimdLevel::highway})
+                        SimdLevel::highway, SimdLevel::avxvnni})
       if (s == simd_level_name(l)) return simd_level_supported(l) ? l : best_simd_level();
     return best_simd_level();
   }();
@@ -6131,9 +6200,10 @@ inline void matmul_rows(SimdLevel level, const MatrixRef& w, int64_t row_bytes, 
   const bool is_float = act_format_is_float(act_format_for(w.type));
   const ActRow* acts = s.rows();
 #if defined(TINYSLM_KERNELS_X86)
-  if (level == SimdLevel::avx512 || level == SimdLevel::avx2) {
-    if (x86::matmul_rows(level == SimdLevel::avx512, w.type, w.data, row_bytes, k, acts, tiled ? s.tiles() : nullptr, n,
-                         y, ldy, r0, r1))
+  if (level == SimdLevel::avx512 || level == SimdLevel::avx2 || level == SimdLevel::avxvnni) {
+    static const bool evex = !detect_cpu_features().avx_vnni;  // avxvnni through AVX-512's encoding
+    const int path = level == SimdLevel::avx512 ? x86::kPathAvx512 : level == SimdLevel::avxvnni ? x86::kPathAvxVnni : x86::kPathAvx2;
+    if (x86::matmul_rows(path, evex, w.type, w.data, row_bytes, k, acts, tiled ? s.tiles() : nullptr, n, y, ldy, r0, r1))
       return;
   }
 #endif
@@ -6191,7 +6261,7 @@ inline Status quantize_activations(TensorType weight_type, const float* x, int64
   const detail::ActFormat fmt = detail::act_format_for(weight_type);
   if (auto st = scratch.ensure(n, cols, detail::act_format_is_float(fmt)); !st) return st.error();
   const SimdLevel level = active_simd_level();
-  const bool simd_quant = level == SimdLevel::avx2 || level == SimdLevel::avx512;
+  const bool simd_quant = level == SimdLevel::avx2 || level == SimdLevel::avx512 || level == SimdLevel::avxvnni;
   // A few tokens (decode) are quantized on the calling thread: cheaper than waking the pool.
   if (n * cols <= 32768) {
     for (int64_t i = 0; i < n; ++i) scratch.quantize(fmt, i, x + i * cols, cols, simd_quant);
@@ -6205,15 +6275,16 @@ inline Status quantize_activations(TensorType weight_type, const float* x, int64
   bool tiled = false;
 #if defined(TINYSLM_KERNELS_X86)
   // The GEMM kernels take the quantized tokens interleaved 8 at a time (AVX2: as a + 128).
+  const bool avx2_tiles = level == SimdLevel::avx2 || level == SimdLevel::avxvnni;  // activations as a + 128
   if (((level == SimdLevel::avx512 && n >= detail::x86::kGemmMinTokens) ||
-       (level == SimdLevel::avx2 && n >= detail::x86::kGemmMinTokensAvx2)) &&
+       (avx2_tiles && n >= detail::x86::kGemmMinTokensAvx2)) &&
       !detail::act_format_is_float(fmt)) {
     if (auto st = scratch.ensure_tiles(n, cols); !st) return st.error();
     const int64_t ntiles = (n + detail::x86::kTileTokens - 1) / detail::x86::kTileTokens;
     par([&](int t, int nt) {
       int64_t b, e;
       ParallelFor::split(ntiles, t, nt, 1, &b, &e);
-      for (int64_t ti = b; ti < e; ++ti) scratch.build_tile(ti, n, cols, level == SimdLevel::avx2);
+      for (int64_t ti = b; ti < e; ++ti) scratch.build_tile(ti, n, cols, avx2_tiles);
     });
     tiled = true;
   }
@@ -7529,7 +7600,8 @@ struct WeightBinder {
   Status matrix(const std::string& name, int64_t cols, int64_t rows, bool required, Weight* out) const {
     const GgufTensorInfo* t = f.find_tensor(name);
     if (!t) return required ? Status(missing(name)) : Status();
-    const std::string want = "[" + std::to_string(cols) + ", " + std::to_string(rows) + "]";
+    std::string want = "[";  // built by appending: GCC 12 warns falsely (-Wrestrict) on "lit" + string&&
+    want.append(std::to_string(cols)).append(", ").append(std::to_string(rows)).append("]");
     if (t->n_dims != 2 || static_cast<int64_t>(t->ne[0]) != cols ||
         static_cast<int64_t>(t->ne[1]) != rows)
       return bad_shape(*t, want);
@@ -7550,7 +7622,7 @@ struct WeightBinder {
     const GgufTensorInfo* t = f.find_tensor(name);
     if (!t) return required ? Status(missing(name)) : Status();
     if (t->n_elements != static_cast<uint64_t>(n) || (t->n_dims != 1 && t->rows() != 1))
-      return bad_shape(*t, "[" + std::to_string(n) + "]");
+      return bad_shape(*t, std::string("[").append(std::to_string(n)).append("]"));
     out->resize(static_cast<size_t>(n));
     auto st = dequantize_row(t->type, t->data, out->data(), n);
     if (!st) return Error(st.error()).context(f.name() + ": tensor '" + name + "'");

@@ -23,7 +23,7 @@ const TensorType kFloatTypes[] = {TensorType::F32, TensorType::F16, TensorType::
 
 std::vector<SimdLevel> available_levels() {
   std::vector<SimdLevel> v;
-  for (SimdLevel l : {SimdLevel::scalar, SimdLevel::avx2, SimdLevel::avx512, SimdLevel::neon, SimdLevel::highway})
+  for (SimdLevel l : {SimdLevel::scalar, SimdLevel::avx2, SimdLevel::avx512, SimdLevel::neon, SimdLevel::highway, SimdLevel::avxvnni})
     if (simd_level_supported(l)) v.push_back(l);
   return v;
 }
@@ -269,13 +269,26 @@ TEST_CASE("forcing a path: scalar always works, unsupported paths are refused") 
   CHECK(set_simd_level(SimdLevel::scalar));
   CHECK(active_simd_level() == SimdLevel::scalar);
   reset_simd_level();
-  for (SimdLevel l : {SimdLevel::avx2, SimdLevel::avx512, SimdLevel::neon, SimdLevel::highway})
+  for (SimdLevel l : {SimdLevel::avx2, SimdLevel::avx512, SimdLevel::neon, SimdLevel::highway, SimdLevel::avxvnni})
     if (!simd_level_supported(l)) {
       auto st = set_simd_level(l);
       CHECK(!st);
       CHECK(st.error().code() == Errc::unsupported);
     }
   CHECK(simd_level_supported(best_simd_level()));
+}
+
+TEST_CASE("the 256-bit VNNI path is available wherever vpdpbusd is, and never preferred over AVX-512") {
+  const CpuFeatures f = detect_cpu_features();
+#if defined(TINYSLM_KERNELS_X86)
+  CHECK(simd_level_supported(SimdLevel::avxvnni) == (f.has_avx2_fma() && (f.avx_vnni || f.has_avx512_vnni())));
+  if (f.has_avx512_vnni()) CHECK(best_simd_level() == SimdLevel::avx512);
+  else if (f.avx_vnni && f.has_avx2_fma()) CHECK(best_simd_level() == SimdLevel::avxvnni);
+#else
+  CHECK_FALSE(simd_level_supported(SimdLevel::avxvnni));
+  (void)f;
+#endif
+  CHECK(std::string(simd_level_name(SimdLevel::avxvnni)) == "avxvnni");
 }
 
 TEST_CASE("matmul rejects bad input") {

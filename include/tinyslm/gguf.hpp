@@ -905,6 +905,14 @@ class GgufWriter {
       ok = ok && std::fwrite(buf.data(), 1, buf.size(), f) == buf.size();
       pos = padded + t.bytes;
     }
+#if defined(__linux__)
+    // A model file just written sits in the page cache in small pages, and stays there until
+    // evicted; mapped like that it decodes 10-25% slower than when read in fresh (2 MB folios,
+    // see LoadMode in core.hpp). For large files, flush and drop our pages so the first load
+    // reads it anew.
+    if (ok && pos >= (uint64_t(64) << 20) && std::fflush(f) == 0 && fdatasync(fileno(f)) == 0)
+      (void)posix_fadvise(fileno(f), 0, 0, POSIX_FADV_DONTNEED);
+#endif
     if (std::fclose(f) != 0) ok = false;
     if (!ok) return make_error(Errc::io, path + ": write failed");
     return {};

@@ -17,7 +17,7 @@
 //
 // Paths: scalar (always), AVX2+FMA+F16C, AVX-512 BW/VL/DQ with VNNI (x86-64), NEON with
 // dotprod (AArch64), Highway static dispatch (when TINYSLM_USE_HIGHWAY). The environment
-// variable TINYSLM_SIMD=scalar|avx2|avx512|neon|highway, or set_simd_level(), forces a lower
+// variable TINYSLM_SIMD=scalar|avx2|avxvnni|avx512|neon|highway, or set_simd_level(), forces a lower
 // path (for tests).
 #pragma once
 
@@ -37,7 +37,11 @@
 namespace tinyslm {
 inline namespace v0 {
 
-enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3, highway = 4 };
+// avxvnni: the AVX2 kernels with vpdpbusd on 256-bit vectors. It runs on CPUs with AVX-VNNI
+// (VEX encoding) and, through the EVEX encoding of the same instruction, on CPUs with AVX-512
+// VL + VNNI, where it is never the default (avx512 is faster) but can be forced, which is how
+// it is tested on an AVX-512 machine.
+enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3, highway = 4, avxvnni = 5 };
 
 inline const char* simd_level_name(SimdLevel l) {
   switch (l) {
@@ -46,6 +50,7 @@ inline const char* simd_level_name(SimdLevel l) {
     case SimdLevel::avx512: return "avx512";
     case SimdLevel::neon: return "neon";
     case SimdLevel::highway: return "highway";
+    case SimdLevel::avxvnni: return "avxvnni";
   }
   return "unknown";
 }
@@ -68,6 +73,12 @@ inline bool simd_level_supported(SimdLevel l) {
 #else
       return false;
 #endif
+    case SimdLevel::avxvnni:
+#if defined(TINYSLM_KERNELS_X86)
+      return f.has_avx2_fma() && (f.avx_vnni || f.has_avx512_vnni());
+#else
+      return false;
+#endif
     case SimdLevel::neon:
 #if defined(TINYSLM_KERNELS_ARM)
       return f.neon && f.dotprod;
@@ -87,6 +98,7 @@ inline bool simd_level_supported(SimdLevel l) {
 // The best native path (Highway is used only when asked for).
 inline SimdLevel best_simd_level() {
   if (simd_level_supported(SimdLevel::avx512)) return SimdLevel::avx512;
+  if (simd_level_supported(SimdLevel::avxvnni)) return SimdLevel::avxvnni;  // AVX-VNNI without AVX-512
   if (simd_level_supported(SimdLevel::avx2)) return SimdLevel::avx2;
   if (simd_level_supported(SimdLevel::neon)) return SimdLevel::neon;
   return SimdLevel::scalar;
@@ -103,7 +115,7 @@ inline SimdLevel env_simd_level() {
     if (!e) return best_simd_level();
     const std::string_view s(e);
     for (SimdLevel l : {SimdLevel::scalar, SimdLevel::avx2, SimdLevel::avx512, SimdLevel::neon,
-                        SimdLevel::highway})
+                        SimdLevel::highway, SimdLevel::avxvnni})
       if (s == simd_level_name(l)) return simd_level_supported(l) ? l : best_simd_level();
     return best_simd_level();
   }();
@@ -322,9 +334,10 @@ inline void matmul_rows(SimdLevel level, const MatrixRef& w, int64_t row_bytes, 
   const bool is_float = act_format_is_float(act_format_for(w.type));
   const ActRow* acts = s.rows();
 #if defined(TINYSLM_KERNELS_X86)
-  if (level == SimdLevel::avx512 || level == SimdLevel::avx2) {
-    if (x86::matmul_rows(level == SimdLevel::avx512, w.type, w.data, row_bytes, k, acts, tiled ? s.tiles() : nullptr, n,
-                         y, ldy, r0, r1))
+  if (level == SimdLevel::avx512 || level == SimdLevel::avx2 || level == SimdLevel::avxvnni) {
+    static const bool evex = !detect_cpu_features().avx_vnni;  // avxvnni through AVX-512's encoding
+    const int path = level == SimdLevel::avx512 ? x86::kPathAvx512 : level == SimdLevel::avxvnni ? x86::kPathAvxVnni : x86::kPathAvx2;
+    if (x86::matmul_rows(path, evex, w.type, w.data, row_bytes, k, acts, tiled ? s.tiles() : nullptr, n, y, ldy, r0, r1))
       return;
   }
 #endif
@@ -382,7 +395,7 @@ inline Status quantize_activations(TensorType weight_type, const float* x, int64
   const detail::ActFormat fmt = detail::act_format_for(weight_type);
   if (auto st = scratch.ensure(n, cols, detail::act_format_is_float(fmt)); !st) return st.error();
   const SimdLevel level = active_simd_level();
-  const bool simd_quant = level == SimdLevel::avx2 || level == SimdLevel::avx512;
+  const bool simd_quant = level == SimdLevel::avx2 || level == SimdLevel::avx512 || level == SimdLevel::avxvnni;
   // A few tokens (decode) are quantized on the calling thread: cheaper than waking the pool.
   if (n * cols <= 32768) {
     for (int64_t i = 0; i < n; ++i) scratch.quantize(fmt, i, x + i * cols, cols, simd_quant);
@@ -396,15 +409,16 @@ inline Status quantize_activations(TensorType weight_type, const float* x, int64
   bool tiled = false;
 #if defined(TINYSLM_KERNELS_X86)
   // The GEMM kernels take the quantized tokens interleaved 8 at a time (AVX2: as a + 128).
+  const bool avx2_tiles = level == SimdLevel::avx2 || level == SimdLevel::avxvnni;  // activations as a + 128
   if (((level == SimdLevel::avx512 && n >= detail::x86::kGemmMinTokens) ||
-       (level == SimdLevel::avx2 && n >= detail::x86::kGemmMinTokensAvx2)) &&
+       (avx2_tiles && n >= detail::x86::kGemmMinTokensAvx2)) &&
       !detail::act_format_is_float(fmt)) {
     if (auto st = scratch.ensure_tiles(n, cols); !st) return st.error();
     const int64_t ntiles = (n + detail::x86::kTileTokens - 1) / detail::x86::kTileTokens;
     par([&](int t, int nt) {
       int64_t b, e;
       ParallelFor::split(ntiles, t, nt, 1, &b, &e);
-      for (int64_t ti = b; ti < e; ++ti) scratch.build_tile(ti, n, cols, level == SimdLevel::avx2);
+      for (int64_t ti = b; ti < e; ++ti) scratch.build_tile(ti, n, cols, avx2_tiles);
     });
     tiled = true;
   }

@@ -1,4 +1,5 @@
-// tinyslm kernels, x86-64 paths: AVX2 (+FMA, F16C) and AVX-512 (F/BW/VL/DQ + VNNI).
+// tinyslm kernels, x86-64 paths: AVX2 (+FMA, F16C), AVX-VNNI (the AVX2 kernels with
+// 256-bit vpdpbusd, see dot4_u8s8) and AVX-512 (F/BW/VL/DQ + VNNI).
 //
 // Every function here carries a target attribute, so the header compiles without -march
 // flags and the dispatcher in kernels.hpp only calls a path after detect_cpu_features()
@@ -13,7 +14,7 @@
 //    activation once per call into the order their nibbles unpack to (gemv_row_legacy_prep,
 //    gemv_row_q4_k_prep), so a group of values unpacks with one AND / shift / AND. AVX2
 //    uses maddubs on the unsigned codes and removes the offset exactly with the
-//    activation's sums of 16 (Q8_0: the sign trick).
+//    activation's sums of 16 (Q8_0: the sign trick); AVX-VNNI the same with vpdpbusd.
 //  - The other types, and more tokens on AVX2, go through the canonical decode of
 //    kernels_scalar.hpp (SIMD for the common types), one 512-value chunk of a row at a time
 //    in L1, reused for up to 16 tokens.
@@ -23,6 +24,8 @@
 //    and keeps 8 tokens x 16 rows of accumulators in registers, so scales are applied once
 //    per group of 16/32 values per (row, token). Panels are built on the fly from the GGUF
 //    bytes (no repacked copy of the weights: no extra memory, no load-time cost).
+//  - GEMM on AVX2 / AVX-VNNI (n > 8): 8-row panels, maddubs or vpdpbusd on activations
+//    a + 128 (panel8_kernel); with vpdpbusd nothing saturates, so Q8_0 and IQ4_NL take it too.
 // Float weights (F32/F16/BF16) use a 4-row x up-to-4-token dot-product tile.
 #pragma once
 
@@ -371,17 +374,41 @@ TINYSLM_TARGET_AVX2 inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// The 256-bit integer dot step: each int32 lane of the result is the sum of 4 products of
+// unsigned bytes u and signed bytes s (lane i: bytes 4i..4i+3), added to acc. V selects how:
+//   0 (AVX2): vpmaddubsw + vpmaddwd; the int16 pair sums saturate, so callers keep
+//     |u * s| pairs below 2^15 (they do: codes <= 63, or the sign trick for Q8_0);
+//   1 (AVX-VNNI): vpdpbusd in its VEX encoding (Alder Lake and later, Zen 5 desktop);
+//   2: the same instruction in its EVEX encoding (AVX-512 VL + VNNI). Same arithmetic as 1,
+//     no saturation; it lets CPUs with AVX-512 VNNI but no AVX-VNNI run (and test) the
+//     256-bit VNNI kernels.
+// Written as inline assembly so these functions keep the plain AVX2 target attribute; the
+// dispatcher runs V = 1 only when CPUID reports AVX-VNNI and V = 2 only with AVX-512 VNNI.
+inline constexpr int kDotAvx2 = 0, kDotAvxVnni = 1, kDotEvex256 = 2;
+
+template <int V>
+TINYSLM_TARGET_AVX2 inline __m256i dot4_u8s8(__m256i acc, __m256i u, __m256i s) {
+  if constexpr (V == kDotAvx2) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+  } else if constexpr (V == kDotAvxVnni) {
+    __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+    return acc;
+  } else {
+    __asm__("%{evex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+    return acc;
+  }
+}
+
 // AVX2: 32 values per step; lanes of the int32 sums cover 4 consecutive values, like vpdpbusd.
+template <int V>
 TINYSLM_TARGET_AVX2 inline float dot_chunk_avx2(const int8_t* w, const float* sw16, int64_t nv, const int8_t* aq,
                                                 const float* da16) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  const __m256i ones = _mm256_set1_epi16(1);
   const __m256i idx = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
   for (int64_t v = 0; v < nv; v += 32) {
     const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + v));
     const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq + v));
-    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
-    const __m256i p32 = _mm256_madd_epi16(p16, ones);
+    const __m256i p32 = dot4_u8s8<V>(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
     const __m128 s2 = _mm_mul_ps(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sw16 + v / 16))),
                                  _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(da16 + v / 16))));
     const __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(s2), idx);
@@ -460,10 +487,11 @@ inline void int_rows_gemv(TensorType t, const uint8_t* data, int64_t row_bytes, 
     }                                                                                         \
   }
 
+template <int V>
 TINYSLM_TARGET_AVX2 inline void int_rows_gemv_avx2(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
                                                    const ActRow* acts, int64_t n, float* y, int64_t ldy, int64_t r0,
                                                    int64_t r1) {
-  TINYSLM_X86_GEMV_BODY(dot_chunk_avx2(w, sw16, nv, a.qs + v0, a.da16 + v0 / 16))
+  TINYSLM_X86_GEMV_BODY(dot_chunk_avx2<V>(w, sw16, nv, a.qs + v0, a.da16 + v0 / 16))
 }
 
 TINYSLM_TARGET_AVX512 inline void int_rows_gemv_avx512(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
@@ -1026,8 +1054,9 @@ inline bool gemv_fused_avx512(TensorType t, int64_t n, const uint8_t* data, int6
 // sum (q - off) a = sum q a - off * sum a, with sum a from the activation's sums of 16.
 // Q8_0 uses the sign trick instead (|w| x sign(a, w), at most 2 * 128 * 127).
 
+template <int V>
 TINYSLM_TARGET_AVX2 inline __m256i madd_u8s8(__m256i u, __m256i s) {
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+  return dot4_u8s8<V>(_mm256_setzero_si256(), u, s);
 }
 
 // Adds an int32 to lane 0 (lanes are summed later, so this adds it to the total).
@@ -1035,7 +1064,7 @@ TINYSLM_TARGET_AVX2 inline __m256i add_lane0(__m256i v, int32_t c) {
   return _mm256_add_epi32(v, _mm256_zextsi128_si256(_mm_cvtsi32_si128(c)));
 }
 
-template <TensorType T, int N>
+template <int V, TensorType T, int N>
 TINYSLM_TARGET_AVX2 inline void gemv_row_legacy_avx2(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
   constexpr int bb = T == TensorType::Q8_0 ? 34 : T == TensorType::Q5_0 ? 22 : 18;
   __m256 acc[N];
@@ -1064,9 +1093,9 @@ TINYSLM_TARGET_AVX2 inline void gemv_row_legacy_avx2(const uint8_t* row, int64_t
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + b * 32));
       __m256i t;
       if constexpr (T == TensorType::Q8_0) {
-        t = madd_u8s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(av, q));
+        t = madd_u8s8<V>(_mm256_sign_epi8(q, q), _mm256_sign_epi8(av, q));
       } else {
-        t = add_lane0(madd_u8s8(q, av), -off * (a.sum16[2 * b] + a.sum16[2 * b + 1]));
+        t = add_lane0(madd_u8s8<V>(q, av), -off * (a.sum16[2 * b] + a.sum16[2 * b + 1]));
       }
       acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * a.da32[b]), acc[i]);
     }
@@ -1074,7 +1103,7 @@ TINYSLM_TARGET_AVX2 inline void gemv_row_legacy_avx2(const uint8_t* row, int64_t
   for (int i = 0; i < N; ++i) out[i] = hsum256(acc[i]);
 }
 
-template <TensorType T, int N>
+template <int V, TensorType T, int N>
 TINYSLM_TARGET_AVX2 inline void gemv_row_k_avx2(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
   __m256 acc[N];
   float accs[N];
@@ -1099,7 +1128,7 @@ TINYSLM_TARGET_AVX2 inline void gemv_row_k_avx2(const uint8_t* row, int64_t k, c
         __m256i isum = _mm256_setzero_si256();
         int32_t ms = 0;
         for (int j = 0; j < 8; ++j) {
-          const __m256i t = madd_u8s8(q[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + v + 32 * j)));
+          const __m256i t = madd_u8s8<V>(q[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + v + 32 * j)));
           isum = _mm256_add_epi32(isum, _mm256_mullo_epi32(t, _mm256_set1_epi32(sc[j])));
           ms += mn[j] * (a.sum16[v / 16 + 2 * j] + a.sum16[v / 16 + 2 * j + 1]);
         }
@@ -1132,7 +1161,7 @@ TINYSLM_TARGET_AVX2 inline void gemv_row_k_avx2(const uint8_t* row, int64_t k, c
         __m256i isum = _mm256_setzero_si256();
         for (int j = 0; j < 8; ++j) {
           const int g = 2 * j;
-          const __m256i t = madd_u8s8(q[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + v + 32 * j)));
+          const __m256i t = madd_u8s8<V>(q[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + v + 32 * j)));
           const __m256i src = j < 4 ? sc16 : sc16b;
           const int gl = g % 8;
           const __m256i scl = _mm256_permutevar8x32_epi32(src, _mm256_setr_epi32(gl, gl, gl, gl, gl + 1, gl + 1, gl + 1, gl + 1));
@@ -1147,45 +1176,46 @@ TINYSLM_TARGET_AVX2 inline void gemv_row_k_avx2(const uint8_t* row, int64_t k, c
   for (int i = 0; i < N; ++i) out[i] = hsum256(acc[i]) + accs[i];
 }
 
-template <TensorType T, int N>
+template <int V, TensorType T, int N>
 TINYSLM_TARGET_AVX2 inline void gemv_rows_fused_avx2(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
                                                      float* y, int64_t ldy, int64_t r0, int64_t r1) {
   float out[N];
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = data + r * row_bytes;
     if constexpr (T == TensorType::Q4_K || T == TensorType::Q6_K)
-      gemv_row_k_avx2<T, N>(row, k, acts, out);
+      gemv_row_k_avx2<V, T, N>(row, k, acts, out);
     else
-      gemv_row_legacy_avx2<T, N>(row, k, acts, out);
+      gemv_row_legacy_avx2<V, T, N>(row, k, acts, out);
     for (int i = 0; i < N; ++i) y[i * ldy + r] = out[i];
   }
 }
 
-template <TensorType T>
+template <int V, TensorType T>
 inline bool gemv_fused_avx2_n(int64_t n, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, float* y,
                               int64_t ldy, int64_t r0, int64_t r1) {
   // Tokens 4 at a time, so each block is unpacked once per 4 tokens.
   for (int64_t i0 = 0; i0 < n; i0 += 4) {
     float* yi = y + i0 * ldy;
     switch (n - i0 < 4 ? n - i0 : 4) {
-      case 1: gemv_rows_fused_avx2<T, 1>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
-      case 2: gemv_rows_fused_avx2<T, 2>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
-      case 3: gemv_rows_fused_avx2<T, 3>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
-      default: gemv_rows_fused_avx2<T, 4>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+      case 1: gemv_rows_fused_avx2<V, T, 1>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+      case 2: gemv_rows_fused_avx2<V, T, 2>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+      case 3: gemv_rows_fused_avx2<V, T, 3>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+      default: gemv_rows_fused_avx2<V, T, 4>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
     }
   }
   return true;
 }
 
+template <int V>
 inline bool gemv_fused_avx2(TensorType t, int64_t n, const uint8_t* data, int64_t row_bytes, int64_t k,
                             const ActRow* acts, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   if (n > 8) return false;  // more tokens: the decoded-chunk path reuses a decode for 16 tokens
   switch (t) {
-    case TensorType::Q4_0: return gemv_fused_avx2_n<TensorType::Q4_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q5_0: return gemv_fused_avx2_n<TensorType::Q5_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q8_0: return gemv_fused_avx2_n<TensorType::Q8_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q4_K: return gemv_fused_avx2_n<TensorType::Q4_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q6_K: return gemv_fused_avx2_n<TensorType::Q6_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q4_0: return gemv_fused_avx2_n<V, TensorType::Q4_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q5_0: return gemv_fused_avx2_n<V, TensorType::Q5_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q8_0: return gemv_fused_avx2_n<V, TensorType::Q8_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q4_K: return gemv_fused_avx2_n<V, TensorType::Q4_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+    case TensorType::Q6_K: return gemv_fused_avx2_n<V, TensorType::Q6_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
     default: return false;
   }
 }
@@ -1380,8 +1410,8 @@ TINYSLM_TARGET_AVX512 inline void int_rows_gemm_avx512(TensorType t, const uint8
 // exactly per row: -128 * (sum of the row's 16 weights), kept in the panel. Types with
 // larger weights (Q8_0, IQ4_NL) use the decoded-chunk path.
 
-inline bool avx2_gemm_supports(TensorType t) {
-  return is_integer_weight_type(t) && t != TensorType::Q8_0 && t != TensorType::IQ4_NL;
+inline bool avx2_gemm_supports(int v, TensorType t) {
+  return is_integer_weight_type(t) && (v != kDotAvx2 || (t != TensorType::Q8_0 && t != TensorType::IQ4_NL));
 }
 
 struct alignas(32) Panel8 {
@@ -1419,7 +1449,7 @@ TINYSLM_TARGET_AVX2 inline void fill_panel8(TensorType t, const WeightTraits& tr
 }
 
 // acc[c] (8 rows) for 4 tokens (c0 .. c0 + 3 of the tile).
-template <int G, bool Min>
+template <int V, int G, bool Min>
 TINYSLM_TARGET_AVX2 inline void panel8_kernel(const Panel8& p, int64_t v0, int64_t nv, const TokenTile& t, int c0,
                                               __m256* out) {
   constexpr int C = 4, T = kTileTokens;
@@ -1443,8 +1473,12 @@ TINYSLM_TARGET_AVX2 inline void panel8_kernel(const Panel8& p, int64_t v0, int64
       for (int c = 0; c < C; ++c) {
         const __m256i a0 = _mm256_set1_epi32(q4[(q0 + q) * T + c]);
         const __m256i a1 = _mm256_set1_epi32(q4[(q0 + q + 1) * T + c]);
-        const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(a0, w0), _mm256_maddubs_epi16(a1, w1));
-        isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(p16, ones));
+        if constexpr (V == kDotAvx2) {
+          const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(a0, w0), _mm256_maddubs_epi16(a1, w1));
+          isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(p16, ones));
+        } else {
+          isum[c] = dot4_u8s8<V>(dot4_u8s8<V>(isum[c], a0, w0), a1, w1);
+        }
       }
     }
     const __m256 s = _mm256_load_ps(&p.s16[g * (G / 16)][0]);
@@ -1457,7 +1491,7 @@ TINYSLM_TARGET_AVX2 inline void panel8_kernel(const Panel8& p, int64_t v0, int64
   for (int c = 0; c < C; ++c) out[c] = acc[c];
 }
 
-template <int G, bool Min>
+template <int V, int G, bool Min>
 TINYSLM_TARGET_AVX2 inline void panel8_tokens(const Panel8& p, int64_t v0, int64_t nv, const TokenTile* tiles, int64_t n,
                                               float* y, int64_t ldy, int64_t r0, int nr, bool first) {
   alignas(32) int32_t mk[8];
@@ -1465,7 +1499,7 @@ TINYSLM_TARGET_AVX2 inline void panel8_tokens(const Panel8& p, int64_t v0, int64
   const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(mk));
   __m256 acc[4];
   for (int64_t i0 = 0; i0 < n; i0 += 4) {
-    panel8_kernel<G, Min>(p, v0, nv, tiles[i0 / kTileTokens], static_cast<int>(i0 % kTileTokens), acc);
+    panel8_kernel<V, G, Min>(p, v0, nv, tiles[i0 / kTileTokens], static_cast<int>(i0 % kTileTokens), acc);
     const int64_t nc = n - i0 < 4 ? n - i0 : 4;
     for (int64_t c = 0; c < nc; ++c) {
       float* yp = y + (i0 + c) * ldy + r0;
@@ -1476,6 +1510,7 @@ TINYSLM_TARGET_AVX2 inline void panel8_tokens(const Panel8& p, int64_t v0, int64
   }
 }
 
+template <int V>
 TINYSLM_TARGET_AVX2 inline void int_rows_gemm_avx2(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
                                                    const TokenTile* tiles, int64_t n, float* y, int64_t ldy, int64_t r0,
                                                    int64_t r1) {
@@ -1489,14 +1524,14 @@ TINYSLM_TARGET_AVX2 inline void int_rows_gemm_avx2(TensorType t, const uint8_t* 
       const bool first = v0 == 0;
       if (tr.group == 32) {
         if (tr.has_min)
-          panel8_tokens<32, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+          panel8_tokens<V, 32, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
         else
-          panel8_tokens<32, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+          panel8_tokens<V, 32, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
       } else {
         if (tr.has_min)
-          panel8_tokens<16, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+          panel8_tokens<V, 16, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
         else
-          panel8_tokens<16, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+          panel8_tokens<V, 16, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
       }
     }
   }
@@ -1656,9 +1691,23 @@ inline void float_rows(TensorType t, const uint8_t* data, int64_t row_bytes, int
 }
 
 // Entry from the dispatcher: rows [r0, r1) for n tokens. False when the type has no path here.
-inline bool matmul_rows(bool avx512, TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
+template <int V>
+inline void int_rows_avx2(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
+                          const TokenTile* tiles, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if (tiles && avx2_gemm_supports(V, t))
+    int_rows_gemm_avx2<V>(t, data, row_bytes, k, tiles, n, y, ldy, r0, r1);
+  else if (!gemv_fused_avx2<V>(t, n, data, row_bytes, k, acts, y, ldy, r0, r1))
+    int_rows_gemv_avx2<V>(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
+}
+
+// path: kPathAvx2, kPathAvxVnni (256-bit kernels with vpdpbusd; `evex` picks its AVX-512
+// encoding on CPUs without AVX-VNNI) or kPathAvx512.
+inline constexpr int kPathAvx2 = 0, kPathAvxVnni = 1, kPathAvx512 = 2;
+
+inline bool matmul_rows(int path, bool evex, TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
                         const ActRow* acts, const TokenTile* tiles, int64_t n, float* y, int64_t ldy, int64_t r0,
                         int64_t r1) {
+  const bool avx512 = path == kPathAvx512;
   if (t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16) {
     if (avx512)
       float_rows<true>(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
@@ -1667,12 +1716,12 @@ inline bool matmul_rows(bool avx512, TensorType t, const uint8_t* data, int64_t 
     return true;
   }
   if (!is_integer_weight_type(t)) return false;
-  if (!avx512) {
-    if (tiles && avx2_gemm_supports(t))
-      int_rows_gemm_avx2(t, data, row_bytes, k, tiles, n, y, ldy, r0, r1);
-    else if (!gemv_fused_avx2(t, n, data, row_bytes, k, acts, y, ldy, r0, r1))
-      int_rows_gemv_avx2(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
-  }
+  if (path == kPathAvx2)
+    int_rows_avx2<kDotAvx2>(t, data, row_bytes, k, acts, tiles, n, y, ldy, r0, r1);
+  else if (path == kPathAvxVnni && !evex)
+    int_rows_avx2<kDotAvxVnni>(t, data, row_bytes, k, acts, tiles, n, y, ldy, r0, r1);
+  else if (path == kPathAvxVnni)
+    int_rows_avx2<kDotEvex256>(t, data, row_bytes, k, acts, tiles, n, y, ldy, r0, r1);
   else if (tiles)
     int_rows_gemm_avx512(t, data, row_bytes, k, tiles, n, y, ldy, r0, r1);
   else if (!gemv_fused_avx512(t, n, data, row_bytes, k, acts, y, ldy, r0, r1))

@@ -400,7 +400,8 @@ struct WeightBinder {
   Status matrix(const std::string& name, int64_t cols, int64_t rows, bool required, Weight* out) const {
     const GgufTensorInfo* t = f.find_tensor(name);
     if (!t) return required ? Status(missing(name)) : Status();
-    const std::string want = "[" + std::to_string(cols) + ", " + std::to_string(rows) + "]";
+    std::string want = "[";  // built by appending: GCC 12 warns falsely (-Wrestrict) on "lit" + string&&
+    want.append(std::to_string(cols)).append(", ").append(std::to_string(rows)).append("]");
     if (t->n_dims != 2 || static_cast<int64_t>(t->ne[0]) != cols ||
         static_cast<int64_t>(t->ne[1]) != rows)
       return bad_shape(*t, want);
@@ -421,7 +422,7 @@ struct WeightBinder {
     const GgufTensorInfo* t = f.find_tensor(name);
     if (!t) return required ? Status(missing(name)) : Status();
     if (t->n_elements != static_cast<uint64_t>(n) || (t->n_dims != 1 && t->rows() != 1))
-      return bad_shape(*t, "[" + std::to_string(n) + "]");
+      return bad_shape(*t, std::string("[").append(std::to_string(n)).append("]"));
     out->resize(static_cast<size_t>(n));
     auto st = dequantize_row(t->type, t->data, out->data(), n);
     if (!st) return Error(st.error()).context(f.name() + ": tensor '" + name + "'");
