@@ -831,6 +831,7 @@ TINYSLM_TARGET_AVX512 inline float gemv_row_legacy_prep(const uint8_t* row, int6
   __m512 acc = _mm512_setzero_ps();
   const int64_t nb = k / 32;
   int64_t b = 0;
+#pragma GCC unroll 2
   for (; b + 4 <= nb; b += 4) {
     const uint8_t* g = row + b * bb;
     const __m512i A = _mm512_loadu_si512(g), B = _mm512_loadu_si512(g + Bo);
@@ -884,7 +885,8 @@ TINYSLM_TARGET_AVX512 inline void prepare_q4_k(const ActRow& a, int64_t k, Legac
   }
 }
 
-// Inlined into the row loop (measured: ~5% faster from memory for rows of 1024-2048 values).
+// Inlined into the row loop, and its super-block loop unrolled by two (measured side by side
+// from memory, 2 MB pages, 1 thread: rows of 2048 values 18.8 -> 21.8 GB/s, of 1024 19 -> 21.7).
 TINYSLM_TARGET_AVX512 __attribute__((always_inline)) inline float gemv_row_q4_k_prep(const uint8_t* row, int64_t k, const LegacyPrep& p, const ActRow& a) {
   const int64_t nb = k / 256;
   const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -896,6 +898,7 @@ TINYSLM_TARGET_AVX512 __attribute__((always_inline)) inline float gemv_row_q4_k_
   const __m512i i3 = _mm512_setr_epi32(5, 5, 5, 5, 5, 5, 5, 5, 7, 7, 7, 7, 7, 7, 7, 7);
   __m512 acc = _mm512_setzero_ps();
   __m256 accm = _mm256_setzero_ps();
+#pragma GCC unroll 2
   for (int64_t b = 0; b < nb; ++b) {
     const auto* blk = reinterpret_cast<const BlockQ4_K*>(row + b * sizeof(BlockQ4_K));
     const float d = f16_scalar(blk->d), dmin = f16_scalar(blk->dmin);
@@ -935,7 +938,8 @@ struct alignas(64) Q6Prep {
   int16_t s16[kPrepMax / 16];  // minus the activation's sum of each 16 values
 };
 
-// Inlined into the row loop, like gemv_row_q4_k_prep.
+// Inlined into the row loop and unrolled by two, like gemv_row_q4_k_prep (rows of 2048
+// values: 23.4 -> 25.8 GB/s from memory at 1 thread).
 TINYSLM_TARGET_AVX512 __attribute__((always_inline)) inline float gemv_row_q6_k_prep(const uint8_t* row, int64_t k, const Q6Prep& p, const ActRow& a) {
   const int64_t nb = k / 256;
   const __m512i m4 = _mm512_set1_epi8(0x0F), m33 = _mm512_set1_epi8(0x33);
@@ -945,6 +949,7 @@ TINYSLM_TARGET_AVX512 __attribute__((always_inline)) inline float gemv_row_q6_k_
   const __m512i idx3 = _mm512_setr_epi32(12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15);
   const __mmask32 even = 0x55555555u;
   __m512 acc = _mm512_setzero_ps();
+#pragma GCC unroll 2
   for (int64_t b = 0; b < nb; ++b) {
     const auto* b6 = reinterpret_cast<const BlockQ6_K*>(row + b * sizeof(BlockQ6_K));
     const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b6->scales)));
