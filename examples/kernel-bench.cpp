@@ -9,11 +9,12 @@
 // per second) for 512 tokens on the 4096 x 4096 matrix. GEMV rotates over enough copies of
 // the weights that they never sit in the caches. Each figure is the best of several runs.
 // The bandwidth buffer and the weight copies live in the same kind of memory: on Linux
-// anonymous memory advised for 2 MB pages (see StreamBuffer), elsewhere the heap.
+// anonymous memory advised for 2 MB pages (PageBuffer, core.hpp), elsewhere the heap.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <span>
@@ -21,10 +22,6 @@
 #include <vector>
 
 #include <tinyslm.hpp>
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -36,48 +33,17 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// Memory for the streamed buffers (the read-bandwidth buffer and the weight copies): on Linux
-// anonymous memory advised for 2 MB pages, as the library's weights are when the file sits in
-// large page-cache folios or is loaded with LoadMode::read (core.hpp); elsewhere the heap.
-// Both sides of the GEMV / bandwidth ratio use the same kind of pages.
-class StreamBuffer {
- public:
-  explicit StreamBuffer(size_t bytes) : size_(bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    constexpr size_t kHuge = size_t(2) << 20;
-    void* m = mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m != MAP_FAILED) {
-      map_ = m;
-      map_size_ = bytes + kHuge;
-      data_ = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(m) + kHuge - 1) & ~uintptr_t(kHuge - 1));
-      huge_ = madvise(data_, bytes, MADV_HUGEPAGE) == 0;
-      return;
-    }
-#endif
-    heap_.resize(bytes);
-    data_ = heap_.data();
+// The streamed buffers (the read-bandwidth buffer and the weight copies) are PageBuffers:
+// 2 MB pages on Linux, as the library's weights get with LoadMode::read or a file in large
+// page-cache folios, so both sides of the GEMV / bandwidth ratio use the same kind of pages.
+PageBuffer stream_buffer(size_t bytes) {
+  PageBuffer b;
+  if (!b.allocate(bytes)) {
+    std::fprintf(stderr, "kernel-bench: cannot allocate %zu bytes\n", bytes);
+    std::exit(1);
   }
-  ~StreamBuffer() {
-#if defined(__linux__)
-    if (map_) munmap(map_, map_size_);
-#endif
-  }
-  StreamBuffer(const StreamBuffer&) = delete;
-  StreamBuffer& operator=(const StreamBuffer&) = delete;
-  uint8_t* data() { return data_; }
-  const uint8_t* data() const { return data_; }
-  size_t size() const { return size_; }
-  bool huge() const { return huge_; }
-
- private:
-  uint8_t* data_ = nullptr;
-  size_t size_ = 0;
-  void* map_ = nullptr;
-  size_t map_size_ = 0;
-  bool huge_ = false;
-  std::vector<uint8_t> heap_;
-};
-
+  return b;
+}
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
@@ -95,7 +61,7 @@ double best_time(F&& fn, double budget, int min_reps = 3) {
   return best;
 }
 
-double read_bandwidth(ThreadPool& pool, const StreamBuffer& mem, double budget) {
+double read_bandwidth(ThreadPool& pool, const PageBuffer& mem, double budget) {
   const std::span<const uint64_t> buf(reinterpret_cast<const uint64_t*>(mem.data()), mem.size() / 8);
   std::vector<uint64_t> sums(static_cast<size_t>(pool.size()) * 8);
   const double t = best_time(
@@ -236,7 +202,7 @@ int main(int argc, char** argv) {
   }
 
   // Machine read bandwidth.
-  StreamBuffer big(size_t(512) << 20);  // 512 MiB
+  PageBuffer big = stream_buffer(size_t(512) << 20);  // 512 MiB
   for (size_t i = 0; i < big.size() / 8; ++i) {
     const uint64_t v = i;
     std::memcpy(big.data() + 8 * i, &v, 8);
@@ -279,7 +245,7 @@ int main(int argc, char** argv) {
       const int64_t bytes = static_cast<int64_t>(w.size());
       // Enough copies for ~384 MiB, so every call streams from memory.
       const int copies = static_cast<int>(std::max<int64_t>(2, (int64_t(384) << 20) / bytes));
-      StreamBuffer ws(static_cast<size_t>(bytes) * static_cast<size_t>(copies));
+      PageBuffer ws = stream_buffer(static_cast<size_t>(bytes) * static_cast<size_t>(copies));
       for (int c = 0; c < copies; ++c) std::memcpy(ws.data() + static_cast<size_t>(c) * static_cast<size_t>(bytes), w.data(), w.size());
       std::vector<float> x(static_cast<size_t>(sh.cols)), y(static_cast<size_t>(sh.rows));
       for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.1f * static_cast<float>(i));

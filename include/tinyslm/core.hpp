@@ -409,6 +409,77 @@ enum class LoadMode {
 // file into anonymous memory advised the same way, which gets 2 MB pages whenever
 // transparent huge pages are enabled (`always` or `madvise`).
 
+// Owned, uninitialised bytes for data that is streamed (model weights): from 2 MB up, on Linux,
+// anonymous memory starting on a 2 MB boundary and advised MADV_HUGEPAGE; otherwise (smaller,
+// other systems, or when mapping fails) an AlignedBuffer.
+class PageBuffer {
+ public:
+  PageBuffer() = default;
+  PageBuffer(const PageBuffer&) = delete;
+  PageBuffer& operator=(const PageBuffer&) = delete;
+  PageBuffer(PageBuffer&& o) noexcept { *this = std::move(o); }
+  PageBuffer& operator=(PageBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      data_ = std::exchange(o.data_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+      map_ = std::exchange(o.map_, nullptr);
+      map_size_ = std::exchange(o.map_size_, 0);
+      huge_ = std::exchange(o.huge_, false);
+      heap_ = std::move(o.heap_);
+    }
+    return *this;
+  }
+  ~PageBuffer() { release(); }
+
+  // n bytes (contents unspecified); false when the allocation fails.
+  [[nodiscard]] bool allocate(size_t n) {
+    release();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    constexpr size_t kHuge = size_t(2) << 20;
+    if (n >= kHuge && n <= SIZE_MAX - kHuge) {
+      void* m = mmap(nullptr, n + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (m != MAP_FAILED) {
+        map_ = m;
+        map_size_ = n + kHuge;
+        data_ = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(m) + kHuge - 1) & ~uintptr_t(kHuge - 1));
+        size_ = n;
+        huge_ = madvise(data_, n, MADV_HUGEPAGE) == 0;
+        return true;
+      }
+    }
+#endif
+    if (!heap_.allocate(n)) return false;
+    data_ = heap_.data();
+    size_ = n;
+    return true;
+  }
+  void release() {
+#if !defined(_WIN32)
+    if (map_) munmap(map_, map_size_);
+#endif
+    map_ = nullptr;
+    map_size_ = 0;
+    heap_.release();
+    data_ = nullptr;
+    size_ = 0;
+    huge_ = false;
+  }
+
+  uint8_t* data() { return data_; }
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  bool huge() const { return huge_; }  // advised for 2 MB pages
+
+ private:
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  void* map_ = nullptr;  // the whole anonymous mapping (data_ is 2 MB aligned inside it)
+  size_t map_size_ = 0;
+  bool huge_ = false;
+  AlignedBuffer<uint8_t> heap_;
+};
+
 // The bytes of a model file. Owns a mapping or a buffer, or borrows caller memory
 // (for instance an Android asset or an array embedded in the program) that must outlive it.
 class Source {
@@ -427,9 +498,6 @@ class Source {
       name_ = std::move(o.name_);
 #if defined(_WIN32)
       mapping_ = std::exchange(o.mapping_, nullptr);
-#else
-      anon_ = std::exchange(o.anon_, nullptr);
-      anon_size_ = std::exchange(o.anon_size_, 0);
 #endif
     }
     return *this;
@@ -465,7 +533,7 @@ class Source {
   bool is_mapped() const { return kind_ == Kind::mapped; }
 
  private:
-  enum class Kind { none, mapped, owned, borrowed, anon };
+  enum class Kind { none, mapped, owned, borrowed };
 
   void reset() {
     if (kind_ == Kind::mapped && data_) {
@@ -477,11 +545,6 @@ class Source {
       munmap(const_cast<uint8_t*>(data_), size_);
 #endif
     }
-#if !defined(_WIN32)
-    if (kind_ == Kind::anon && anon_) munmap(anon_, anon_size_);
-    anon_ = nullptr;
-    anon_size_ = 0;
-#endif
     buffer_.release();
     data_ = nullptr;
     size_ = 0;
@@ -491,13 +554,10 @@ class Source {
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
   Kind kind_ = Kind::none;
-  AlignedBuffer<uint8_t> buffer_;
+  PageBuffer buffer_;  // LoadMode::read
   std::string name_;
 #if defined(_WIN32)
   HANDLE mapping_ = nullptr;
-#else
-  void* anon_ = nullptr;  // Kind::anon: the whole anonymous mapping (data_ is 2 MB aligned inside it)
-  size_t anon_size_ = 0;
 #endif
 };
 
@@ -612,29 +672,12 @@ inline Expected<Source> Source::read_file(const std::string& path) {
   Source s;
   s.name_ = path;
   const size_t size = static_cast<size_t>(st.st_size);
-  uint8_t* dst = nullptr;
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  // Anonymous memory starting on a 2 MB boundary, advised for transparent huge pages.
-  constexpr size_t kHuge = size_t(2) << 20;
-  if (size >= kHuge && size <= SIZE_MAX - kHuge) {
-    void* m = mmap(nullptr, size + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m != MAP_FAILED) {
-      s.kind_ = Kind::anon;
-      s.anon_ = m;
-      s.anon_size_ = size + kHuge;
-      dst = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(m) + kHuge - 1) & ~uintptr_t(kHuge - 1));
-      (void)madvise(dst, size, MADV_HUGEPAGE);
-    }
+  s.kind_ = Kind::owned;
+  if (!s.buffer_.allocate(size)) {
+    ::close(fd);
+    return make_error(Errc::out_of_memory, path + ": cannot allocate a buffer for the file");
   }
-#endif
-  if (!dst) {
-    s.kind_ = Kind::owned;
-    if (!s.buffer_.allocate(size)) {
-      ::close(fd);
-      return make_error(Errc::out_of_memory, path + ": cannot allocate a buffer for the file");
-    }
-    dst = s.buffer_.data();
-  }
+  uint8_t* dst = s.buffer_.data();
   size_t done = 0;
   while (done < size) {
     ssize_t got = ::read(fd, dst + done, size - done);
