@@ -1,16 +1,19 @@
 // tinyslm forward: the transformer forward pass for a batch of tokens.
 //
 // A Context holds everything one sequence needs besides the weights: the KV cache, the thread
-// pool and every scratch buffer, all allocated once in create(). eval() runs the tokens in
-// chunks of at most n_batch: a chunk of many tokens multiplies each weight matrix once for all
-// of them (GEMM, prefill); a single token is a matrix-vector product (GEMV, decode).
+// pool and every scratch buffer, all allocated once in create() from one ContextPlan (which
+// memory_estimate also reads, so the estimate and the allocation cannot drift apart). eval()
+// runs the tokens in chunks of at most n_batch: a chunk of many tokens multiplies each weight
+// matrix once for all of them (GEMM, prefill); a single token is a matrix-vector product
+// (GEMV, decode). The chunk runs named blocks chosen by the model's per-layer plan:
+//
+//   embed -> for each layer: attention_block, then ffn_block or moe_block -> output_head
 #pragma once
 
 #include <algorithm>
-#include <atomic>
-#include <initializer_list>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <string>
@@ -18,6 +21,7 @@
 #include "core.hpp"
 #include "kernels.hpp"
 #include "kv.hpp"
+#include "matmul_many_tmp.hpp"
 #include "model.hpp"
 #include "moe.hpp"
 #include "ops.hpp"
@@ -32,6 +36,88 @@ struct ContextParams {
   int n_threads = 1;        // 1 = no extra threads at all
   int64_t n_batch = 512;    // most tokens per forward chunk
   bool all_logits = false;  // keep the logits of every token of an eval (else only the last)
+};
+
+namespace detail {
+
+// Bytes MatmulScratch::reserve(n, k) allocates: per row of k values (padded to 256) an int8
+// copy, its float copy, and the group sums and scales (1/4 + 3/16 + 2/32 words per value).
+inline uint64_t matmul_scratch_bytes(int64_t n, int64_t k) {
+  const uint64_t kp = static_cast<uint64_t>((k + 255) / 256 * 256), rows = static_cast<uint64_t>(n);
+  return rows * (kp * 1 + kp * 4 + kp / 4 * 4 + 3 * (kp / 16) * 4 + 2 * (kp / 32) * 4 + sizeof(ActRow));
+}
+
+}  // namespace detail
+
+// Every buffer a Context allocates, sized from the hyper-parameters and the parameters alone.
+struct ContextPlan {
+  int64_t n_ctx = 0, n_batch = 0;
+  int n_threads = 1;
+  // Activation rows of one chunk (floats per token).
+  int64_t w_embd = 0;       // residual stream, normed input, projection output
+  int64_t w_qkv = 0;        // [q | k | v]
+  int64_t w_att = 0;        // attention output
+  int64_t w_ffn = 0;        // [gate | up]
+  int64_t n_rot = 0;        // two RoPE tables (global, sliding) of n_rot values per token
+  int64_t logit_rows = 1;
+  int64_t n_vocab = 0;
+  ops::AttentionShape attn;  // the widest attention of any layer
+  int64_t mm_cols = 0;       // widest matmul input
+  bool moe = false;
+  MoeScratchSizes moe_sizes;
+  uint64_t kv_bytes = 0;
+
+  static Expected<ContextPlan> make(const HParams& hp, int64_t n_vocab, const ContextParams& p) {
+    if (p.n_ctx <= 0 || p.n_batch <= 0 || p.n_threads <= 0)
+      return make_error(Errc::invalid_argument, "context: n_ctx, n_batch and n_threads must be positive");
+    ContextPlan c;
+    c.n_ctx = p.n_ctx;
+    c.n_batch = std::min(p.n_batch, p.n_ctx);
+    c.n_threads = p.n_threads;
+    c.w_embd = hp.n_embd;
+    c.attn = {hp.n_head, hp.n_head_kv, hp.head_dim_k, hp.head_dim_v, 1.0f, 0.0f, 0};
+    for (const LayerPlan& l : hp.layers) {
+      c.w_qkv = std::max(c.w_qkv, l.q_dim() + l.k_dim() + l.v_dim());
+      c.w_att = std::max(c.w_att, l.attn_out_dim());
+      c.w_ffn = std::max(c.w_ffn, 2 * l.n_ff);
+      c.attn.n_head = std::max(c.attn.n_head, l.n_head);
+      c.attn.n_head_kv = std::max(c.attn.n_head_kv, l.n_head_kv);
+      c.attn.head_dim_k = std::max(c.attn.head_dim_k, l.head_dim_k);
+      c.attn.head_dim_v = std::max(c.attn.head_dim_v, l.head_dim_v);
+    }
+    c.n_rot = hp.n_rot;
+    c.logit_rows = p.all_logits ? c.n_batch : 1;
+    c.n_vocab = n_vocab;
+    c.mm_cols = std::max({hp.n_embd, c.w_att, c.w_ffn / 2});
+    c.moe = hp.moe.enabled();
+    if (c.moe) c.moe_sizes = moe_scratch_sizes(hp.moe, hp.n_embd, c.n_batch, c.n_threads);
+    const auto u = [](int64_t v) { return static_cast<uint64_t>(v); };
+    c.kv_bytes = u(hp.n_layer) * u(c.n_ctx) * u(hp.n_head_kv) * u(hp.head_dim_k + hp.head_dim_v) * 2;
+    return c;
+  }
+
+  // Floats of the activation buffers: x, xn, proj (n_embd), qkv, att, ffn, RoPE tables.
+  uint64_t activation_floats() const {
+    return static_cast<uint64_t>(n_batch) * static_cast<uint64_t>(3 * w_embd + w_qkv + w_att + w_ffn + 2 * n_rot);
+  }
+  // Attention scratch as AttentionScratch::reserve sizes it.
+  uint64_t attention_bytes() const {
+    const uint64_t ctx16 = static_cast<uint64_t>((n_ctx + 15) / 16 * 16);
+    const uint64_t hk = static_cast<uint64_t>(attn.head_dim_k), hv = static_cast<uint64_t>(attn.head_dim_v);
+    const uint64_t row = (4 * ctx16 + 4 * hk + 4 * hv + 15) / 16 * 16;
+    return 4 * (static_cast<uint64_t>(attn.n_head_kv) * (hk + hv) * ctx16 + 64 + row * static_cast<uint64_t>(n_threads));
+  }
+  uint64_t moe_bytes() const {
+    if (!moe) return 0;
+    const MoeScratchSizes& z = moe_sizes;
+    return 4 * static_cast<uint64_t>(z.floats + z.ints) + detail::matmul_scratch_bytes(z.mm_rows, z.mm_cols) +
+           static_cast<uint64_t>(z.thread_mm) * detail::matmul_scratch_bytes(1, z.mm_cols);
+  }
+  // Everything besides the KV cache and the logits.
+  uint64_t compute_bytes() const {
+    return 4 * activation_floats() + attention_bytes() + detail::matmul_scratch_bytes(n_batch, mm_cols) + moe_bytes();
+  }
+  uint64_t logit_bytes() const { return 4 * static_cast<uint64_t>(logit_rows) * static_cast<uint64_t>(n_vocab); }
 };
 
 class Context {
@@ -52,6 +138,10 @@ class Context {
     return {logits_.data() + i * hp().n_vocab, static_cast<size_t>(hp().n_vocab)};
   }
   std::span<const float> last_logits() const { return logits(n_logits_ - 1); }
+  // The same logits, writable (for logit processors run before sampling).
+  std::span<float> last_logits_mut() {
+    return {logits_.data() + (n_logits_ - 1) * hp().n_vocab, static_cast<size_t>(hp().n_vocab)};
+  }
 
   int64_t n_past() const { return kv_.size(); }
   int64_t n_ctx() const { return kv_.n_ctx(); }
@@ -59,9 +149,11 @@ class Context {
   Status truncate(int64_t n) { return kv_.truncate(n); }
   void reset() { kv_.clear(); }
 
-  const Model& model() const { return *model_; }
+  // The model this context runs (the context holds a share of it, so it stays loaded).
+  const Model& model() const { return model_; }
   int n_threads() const { return pool_ ? pool_->size() : 0; }
   const ContextParams& params() const { return params_; }
+  const ContextPlan& plan() const { return plan_; }
   KvCache& kv() { return kv_; }
   const KvCache& kv() const { return kv_; }
 
@@ -69,24 +161,34 @@ class Context {
   // the last reset_moe_stats(): one count per token and selected expert, so n tokens give
   // n * k per layer, except that without all_logits the last layer of a chunk runs (and
   // counts) only the chunk's last token. nullptr for a dense model.
-  const MoeStats* moe_stats() const { return moe_.enabled() ? &moe_stats_ : nullptr; }
+  const MoeStats* moe_stats() const { return hp().moe.enabled() ? &moe_stats_ : nullptr; }
   void reset_moe_stats() { moe_stats_.reset(); }
 
  private:
-  const HParams& hp() const { return model_->hparams(); }
+  const HParams& hp() const { return model_.hparams(); }
+  Status allocate();
+  template <class Fn>
+  void for_rows(int64_t rows, Fn&& fn);
+  Status matmul_into(const Weight& w, const float* in, int64_t rows, float* out, int64_t ldy);
   Status forward_chunk(const int32_t* tokens, int64_t n, bool last_chunk);
+  // The named blocks of the forward pass (n tokens in the chunk; m rows go past attention).
+  Status embed(const int32_t* tokens, int64_t n);
+  void rope_tables(int64_t pos0, int64_t n);
+  void qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t il, int64_t i, int64_t pos);
+  Status attention_block(int64_t il, int64_t n, int64_t r0, int64_t pos0);
+  Status ffn_block(int64_t il, int64_t m);
+  Status moe_block(int64_t il, int64_t m);
+  void ffn_residual(const LayerWeights& L, int64_t m);
+  Status output_head(int64_t rows);
 
-  const Model* model_ = nullptr;
+  Model model_;
   ContextParams params_;
+  ContextPlan plan_;
+  ParallelFor par_;
   std::unique_ptr<ThreadPool> pool_;
   KvCache kv_;
   MatmulScratch mm_;
-  std::vector<MatmulScratch> thread_mm_;  // decode: one per thread (see mm_rows below)
   ops::AttentionScratch attn_;
-  // Mixture of experts (n_expert > 0): the routing configuration, each layer's experts
-  // (pointers into the mapped file) and the MoE step's buffers.
-  MoeConfig moe_;
-  std::vector<MoeLayerWeights> moe_layers_;
   MoeScratch moe_scratch_;
   MoeStats moe_stats_;
 
@@ -103,49 +205,41 @@ class Context {
 };
 
 inline Expected<Context> Context::create(const Model& model, const ContextParams& params) {
-  const HParams& hp = model.hparams();
+  if (!model) return make_error(Errc::invalid_argument, "context: the model is not loaded");
+  auto plan = ContextPlan::make(model.hparams(), model.hparams().n_vocab, params);
+  if (!plan) return plan.error();
   Context c;
-  c.model_ = &model;
+  c.model_ = model;
   c.params_ = params;
-  if (params.n_ctx <= 0 || params.n_batch <= 0 || params.n_threads <= 0)
-    return make_error(Errc::invalid_argument, "context: n_ctx, n_batch and n_threads must be positive");
-  c.params_.n_batch = std::min(params.n_batch, params.n_ctx);
-  const int64_t B = c.params_.n_batch;
-  c.pool_ = std::make_unique<ThreadPool>(params.n_threads);
-
-  auto kv = KvCache::create(hp, params.n_ctx);
-  if (!kv) return kv.error();
-  c.kv_ = std::move(*kv);
-
-  const int64_t E = hp.n_embd, QKV = hp.q_dim() + hp.k_dim() + hp.v_dim();
-  const int64_t A = hp.n_head * hp.head_dim_v, F = hp.n_ff;
-  const int64_t max_cols = std::max({E, A, F});
-  ops::AttentionShape shape{hp.n_head, hp.n_head_kv, hp.head_dim_k, hp.head_dim_v, 1.0f, 0.0f, 0};
-  const auto sz = [](int64_t a, int64_t b) { return static_cast<size_t>(a * b); };
-  bool ok = c.x_.allocate(sz(B, E)) && c.xn_.allocate(sz(B, E)) && c.qkv_.allocate(sz(B, QKV)) &&
-            c.att_.allocate(sz(B, A)) && c.proj_.allocate(sz(B, E)) &&
-            c.ffn_.allocate(sz(B, 2 * F)) && c.rope_.allocate(sz(2 * B, hp.n_rot)) &&
-            c.logits_.allocate(sz(params.all_logits ? B : 1, hp.n_vocab)) &&
-            c.attn_.reserve(shape, params.n_ctx, params.n_threads);
-  if (!ok) return make_error(Errc::out_of_memory, "context: cannot allocate the activation buffers");
-  auto st = c.mm_.reserve(B, max_cols);
-  if (!st) return st.error();
-  c.thread_mm_ = std::vector<MatmulScratch>(static_cast<size_t>(params.n_threads));
-  for (auto& t : c.thread_mm_)
-    if (auto ts = t.reserve(1, max_cols); !ts) return ts.error();
-  if (hp.n_expert > 0) {
-    auto cfg = read_moe_config(model.gguf());
-    if (!cfg) return cfg.error();
-    c.moe_ = *cfg;
-    for (int64_t il = 0; il < hp.n_layer; ++il) {
-      auto lw = bind_moe_layer(model.gguf(), c.moe_, il, E);
-      if (!lw) return lw.error();
-      c.moe_layers_.push_back(std::move(*lw));
-    }
-    if (auto ms = c.moe_scratch_.reserve(c.moe_, E, B, params.n_threads); !ms) return ms.error();
-    c.moe_stats_.init(hp.n_layer, c.moe_.n_expert);
-  }
+  c.params_.n_batch = plan->n_batch;
+  c.plan_ = *plan;
+  if (auto st = c.allocate(); !st) return st.error();
   return c;
+}
+
+// Allocates what the plan lists: the KV cache, the activations, the attention, matmul and
+// MoE scratch.
+inline Status Context::allocate() {
+  const HParams& h = hp();
+  const ContextPlan& p = plan_;
+  pool_ = std::make_unique<ThreadPool>(p.n_threads);
+  auto kv = KvCache::create(h, p.n_ctx);
+  if (!kv) return kv.error();
+  kv_ = std::move(*kv);
+  const auto sz = [](int64_t a, int64_t b) { return static_cast<size_t>(a * b); };
+  const int64_t B = p.n_batch;
+  const bool ok = x_.allocate(sz(B, p.w_embd)) && xn_.allocate(sz(B, p.w_embd)) && qkv_.allocate(sz(B, p.w_qkv)) &&
+                  att_.allocate(sz(B, p.w_att)) && proj_.allocate(sz(B, p.w_embd)) &&
+                  ffn_.allocate(sz(B, std::max<int64_t>(p.w_ffn, 1))) && rope_.allocate(sz(2 * B, p.n_rot)) &&
+                  logits_.allocate(sz(p.logit_rows, p.n_vocab)) && attn_.reserve(p.attn, p.n_ctx, p.n_threads);
+  if (!ok) return make_error(Errc::out_of_memory, "context: cannot allocate the activation buffers");
+  if (auto st = mm_.reserve(B, p.mm_cols); !st) return st;
+  if (p.moe) {
+    if (auto st = moe_scratch_.reserve(h.moe, h.n_embd, B, p.n_threads); !st) return st;
+    moe_stats_.init(h.n_layer, h.moe.n_expert);
+  }
+  par_ = pool_->parallel();
+  return {};
 }
 
 inline Expected<std::span<const float>> Context::eval(std::span<const int32_t> tokens) {
@@ -170,196 +264,203 @@ inline Expected<std::span<const float>> Context::eval(std::span<const int32_t> t
   return last_logits();
 }
 
+// fn(i) for rows i in [0, rows), split over the threads; a few rows (decode) run inline,
+// where a fork-join would cost more than the work.
+template <class Fn>
+inline void Context::for_rows(int64_t rows, Fn&& fn) {
+  if (rows < 4) {
+    for (int64_t i = 0; i < rows; ++i) fn(i);
+    return;
+  }
+  par_([&](int t, int nt) {
+    int64_t b, e;
+    ParallelFor::split(rows, t, nt, 1, &b, &e);
+    for (int64_t i = b; i < e; ++i) fn(i);
+  });
+}
+
+inline Status Context::matmul_into(const Weight& w, const float* in, int64_t rows, float* out, int64_t ldy) {
+  const MatmulOut o[1] = {{w.ref(), out, ldy, w.name}};
+  return matmul_many(o, in, rows, mm_, par_);
+}
+
 // The forward pass of one chunk of n tokens at positions pos0 .. pos0 + n - 1.
 inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last_chunk) {
   const HParams& h = hp();
-  const ModelWeights& w = model_->weights();
-  const ArchInfo& arch = h.arch;
-  const ParallelFor par = pool_->parallel();
-  const int64_t pos0 = kv_.size();
-  const int64_t E = h.n_embd, Q = h.q_dim(), K = h.k_dim(), V = h.v_dim(), F = h.n_ff;
-  const int64_t QKV = Q + K + V, A = h.n_head * h.head_dim_v;
-  const int64_t hk = h.head_dim_k;
   const bool want_all = params_.all_logits;
-  const auto rope_layout = arch.rope == RopeStyle::neox ? ops::RopeLayout::neox : ops::RopeLayout::normal;
-  float* x = x_.data();
-  float* xn = xn_.data();
-  float* qkv = qkv_.data();
-  float* att = att_.data();
-  float* proj = proj_.data();
-  float* ffn = ffn_.data();
-
-  // Rows [r0, r0 + rows) of a buffer of `width` values per token, split over the threads.
-  auto for_rows = [&](int64_t r0, int64_t rows, auto&& fn) {
-    if (rows < 4) {  // decode: a fork-join costs more than this row's work
-      for (int64_t i = r0; i < r0 + rows; ++i) fn(i);
-      return;
-    }
-    par([&](int t, int nt) {
-      int64_t b, e;
-      ParallelFor::split(rows, t, nt, 1, &b, &e);
-      for (int64_t i = r0 + b; i < r0 + e; ++i) fn(i);
-    });
-  };
-  // y = W x for `rows` tokens. Several matrices with the same input (Q, K, V; gate, up) go
-  // together: in decode (one token, several threads) every thread multiplies its share of
-  // each matrix's rows in one fork-join, instead of two fork-joins per matrix. A row's dot
-  // product is the same whichever thread computes it, so results do not depend on the split.
-  struct Out {
-    const Weight* w;
-    float* y;
-  };
-  auto mm_group = [&](std::initializer_list<Out> outs, const float* in, int64_t rows, int64_t ldy) -> Status {
-    if (rows > 1 || par.n_threads <= 1) {
-      for (const Out& o : outs) {
-        const MatrixRef ref{o.w->type, o.w->data, o.w->rows, o.w->cols};
-        auto st = matmul(ref, in, rows, o.y, ldy, mm_, par);
-        if (!st) return Error(st.error()).context(std::string(o.w->name));
-      }
-      return {};
-    }
-    std::atomic<int> failed{-1};
-    par([&](int t, int nt) {
-      int k = 0;
-      for (const Out& o : outs) {
-        int64_t b, e;
-        ParallelFor::split(o.w->rows, t, nt, kMatmulRowGrain, &b, &e);
-        if (b < e) {
-          const MatrixRef ref{o.w->type, o.w->data + static_cast<size_t>(b) * o.w->row_bytes(), e - b, o.w->cols};
-          int expected = -1;
-          if (!matmul(ref, in, 1, o.y + b, ldy, thread_mm_[static_cast<size_t>(t)], ParallelFor{}))
-            failed.compare_exchange_strong(expected, k);
-        }
-        ++k;
-      }
-    });
-    if (failed.load() >= 0) {
-      // Redo the failing product on one thread for its error message.
-      const Out& o = *(outs.begin() + failed.load());
-      const MatrixRef ref{o.w->type, o.w->data, o.w->rows, o.w->cols};
-      auto st = matmul(ref, in, rows, o.y, ldy, mm_, ParallelFor{});
-      if (!st) return Error(st.error()).context(std::string(o.w->name));
-    }
-    return {};
-  };
-  auto mm = [&](const Weight& wt, const float* in, int64_t rows, float* out, int64_t ldy) -> Status {
-    return mm_group({Out{&wt, out}}, in, rows, ldy);
-  };
-
-  // 1. Token embeddings (one dequantised row each), scaled by sqrt(n_embd) for gemma.
-  for (int64_t i = 0; i < n; ++i) {
-    const uint8_t* row = w.token_embd.data + static_cast<size_t>(tokens[i]) * w.token_embd.row_bytes();
-    auto st = dequantize_row(w.token_embd.type, row, x + i * E, E);
-    if (!st) return st;
-    if (h.embed_scale != 1.0f) ops::scale(x + i * E, h.embed_scale, E);
-  }
-
-  // RoPE angles of each position, for global and (when different) sliding-window layers.
-  float* cs_global = rope_.data();
-  float* cs_swa = rope_.data() + params_.n_batch * h.n_rot;
-  const float* freq_factors = h.rope_freq_factors.empty() ? nullptr : h.rope_freq_factors.data();
-  const bool any_swa = !h.layer_swa.empty();
-  for (int64_t i = 0; i < n; ++i) {
-    ops::rope_angles(pos0 + i, h.n_rot, h.rope_base, h.rope_freq_scale, freq_factors, cs_global + i * h.n_rot);
-    if (any_swa)
-      ops::rope_angles(pos0 + i, h.n_rot, h.rope_base_swa, h.rope_freq_scale_swa, freq_factors, cs_swa + i * h.n_rot);
-  }
-
+  const int64_t pos0 = kv_.size();
+  // 1. Token embeddings and the RoPE angles of every position.
+  if (auto st = embed(tokens, n); !st) return st;
+  rope_tables(pos0, n);
   for (int64_t il = 0; il < h.n_layer; ++il) {
-    const LayerWeights& L = w.layers[static_cast<size_t>(il)];
-    const bool swa = h.is_swa(il);
     // In the last layer only the rows whose logits are wanted go past attention.
     const bool trim = il == h.n_layer - 1 && !want_all;
     const int64_t r0 = trim ? n - 1 : 0, m = n - r0;
-
-    // 2. Attention norm.
-    for_rows(0, n, [&](int64_t i) { ops::rms_norm(x + i * E, L.attn_norm.data(), xn + i * E, E, h.rms_eps); });
-
-    // 3. Q, K, V projections into [q | k | v] rows (one GEMM each, or one fused).
-    if (L.wqkv) {
-      if (auto st = mm(L.wqkv, xn, n, qkv, QKV); !st) return st;
-    } else {
-      if (auto st = mm_group({Out{&L.wq, qkv}, Out{&L.wk, qkv + Q}, Out{&L.wv, qkv + Q + K}}, xn, n, QKV); !st)
-        return st;
-    }
-
-    // 4. Biases, per-head QK-norm, RoPE, Q pre-scaling; then K and V into the cache.
-    const float* cs = swa ? cs_swa : cs_global;
-    for_rows(0, n, [&](int64_t i) {
-      float* q = qkv + i * QKV;
-      float* k = q + Q;
-      float* v = k + K;
-      if (!L.bq.empty()) ops::add(q, L.bq.data(), Q);
-      if (!L.bk.empty()) ops::add(k, L.bk.data(), K);
-      if (!L.bv.empty()) ops::add(v, L.bv.data(), V);
-      // QK-norm per head, or over the whole projection (olmoe: the weight spans all heads).
-      if (static_cast<int64_t>(L.q_norm.size()) == Q && Q != hk) ops::rms_norm(q, L.q_norm.data(), q, Q, h.rms_eps);
-      else if (!L.q_norm.empty())
-        for (int64_t hh = 0; hh < h.n_head; ++hh) ops::rms_norm(q + hh * hk, L.q_norm.data(), q + hh * hk, hk, h.rms_eps);
-      if (static_cast<int64_t>(L.k_norm.size()) == K && K != hk) ops::rms_norm(k, L.k_norm.data(), k, K, h.rms_eps);
-      else if (!L.k_norm.empty())
-        for (int64_t hh = 0; hh < h.n_head_kv; ++hh) ops::rms_norm(k + hh * hk, L.k_norm.data(), k + hh * hk, hk, h.rms_eps);
-      ops::rope_apply(q, h.n_head, hk, h.n_rot, cs + i * h.n_rot, rope_layout);
-      ops::rope_apply(k, h.n_head_kv, hk, h.n_rot, cs + i * h.n_rot, rope_layout);
-      if (arch.scale_q) ops::scale(q, h.attn_scale, Q);
-      kv_.store(il, pos0 + i, k, v);
-    });
-
-    // 5. Causal attention over the cache (sliding window on SWA layers).
-    ops::AttentionShape shape{h.n_head, h.n_head_kv, hk, h.head_dim_v,
-                              arch.scale_q ? 1.0f : h.attn_scale, h.attn_softcap, swa ? h.n_swa : 0};
-    ops::attention(shape, qkv + r0 * QKV, QKV, m, pos0 + r0, kv_.k_layer(il), kv_.v_layer(il),
-                   kv_.n_ctx(), att, A, attn_, par);
-
-    // 6. Output projection, optional post-norm, residual.
-    if (auto st = mm(L.wo, att, m, proj, E); !st) return st;
-    if (trim) std::memmove(x, x + r0 * E, static_cast<size_t>(E) * sizeof(float));
-    for_rows(0, m, [&](int64_t i) {
-      float* p = proj + i * E;
-      if (!L.bo.empty()) ops::add(p, L.bo.data(), E);
-      if (!L.post_attn_norm.empty()) ops::rms_norm(p, L.post_attn_norm.data(), p, E, h.rms_eps);
-      ops::add(x + i * E, p, E);
-      ops::rms_norm(x + i * E, L.ffn_norm.data(), xn + i * E, E, h.rms_eps);
-    });
-
-    // 7. Feed-forward: the MoE step (router, the chosen experts, their weighted sum), or the
-    //    dense [gate | up] GEMM(s), gated activation and down projection.
-    if (L.moe) {
-      if (auto st = moe_ffn(moe_, moe_layers_[static_cast<size_t>(il)], xn, m, proj, moe_scratch_, par, &moe_stats_, il);
-          !st)
-        return Error(st.error()).context("layer " + std::to_string(il));
-    } else {
-      if (L.ffn_gate) {
-        if (auto st = mm_group({Out{&L.ffn_gate, ffn}, Out{&L.ffn_up, ffn + F}}, xn, m, 2 * F); !st) return st;
-      } else {
-        if (auto st = mm(L.ffn_up, xn, m, ffn, 2 * F); !st) return st;  // fused [gate; up]
-      }
-      for_rows(0, m, [&](int64_t i) {
-        float* g = ffn + i * 2 * F;
-        if (arch.activation == FfnActivation::gelu_tanh) ops::gelu_mul(g, g + F, g, F);
-        else ops::silu_mul(g, g + F, g, F);
-      });
-      // The activations sit in the gate half of each row; compact them into dense rows for
-      // the down projection (in increasing row order, so no row overwrites an unread one).
-      for (int64_t i = 1; i < m; ++i)
-        std::memmove(ffn + i * F, ffn + i * 2 * F, static_cast<size_t>(F) * sizeof(float));
-      if (auto st = mm(L.ffn_down, ffn, m, proj, E); !st) return st;
-    }
-    for_rows(0, m, [&](int64_t i) {
-      float* p = proj + i * E;
-      if (!L.post_ffn_norm.empty()) ops::rms_norm(p, L.post_ffn_norm.data(), p, E, h.rms_eps);
-      ops::add(x + i * E, p, E);
-    });
+    // 2. Attention (norm, QKV, RoPE, cache, attention, output projection, residual).
+    if (auto st = attention_block(il, n, r0, pos0); !st) return st;
+    // 3. Feed-forward: dense or mixture of experts, then its residual.
+    const bool moe = h.layers[static_cast<size_t>(il)].ffn == FfnKind::moe;
+    if (auto st = moe ? moe_block(il, m) : ffn_block(il, m); !st) return st;
   }
-
-  // 8. Final norm and output head: only for the last token unless all logits are wanted.
   kv_.advance(n);
+  // 4. Final norm and output head: only for the last token unless all logits are wanted.
   if (!last_chunk && !want_all) return {};
-  const int64_t rows = want_all ? n : 1;
-  const float* src = x;  // after the trimmed last layer, row 0 is the last token
-  for (int64_t i = 0; i < rows; ++i) ops::rms_norm(src + i * E, w.output_norm.data(), xn + i * E, E, h.rms_eps);
-  if (auto st = mm(w.output, xn, rows, logits_.data(), h.n_vocab); !st) return st;
-  for_rows(0, rows, [&](int64_t i) {
+  return output_head(want_all ? n : 1);
+}
+
+// One dequantised embedding row per token, scaled by sqrt(n_embd) for gemma.
+inline Status Context::embed(const int32_t* tokens, int64_t n) {
+  const HParams& h = hp();
+  const Weight& te = model_.weights().token_embd;
+  const int64_t E = h.n_embd;
+  float* x = x_.data();
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t* row = te.data + static_cast<size_t>(tokens[i]) * te.row_bytes();
+    if (auto st = dequantize_row(te.type, row, x + i * E, E); !st) return st;
+    if (h.embed_scale != 1.0f) ops::scale(x + i * E, h.embed_scale, E);
+  }
+  return {};
+}
+
+// RoPE angles of each position: table 0 global, table 1 for sliding-window layers.
+inline void Context::rope_tables(int64_t pos0, int64_t n) {
+  const HParams& h = hp();
+  float* global = rope_.data();
+  float* sliding = rope_.data() + params_.n_batch * h.n_rot;
+  const float* factors = h.rope_freq_factors.empty() ? nullptr : h.rope_freq_factors.data();
+  for (int64_t i = 0; i < n; ++i) {
+    ops::rope_angles(pos0 + i, h.n_rot, h.rope_base, h.rope_freq_scale, factors, global + i * h.n_rot);
+    if (h.any_swa())
+      ops::rope_angles(pos0 + i, h.n_rot, h.rope_base_swa, h.rope_freq_scale_swa, factors, sliding + i * h.n_rot);
+  }
+}
+
+// Token i of the chunk: biases, QK-norm (per head or over the whole projection), RoPE, Q
+// pre-scaling; then its K and V into the cache at position pos.
+inline void Context::qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t il, int64_t i, int64_t pos) {
+  const HParams& h = hp();
+  const int64_t Q = p.q_dim(), K = p.k_dim(), V = p.v_dim(), hk = p.head_dim_k;
+  float* q = qkv_.data() + i * (Q + K + V);
+  float* k = q + Q;
+  float* v = k + K;
+  if (!L.bq.empty()) ops::add(q, L.bq.data(), Q);
+  if (!L.bk.empty()) ops::add(k, L.bk.data(), K);
+  if (!L.bv.empty()) ops::add(v, L.bv.data(), V);
+  const bool whole = h.arch.qk_norm == QkNorm::whole;
+  if (!L.q_norm.empty() && whole) ops::rms_norm(q, L.q_norm.data(), q, Q, h.rms_eps);
+  else if (!L.q_norm.empty())
+    for (int64_t hh = 0; hh < p.n_head; ++hh) ops::rms_norm(q + hh * hk, L.q_norm.data(), q + hh * hk, hk, h.rms_eps);
+  if (!L.k_norm.empty() && whole) ops::rms_norm(k, L.k_norm.data(), k, K, h.rms_eps);
+  else if (!L.k_norm.empty())
+    for (int64_t hh = 0; hh < p.n_head_kv; ++hh) ops::rms_norm(k + hh * hk, L.k_norm.data(), k + hh * hk, hk, h.rms_eps);
+  if (p.rope) {
+    const auto layout = h.arch.rope == RopeStyle::neox ? ops::RopeLayout::neox : ops::RopeLayout::normal;
+    const float* cs = rope_.data() + (p.rope_table * params_.n_batch + i) * h.n_rot;
+    ops::rope_apply(q, p.n_head, hk, h.n_rot, cs, layout);
+    ops::rope_apply(k, p.n_head_kv, hk, h.n_rot, cs, layout);
+  }
+  if (h.arch.scale_q) ops::scale(q, h.attn_scale, Q);
+  kv_.store(p.kv_layer, pos, k, v);
+  (void)il;
+}
+
+// Attention norm, Q/K/V, causal attention over the cache (sliding window on SWA layers),
+// output projection, optional post-norm and the residual; rows r0.. go on (the last layer
+// keeps only the last row), moved to the front of the residual stream.
+inline Status Context::attention_block(int64_t il, int64_t n, int64_t r0, int64_t pos0) {
+  const HParams& h = hp();
+  const LayerWeights& L = model_.weights().layers[static_cast<size_t>(il)];
+  const LayerPlan& p = h.layers[static_cast<size_t>(il)];
+  const int64_t E = h.n_embd, Q = p.q_dim(), K = p.k_dim(), QKV = Q + K + p.v_dim(), A = p.attn_out_dim();
+  float* x = x_.data();
+  float* xn = xn_.data();
+  float* qkv = qkv_.data();
+  for_rows(n, [&](int64_t i) { ops::rms_norm(x + i * E, L.attn_norm.data(), xn + i * E, E, h.rms_eps); });
+  if (L.wqkv) {
+    if (auto st = matmul_into(L.wqkv, xn, n, qkv, QKV); !st) return st;
+  } else {
+    const MatmulOut outs[3] = {{L.wq.ref(), qkv, QKV, L.wq.name},
+                               {L.wk.ref(), qkv + Q, QKV, L.wk.name},
+                               {L.wv.ref(), qkv + Q + K, QKV, L.wv.name}};
+    if (auto st = matmul_many(outs, xn, n, mm_, par_); !st) return st;
+  }
+  for_rows(n, [&](int64_t i) { qk_prepare(L, p, il, i, pos0 + i); });
+  const ops::AttentionShape shape{p.n_head, p.n_head_kv, p.head_dim_k, p.head_dim_v,
+                                  h.arch.scale_q ? 1.0f : h.attn_scale, h.attn_softcap, p.sliding ? h.n_swa : 0};
+  const int64_t m = n - r0;
+  ops::attention(shape, qkv + r0 * QKV, QKV, m, pos0 + r0, kv_.k_layer(p.kv_layer), kv_.v_layer(p.kv_layer),
+                 kv_.n_ctx(), att_.data(), A, attn_, par_);
+  float* proj = proj_.data();
+  if (auto st = matmul_into(L.wo, att_.data(), m, proj, E); !st) return st;
+  if (r0 > 0) std::memmove(x, x + r0 * E, static_cast<size_t>(E) * sizeof(float));
+  for_rows(m, [&](int64_t i) {
+    float* pr = proj + i * E;
+    if (!L.bo.empty()) ops::add(pr, L.bo.data(), E);
+    if (!L.post_attn_norm.empty()) ops::rms_norm(pr, L.post_attn_norm.data(), pr, E, h.rms_eps);
+    ops::add(x + i * E, pr, E);
+    ops::rms_norm(x + i * E, L.ffn_norm.data(), xn + i * E, E, h.rms_eps);
+  });
+  return {};
+}
+
+// The dense FFN of m rows of xn: [gate | up] GEMM(s), gated activation, down projection.
+inline Status Context::ffn_block(int64_t il, int64_t m) {
+  const HParams& h = hp();
+  const LayerWeights& L = model_.weights().layers[static_cast<size_t>(il)];
+  const int64_t F = h.layers[static_cast<size_t>(il)].n_ff;
+  float* ffn = ffn_.data();
+  if (L.ffn_gate) {
+    const MatmulOut outs[2] = {{L.ffn_gate.ref(), ffn, 2 * F, L.ffn_gate.name},
+                               {L.ffn_up.ref(), ffn + F, 2 * F, L.ffn_up.name}};
+    if (auto st = matmul_many(outs, xn_.data(), m, mm_, par_); !st) return st;
+  } else if (auto st = matmul_into(L.ffn_up, xn_.data(), m, ffn, 2 * F); !st) {  // fused [gate; up]
+    return st;
+  }
+  const bool gelu = h.arch.activation == FfnActivation::gelu_tanh;
+  for_rows(m, [&](int64_t i) {
+    float* g = ffn + i * 2 * F;
+    if (gelu) ops::gelu_mul(g, g + F, g, F);
+    else ops::silu_mul(g, g + F, g, F);
+  });
+  // The activations sit in the gate half of each row; compact them into dense rows for the
+  // down projection (in increasing row order, so no row overwrites an unread one).
+  for (int64_t i = 1; i < m; ++i) std::memmove(ffn + i * F, ffn + i * 2 * F, static_cast<size_t>(F) * sizeof(float));
+  if (auto st = matmul_into(L.ffn_down, ffn, m, proj_.data(), h.n_embd); !st) return st;
+  ffn_residual(L, m);
+  return {};
+}
+
+// The MoE step (router, the chosen experts, their weighted sum) in the dense FFN's place.
+inline Status Context::moe_block(int64_t il, int64_t m) {
+  const LayerWeights& L = model_.weights().layers[static_cast<size_t>(il)];
+  if (auto st = moe_ffn(hp().moe, L.experts, xn_.data(), m, proj_.data(), moe_scratch_, par_, &moe_stats_, il); !st)
+    return Error(st.error()).context("layer " + std::to_string(il));
+  ffn_residual(L, m);
+  return {};
+}
+
+// Optional post-FFN norm, then the residual add.
+inline void Context::ffn_residual(const LayerWeights& L, int64_t m) {
+  const HParams& h = hp();
+  const int64_t E = h.n_embd;
+  float* x = x_.data();
+  float* proj = proj_.data();
+  for_rows(m, [&](int64_t i) {
+    float* pr = proj + i * E;
+    if (!L.post_ffn_norm.empty()) ops::rms_norm(pr, L.post_ffn_norm.data(), pr, E, h.rms_eps);
+    ops::add(x + i * E, pr, E);
+  });
+}
+
+// Final norm of `rows` residual rows (after the trimmed last layer, row 0 is the last token),
+// output head, bias and soft-cap.
+inline Status Context::output_head(int64_t rows) {
+  const HParams& h = hp();
+  const ModelWeights& w = model_.weights();
+  const int64_t E = h.n_embd;
+  for (int64_t i = 0; i < rows; ++i) ops::rms_norm(x_.data() + i * E, w.output_norm.data(), xn_.data() + i * E, E, h.rms_eps);
+  if (auto st = matmul_into(w.output, xn_.data(), rows, logits_.data(), h.n_vocab); !st) return st;
+  for_rows(rows, [&](int64_t i) {
     float* lg = logits_.data() + i * h.n_vocab;
     if (!w.output_bias.empty()) ops::add(lg, w.output_bias.data(), h.n_vocab);
     if (h.final_softcap > 0.0f) ops::soft_cap(lg, h.n_vocab, h.final_softcap);

@@ -1,13 +1,18 @@
 // tinyslm model: hyper-parameters from GGUF metadata, the table of per-architecture
-// differences, and the weights bound to the mapped tensors.
+// differences, the per-layer plan, and the weights bound to the mapped tensors.
 //
-// Every supported family is described by one plain struct (HParams) whose fields the forward
-// pass branches on: norm kind, RoPE style, QK-norm, biases, post-norms, soft-capping, sliding
-// window, embedding scale. There are no subclasses per architecture.
+// Every supported family is one row of kArchTable, read into one plain struct (HParams) whose
+// fields the forward pass branches on: norm kind, RoPE style, QK-norm, biases, post-norms,
+// soft-capping, sliding window, embedding scale, expert routing. There are no subclasses per
+// architecture and no comparisons of architecture names outside the table lookup.
+// HParams::layers is the per-layer plan: what each layer is (its kind, head counts and sizes,
+// sliding or global attention, which RoPE table, which layer's KV it uses, dense FFN or MoE).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -30,6 +35,36 @@ enum class FfnActivation : uint8_t {
   gelu_tanh,  // GeGLU with the tanh approximation of GELU (gemma family)
 };
 
+enum class QkNorm : uint8_t {
+  none,
+  per_head,  // one weight of head_dim values shared by every head (qwen3, gemma3)
+  whole,     // one weight over the whole Q (or K) projection (olmoe)
+};
+
+// Attention scale rule: what Q.K is multiplied by.
+enum class AttnScale : uint8_t {
+  head_dim,    // 1 / sqrt(head_dim_k)
+  gemma_27b,   // as head_dim, except 1 / sqrt(n_embd / n_head) for the 27B variant (its layer count)
+};
+
+enum class MoeGating : uint8_t {
+  softmax,  // GGUF expert_gating_func 1
+  sigmoid,  // GGUF expert_gating_func 2
+};
+
+// Expert routing of a family, as llama.cpp builds these graphs: every family gates with a
+// softmax; llama-with-experts (Mixtral) and qwen3moe renormalise the top-k weights (for
+// Mixtral this equals a softmax over the k selected logits), qwen2moe and olmoe use the raw
+// probabilities.
+struct MoeArch {
+  bool allowed;              // files of this family may have experts
+  bool norm_weights;
+  bool ff_from_expert_key;   // expert_feed_forward_length, else feed_forward_length / k;
+                             // false: feed_forward_length is the expert width
+  bool shared_expert;        // the family has a shared expert (required)
+  bool shared_gated;         // shared expert scaled by sigmoid(ffn_gate_inp_shexp . x)
+};
+
 // What differs between families beyond what the metadata says. One row per architecture.
 struct ArchInfo {
   const char* name;
@@ -37,30 +72,45 @@ struct ArchInfo {
   FfnActivation activation;
   bool embed_scale;         // multiply token embeddings by sqrt(n_embd) (gemma)
   bool scale_q;             // apply the attention scale to Q before attention (gemma, phi3)
-  bool qk_norm;             // RMS norm of Q and K before RoPE: per head (qwen3, gemma3) or over
-                            // the whole projection (olmoe; told apart by the weight's length)
+  QkNorm qk_norm;           // RMS norm of Q and K before RoPE
+  bool qkv_bias;            // attn_{q,k,v}.bias required (qwen2); optional elsewhere
   bool post_norms;          // RMS norm on the attention and FFN outputs before the residual add
   bool fused_qkv;           // one attn_qkv matrix (phi3)
   bool fused_gate_up;       // ffn_up holds [gate; up] with 2*n_ff rows (phi3)
-  int default_swa_period;   // every n-th layer is global, the others sliding (0 = no SWA)
+  int swa_period;           // every n-th layer is global, the others sliding (0 = no SWA)
   bool swa_needs_key;       // sliding only when attention.sliding_window is present
+  bool swa_plain_rope;      // sliding layers keep RoPE base 10000 without scaling (gemma3)
+  float attn_softcap;       // attention soft-cap when the key is absent; 0: the family never caps
+  float final_softcap;      // logit soft-cap when the key is absent
+  AttnScale attn_scale;
+  int64_t n_layer_27b;      // with AttnScale::gemma_27b: the 27B variant's layer count
+  MoeArch moe;
 };
 
-// The dense families this library runs. Mixture-of-experts files are recognised and refused
-// with a clear message until the moe layer lands.
+namespace detail {
+inline constexpr MoeArch kNoMoe{false, false, false, false, false};
+}  // namespace detail
+
+// The families this library runs.
 inline constexpr ArchInfo kArchTable[] = {
-    //  name      rope              act                         emb    scq    qkn    post   fqkv   fgu    swa sk
-    {"llama",  RopeStyle::normal, FfnActivation::silu,      false, false, false, false, false, false, 0, false},
-    {"qwen2",  RopeStyle::neox,   FfnActivation::silu,      false, false, false, false, false, false, 0, false},
-    {"qwen3",  RopeStyle::neox,   FfnActivation::silu,      false, false, true,  false, false, false, 0, false},
-    {"gemma",  RopeStyle::neox,   FfnActivation::gelu_tanh, true,  true,  false, false, false, false, 0, false},
-    {"gemma2", RopeStyle::neox,   FfnActivation::gelu_tanh, true,  true,  false, true,  false, false, 2, false},
-    {"gemma3", RopeStyle::neox,   FfnActivation::gelu_tanh, true,  true,  true,  true,  false, false, 6, true},
-    {"phi3",   RopeStyle::neox,   FfnActivation::silu,      false, true,  false, false, true,  true,  0, false},
+    // name     rope               act                         emb    scq    qk-norm            bias   post   fqkv   fgu    swa  key    plain  acap   fcap   scale                  27B  moe: allowed norm ffkey shared gated
+    {"llama",   RopeStyle::normal, FfnActivation::silu,      false, false, QkNorm::none,     false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  {true,  true,  false, false, false}},
+    {"qwen2",   RopeStyle::neox,   FfnActivation::silu,      false, false, QkNorm::none,     true,  false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe},
+    {"qwen3",   RopeStyle::neox,   FfnActivation::silu,      false, false, QkNorm::per_head, false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe},
+    {"gemma",   RopeStyle::neox,   FfnActivation::gelu_tanh, true,  true,  QkNorm::none,     false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe},
+    {"gemma2",  RopeStyle::neox,   FfnActivation::gelu_tanh, true,  true,  QkNorm::none,     false, true,  false, false, 2,   false, false, 50.0f, 30.0f, AttnScale::gemma_27b, 46, detail::kNoMoe},
+    {"gemma3",  RopeStyle::neox,   FfnActivation::gelu_tanh, true,  true,  QkNorm::per_head, false, true,  false, false, 6,   true,  true,  0.0f,  0.0f,  AttnScale::gemma_27b, 62, detail::kNoMoe},
+    {"phi3",    RopeStyle::neox,   FfnActivation::silu,      false, true,  QkNorm::none,     false, false, true,  true,  0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe},
     // Mixture-of-experts families: attention as their dense relatives, FFN in moe.hpp.
-    {"qwen2moe", RopeStyle::neox, FfnActivation::silu,      false, false, false, false, false, false, 0, false},
-    {"qwen3moe", RopeStyle::neox, FfnActivation::silu,      false, false, true,  false, false, false, 0, false},
-    {"olmoe",  RopeStyle::neox,   FfnActivation::silu,      false, false, true,  false, false, false, 0, false},
+    {"qwen2moe", RopeStyle::neox,  FfnActivation::silu,      false, false, QkNorm::none,     true,  false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  {true,  false, true,  true,  true}},
+    {"qwen3moe", RopeStyle::neox,  FfnActivation::silu,      false, false, QkNorm::per_head, false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  {true,  true,  true,  false, false}},
+    {"olmoe",   RopeStyle::neox,   FfnActivation::silu,      false, false, QkNorm::whole,    false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  {true,  false, false, false, false}},
+};
+
+// Mixture-of-experts families whose routing this library does not implement: refused by name
+// with a clearer message than "unsupported architecture".
+inline constexpr std::string_view kRefusedMoeArchs[] = {
+    "deepseek", "deepseek2", "granitemoe", "dbrx", "arctic", "jamba", "llama4", "gpt-oss",
 };
 
 inline const ArchInfo* find_arch(std::string_view name) {
@@ -69,11 +119,56 @@ inline const ArchInfo* find_arch(std::string_view name) {
   return nullptr;
 }
 
-// Mixture-of-experts families whose routing this library does not implement.
 inline bool is_unsupported_moe_arch(std::string_view name) {
-  return name == "deepseek" || name == "deepseek2" || name == "granitemoe" || name == "dbrx" ||
-         name == "arctic" || name == "jamba" || name == "llama4" || name == "gpt-oss";
+  for (std::string_view r : kRefusedMoeArchs)
+    if (name == r) return true;
+  return false;
 }
+
+// Everything the MoE step needs besides the weights. n_expert == 0 means a dense model.
+struct MoeConfig {
+  int64_t n_expert = 0;       // <arch>.expert_count
+  int64_t n_expert_used = 0;  // <arch>.expert_used_count (k)
+  int64_t expert_ff = 0;      // rows of each expert's gate/up matrices
+  MoeGating gating = MoeGating::softmax;
+  bool norm_weights = false;  // renormalise the k selected weights to sum 1
+  float weights_scale = 1.0f; // multiplies the selected weights (1 = none)
+  bool shared_expert = false; // ffn_{gate,up,down}_shexp present
+  int64_t shared_ff = 0;
+  bool shared_gated = false;  // shared expert scaled by sigmoid(ffn_gate_inp_shexp . x)
+
+  bool enabled() const { return n_expert > 0; }
+};
+
+// Experts above this count are refused (llama.cpp's limit).
+inline constexpr int64_t kMoeMaxExperts = 512;
+
+enum class LayerKind : uint8_t {
+  attention,  // self-attention over this layer's KV cache, then the FFN
+};
+
+enum class FfnKind : uint8_t {
+  dense,  // gate/up, gated activation, down
+  moe,    // router and experts (moe.hpp)
+};
+
+// One layer of the forward pass, as the forward layer runs it.
+struct LayerPlan {
+  LayerKind kind = LayerKind::attention;
+  FfnKind ffn = FfnKind::dense;
+  int64_t n_head = 0, n_head_kv = 0;
+  int64_t head_dim_k = 0, head_dim_v = 0;
+  int64_t n_ff = 0;           // dense FFN width (0 for MoE layers)
+  bool sliding = false;       // sliding-window attention (n_swa positions)
+  bool rope = true;           // RoPE on Q and K
+  uint8_t rope_table = 0;     // 0: the global angles (rope_base), 1: the sliding ones (rope_base_swa)
+  int64_t kv_layer = 0;       // the KV cache slot this layer writes and reads (its own index)
+
+  int64_t q_dim() const { return n_head * head_dim_k; }
+  int64_t k_dim() const { return n_head_kv * head_dim_k; }
+  int64_t v_dim() const { return n_head_kv * head_dim_v; }
+  int64_t attn_out_dim() const { return n_head * head_dim_v; }
+};
 
 // Every hyper-parameter the forward pass reads, for every family.
 struct HParams {
@@ -107,13 +202,17 @@ struct HParams {
   int64_t n_swa = 0;                 // sliding window (positions p - q < n_swa are visible)
   std::vector<uint8_t> layer_swa;    // per layer: 1 = sliding window, 0 = global
 
-  int64_t n_expert = 0;              // > 0: MoE file; its FFN weights are bound by the forward
-                                     // layer (moe.hpp, read_moe_config / bind_moe_layer)
+  int64_t n_expert = 0;              // > 0: MoE file
+  MoeConfig moe;                     // its routing: read when the model binds its experts
+                                     // (read_moe_config), after each layer's router is found
+
+  std::vector<LayerPlan> layers;     // the per-layer plan (n_layer entries)
 
   int64_t q_dim() const { return n_head * head_dim_k; }
   int64_t k_dim() const { return n_head_kv * head_dim_k; }
   int64_t v_dim() const { return n_head_kv * head_dim_v; }
   bool is_swa(int64_t layer) const { return !layer_swa.empty() && layer_swa[layer] != 0; }
+  bool any_swa() const { return !layer_swa.empty(); }
 };
 
 // A 2-D weight matrix in the mapped file: `rows` rows of `cols` values of `type`, no copy.
@@ -129,6 +228,39 @@ struct Weight {
     const auto& info = tensor_type_info(type);
     return static_cast<size_t>(cols / info.block_size * info.block_bytes);
   }
+  MatrixRef ref() const { return {type, data, rows, cols}; }
+};
+
+// A stacked expert tensor [cols, rows, n_expert]: n_expert matrices of `rows` rows of `cols`.
+// Expert e's matrix is the slice at byte offset e * rows * row_bytes.
+struct MoeExperts {
+  TensorType type = TensorType::F32;
+  const uint8_t* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t n_expert = 0;
+  uint64_t row_bytes = 0;
+
+  explicit operator bool() const { return data != nullptr; }
+  uint64_t expert_bytes() const { return row_bytes * static_cast<uint64_t>(rows); }
+  MatrixRef expert(int64_t e) const { return {type, data + static_cast<uint64_t>(e) * expert_bytes(), rows, cols}; }
+  // Rows [r0, r1) of expert e.
+  MatrixRef expert_rows(int64_t e, int64_t r0, int64_t r1) const {
+    return {type, data + static_cast<uint64_t>(e) * expert_bytes() + static_cast<uint64_t>(r0) * row_bytes,
+            r1 - r0, cols};
+  }
+};
+
+// One MoE layer's tensors. Absent shared-expert tensors have data == nullptr.
+struct MoeLayerWeights {
+  MatrixRef router{TensorType::F32, nullptr, 0, 0};           // ffn_gate_inp: n_expert rows of n_embd
+  MoeExperts gate, up, down;                                   // gate/up: expert_ff x n_embd; down: n_embd x expert_ff
+  MatrixRef shared_gate{TensorType::F32, nullptr, 0, 0};      // ffn_gate_shexp: shared_ff x n_embd
+  MatrixRef shared_up{TensorType::F32, nullptr, 0, 0};
+  MatrixRef shared_down{TensorType::F32, nullptr, 0, 0};      // n_embd x shared_ff
+  MatrixRef shared_gate_inp{TensorType::F32, nullptr, 0, 0};  // ffn_gate_inp_shexp: 1 x n_embd
+
+  int64_t n_embd() const { return router.cols; }
 };
 
 // Per-layer weights. Absent optional tensors are empty Weights / empty vectors.
@@ -136,15 +268,15 @@ struct LayerWeights {
   std::vector<float> attn_norm;
   Weight wq, wk, wv, wqkv;                // wqkv when the family fuses them (phi3)
   std::vector<float> bq, bk, bv;          // qwen2 biases (optional elsewhere)
-  std::vector<float> q_norm, k_norm;      // per-head RMS norm weights (qwen3, gemma3)
+  std::vector<float> q_norm, k_norm;      // QK-norm weights (per head, or whole projection)
   Weight wo;
   std::vector<float> bo;
   std::vector<float> post_attn_norm;      // gemma2/3
   std::vector<float> ffn_norm;
-  // Dense FFN. In an MoE layer (moe == true) these stay empty: the forward layer binds the
-  // router and experts (moe.hpp) and runs the MoE step in this FFN's place.
+  // Dense FFN; empty in an MoE layer (moe == true), whose router and experts are `experts`.
   Weight ffn_gate, ffn_up, ffn_down;      // ffn_up holds [gate; up] when fused (phi3)
   bool moe = false;
+  MoeLayerWeights experts;
   std::vector<float> post_ffn_norm;       // gemma2/3
 };
 
@@ -199,9 +331,241 @@ inline Expected<float> arch_float(const GgufFile& f, const std::string& arch, co
   return static_cast<float>(*v);
 }
 
+inline Expected<int64_t> moe_int_key(const GgufFile& f, const std::string& key, int64_t fallback) {
+  if (!f.contains(key)) return fallback;
+  auto v = f.get<int64_t>(key);
+  if (!v) return v.error();
+  return *v;
+}
+
+// "llama, qwen2, ..." from the table, for error messages.
+inline std::string supported_arch_list() {
+  std::string s;
+  for (const auto& a : kArchTable) {
+    if (!s.empty()) s += ", ";
+    s += a.name;
+  }
+  return s;
+}
+
+#define TINYSLM_TRY_READ(dst, expr) \
+  do {                              \
+    auto v_ = (expr);               \
+    if (!v_) return v_.error();     \
+    dst = *v_;                      \
+  } while (0)
+
+// Expert widths: qwen2moe/qwen3moe read expert_feed_forward_length (else feed_forward_length
+// / k); llama and olmoe: feed_forward_length is the expert width (llama.cpp does not read the
+// expert key). Only families whose graph has a shared expert get one.
+inline Status read_moe_widths(const GgufFile& f, const std::string& a, const MoeArch& info, MoeConfig& c) {
+  int64_t n_ff = 0, ff_key = 0, sh = 0;
+  TINYSLM_TRY_READ(n_ff, moe_int_key(f, a + ".feed_forward_length", 0));
+  TINYSLM_TRY_READ(ff_key, moe_int_key(f, a + ".expert_feed_forward_length", 0));
+  if (info.ff_from_expert_key) c.expert_ff = ff_key > 0 ? ff_key : n_ff / c.n_expert_used;
+  else c.expert_ff = n_ff;
+  TINYSLM_TRY_READ(sh, moe_int_key(f, a + ".expert_shared_feed_forward_length", 0));
+  c.shared_expert = info.shared_expert;
+  c.shared_gated = info.shared_gated;
+  if (c.shared_expert) c.shared_ff = sh > 0 ? sh : n_ff;
+  constexpr int64_t kMaxFf = int64_t{1} << 22;
+  if (c.expert_ff <= 0 || c.expert_ff > kMaxFf || (c.shared_expert && (c.shared_ff <= 0 || c.shared_ff > kMaxFf)))
+    return make_error(Errc::invalid_format, f.name() + ": bad expert feed-forward length (" +
+                                                std::to_string(c.expert_ff) + ", shared " +
+                                                std::to_string(c.shared_ff) + ")");
+  return {};
+}
+
+// expert_weights_norm, expert_weights_scale and expert_gating_func override the family's
+// defaults when present (converters do not write them for the supported families).
+inline Status read_moe_overrides(const GgufFile& f, const std::string& a, MoeConfig& c) {
+  if (f.contains(a + ".expert_weights_norm")) TINYSLM_TRY_READ(c.norm_weights, f.get<bool>(a + ".expert_weights_norm"));
+  float scale = 0.0f;
+  TINYSLM_TRY_READ(scale, f.get_or<float>(a + ".expert_weights_scale", 0.0f));
+  if (!std::isfinite(scale))
+    return make_error(Errc::invalid_format, f.name() + ": expert_weights_scale is not finite");
+  c.weights_scale = scale == 0.0f ? 1.0f : scale;
+  int64_t gating = 0;
+  TINYSLM_TRY_READ(gating, moe_int_key(f, a + ".expert_gating_func", 0));
+  switch (gating) {
+    case 0:  // none: the family default
+    case 1: c.gating = MoeGating::softmax; break;
+    case 2: c.gating = MoeGating::sigmoid; break;
+    default:
+      return make_error(Errc::unsupported, f.name() + ": expert_gating_func " + std::to_string(gating) +
+                                               " is not supported (1 = softmax, 2 = sigmoid)");
+  }
+  return {};
+}
+
 }  // namespace detail
 
-// Reads the hyper-parameters of a GGUF file; refuses MoE and unknown architectures.
+// Reads the MoE hyper-parameters of a file. A file without `<arch>.expert_count` (or with 0)
+// gives a disabled config; the family's routing defaults come from kArchTable.
+inline Expected<MoeConfig> read_moe_config(const GgufFile& f) {
+  MoeConfig c;
+  auto arch_v = f.get<std::string>("general.architecture");
+  if (!arch_v) return arch_v.error();
+  const std::string& a = *arch_v;
+  int64_t n_expert = 0, n_used = 0;
+  TINYSLM_TRY_READ(n_expert, detail::moe_int_key(f, a + ".expert_count", 0));
+  TINYSLM_TRY_READ(n_used, detail::moe_int_key(f, a + ".expert_used_count", 0));
+  if (n_expert == 0) {
+    if (n_used != 0)
+      return make_error(Errc::invalid_format, f.name() + ": expert_used_count " + std::to_string(n_used) +
+                                                  " without experts");
+    return c;
+  }
+  const ArchInfo* info = find_arch(a);
+  if (!info || !info->moe.allowed)
+    return make_error(Errc::unsupported, f.name() + ": mixture of experts for architecture '" + a +
+                                             "' is not supported (supported: llama/mixtral, qwen2moe, "
+                                             "qwen3moe, olmoe)");
+  if (n_expert < 0 || n_expert > kMoeMaxExperts || n_used <= 0 || n_used > n_expert)
+    return make_error(Errc::invalid_format, f.name() + ": bad expert counts (expert_count " +
+                                                std::to_string(n_expert) + ", expert_used_count " +
+                                                std::to_string(n_used) + ")");
+  c.n_expert = n_expert;
+  c.n_expert_used = n_used;
+  if (auto st = detail::read_moe_widths(f, a, info->moe, c); !st) return st.error();
+  c.norm_weights = info->moe.norm_weights;
+  if (auto st = detail::read_moe_overrides(f, a, c); !st) return st.error();
+  return c;
+}
+
+namespace detail {
+
+// Sizes of the transformer: embedding, layers, heads, FFN, head sizes, RoPE dimensions.
+inline Status read_sizes(const GgufFile& f, const std::string& a, HParams& hp) {
+  TINYSLM_TRY_READ(hp.n_embd, arch_int(f, a, "embedding_length", -1));
+  TINYSLM_TRY_READ(hp.n_layer, arch_int(f, a, "block_count", -1));
+  TINYSLM_TRY_READ(hp.n_ff, arch_int(f, a, "feed_forward_length", -1));
+  TINYSLM_TRY_READ(hp.n_head, arch_int(f, a, "attention.head_count", -1));
+  TINYSLM_TRY_READ(hp.n_head_kv, arch_int(f, a, "attention.head_count_kv", hp.n_head));
+  TINYSLM_TRY_READ(hp.n_ctx_train, arch_int(f, a, "context_length", 2048));
+  if (hp.n_embd <= 0 || hp.n_layer <= 0 || hp.n_head <= 0 || hp.n_head_kv <= 0 || hp.n_ff <= 0 ||
+      hp.n_head % hp.n_head_kv != 0 || hp.n_embd > (1 << 20) || hp.n_layer > 4096 ||
+      hp.n_head > 4096 || hp.n_ff > (1 << 22))
+    return make_error(Errc::invalid_format,
+                      f.name() + ": inconsistent hyper-parameters (n_embd " +
+                          std::to_string(hp.n_embd) + ", n_layer " + std::to_string(hp.n_layer) +
+                          ", n_head " + std::to_string(hp.n_head) + ", n_head_kv " +
+                          std::to_string(hp.n_head_kv) + ", n_ff " + std::to_string(hp.n_ff) + ")");
+  TINYSLM_TRY_READ(hp.head_dim_k, arch_int(f, a, "attention.key_length", hp.n_embd / hp.n_head));
+  TINYSLM_TRY_READ(hp.head_dim_v, arch_int(f, a, "attention.value_length", hp.head_dim_k));
+  TINYSLM_TRY_READ(hp.n_rot, arch_int(f, a, "rope.dimension_count", hp.head_dim_k));
+  if (hp.head_dim_k <= 0 || hp.head_dim_v <= 0 || hp.head_dim_k > 1024 || hp.head_dim_v > 1024 ||
+      hp.n_rot <= 0 || hp.n_rot > hp.head_dim_k || hp.n_rot % 2 != 0)
+    return make_error(Errc::invalid_format,
+                      f.name() + ": bad head size (key " + std::to_string(hp.head_dim_k) +
+                          ", value " + std::to_string(hp.head_dim_v) + ", rope dims " +
+                          std::to_string(hp.n_rot) + ")");
+  TINYSLM_TRY_READ(hp.rms_eps, arch_float(f, a, "attention.layer_norm_rms_epsilon", 1e-5f));
+  return {};
+}
+
+// RoPE base and scaling: linear (a frequency scale) is applied, llama3 lives in rope_freqs;
+// other kinds are refused clearly.
+inline Status read_rope(const GgufFile& f, const std::string& a, HParams& hp) {
+  TINYSLM_TRY_READ(hp.rope_base, arch_float(f, a, "rope.freq_base", 10000.0f));
+  std::string scaling;
+  TINYSLM_TRY_READ(scaling, f.get_or<std::string>(a + ".rope.scaling.type", "none"));
+  float factor = 0.0f;
+  TINYSLM_TRY_READ(factor, arch_float(f, a, "rope.scaling.factor", 0.0f));
+  if (factor == 0.0f) TINYSLM_TRY_READ(factor, arch_float(f, a, "rope.scale_linear", 0.0f));
+  if (scaling == "yarn" || scaling == "longrope")
+    return make_error(Errc::unsupported, f.name() + ": RoPE scaling '" + scaling + "' is not supported yet");
+  if (scaling != "none" && scaling != "linear" && scaling != "llama3")
+    return make_error(Errc::unsupported, f.name() + ": unknown RoPE scaling '" + scaling + "'");
+  hp.rope_freq_scale = (scaling == "none" || factor == 0.0f) ? 1.0f : 1.0f / factor;
+  if (scaling == "llama3") hp.rope_freq_scale = 1.0f;
+  hp.rope_base_swa = hp.rope_base;
+  hp.rope_freq_scale_swa = hp.rope_freq_scale;
+  return {};
+}
+
+// Which layers slide: an explicit per-layer pattern array, else a period (global when
+// il % period == period - 1; period 0: all sliding).
+inline Status read_swa_pattern(const GgufFile& f, const std::string& a, int64_t period, HParams& hp) {
+  const GgufKv* pat = f.find(a + ".attention.sliding_window_pattern");
+  hp.layer_swa.assign(static_cast<size_t>(hp.n_layer), 0);
+  if (pat && pat->value.type() == GgufValueType::array) {
+    GgufArray arr = pat->value.as_array();
+    if (static_cast<int64_t>(arr.size()) != hp.n_layer)
+      return make_error(Errc::invalid_format,
+                        f.name() + ": sliding_window_pattern has " + std::to_string(arr.size()) +
+                            " entries for " + std::to_string(hp.n_layer) + " layers");
+    size_t i = 0;
+    arr.for_each([&](const GgufValue& e) {
+      int64_t x = 0;
+      if (e.type() == GgufValueType::boolean) x = e.as_bool();
+      else e.as_int64(&x);
+      hp.layer_swa[i++] = x != 0;
+      return true;
+    });
+    return {};
+  }
+  if (pat) TINYSLM_TRY_READ(period, arch_int(f, a, "attention.sliding_window_pattern", period));
+  for (int64_t il = 0; il < hp.n_layer; ++il)
+    hp.layer_swa[static_cast<size_t>(il)] = period == 0 || (il % period < period - 1);
+  return {};
+}
+
+// Sliding-window attention (gemma2: every other layer; gemma3: 5 of every 6 layers).
+inline Status read_swa(const GgufFile& f, const std::string& a, HParams& hp) {
+  const ArchInfo& info = hp.arch;
+  const bool has_key = f.contains(a + ".attention.sliding_window");
+  if (info.swa_period == 0 || (!has_key && info.swa_needs_key)) return {};
+  TINYSLM_TRY_READ(hp.n_swa, arch_int(f, a, "attention.sliding_window", 4096));
+  if (auto st = read_swa_pattern(f, a, info.swa_period, hp); !st) return st;
+  if (hp.n_swa <= 0) hp.layer_swa.clear();
+  if (info.swa_plain_rope) {
+    hp.rope_base_swa = 10000.0f;
+    hp.rope_freq_scale_swa = 1.0f;
+  }
+  TINYSLM_TRY_READ(hp.rope_base_swa, arch_float(f, a, "rope.freq_base_swa", hp.rope_base_swa));
+  return {};
+}
+
+// Soft-caps, the attention scale and the embedding scale.
+inline Status read_scales(const GgufFile& f, const std::string& a, HParams& hp) {
+  const ArchInfo& info = hp.arch;
+  TINYSLM_TRY_READ(hp.attn_softcap, arch_float(f, a, "attn_logit_softcapping", info.attn_softcap));
+  TINYSLM_TRY_READ(hp.final_softcap, arch_float(f, a, "final_logit_softcapping", info.final_softcap));
+  if (info.attn_softcap == 0.0f) hp.attn_softcap = 0.0f;  // the family never caps attention scores
+  const bool big = info.attn_scale == AttnScale::gemma_27b && hp.n_layer == info.n_layer_27b;
+  hp.attn_scale = big ? 1.0f / std::sqrt(static_cast<float>(hp.n_embd / hp.n_head))
+                      : 1.0f / std::sqrt(static_cast<float>(hp.head_dim_k));
+  hp.embed_scale = info.embed_scale ? std::sqrt(static_cast<float>(hp.n_embd)) : 1.0f;
+  return {};
+}
+
+#undef TINYSLM_TRY_READ
+
+// The per-layer plan. Every layer is attention + FFN today; head counts and sizes are
+// uniform, each layer owns its KV slot, and sliding layers use the second RoPE table.
+inline void build_layer_plan(HParams& hp) {
+  hp.layers.assign(static_cast<size_t>(hp.n_layer), LayerPlan{});
+  for (int64_t il = 0; il < hp.n_layer; ++il) {
+    LayerPlan& p = hp.layers[static_cast<size_t>(il)];
+    p.kind = LayerKind::attention;
+    p.ffn = hp.n_expert > 0 ? FfnKind::moe : FfnKind::dense;
+    p.n_head = hp.n_head;
+    p.n_head_kv = hp.n_head_kv;
+    p.head_dim_k = hp.head_dim_k;
+    p.head_dim_v = hp.head_dim_v;
+    p.n_ff = p.ffn == FfnKind::dense ? hp.n_ff : 0;
+    p.sliding = hp.is_swa(il);
+    p.rope = true;
+    p.rope_table = p.sliding ? 1 : 0;
+    p.kv_layer = il;
+  }
+}
+
+}  // namespace detail
+
+// Reads the hyper-parameters of a GGUF file; refuses unknown architectures and MoE families
+// whose routing is not implemented.
 inline Expected<HParams> read_hparams(const GgufFile& f) {
   HParams hp;
   auto arch = f.get<std::string>("general.architecture");
@@ -216,138 +580,21 @@ inline Expected<HParams> read_hparams(const GgufFile& f) {
                                              "' is a mixture of experts this library does not support");
   const ArchInfo* info = find_arch(a);
   if (!info)
-    return make_error(Errc::unsupported, f.name() + ": unsupported architecture '" + a +
-                                             "' (supported: llama, qwen2, qwen3, gemma, gemma2, "
-                                             "gemma3, phi3, qwen2moe, qwen3moe, olmoe, mixtral as llama)");
-  if (hp.n_expert > 0 && (a == "gemma" || a == "gemma2" || a == "gemma3" || a == "phi3" || a == "qwen2" || a == "qwen3"))
+    return make_error(Errc::unsupported, f.name() + ": unsupported architecture '" + a + "' (supported: " +
+                                             detail::supported_arch_list() + ", mixtral as llama)");
+  if (hp.n_expert > 0 && !info->moe.allowed)
     return make_error(Errc::unsupported, f.name() + ": experts in a '" + a + "' file are not supported");
   hp.arch = *info;
-
-#define TINYSLM_READ_INT(field, suffix, fallback)                 \
-  do {                                                            \
-    auto v_ = detail::arch_int(f, a, suffix, fallback);           \
-    if (!v_) return v_.error();                                   \
-    hp.field = *v_;                                               \
-  } while (0)
-#define TINYSLM_READ_FLOAT(field, suffix, fallback)               \
-  do {                                                            \
-    auto v_ = detail::arch_float(f, a, suffix, fallback);         \
-    if (!v_) return v_.error();                                   \
-    hp.field = *v_;                                               \
-  } while (0)
-
-  TINYSLM_READ_INT(n_embd, "embedding_length", -1);
-  TINYSLM_READ_INT(n_layer, "block_count", -1);
-  TINYSLM_READ_INT(n_ff, "feed_forward_length", -1);
-  TINYSLM_READ_INT(n_head, "attention.head_count", -1);
-  TINYSLM_READ_INT(n_head_kv, "attention.head_count_kv", hp.n_head);
-  TINYSLM_READ_INT(n_ctx_train, "context_length", 2048);
-  if (hp.n_embd <= 0 || hp.n_layer <= 0 || hp.n_head <= 0 || hp.n_head_kv <= 0 || hp.n_ff <= 0 ||
-      hp.n_head % hp.n_head_kv != 0 || hp.n_embd > (1 << 20) || hp.n_layer > 4096 ||
-      hp.n_head > 4096 || hp.n_ff > (1 << 22))
-    return make_error(Errc::invalid_format,
-                      f.name() + ": inconsistent hyper-parameters (n_embd " +
-                          std::to_string(hp.n_embd) + ", n_layer " + std::to_string(hp.n_layer) +
-                          ", n_head " + std::to_string(hp.n_head) + ", n_head_kv " +
-                          std::to_string(hp.n_head_kv) + ", n_ff " + std::to_string(hp.n_ff) + ")");
-  TINYSLM_READ_INT(head_dim_k, "attention.key_length", hp.n_embd / hp.n_head);
-  TINYSLM_READ_INT(head_dim_v, "attention.value_length", hp.head_dim_k);
-  TINYSLM_READ_INT(n_rot, "rope.dimension_count", hp.head_dim_k);
-  if (hp.head_dim_k <= 0 || hp.head_dim_v <= 0 || hp.head_dim_k > 1024 || hp.head_dim_v > 1024 ||
-      hp.n_rot <= 0 || hp.n_rot > hp.head_dim_k || hp.n_rot % 2 != 0)
-    return make_error(Errc::invalid_format,
-                      f.name() + ": bad head size (key " + std::to_string(hp.head_dim_k) +
-                          ", value " + std::to_string(hp.head_dim_v) + ", rope dims " +
-                          std::to_string(hp.n_rot) + ")");
-  TINYSLM_READ_FLOAT(rms_eps, "attention.layer_norm_rms_epsilon", 1e-5f);
-  TINYSLM_READ_FLOAT(rope_base, "rope.freq_base", 10000.0f);
-
-  // RoPE scaling: linear (a frequency scale) is applied; other kinds are refused clearly.
-  auto scaling = f.get_or<std::string>(a + ".rope.scaling.type", "none");
-  if (!scaling) return scaling.error();
-  float factor = 0.0f;
-  {
-    auto fa = detail::arch_float(f, a, "rope.scaling.factor", 0.0f);
-    if (!fa) return fa.error();
-    factor = *fa;
-    if (factor == 0.0f) {
-      auto lin = detail::arch_float(f, a, "rope.scale_linear", 0.0f);
-      if (!lin) return lin.error();
-      factor = *lin;
-    }
-  }
-  if (*scaling == "yarn" || *scaling == "longrope")
-    return make_error(Errc::unsupported,
-                      f.name() + ": RoPE scaling '" + *scaling + "' is not supported yet");
-  if (*scaling != "none" && *scaling != "linear" && *scaling != "llama3")
-    return make_error(Errc::unsupported, f.name() + ": unknown RoPE scaling '" + *scaling + "'");
-  hp.rope_freq_scale = (*scaling == "none" || factor == 0.0f) ? 1.0f : 1.0f / factor;
-  if (*scaling == "llama3") hp.rope_freq_scale = 1.0f;  // llama3 scaling lives in rope_freqs
-
-  // Sliding-window attention (gemma2: every other layer; gemma3: 5 of every 6 layers).
-  hp.rope_base_swa = hp.rope_base;
-  hp.rope_freq_scale_swa = hp.rope_freq_scale;
-  const bool has_swa_key = f.contains(a + ".attention.sliding_window");
-  if (info->default_swa_period > 0 && (has_swa_key || !info->swa_needs_key)) {
-    TINYSLM_READ_INT(n_swa, "attention.sliding_window", 4096);
-    int64_t period = info->default_swa_period;
-    const GgufKv* pat = f.find(a + ".attention.sliding_window_pattern");
-    hp.layer_swa.assign(static_cast<size_t>(hp.n_layer), 0);
-    if (pat && pat->value.type() == GgufValueType::array) {
-      GgufArray arr = pat->value.as_array();
-      if (static_cast<int64_t>(arr.size()) != hp.n_layer)
-        return make_error(Errc::invalid_format,
-                          f.name() + ": sliding_window_pattern has " + std::to_string(arr.size()) +
-                              " entries for " + std::to_string(hp.n_layer) + " layers");
-      size_t i = 0;
-      arr.for_each([&](const GgufValue& e) {
-        int64_t x = 0;
-        if (e.type() == GgufValueType::boolean) x = e.as_bool();
-        else e.as_int64(&x);
-        hp.layer_swa[i++] = x != 0;
-        return true;
-      });
-    } else {
-      if (pat) {
-        auto p = detail::arch_int(f, a, "attention.sliding_window_pattern", period);
-        if (!p) return p.error();
-        period = *p;
-      } else {
-        period = info->default_swa_period;
-      }
-      // Layer il is global when il % period == period - 1 (period 0: all sliding).
-      for (int64_t il = 0; il < hp.n_layer; ++il)
-        hp.layer_swa[static_cast<size_t>(il)] = period == 0 || (il % period < period - 1);
-    }
-    if (hp.n_swa <= 0) hp.layer_swa.clear();
-    if (hp.arch_name == "gemma3") {
-      hp.rope_base_swa = 10000.0f;  // gemma3's local layers keep the original base
-      hp.rope_freq_scale_swa = 1.0f;
-    }
-    TINYSLM_READ_FLOAT(rope_base_swa, "rope.freq_base_swa", hp.rope_base_swa);
-  }
-
-  TINYSLM_READ_FLOAT(attn_softcap, "attn_logit_softcapping", 0.0f);
-  TINYSLM_READ_FLOAT(final_softcap, "final_logit_softcapping", 0.0f);
-  if (hp.arch_name == "gemma2") {
-    if (!f.contains(a + ".attn_logit_softcapping")) hp.attn_softcap = 50.0f;
-    if (!f.contains(a + ".final_logit_softcapping")) hp.final_softcap = 30.0f;
-  } else {
-    hp.attn_softcap = 0.0f;  // only gemma2 caps attention scores
-  }
-#undef TINYSLM_READ_INT
-#undef TINYSLM_READ_FLOAT
-
-  // Attention scale: 1/sqrt(head size); the 27B gemma2/3 use 1/sqrt(n_embd / n_head).
-  const bool gemma_27b = (a == "gemma2" && hp.n_layer == 46) || (a == "gemma3" && hp.n_layer == 62);
-  hp.attn_scale = gemma_27b ? 1.0f / std::sqrt(static_cast<float>(hp.n_embd / hp.n_head))
-                            : 1.0f / std::sqrt(static_cast<float>(hp.head_dim_k));
-  hp.embed_scale = info->embed_scale ? std::sqrt(static_cast<float>(hp.n_embd)) : 1.0f;
+  for (auto step : {detail::read_sizes, detail::read_rope, detail::read_swa, detail::read_scales})
+    if (auto st = step(f, a, hp); !st) return st.error();
+  detail::build_layer_plan(hp);
   return hp;
 }
 
 // A loaded model: the mapped file, its hyper-parameters and its weights (pointers into the
 // mapping; 1-D tensors such as norms and biases are converted to small float vectors).
+// A Model is a handle: copies share one loaded file, and a Context or Session made from a
+// Model holds a copy, so the weights stay mapped for as long as anything uses them.
 class Model {
  public:
   static Expected<Model> open(const std::string& path, LoadMode mode = LoadMode::map) {
@@ -357,30 +604,43 @@ class Model {
   }
   static Expected<Model> from_gguf(GgufFile file);
 
-  Model(Model&&) = default;
-  Model& operator=(Model&&) = default;
+  Model() = default;  // empty: assign the result of open() before use
+  explicit operator bool() const { return s_ != nullptr; }
 
-  const HParams& hparams() const { return hp_; }
-  const ModelWeights& weights() const { return w_; }
-  const GgufFile& gguf() const { return file_; }
-  const std::string& name() const { return file_.name(); }
+  const HParams& hparams() const { return s_->hp; }
+  const ModelWeights& weights() const { return s_->w; }
+  const GgufFile& gguf() const { return s_->file; }
+  const std::string& name() const { return s_->file.name(); }
   // Total bytes of the weight tensors (for reports such as bench's "size" column).
   uint64_t weight_bytes() const {
     uint64_t n = 0;
-    for (const auto& t : file_.tensors()) n += t.n_bytes;
+    for (const auto& t : s_->file.tensors()) n += t.n_bytes;
     return n;
   }
 
  private:
-  explicit Model(GgufFile file) : file_(std::move(file)) {}
-  Status bind();
-
-  GgufFile file_;
-  HParams hp_;
-  ModelWeights w_;
+  struct State {
+    explicit State(GgufFile f) : file(std::move(f)) {}
+    GgufFile file;
+    HParams hp;
+    ModelWeights w;
+    Status bind();
+  };
+  std::shared_ptr<const State> s_;
 };
 
 namespace detail {
+
+// "[a, b, c]" (built by appending: GCC 12 warns falsely on "[" + std::string temporaries).
+inline std::string shape_text(std::initializer_list<int64_t> dims) {
+  std::string s = "[";
+  for (int64_t d : dims) {
+    if (s.size() > 1) s += ", ";
+    s += std::to_string(d);
+  }
+  s += "]";
+  return s;
+}
 
 struct WeightBinder {
   const GgufFile& f;
@@ -400,20 +660,14 @@ struct WeightBinder {
   Status matrix(const std::string& name, int64_t cols, int64_t rows, bool required, Weight* out) const {
     const GgufTensorInfo* t = f.find_tensor(name);
     if (!t) return required ? Status(missing(name)) : Status();
-    std::string want = "[";  // built by appending: GCC 12 warns falsely (-Wrestrict) on "lit" + string&&
-    want.append(std::to_string(cols)).append(", ").append(std::to_string(rows)).append("]");
     if (t->n_dims != 2 || static_cast<int64_t>(t->ne[0]) != cols ||
         static_cast<int64_t>(t->ne[1]) != rows)
-      return bad_shape(*t, want);
+      return bad_shape(*t, shape_text({cols, rows}));
     if (!matmul_supports(t->type))
       return make_error(Errc::unsupported, f.name() + ": tensor '" + name + "' has type " +
                                                tensor_type_name(t->type) +
                                                ", which is not supported for matrices");
-    out->type = t->type;
-    out->data = t->data;
-    out->rows = rows;
-    out->cols = cols;
-    out->name = t->name;
+    *out = Weight{t->type, t->data, rows, cols, t->name};
     return {};
   }
 
@@ -422,7 +676,7 @@ struct WeightBinder {
     const GgufTensorInfo* t = f.find_tensor(name);
     if (!t) return required ? Status(missing(name)) : Status();
     if (t->n_elements != static_cast<uint64_t>(n) || (t->n_dims != 1 && t->rows() != 1))
-      return bad_shape(*t, std::string("[").append(std::to_string(n)).append("]"));
+      return bad_shape(*t, shape_text({n}));
     out->resize(static_cast<size_t>(n));
     auto st = dequantize_row(t->type, t->data, out->data(), n);
     if (!st) return Error(st.error()).context(f.name() + ": tensor '" + name + "'");
@@ -430,99 +684,203 @@ struct WeightBinder {
   }
 };
 
+// The expert tensors' binder: its own messages ("mixture-of-experts layer"), 1-D routers.
+struct MoeBinder {
+  const GgufFile& f;
+
+  Error missing(const std::string& name) const {
+    return make_error(Errc::not_found, f.name() + ": missing tensor '" + name + "' (mixture-of-experts layer)");
+  }
+  Error bad_shape(const GgufTensorInfo& t, const std::string& want) const {
+    return make_error(Errc::invalid_format, f.name() + ": tensor '" + std::string(t.name) + "' has shape " +
+                                                t.shape_string() + ", expected " + want);
+  }
+  Status check_type(const GgufTensorInfo& t, int64_t cols) const {
+    if (!matmul_supports(t.type))
+      return make_error(Errc::unsupported, f.name() + ": tensor '" + std::string(t.name) + "' has type " +
+                                               tensor_type_name(t.type) + ", which is not supported for matrices");
+    if (cols % static_cast<int64_t>(tensor_type_info(t.type).block_size) != 0)
+      return make_error(Errc::invalid_format, f.name() + ": tensor '" + std::string(t.name) + "' has rows of " +
+                                                  std::to_string(cols) + " values, not a multiple of the " +
+                                                  tensor_type_name(t.type) + " block");
+    return {};
+  }
+
+  // A matrix of `rows` rows of `cols` values; a 1-D tensor counts as one row when rows == 1.
+  Status matrix(const std::string& name, int64_t cols, int64_t rows, bool required, MatrixRef* out) const {
+    const GgufTensorInfo* t = f.find_tensor(name);
+    if (!t) return required ? Status(missing(name)) : Status();
+    const bool ok = static_cast<int64_t>(t->ne[0]) == cols &&
+                    ((t->n_dims == 2 && static_cast<int64_t>(t->ne[1]) == rows) || (t->n_dims == 1 && rows == 1));
+    if (!ok) return bad_shape(*t, shape_text({cols, rows}));
+    if (auto st = check_type(*t, cols); !st) return st;
+    *out = MatrixRef{t->type, t->data, rows, cols};
+    return {};
+  }
+
+  Status experts(const std::string& name, int64_t cols, int64_t rows, int64_t n_expert, MoeExperts* out) const {
+    const GgufTensorInfo* t = f.find_tensor(name);
+    if (!t) return missing(name);
+    if (t->n_dims != 3 || static_cast<int64_t>(t->ne[0]) != cols || static_cast<int64_t>(t->ne[1]) != rows ||
+        static_cast<int64_t>(t->ne[2]) != n_expert)
+      return bad_shape(*t, shape_text({cols, rows, n_expert}));
+    if (auto st = check_type(*t, cols); !st) return st;
+    uint64_t rb = 0;
+    if (!tensor_row_bytes(t->type, static_cast<uint64_t>(cols), &rb) ||
+        rb * static_cast<uint64_t>(rows) * static_cast<uint64_t>(n_expert) != t->n_bytes)
+      return make_error(Errc::invalid_format, f.name() + ": tensor '" + name + "' has an inconsistent byte size");
+    *out = MoeExperts{t->type, t->data, rows, cols, n_expert, rb};
+    return {};
+  }
+};
+
+inline std::string blk_name(int64_t il, const char* what) { return "blk." + std::to_string(il) + "." + what; }
+
 }  // namespace detail
 
-inline Expected<Model> Model::from_gguf(GgufFile file) {
-  Model m(std::move(file));
-  auto hp = read_hparams(m.file_);
-  if (!hp) return hp.error();
-  m.hp_ = std::move(*hp);
-  auto st = m.bind();
-  if (!st) return st.error();
-  return m;
+// Binds layer il's router, experts and shared expert (tensor names as llama.cpp writes them)
+// and checks every shape against the config and n_embd.
+inline Expected<MoeLayerWeights> bind_moe_layer(const GgufFile& f, const MoeConfig& cfg, int64_t il, int64_t n_embd) {
+  if (!cfg.enabled()) return make_error(Errc::invalid_argument, "bind_moe_layer: the config has no experts");
+  if (n_embd <= 0) return make_error(Errc::invalid_argument, "bind_moe_layer: n_embd must be positive");
+  detail::MoeBinder b{f};
+  const std::string p = "blk." + std::to_string(il) + ".";
+  const int64_t E = n_embd, F = cfg.expert_ff, X = cfg.n_expert;
+  MoeLayerWeights w;
+  Status st;
+  if (st = b.matrix(p + "ffn_gate_inp.weight", E, X, true, &w.router); !st) return st.error();
+  if (st = b.experts(p + "ffn_gate_exps.weight", E, F, X, &w.gate); !st) return st.error();
+  if (st = b.experts(p + "ffn_up_exps.weight", E, F, X, &w.up); !st) return st.error();
+  if (st = b.experts(p + "ffn_down_exps.weight", F, E, X, &w.down); !st) return st.error();
+  if (cfg.shared_expert) {
+    const int64_t S = cfg.shared_ff;
+    if (st = b.matrix(p + "ffn_gate_shexp.weight", E, S, true, &w.shared_gate); !st) return st.error();
+    if (st = b.matrix(p + "ffn_up_shexp.weight", E, S, true, &w.shared_up); !st) return st.error();
+    if (st = b.matrix(p + "ffn_down_shexp.weight", S, E, true, &w.shared_down); !st) return st.error();
+    if (st = b.matrix(p + "ffn_gate_inp_shexp.weight", E, 1, cfg.shared_gated, &w.shared_gate_inp); !st)
+      return st.error();
+  }
+  return w;
 }
 
-inline Status Model::bind() {
-  const GgufFile& f = file_;
-  HParams& hp = hp_;
-  detail::WeightBinder b{f, hp.arch_name};
-  auto blk = [](int64_t il, const char* what) {
-    return "blk." + std::to_string(il) + "." + what;
-  };
-  const int64_t E = hp.n_embd;
+namespace detail {
 
-  // Token embeddings: their row count is the vocabulary size.
+#define TINYSLM_BIND(call)     \
+  do {                         \
+    if (auto st_ = (call); !st_) return st_; \
+  } while (0)
+
+// Embeddings, output norm and head (tied to the embeddings when absent), RoPE factors.
+inline Status bind_globals(const GgufFile& f, const WeightBinder& b, HParams& hp, ModelWeights& w) {
+  const int64_t E = hp.n_embd;
   const GgufTensorInfo* te = f.find_tensor("token_embd.weight");
   if (!te) return b.missing("token_embd.weight");
   if (te->n_dims != 2 || static_cast<int64_t>(te->ne[0]) != E)
-    return b.bad_shape(*te, "[" + std::to_string(E) + ", n_vocab]");
+    return b.bad_shape(*te, std::string("[").append(std::to_string(E)).append(", n_vocab]"));
   hp.n_vocab = static_cast<int64_t>(te->ne[1]);
-  if (auto st = b.matrix("token_embd.weight", E, hp.n_vocab, true, &w_.token_embd); !st) return st;
-
-  if (auto st = b.vector("output_norm.weight", E, true, &w_.output_norm); !st) return st;
-  if (auto st = b.matrix("output.weight", E, hp.n_vocab, false, &w_.output); !st) return st;
-  if (!w_.output) {
-    w_.output = w_.token_embd;
-    w_.tied_embeddings = true;
+  TINYSLM_BIND(b.matrix("token_embd.weight", E, hp.n_vocab, true, &w.token_embd));
+  TINYSLM_BIND(b.vector("output_norm.weight", E, true, &w.output_norm));
+  TINYSLM_BIND(b.matrix("output.weight", E, hp.n_vocab, false, &w.output));
+  if (!w.output) {
+    w.output = w.token_embd;
+    w.tied_embeddings = true;
   }
-  if (auto st = b.vector("output.bias", hp.n_vocab, false, &w_.output_bias); !st) return st;
-
+  TINYSLM_BIND(b.vector("output.bias", hp.n_vocab, false, &w.output_bias));
   // Phi-3 LongRoPE stores per-layer long/short factor tables and an attention factor.
   if (f.find_tensor("rope_factors_long.weight") || f.find_tensor("blk.0.rope_factors_long.weight"))
     return make_error(Errc::unsupported, f.name() + ": LongRoPE (rope_factors_long/short) is not supported yet");
-
   // llama3-style RoPE frequency factors (one per rotated pair).
-  if (auto st = b.vector("rope_freqs.weight", hp.n_rot / 2, false, &hp.rope_freq_factors); !st)
-    return st;
+  TINYSLM_BIND(b.vector("rope_freqs.weight", hp.n_rot / 2, false, &hp.rope_freq_factors));
+  return {};
+}
 
-  const int64_t Q = hp.q_dim(), K = hp.k_dim(), V = hp.v_dim(), F = hp.n_ff;
+// Norms, Q/K/V (or fused QKV), biases, QK-norm and output projection of one attention layer.
+inline Status bind_attention(const GgufFile& f, const WeightBinder& b, const HParams& hp, int64_t il,
+                             LayerWeights& L) {
+  const LayerPlan& p = hp.layers[static_cast<size_t>(il)];
   const ArchInfo& ai = hp.arch;
-  w_.layers.resize(static_cast<size_t>(hp.n_layer));
+  const int64_t E = hp.n_embd, Q = p.q_dim(), K = p.k_dim(), V = p.v_dim();
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_norm.weight"), E, true, &L.attn_norm));
+  if (ai.fused_qkv && f.find_tensor(blk_name(il, "attn_qkv.weight"))) {
+    TINYSLM_BIND(b.matrix(blk_name(il, "attn_qkv.weight"), E, Q + K + V, true, &L.wqkv));
+  } else {
+    TINYSLM_BIND(b.matrix(blk_name(il, "attn_q.weight"), E, Q, true, &L.wq));
+    TINYSLM_BIND(b.matrix(blk_name(il, "attn_k.weight"), E, K, true, &L.wk));
+    TINYSLM_BIND(b.matrix(blk_name(il, "attn_v.weight"), E, V, true, &L.wv));
+  }
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_q.bias"), Q, ai.qkv_bias, &L.bq));
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_k.bias"), K, ai.qkv_bias, &L.bk));
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_v.bias"), V, ai.qkv_bias, &L.bv));
+  const bool qkn = ai.qk_norm != QkNorm::none, whole = ai.qk_norm == QkNorm::whole;
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_q_norm.weight"), whole ? Q : p.head_dim_k, qkn, &L.q_norm));
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_k_norm.weight"), whole ? K : p.head_dim_k, qkn, &L.k_norm));
+  TINYSLM_BIND(b.matrix(blk_name(il, "attn_output.weight"), p.attn_out_dim(), E, true, &L.wo));
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_output.bias"), E, false, &L.bo));
+  TINYSLM_BIND(b.vector(blk_name(il, "post_attention_norm.weight"), E, ai.post_norms, &L.post_attn_norm));
+  return {};
+}
+
+// The FFN norm and either the dense FFN or the router and experts of one layer.
+inline Status bind_ffn(const GgufFile& f, const WeightBinder& b, HParams& hp, int64_t il, LayerWeights& L) {
+  const LayerPlan& p = hp.layers[static_cast<size_t>(il)];
+  const ArchInfo& ai = hp.arch;
+  const int64_t E = hp.n_embd, F = p.n_ff;
+  TINYSLM_BIND(b.vector(blk_name(il, "ffn_norm.weight"), E, true, &L.ffn_norm));
+  const bool has_router = f.find_tensor(blk_name(il, "ffn_gate_inp.weight")) != nullptr;
+  if (p.ffn == FfnKind::moe) {
+    if (!has_router) return b.missing(blk_name(il, "ffn_gate_inp.weight"));
+    if (!hp.moe.enabled()) {
+      auto cfg = read_moe_config(f);
+      if (!cfg) return cfg.error();
+      hp.moe = *cfg;
+    }
+    auto lw = bind_moe_layer(f, hp.moe, il, E);
+    if (!lw) return lw.error();
+    L.experts = *lw;
+    L.moe = true;
+    // Post-FFN norms are not part of any MoE family's graph (none is bound, as before).
+    return {};
+  }
+  if (has_router)
+    return make_error(Errc::invalid_format, f.name() + ": layer " + std::to_string(il) +
+                                                " has a router (ffn_gate_inp) but the file declares no experts");
+  if (ai.fused_gate_up) {
+    TINYSLM_BIND(b.matrix(blk_name(il, "ffn_up.weight"), E, 2 * F, true, &L.ffn_up));
+  } else {
+    TINYSLM_BIND(b.matrix(blk_name(il, "ffn_gate.weight"), E, F, true, &L.ffn_gate));
+    TINYSLM_BIND(b.matrix(blk_name(il, "ffn_up.weight"), E, F, true, &L.ffn_up));
+  }
+  TINYSLM_BIND(b.matrix(blk_name(il, "ffn_down.weight"), F, E, true, &L.ffn_down));
+  TINYSLM_BIND(b.vector(blk_name(il, "post_ffw_norm.weight"), E, ai.post_norms, &L.post_ffn_norm));
+  return {};
+}
+
+}  // namespace detail
+
+inline Expected<Model> Model::from_gguf(GgufFile file) {
+  auto s = std::make_shared<State>(std::move(file));
+  auto hp = read_hparams(s->file);
+  if (!hp) return hp.error();
+  s->hp = std::move(*hp);
+  if (auto st = s->bind(); !st) return st.error();
+  Model m;
+  m.s_ = std::move(s);
+  return m;
+}
+
+inline Status Model::State::bind() {
+  detail::WeightBinder b{file, hp.arch_name};
+  TINYSLM_BIND(detail::bind_globals(file, b, hp, w));
+  w.layers.resize(static_cast<size_t>(hp.n_layer));
   for (int64_t il = 0; il < hp.n_layer; ++il) {
-    LayerWeights& L = w_.layers[static_cast<size_t>(il)];
-    Status st;
-#define TINYSLM_BIND(call) \
-  if (st = (call); !st) return st
-    TINYSLM_BIND(b.vector(blk(il, "attn_norm.weight"), E, true, &L.attn_norm));
-    if (ai.fused_qkv && f.find_tensor(blk(il, "attn_qkv.weight"))) {
-      TINYSLM_BIND(b.matrix(blk(il, "attn_qkv.weight"), E, Q + K + V, true, &L.wqkv));
-    } else {
-      TINYSLM_BIND(b.matrix(blk(il, "attn_q.weight"), E, Q, true, &L.wq));
-      TINYSLM_BIND(b.matrix(blk(il, "attn_k.weight"), E, K, true, &L.wk));
-      TINYSLM_BIND(b.matrix(blk(il, "attn_v.weight"), E, V, true, &L.wv));
-    }
-    const bool need_bias = hp.arch_name == "qwen2" || hp.arch_name == "qwen2moe";
-    TINYSLM_BIND(b.vector(blk(il, "attn_q.bias"), Q, need_bias, &L.bq));
-    TINYSLM_BIND(b.vector(blk(il, "attn_k.bias"), K, need_bias, &L.bk));
-    TINYSLM_BIND(b.vector(blk(il, "attn_v.bias"), V, need_bias, &L.bv));
-    const bool whole = hp.arch_name == "olmoe";  // norm over the whole projection
-    TINYSLM_BIND(b.vector(blk(il, "attn_q_norm.weight"), whole ? Q : hp.head_dim_k, ai.qk_norm, &L.q_norm));
-    TINYSLM_BIND(b.vector(blk(il, "attn_k_norm.weight"), whole ? K : hp.head_dim_k, ai.qk_norm, &L.k_norm));
-    TINYSLM_BIND(b.matrix(blk(il, "attn_output.weight"), hp.n_head * hp.head_dim_v, E, true, &L.wo));
-    TINYSLM_BIND(b.vector(blk(il, "attn_output.bias"), E, false, &L.bo));
-    TINYSLM_BIND(b.vector(blk(il, "post_attention_norm.weight"), E, ai.post_norms, &L.post_attn_norm));
-    TINYSLM_BIND(b.vector(blk(il, "ffn_norm.weight"), E, true, &L.ffn_norm));
-    if (hp.n_expert > 0) {
-      // The experts (ffn_*_exps, router, shared expert) are bound by the forward layer.
-      if (!f.find_tensor(blk(il, "ffn_gate_inp.weight"))) return b.missing(blk(il, "ffn_gate_inp.weight"));
-      L.moe = true;
-      continue;
-    }
-    if (f.find_tensor(blk(il, "ffn_gate_inp.weight")))
-      return make_error(Errc::invalid_format, f.name() + ": layer " + std::to_string(il) +
-                                                  " has a router (ffn_gate_inp) but the file declares no experts");
-    if (ai.fused_gate_up) {
-      TINYSLM_BIND(b.matrix(blk(il, "ffn_up.weight"), E, 2 * F, true, &L.ffn_up));
-    } else {
-      TINYSLM_BIND(b.matrix(blk(il, "ffn_gate.weight"), E, F, true, &L.ffn_gate));
-      TINYSLM_BIND(b.matrix(blk(il, "ffn_up.weight"), E, F, true, &L.ffn_up));
-    }
-    TINYSLM_BIND(b.matrix(blk(il, "ffn_down.weight"), F, E, true, &L.ffn_down));
-    TINYSLM_BIND(b.vector(blk(il, "post_ffw_norm.weight"), E, ai.post_norms, &L.post_ffn_norm));
-#undef TINYSLM_BIND
+    LayerWeights& L = w.layers[static_cast<size_t>(il)];
+    TINYSLM_BIND(detail::bind_attention(file, b, hp, il, L));
+    TINYSLM_BIND(detail::bind_ffn(file, b, hp, il, L));
   }
   return {};
 }
+
+#undef TINYSLM_BIND
 
 }  // namespace v0
 }  // namespace tinyslm

@@ -19,7 +19,8 @@
 // kernels; with the SIMD ones their summation order (~1e-7), which can move an activation
 // across an 8-bit rounding boundary before the down projection.
 //
-// This header uses only core, gguf, quant, kernels and ops; it needs nothing from model.hpp.
+// The configuration (MoeConfig) and the weights (MoeLayerWeights) are read and bound by the
+// model layer; this header routes and evaluates.
 #pragma once
 
 #include <algorithm>
@@ -27,188 +28,20 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <initializer_list>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "core.hpp"
-#include "gguf.hpp"
 #include "kernels.hpp"
+#include "matmul_many_tmp.hpp"
+#include "model.hpp"
 #include "ops.hpp"
 #include "quant.hpp"
+#include "threads.hpp"
 
 namespace tinyslm {
 inline namespace v0 {
-
-enum class MoeGating : uint8_t {
-  softmax,  // GGUF expert_gating_func 1
-  sigmoid,  // GGUF expert_gating_func 2
-};
-
-// Everything the MoE step needs besides the weights. n_expert == 0 means a dense model.
-struct MoeConfig {
-  int64_t n_expert = 0;       // <arch>.expert_count
-  int64_t n_expert_used = 0;  // <arch>.expert_used_count (k)
-  int64_t expert_ff = 0;      // rows of each expert's gate/up matrices
-  MoeGating gating = MoeGating::softmax;
-  bool norm_weights = false;  // renormalise the k selected weights to sum 1
-  float weights_scale = 1.0f; // multiplies the selected weights (1 = none)
-  bool shared_expert = false; // ffn_{gate,up,down}_shexp present
-  int64_t shared_ff = 0;
-  bool shared_gated = false;  // shared expert scaled by sigmoid(ffn_gate_inp_shexp . x)
-
-  bool enabled() const { return n_expert > 0; }
-};
-
-// Per-family defaults, as llama.cpp builds these graphs: every family gates with a softmax;
-// llama-with-experts (Mixtral) and qwen3moe renormalise the top-k weights (for Mixtral this
-// equals a softmax over the k selected logits), qwen2moe and olmoe use the raw probabilities.
-struct MoeArchInfo {
-  const char* name;
-  bool norm_weights;
-  bool ff_from_expert_key;   // expert_feed_forward_length, else feed_forward_length / k;
-                             // false: feed_forward_length is the expert width
-  bool shared_expert;        // the family has a shared expert (required)
-  bool shared_gated;
-};
-
-inline constexpr MoeArchInfo kMoeArchTable[] = {
-    // name        norm   ff key  shared gated
-    {"llama",     true,  false,  false, false},
-    {"qwen2moe",  false, true,   true,  true},
-    {"qwen3moe",  true,  true,   false, false},
-    {"olmoe",     false, false,  false, false},
-};
-
-inline const MoeArchInfo* find_moe_arch(std::string_view name) {
-  for (const auto& a : kMoeArchTable)
-    if (name == a.name) return &a;
-  return nullptr;
-}
-
-// Experts above this count are refused (llama.cpp's limit).
-inline constexpr int64_t kMoeMaxExperts = 512;
-
-namespace detail {
-
-inline Expected<int64_t> moe_int_key(const GgufFile& f, const std::string& key, int64_t fallback) {
-  if (!f.contains(key)) return fallback;
-  auto v = f.get<int64_t>(key);
-  if (!v) return v.error();
-  return *v;
-}
-
-}  // namespace detail
-
-// Reads the MoE hyper-parameters of a file. A file without `<arch>.expert_count` (or with 0)
-// gives a disabled config. The keys expert_gating_func, expert_weights_norm and
-// expert_weights_scale override the family defaults when present (converters do not write
-// them for these four families; llama.cpp then uses the defaults above).
-inline Expected<MoeConfig> read_moe_config(const GgufFile& f) {
-  MoeConfig c;
-  auto arch_v = f.get<std::string>("general.architecture");
-  if (!arch_v) return arch_v.error();
-  const std::string& a = *arch_v;
-  auto n_expert = detail::moe_int_key(f, a + ".expert_count", 0);
-  if (!n_expert) return n_expert.error();
-  auto n_used = detail::moe_int_key(f, a + ".expert_used_count", 0);
-  if (!n_used) return n_used.error();
-  if (*n_expert == 0) {
-    if (*n_used != 0)
-      return make_error(Errc::invalid_format, f.name() + ": expert_used_count " + std::to_string(*n_used) +
-                                                  " without experts");
-    return c;
-  }
-  const MoeArchInfo* info = find_moe_arch(a);
-  if (!info)
-    return make_error(Errc::unsupported, f.name() + ": mixture of experts for architecture '" + a +
-                                             "' is not supported (supported: llama/mixtral, qwen2moe, "
-                                             "qwen3moe, olmoe)");
-  if (*n_expert < 0 || *n_expert > kMoeMaxExperts || *n_used <= 0 || *n_used > *n_expert)
-    return make_error(Errc::invalid_format, f.name() + ": bad expert counts (expert_count " +
-                                                std::to_string(*n_expert) + ", expert_used_count " +
-                                                std::to_string(*n_used) + ")");
-  c.n_expert = *n_expert;
-  c.n_expert_used = *n_used;
-
-  auto n_ff = detail::moe_int_key(f, a + ".feed_forward_length", 0);
-  if (!n_ff) return n_ff.error();
-  auto ff_key = detail::moe_int_key(f, a + ".expert_feed_forward_length", 0);
-  if (!ff_key) return ff_key.error();
-  // qwen2moe/qwen3moe: expert_feed_forward_length, else feed_forward_length / k; llama and
-  // olmoe: feed_forward_length is the expert width (llama.cpp does not read the expert key).
-  if (info->ff_from_expert_key) c.expert_ff = *ff_key > 0 ? *ff_key : *n_ff / c.n_expert_used;
-  else c.expert_ff = *n_ff;
-
-  auto sh = detail::moe_int_key(f, a + ".expert_shared_feed_forward_length", 0);
-  if (!sh) return sh.error();
-  // Only the families whose graph has a shared expert get one (llama.cpp's llama graph ignores
-  // ffn_*_shexp tensors and the shared-length key).
-  c.shared_expert = info->shared_expert;
-  c.shared_gated = info->shared_gated;
-  if (c.shared_expert) c.shared_ff = *sh > 0 ? *sh : *n_ff;
-  if (c.expert_ff <= 0 || c.expert_ff > (int64_t{1} << 22) || (c.shared_expert && (c.shared_ff <= 0 || c.shared_ff > (int64_t{1} << 22))))
-    return make_error(Errc::invalid_format, f.name() + ": bad expert feed-forward length (" +
-                                                std::to_string(c.expert_ff) + ", shared " +
-                                                std::to_string(c.shared_ff) + ")");
-
-  c.norm_weights = info->norm_weights;
-  if (f.contains(a + ".expert_weights_norm")) {
-    auto v = f.get<bool>(a + ".expert_weights_norm");
-    if (!v) return v.error();
-    c.norm_weights = *v;
-  }
-  auto scale = f.get_or<float>(a + ".expert_weights_scale", 0.0f);
-  if (!scale) return scale.error();
-  if (!std::isfinite(*scale))
-    return make_error(Errc::invalid_format, f.name() + ": expert_weights_scale is not finite");
-  c.weights_scale = *scale == 0.0f ? 1.0f : *scale;
-  auto gating = detail::moe_int_key(f, a + ".expert_gating_func", 0);
-  if (!gating) return gating.error();
-  switch (*gating) {
-    case 0:  // none: the family default
-    case 1: c.gating = MoeGating::softmax; break;
-    case 2: c.gating = MoeGating::sigmoid; break;
-    default:
-      return make_error(Errc::unsupported, f.name() + ": expert_gating_func " + std::to_string(*gating) +
-                                               " is not supported (1 = softmax, 2 = sigmoid)");
-  }
-  return c;
-}
-
-// ---------------------------------------------------------------------------------------
-// Weights
-
-// A stacked expert tensor [cols, rows, n_expert]: n_expert matrices of `rows` rows of `cols`.
-struct MoeExperts {
-  TensorType type = TensorType::F32;
-  const uint8_t* data = nullptr;
-  int64_t rows = 0;
-  int64_t cols = 0;
-  int64_t n_expert = 0;
-  uint64_t row_bytes = 0;
-
-  explicit operator bool() const { return data != nullptr; }
-  uint64_t expert_bytes() const { return row_bytes * static_cast<uint64_t>(rows); }
-  MatrixRef expert(int64_t e) const { return {type, data + static_cast<uint64_t>(e) * expert_bytes(), rows, cols}; }
-  // Rows [r0, r1) of expert e.
-  MatrixRef expert_rows(int64_t e, int64_t r0, int64_t r1) const {
-    return {type, data + static_cast<uint64_t>(e) * expert_bytes() + static_cast<uint64_t>(r0) * row_bytes,
-            r1 - r0, cols};
-  }
-};
-
-// One MoE layer's tensors. Absent shared-expert tensors have data == nullptr.
-struct MoeLayerWeights {
-  MatrixRef router{TensorType::F32, nullptr, 0, 0};           // ffn_gate_inp: n_expert rows of n_embd
-  MoeExperts gate, up, down;                                   // gate/up: expert_ff x n_embd; down: n_embd x expert_ff
-  MatrixRef shared_gate{TensorType::F32, nullptr, 0, 0};      // ffn_gate_shexp: shared_ff x n_embd
-  MatrixRef shared_up{TensorType::F32, nullptr, 0, 0};
-  MatrixRef shared_down{TensorType::F32, nullptr, 0, 0};      // n_embd x shared_ff
-  MatrixRef shared_gate_inp{TensorType::F32, nullptr, 0, 0};  // ffn_gate_inp_shexp: 1 x n_embd
-
-  int64_t n_embd() const { return router.cols; }
-};
 
 // Weight bytes one decode step of this layer's FFN reads: the router, the k selected
 // experts' gate, up and down matrices, and the shared expert (for the bench's "bytes read
@@ -223,95 +56,6 @@ inline uint64_t moe_decode_bytes(const MoeConfig& cfg, const MoeLayerWeights& w)
   n += static_cast<uint64_t>(cfg.n_expert_used) * (w.gate.expert_bytes() + w.up.expert_bytes() + w.down.expert_bytes());
   n += bytes(w.shared_gate) + bytes(w.shared_up) + bytes(w.shared_down) + bytes(w.shared_gate_inp);
   return n;
-}
-
-namespace detail {
-
-// "[a, b, c]" (built by appending: GCC 12 warns falsely on "[" + std::string temporaries).
-inline std::string moe_shape(std::initializer_list<int64_t> dims) {
-  std::string s = "[";
-  for (int64_t d : dims) {
-    if (s.size() > 1) s += ", ";
-    s += std::to_string(d);
-  }
-  s += "]";
-  return s;
-}
-
-struct MoeBinder {
-  const GgufFile& f;
-
-  Error missing(const std::string& name) const {
-    return make_error(Errc::not_found, f.name() + ": missing tensor '" + name + "' (mixture-of-experts layer)");
-  }
-  Error bad_shape(const GgufTensorInfo& t, const std::string& want) const {
-    return make_error(Errc::invalid_format, f.name() + ": tensor '" + std::string(t.name) + "' has shape " +
-                                                t.shape_string() + ", expected " + want);
-  }
-  Status check_type(const GgufTensorInfo& t, int64_t cols) const {
-    if (!matmul_supports(t.type))
-      return make_error(Errc::unsupported, f.name() + ": tensor '" + std::string(t.name) + "' has type " +
-                                               tensor_type_name(t.type) + ", which is not supported for matrices");
-    if (cols % static_cast<int64_t>(tensor_type_info(t.type).block_size) != 0)
-      return make_error(Errc::invalid_format, f.name() + ": tensor '" + std::string(t.name) + "' has rows of " +
-                                                  std::to_string(cols) + " values, not a multiple of the " +
-                                                  tensor_type_name(t.type) + " block");
-    return {};
-  }
-
-  // A matrix of `rows` rows of `cols` values; a 1-D tensor counts as one row when rows == 1.
-  Status matrix(const std::string& name, int64_t cols, int64_t rows, bool required, MatrixRef* out) const {
-    const GgufTensorInfo* t = f.find_tensor(name);
-    if (!t) return required ? Status(missing(name)) : Status();
-    const bool ok = static_cast<int64_t>(t->ne[0]) == cols &&
-                    ((t->n_dims == 2 && static_cast<int64_t>(t->ne[1]) == rows) || (t->n_dims == 1 && rows == 1));
-    if (!ok) return bad_shape(*t, moe_shape({cols, rows}));
-    if (auto st = check_type(*t, cols); !st) return st;
-    *out = MatrixRef{t->type, t->data, rows, cols};
-    return {};
-  }
-
-  Status experts(const std::string& name, int64_t cols, int64_t rows, int64_t n_expert, MoeExperts* out) const {
-    const GgufTensorInfo* t = f.find_tensor(name);
-    if (!t) return missing(name);
-    if (t->n_dims != 3 || static_cast<int64_t>(t->ne[0]) != cols || static_cast<int64_t>(t->ne[1]) != rows ||
-        static_cast<int64_t>(t->ne[2]) != n_expert)
-      return bad_shape(*t, moe_shape({cols, rows, n_expert}));
-    if (auto st = check_type(*t, cols); !st) return st;
-    uint64_t rb = 0;
-    if (!tensor_row_bytes(t->type, static_cast<uint64_t>(cols), &rb) ||
-        rb * static_cast<uint64_t>(rows) * static_cast<uint64_t>(n_expert) != t->n_bytes)
-      return make_error(Errc::invalid_format, f.name() + ": tensor '" + name + "' has an inconsistent byte size");
-    *out = MoeExperts{t->type, t->data, rows, cols, n_expert, rb};
-    return {};
-  }
-};
-
-}  // namespace detail
-
-// Binds layer il's router, experts and shared expert (tensor names as llama.cpp writes them)
-// and checks every shape against the config and n_embd.
-inline Expected<MoeLayerWeights> bind_moe_layer(const GgufFile& f, const MoeConfig& cfg, int64_t il, int64_t n_embd) {
-  if (!cfg.enabled()) return make_error(Errc::invalid_argument, "bind_moe_layer: the config has no experts");
-  if (n_embd <= 0) return make_error(Errc::invalid_argument, "bind_moe_layer: n_embd must be positive");
-  detail::MoeBinder b{f};
-  const std::string p = "blk." + std::to_string(il) + ".";
-  const int64_t E = n_embd, F = cfg.expert_ff, X = cfg.n_expert;
-  MoeLayerWeights w;
-  Status st;
-  if (st = b.matrix(p + "ffn_gate_inp.weight", E, X, true, &w.router); !st) return st.error();
-  if (st = b.experts(p + "ffn_gate_exps.weight", E, F, X, &w.gate); !st) return st.error();
-  if (st = b.experts(p + "ffn_up_exps.weight", E, F, X, &w.up); !st) return st.error();
-  if (st = b.experts(p + "ffn_down_exps.weight", F, E, X, &w.down); !st) return st.error();
-  if (cfg.shared_expert) {
-    const int64_t S = cfg.shared_ff;
-    if (st = b.matrix(p + "ffn_gate_shexp.weight", E, S, true, &w.shared_gate); !st) return st.error();
-    if (st = b.matrix(p + "ffn_up_shexp.weight", E, S, true, &w.shared_up); !st) return st.error();
-    if (st = b.matrix(p + "ffn_down_shexp.weight", S, E, true, &w.shared_down); !st) return st.error();
-    if (st = b.matrix(p + "ffn_gate_inp_shexp.weight", E, 1, cfg.shared_gated, &w.shared_gate_inp); !st)
-      return st.error();
-  }
-  return w;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -391,6 +135,30 @@ class MoeStats {
 // ---------------------------------------------------------------------------------------
 // Scratch
 
+// The buffers of the MoE step, in values (what reserve() allocates, and what memory_estimate
+// counts through the forward layer's plan).
+struct MoeScratchSizes {
+  int64_t floats = 0;        // router logits, weights, gathered rows, gate/up/down outputs
+  int64_t ints = 0;          // selections, per-expert counts and lists, decode slots
+  int64_t mm_rows = 0;       // the batch's matmul scratch: rows x cols
+  int64_t mm_cols = 0;
+  int64_t thread_mm = 0;     // decode: one single-row matmul scratch of mm_cols per thread
+};
+
+inline MoeScratchSizes moe_scratch_sizes(const MoeConfig& cfg, int64_t n_embd, int64_t max_tokens, int n_threads) {
+  const int64_t k = cfg.n_expert_used, X = cfg.n_expert, E = n_embd;
+  const int64_t ff = std::max(cfg.expert_ff, cfg.shared_expert ? cfg.shared_ff : int64_t{0});
+  const int64_t rows = std::max(max_tokens, k + 1);  // decode keeps k + 1 slots in the same buffers
+  const int64_t sel = max_tokens * k;
+  MoeScratchSizes z;
+  z.floats = max_tokens * X + sel + sel + max_tokens + max_tokens * E + 2 * rows * ff + rows * E;
+  z.ints = sel + 2 * (X + 1) + sel + (k + 1);
+  z.mm_rows = max_tokens;
+  z.mm_cols = std::max(E, ff);
+  z.thread_mm = n_threads;
+  return z;
+}
+
 class MoeScratch;
 inline Status moe_ffn(const MoeConfig& cfg, const MoeLayerWeights& w, const float* x, int64_t n, float* out,
                       MoeScratch& s, const ParallelFor& par, MoeStats* stats = nullptr, int64_t layer = 0);
@@ -404,7 +172,7 @@ class MoeScratch {
       return make_error(Errc::invalid_argument, "moe scratch: bad sizes");
     const int64_t k = cfg.n_expert_used, X = cfg.n_expert, E = n_embd;
     const int64_t ff = std::max(cfg.expert_ff, cfg.shared_expert ? cfg.shared_ff : int64_t{0});
-    const int64_t rows = std::max(max_tokens, k + 1);  // decode keeps k + 1 slots in the same buffers
+    const int64_t rows = std::max(max_tokens, k + 1);
     const int64_t sel = max_tokens * k;
     const auto sz = [](int64_t a, int64_t b) { return static_cast<size_t>(a * b); };
     const bool ok = logits_.allocate(sz(max_tokens, X)) && ids_.allocate(sz(sel, 1)) && wts_.allocate(sz(sel, 1)) &&
@@ -413,10 +181,12 @@ class MoeScratch {
                     shgate_.allocate(sz(max_tokens, 1)) && xg_.allocate(sz(max_tokens, E)) && g_.allocate(sz(rows, ff)) &&
                     u_.allocate(sz(rows, ff)) && d_.allocate(sz(rows, E)) && slot_.allocate(sz(k + 1, 1));
     if (!ok) return make_error(Errc::out_of_memory, "moe scratch: allocation failed");
-    if (auto st = mm_.reserve(max_tokens, std::max(E, ff)); !st) return st;
-    thread_mm_ = std::vector<MatmulScratch>(static_cast<size_t>(2 * n_threads));
-    for (auto& s : thread_mm_)
-      if (auto st = s.reserve(1, std::max(E, ff)); !st) return st;
+    const MoeScratchSizes z = moe_scratch_sizes(cfg, n_embd, max_tokens, n_threads);
+    if (auto st = mm_.reserve(z.mm_rows, z.mm_cols); !st) return st;
+    thread_mm_ = std::vector<MatmulScratch>(static_cast<size_t>(z.thread_mm));
+    for (auto& t : thread_mm_)
+      if (auto st = t.reserve(1, z.mm_cols); !st) return st;
+    outs_.reserve(static_cast<size_t>(2 * (k + 1)));
     cfg_ = cfg;
     n_embd_ = E;
     max_tokens_ = max_tokens;
@@ -425,7 +195,7 @@ class MoeScratch {
   }
 
   int64_t max_tokens() const { return max_tokens_; }
-  int n_threads() const { return static_cast<int>(thread_mm_.size() / 2); }
+  int n_threads() const { return static_cast<int>(thread_mm_.size()); }
   // After moe_ffn: the experts chosen for token i (k ids, by decreasing weight) and weights.
   const int32_t* selected(int64_t i) const { return ids_.data() + i * cfg_.n_expert_used; }
   const float* selected_weights(int64_t i) const { return wts_.data() + i * cfg_.n_expert_used; }
@@ -433,6 +203,7 @@ class MoeScratch {
  private:
   friend Status moe_ffn(const MoeConfig&, const MoeLayerWeights&, const float*, int64_t, float*, MoeScratch&,
                         const ParallelFor&, MoeStats*, int64_t);
+  friend struct MoeStep;
   MoeConfig cfg_;
   int64_t n_embd_ = 0, max_tokens_ = 0, ff_ = 0;
   AlignedBuffer<float> logits_;    // [max_tokens][n_expert]
@@ -448,7 +219,8 @@ class MoeScratch {
   AlignedBuffer<float> d_;         // down outputs
   AlignedBuffer<int32_t> slot_;    // decode: selection slots in ascending expert id
   MatmulScratch mm_;
-  std::vector<MatmulScratch> thread_mm_;  // two per thread (decode)
+  std::vector<MatmulScratch> thread_mm_;  // decode: one per thread for the down projections
+  std::vector<MatmulOut> outs_;            // decode: the gate/up products of every slot
 };
 
 namespace detail {
@@ -472,31 +244,7 @@ inline MatrixRef moe_rows(const MatrixRef& m, int64_t r0, int64_t r1) {
   return {m.type, m.data + r0 * moe_row_bytes(m), r1 - r0, m.cols};
 }
 
-// g = gate . x and u = up . x for n rows of x (dense outputs, gate.rows wide), quantizing x
-// once when both matrices take the same activation format.
-inline Status moe_gate_up(const MatrixRef& gate, const MatrixRef& up, const float* x, int64_t n, float* g, float* u,
-                          MatmulScratch& ms, const ParallelFor& par) {
-  if (auto st = quantize_activations(gate.type, x, n, gate.cols, ms, par); !st) return st;
-  if (auto st = matmul_quantized(gate, n, g, gate.rows, ms, par); !st) return st;
-  if (activation_type_for(up.type) != activation_type_for(gate.type))
-    if (auto st = quantize_activations(up.type, x, n, up.cols, ms, par); !st) return st;
-  return matmul_quantized(up, n, u, up.rows, ms, par);
-}
-
-inline Status moe_check(const MoeConfig& cfg, const MoeLayerWeights& w, const float* x, int64_t n, const float* out,
-                        int64_t max_tokens, const MoeConfig& reserved, int64_t n_embd,
-                        int64_t reserved_ff, const ParallelFor& par, int n_threads) {
-  if (n < 0) return make_error(Errc::invalid_argument, "moe_ffn: negative token count");
-  if (n > max_tokens)
-    return make_error(Errc::invalid_argument, "moe_ffn: " + std::to_string(n) + " tokens, scratch reserved for " +
-                                                  std::to_string(max_tokens));
-  if (!x || !out) return make_error(Errc::invalid_argument, "moe_ffn: null pointer");
-  if (!w.router.data || !w.gate || !w.up || !w.down)
-    return make_error(Errc::invalid_argument, "moe_ffn: layer weights are not bound");
-  const int64_t E = w.n_embd();
-  if (E != n_embd || cfg.n_expert != reserved.n_expert || cfg.n_expert_used != reserved.n_expert_used ||
-      cfg.expert_ff > reserved_ff || (cfg.shared_expert && cfg.shared_ff > reserved_ff))
-    return make_error(Errc::invalid_argument, "moe_ffn: config does not match the reserved scratch");
+inline Status moe_check_weights(const MoeConfig& cfg, const MoeLayerWeights& w, int64_t E) {
   if (w.router.rows != cfg.n_expert || w.gate.n_expert != cfg.n_expert || w.gate.rows != cfg.expert_ff ||
       w.gate.cols != E || w.up.n_expert != cfg.n_expert || w.up.rows != cfg.expert_ff || w.up.cols != E ||
       w.down.n_expert != cfg.n_expert || w.down.rows != E || w.down.cols != cfg.expert_ff)
@@ -514,6 +262,24 @@ inline Status moe_check(const MoeConfig& cfg, const MoeLayerWeights& w, const fl
        w.shared_up.rows != cfg.shared_ff || w.shared_down.cols != cfg.shared_ff || w.shared_down.rows != E ||
        (cfg.shared_gated && !w.shared_gate_inp.data)))
     return make_error(Errc::invalid_argument, "moe_ffn: shared expert weights missing or mis-shaped");
+  return {};
+}
+
+inline Status moe_check(const MoeConfig& cfg, const MoeLayerWeights& w, const float* x, int64_t n, const float* out,
+                        int64_t max_tokens, const MoeConfig& reserved, int64_t n_embd,
+                        int64_t reserved_ff, const ParallelFor& par, int n_threads) {
+  if (n < 0) return make_error(Errc::invalid_argument, "moe_ffn: negative token count");
+  if (n > max_tokens)
+    return make_error(Errc::invalid_argument, "moe_ffn: " + std::to_string(n) + " tokens, scratch reserved for " +
+                                                  std::to_string(max_tokens));
+  if (!x || !out) return make_error(Errc::invalid_argument, "moe_ffn: null pointer");
+  if (!w.router.data || !w.gate || !w.up || !w.down)
+    return make_error(Errc::invalid_argument, "moe_ffn: layer weights are not bound");
+  const int64_t E = w.n_embd();
+  if (E != n_embd || cfg.n_expert != reserved.n_expert || cfg.n_expert_used != reserved.n_expert_used ||
+      cfg.expert_ff > reserved_ff || (cfg.shared_expert && cfg.shared_ff > reserved_ff))
+    return make_error(Errc::invalid_argument, "moe_ffn: config does not match the reserved scratch");
+  if (auto st = moe_check_weights(cfg, w, E); !st) return st;
   if (par.n_threads > n_threads)
     return make_error(Errc::invalid_argument, "moe_ffn: " + std::to_string(par.n_threads) +
                                                   " threads, scratch reserved for " + std::to_string(n_threads));
@@ -521,6 +287,164 @@ inline Status moe_check(const MoeConfig& cfg, const MoeLayerWeights& w, const fl
 }
 
 }  // namespace detail
+
+// One call of the MoE step: the router, then the decode or the prefill path.
+struct MoeStep {
+  const MoeConfig& cfg;
+  const MoeLayerWeights& w;
+  const float* x;
+  int64_t n;
+  float* out;
+  MoeScratch& s;
+  const ParallelFor& par;
+
+  int64_t E() const { return w.n_embd(); }
+
+  // Router logits (and the shared expert's gate), then the top-k of every token.
+  Status route(uint64_t* counts) {
+    const int64_t X = cfg.n_expert, k = cfg.n_expert_used;
+    const ParallelFor inline_par{};
+    const ParallelFor& rpar = n == 1 ? inline_par : par;
+    if (auto st = matmul(w.router, x, n, s.logits_.data(), X, s.mm_, rpar); !st)
+      return Error(st.error()).context("ffn_gate_inp");
+    if (cfg.shared_expert && cfg.shared_gated) {
+      if (auto st = matmul(w.shared_gate_inp, x, n, s.shgate_.data(), 1, s.mm_, rpar); !st)
+        return Error(st.error()).context("ffn_gate_inp_shexp");
+      for (int64_t i = 0; i < n; ++i) s.shgate_[static_cast<size_t>(i)] = detail::moe_sigmoid(s.shgate_[static_cast<size_t>(i)]);
+    } else {
+      for (int64_t i = 0; i < n; ++i) s.shgate_[static_cast<size_t>(i)] = 1.0f;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      moe_select(cfg, s.logits_.data() + i * X, s.ids_.data() + i * k, s.wts_.data() + i * k);
+      if (counts)
+        for (int64_t j = 0; j < k; ++j) ++counts[s.ids_[static_cast<size_t>(i * k + j)]];
+    }
+    return {};
+  }
+
+  // Decode: the gate and up rows of every selected expert (and the shared one) in one
+  // matmul_many; then each thread computes its rows of every down projection and mixes them
+  // in ascending expert id, the shared expert last.
+  Status decode() {
+    const int64_t k = cfg.n_expert_used, F = cfg.expert_ff, SF = cfg.shared_expert ? cfg.shared_ff : 0;
+    const int64_t ldg = s.ff_, Ed = E(), n_slots = k + (cfg.shared_expert ? 1 : 0);
+    const int32_t* ids = s.ids_.data();
+    int32_t* slot = s.slot_.data();
+    for (int64_t j = 0; j < k; ++j) slot[j] = static_cast<int32_t>(j);
+    std::sort(slot, slot + k, [&](int32_t a, int32_t b) { return ids[a] < ids[b]; });
+    float* g = s.g_.data();
+    float* u = s.u_.data();
+    float* d = s.d_.data();
+    s.outs_.clear();
+    for (int64_t j = 0; j < k; ++j) {
+      s.outs_.push_back({w.gate.expert(ids[j]), g + j * ldg, F, "ffn_gate_exps"});
+      s.outs_.push_back({w.up.expert(ids[j]), u + j * ldg, F, "ffn_up_exps"});
+    }
+    if (cfg.shared_expert) {
+      s.outs_.push_back({w.shared_gate, g + k * ldg, SF, "ffn_gate_shexp"});
+      s.outs_.push_back({w.shared_up, u + k * ldg, SF, "ffn_up_shexp"});
+    }
+    if (auto st = matmul_many(s.outs_, x, 1, s.mm_, par); !st) return st;
+    for (int64_t j = 0; j < n_slots; ++j) {
+      const int64_t rows = j == k ? SF : F;
+      ops::silu_mul(g + j * ldg, u + j * ldg, g + j * ldg, rows);
+    }
+    Status err;  // first failure seen by any thread (matmul fails only on bad shapes)
+    std::atomic<int> failed{0};
+    par([&](int t, int nt) {
+      MatmulScratch& ms = s.thread_mm_[static_cast<size_t>(t)];
+      int64_t b, e;
+      ParallelFor::split(Ed, t, nt, kMatmulRowGrain, &b, &e);
+      if (b >= e) return;
+      for (int64_t j = 0; j < n_slots; ++j) {
+        const MatrixRef wd = j == k ? detail::moe_rows(w.shared_down, b, e) : w.down.expert_rows(ids[j], b, e);
+        if (auto st = matmul(wd, g + j * ldg, 1, d + j * Ed + b, e - b, ms, ParallelFor{}); !st) {
+          if (failed.exchange(1) == 0) err = std::move(st);
+          return;
+        }
+      }
+      std::fill(out + b, out + e, 0.0f);
+      for (int64_t q = 0; q < k; ++q) {
+        const int32_t j = slot[q];
+        detail::moe_axpy(out + b, s.wts_[static_cast<size_t>(j)], d + j * Ed + b, e - b);
+      }
+      if (cfg.shared_expert) detail::moe_axpy(out + b, s.shgate_[0], d + k * Ed + b, e - b);
+    });
+    return failed.load() ? err : Status();
+  }
+
+  // Groups the (token, slot) pairs by expert: counting sort, tokens in order.
+  void group_by_expert() {
+    const int64_t X = cfg.n_expert, k = cfg.n_expert_used;
+    int32_t* cnt = s.count_.data();
+    int32_t* start = s.start_.data();
+    std::fill(cnt, cnt + X, 0);
+    for (int64_t i = 0; i < n * k; ++i) ++cnt[s.ids_[static_cast<size_t>(i)]];
+    start[0] = 0;
+    for (int64_t e = 0; e < X; ++e) start[e + 1] = start[e] + cnt[e];
+    std::fill(cnt, cnt + X, 0);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < k; ++j) {
+        const int32_t e = s.ids_[static_cast<size_t>(i * k + j)];
+        const int32_t at = start[e] + cnt[e]++;
+        s.list_tok_[static_cast<size_t>(at)] = static_cast<int32_t>(i);
+        s.list_w_[static_cast<size_t>(at)] = s.wts_[static_cast<size_t>(i * k + j)];
+      }
+  }
+
+  template <class Fn>
+  void for_rows(int64_t rows, Fn&& fn) {
+    par([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(rows, t, nt, 1, &b, &e);
+      for (int64_t i = b; i < e; ++i) fn(i);
+    });
+  }
+
+  // One expert's SwiGLU FFN over m rows of `in`: the down outputs land in d_.
+  Status expert_ffn(const MatrixRef& gate, const MatrixRef& up, const MatrixRef& down, const float* in, int64_t m,
+                    const char* names) {
+    float* g = s.g_.data();
+    float* u = s.u_.data();
+    const int64_t F = gate.rows;
+    const MatmulOut gu[2] = {{gate, g, F, {}}, {up, u, F, {}}};
+    if (auto st = matmul_many(gu, in, m, s.mm_, par); !st) return Error(st.error()).context(names);
+    for_rows(m, [&](int64_t i) { ops::silu_mul(g + i * F, u + i * F, g + i * F, F); });
+    if (auto st = matmul(down, g, m, s.d_.data(), E(), s.mm_, par); !st) return Error(st.error()).context(names);
+    return {};
+  }
+
+  // Prefill: each expert with tokens runs one GEMM over its gathered rows (experts in
+  // ascending id, so every token accumulates in that order), then the shared expert.
+  Status prefill() {
+    group_by_expert();
+    const int64_t Ed = E();
+    std::memset(out, 0, static_cast<size_t>(n * Ed) * sizeof(float));
+    float* xg = s.xg_.data();
+    const float* d = s.d_.data();
+    for (int64_t e = 0; e < cfg.n_expert; ++e) {
+      const int64_t m = s.count_[static_cast<size_t>(e)];
+      if (m == 0) continue;
+      const int32_t* toks = s.list_tok_.data() + s.start_[static_cast<size_t>(e)];
+      const float* we = s.list_w_.data() + s.start_[static_cast<size_t>(e)];
+      for (int64_t i = 0; i < m; ++i)
+        std::memcpy(xg + i * Ed, x + static_cast<int64_t>(toks[i]) * Ed, static_cast<size_t>(Ed) * sizeof(float));
+      if (auto st = expert_ffn(w.gate.expert(e), w.up.expert(e), w.down.expert(e), xg, m,
+                               "ffn_gate_exps / ffn_up_exps / ffn_down_exps");
+          !st)
+        return st;
+      for_rows(m, [&](int64_t i) { detail::moe_axpy(out + static_cast<int64_t>(toks[i]) * Ed, we[i], d + i * Ed, Ed); });
+    }
+    if (cfg.shared_expert) {
+      if (auto st = expert_ffn(w.shared_gate, w.shared_up, w.shared_down, x, n,
+                               "ffn_gate_shexp / ffn_up_shexp / ffn_down_shexp");
+          !st)
+        return st;
+      for_rows(n, [&](int64_t i) { detail::moe_axpy(out + i * Ed, s.shgate_[static_cast<size_t>(i)], d + i * Ed, Ed); });
+    }
+    return {};
+  }
+};
 
 // The MoE feed-forward step for n tokens: x is n rows of n_embd (the normalised FFN input),
 // out receives n rows of n_embd (the FFN output, to be added to the residual by the caller;
@@ -532,169 +456,12 @@ inline Status moe_ffn(const MoeConfig& cfg, const MoeLayerWeights& w, const floa
       !st)
     return st;
   if (n == 0) return {};
-  const int64_t E = w.n_embd(), X = cfg.n_expert, k = cfg.n_expert_used, F = cfg.expert_ff;
-  const int64_t SF = cfg.shared_expert ? cfg.shared_ff : 0;
-  const int64_t ldg = s.ff_;  // row stride of g_/u_ in decode
-  const ParallelFor inline_par{};
   uint64_t* counts = stats ? stats->layer_counts(layer) : nullptr;
-  if (stats && (!counts || stats->n_expert() != X))
+  if (stats && (!counts || stats->n_expert() != cfg.n_expert))
     return make_error(Errc::invalid_argument, "moe_ffn: routing statistics not sized for layer " + std::to_string(layer));
-
-  // 1. Router logits (and the shared expert's gate logit), then top-k per token.
-  const ParallelFor& rpar = n == 1 ? inline_par : par;
-  if (auto st = matmul(w.router, x, n, s.logits_.data(), X, s.mm_, rpar); !st) return Error(st.error()).context("ffn_gate_inp");
-  if (cfg.shared_expert && cfg.shared_gated) {
-    if (auto st = matmul(w.shared_gate_inp, x, n, s.shgate_.data(), 1, s.mm_, rpar); !st)
-      return Error(st.error()).context("ffn_gate_inp_shexp");
-    for (int64_t i = 0; i < n; ++i) s.shgate_[static_cast<size_t>(i)] = detail::moe_sigmoid(s.shgate_[static_cast<size_t>(i)]);
-  } else {
-    for (int64_t i = 0; i < n; ++i) s.shgate_[static_cast<size_t>(i)] = 1.0f;
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    moe_select(cfg, s.logits_.data() + i * X, s.ids_.data() + i * k, s.wts_.data() + i * k);
-    if (counts)
-      for (int64_t j = 0; j < k; ++j) ++counts[s.ids_[static_cast<size_t>(i * k + j)]];
-  }
-
-  float* g = s.g_.data();
-  float* u = s.u_.data();
-  float* d = s.d_.data();
-
-  if (n == 1) {
-    // 2a. Decode. Slots in ascending expert id (the accumulation order), shared expert last.
-    int32_t* slot = s.slot_.data();
-    for (int64_t j = 0; j < k; ++j) slot[j] = static_cast<int32_t>(j);
-    const int32_t* ids = s.ids_.data();
-    std::sort(slot, slot + k, [&](int32_t a, int32_t b) { return ids[a] < ids[b]; });
-    const int64_t n_slots = k + (cfg.shared_expert ? 1 : 0);
-    Status err;  // first failure seen by any thread (matmul fails only on bad shapes)
-    std::atomic<int> failed{0};
-    auto fail = [&](Status st) {
-      if (failed.exchange(1) == 0) err = std::move(st);
-    };
-    // Gate and up rows of every slot, split over the threads; SwiGLU on each thread's rows.
-    par([&](int t, int nt) {
-      // x quantized once per activation format on this thread (gate and up usually share one).
-      MatmulScratch* ms = s.thread_mm_.data() + 2 * t;
-      int held[2] = {-1, -1};
-      int next = 0;
-      auto acts = [&](TensorType wt, MatmulScratch** found) -> Status {
-        const int fmt = static_cast<int>(activation_type_for(wt));
-        for (int i = 0; i < 2; ++i)
-          if (held[i] == fmt) {
-            *found = &ms[i];
-            return {};
-          }
-        const int i = next;
-        next ^= 1;
-        held[i] = -1;
-        if (auto st = quantize_activations(wt, x, 1, E, ms[i], inline_par); !st) return st;
-        held[i] = fmt;
-        *found = &ms[i];
-        return {};
-      };
-      for (int64_t j = 0; j < n_slots; ++j) {
-        const bool shared = j == k;
-        const int64_t rows = shared ? SF : F;
-        int64_t b, e;
-        ParallelFor::split(rows, t, nt, kMatmulRowGrain, &b, &e);
-        if (b >= e) continue;
-        float* gj = g + j * ldg;
-        float* uj = u + j * ldg;
-        MatrixRef wg, wu;
-        if (shared) {
-          wg = detail::moe_rows(w.shared_gate, b, e);
-          wu = detail::moe_rows(w.shared_up, b, e);
-        } else {
-          const int32_t ex = ids[j];
-          wg = w.gate.expert_rows(ex, b, e);
-          wu = w.up.expert_rows(ex, b, e);
-        }
-        MatmulScratch* a = nullptr;
-        if (auto st = acts(wg.type, &a); !st) return fail(std::move(st));
-        if (auto st = matmul_quantized(wg, 1, gj + b, e - b, *a, inline_par); !st) return fail(std::move(st));
-        if (auto st = acts(wu.type, &a); !st) return fail(std::move(st));
-        if (auto st = matmul_quantized(wu, 1, uj + b, e - b, *a, inline_par); !st) return fail(std::move(st));
-        ops::silu_mul(gj + b, uj + b, gj + b, e - b);
-      }
-    });
-    if (failed.load()) return err;
-    // Down rows of every slot, then each thread mixes its rows of the output.
-    par([&](int t, int nt) {
-      MatmulScratch& ms = s.thread_mm_[static_cast<size_t>(2 * t)];
-      int64_t b, e;
-      ParallelFor::split(E, t, nt, kMatmulRowGrain, &b, &e);
-      if (b >= e) return;
-      for (int64_t j = 0; j < n_slots; ++j) {
-        const bool shared = j == k;
-        MatrixRef wd;
-        if (shared) {
-          wd = detail::moe_rows(w.shared_down, b, e);
-        } else {
-          wd = w.down.expert_rows(ids[j], b, e);
-        }
-        if (auto st = matmul(wd, g + j * ldg, 1, d + j * E + b, e - b, ms, inline_par); !st) return fail(std::move(st));
-      }
-      std::fill(out + b, out + e, 0.0f);
-      for (int64_t q = 0; q < k; ++q) {
-        const int32_t j = slot[q];
-        detail::moe_axpy(out + b, s.wts_[static_cast<size_t>(j)], d + j * E + b, e - b);
-      }
-      if (cfg.shared_expert) detail::moe_axpy(out + b, s.shgate_[0], d + k * E + b, e - b);
-    });
-    if (failed.load()) return err;
-    return {};
-  }
-
-  // 2b. Prefill. Group the (token, slot) pairs by expert: counting sort, tokens in order.
-  int32_t* cnt = s.count_.data();
-  int32_t* start = s.start_.data();
-  std::fill(cnt, cnt + X, 0);
-  for (int64_t i = 0; i < n * k; ++i) ++cnt[s.ids_[static_cast<size_t>(i)]];
-  start[0] = 0;
-  for (int64_t e = 0; e < X; ++e) start[e + 1] = start[e] + cnt[e];
-  std::fill(cnt, cnt + X, 0);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < k; ++j) {
-      const int32_t e = s.ids_[static_cast<size_t>(i * k + j)];
-      const int32_t at = start[e] + cnt[e]++;
-      s.list_tok_[static_cast<size_t>(at)] = static_cast<int32_t>(i);
-      s.list_w_[static_cast<size_t>(at)] = s.wts_[static_cast<size_t>(i * k + j)];
-    }
-
-  auto for_rows = [&](int64_t rows, auto&& fn) {
-    par([&](int t, int nt) {
-      int64_t b, e;
-      ParallelFor::split(rows, t, nt, 1, &b, &e);
-      for (int64_t i = b; i < e; ++i) fn(i);
-    });
-  };
-  std::memset(out, 0, static_cast<size_t>(n * E) * sizeof(float));
-  float* xg = s.xg_.data();
-  // Each expert with tokens: gather its rows, gate/up GEMMs, SwiGLU, down GEMM, weighted
-  // scatter-add. Experts in ascending id, so every token accumulates in that order.
-  for (int64_t e = 0; e < X; ++e) {
-    const int64_t m = cnt[e];
-    if (m == 0) continue;
-    const int32_t* toks = s.list_tok_.data() + start[e];
-    const float* we = s.list_w_.data() + start[e];
-    for (int64_t i = 0; i < m; ++i)
-      std::memcpy(xg + i * E, x + static_cast<int64_t>(toks[i]) * E, static_cast<size_t>(E) * sizeof(float));
-    if (auto st = detail::moe_gate_up(w.gate.expert(e), w.up.expert(e), xg, m, g, u, s.mm_, par); !st)
-      return Error(st.error()).context("ffn_gate_exps / ffn_up_exps");
-    for_rows(m, [&](int64_t i) { ops::silu_mul(g + i * F, u + i * F, g + i * F, F); });
-    if (auto st = matmul(w.down.expert(e), g, m, d, E, s.mm_, par); !st) return Error(st.error()).context("ffn_down_exps");
-    for_rows(m, [&](int64_t i) { detail::moe_axpy(out + static_cast<int64_t>(toks[i]) * E, we[i], d + i * E, E); });
-  }
-  // The shared expert over all tokens.
-  if (cfg.shared_expert) {
-    if (auto st = detail::moe_gate_up(w.shared_gate, w.shared_up, x, n, g, u, s.mm_, par); !st)
-      return Error(st.error()).context("ffn_gate_shexp / ffn_up_shexp");
-    for_rows(n, [&](int64_t i) { ops::silu_mul(g + i * SF, u + i * SF, g + i * SF, SF); });
-    if (auto st = matmul(w.shared_down, g, n, d, E, s.mm_, par); !st) return Error(st.error()).context("ffn_down_shexp");
-    for_rows(n, [&](int64_t i) { detail::moe_axpy(out + i * E, s.shgate_[static_cast<size_t>(i)], d + i * E, E); });
-  }
-  return {};
+  MoeStep step{cfg, w, x, n, out, s, par};
+  if (auto st = step.route(counts); !st) return st;
+  return n == 1 ? step.decode() : step.prefill();
 }
 
 }  // namespace v0

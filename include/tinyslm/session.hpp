@@ -692,52 +692,35 @@ inline Status Session::load_state_file(const std::string& path) {
   return load_state(std::span<const uint8_t>(src->data(), src->size()));
 }
 
-// Bytes a session on this model will need, from the file's metadata alone (no weights read).
+// Bytes a session on this model will need, from the file's metadata alone (no weights read):
+// the forward layer's ContextPlan, the one Context::create allocates from.
 inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t context, int threads = 1,
                                                 int64_t batch = 512) {
   auto hpx = read_hparams(f);
   if (!hpx) return hpx.error();
-  const HParams& hp = *hpx;
+  HParams& hp = *hpx;
+  if (hp.n_expert > 0) {
+    auto cfg = read_moe_config(f);
+    if (!cfg) return cfg.error();
+    hp.moe = *cfg;
+  }
   const int64_t n_ctx = context <= 0 ? hp.n_ctx_train : context;
   if (n_ctx <= 0 || threads <= 0 || batch <= 0)
     return make_error(Errc::invalid_argument, "memory_estimate: context, threads and batch must be positive");
   int64_t n_vocab = 0;
   if (const GgufTensorInfo* te = f.find_tensor("token_embd.weight"); te && te->n_dims == 2)
     n_vocab = static_cast<int64_t>(te->ne[1]);
+  auto plan = ContextPlan::make(hp, n_vocab, ContextParams{n_ctx, threads, batch, false});
+  if (!plan) return plan.error();
   MemoryEstimate m;
   uint64_t small = 0;
   for (const auto& t : f.tensors()) {
     m.weights += t.n_bytes;
     if (t.n_dims == 1) small += t.n_elements * 4;  // norms and biases are kept as floats
   }
-  const auto u = [](int64_t v) { return static_cast<uint64_t>(v); };
-  m.kv_cache = u(hp.n_layer) * u(n_ctx) * u(hp.n_head_kv) * u(hp.head_dim_k + hp.head_dim_v) * 2;
-  // Mirrors Context::create: per-token activation rows, RoPE tables, attention scratch (keys and
-  // values of one layer as floats plus a score row per thread) and matmul scratch (int8 rows,
-  // their scales and a float copy: about 6 bytes per value).
-  const int64_t B = std::min(batch, n_ctx);
-  const int64_t E = hp.n_embd, QKV = hp.q_dim() + hp.k_dim() + hp.v_dim(), A = hp.n_head * hp.head_dim_v;
-  const int64_t F = hp.n_ff, ctx16 = (n_ctx + 15) / 16 * 16;
-  const int64_t max_cols = (std::max({E, A, F}) + 255) / 256 * 256;
-  m.compute = 4 * u(B) * u(3 * E + QKV + A + 2 * F + 2 * hp.n_rot) +
-              4 * (u(hp.n_head_kv) * u(hp.head_dim_k + hp.head_dim_v) * u(ctx16) +
-                   u(threads) * u(4 * ctx16 + 4 * hp.head_dim_k + 4 * hp.head_dim_v)) +
-              6 * u(B) * u(max_cols);
-  if (hp.n_expert > 0) {
-    // Mirrors MoeScratch::reserve: router logits, selections and expert lists per token, the
-    // gathered rows and gate/up/down outputs of one expert, its matmul scratch (one for the
-    // batch, two rows per thread for decode).
-    auto cfg = read_moe_config(f);
-    if (!cfg) return cfg.error();
-    const int64_t X = cfg->n_expert, k = cfg->n_expert_used;
-    const int64_t ff = std::max(cfg->expert_ff, cfg->shared_expert ? cfg->shared_ff : int64_t{0});
-    const int64_t rows = std::max(B, k + 1), sel = B * k;
-    const int64_t moe_cols = (std::max(E, ff) + 255) / 256 * 256;
-    m.compute += 4 * (u(B) * u(X) + 4 * u(sel) + 2 * u(X + 1) + u(B) + u(B) * u(E) + 2 * u(rows) * u(ff) +
-                      u(rows) * u(E) + u(k + 1)) +
-                 6 * u(B) * u(moe_cols) + 12 * u(threads) * u(moe_cols);
-  }
-  m.logits = 4 * u(n_vocab);
+  m.kv_cache = plan->kv_bytes;
+  m.compute = plan->compute_bytes();
+  m.logits = plan->logit_bytes();
   // Tokenizer: the vocabulary strings twice (text and output pieces), per-token tables, merges;
   // sampler: a candidate (8 bytes) and a count (4) per token plus its probability buffers.
   uint64_t vocab_bytes = 0, n_merges = 0;
@@ -749,7 +732,8 @@ inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t conte
   }
   if (auto merges = f.get<GgufArray>("tokenizer.ggml.merges")) n_merges = merges->size();
   // plus a fixed 256 KiB for the small tables and vectors every session has.
-  m.other = small + 2 * vocab_bytes + u(n_vocab) * (4 + 4 + 2 + 4 + 8 + 12 + 8 + 4) + n_merges * 32 + (256u << 10);
+  const uint64_t nv = static_cast<uint64_t>(n_vocab);
+  m.other = small + 2 * vocab_bytes + nv * (4 + 4 + 2 + 4 + 8 + 12 + 8 + 4) + n_merges * 32 + (256u << 10);
   return m;
 }
 
