@@ -1076,7 +1076,7 @@ inline constexpr VocabModel vocab_models[] = {
 };
 
 // The token array's length, checked before anything is sized by it.
-inline Expected<int32_t> vocab_size(const GgufFile& f, const GgufArray& tokens) {
+inline Expected<int32_t> token_array_size(const GgufFile& f, const GgufArray& tokens) {
   if (tokens.element_type() != GgufValueType::string)
     return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.tokens is not a string array");
   const uint64_t n64 = tokens.size();
@@ -1097,12 +1097,14 @@ inline uint16_t token_attr_of_type(int64_t type) {
   }
 }
 
+// DeepSeek's end of sentence, "<｜end▁of▁sentence｜>" (full-width bars, U+2581 spaces).
+inline constexpr char deepseek_eos[] = "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
+
 // Texts llama.cpp recognises special tokens by when the file does not name them (first match
 // in id order wins).
-inline constexpr char eos_deepseek[] = "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
 inline constexpr const char* eot_texts[] = {
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>", "_<EOT>",
-    "[EOT]", eos_deepseek, "<end_of_utterance>"};
+    "[EOT]", deepseek_eos, "<end_of_utterance>"};
 inline constexpr const char* eom_texts[] = {"<|eom_id|>"};
 inline constexpr const char* fim_pre_texts[] = {
     "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>",
@@ -1120,7 +1122,7 @@ inline constexpr const char* fim_sep_texts[] = {"<|file_sep|>"};
 inline constexpr const char* eog_texts[] = {
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
     "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
-    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", eos_deepseek, "[e~["};
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", deepseek_eos, "[e~["};
 
 }  // namespace detail
 
@@ -1130,7 +1132,7 @@ inline Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
   if (!model) return model.error();
   auto tokens = f.get<GgufArray>("tokenizer.ggml.tokens");
   if (!tokens) return tokens.error();
-  auto n = detail::vocab_size(f, *tokens);
+  auto n = detail::token_array_size(f, *tokens);
   if (!n) return n.error();
   auto pre = f.get_or<std::string>("tokenizer.ggml.pre", "");
   if (!pre) return pre.error();
