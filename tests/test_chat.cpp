@@ -288,3 +288,31 @@ TEST_CASE("family detection, fallback and custom templates") {
         "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 01 Jan 2026\n\n"
         "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nx<|eot_id|>");
 }
+
+TEST_CASE("family table: every kind has its own name, renders, and detection keeps its order") {
+  using K = ChatTemplate::Kind;
+  std::vector<std::string> names;
+  const std::vector<ChatMessage> conversation = {{"user", "Hi"}, {"assistant", "Yo"}, {"user", "Q"}};
+  for (int k = static_cast<int>(K::none); k <= static_cast<int>(K::falcon3); ++k) {
+    const K kind = static_cast<K>(k);
+    const std::string name = ChatTemplate::kind_name(kind);
+    CAPTURE(name);
+    CHECK(name != "?");
+    CHECK(std::find(names.begin(), names.end(), name) == names.end());
+    names.push_back(name);
+    if (kind == K::unknown || kind == K::custom) continue;
+    auto r = ChatTemplate::from_kind(kind, "<s>", "</s>").apply(conversation, true);
+    REQUIRE(r);
+    CHECK(!r->empty());
+  }
+  // Markers of two families: the one llama.cpp checks first wins.
+  CHECK(ChatTemplate::from_string("<|im_start|>[INST]<start_of_turn>").kind() == K::chatml);
+  CHECK(ChatTemplate::from_string("[INST]<|assistant|><|end|>").kind() == K::llama2);
+  CHECK(ChatTemplate::from_string("<start_of_turn><|start_header_id|><|end_header_id|>").kind() == K::gemma);
+  CHECK(ChatTemplate::from_string("<|assistant|><|end|><|user|></s>").kind() == K::phi3);
+  CHECK(ChatTemplate::from_string("[INST][SYSTEM_PROMPT][AVAILABLE_TOOLS]").kind() == K::mistral_v7);
+  CHECK(ChatTemplate::from_string("[INST][AVAILABLE_TOOLS] [INST]\"[INST]\"").kind() == K::mistral_v1);
+  CHECK(ChatTemplate::from_string("[INST][AVAILABLE_TOOLS]\"[INST]\"").kind() == K::mistral_v3_tekken);
+  CHECK(ChatTemplate::from_string("[INST][AVAILABLE_TOOLS]").kind() == K::mistral_v3);
+  CHECK(ChatTemplate::from_string("mistral").kind() == K::llama2);
+}

@@ -470,3 +470,50 @@ TEST_CASE("StreamDecoder: whole characters only, same text as decode") {
   CHECK(*sd.push(hello) == "Hello");
   CHECK(*sd.push(hello) == " Hello");
 }
+
+TEST_CASE("pre-tokenizer table: each tokenizer.ggml.pre name once, each loads with its flags") {
+  using tinyslm::detail::find_pre_tokenizer;
+  using tinyslm::detail::pre_tokenizers;
+  const std::vector<std::string> toks = {"<unk>", "<s>", "</s>", "a", "b", "ab"};
+  for (size_t i = 0; i < std::size(pre_tokenizers); ++i) {
+    const auto& p = pre_tokenizers[i];
+    CAPTURE(std::string(p.name));
+    for (size_t j = 0; j < i; ++j) CHECK(pre_tokenizers[j].name != p.name);
+    CHECK(find_pre_tokenizer(p.name) == &p);
+    auto t = load_vocab(make_vocab("gpt2", toks, {"a b"}, {}, {}, std::string(p.name)));
+    REQUIRE(t);
+    CHECK(t->kind() == Tokenizer::Kind::bpe);
+    CHECK(t->pre() == p.name);
+    CHECK(t->add_bos() == p.flags.add_bos);
+    CHECK(*t->encode("ab", false) == std::vector<int32_t>{5});
+  }
+  CHECK(find_pre_tokenizer("no-such-pre") == nullptr);
+  // Only byte-level BPE vocabularies read the pre-tokenizer name.
+  CHECK(load_vocab(make_vocab("llama", toks, {}, {}, {}, "no-such-pre")));
+  auto bad_pre = load_vocab(make_vocab("gpt2", toks, {"a b"}, {}, {}, "no-such-pre"));
+  REQUIRE(!bad_pre);
+  CHECK(bad_pre.error().message() == "vocab: unsupported pre-tokenizer 'no-such-pre'");
+  auto bad_model = load_vocab(make_vocab("t5", toks, {}, {}, {}));
+  REQUIRE(!bad_model);
+  CHECK(bad_model.error().message() == "vocab: unsupported tokenizer model 't5'");
+}
+
+TEST_CASE("per-model defaults: BOS/EOS/UNK ids and flags of llama, bert and gpt2 vocabularies") {
+  std::vector<std::string> toks;
+  for (int i = 0; i < 128; ++i) toks.push_back(std::to_string(i));
+  auto spm = load_vocab(make_vocab("llama", toks, {}, {}, {}));
+  REQUIRE(spm);
+  CHECK(spm->kind() == Tokenizer::Kind::spm);
+  CHECK((spm->bos() == 1 && spm->eos() == 2 && spm->unk() == 0));
+  CHECK((spm->add_bos() && !spm->add_eos() && spm->add_space_prefix()));
+  auto wpm = load_vocab(make_vocab("bert", toks, {}, {}, {}));
+  REQUIRE(wpm);
+  CHECK(wpm->kind() == Tokenizer::Kind::wpm);
+  CHECK((wpm->bos() == 101 && wpm->eos() == Tokenizer::no_token && wpm->unk() == 100));
+  CHECK((wpm->add_bos() && !wpm->add_space_prefix()));
+  auto bpe = load_vocab(make_vocab("gpt2", toks, {"1 2"}, {}, {}));
+  REQUIRE(bpe);
+  CHECK(bpe->kind() == Tokenizer::Kind::bpe);
+  CHECK((bpe->bos() == 11 && bpe->eos() == 11 && bpe->unk() == Tokenizer::no_token));
+  CHECK((!bpe->add_bos() && !bpe->add_space_prefix()));
+}

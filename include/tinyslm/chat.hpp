@@ -100,6 +100,19 @@ class ChatTemplate {
   }
 
  private:
+  // A family tinyslm renders: how its template text is recognised, the variants read from
+  // that text, and its renderer (which appends to `out`).
+  using Render = Status (ChatTemplate::*)(std::string& out, std::span<const ChatMessage> m, bool gen) const;
+  struct Family {
+    Kind kind;
+    const char* name;
+    bool (*recognise)(std::string_view jinja);
+    void (*configure)(ChatTemplate& t, std::string_view jinja);  // nullptr: no variants
+    Render render;
+  };
+  static std::span<const Family> families();
+  static const Family* family(Kind k);
+
   Kind kind_ = Kind::none;
   std::string source_;
   std::string bos_, eos_;
@@ -118,6 +131,24 @@ class ChatTemplate {
   Function fn_;
 
   Expected<std::string> render(std::span<const ChatMessage> m, bool gen) const;
+  Status render_chatml(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_qwen3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_phi4(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_llama2(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_llama2_official(std::string& o, std::span<const ChatMessage> m) const;
+  Status render_mistral_v1(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_mistral_v3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_mistral_v7(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_llama3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_llama3_1(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_gemma(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_phi3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_zephyr(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_falcon3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_deepseek(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_deepseek2(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_deepseek3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_command_r(std::string& o, std::span<const ChatMessage> m, bool gen) const;
 };
 
 namespace detail {
@@ -132,6 +163,20 @@ inline std::string chat_trim(std::string_view s) {
 
 inline bool chat_contains(std::string_view hay, std::string_view needle) {
   return hay.find(needle) != std::string_view::npos;
+}
+
+inline bool chat_contains_all(std::string_view hay, std::initializer_list<std::string_view> needles) {
+  for (std::string_view n : needles)
+    if (!chat_contains(hay, n)) return false;
+  return true;
+}
+
+// The [INST] family: Mistral's and Llama 2's templates.
+inline bool chat_is_inst(std::string_view t) { return t.starts_with("mistral") || chat_contains(t, "[INST]"); }
+
+// Mistral's official v1/v3 templates: the system message joins a user turn, tools are listed.
+inline bool chat_is_mistral_official(std::string_view t) {
+  return chat_contains(t, "' [INST] ' + system_message") || chat_contains(t, "[AVAILABLE_TOOLS]");
 }
 
 // A default system prompt written into a chatml template as a literal, e.g.
@@ -164,33 +209,131 @@ inline std::string chatml_default_system(std::string_view t) {
   return {};
 }
 
+// Qwen3: the index of the last user turn that is not a wrapped tool response.
+inline size_t qwen3_last_query(std::span<const ChatMessage> msgs) {
+  for (size_t i = msgs.size(); i-- > 0;) {
+    const std::string& c = msgs[i].content;
+    const bool tool_wrapped = c.rfind("<tool_response>", 0) == 0 && c.size() >= 16 &&
+                              c.compare(c.size() - 16, 16, "</tool_response>") == 0;
+    if (msgs[i].role == "user" && !tool_wrapped) return i;
+  }
+  return msgs.empty() ? 0 : msgs.size() - 1;
+}
+
+// Qwen3: an assistant message cut into its reasoning (inside <think>...</think>) and the
+// answer after it, with the newlines the template strips.
+inline void qwen3_split_reasoning(const std::string& message, std::string& content, std::string& reasoning) {
+  content = message;
+  reasoning.clear();
+  const size_t close = content.rfind("</think>");
+  if (close == std::string::npos) return;
+  std::string after = content.substr(close + 8);
+  after.erase(0, after.find_first_not_of('\n') == std::string::npos ? after.size() : after.find_first_not_of('\n'));
+  std::string before = content.substr(0, content.find("</think>"));
+  while (!before.empty() && before.back() == '\n') before.pop_back();
+  const size_t open = before.rfind("<think>");
+  if (open != std::string::npos) before = before.substr(open + 7);
+  before.erase(0, before.find_first_not_of('\n') == std::string::npos ? before.size() : before.find_first_not_of('\n'));
+  reasoning = before;
+  content = after;
+}
+
 }  // namespace detail
+
+// The families in detection order: the markers llama.cpp's llm_chat_detect_template looks
+// for, plus the variants inside a family that change the rendered bytes. The first family
+// whose markers are all present wins.
+inline std::span<const ChatTemplate::Family> ChatTemplate::families() {
+  using detail::chat_contains;
+  using detail::chat_contains_all;
+  using SV = std::string_view;
+  static constexpr Family table[] = {
+      {Kind::phi4, "phi4", [](SV s) { return chat_contains_all(s, {"<|im_start|>", "<|im_sep|>"}); }, nullptr,
+       &ChatTemplate::render_phi4},
+      {Kind::qwen3, "qwen3",
+       [](SV s) {
+         return chat_contains(s, "<|im_start|>") && (chat_contains(s, "<think>") || chat_contains(s, "enable_thinking") ||
+                                                     chat_contains(s, "reasoning_content"));
+       },
+       nullptr, &ChatTemplate::render_qwen3},
+      {Kind::chatml, "chatml", [](SV s) { return chat_contains(s, "<|im_start|>"); },
+       [](ChatTemplate& t, SV s) { t.default_system_ = detail::chatml_default_system(s); }, &ChatTemplate::render_chatml},
+      {Kind::mistral_v7, "mistral-v7", [](SV s) { return detail::chat_is_inst(s) && chat_contains(s, "[SYSTEM_PROMPT]"); },
+       nullptr, &ChatTemplate::render_mistral_v7},
+      {Kind::mistral_v1, "mistral-v1",
+       [](SV s) { return detail::chat_is_inst(s) && detail::chat_is_mistral_official(s) && chat_contains(s, " [INST]"); },
+       nullptr, &ChatTemplate::render_mistral_v1},
+      {Kind::mistral_v3_tekken, "mistral-v3-tekken",
+       [](SV s) { return detail::chat_is_inst(s) && detail::chat_is_mistral_official(s) && chat_contains(s, "\"[INST]\""); },
+       nullptr, &ChatTemplate::render_mistral_v3},
+      {Kind::mistral_v3, "mistral-v3", [](SV s) { return detail::chat_is_inst(s) && detail::chat_is_mistral_official(s); },
+       nullptr, &ChatTemplate::render_mistral_v3},
+      {Kind::llama2, "llama2", [](SV s) { return detail::chat_is_inst(s); },
+       [](ChatTemplate& t, SV s) {
+         t.llama2_sys_ = chat_contains(s, "<<SYS>>");
+         t.llama2_bos_in_history_ = chat_contains(s, "bos_token + '[INST]");
+         t.llama2_strip_ = chat_contains(s, "content.strip()");
+         if (t.llama2_strip_ || t.llama2_bos_in_history_) t.llama2_sys_ = true;
+         t.llama2_official_ = chat_contains(s, "bos_token + '[INST] ' + content.strip() + ' [/INST]'") &&
+                              chat_contains(s, "' '  + content.strip() + ' ' + eos_token");
+       },
+       &ChatTemplate::render_llama2},
+      {Kind::phi3, "phi3", [](SV s) { return chat_contains_all(s, {"<|assistant|>", "<|end|>"}); },
+       [](ChatTemplate& t, SV s) {
+         // Phi-3-mini/medium handle only 'user' and 'assistant'; Phi-3.5/small/vision write any role.
+         t.phi3_system_ = chat_contains(s, "system") || !chat_contains(s, "'user'");
+         t.phi3_eos_at_end_ = chat_contains(s, "eos_token");
+       },
+       &ChatTemplate::render_phi3},
+      {Kind::falcon3, "falcon3", [](SV s) { return chat_contains_all(s, {"<|assistant|>", "<|user|>", "</s>"}); },
+       nullptr, &ChatTemplate::render_falcon3},
+      // Zephyr / TinyLlama-chat: turns end with eos_token ("</s>"), or with <|endoftext|> in
+      // the StableLM variant.
+      {Kind::zephyr, "zephyr",
+       [](SV s) {
+         return chat_contains(s, "<|user|>") &&
+                (chat_contains(s, "<|endoftext|>") || chat_contains_all(s, {"<|assistant|>", "eos_token"}));
+       },
+       [](ChatTemplate& t, SV s) { t.zephyr_eos_ = !chat_contains(s, "<|endoftext|>"); }, &ChatTemplate::render_zephyr},
+      {Kind::gemma, "gemma", [](SV s) { return chat_contains(s, "<start_of_turn>"); },
+       [](ChatTemplate& t, SV s) { t.gemma_system_ = chat_contains(s, "first_user_prefix"); }, &ChatTemplate::render_gemma},
+      {Kind::deepseek, "deepseek", [](SV s) { return chat_contains_all(s, {"### Instruction:", "<|EOT|>"}); }, nullptr,
+       &ChatTemplate::render_deepseek},
+      {Kind::command_r, "command-r",
+       [](SV s) { return chat_contains_all(s, {"<|START_OF_TURN_TOKEN|>", "<|USER_TOKEN|>"}); }, nullptr,
+       &ChatTemplate::render_command_r},
+      {Kind::llama3_1, "llama3.1",
+       [](SV s) { return chat_contains_all(s, {"<|start_header_id|>", "<|end_header_id|>", "Cutting Knowledge Date"}); },
+       nullptr, &ChatTemplate::render_llama3_1},
+      {Kind::llama3, "llama3", [](SV s) { return chat_contains_all(s, {"<|start_header_id|>", "<|end_header_id|>"}); },
+       nullptr, &ChatTemplate::render_llama3},
+      {Kind::deepseek2, "deepseek2",
+       [](SV s) { return chat_contains(s, "'Assistant: ' + message['content'] + eos_token"); }, nullptr,
+       &ChatTemplate::render_deepseek2},
+      {Kind::deepseek3, "deepseek3",
+       [](SV s) {
+         return chat_contains_all(s, {"<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>", "<\xef\xbd\x9c" "User\xef\xbd\x9c>"});
+       },
+       nullptr, &ChatTemplate::render_deepseek3},
+  };
+  return table;
+}
+
+inline const ChatTemplate::Family* ChatTemplate::family(Kind k) {
+  for (const Family& fam : families())
+    if (fam.kind == k) return &fam;
+  return nullptr;
+}
 
 inline const char* ChatTemplate::kind_name(Kind k) {
   switch (k) {
     case Kind::none: return "none (chatml fallback)";
     case Kind::unknown: return "unknown";
     case Kind::custom: return "custom";
-    case Kind::chatml: return "chatml";
-    case Kind::qwen3: return "qwen3";
-    case Kind::llama2: return "llama2";
-    case Kind::mistral_v1: return "mistral-v1";
-    case Kind::mistral_v3: return "mistral-v3";
-    case Kind::mistral_v3_tekken: return "mistral-v3-tekken";
-    case Kind::mistral_v7: return "mistral-v7";
-    case Kind::llama3: return "llama3";
-    case Kind::llama3_1: return "llama3.1";
-    case Kind::gemma: return "gemma";
-    case Kind::phi3: return "phi3";
-    case Kind::phi4: return "phi4";
-    case Kind::zephyr: return "zephyr";
-    case Kind::deepseek: return "deepseek";
-    case Kind::deepseek2: return "deepseek2";
-    case Kind::deepseek3: return "deepseek3";
-    case Kind::command_r: return "command-r";
-    case Kind::falcon3: return "falcon3";
+    default: break;
   }
-  return "?";
+  const Family* fam = family(k);
+  return fam ? fam->name : "?";
 }
 
 inline ChatTemplate ChatTemplate::from_kind(Kind kind, std::string bos_token, std::string eos_token, bool strip_bos,
@@ -204,12 +347,8 @@ inline ChatTemplate ChatTemplate::from_kind(Kind kind, std::string bos_token, st
   return t;
 }
 
-// Family detection: the markers llama.cpp's llm_chat_detect_template looks for, plus the
-// variants inside a family that change the rendered bytes.
 inline ChatTemplate ChatTemplate::from_string(std::string_view s, std::string bos_token, std::string eos_token,
                                               bool strip_bos, bool strip_eos) {
-  using detail::chat_contains;
-  auto has = [&](std::string_view x) { return chat_contains(s, x); };
   ChatTemplate t = from_kind(Kind::unknown, std::move(bos_token), std::move(eos_token), strip_bos, strip_eos);
   t.source_ = std::string(s);
   if (detail::chat_trim(s).empty()) {
@@ -217,58 +356,12 @@ inline ChatTemplate ChatTemplate::from_string(std::string_view s, std::string bo
     return t;
   }
   // A template starting by writing bos_token ("{{ bos_token }}", "{{- bos_token }}").
-  {
-    std::string_view head = s.substr(0, std::min<size_t>(s.size(), 24));
-    t.template_bos_ = chat_contains(head, "bos_token");
-  }
-  if (has("<|im_start|>")) {
-    if (has("<|im_sep|>")) {
-      t.kind_ = Kind::phi4;
-    } else if (has("<think>") || has("enable_thinking") || has("reasoning_content")) {
-      t.kind_ = Kind::qwen3;
-    } else {
-      t.kind_ = Kind::chatml;
-      t.default_system_ = detail::chatml_default_system(s);
-    }
-  } else if (s.rfind("mistral", 0) == 0 || has("[INST]")) {
-    if (has("[SYSTEM_PROMPT]")) {
-      t.kind_ = Kind::mistral_v7;
-    } else if (has("' [INST] ' + system_message") || has("[AVAILABLE_TOOLS]")) {
-      t.kind_ = has(" [INST]") ? Kind::mistral_v1 : has("\"[INST]\"") ? Kind::mistral_v3_tekken : Kind::mistral_v3;
-    } else {
-      t.kind_ = Kind::llama2;
-      t.llama2_sys_ = has("<<SYS>>");
-      t.llama2_bos_in_history_ = has("bos_token + '[INST]");
-      t.llama2_strip_ = has("content.strip()");
-      if (t.llama2_strip_ || t.llama2_bos_in_history_) t.llama2_sys_ = true;
-      t.llama2_official_ = has("bos_token + '[INST] ' + content.strip() + ' [/INST]'") &&
-                           has("' '  + content.strip() + ' ' + eos_token");
-    }
-  } else if (has("<|assistant|>") && has("<|end|>")) {
-    t.kind_ = Kind::phi3;
-    // Phi-3-mini/medium handle only 'user' and 'assistant'; Phi-3.5/small/vision write any role.
-    t.phi3_system_ = has("system") || !has("'user'");
-    t.phi3_eos_at_end_ = has("eos_token");
-  } else if (has("<|assistant|>") && has("<|user|>") && has("</s>")) {
-    t.kind_ = Kind::falcon3;
-  } else if (has("<|user|>") && (has("<|endoftext|>") || (has("<|assistant|>") && has("eos_token")))) {
-    // Zephyr / TinyLlama-chat: turns end with eos_token ("</s>"), or with <|endoftext|> in the
-    // StableLM variant.
-    t.kind_ = Kind::zephyr;
-    t.zephyr_eos_ = !has("<|endoftext|>");
-  } else if (has("<start_of_turn>")) {
-    t.kind_ = Kind::gemma;
-    t.gemma_system_ = has("first_user_prefix");
-  } else if (has("### Instruction:") && has("<|EOT|>")) {
-    t.kind_ = Kind::deepseek;
-  } else if (has("<|START_OF_TURN_TOKEN|>") && has("<|USER_TOKEN|>")) {
-    t.kind_ = Kind::command_r;
-  } else if (has("<|start_header_id|>") && has("<|end_header_id|>")) {
-    t.kind_ = has("Cutting Knowledge Date") ? Kind::llama3_1 : Kind::llama3;
-  } else if (has("'Assistant: ' + message['content'] + eos_token")) {
-    t.kind_ = Kind::deepseek2;
-  } else if (has("<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>") && has("<\xef\xbd\x9c" "User\xef\xbd\x9c>")) {
-    t.kind_ = Kind::deepseek3;
+  t.template_bos_ = detail::chat_contains(s.substr(0, std::min<size_t>(s.size(), 24)), "bos_token");
+  for (const Family& fam : families()) {
+    if (!fam.recognise(s)) continue;
+    t.kind_ = fam.kind;
+    if (fam.configure) fam.configure(t, s);
+    break;
   }
   return t;
 }
@@ -311,307 +404,321 @@ inline Expected<std::string> ChatTemplate::apply(std::span<const ChatMessage> me
 }
 
 inline Expected<std::string> ChatTemplate::render(std::span<const ChatMessage> msgs, bool gen) const {
-  using detail::chat_trim;
+  const Family* fam = family(kind_ == Kind::none ? Kind::chatml : kind_);
+  if (!fam) return make_error(Errc::unsupported, "chat template: nothing to render");
   std::string o;
   if (template_bos_) o += bos_;
-  switch (kind_) {
-    case Kind::none:
-    case Kind::chatml: {
-      if (!default_system_.empty() && (msgs.empty() || msgs[0].role != "system"))
-        o += "<|im_start|>system\n" + default_system_ + "<|im_end|>\n";
-      for (const auto& m : msgs) o += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
-      if (gen) o += "<|im_start|>assistant\n";
-      break;
-    }
-    case Kind::qwen3: {
-      size_t first = 0;
-      if (!msgs.empty() && msgs[0].role == "system") {
-        o += "<|im_start|>system\n" + msgs[0].content + "<|im_end|>\n";
-      }
-      // The last user turn that is not a wrapped tool response.
-      size_t last_query = msgs.empty() ? 0 : msgs.size() - 1;
-      for (size_t i = msgs.size(); i-- > 0;) {
-        const std::string& c = msgs[i].content;
-        const bool tool_wrapped = c.rfind("<tool_response>", 0) == 0 && c.size() >= 16 &&
-                                  c.compare(c.size() - 16, 16, "</tool_response>") == 0;
-        if (msgs[i].role == "user" && !tool_wrapped) {
-          last_query = i;
-          break;
-        }
-      }
-      for (size_t i = first; i < msgs.size(); ++i) {
-        const ChatMessage& m = msgs[i];
-        const bool is_last = i + 1 == msgs.size();
-        if (m.role == "user" || (m.role == "system" && i != 0)) {
-          o += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
-        } else if (m.role == "assistant") {
-          std::string content = m.content, reasoning;
-          const size_t close = content.rfind("</think>");
-          if (close != std::string::npos) {
-            std::string after = content.substr(close + 8);
-            after.erase(0, after.find_first_not_of('\n') == std::string::npos ? after.size() : after.find_first_not_of('\n'));
-            std::string before = content.substr(0, content.find("</think>"));
-            while (!before.empty() && before.back() == '\n') before.pop_back();
-            const size_t open = before.rfind("<think>");
-            if (open != std::string::npos) before = before.substr(open + 7);
-            before.erase(0, before.find_first_not_of('\n') == std::string::npos ? before.size() : before.find_first_not_of('\n'));
-            reasoning = before;
-            content = after;
-          }
-          if (i > last_query && (is_last || !reasoning.empty())) {
-            std::string r = reasoning;
-            while (!r.empty() && r.front() == '\n') r.erase(0, 1);
-            while (!r.empty() && r.back() == '\n') r.pop_back();
-            std::string c = content;
-            while (!c.empty() && c.front() == '\n') c.erase(0, 1);
-            o += "<|im_start|>assistant\n<think>\n" + r + "\n</think>\n\n" + c;
-          } else {
-            o += "<|im_start|>assistant\n" + content;
-          }
-          o += "<|im_end|>\n";
-        } else if (m.role == "tool") {
-          if (i == 0 || msgs[i - 1].role != "tool") o += "<|im_start|>user";
-          o += "\n<tool_response>\n" + m.content + "\n</tool_response>";
-          if (is_last || msgs[i + 1].role != "tool") o += "<|im_end|>\n";
-        }
-      }
-      if (gen) {
-        o += "<|im_start|>assistant\n";
-        if (!enable_thinking_) o += "<think>\n\n</think>\n\n";
-      }
-      break;
-    }
-    case Kind::phi4:
-      for (const auto& m : msgs) o += "<|im_start|>" + m.role + "<|im_sep|>" + m.content + "<|im_end|>";
-      if (gen) o += "<|im_start|>assistant<|im_sep|>";
-      break;
-    case Kind::llama2: {
-      if (llama2_official_) {
-        // Meta's Llama-2-chat template: the system block joins the first user message, every
-        // user turn starts with BOS, replies are " reply </s>".
-        size_t first = 0;
-        std::string system;
-        if (!msgs.empty() && msgs[0].role == "system") {
-          system = msgs[0].content;
-          first = 1;
-        }
-        for (size_t i = first; i < msgs.size(); ++i) {
-          const ChatMessage& m = msgs[i];
-          if ((m.role == "user") != ((i - first) % 2 == 0))
-            return make_error(Errc::invalid_argument, "llama2 chat template: roles must alternate user/assistant");
-          std::string content = m.content;
-          if (i == first && first == 1) content = "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content;
-          if (m.role == "user")
-            o += bos_ + "[INST] " + chat_trim(content) + " [/INST]";
-          else if (m.role == "assistant")
-            o += " " + chat_trim(content) + " " + eos_;
-        }
-        break;
-      }
-      bool inside = true;
-      o += "[INST] ";
-      for (const auto& m : msgs) {
-        const std::string content = llama2_strip_ ? chat_trim(m.content) : m.content;
-        if (!inside) {
-          inside = true;
-          o += llama2_bos_in_history_ ? "<s>[INST] " : "[INST] ";
-        }
-        if (m.role == "system") {
-          if (llama2_sys_)
-            o += "<<SYS>>\n" + content + "\n<</SYS>>\n\n";
-          else
-            o += content + "\n";
-        } else if (m.role == "user") {
-          o += content + " [/INST]";
-        } else {
-          o += content + "</s>";
-          inside = false;
-        }
-      }
-      break;
-    }
-    case Kind::mistral_v3:
-    case Kind::mistral_v3_tekken: {
-      // The official v3 templates put the system text into the last user turn.
-      const std::string sp = kind_ == Kind::mistral_v3 ? " " : "";
-      std::string system;
-      size_t last_user = msgs.size();
-      for (size_t i = 0; i < msgs.size(); ++i)
-        if (msgs[i].role == "user") last_user = i;
-      for (const auto& m : msgs)
-        if (m.role == "system") system = m.content;
-      for (size_t i = 0; i < msgs.size(); ++i) {
-        const ChatMessage& m = msgs[i];
-        if (m.role == "user") {
-          o += "[INST]" + sp + (i == last_user && !system.empty() ? system + "\n\n" : std::string()) + m.content + "[/INST]";
-        } else if (m.role == "assistant") {
-          o += sp + (kind_ == Kind::mistral_v3 ? chat_trim(m.content) : m.content) + "</s>";
-        }
-      }
-      break;
-    }
-    case Kind::mistral_v1: {
-      const std::string lead = kind_ == Kind::mistral_v1 ? " " : "";
-      const std::string trail = kind_ == Kind::mistral_v3_tekken ? "" : " ";
-      bool inside = false;
-      for (const auto& m : msgs) {
-        if (!inside) {
-          o += lead + "[INST]" + trail;
-          inside = true;
-        }
-        if (m.role == "system") {
-          o += m.content + "\n\n";
-        } else if (m.role == "user") {
-          o += m.content + lead + "[/INST]";
-        } else {
-          o += trail + (kind_ == Kind::mistral_v3 ? chat_trim(m.content) : m.content) + "</s>";
-          inside = false;
-        }
-      }
-      break;
-    }
-    case Kind::mistral_v7:
-      for (const auto& m : msgs) {
-        if (m.role == "system")
-          o += "[SYSTEM_PROMPT] " + m.content + "[/SYSTEM_PROMPT]";
-        else if (m.role == "user")
-          o += "[INST] " + m.content + "[/INST]";
-        else
-          o += " " + m.content + "</s>";
-      }
-      break;
-    case Kind::llama3:
-      for (const auto& m : msgs) o += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + chat_trim(m.content) + "<|eot_id|>";
-      if (gen) o += "<|start_header_id|>assistant<|end_header_id|>\n\n";
-      break;
-    case Kind::llama3_1: {
-      size_t first = 0;
-      std::string system;
-      if (!msgs.empty() && msgs[0].role == "system") {
-        system = chat_trim(msgs[0].content);
-        first = 1;
-      }
-      o += "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: " + date_ +
-           "\n\n" + system + "<|eot_id|>";
-      for (size_t i = first; i < msgs.size(); ++i)
-        o += "<|start_header_id|>" + msgs[i].role + "<|end_header_id|>\n\n" + chat_trim(msgs[i].content) + "<|eot_id|>";
-      if (gen) o += "<|start_header_id|>assistant<|end_header_id|>\n\n";
-      break;
-    }
-    case Kind::gemma: {
-      size_t first = 0;
-      std::string prefix;
-      if (!msgs.empty() && msgs[0].role == "system") {
-        // Gemma 3 writes the system text before the first turn's text; Gemma 2 has no system
-        // role and llama.cpp merges it into the first user turn.
-        prefix = gemma_system_ ? msgs[0].content + "\n\n" : msgs[0].content + "\n";
-        first = 1;
-      }
-      for (size_t i = first; i < msgs.size(); ++i) {
-        const ChatMessage& m = msgs[i];
-        if ((m.role == "user") != ((i - first) % 2 == 0))
-          return make_error(Errc::invalid_argument, "gemma chat template: roles must alternate user/assistant");
-        const std::string role = m.role == "assistant" ? "model" : m.role;
-        std::string text;
-        if (i == first && !prefix.empty())
-          text = gemma_system_ ? prefix + chat_trim(m.content) : chat_trim(prefix + m.content);
-        else
-          text = chat_trim(m.content);
-        o += "<start_of_turn>" + role + "\n" + text + "<end_of_turn>\n";
-      }
-      if (gen) o += "<start_of_turn>model\n";
-      break;
-    }
-    case Kind::phi3: {
-      if (phi3_system_) {
-        for (const auto& m : msgs) {
-          if (m.role == "system") {
-            if (!m.content.empty()) o += "<|system|>\n" + m.content + "<|end|>\n";
-          } else if (m.role == "user" || m.role == "assistant") {
-            o += "<|" + m.role + "|>\n" + m.content + "<|end|>\n";
-          }
-        }
-        if (gen)
-          o += "<|assistant|>\n";
-        else if (phi3_eos_at_end_)
-          o += eos_;
-      } else {
-        // Phi-3-mini: no system role (llama.cpp puts the system text before the first user
-        // message), and "<|assistant|>\n" follows every user turn.
-        std::string pending;
-        for (const auto& m : msgs) {
-          if (m.role == "system") {
-            pending = m.content;
-          } else if (m.role == "user") {
-            std::string c = pending.empty() ? m.content : pending + (m.content.empty() ? "" : "\n" + m.content);
-            pending.clear();
-            o += "<|user|>\n" + c + "<|end|>\n<|assistant|>\n";
-          } else if (m.role == "assistant") {
-            o += m.content + "<|end|>\n";
-          }
-        }
-      }
-      break;
-    }
-    case Kind::zephyr:
-      for (const auto& m : msgs)
-        o += "<|" + m.role + "|>\n" + m.content + (zephyr_eos_ ? eos_ : std::string("<|endoftext|>")) + "\n";
-      if (gen) o += "<|assistant|>\n";
-      break;
-    case Kind::falcon3:
-      for (const auto& m : msgs) o += "<|" + m.role + "|>\n" + m.content + "\n";
-      if (gen) o += "<|assistant|>\n";
-      break;
-    case Kind::deepseek:
-      for (const auto& m : msgs) {
-        if (m.role == "system")
-          o += m.content;
-        else if (m.role == "user")
-          o += "### Instruction:\n" + m.content + "\n";
-        else if (m.role == "assistant")
-          o += "### Response:\n" + m.content + "\n<|EOT|>\n";
-      }
-      if (gen) o += "### Response:\n";
-      break;
-    case Kind::deepseek2:
-      for (const auto& m : msgs) {
-        if (m.role == "system")
-          o += m.content + "\n\n";
-        else if (m.role == "user")
-          o += "User: " + m.content + "\n\n";
-        else if (m.role == "assistant")
-          o += "Assistant: " + m.content +
-               (eos_.empty() ? std::string("<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>") : eos_);
-      }
-      if (gen) o += "Assistant:";
-      break;
-    case Kind::deepseek3:
-      for (const auto& m : msgs) {
-        if (m.role == "system")
-          o += m.content + "\n\n";
-        else if (m.role == "user")
-          o += "<\xef\xbd\x9c" "User\xef\xbd\x9c>" + m.content;
-        else if (m.role == "assistant")
-          o += "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>" + m.content + "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
-      }
-      if (gen) o += "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>";
-      break;
-    case Kind::command_r:
-      for (const auto& m : msgs) {
-        if (m.role == "system")
-          o += "<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>" + m.content + "<|END_OF_TURN_TOKEN|>";
-        else if (m.role == "user")
-          o += "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>" + chat_trim(m.content) + "<|END_OF_TURN_TOKEN|>";
-        else if (m.role == "assistant")
-          o += "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>" + chat_trim(m.content) + "<|END_OF_TURN_TOKEN|>";
-      }
-      if (gen) o += "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>";
-      break;
-    case Kind::unknown:
-    case Kind::custom:
-      return make_error(Errc::unsupported, "chat template: nothing to render");
-  }
+  if (Status s = (this->*fam->render)(o, msgs, gen); !s) return s.error();
   return o;
+}
+
+// ---------------------------------------------------------------------------------------
+// One renderer per family. Each appends the conversation to `o`.
+// ---------------------------------------------------------------------------------------
+
+inline Status ChatTemplate::render_chatml(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  if (!default_system_.empty() && (msgs.empty() || msgs[0].role != "system"))
+    o += "<|im_start|>system\n" + default_system_ + "<|im_end|>\n";
+  for (const auto& m : msgs) o += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+  if (gen) o += "<|im_start|>assistant\n";
+  return {};
+}
+
+inline Status ChatTemplate::render_qwen3(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  if (!msgs.empty() && msgs[0].role == "system") o += "<|im_start|>system\n" + msgs[0].content + "<|im_end|>\n";
+  const size_t last_query = detail::qwen3_last_query(msgs);
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    const ChatMessage& m = msgs[i];
+    const bool is_last = i + 1 == msgs.size();
+    if (m.role == "user" || (m.role == "system" && i != 0)) {
+      o += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+    } else if (m.role == "assistant") {
+      std::string content, reasoning;
+      detail::qwen3_split_reasoning(m.content, content, reasoning);
+      // Reasoning is kept only in the turns after the last user query.
+      if (i > last_query && (is_last || !reasoning.empty())) {
+        std::string r = reasoning;
+        while (!r.empty() && r.front() == '\n') r.erase(0, 1);
+        while (!r.empty() && r.back() == '\n') r.pop_back();
+        std::string c = content;
+        while (!c.empty() && c.front() == '\n') c.erase(0, 1);
+        o += "<|im_start|>assistant\n<think>\n" + r + "\n</think>\n\n" + c;
+      } else {
+        o += "<|im_start|>assistant\n" + content;
+      }
+      o += "<|im_end|>\n";
+    } else if (m.role == "tool") {
+      // Consecutive tool results share one user turn.
+      if (i == 0 || msgs[i - 1].role != "tool") o += "<|im_start|>user";
+      o += "\n<tool_response>\n" + m.content + "\n</tool_response>";
+      if (is_last || msgs[i + 1].role != "tool") o += "<|im_end|>\n";
+    }
+  }
+  if (gen) {
+    o += "<|im_start|>assistant\n";
+    if (!enable_thinking_) o += "<think>\n\n</think>\n\n";
+  }
+  return {};
+}
+
+inline Status ChatTemplate::render_phi4(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  for (const auto& m : msgs) o += "<|im_start|>" + m.role + "<|im_sep|>" + m.content + "<|im_end|>";
+  if (gen) o += "<|im_start|>assistant<|im_sep|>";
+  return {};
+}
+
+inline Status ChatTemplate::render_llama2(std::string& o, std::span<const ChatMessage> msgs, bool) const {
+  if (llama2_official_) return render_llama2_official(o, msgs);
+  using detail::chat_trim;
+  bool inside = true;
+  o += "[INST] ";
+  for (const auto& m : msgs) {
+    const std::string content = llama2_strip_ ? chat_trim(m.content) : m.content;
+    if (!inside) {
+      inside = true;
+      o += llama2_bos_in_history_ ? "<s>[INST] " : "[INST] ";
+    }
+    if (m.role == "system") {
+      if (llama2_sys_)
+        o += "<<SYS>>\n" + content + "\n<</SYS>>\n\n";
+      else
+        o += content + "\n";
+    } else if (m.role == "user") {
+      o += content + " [/INST]";
+    } else {
+      o += content + "</s>";
+      inside = false;
+    }
+  }
+  return {};
+}
+
+// Meta's Llama-2-chat template: the system block joins the first user message, every user
+// turn starts with BOS, replies are " reply </s>".
+inline Status ChatTemplate::render_llama2_official(std::string& o, std::span<const ChatMessage> msgs) const {
+  using detail::chat_trim;
+  size_t first = 0;
+  std::string system;
+  if (!msgs.empty() && msgs[0].role == "system") {
+    system = msgs[0].content;
+    first = 1;
+  }
+  for (size_t i = first; i < msgs.size(); ++i) {
+    const ChatMessage& m = msgs[i];
+    if ((m.role == "user") != ((i - first) % 2 == 0))
+      return make_error(Errc::invalid_argument, "llama2 chat template: roles must alternate user/assistant");
+    std::string content = m.content;
+    if (i == first && first == 1) content = "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content;
+    if (m.role == "user") {
+      o += bos_ + "[INST] " + chat_trim(content) + " [/INST]";
+    } else if (m.role == "assistant") {
+      o += ' ';
+      o += chat_trim(content);
+      o += ' ';
+      o += eos_;
+    }
+  }
+  return {};
+}
+
+inline Status ChatTemplate::render_mistral_v1(std::string& o, std::span<const ChatMessage> msgs, bool) const {
+  bool inside = false;
+  for (const auto& m : msgs) {
+    if (!inside) {
+      o += " [INST] ";
+      inside = true;
+    }
+    if (m.role == "system") {
+      o += m.content + "\n\n";
+    } else if (m.role == "user") {
+      o += m.content + " [/INST]";
+    } else {
+      o += " " + m.content + "</s>";
+      inside = false;
+    }
+  }
+  return {};
+}
+
+// Mistral v3 and v3-tekken (no spaces around [INST], replies untrimmed): the official
+// templates put the system text into the last user turn.
+inline Status ChatTemplate::render_mistral_v3(std::string& o, std::span<const ChatMessage> msgs, bool) const {
+  const bool v3 = kind_ == Kind::mistral_v3;
+  const std::string sp = v3 ? " " : "";
+  std::string system;
+  size_t last_user = msgs.size();
+  for (size_t i = 0; i < msgs.size(); ++i)
+    if (msgs[i].role == "user") last_user = i;
+  for (const auto& m : msgs)
+    if (m.role == "system") system = m.content;
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    const ChatMessage& m = msgs[i];
+    if (m.role == "user") {
+      o += "[INST]" + sp + (i == last_user && !system.empty() ? system + "\n\n" : std::string()) + m.content + "[/INST]";
+    } else if (m.role == "assistant") {
+      o += sp + (v3 ? detail::chat_trim(m.content) : m.content) + "</s>";
+    }
+  }
+  return {};
+}
+
+inline Status ChatTemplate::render_mistral_v7(std::string& o, std::span<const ChatMessage> msgs, bool) const {
+  for (const auto& m : msgs) {
+    if (m.role == "system")
+      o += "[SYSTEM_PROMPT] " + m.content + "[/SYSTEM_PROMPT]";
+    else if (m.role == "user")
+      o += "[INST] " + m.content + "[/INST]";
+    else
+      o += " " + m.content + "</s>";
+  }
+  return {};
+}
+
+inline Status ChatTemplate::render_llama3(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  for (const auto& m : msgs)
+    o += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + detail::chat_trim(m.content) + "<|eot_id|>";
+  if (gen) o += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  return {};
+}
+
+inline Status ChatTemplate::render_llama3_1(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  using detail::chat_trim;
+  size_t first = 0;
+  std::string system;
+  if (!msgs.empty() && msgs[0].role == "system") {
+    system = chat_trim(msgs[0].content);
+    first = 1;
+  }
+  o += "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: " + date_ +
+       "\n\n" + system + "<|eot_id|>";
+  for (size_t i = first; i < msgs.size(); ++i)
+    o += "<|start_header_id|>" + msgs[i].role + "<|end_header_id|>\n\n" + chat_trim(msgs[i].content) + "<|eot_id|>";
+  if (gen) o += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  return {};
+}
+
+inline Status ChatTemplate::render_gemma(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  using detail::chat_trim;
+  size_t first = 0;
+  std::string prefix;
+  if (!msgs.empty() && msgs[0].role == "system") {
+    // Gemma 3 writes the system text before the first turn's text; Gemma 2 has no system
+    // role and llama.cpp merges it into the first user turn.
+    prefix = gemma_system_ ? msgs[0].content + "\n\n" : msgs[0].content + "\n";
+    first = 1;
+  }
+  for (size_t i = first; i < msgs.size(); ++i) {
+    const ChatMessage& m = msgs[i];
+    if ((m.role == "user") != ((i - first) % 2 == 0))
+      return make_error(Errc::invalid_argument, "gemma chat template: roles must alternate user/assistant");
+    const std::string role = m.role == "assistant" ? "model" : m.role;
+    std::string text;
+    if (i == first && !prefix.empty())
+      text = gemma_system_ ? prefix + chat_trim(m.content) : chat_trim(prefix + m.content);
+    else
+      text = chat_trim(m.content);
+    o += "<start_of_turn>" + role + "\n" + text + "<end_of_turn>\n";
+  }
+  if (gen) o += "<start_of_turn>model\n";
+  return {};
+}
+
+inline Status ChatTemplate::render_phi3(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  if (phi3_system_) {
+    for (const auto& m : msgs) {
+      if (m.role == "system") {
+        if (!m.content.empty()) o += "<|system|>\n" + m.content + "<|end|>\n";
+      } else if (m.role == "user" || m.role == "assistant") {
+        o += "<|" + m.role + "|>\n" + m.content + "<|end|>\n";
+      }
+    }
+    if (gen)
+      o += "<|assistant|>\n";
+    else if (phi3_eos_at_end_)
+      o += eos_;
+    return {};
+  }
+  // Phi-3-mini: no system role (llama.cpp puts the system text before the first user
+  // message), and "<|assistant|>\n" follows every user turn.
+  std::string pending;
+  for (const auto& m : msgs) {
+    if (m.role == "system") {
+      pending = m.content;
+    } else if (m.role == "user") {
+      std::string c = pending.empty() ? m.content : pending + (m.content.empty() ? "" : "\n" + m.content);
+      pending.clear();
+      o += "<|user|>\n" + c + "<|end|>\n<|assistant|>\n";
+    } else if (m.role == "assistant") {
+      o += m.content + "<|end|>\n";
+    }
+  }
+  return {};
+}
+
+inline Status ChatTemplate::render_zephyr(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  for (const auto& m : msgs)
+    o += "<|" + m.role + "|>\n" + m.content + (zephyr_eos_ ? eos_ : std::string("<|endoftext|>")) + "\n";
+  if (gen) o += "<|assistant|>\n";
+  return {};
+}
+
+inline Status ChatTemplate::render_falcon3(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  for (const auto& m : msgs) o += "<|" + m.role + "|>\n" + m.content + "\n";
+  if (gen) o += "<|assistant|>\n";
+  return {};
+}
+
+inline Status ChatTemplate::render_deepseek(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  for (const auto& m : msgs) {
+    if (m.role == "system")
+      o += m.content;
+    else if (m.role == "user")
+      o += "### Instruction:\n" + m.content + "\n";
+    else if (m.role == "assistant")
+      o += "### Response:\n" + m.content + "\n<|EOT|>\n";
+  }
+  if (gen) o += "### Response:\n";
+  return {};
+}
+
+inline Status ChatTemplate::render_deepseek2(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  for (const auto& m : msgs) {
+    if (m.role == "system")
+      o += m.content + "\n\n";
+    else if (m.role == "user")
+      o += "User: " + m.content + "\n\n";
+    else if (m.role == "assistant")
+      o += "Assistant: " + m.content + (eos_.empty() ? std::string(detail::deepseek_eos) : eos_);
+  }
+  if (gen) o += "Assistant:";
+  return {};
+}
+
+inline Status ChatTemplate::render_deepseek3(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  for (const auto& m : msgs) {
+    if (m.role == "system")
+      o += m.content + "\n\n";
+    else if (m.role == "user")
+      o += "<\xef\xbd\x9c" "User\xef\xbd\x9c>" + m.content;
+    else if (m.role == "assistant")
+      o += "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>" + m.content + detail::deepseek_eos;
+  }
+  if (gen) o += "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>";
+  return {};
+}
+
+inline Status ChatTemplate::render_command_r(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  using detail::chat_trim;
+  for (const auto& m : msgs) {
+    if (m.role == "system")
+      o += "<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>" + m.content + "<|END_OF_TURN_TOKEN|>";
+    else if (m.role == "user")
+      o += "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>" + chat_trim(m.content) + "<|END_OF_TURN_TOKEN|>";
+    else if (m.role == "assistant")
+      o += "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>" + chat_trim(m.content) + "<|END_OF_TURN_TOKEN|>";
+  }
+  if (gen) o += "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>";
+  return {};
 }
 
 }  // namespace v0

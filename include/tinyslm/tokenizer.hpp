@@ -652,6 +652,83 @@ inline void pre_tokenize(PreTokenizer pre, const uint32_t* cps, const uint8_t* f
   }
 }
 
+// The pre-tokenizer and vocabulary flags of each tokenizer.ggml.pre name (llama.cpp's names;
+// only byte-level BPE vocabularies read it).
+struct PreTokenizerFlags {
+  bool ignore_merges = false;  // a word that is a token as a whole is not merged
+  bool add_bos = false;
+  bool add_sep = false;
+  bool clean_spaces = true;
+};
+struct PreTokenizerInfo {
+  std::string_view name;
+  PreTokenizer pre;
+  PreTokenizerFlags flags;
+};
+inline constexpr PreTokenizerInfo pre_tokenizers[] = {
+    {"", PreTokenizer::default_, {}},
+    {"default", PreTokenizer::default_, {}},
+    {"llama3", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"llama-v3", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"llama-bpe", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"falcon3", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"falcon-h1", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"pixtral", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"midm-2.0", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"lfm2", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"dbrx", PreTokenizer::llama3, {}},
+    {"smaug-bpe", PreTokenizer::llama3, {}},
+    {"deepseek-llm", PreTokenizer::deepseek_llm, {.clean_spaces = false}},
+    {"deepseek-coder", PreTokenizer::deepseek_coder, {.clean_spaces = false}},
+    {"falcon", PreTokenizer::falcon, {}},
+    {"gpt-2", PreTokenizer::gpt2, {}},
+    {"mpt", PreTokenizer::gpt2, {}},
+    {"olmo", PreTokenizer::gpt2, {}},
+    {"jais", PreTokenizer::gpt2, {}},
+    {"phi-2", PreTokenizer::gpt2, {}},
+    {"jina-es", PreTokenizer::gpt2, {}},
+    {"jina-de", PreTokenizer::gpt2, {}},
+    {"gigachat", PreTokenizer::gpt2, {}},
+    {"jina-v2-es", PreTokenizer::gpt2, {}},
+    {"jina-v2-de", PreTokenizer::gpt2, {}},
+    {"a.x-4.0", PreTokenizer::gpt2, {}},
+    {"mellum", PreTokenizer::gpt2, {}},
+    {"modern-bert", PreTokenizer::gpt2, {}},
+    {"exaone4", PreTokenizer::gpt2, {}},
+    {"jina-v1-en", PreTokenizer::gpt2, {.add_sep = true}},
+    {"jina-v2-code", PreTokenizer::gpt2, {.add_sep = true}},
+    {"roberta-bpe", PreTokenizer::gpt2, {.add_sep = true}},
+    {"trillion", PreTokenizer::gpt2, {.clean_spaces = false}},
+    {"granite-docling", PreTokenizer::gpt2, {.clean_spaces = false}},
+    {"starcoder", PreTokenizer::starcoder, {}},
+    {"refact", PreTokenizer::starcoder, {}},
+    {"codeshell", PreTokenizer::starcoder, {}},
+    {"exaone", PreTokenizer::starcoder, {}},
+    {"minerva-7b", PreTokenizer::starcoder, {}},
+    {"mellum2", PreTokenizer::starcoder, {}},
+    {"command-r", PreTokenizer::starcoder, {.clean_spaces = false}},
+    {"smollm", PreTokenizer::starcoder, {.clean_spaces = false}},
+    {"qwen2", PreTokenizer::qwen2, {.clean_spaces = false}},
+    {"deepseek-r1-qwen", PreTokenizer::qwen2, {.clean_spaces = false}},
+    {"kormo", PreTokenizer::qwen2, {.clean_spaces = false}},
+    {"f2llmv2", PreTokenizer::qwen2, {.clean_spaces = false}},
+    {"stablelm2", PreTokenizer::qwen2, {}},
+    {"megrez", PreTokenizer::qwen2, {}},
+    {"hunyuan", PreTokenizer::qwen2, {.clean_spaces = false}},
+    {"solar-open", PreTokenizer::qwen2, {.clean_spaces = false}},
+};
+inline const PreTokenizerInfo* find_pre_tokenizer(std::string_view name) {
+  for (const PreTokenizerInfo& p : pre_tokenizers)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+// Special ids read while loading that the Tokenizer does not keep: the FIM ones join the
+// end-of-generation set, padding and mask are only checked.
+struct AuxTokenIds {
+  int32_t pad = -1, mask = -1, fim_pre = -1, fim_suf = -1, fim_mid = -1, fim_pad = -1, fim_rep = -1, fim_sep = -1;
+};
+
 // GPT-2's printable stand-in for each byte: printable Latin-1 bytes map to themselves, the
 // other 68 bytes to U+0100.. in byte order.
 struct ByteUnicodeTable {
@@ -735,6 +812,70 @@ class WordCache {
     for (const Slot& sl : old)
       if (sl.key_len != empty) place(sl);
   }
+};
+
+// A piece of the text being encoded: a special token already found, or a span of plain text.
+struct TextFragment {
+  int32_t token;  // -1: text
+  size_t begin, end;
+};
+
+// Quick tests that a special token cannot occur in a text: its first byte is absent, or (in
+// long texts) one of its 3-byte windows is (a hashed set of the text's 3-byte windows).
+class SpecialTokenFilter {
+ public:
+  explicit SpecialTokenFilter(std::string_view text) {
+    for (unsigned char c : text) present_[c] = true;
+    if (text.size() >= 4096 && tokenizer_tuning().special_filter) {
+      tri_.assign((1u << 20) / 64, 0);
+      for (size_t i = 0; i + 3 <= text.size(); ++i) {
+        const uint32_t h = tri_hash(text.data() + i);
+        tri_[h >> 6] |= 1ull << (h & 63);
+      }
+    }
+  }
+  bool may_occur(std::string_view st) const {
+    if (!present_[static_cast<unsigned char>(st[0])]) return false;
+    if (tri_.empty()) return true;
+    for (size_t i = 0; i + 3 <= st.size(); ++i) {
+      const uint32_t h = tri_hash(st.data() + i);
+      if (!(tri_[h >> 6] >> (h & 63) & 1)) return false;
+    }
+    return true;
+  }
+
+ private:
+  static uint32_t tri_hash(const char* p) {
+    const uint32_t v = static_cast<uint32_t>(static_cast<unsigned char>(p[0])) |
+                       static_cast<uint32_t>(static_cast<unsigned char>(p[1])) << 8 |
+                       static_cast<uint32_t>(static_cast<unsigned char>(p[2])) << 16;
+    return (v * 2654435761u) >> 12;  // 20 bits
+  }
+  bool present_[256] = {};
+  std::vector<uint64_t> tri_;
+};
+
+// Working memory of the byte-level BPE merge, reused across the words of one encode call.
+struct BpeWork {
+  struct Sym {
+    int32_t prev, next;
+    int32_t id;      // token id of the symbol's text, or -1
+    uint32_t begin;  // byte range in the word
+    uint32_t len;
+  };
+  struct Bigram {
+    uint32_t rank;
+    int32_t left, right;
+    int32_t left_id, right_id;
+  };
+  struct Worse {
+    bool operator()(const Bigram& a, const Bigram& b) const {
+      return a.rank > b.rank || (a.rank == b.rank && a.left > b.left);
+    }
+  };
+  std::vector<Sym> syms;
+  std::vector<Bigram> heap;
+  std::string mapped;  // the word in stand-in characters (for whole-word lookups)
 };
 
 // Working memory of the SentencePiece merge, reused across the words of one encode call.
@@ -875,9 +1016,31 @@ class Tokenizer {
       if (offsets_[id + 1] - offsets_[id] == n && std::memcmp(text_.data() + offsets_[id], p, n) == 0) return id;
     }
   }
+  // Loading steps of from_gguf, in order.
+  Status set_model(const GgufFile& f, std::string_view model);
+  Status read_token_strings(const GgufFile& f, const GgufArray& tokens, int32_t n);
+  void build_lookup();
+  Status read_scores(const GgufFile& f);
+  Status read_token_types(const GgufFile& f);
+  Status read_merges(const GgufFile& f);
+  Status read_special_ids(const GgufFile& f, detail::AuxTokenIds& aux);
+  Status read_flags(const GgufFile& f);
+  void find_specials_by_text(detail::AuxTokenIds& aux);
+  void build_eog(const detail::AuxTokenIds& aux);
+  void collect_specials(const GgufFile& f);
+  void build_byte_tokens();
+  void build_spm_glue();
+  void build_pieces();
   std::string make_piece(int32_t id) const;
+  std::vector<detail::TextFragment> split_at_specials(std::string_view text, bool parse_special) const;
+  bool split_at_special(std::string_view text, int32_t sid, const std::vector<detail::TextFragment>& frags,
+                        std::vector<detail::TextFragment>& next) const;
+  void encode_spm_text(std::string_view piece, bool after_special, std::string& buf, detail::SpmWork& w,
+                       std::vector<int32_t>& out) const;
+  void encode_spm_chunk(std::string_view chunk, bool cacheable, detail::SpmWork& w, std::vector<int32_t>& out) const;
   void encode_spm(std::string_view text, std::vector<int32_t>& out, detail::SpmWork& w) const;
   void encode_bpe(std::string_view text, std::vector<int32_t>& out) const;
+  void encode_bpe_word(std::string_view bytes, detail::BpeWork& w, std::vector<int32_t>& out) const;
   void encode_wpm(std::string_view text, std::vector<int32_t>& out) const;
   int32_t spm_byte_token(unsigned char b) const {
     const int32_t t = byte_tokens_[b];
@@ -895,88 +1058,135 @@ class Tokenizer {
 // ---------------------------------------------------------------------------------------
 // Loading
 // ---------------------------------------------------------------------------------------
+namespace detail {
+
+// Per-kind defaults (llama.cpp's), by tokenizer.ggml.model.
+struct VocabModel {
+  std::string_view name;
+  Tokenizer::Kind kind;
+  int32_t bos = Tokenizer::no_token, eos = Tokenizer::no_token, unk = Tokenizer::no_token, sep = Tokenizer::no_token;
+  bool add_space_prefix = false, add_bos = false, add_sep = false, clean_spaces = false;
+};
+inline constexpr VocabModel vocab_models[] = {
+    {.name = "llama", .kind = Tokenizer::Kind::spm, .bos = 1, .eos = 2, .unk = 0, .add_space_prefix = true,
+     .add_bos = true},
+    {.name = "bert", .kind = Tokenizer::Kind::wpm, .bos = 101, .unk = 100, .sep = 102, .add_bos = true,
+     .add_sep = true, .clean_spaces = true},
+    {.name = "gpt2", .kind = Tokenizer::Kind::bpe, .bos = 11, .eos = 11, .clean_spaces = true},
+};
+
+// The token array's length, checked before anything is sized by it.
+inline Expected<int32_t> token_array_size(const GgufFile& f, const GgufArray& tokens) {
+  if (tokens.element_type() != GgufValueType::string)
+    return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.tokens is not a string array");
+  const uint64_t n64 = tokens.size();
+  if (n64 == 0 || n64 > 0x7FFFFFF0u)
+    return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.tokens has " + std::to_string(n64) + " entries");
+  return static_cast<int32_t>(n64);
+}
+
+inline uint16_t token_attr_of_type(int64_t type) {
+  switch (type) {
+    case 1: return token_attr_normal;
+    case 2: return token_attr_unknown;
+    case 3: return token_attr_control;
+    case 4: return token_attr_user_defined;
+    case 5: return token_attr_unused;
+    case 6: return token_attr_byte;
+    default: return token_attr_undefined;
+  }
+}
+
+// DeepSeek's end of sentence, "<｜end▁of▁sentence｜>" (full-width bars, U+2581 spaces).
+inline constexpr char deepseek_eos[] = "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
+
+// Texts llama.cpp recognises special tokens by when the file does not name them (first match
+// in id order wins).
+inline constexpr const char* eot_texts[] = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>", "_<EOT>",
+    "[EOT]", deepseek_eos, "<end_of_utterance>"};
+inline constexpr const char* eom_texts[] = {"<|eom_id|>"};
+inline constexpr const char* fim_pre_texts[] = {
+    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>",
+    "<PRE>", "\xe2\x96\x81<PRE>", "<|code_prefix|>", "<|prefix|>"};
+inline constexpr const char* fim_suf_texts[] = {
+    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81hole\xef\xbd\x9c>",
+    "<SUF>", "\xe2\x96\x81<SUF>", "<|code_suffix|>", "<|suffix|>"};
+inline constexpr const char* fim_mid_texts[] = {
+    "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>",
+    "<MID>", "\xe2\x96\x81<MID>", "<|code_middle|>", "<|middle|>"};
+inline constexpr const char* fim_pad_texts[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"};
+inline constexpr const char* fim_rep_texts[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"};
+inline constexpr const char* fim_sep_texts[] = {"<|file_sep|>"};
+// Tokens that end generation wherever they are in the vocabulary.
+inline constexpr const char* eog_texts[] = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", deepseek_eos, "[e~["};
+
+}  // namespace detail
+
 inline Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
   Tokenizer t;
   auto model = f.get<std::string>("tokenizer.ggml.model");
   if (!model) return model.error();
   auto tokens = f.get<GgufArray>("tokenizer.ggml.tokens");
   if (!tokens) return tokens.error();
-  if (tokens->element_type() != GgufValueType::string)
-    return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.tokens is not a string array");
-  const uint64_t n64 = tokens->size();
-  if (n64 == 0 || n64 > 0x7FFFFFF0u)
-    return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.tokens has " + std::to_string(n64) + " entries");
-  const int32_t n = static_cast<int32_t>(n64);
+  auto n = detail::token_array_size(f, *tokens);
+  if (!n) return n.error();
   auto pre = f.get_or<std::string>("tokenizer.ggml.pre", "");
   if (!pre) return pre.error();
   t.pre_name_ = *pre;
+  if (Status s = t.set_model(f, *model); !s) return s.error();
+  if (Status s = t.read_token_strings(f, *tokens, *n); !s) return s.error();
+  t.build_lookup();
+  if (Status s = t.read_scores(f); !s) return s.error();
+  if (Status s = t.read_token_types(f); !s) return s.error();
+  if (Status s = t.read_merges(f); !s) return s.error();
+  detail::AuxTokenIds aux;
+  if (Status s = t.read_special_ids(f, aux); !s) return s.error();
+  if (Status s = t.read_flags(f); !s) return s.error();
+  t.find_specials_by_text(aux);
+  t.build_eog(aux);
+  t.collect_specials(f);
+  t.build_byte_tokens();
+  t.build_spm_glue();
+  t.build_pieces();
+  return t;
+}
 
-  // Per-kind defaults (llama.cpp's).
-  if (*model == "llama") {
-    t.kind_ = Kind::spm;
-    t.bos_ = 1, t.eos_ = 2, t.unk_ = 0;
-    t.add_space_prefix_ = true, t.add_bos_ = true;
-  } else if (*model == "bert") {
-    t.kind_ = Kind::wpm;
-    t.bos_ = 101, t.unk_ = 100, t.sep_ = 102;
-    t.add_bos_ = true, t.add_sep_ = true, t.clean_spaces_ = true;
-  } else if (*model == "gpt2") {
-    t.kind_ = Kind::bpe;
-    t.bos_ = 11, t.eos_ = 11;
-    t.clean_spaces_ = true;
-    using P = detail::PreTokenizer;
-    const std::string& p = t.pre_name_;
-    auto any = [&](std::initializer_list<const char*> names) {
-      for (const char* s : names)
-        if (p == s) return true;
-      return false;
-    };
-    if (p.empty() || p == "default") {
-      t.pre_ = P::default_;
-    } else if (any({"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"})) {
-      t.pre_ = P::llama3, t.ignore_merges_ = true, t.add_bos_ = true;
-    } else if (any({"dbrx", "smaug-bpe"})) {
-      t.pre_ = P::llama3;
-    } else if (p == "deepseek-llm") {
-      t.pre_ = P::deepseek_llm, t.clean_spaces_ = false;
-    } else if (p == "deepseek-coder") {
-      t.pre_ = P::deepseek_coder, t.clean_spaces_ = false;
-    } else if (p == "falcon") {
-      t.pre_ = P::falcon;
-    } else if (any({"gpt-2", "mpt", "olmo", "jais", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es",
-                    "jina-v2-de", "a.x-4.0", "mellum", "modern-bert", "exaone4"})) {
-      t.pre_ = P::gpt2;
-    } else if (any({"jina-v1-en", "jina-v2-code", "roberta-bpe"})) {
-      t.pre_ = P::gpt2, t.add_sep_ = true;
-    } else if (any({"trillion", "granite-docling"})) {
-      t.pre_ = P::gpt2, t.clean_spaces_ = false;
-    } else if (any({"starcoder", "refact", "codeshell", "exaone", "minerva-7b", "mellum2"})) {
-      t.pre_ = P::starcoder;
-    } else if (any({"command-r", "smollm"})) {
-      t.pre_ = P::starcoder, t.clean_spaces_ = false;
-    } else if (any({"qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2"})) {
-      t.pre_ = P::qwen2, t.clean_spaces_ = false;
-    } else if (any({"stablelm2", "megrez", "hunyuan", "solar-open"})) {
-      t.pre_ = P::qwen2, t.clean_spaces_ = (p == "stablelm2" || p == "megrez");
-    } else {
-      return make_error(Errc::unsupported, f.name() + ": unsupported pre-tokenizer '" + p + "'");
-    }
-  } else {
-    return make_error(Errc::unsupported, f.name() + ": unsupported tokenizer model '" + *model + "'");
+// Kind and per-kind defaults from tokenizer.ggml.model; for byte-level BPE also the
+// pre-tokenizer and the flags it implies.
+inline Status Tokenizer::set_model(const GgufFile& f, std::string_view model) {
+  const detail::VocabModel* vm = nullptr;
+  for (const detail::VocabModel& m : detail::vocab_models)
+    if (m.name == model) vm = &m;
+  if (!vm) return make_error(Errc::unsupported, f.name() + ": unsupported tokenizer model '" + std::string(model) + "'");
+  kind_ = vm->kind;
+  bos_ = vm->bos, eos_ = vm->eos, unk_ = vm->unk, sep_ = vm->sep;
+  add_space_prefix_ = vm->add_space_prefix, add_bos_ = vm->add_bos, add_sep_ = vm->add_sep;
+  clean_spaces_ = vm->clean_spaces;
+  if (kind_ == Kind::bpe) {
+    const detail::PreTokenizerInfo* p = detail::find_pre_tokenizer(pre_name_);
+    if (!p) return make_error(Errc::unsupported, f.name() + ": unsupported pre-tokenizer '" + pre_name_ + "'");
+    pre_ = p->pre;
+    ignore_merges_ = p->flags.ignore_merges, add_bos_ = p->flags.add_bos, add_sep_ = p->flags.add_sep;
+    clean_spaces_ = p->flags.clean_spaces;
   }
-  {
-    auto v = f.get_or<bool>("tokenizer.ggml.add_space_prefix", t.add_space_prefix_);
-    if (!v) return v.error();
-    t.add_space_prefix_ = *v;
-  }
+  auto v = f.get_or<bool>("tokenizer.ggml.add_space_prefix", add_space_prefix_);
+  if (!v) return v.error();
+  add_space_prefix_ = *v;
+  return {};
+}
 
-  // Token strings, copied into one buffer.
-  std::vector<std::string_view> strs = tokens->strings();
+// Token strings, copied into one buffer.
+inline Status Tokenizer::read_token_strings(const GgufFile& f, const GgufArray& tokens, int32_t n) {
+  std::vector<std::string_view> strs = tokens.strings();
   size_t total = 0;
   for (auto s : strs) total += s.empty() ? 24 : s.size();
-  t.text_.reserve(total);
-  t.offsets_.reserve(static_cast<size_t>(n) + 1);
-  t.offsets_.push_back(0);
+  text_.reserve(total);
+  offsets_.reserve(static_cast<size_t>(n) + 1);
+  offsets_.push_back(0);
   for (int32_t i = 0; i < n; ++i) {
     std::string_view s = strs[i];
     std::string empty_name;
@@ -984,99 +1194,104 @@ inline Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
       empty_name = "[EMPTY_" + std::to_string(i) + "]";
       s = empty_name;
     }
-    t.text_.insert(t.text_.end(), s.begin(), s.end());
-    t.offsets_.push_back(static_cast<uint32_t>(t.text_.size()));
-    t.max_token_len_ = std::max(t.max_token_len_, s.size());
+    text_.insert(text_.end(), s.begin(), s.end());
+    offsets_.push_back(static_cast<uint32_t>(text_.size()));
+    max_token_len_ = std::max(max_token_len_, s.size());
   }
-  if (t.text_.size() > 0xFFFFFFF0u) return make_error(Errc::invalid_format, f.name() + ": vocabulary too large");
-  {
-    size_t cap = 16;
-    while (cap < static_cast<size_t>(n) * 2) cap <<= 1;
-    t.slots_.assign(cap, -1);
-    const size_t mask = cap - 1;
-    for (int32_t id = 0; id < n; ++id) {
-      std::string_view s = t.text_of(id);
-      for (size_t i = detail::hash_bytes(s.data(), s.size()) & mask;; i = (i + 1) & mask) {
-        if (t.slots_[i] < 0) {
-          t.slots_[i] = id;
-          break;
-        }
-        if (t.text_of(t.slots_[i]) == s) {  // duplicate string: the later id wins, as in llama.cpp
-          t.slots_[i] = id;
-          break;
-        }
+  if (text_.size() > 0xFFFFFFF0u) return make_error(Errc::invalid_format, f.name() + ": vocabulary too large");
+  return {};
+}
+
+inline void Tokenizer::build_lookup() {
+  const size_t n = static_cast<size_t>(n_vocab());
+  size_t cap = 16;
+  while (cap < n * 2) cap <<= 1;
+  slots_.assign(cap, -1);
+  const size_t mask = cap - 1;
+  for (int32_t id = 0; id < n_vocab(); ++id) {
+    std::string_view s = text_of(id);
+    for (size_t i = detail::hash_bytes(s.data(), s.size()) & mask;; i = (i + 1) & mask) {
+      if (slots_[i] < 0) {
+        slots_[i] = id;
+        break;
+      }
+      if (text_of(slots_[i]) == s) {  // duplicate string: the later id wins, as in llama.cpp
+        slots_[i] = id;
+        break;
       }
     }
   }
+}
 
-  // Scores and token types.
-  t.scores_.assign(static_cast<size_t>(n), 0.0f);
-  if (f.contains("tokenizer.ggml.scores")) {
-    auto sc = f.get<GgufArray>("tokenizer.ggml.scores");
-    if (!sc) return sc.error();
-    if (sc->element_type() != GgufValueType::f32 || sc->size() < n64)
-      return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.scores must hold one f32 per token");
-    for (int32_t i = 0; i < n; ++i) t.scores_[i] = sc->at<float>(static_cast<uint64_t>(i));
-  }
-  t.attrs_.assign(static_cast<size_t>(n), token_attr_normal);
-  if (f.contains("tokenizer.ggml.token_type")) {
-    auto tt = f.get<GgufArray>("tokenizer.ggml.token_type");
-    if (!tt) return tt.error();
-    if (tt->size() < n64) return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.token_type is too short");
-    int32_t i = 0;
-    bool ok = true;
-    tt->for_each([&](const GgufValue& v) {
-      if (i >= n) return false;
-      int64_t ty = 0;
-      if (!v.as_int64(&ty)) {
-        ok = false;
-        return false;
-      }
-      uint16_t a = token_attr_undefined;
-      switch (ty) {
-        case 1: a = token_attr_normal; break;
-        case 2: a = token_attr_unknown; break;
-        case 3: a = token_attr_control; break;
-        case 4: a = token_attr_user_defined; break;
-        case 5: a = token_attr_unused; break;
-        case 6: a = token_attr_byte; break;
-        default: a = token_attr_undefined; break;
-      }
-      t.attrs_[i++] = a;
-      return true;
-    });
-    if (!ok) return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.token_type is not an integer array");
-  }
+inline Status Tokenizer::read_scores(const GgufFile& f) {
+  const int32_t n = n_vocab();
+  scores_.assign(static_cast<size_t>(n), 0.0f);
+  if (!f.contains("tokenizer.ggml.scores")) return {};
+  auto sc = f.get<GgufArray>("tokenizer.ggml.scores");
+  if (!sc) return sc.error();
+  if (sc->element_type() != GgufValueType::f32 || sc->size() < static_cast<uint64_t>(n))
+    return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.scores must hold one f32 per token");
+  for (int32_t i = 0; i < n; ++i) scores_[i] = sc->at<float>(static_cast<uint64_t>(i));
+  return {};
+}
 
-  // Merges (byte-level BPE).
-  if (t.kind_ == Kind::bpe) {
-    auto mg = f.get<GgufArray>("tokenizer.ggml.merges");
-    if (!mg) return mg.error();
-    if (mg->element_type() != GgufValueType::string)
-      return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.merges is not a string array");
-    t.merges_.reserve(static_cast<size_t>(mg->size()));
-    uint64_t rank = 0;
-    std::string joined;
-    mg->for_each([&](const GgufValue& v) {
-      std::string_view m = v.as_string();
-      const size_t sp = m.size() > 1 ? m.find(' ', 1) : std::string_view::npos;
-      if (sp != std::string_view::npos) {
-        std::string_view a = m.substr(0, sp), b = m.substr(sp + 1);
-        const int32_t ia = t.lookup(a.data(), a.size()), ib = t.lookup(b.data(), b.size());
-        if (ia >= 0 && ib >= 0) {
-          joined.assign(a);
-          joined.append(b);
-          const int32_t ij = t.lookup(joined.data(), joined.size());
-          const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(ia)) << 32) | static_cast<uint32_t>(ib);
-          t.merges_.insert_if_absent(key, (rank << 32) | static_cast<uint32_t>(ij));
-        }
-      }
-      ++rank;
-      return true;
-    });
-  }
+inline Status Tokenizer::read_token_types(const GgufFile& f) {
+  const int32_t n = n_vocab();
+  attrs_.assign(static_cast<size_t>(n), token_attr_normal);
+  if (!f.contains("tokenizer.ggml.token_type")) return {};
+  auto tt = f.get<GgufArray>("tokenizer.ggml.token_type");
+  if (!tt) return tt.error();
+  if (tt->size() < static_cast<uint64_t>(n))
+    return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.token_type is too short");
+  int32_t i = 0;
+  bool ok = true;
+  tt->for_each([&](const GgufValue& v) {
+    if (i >= n) return false;
+    int64_t ty = 0;
+    if (!v.as_int64(&ty)) {
+      ok = false;
+      return false;
+    }
+    attrs_[i++] = detail::token_attr_of_type(ty);
+    return true;
+  });
+  if (!ok) return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.token_type is not an integer array");
+  return {};
+}
 
-  // Special ids from the file override the defaults when they are inside the vocabulary.
+// Merges of byte-level BPE: "left right" strings, rank = position in the list.
+inline Status Tokenizer::read_merges(const GgufFile& f) {
+  if (kind_ != Kind::bpe) return {};
+  auto mg = f.get<GgufArray>("tokenizer.ggml.merges");
+  if (!mg) return mg.error();
+  if (mg->element_type() != GgufValueType::string)
+    return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.merges is not a string array");
+  merges_.reserve(static_cast<size_t>(mg->size()));
+  uint64_t rank = 0;
+  std::string joined;
+  mg->for_each([&](const GgufValue& v) {
+    std::string_view m = v.as_string();
+    const size_t sp = m.size() > 1 ? m.find(' ', 1) : std::string_view::npos;
+    if (sp != std::string_view::npos) {
+      std::string_view a = m.substr(0, sp), b = m.substr(sp + 1);
+      const int32_t ia = lookup(a.data(), a.size()), ib = lookup(b.data(), b.size());
+      if (ia >= 0 && ib >= 0) {
+        joined.assign(a);
+        joined.append(b);
+        const int32_t ij = lookup(joined.data(), joined.size());
+        const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(ia)) << 32) | static_cast<uint32_t>(ib);
+        merges_.insert_if_absent(key, (rank << 32) | static_cast<uint32_t>(ij));
+      }
+    }
+    ++rank;
+    return true;
+  });
+  return {};
+}
+
+// Special ids from the file override the defaults when they are inside the vocabulary.
+inline Status Tokenizer::read_special_ids(const GgufFile& f, detail::AuxTokenIds& aux) {
+  const int32_t n = n_vocab();
   auto read_id = [&](const char* key, int32_t& id) -> Status {
     if (id >= n) id = no_token;
     if (!f.contains(key)) return {};
@@ -1085,140 +1300,139 @@ inline Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
     if (*v >= 0 && *v < n) id = static_cast<int32_t>(*v);
     return {};
   };
-  int32_t pad = no_token, fim_pre = no_token, fim_suf = no_token, fim_mid = no_token, fim_pad = no_token,
-          fim_rep = no_token, fim_sep = no_token, mask_id = no_token;
-  if (t.kind_ == Kind::wpm) pad = 0, mask_id = 103;
+  if (kind_ == Kind::wpm) aux.pad = 0, aux.mask = 103;
   for (auto [key, ref] : std::initializer_list<std::pair<const char*, int32_t*>>{
-           {"tokenizer.ggml.bos_token_id", &t.bos_},         {"tokenizer.ggml.eos_token_id", &t.eos_},
-           {"tokenizer.ggml.eot_token_id", &t.eot_},         {"tokenizer.ggml.eom_token_id", &t.eom_},
-           {"tokenizer.ggml.unknown_token_id", &t.unk_},     {"tokenizer.ggml.seperator_token_id", &t.sep_},
-           {"tokenizer.ggml.padding_token_id", &pad},        {"tokenizer.ggml.mask_token_id", &mask_id},
-           {"tokenizer.ggml.fim_pre_token_id", &fim_pre},    {"tokenizer.ggml.fim_suf_token_id", &fim_suf},
-           {"tokenizer.ggml.fim_mid_token_id", &fim_mid},    {"tokenizer.ggml.fim_pad_token_id", &fim_pad},
-           {"tokenizer.ggml.fim_rep_token_id", &fim_rep},    {"tokenizer.ggml.fim_sep_token_id", &fim_sep},
-           {"tokenizer.ggml.prefix_token_id", &fim_pre},     {"tokenizer.ggml.suffix_token_id", &fim_suf},
-           {"tokenizer.ggml.middle_token_id", &fim_mid}}) {
+           {"tokenizer.ggml.bos_token_id", &bos_},             {"tokenizer.ggml.eos_token_id", &eos_},
+           {"tokenizer.ggml.eot_token_id", &eot_},             {"tokenizer.ggml.eom_token_id", &eom_},
+           {"tokenizer.ggml.unknown_token_id", &unk_},         {"tokenizer.ggml.seperator_token_id", &sep_},
+           {"tokenizer.ggml.padding_token_id", &aux.pad},      {"tokenizer.ggml.mask_token_id", &aux.mask},
+           {"tokenizer.ggml.fim_pre_token_id", &aux.fim_pre},  {"tokenizer.ggml.fim_suf_token_id", &aux.fim_suf},
+           {"tokenizer.ggml.fim_mid_token_id", &aux.fim_mid},  {"tokenizer.ggml.fim_pad_token_id", &aux.fim_pad},
+           {"tokenizer.ggml.fim_rep_token_id", &aux.fim_rep},  {"tokenizer.ggml.fim_sep_token_id", &aux.fim_sep},
+           {"tokenizer.ggml.prefix_token_id", &aux.fim_pre},   {"tokenizer.ggml.suffix_token_id", &aux.fim_suf},
+           {"tokenizer.ggml.middle_token_id", &aux.fim_mid}}) {
     if (Status s = read_id(key, *ref); !s) return s.error();
   }
+  return {};
+}
+
+// add_bos / add_eos / add_sep, and WordPiece's normalizer switches.
+inline Status Tokenizer::read_flags(const GgufFile& f) {
   for (auto [key, ref] : std::initializer_list<std::pair<const char*, bool*>>{
-           {"tokenizer.ggml.add_bos_token", &t.add_bos_},
-           {"tokenizer.ggml.add_eos_token", &t.add_eos_},
-           {"tokenizer.ggml.add_sep_token", &t.add_sep_}}) {
+           {"tokenizer.ggml.add_bos_token", &add_bos_},
+           {"tokenizer.ggml.add_eos_token", &add_eos_},
+           {"tokenizer.ggml.add_sep_token", &add_sep_}}) {
     auto v = f.get_or<bool>(key, *ref);
     if (!v) return v.error();
     *ref = *v;
   }
-  if (t.kind_ == Kind::wpm) {
+  if (kind_ == Kind::wpm) {
     auto lc = f.get_or<bool>("tokenizer.ggml.normalizer.lowercase", true);
     if (!lc) return lc.error();
-    t.wpm_lowercase_ = *lc;
+    wpm_lowercase_ = *lc;
     auto sa = f.get_or<bool>("tokenizer.ggml.normalizer.strip_accents", *lc);
     if (!sa) return sa.error();
-    t.wpm_strip_accents_ = *sa;
+    wpm_strip_accents_ = *sa;
   }
+  return {};
+}
 
-  // Tokens llama.cpp recognises by their text (first match in id order), made control.
-  auto find_first = [&](int32_t& id, std::initializer_list<const char*> names) {
+// Special tokens the file does not name, found by their text and made control tokens.
+inline void Tokenizer::find_specials_by_text(detail::AuxTokenIds& aux) {
+  auto find_first = [&](int32_t& id, std::span<const char* const> texts) {
     if (id != no_token) return;
-    for (const char* name : names) {
-      const int32_t i = t.find_token(name);
+    for (const char* text : texts) {
+      const int32_t i = find_token(text);
       if (i >= 0 && (id == no_token || i < id)) id = i;
     }
-    if (id != no_token) t.attrs_[id] |= token_attr_control;
+    if (id != no_token) attrs_[id] |= token_attr_control;
   };
-  find_first(t.eot_, {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
-                      "<EOT>", "_<EOT>", "[EOT]", ("<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"),
-                      "<end_of_utterance>"});
-  find_first(t.eom_, {"<|eom_id|>"});
-  find_first(fim_pre, {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", ("<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>"),
-                       "<PRE>", "\xe2\x96\x81<PRE>", "<|code_prefix|>", "<|prefix|>"});
-  find_first(fim_suf, {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", ("<\xef\xbd\x9c" "fim\xe2\x96\x81hole\xef\xbd\x9c>"),
-                       "<SUF>", "\xe2\x96\x81<SUF>", "<|code_suffix|>", "<|suffix|>"});
-  find_first(fim_mid, {"<|fim_middle|>", "<fim-middle>", "<fim_middle>", ("<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>"),
-                       "<MID>", "\xe2\x96\x81<MID>", "<|code_middle|>", "<|middle|>"});
-  find_first(fim_pad, {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"});
-  find_first(fim_rep, {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"});
-  find_first(fim_sep, {"<|file_sep|>"});
+  find_first(eot_, detail::eot_texts);
+  find_first(eom_, detail::eom_texts);
+  find_first(aux.fim_pre, detail::fim_pre_texts);
+  find_first(aux.fim_suf, detail::fim_suf_texts);
+  find_first(aux.fim_mid, detail::fim_mid_texts);
+  find_first(aux.fim_pad, detail::fim_pad_texts);
+  find_first(aux.fim_rep, detail::fim_rep_texts);
+  find_first(aux.fim_sep, detail::fim_sep_texts);
+}
 
-  // End-of-generation set.
-  for (int32_t id : {fim_pad, fim_rep, fim_sep, t.eos_, t.eot_, t.eom_})
-    if (id != no_token) t.eog_.push_back(id);
-  static constexpr const char* eog_names[] = {
-      "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
-      "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
-      "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
-      ("<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"), "[e~["};
-  for (const char* name : eog_names) {
-    const int32_t i = t.find_token(name);
+inline void Tokenizer::build_eog(const detail::AuxTokenIds& aux) {
+  for (int32_t id : {aux.fim_pad, aux.fim_rep, aux.fim_sep, eos_, eot_, eom_})
+    if (id != no_token) eog_.push_back(id);
+  for (const char* text : detail::eog_texts) {
+    const int32_t i = find_token(text);
     if (i < 0) continue;
-    t.eog_.push_back(i);
-    t.attrs_[i] |= token_attr_control;
+    eog_.push_back(i);
+    attrs_[i] |= token_attr_control;
   }
-  std::sort(t.eog_.begin(), t.eog_.end());
-  t.eog_.erase(std::unique(t.eog_.begin(), t.eog_.end()), t.eog_.end());
+  std::sort(eog_.begin(), eog_.end());
+  eog_.erase(std::unique(eog_.begin(), eog_.end()), eog_.end());
+}
 
-  // Special tokens matched in text, longest first.
-  for (int32_t i = 0; i < n; ++i)
-    if (t.attrs_[i] & (token_attr_control | token_attr_user_defined | token_attr_unknown)) t.specials_.push_back(i);
-  std::stable_sort(t.specials_.begin(), t.specials_.end(), [&](int32_t a, int32_t b) {
-    return t.text_of(a).size() > t.text_of(b).size();
-  });
+// Special tokens matched in text, longest first.
+inline void Tokenizer::collect_specials(const GgufFile& f) {
+  for (int32_t i = 0; i < n_vocab(); ++i)
+    if (attrs_[i] & (token_attr_control | token_attr_user_defined | token_attr_unknown)) specials_.push_back(i);
+  std::stable_sort(specials_.begin(), specials_.end(),
+                   [&](int32_t a, int32_t b) { return text_of(a).size() > text_of(b).size(); });
 
   // Phi-3 models: white space after special tokens is swallowed (llama.cpp keys this on the
   // model name).
-  {
-    auto name = f.get_or<std::string>("general.name", "");
-    std::string lname = name ? *name : std::string();
-    for (char& c : lname) c = static_cast<char>((c >= 'A' && c <= 'Z') ? c + 32 : c);
-    if (lname.find("phi-3") != std::string::npos || lname.find("phi3") != std::string::npos) {
-      for (int32_t id : t.specials_) t.attrs_[id] |= token_attr_rstrip;
-      if (int32_t id = t.find_token("</s>"); id >= 0) t.attrs_[id] |= token_attr_rstrip;
-      for (const char* s : {"<unk>", "<s>", "<|endoftext|>"})
-        if (int32_t id = t.find_token(s); id >= 0) t.attrs_[id] &= static_cast<uint16_t>(~token_attr_rstrip);
-    }
-  }
+  auto name = f.get_or<std::string>("general.name", "");
+  std::string lname = name ? *name : std::string();
+  for (char& c : lname) c = static_cast<char>((c >= 'A' && c <= 'Z') ? c + 32 : c);
+  if (lname.find("phi-3") == std::string::npos && lname.find("phi3") == std::string::npos) return;
+  for (int32_t id : specials_) attrs_[id] |= token_attr_rstrip;
+  if (int32_t id = find_token("</s>"); id >= 0) attrs_[id] |= token_attr_rstrip;
+  for (const char* s : {"<unk>", "<s>", "<|endoftext|>"})
+    if (int32_t id = find_token(s); id >= 0) attrs_[id] &= static_cast<uint16_t>(~token_attr_rstrip);
+}
 
-  // Byte tokens.
+// The token of each byte: SPM's <0xNN> (or the byte itself), BPE's stand-in character.
+inline void Tokenizer::build_byte_tokens() {
   for (int b = 0; b < 256; ++b) {
-    if (t.kind_ == Kind::spm) {
+    if (kind_ == Kind::spm) {
       static const char* hex = "0123456789ABCDEF";
       const char buf[6] = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
-      int32_t id = t.lookup(buf, 6);
+      int32_t id = lookup(buf, 6);
       if (id < 0) {
         const char c = static_cast<char>(b);
-        id = t.lookup(&c, 1);
+        id = lookup(&c, 1);
       }
-      t.byte_tokens_[b] = id;
+      byte_tokens_[b] = id;
     } else {
       std::string s;
       detail::utf8_append(s, detail::byte_unicode().to_cp[b]);
-      t.byte_tokens_[b] = t.lookup(s.data(), s.size());
+      byte_tokens_[b] = lookup(s.data(), s.size());
     }
   }
+}
 
-  if (t.kind_ == Kind::spm) {
-    for (int32_t i = 0; i < n; ++i) {
-      std::string_view s = t.text_of(i);
-      for (size_t k = 1; k + 3 <= s.size(); ++k) {
-        if (s.compare(k, 3, "\xe2\x96\x81") != 0) continue;
-        size_t b = k - 1;  // start of the code point before
-        while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80) --b;
-        size_t used;
-        const uint32_t cp = detail::utf8_decode_lenient(reinterpret_cast<const unsigned char*>(s.data()) + b, k - b, &used);
-        if (std::find(t.spm_glue_.begin(), t.spm_glue_.end(), cp) == t.spm_glue_.end()) t.spm_glue_.push_back(cp);
-      }
+inline void Tokenizer::build_spm_glue() {
+  if (kind_ != Kind::spm) return;
+  for (int32_t i = 0; i < n_vocab(); ++i) {
+    std::string_view s = text_of(i);
+    for (size_t k = 1; k + 3 <= s.size(); ++k) {
+      if (s.compare(k, 3, "\xe2\x96\x81") != 0) continue;
+      size_t b = k - 1;  // start of the code point before
+      while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80) --b;
+      size_t used;
+      const uint32_t cp = detail::utf8_decode_lenient(reinterpret_cast<const unsigned char*>(s.data()) + b, k - b, &used);
+      if (std::find(spm_glue_.begin(), spm_glue_.end(), cp) == spm_glue_.end()) spm_glue_.push_back(cp);
     }
   }
+}
 
-  // Pieces (output text) of every token.
-  t.piece_offsets_.reserve(static_cast<size_t>(n) + 1);
-  t.piece_offsets_.push_back(0);
-  for (int32_t i = 0; i < n; ++i) {
-    std::string p = t.make_piece(i);
-    t.piece_text_.insert(t.piece_text_.end(), p.begin(), p.end());
-    t.piece_offsets_.push_back(static_cast<uint32_t>(t.piece_text_.size()));
+// Pieces (output text) of every token.
+inline void Tokenizer::build_pieces() {
+  piece_offsets_.reserve(static_cast<size_t>(n_vocab()) + 1);
+  piece_offsets_.push_back(0);
+  for (int32_t i = 0; i < n_vocab(); ++i) {
+    std::string p = make_piece(i);
+    piece_text_.insert(piece_text_.end(), p.begin(), p.end());
+    piece_offsets_.push_back(static_cast<uint32_t>(piece_text_.size()));
   }
-  return t;
 }
 
 inline std::string Tokenizer::make_piece(int32_t id) const {
@@ -1303,100 +1517,16 @@ inline Expected<std::vector<int32_t>> Tokenizer::encode(std::string_view text, b
   std::vector<int32_t> out;
   if (n_vocab() == 0) return make_error(Errc::invalid_argument, "encode: empty tokenizer");
   if (text.size() > 0x7FFFFFFFu) return make_error(Errc::invalid_argument, "encode: text larger than 2 GiB");
+  const std::vector<detail::TextFragment> frags = split_at_specials(text, parse_special);
 
-  // 1. Split the text at special tokens (llama.cpp's order: longest token first, each token's
-  //    occurrences left to right in what is still plain text). A fragment is either a token
-  //    id (>= 0) or a text span.
-  struct Frag {
-    int32_t token;  // -1: text
-    size_t begin, end;
-  };
-  std::vector<Frag> frags;
-  if (!text.empty()) frags.push_back({-1, 0, text.size()});
-  if (!text.empty() && !specials_.empty()) {
-    // Pre-filters: a token can only occur if its first byte does, and (in long texts) if each
-    // of its 3-byte windows does (a hashed set of the text's 3-byte windows).
-    bool present[256] = {};
-    for (unsigned char c : text) present[c] = true;
-    std::vector<uint64_t> tri;
-    auto tri_hash = [](const char* p) {
-      const uint32_t v = static_cast<uint32_t>(static_cast<unsigned char>(p[0])) |
-                         static_cast<uint32_t>(static_cast<unsigned char>(p[1])) << 8 |
-                         static_cast<uint32_t>(static_cast<unsigned char>(p[2])) << 16;
-      return (v * 2654435761u) >> 12;  // 20 bits
-    };
-    if (text.size() >= 4096 && detail::tokenizer_tuning().special_filter) {
-      tri.assign((1u << 20) / 64, 0);
-      for (size_t i = 0; i + 3 <= text.size(); ++i) {
-        const uint32_t h = tri_hash(text.data() + i);
-        tri[h >> 6] |= 1ull << (h & 63);
-      }
-    }
-    auto may_occur = [&](std::string_view st) {
-      if (!present[static_cast<unsigned char>(st[0])]) return false;
-      if (tri.empty()) return true;
-      for (size_t i = 0; i + 3 <= st.size(); ++i) {
-        const uint32_t h = tri_hash(st.data() + i);
-        if (!(tri[h >> 6] >> (h & 63) & 1)) return false;
-      }
-      return true;
-    };
-    std::vector<Frag> next;
-    for (int32_t sid : specials_) {
-      const uint16_t a = attrs_[sid];
-      if (!parse_special && (a & (token_attr_control | token_attr_unknown))) continue;
-      std::string_view st = text_of(sid);
-      if (st.empty() || !may_occur(st)) continue;
-      bool any = false;
-      next.clear();
-      for (const Frag& fr : frags) {
-        if (fr.token >= 0) {
-          next.push_back(fr);
-          continue;
-        }
-        size_t b = fr.begin;
-        const size_t e = fr.end;
-        while (b < e) {
-          const size_t m = text.substr(0, e).find(st, b);
-          if (m == std::string_view::npos) break;
-          any = true;
-          size_t left_end = m;
-          if (a & token_attr_lstrip)
-            while (left_end > b && std::strchr(" \t\n\v\f\r", text[left_end - 1]) && text[left_end - 1] != 0) --left_end;
-          if (left_end > b) next.push_back({-1, b, left_end});
-          next.push_back({sid, m, m + st.size()});
-          b = m + st.size();
-          if (a & token_attr_rstrip)
-            while (b < e && text[b] != 0 && std::strchr(" \t\n\v\f\r", text[b])) ++b;
-        }
-        if (b < e) next.push_back({-1, b, e});
-      }
-      if (any) frags.swap(next);
-    }
-  }
-
-  // 2. BOS, each fragment, EOS.
+  // BOS, each fragment, EOS.
   const bool bos_first = add_special && add_bos_ && bos_ != no_token && kind_ != Kind::wpm;
   if (bos_first) out.push_back(bos_);
   if (add_special && kind_ == Kind::wpm && bos_ != no_token) out.push_back(bos_);
   bool prev_special = true;  // SPM: a space goes before the text and after each special token
   std::string buf;
   detail::SpmWork spm_work;
-  auto spm_chunk = [&](std::string_view chunk, bool cacheable) {
-    if (cacheable && chunk.size() <= 64) {
-      uint32_t n = 0;
-      if (const int32_t* ids = spm_work.cache.find(chunk, &n)) {
-        out.insert(out.end(), ids, ids + n);
-        return;
-      }
-      const size_t start = out.size();
-      encode_spm(chunk, out, spm_work);
-      spm_work.cache.insert(chunk, out.data() + start, out.size() - start);
-      return;
-    }
-    encode_spm(chunk, out, spm_work);
-  };
-  for (const Frag& fr : frags) {
+  for (const detail::TextFragment& fr : frags) {
     if (fr.token >= 0) {
       out.push_back(fr.token);
       prev_special = true;
@@ -1404,42 +1534,7 @@ inline Expected<std::vector<int32_t>> Tokenizer::encode(std::string_view text, b
     }
     std::string_view piece = text.substr(fr.begin, fr.end - fr.begin);
     switch (kind_) {
-      case Kind::spm: {
-        buf.clear();
-        buf.reserve(piece.size() + 3 + piece.size() / 4);
-        if (add_space_prefix_ && prev_special) buf += "\xe2\x96\x81";
-        for (char c : piece) {
-          if (c == ' ')
-            buf += "\xe2\x96\x81";
-          else
-            buf.push_back(c);
-        }
-        // Cut before each "\u2581" that no token joins to the character before it; the pieces
-        // merge independently, so the result is that of the whole text, only faster. In long
-        // texts the pieces (words) repeat, so their ids are remembered.
-        const bool cacheable = buf.size() >= detail::tokenizer_tuning().cache_min_bytes;
-        const std::string& cur = buf;
-        {
-          // Walk the symbols exactly as encode_spm forms them (by lead-byte length).
-          size_t start = 0, prev_sym = 0, pos = 0;
-          const unsigned char* bp = reinterpret_cast<const unsigned char*>(cur.data());
-          while (pos < cur.size()) {
-            const size_t len = std::min(detail::utf8_len(bp[pos]), cur.size() - pos);
-            if (pos > start && detail::tokenizer_tuning().spm_cut && len == 3 && bp[pos] == 0xE2 && bp[pos + 1] == 0x96 && bp[pos + 2] == 0x81) {
-              size_t used;
-              const uint32_t prev = detail::utf8_decode_lenient(bp + prev_sym, pos - prev_sym, &used);
-              if (used == pos - prev_sym && std::find(spm_glue_.begin(), spm_glue_.end(), prev) == spm_glue_.end()) {
-                spm_chunk(std::string_view(cur).substr(start, pos - start), cacheable);
-                start = pos;
-              }
-            }
-            prev_sym = pos;
-            pos += len;
-          }
-          spm_chunk(std::string_view(cur).substr(start), cacheable);
-        }
-        break;
-      }
+      case Kind::spm: encode_spm_text(piece, prev_special, buf, spm_work, out); break;
       case Kind::bpe: encode_bpe(piece, out); break;
       case Kind::wpm: encode_wpm(piece, out); break;
     }
@@ -1453,6 +1548,113 @@ inline Expected<std::vector<int32_t>> Tokenizer::encode(std::string_view text, b
     }
   }
   return out;
+}
+
+// Splits the text at special tokens in llama.cpp's order: longest token first, each token's
+// occurrences left to right in what is still plain text.
+inline std::vector<detail::TextFragment> Tokenizer::split_at_specials(std::string_view text,
+                                                                      bool parse_special) const {
+  std::vector<detail::TextFragment> frags;
+  if (text.empty()) return frags;
+  frags.push_back({-1, 0, text.size()});
+  if (specials_.empty()) return frags;
+  const detail::SpecialTokenFilter filter(text);
+  std::vector<detail::TextFragment> next;
+  for (int32_t sid : specials_) {
+    if (!parse_special && (attrs_[sid] & (token_attr_control | token_attr_unknown))) continue;
+    std::string_view st = text_of(sid);
+    if (st.empty() || !filter.may_occur(st)) continue;
+    next.clear();
+    if (split_at_special(text, sid, frags, next)) frags.swap(next);
+  }
+  return frags;
+}
+
+// The fragments with every occurrence of special token `sid` in their text cut out, into
+// `next`. False when the token does not occur.
+inline bool Tokenizer::split_at_special(std::string_view text, int32_t sid,
+                                        const std::vector<detail::TextFragment>& frags,
+                                        std::vector<detail::TextFragment>& next) const {
+  const uint16_t a = attrs_[sid];
+  const std::string_view st = text_of(sid);
+  bool any = false;
+  for (const detail::TextFragment& fr : frags) {
+    if (fr.token >= 0) {
+      next.push_back(fr);
+      continue;
+    }
+    size_t b = fr.begin;
+    const size_t e = fr.end;
+    while (b < e) {
+      const size_t m = text.substr(0, e).find(st, b);
+      if (m == std::string_view::npos) break;
+      any = true;
+      size_t left_end = m;
+      if (a & token_attr_lstrip)
+        while (left_end > b && std::strchr(" \t\n\v\f\r", text[left_end - 1]) && text[left_end - 1] != 0) --left_end;
+      if (left_end > b) next.push_back({-1, b, left_end});
+      next.push_back({sid, m, m + st.size()});
+      b = m + st.size();
+      if (a & token_attr_rstrip)
+        while (b < e && text[b] != 0 && std::strchr(" \t\n\v\f\r", text[b])) ++b;
+    }
+    if (b < e) next.push_back({-1, b, e});
+  }
+  return any;
+}
+
+// SentencePiece text between special tokens: spaces become "\u2581" (and one goes first when
+// the vocabulary asks for it), then the text is cut before each "\u2581" that no token joins
+// to the character before it. The pieces merge independently, so the result is that of the
+// whole text, only faster; in long texts the pieces (words) repeat, so their ids are
+// remembered.
+inline void Tokenizer::encode_spm_text(std::string_view piece, bool after_special, std::string& buf,
+                                       detail::SpmWork& w, std::vector<int32_t>& out) const {
+  buf.clear();
+  buf.reserve(piece.size() + 3 + piece.size() / 4);
+  if (add_space_prefix_ && after_special) buf += "\xe2\x96\x81";
+  for (char c : piece) {
+    if (c == ' ')
+      buf += "\xe2\x96\x81";
+    else
+      buf.push_back(c);
+  }
+  const bool cacheable = buf.size() >= detail::tokenizer_tuning().cache_min_bytes;
+  const std::string_view cur = buf;
+  // Walk the symbols exactly as encode_spm forms them (by lead-byte length).
+  size_t start = 0, prev_sym = 0, pos = 0;
+  const unsigned char* bp = reinterpret_cast<const unsigned char*>(cur.data());
+  while (pos < cur.size()) {
+    const size_t len = std::min(detail::utf8_len(bp[pos]), cur.size() - pos);
+    if (pos > start && detail::tokenizer_tuning().spm_cut && len == 3 && bp[pos] == 0xE2 && bp[pos + 1] == 0x96 &&
+        bp[pos + 2] == 0x81) {
+      size_t used;
+      const uint32_t prev = detail::utf8_decode_lenient(bp + prev_sym, pos - prev_sym, &used);
+      if (used == pos - prev_sym && std::find(spm_glue_.begin(), spm_glue_.end(), prev) == spm_glue_.end()) {
+        encode_spm_chunk(cur.substr(start, pos - start), cacheable, w, out);
+        start = pos;
+      }
+    }
+    prev_sym = pos;
+    pos += len;
+  }
+  encode_spm_chunk(cur.substr(start), cacheable, w, out);
+}
+
+inline void Tokenizer::encode_spm_chunk(std::string_view chunk, bool cacheable, detail::SpmWork& w,
+                                        std::vector<int32_t>& out) const {
+  if (!cacheable || chunk.size() > 64) {
+    encode_spm(chunk, out, w);
+    return;
+  }
+  uint32_t n = 0;
+  if (const int32_t* ids = w.cache.find(chunk, &n)) {
+    out.insert(out.end(), ids, ids + n);
+    return;
+  }
+  const size_t start = out.size();
+  encode_spm(chunk, out, w);
+  w.cache.insert(chunk, out.data() + start, out.size() - start);
 }
 
 // SentencePiece merge: start from single characters, repeatedly join the adjacent pair whose
@@ -1527,27 +1729,8 @@ inline void Tokenizer::encode_bpe(std::string_view text, std::vector<int32_t>& o
   std::vector<size_t> words, scratch;
   detail::pre_tokenize(pre_, cps.data(), flags.data(), cps.size(), words, scratch);
 
-  struct Sym {
-    int32_t prev, next;
-    int32_t id;       // token id of the symbol's text, or -1
-    uint32_t begin;   // byte range in `bytes`
-    uint32_t len;
-  };
-  struct Bigram {
-    uint32_t rank;
-    int32_t left, right;
-    int32_t left_id, right_id;
-  };
-  struct Worse {
-    bool operator()(const Bigram& a, const Bigram& b) const {
-      return a.rank > b.rank || (a.rank == b.rank && a.left > b.left);
-    }
-  };
-  std::string bytes;   // the word's UTF-8 bytes
-  std::string mapped;  // the word in stand-in characters (for whole-word lookups)
-  std::vector<Sym> syms;
-  std::vector<Bigram> heap;
-  const auto& tab = detail::byte_unicode();
+  std::string bytes;  // the word's UTF-8 bytes
+  detail::BpeWork work;
   // Long texts repeat words: remember each short word's ids for the rest of this call.
   const bool use_cache = text.size() >= detail::tokenizer_tuning().cache_min_bytes;
   detail::WordCache cache;
@@ -1556,7 +1739,6 @@ inline void Tokenizer::encode_bpe(std::string_view text, std::vector<int32_t>& o
     bytes.clear();
     for (size_t k = 0; k < wlen; ++k) detail::utf8_append(bytes, cps[cp_pos + k]);
     cp_pos += wlen;
-    const size_t out_start = out.size();
     const bool cacheable = use_cache && bytes.size() <= 48;
     if (cacheable) {
       uint32_t n = 0;
@@ -1565,71 +1747,76 @@ inline void Tokenizer::encode_bpe(std::string_view text, std::vector<int32_t>& o
         continue;
       }
     }
-    struct Remember {  // on every exit from this word's body: cache what it produced
-      bool on;
-      detail::WordCache& cache;
-      std::vector<int32_t>& out;
-      size_t start;
-      const std::string& word;
-      ~Remember() {
-        if (on) cache.insert(word, out.data() + start, out.size() - start);
-      }
-    } remember{cacheable, cache, out, out_start, bytes};
-    if (ignore_merges_) {
-      mapped.clear();
-      for (unsigned char b : bytes) detail::utf8_append(mapped, tab.to_cp[b]);
-      const int32_t id = lookup(mapped.data(), mapped.size());
-      if (id >= 0) {
-        out.push_back(id);
-        continue;
-      }
+    const size_t out_start = out.size();
+    encode_bpe_word(bytes, work, out);
+    if (cacheable) cache.insert(bytes, out.data() + out_start, out.size() - out_start);
+  }
+}
+
+// One pre-tokenized word (its UTF-8 bytes) to ids.
+inline void Tokenizer::encode_bpe_word(std::string_view bytes, detail::BpeWork& w, std::vector<int32_t>& out) const {
+  using Sym = detail::BpeWork::Sym;
+  using Bigram = detail::BpeWork::Bigram;
+  using Worse = detail::BpeWork::Worse;
+  const auto& tab = detail::byte_unicode();
+  std::string& mapped = w.mapped;
+  if (ignore_merges_) {
+    mapped.clear();
+    for (unsigned char b : bytes) detail::utf8_append(mapped, tab.to_cp[b]);
+    const int32_t id = lookup(mapped.data(), mapped.size());
+    if (id >= 0) {
+      out.push_back(id);
+      return;
     }
-    syms.clear();
-    for (size_t k = 0; k < bytes.size(); ++k) {
-      const int32_t idx = static_cast<int32_t>(syms.size());
-      syms.push_back({idx - 1, k + 1 == bytes.size() ? -1 : idx + 1,
-                      byte_tokens_[static_cast<unsigned char>(bytes[k])], static_cast<uint32_t>(k), 1});
+  }
+  std::vector<Sym>& syms = w.syms;
+  syms.clear();
+  for (size_t k = 0; k < bytes.size(); ++k) {
+    const int32_t idx = static_cast<int32_t>(syms.size());
+    syms.push_back({idx - 1, k + 1 == bytes.size() ? -1 : idx + 1, byte_tokens_[static_cast<unsigned char>(bytes[k])],
+                    static_cast<uint32_t>(k), 1});
+  }
+  std::vector<Bigram>& heap = w.heap;
+  heap.clear();
+  auto try_add = [&](int32_t l, int32_t r) {
+    if (l < 0 || r < 0 || syms[l].id < 0 || syms[r].id < 0) return;
+    const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(syms[l].id)) << 32) |
+                         static_cast<uint32_t>(syms[r].id);
+    const uint64_t* v = merges_.find(key);
+    if (!v) return;
+    heap.push_back({static_cast<uint32_t>(*v >> 32), l, r, syms[l].id, syms[r].id});
+    std::push_heap(heap.begin(), heap.end(), Worse{});
+  };
+  for (int32_t i = 1; i < static_cast<int32_t>(syms.size()); ++i) try_add(i - 1, i);
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), Worse{});
+    const Bigram bg = heap.back();
+    heap.pop_back();
+    Sym& l = syms[bg.left];
+    Sym& r = syms[bg.right];
+    if (l.len == 0 || r.len == 0 || l.next != bg.right || l.id != bg.left_id || r.id != bg.right_id) continue;
+    const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(l.id)) << 32) | static_cast<uint32_t>(r.id);
+    l.id = static_cast<int32_t>(static_cast<uint32_t>(*merges_.find(key)));
+    l.len += r.len;
+    r.len = 0;
+    l.next = r.next;
+    if (r.next >= 0) syms[r.next].prev = bg.left;
+    try_add(l.prev, bg.left);
+    try_add(bg.left, l.next);
+  }
+  for (int32_t i = syms.empty() ? -1 : 0; i != -1; i = syms[i].next) {
+    const Sym& s = syms[i];
+    if (s.id >= 0) {
+      out.push_back(s.id);
+      continue;
     }
-    heap.clear();
-    auto try_add = [&](int32_t l, int32_t r) {
-      if (l < 0 || r < 0 || syms[l].id < 0 || syms[r].id < 0) return;
-      const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(syms[l].id)) << 32) |
-                           static_cast<uint32_t>(syms[r].id);
-      const uint64_t* v = merges_.find(key);
-      if (!v) return;
-      heap.push_back({static_cast<uint32_t>(*v >> 32), l, r, syms[l].id, syms[r].id});
-      std::push_heap(heap.begin(), heap.end(), Worse{});
-    };
-    for (int32_t i = 1; i < static_cast<int32_t>(syms.size()); ++i) try_add(i - 1, i);
-    while (!heap.empty()) {
-      std::pop_heap(heap.begin(), heap.end(), Worse{});
-      const Bigram bg = heap.back();
-      heap.pop_back();
-      Sym& l = syms[bg.left];
-      Sym& r = syms[bg.right];
-      if (l.len == 0 || r.len == 0 || l.next != bg.right || l.id != bg.left_id || r.id != bg.right_id) continue;
-      const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(l.id)) << 32) | static_cast<uint32_t>(r.id);
-      l.id = static_cast<int32_t>(static_cast<uint32_t>(*merges_.find(key)));
-      l.len += r.len;
-      r.len = 0;
-      l.next = r.next;
-      if (r.next >= 0) syms[r.next].prev = bg.left;
-      try_add(l.prev, bg.left);
-      try_add(bg.left, l.next);
-    }
-    for (int32_t i = syms.empty() ? -1 : 0; i != -1; i = syms[i].next) {
-      const Sym& s = syms[i];
-      if (s.id >= 0) {
-        out.push_back(s.id);
-        continue;
-      }
-      // Not a token: llama.cpp looks up each byte of the stand-in text on its own.
-      mapped.clear();
-      for (uint32_t k = 0; k < s.len; ++k) detail::utf8_append(mapped, tab.to_cp[static_cast<unsigned char>(bytes[s.begin + k])]);
-      for (char c : mapped) {
-        const int32_t id = lookup(&c, 1);
-        if (id >= 0) out.push_back(id);
-      }
+    // Not a token: llama.cpp looks up each byte of the stand-in text on its own.
+    mapped.clear();
+    for (uint32_t k = 0; k < s.len; ++k)
+      detail::utf8_append(mapped, tab.to_cp[static_cast<unsigned char>(bytes[s.begin + k])]);
+    for (char c : mapped) {
+      const int32_t id = lookup(&c, 1);
+      if (id >= 0) out.push_back(id);
     }
   }
 }
