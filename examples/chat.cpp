@@ -161,10 +161,10 @@ int main(int argc, char** argv) {
   const uint64_t base_seed = seed >= 0 ? static_cast<uint64_t>(seed)
                                        : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   GenerateOptions opt;
-  opt.temperature = temp;
-  opt.top_p = top_p;
-  opt.top_k = static_cast<int32_t>(top_k);
-  opt.min_p = min_p;
+  opt.sampler.temperature = temp;
+  opt.sampler.top_p = top_p;
+  opt.sampler.top_k = static_cast<int32_t>(top_k);
+  opt.sampler.min_p = min_p;
   opt.max_tokens = static_cast<int32_t>(max_tokens);
   opt.cancel = &g_cancel;
 
@@ -194,7 +194,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "(conversation reset)\n");
       continue;
     }
-    opt.seed = base_seed + turn++;
+    opt.sampler.seed = base_seed + turn++;
     g_cancel = false;
     g_generating = true;
     Expected<GenerateResult> r = make_error(Errc::invalid_argument, "");

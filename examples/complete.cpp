@@ -4,6 +4,9 @@
 //            [--temp T] [--top-k K] [--top-p P] [--seed S] [--no-bos]
 //            [--json [--top-logits K]] [--ids] [--moe-stats]
 //
+// It runs on a Session: prefill, then generate_from_cache, so the last prompt position's logits
+// (for --top-logits) are the ones the first token is sampled from.
+//
 // --temp 0 is greedy (lowest id wins ties, as llama.cpp's golden runs); otherwise the
 // sampler layer's top-k / top-p / temperature chain with the given seed. --json prints one JSON
 // object (prompt_ids, top_logits at the last prompt position, ids, text, timings) instead of
@@ -20,7 +23,9 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tinyslm.hpp"
@@ -184,7 +189,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "complete: %s\n", model.error().message().c_str());
     return 1;
   }
-  auto tok = Tokenizer::from_gguf(model->gguf());  // optional with --prompt-ids
+  const int64_t n_ctx_train = model->hparams().n_ctx_train;
+  if (n_ctx == 0) n_ctx = n_ctx_train > 0 ? std::min<int64_t>(2048, n_ctx_train) : 2048;
+  if (n_ctx_train > 0 && n_ctx > n_ctx_train) {
+    std::fprintf(stderr, "complete: context %lld is larger than the model's training context %lld\n",
+                 static_cast<long long>(n_ctx), static_cast<long long>(n_ctx_train));
+    return 1;
+  }
+  // keep = 0: nothing is shifted (a full context ends generation), and -c 1 stays valid.
+  auto session = Session::create(*model, {.context = n_ctx, .threads = threads, .keep = 0});
+  if (!session) {
+    std::fprintf(stderr, "complete: %s\n", session.error().message().c_str());
+    return 1;
+  }
 
   std::vector<int32_t> ids;
   if (!prompt_ids_arg.empty()) {
@@ -201,11 +218,12 @@ int main(int argc, char** argv) {
       while (*s == ',' || *s == ' ') ++s;
     }
   } else {
-    if (!tok) {
-      std::fprintf(stderr, "complete: %s (use --prompt-ids)\n", tok.error().message().c_str());
+    if (const Error* e = session->tokenizer_error()) {
+      std::fprintf(stderr, "complete: %s (use --prompt-ids)\n", e->message().c_str());
       return 1;
     }
-    auto enc = tok->encode(prompt, /*add_special=*/!no_bos);
+    // Control tokens written in the text stay plain text here, unlike Session::tokenize.
+    auto enc = session->tokenizer().encode(prompt, /*add_special=*/!no_bos);
     if (!enc) {
       std::fprintf(stderr, "complete: %s\n", enc.error().message().c_str());
       return 1;
@@ -216,38 +234,24 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "complete: empty prompt\n");
     return 1;
   }
-
-  const int64_t n_ctx_train = model->hparams().n_ctx_train;
-  if (n_ctx == 0) n_ctx = n_ctx_train > 0 ? std::min<int64_t>(2048, n_ctx_train) : 2048;
-  if (n_ctx_train > 0 && n_ctx > n_ctx_train) {
-    std::fprintf(stderr, "complete: context %lld is larger than the model's training context %lld\n",
-                 static_cast<long long>(n_ctx), static_cast<long long>(n_ctx_train));
-    return 1;
-  }
   if (static_cast<int64_t>(ids.size()) > n_ctx) {
     std::fprintf(stderr, "complete: the prompt is %zu tokens but the context holds %lld (use -c)\n", ids.size(),
                  static_cast<long long>(n_ctx));
     return 1;
   }
-  auto ctx = Context::create(*model, {.n_ctx = n_ctx, .n_threads = threads});
-  if (!ctx) {
-    std::fprintf(stderr, "complete: %s\n", ctx.error().message().c_str());
-    return 1;
-  }
 
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
-  auto lg = ctx->eval(ids);
-  if (!lg) {
-    std::fprintf(stderr, "complete: %s\n", lg.error().message().c_str());
+  if (auto st = session->prefill(ids); !st) {
+    std::fprintf(stderr, "complete: %s\n", st.error().message().c_str());
     return 1;
   }
   const auto t1 = clock::now();
-  std::vector<float> logits(lg->begin(), lg->end());
 
   // The K largest logits at the last prompt position (lowest id first on ties).
   std::vector<std::pair<float, int32_t>> top;
   if (json) {
+    const std::span<const float> logits = session->last_logits();
     for (size_t i = 0; i < logits.size(); ++i) top.emplace_back(logits[i], static_cast<int32_t>(i));
     const size_t k = std::min<size_t>(static_cast<size_t>(std::max(top_logits, 0)), top.size());
     std::partial_sort(top.begin(), top.begin() + static_cast<std::ptrdiff_t>(k), top.end(),
@@ -255,47 +259,36 @@ int main(int argc, char** argv) {
     top.resize(k);
   }
 
-  SamplerParams sp;
-  sp.temperature = temp;
-  sp.top_k = top_k;
-  sp.top_p = top_p;
-  sp.min_p = 0.0f;
-  sp.seed = seed;
-  auto sampler = Sampler::create(static_cast<int32_t>(model->hparams().n_vocab), sp);
-  if (!sampler) {
-    std::fprintf(stderr, "complete: %s\n", sampler.error().message().c_str());
+  GenerateOptions opt;
+  opt.sampler.temperature = temp;
+  opt.sampler.top_k = top_k;
+  opt.sampler.top_p = top_p;
+  opt.sampler.min_p = 0.0f;
+  opt.sampler.seed = seed;
+  opt.max_tokens = n_predict;
+  opt.flush_partial_char = false;  // a character cut by -n is left out, as it always was
+  auto gen = session->generate_from_cache(opt, [&](std::string_view piece) {
+    if (!json) {
+      std::fputs(std::string(piece).c_str(), stdout);
+      std::fflush(stdout);
+    }
+    return true;
+  });
+  if (!gen) {
+    std::fprintf(stderr, "\ncomplete: %s\n", gen.error().message().c_str());
     return 1;
   }
-  std::vector<int32_t> out_ids;
-  std::string text;
-  std::unique_ptr<StreamDecoder> stream;
-  if (tok) stream = std::make_unique<StreamDecoder>(*tok);
-  for (int s = 0; s < n_predict; ++s) {
-    const int32_t id = sampler->sample(logits);
-    out_ids.push_back(id);
-    if (stream) {
-      auto piece = stream->push(id);
-      if (piece) {
-        text += *piece;
-        if (!json) {
-          std::fputs(piece->c_str(), stdout);
-          std::fflush(stdout);
-        }
-      }
-    }
-    if (tok && tok->is_eog(id)) break;
-    if (s + 1 == n_predict) break;
-    auto next = ctx->eval(std::span<const int32_t>(&id, 1));
-    if (!next) {
-      std::fprintf(stderr, "\ncomplete: %s\n", next.error().message().c_str());
-      break;
-    }
-    logits.assign(next->begin(), next->end());
-  }
+  // A full context ends generation the way it always has: with the cache's own message.
+  if (gen->stop == StopReason::context_full)
+    if (auto room = session->context().kv().reserve_tokens(1); !room)
+      std::fprintf(stderr, "\ncomplete: %s\n", room.error().message().c_str());
   const auto t2 = clock::now();
+  const std::vector<int32_t>& out_ids = gen->ids;
+  const std::string& text = gen->text;
   const double pp_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
   const double tg_ms = std::chrono::duration<double, std::milli>(t2 - t1).count();
   const size_t n_gen_evals = out_ids.empty() ? 0 : out_ids.size() - 1;
+  const Context& ctx = session->context();
 
   if (json) {
     std::printf("{\"prompt_ids\": [");
@@ -308,9 +301,9 @@ int main(int argc, char** argv) {
     std::printf("\"timings\": {\"prompt_tokens\": %zu, \"prompt_ms\": %.3f, \"prompt_tokens_per_s\": %.2f, "
                 "\"generated_tokens\": %zu, \"generation_ms\": %.3f, \"generation_tokens_per_s\": %.2f, \"threads\": %d}}\n",
                 ids.size(), pp_ms, pp_ms > 0 ? 1000.0 * static_cast<double>(ids.size()) / pp_ms : 0.0, out_ids.size(), tg_ms,
-                tg_ms > 0 ? 1000.0 * static_cast<double>(n_gen_evals) / tg_ms : 0.0, ctx->n_threads());
+                tg_ms > 0 ? 1000.0 * static_cast<double>(n_gen_evals) / tg_ms : 0.0, ctx.n_threads());
     std::fflush(stdout);
-    if (moe_stats) print_moe_stats(ctx->moe_stats());
+    if (moe_stats) print_moe_stats(ctx.moe_stats());
     return 0;
   }
   std::printf("\n");
@@ -319,7 +312,7 @@ int main(int argc, char** argv) {
     std::printf("\n");
   }
   std::fflush(stdout);
-  if (moe_stats) print_moe_stats(ctx->moe_stats());
+  if (moe_stats) print_moe_stats(ctx.moe_stats());
   std::fprintf(stderr, "prompt: %zu tokens, %.1f tokens/s; generation: %zu tokens, %.1f tokens/s\n", ids.size(),
                pp_ms > 0 ? 1000.0 * static_cast<double>(ids.size()) / pp_ms : 0.0, out_ids.size(),
                tg_ms > 0 ? 1000.0 * static_cast<double>(n_gen_evals) / tg_ms : 0.0);

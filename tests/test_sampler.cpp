@@ -304,3 +304,13 @@ TEST_CASE("bad parameters are refused with a message") {
   REQUIRE_FALSE(e);
   CHECK(e.error().message().find("token 10") != std::string::npos);
 }
+
+TEST_CASE("a sampler knows its vocabulary; parameters take designated initializers") {
+  auto s = Sampler::create(10, {.temperature = 0.0f, .seed = 3});
+  REQUIRE(s);
+  CHECK(s->n_vocab() == 10);
+  CHECK(s->params().top_k == 40);
+  CHECK(s->params().seed == 3);
+  const float logits[10] = {0, 1, 2, 9, 4, 5, 6, 7, 8, 3};
+  CHECK(s->sample(logits) == 3);
+}

@@ -6,6 +6,7 @@
 // against a second session doing the same work the plain way (fresh evaluation).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -34,7 +35,7 @@ const char* kSynthLlama3 = "models/synthetic/synth-llama3-tiny-F16.gguf";
 
 GenerateOptions greedy(int32_t n) {
   GenerateOptions o;
-  o.temperature = 0.0f;
+  o.sampler.temperature = 0.0f;
   o.max_tokens = n;
   return o;
 }
@@ -155,7 +156,7 @@ TEST_CASE("session: generate_ids drives the model without text; bad ids are refu
   bad_opt.stop = {""};
   CHECK(!s.generate(kStory, bad_opt));
   GenerateOptions bad_topp = greedy(4);
-  bad_topp.top_p = 0.0f;
+  bad_topp.sampler.top_p = 0.0f;
   CHECK(!s.generate(kStory, bad_topp));
 }
 
@@ -476,7 +477,7 @@ TEST_CASE("session: corrupted or foreign state is refused without changing the s
 TEST_CASE("session: seeded sampling is deterministic") {
   auto L = load(kStories);
   if (!L) return;
-  GenerateOptions o{.temperature = 0.9f, .top_p = 0.95f, .seed = 1234, .max_tokens = 40};
+  GenerateOptions o{.sampler = {.temperature = 0.9f, .top_p = 0.95f, .seed = 1234}, .max_tokens = 40};
   Session a = make_session(L->model, {.context = 256, .threads = 2});
   auto r1 = a.generate(kStory, o);
   a.reset();
@@ -489,12 +490,12 @@ TEST_CASE("session: seeded sampling is deterministic") {
   CHECK(r1->text == r2->text);
   CHECK(r1->text == r3->text);
   CHECK(r1->ids == r3->ids);
-  o.seed = 99;
+  o.sampler.seed = 99;
   auto r4 = b.generate(kStory, o);
   REQUIRE(r4);
   CHECK(r4->ids != r1->ids);
   // Reusing the cached prompt changes nothing.
-  o.seed = 1234;
+  o.sampler.seed = 1234;
   auto r5 = b.generate(kStory, o);
   REQUIRE(r5);
   CHECK(r5->ids == r1->ids);
@@ -633,4 +634,232 @@ TEST_CASE("memory_estimate: bounds what a session really uses") {
   auto f = GgufFile::open(path);
   REQUIRE(f);
   CHECK(!memory_estimate(*f, 256, 0));
+}
+
+TEST_CASE("session: prefill and step give what generate gives") {
+  auto L = load(kStories);
+  if (!L) return;
+  Session s = make_session(L->model, {.context = 256, .batch = 8});
+  auto toks = s.tokenize(kStory);
+  REQUIRE(toks);
+  auto want = s.generate_ids(*toks, greedy(16));
+  REQUIRE(want);
+  REQUIRE(want->stop == StopReason::max_tokens);
+
+  // prefill reuses the cached prefix exactly as generate does: only the last token again.
+  REQUIRE(s.prefill(*toks));
+  CHECK(s.n_past() == static_cast<int64_t>(toks->size()));
+  CHECK(std::vector<int32_t>(s.tokens().begin(), s.tokens().end()) == *toks);
+  CHECK(s.last_logits().size() == static_cast<size_t>(L->model.hparams().n_vocab));
+  auto sampler = s.make_sampler(greedy(0).sampler);
+  REQUIRE(sampler);
+  std::vector<int32_t> got;
+  for (int i = 0; i < 16; ++i) {
+    auto id = s.step(*sampler);
+    REQUIRE(id);
+    got.push_back(*id);
+  }
+  CHECK(got == want->ids);
+  CHECK(s.n_past() == static_cast<int64_t>(toks->size() + 16));  // step evaluates every token it returns
+
+  // generate_from_cache after prefill is generate_ids; it needs logits to start from.
+  REQUIRE(s.prefill(*toks));
+  auto more = s.generate_from_cache(greedy(16));
+  REQUIRE(more);
+  CHECK(more->ids == want->ids);
+  CHECK(more->text == want->text);
+  CHECK(more->stats.prompt_evaluated == 0);
+  s.reset();
+  auto none = s.generate_from_cache(greedy(4));
+  REQUIRE(!none);
+  CHECK(none.error().code() == Errc::invalid_argument);
+  CHECK(!s.sample(*sampler));
+  CHECK(!s.step(*sampler));
+
+  // A sampled run through step equals the same settings through generate.
+  GenerateOptions o{.sampler = {.temperature = 0.9f, .seed = 77}, .max_tokens = 12};
+  auto sampled = s.generate_ids(*toks, o);
+  REQUIRE(sampled);
+  REQUIRE(s.prefill(*toks));
+  auto seeded = s.make_sampler(o.sampler);
+  REQUIRE(seeded);
+  std::vector<int32_t> stepped;
+  for (int i = 0; i < 12; ++i) {
+    auto id = s.step(*seeded, o);
+    REQUIRE(id);
+    stepped.push_back(*id);
+  }
+  CHECK(stepped == sampled->ids);
+}
+
+TEST_CASE("session: prefill and append refuse bad input without touching the cache") {
+  auto L = load(kStories);
+  if (!L) return;
+  Session s = make_session(L->model, {.context = 16});
+  auto toks = s.tokenize(kStory);
+  REQUIRE(toks);
+  REQUIRE(s.prefill(std::span<const int32_t>(*toks).first(4)));
+  const std::vector<int32_t> before(s.tokens().begin(), s.tokens().end());
+
+  std::vector<int32_t> bad = {1, 600};
+  auto e = s.prefill(bad);
+  REQUIRE(!e);
+  CHECK(e.error().code() == Errc::out_of_range);
+  CHECK(e.error().message().find("prefill: token id 600 at index 1") != std::string::npos);
+  CHECK(!s.prefill(std::span<const int32_t>()));
+  CHECK(!s.append(-3));
+  CHECK(std::vector<int32_t>(s.tokens().begin(), s.tokens().end()) == before);
+
+  std::atomic<bool> cancel{true};
+  auto c = s.prefill(std::span<const int32_t>(*toks).first(6), &cancel);
+  REQUIRE(!c);
+  CHECK(c.error().code() == Errc::cancelled);
+
+  // A sampler for another vocabulary is refused.
+  REQUIRE(s.prefill(std::span<const int32_t>(*toks).first(4)));
+  auto other = Sampler::create(7, {});
+  REQUIRE(other);
+  CHECK(!s.sample(*other));
+
+  // append on a full context: an error with the error policy...
+  while (s.n_past() < s.n_ctx()) REQUIRE(s.append(toks->back()));
+  auto full = s.append(toks->back());
+  REQUIRE(!full);
+  CHECK(full.error().code() == Errc::out_of_range);
+  CHECK(s.n_past() == 16);
+  // ...a shift with the shift policy.
+  Session sh = make_session(L->model, {.context = 16, .overflow = OverflowPolicy::shift, .keep = 1});
+  REQUIRE(sh.prefill(std::span<const int32_t>(*toks).first(toks->size() < 16 ? toks->size() : 16)));
+  while (sh.n_past() < sh.n_ctx()) REQUIRE(sh.append(toks->back()));
+  REQUIRE(sh.append(toks->back()));
+  CHECK(sh.n_past() < 16);
+  CHECK(sh.tokens()[0] == (*toks)[0]);
+}
+
+TEST_CASE("session: the logits hook and the sample hook") {
+  auto L = load(kStories);
+  if (!L) return;
+  Session s = make_session(L->model, {.context = 256});
+  auto plain = s.generate(kStory, greedy(12));
+  REQUIRE(plain);
+  const int32_t banned = plain->ids[0];
+
+  // A logits hook that bans the greedy first token: it never appears, and the logits the
+  // session reports stay the model's.
+  GenerateOptions o = greedy(12);
+  int logits_calls = 0;
+  o.on_logits = [&](std::span<float> lg) {
+    ++logits_calls;
+    lg[static_cast<size_t>(banned)] = -INFINITY;
+  };
+  auto masked = s.generate(kStory, o);
+  REQUIRE(masked);
+  CHECK(logits_calls == static_cast<int>(masked->ids.size()));
+  CHECK(std::find(masked->ids.begin(), masked->ids.end(), banned) == masked->ids.end());
+  CHECK(masked->ids[0] != banned);
+  CHECK(!std::isinf(s.last_logits()[static_cast<size_t>(banned)]));
+
+  // Vetoing the same token from the sample hook gives the same text.
+  GenerateOptions v = greedy(12);
+  v.on_sample = [&](int32_t id, std::span<const float>) { return id == banned ? kVetoToken : id; };
+  auto vetoed = s.generate(kStory, v);
+  REQUIRE(vetoed);
+  CHECK(vetoed->ids == masked->ids);
+  CHECK(vetoed->text == masked->text);
+
+  // Replacing every token with one id: that id is what is generated (and evaluated).
+  GenerateOptions r = greedy(5);
+  r.on_sample = [](int32_t, std::span<const float>) { return int32_t{300}; };
+  auto replaced = s.generate(kStory, r);
+  REQUIRE(replaced);
+  CHECK(replaced->ids == std::vector<int32_t>(5, 300));
+  CHECK(s.tokens().back() == 300);
+
+  // A hook that vetoes everything, or picks a token outside the vocabulary, is an error.
+  GenerateOptions all = greedy(3);
+  all.on_sample = [](int32_t, std::span<const float>) { return kVetoToken; };
+  auto never = s.generate(kStory, all);
+  REQUIRE(!never);
+  CHECK(never.error().message().find("vetoed every token") != std::string::npos);
+  GenerateOptions outside = greedy(3);
+  outside.on_sample = [](int32_t, std::span<const float>) { return int32_t{100000}; };
+  auto oob = s.generate(kStory, outside);
+  REQUIRE(!oob);
+  CHECK(oob.error().code() == Errc::out_of_range);
+}
+
+TEST_CASE("session: a tokenizer that does not load is reported with its own error") {
+  const std::string path = tinyslm_test::shared_file(kStories);
+  if (path.empty()) return;
+  auto src = GgufFile::open(path);
+  REQUIRE(src);
+  // stories260K without its vocabulary
+  GgufWriter w;
+  w.copy_metadata(*src);
+  w.remove("tokenizer.ggml.tokens");
+  for (const auto& t : src->tensors())
+    REQUIRE(w.add_tensor(t.name, t.type, std::span<const uint64_t>(t.ne.data(), t.n_dims), t.data, t.n_bytes));
+  const std::string out =
+      (std::filesystem::temp_directory_path() / ("tinyslm-notok-" + std::to_string(::getpid()) + ".gguf")).string();
+  {
+    const std::vector<uint8_t> bytes = w.to_bytes();
+    std::FILE* f = std::fopen(out.c_str(), "wb");
+    REQUIRE(f);
+    REQUIRE(std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size());
+    std::fclose(f);
+  }
+  auto m = Model::open(out);
+  std::remove(out.c_str());
+  REQUIRE_MESSAGE(m, (m ? "" : m.error().message()));
+  Session s = make_session(*m, {.context = 64});
+  CHECK(!s.has_tokenizer());
+  REQUIRE(s.tokenizer_error() != nullptr);
+  const std::string why = s.tokenizer_error()->message();
+  CHECK(why.find("tokenizer.ggml.tokens") != std::string::npos);
+  auto t = s.tokenize("Hi");
+  REQUIRE(!t);
+  CHECK(t.error().message().find(why) != std::string::npos);
+  CHECK(t.error().code() == s.tokenizer_error()->code());
+  auto g = s.generate("Hi", greedy(2));
+  REQUIRE(!g);
+  CHECK(g.error().message() == t.error().message());
+  // Token ids still work.
+  const std::vector<int32_t> ids = {1, 300, 301};
+  auto r = s.generate_ids(ids, greedy(3));
+  REQUIRE(r);
+  CHECK(r->ids.size() == 3);
+  CHECK(r->text.empty());
+
+  auto L = load(kStories);
+  REQUIRE(L);
+  Session fine = make_session(L->model, {.context = 64});
+  CHECK(fine.tokenizer_error() == nullptr);
+}
+
+TEST_CASE("session: an incomplete character at the end is U+FFFD, or dropped on request") {
+  auto L = load("models/synthetic/syn-olmoe-Q8_0.gguf");  // random weights: bytes cut mid-character
+  if (!L) return;
+  Session s = make_session(L->model, {.context = 128});
+  int differed = 0;
+  for (int32_t n = 1; n <= 24; ++n) {
+    GenerateOptions keep = greedy(n), drop = greedy(n);
+    drop.flush_partial_char = false;
+    std::string streamed;
+    auto a = s.generate("The quick brown fox", keep);
+    auto b = s.generate("The quick brown fox", drop, [&](std::string_view p) {
+      streamed += p;
+      return true;
+    });
+    REQUIRE(a);
+    REQUIRE(b);
+    CHECK(a->ids == b->ids);
+    CHECK(streamed == b->text);
+    REQUIRE(a->text.compare(0, b->text.size(), b->text) == 0);
+    const std::string rest = a->text.substr(b->text.size());
+    if (!rest.empty()) {
+      ++differed;
+      CHECK(rest == "\xef\xbf\xbd");
+    }
+  }
+  CHECK(differed > 0);
 }

@@ -74,7 +74,7 @@ struct SamplerParams {
   float frequency_penalty = 0.0f;
   float presence_penalty = 0.0f;
   uint64_t seed = 0;
-  std::vector<TokenLogit> logit_bias;  // added to the logit of each id (-INFINITY bans it)
+  std::vector<TokenLogit> logit_bias = {};  // added to the logit of each id (-INFINITY bans it)
 };
 
 // The working set of candidates: a view into the sampler's buffer. Stages shrink it.
@@ -265,6 +265,7 @@ class Sampler {
   }
 
   const SamplerParams& params() const { return params_; }
+  int32_t n_vocab() const { return n_vocab_; }
 
   // Picks the next token from logits[0, n_vocab).
   int32_t sample(std::span<const float> logits) {

@@ -3,7 +3,7 @@
 //   auto model = tinyslm::Model::open("SmolLM2-135M-Instruct-Q8_0.gguf");
 //   auto session = tinyslm::Session::create(*model, {.context = 2048, .threads = 2});
 //   auto prompt = session->chat_template().apply({{"user", "Hello!"}}, true);
-//   session->generate(*prompt, {.temperature = 0.7f, .top_p = 0.9f, .seed = 42, .max_tokens = 256},
+//   session->generate(*prompt, {.sampler = {.temperature = 0.7f, .top_p = 0.9f, .seed = 42}, .max_tokens = 256},
 //                     [](std::string_view piece) { std::fwrite(piece.data(), 1, piece.size(), stdout); return true; });
 //
 // A Session owns one sequence: the forward Context (KV cache, threads, scratch), the tokenizer
@@ -14,6 +14,12 @@
 // in the KV cache and evaluates only the rest, so a multi-turn chat costs only its new tokens.
 // The prompt is evaluated in chunks of the batch size; the cancellation flag is checked before
 // every chunk and before every generated token.
+//
+// generate is built from a token-level API an app can drive itself: prefill(ids) makes ids the
+// cached sequence (reusing the cached prefix the same way), sample() picks the next token from
+// the last logits, append() evaluates one, step() does both. GenerateOptions::on_logits may
+// change the logits before sampling (a grammar's mask) and on_sample may replace or veto the
+// sampled token; both apply to generate and to sample / step alike.
 //
 // When the context is full the caller chooses (SessionParams::overflow):
 //   error          a prompt that does not fit fails with Errc::out_of_range; generation that
@@ -36,10 +42,12 @@
 #include <atomic>
 #include <bit>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -69,39 +77,30 @@ struct SessionParams {
 // Receives each piece of generated text (whole UTF-8 characters); return false to stop.
 using TokenCallback = std::function<bool(std::string_view piece)>;
 
+// Sees the logits of the next position before the sampler does and may change them in place
+// (a grammar's mask, a bias that depends on the text so far). They are the session's copy:
+// the cache and last_logits() keep the model's values.
+using LogitsHook = std::function<void(std::span<float> logits)>;
+
+// What a SampleHook returns to refuse the sampled token: it is banned at this position and the
+// sampler draws again.
+inline constexpr int32_t kVetoToken = -1;
+
+// Sees each sampled token with the logits it was drawn from and returns the token to use: `id`
+// to keep it, another id to use that one instead, or kVetoToken.
+using SampleHook = std::function<int32_t(int32_t id, std::span<const float> logits)>;
+
 struct GenerateOptions {
-  float temperature = 0.8f;   // <= 0: greedy (lowest id wins ties)
-  float top_p = 0.95f;
-  uint64_t seed = 0;
-  int32_t max_tokens = 256;   // < 0: until end of generation or a full context
-  int32_t top_k = 40;
-  float min_p = 0.05f;
-  float typical_p = 1.0f;
-  float repeat_penalty = 1.0f;
-  int32_t repeat_last_n = 64;
-  float frequency_penalty = 0.0f;
-  float presence_penalty = 0.0f;
-  std::vector<TokenLogit> logit_bias = {};
+  SamplerParams sampler = {};               // temperature <= 0: greedy (lowest id wins ties)
+  int32_t max_tokens = 256;                 // < 0: until end of generation or a full context
   std::vector<std::string> stop = {};       // stop strings: not emitted, not in the result text
   const std::atomic<bool>* cancel = nullptr;  // set to true (from any thread) to stop
   bool stop_at_eog = true;                  // stop at EOS / end-of-turn tokens
   bool render_special = false;              // write the text of control tokens
-
-  SamplerParams sampler_params() const {
-    SamplerParams p;
-    p.temperature = temperature;
-    p.top_k = top_k;
-    p.top_p = top_p;
-    p.min_p = min_p;
-    p.typical_p = typical_p;
-    p.repeat_penalty = repeat_penalty;
-    p.repeat_last_n = repeat_last_n;
-    p.frequency_penalty = frequency_penalty;
-    p.presence_penalty = presence_penalty;
-    p.seed = seed;
-    p.logit_bias = logit_bias;
-    return p;
-  }
+  bool flush_partial_char = true;           // at the end, an incomplete UTF-8 character left
+                                            // over becomes U+FFFD (false: it is dropped)
+  LogitsHook on_logits = {};
+  SampleHook on_sample = {};
 };
 
 enum class StopReason : uint8_t {
@@ -296,12 +295,73 @@ inline size_t stop_prefix_hold(std::string_view text, const std::vector<std::str
   return hold;
 }
 
+// Generated text on its way to the caller. Pieces go through the stop-string filter; whatever
+// could still become a stop string is held back until it no longer can.
+class StopFilter {
+ public:
+  StopFilter(const std::vector<std::string>& stops, const TokenCallback& on_piece)
+      : stops_(stops), on_piece_(on_piece) {}
+
+  // Adds a piece (final: the end of the text, nothing is held back). Returns why to stop
+  // (stop_string or callback), or nothing to go on.
+  std::optional<StopReason> push(std::string_view piece, bool final) {
+    all_ += piece;
+    size_t cut = std::string::npos;
+    for (const auto& s : stops_) {
+      const size_t from = emitted_ >= s.size() ? emitted_ - s.size() + 1 : 0;
+      const size_t p = all_.find(s, from);
+      if (p != std::string::npos && p < cut) cut = p;
+    }
+    std::optional<StopReason> stop;
+    size_t upto = all_.size();
+    if (cut != std::string::npos) {
+      upto = std::max(cut, emitted_);
+      all_.resize(upto);
+      stop = StopReason::stop_string;
+    } else if (!final) {
+      upto = all_.size() - stop_prefix_hold(std::string_view(all_).substr(emitted_), stops_);
+    }
+    if (upto > emitted_) {
+      const std::string_view out = std::string_view(all_).substr(emitted_, upto - emitted_);
+      emitted_ = upto;
+      if (on_piece_ && !on_piece_(out) && !stop) stop = StopReason::callback;
+    }
+    return stop;
+  }
+
+  std::string take_text() { return std::move(all_); }
+
+ private:
+  const std::vector<std::string>& stops_;
+  const TokenCallback& on_piece_;
+  std::string all_;
+  size_t emitted_ = 0;
+};
+
+using Clock = std::chrono::steady_clock;
+
+inline double ms_since(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+// Ids a session can evaluate: at least one, each inside the vocabulary.
+inline Status check_prompt_ids(std::span<const int32_t> ids, int64_t n_vocab, const char* what) {
+  if (ids.empty()) return make_error(Errc::invalid_argument, std::string(what) + ": empty prompt");
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= n_vocab)
+      return make_error(Errc::out_of_range, std::string(what) + ": token id " + std::to_string(ids[i]) +
+                                                " at index " + std::to_string(i) + " is outside the vocabulary (" +
+                                                std::to_string(n_vocab) + " tokens)");
+  return {};
+}
+
 }  // namespace detail
 
 class Session {
  public:
   // Builds the context (KV cache for params.context positions), the tokenizer and the chat
-  // template. Fails on a context larger than the model's training context.
+  // template. Fails on a context larger than the model's training context. A tokenizer that
+  // does not load is no failure (generate_ids still works): tokenizer_error() tells why.
   static Expected<Session> create(const Model& model, const SessionParams& params = {});
 
   Session(Session&&) = default;
@@ -311,9 +371,32 @@ class Session {
   // asks, special tokens such as <|im_end|> recognised).
   Expected<GenerateResult> generate(std::string_view prompt, const GenerateOptions& options = {},
                                     const TokenCallback& on_piece = {});
-  // The same from token ids (no tokenizer involved in the prompt).
+  // The same from token ids (no tokenizer involved in the prompt): prefill, then
+  // generate_from_cache.
   Expected<GenerateResult> generate_ids(std::span<const int32_t> prompt_ids, const GenerateOptions& options = {},
                                         const TokenCallback& on_piece = {});
+  // Generates from the sequence in the cache as it stands (after prefill(), generate or
+  // step), sampling first from last_logits(); no prompt is evaluated. The sampler starts from
+  // options.sampler and has seen the cached tokens.
+  Expected<GenerateResult> generate_from_cache(const GenerateOptions& options = {},
+                                               const TokenCallback& on_piece = {});
+
+  // Token level. prefill makes `ids` the sequence in the cache the way generate does: the
+  // longest prefix already cached is kept and the rest evaluated in chunks of the batch size
+  // (at least the last token again, for its logits); a prompt longer than the context follows
+  // the overflow policy. Fails with Errc::cancelled when `cancel` is set between chunks (the
+  // cache then holds the chunks evaluated so far).
+  Status prefill(std::span<const int32_t> ids, const std::atomic<bool>* cancel = nullptr);
+  // A sampler for this model's vocabulary that has seen the cached tokens (for the penalties).
+  Expected<Sampler> make_sampler(const SamplerParams& params = {}) const;
+  // Picks the next token from last_logits() through the options' hooks and records it in the
+  // sampler; evaluates nothing. Fails when there are no logits (before any prefill).
+  Expected<int32_t> sample(Sampler& sampler, const GenerateOptions& options = {});
+  // Evaluates one token on top of the cache. A full context is shifted (policy shift) or fails
+  // with Errc::out_of_range.
+  Status append(int32_t id);
+  // sample, then append: the token chosen and evaluated.
+  Expected<int32_t> step(Sampler& sampler, const GenerateOptions& options = {});
 
   // The tokens generate() would evaluate for this text.
   Expected<std::vector<int32_t>> tokenize(std::string_view text) const {
@@ -338,9 +421,14 @@ class Session {
     return logits_valid_ ? ctx_.last_logits() : std::span<const float>();
   }
 
+  // The one place that reads model_, so that holding the model some other way touches only
+  // the member, its initializer and this line.
   const Model& model() const { return *model_; }
   const SessionParams& params() const { return params_; }
+  const Context& context() const { return ctx_; }
   bool has_tokenizer() const { return has_tokenizer_; }
+  // Why the model's tokenizer did not load; nullptr when it did.
+  const Error* tokenizer_error() const { return tok_error_.code() == Errc::ok ? nullptr : &tok_error_; }
   const Tokenizer& tokenizer() const { return tok_; }
   const ChatTemplate& chat_template() const { return tmpl_; }
   ChatTemplate& chat_template() { return tmpl_; }
@@ -353,20 +441,37 @@ class Session {
 
  private:
   Session(const Model& model, Context ctx) : model_(&model), ctx_(std::move(ctx)) {}
-  static Error no_tokenizer() {
+  Error no_tokenizer() const {
+    if (tok_error_.code() != Errc::ok) return Error(tok_error_).context("session: the model's tokenizer did not load");
     return make_error(Errc::unsupported, "session: the model has no usable tokenizer (use generate_ids)");
   }
-  // Evaluates tokens[from..] on top of the cache in chunks of the batch size; false when cancelled.
+  int32_t n_vocab() const { return static_cast<int32_t>(model().hparams().n_vocab); }
+  Status check_options(const GenerateOptions& options) const;
+  // prefill with the counts and times of the prompt; false when cancelled.
+  Expected<bool> prefill_counted(std::span<const int32_t> ids, const std::atomic<bool>* cancel, GenerateStats& st);
+  // Evaluates toks on top of the cache in chunks of the batch size; false when cancelled.
   Expected<bool> eval_chunks(std::span<const int32_t> toks, const std::atomic<bool>* cancel, int64_t* evaluated);
+  // Room for one more token: nothing when there is (after a shift, if the policy allows it),
+  // else why not (context_full, or cancelled while the kept tokens were evaluated again).
+  Expected<std::optional<StopReason>> make_room(const std::atomic<bool>* cancel, GenerateStats& st);
+  Status eval_token(int32_t id);
+  // A sample hook's answer for `id`: the token to use, drawing again after each veto.
+  Expected<int32_t> apply_sample_hook(Sampler& sampler, const SampleHook& hook, int32_t id,
+                                      std::span<const float> logits);
+  // The token loop of generate: samples, streams the text, evaluates, until a stop.
+  Status decode(Sampler& sampler, const GenerateOptions& options, const TokenCallback& on_piece,
+                GenerateResult& res, detail::Clock::time_point t_start);
 
-  const Model* model_ = nullptr;
+  const Model* model_ = nullptr;  // used only through model()
   SessionParams params_;
   Context ctx_;
   Tokenizer tok_;
   bool has_tokenizer_ = false;
+  Error tok_error_;  // Errc::ok: the tokenizer loaded
   ChatTemplate tmpl_;
   std::vector<int32_t> tokens_;
   bool logits_valid_ = false;
+  std::vector<float> hooked_logits_;  // the copy a logits hook or a veto changes
   uint64_t fingerprint_ = 0;
 };
 
@@ -395,6 +500,8 @@ inline Expected<Session> Session::create(const Model& model, const SessionParams
     s.tok_ = std::move(*tok);
     s.has_tokenizer_ = s.tok_.n_vocab() > 0;
     s.tmpl_ = ChatTemplate::from_gguf(model.gguf(), s.tok_);
+  } else {
+    s.tok_error_ = tok.error();
   }
   s.fingerprint_ = detail::model_fingerprint(model);
   return s;
@@ -407,47 +514,60 @@ inline Expected<GenerateResult> Session::generate(std::string_view prompt, const
   return generate_ids(*ids, options, on_piece);
 }
 
-inline Expected<bool> Session::eval_chunks(std::span<const int32_t> toks, const std::atomic<bool>* cancel,
-                                           int64_t* evaluated) {
-  const size_t B = static_cast<size_t>(ctx_.params().n_batch);
-  for (size_t at = 0; at < toks.size(); at += B) {
-    if (detail::is_cancelled(cancel)) return false;
-    const auto chunk = toks.subspan(at, std::min(B, toks.size() - at));
-    auto lg = ctx_.eval(chunk);
-    if (!lg) return lg.error();
-    tokens_.insert(tokens_.end(), chunk.begin(), chunk.end());
-    logits_valid_ = true;
-    *evaluated += static_cast<int64_t>(chunk.size());
-  }
-  return true;
+inline Status Session::check_options(const GenerateOptions& options) const {
+  for (const auto& s : options.stop)
+    if (s.empty()) return make_error(Errc::invalid_argument, "generate: empty stop string");
+  return {};
 }
 
 inline Expected<GenerateResult> Session::generate_ids(std::span<const int32_t> prompt_ids,
                                                       const GenerateOptions& options, const TokenCallback& on_piece) {
-  using clock = std::chrono::steady_clock;
-  const auto ms_since = [](clock::time_point t) {
-    return std::chrono::duration<double, std::milli>(clock::now() - t).count();
-  };
-  const auto t_start = clock::now();
-  const int64_t n_ctx = ctx_.n_ctx();
-  const int32_t n_vocab = static_cast<int32_t>(model_->hparams().n_vocab);
-  if (prompt_ids.empty()) return make_error(Errc::invalid_argument, "generate: empty prompt");
-  for (size_t i = 0; i < prompt_ids.size(); ++i)
-    if (prompt_ids[i] < 0 || prompt_ids[i] >= n_vocab)
-      return make_error(Errc::out_of_range, "generate: token id " + std::to_string(prompt_ids[i]) + " at index " +
-                                                std::to_string(i) + " is outside the vocabulary (" +
-                                                std::to_string(n_vocab) + " tokens)");
-  for (const auto& s : options.stop)
-    if (s.empty()) return make_error(Errc::invalid_argument, "generate: empty stop string");
-  auto sampler = Sampler::create(n_vocab, options.sampler_params());
+  const auto t_start = detail::Clock::now();
+  if (auto st = detail::check_prompt_ids(prompt_ids, n_vocab(), "generate"); !st) return st.error();
+  if (auto st = check_options(options); !st) return st.error();
+  // Created before the cache is touched, so that bad sampler settings leave it as it was.
+  auto sampler = Sampler::create(n_vocab(), options.sampler);
   if (!sampler) return sampler.error();
-
   GenerateResult res;
-  GenerateStats& st = res.stats;
-  st.prompt_tokens = static_cast<int64_t>(prompt_ids.size());
+  auto done = prefill_counted(prompt_ids, options.cancel, res.stats);
+  if (!done) return done.error();
+  if (!*done) {
+    res.stop = StopReason::cancelled;
+    return res;
+  }
+  for (int32_t id : tokens_) sampler->accept(id);
+  if (auto st = decode(*sampler, options, on_piece, res, t_start); !st) return st.error();
+  return res;
+}
 
+inline Expected<GenerateResult> Session::generate_from_cache(const GenerateOptions& options,
+                                                             const TokenCallback& on_piece) {
+  const auto t_start = detail::Clock::now();
+  if (!logits_valid_)
+    return make_error(Errc::invalid_argument, "generate: no logits to continue from (prefill first)");
+  if (auto st = check_options(options); !st) return st.error();
+  auto sampler = make_sampler(options.sampler);
+  if (!sampler) return sampler.error();
+  GenerateResult res;
+  if (auto st = decode(*sampler, options, on_piece, res, t_start); !st) return st.error();
+  return res;
+}
+
+inline Status Session::prefill(std::span<const int32_t> ids, const std::atomic<bool>* cancel) {
+  if (auto st = detail::check_prompt_ids(ids, n_vocab(), "prefill"); !st) return st;
+  GenerateStats st;
+  auto done = prefill_counted(ids, cancel, st);
+  if (!done) return done.error();
+  if (!*done) return make_error(Errc::cancelled, "prefill: cancelled");
+  return {};
+}
+
+inline Expected<bool> Session::prefill_counted(std::span<const int32_t> ids, const std::atomic<bool>* cancel,
+                                               GenerateStats& st) {
+  const int64_t n_ctx = ctx_.n_ctx();
+  st.prompt_tokens = static_cast<int64_t>(ids.size());
   // A prompt longer than the context: an error, or (shift) its start and its most recent half.
-  std::vector<int32_t> prompt(prompt_ids.begin(), prompt_ids.end());
+  std::vector<int32_t> prompt(ids.begin(), ids.end());
   const int64_t keep = std::min<int64_t>(params_.keep, n_ctx - 1);
   if (static_cast<int64_t>(prompt.size()) > n_ctx) {
     if (params_.overflow != OverflowPolicy::shift)
@@ -468,129 +588,176 @@ inline Expected<GenerateResult> Session::generate_ids(std::span<const int32_t> p
   logits_valid_ = false;
   st.prompt_reused = static_cast<int64_t>(common);
 
-  const auto t_prompt = clock::now();
-  auto done = eval_chunks(std::span<const int32_t>(prompt).subspan(common), options.cancel, &st.prompt_evaluated);
+  const auto t_prompt = detail::Clock::now();
+  auto done = eval_chunks(std::span<const int32_t>(prompt).subspan(common), cancel, &st.prompt_evaluated);
   if (!done) return done.error();
-  st.prompt_ms = ms_since(t_prompt);
+  st.prompt_ms = detail::ms_since(t_prompt);
   if (st.prompt_ms > 0) st.prompt_tokens_per_s = 1000.0 * static_cast<double>(st.prompt_evaluated) / st.prompt_ms;
-  if (!*done) {
-    res.stop = StopReason::cancelled;
-    return res;
+  return *done;
+}
+
+inline Expected<bool> Session::eval_chunks(std::span<const int32_t> toks, const std::atomic<bool>* cancel,
+                                           int64_t* evaluated) {
+  const size_t B = static_cast<size_t>(ctx_.params().n_batch);
+  for (size_t at = 0; at < toks.size(); at += B) {
+    if (detail::is_cancelled(cancel)) return false;
+    const auto chunk = toks.subspan(at, std::min(B, toks.size() - at));
+    auto lg = ctx_.eval(chunk);
+    if (!lg) return lg.error();
+    tokens_.insert(tokens_.end(), chunk.begin(), chunk.end());
+    logits_valid_ = true;
+    *evaluated += static_cast<int64_t>(chunk.size());
   }
+  return true;
+}
 
-  for (int32_t id : prompt) sampler->accept(id);
-  std::vector<float> logits(ctx_.last_logits().begin(), ctx_.last_logits().end());
+inline Expected<Sampler> Session::make_sampler(const SamplerParams& params) const {
+  auto sampler = Sampler::create(n_vocab(), params);
+  if (!sampler) return sampler.error();
+  for (int32_t id : tokens_) sampler->accept(id);
+  return sampler;
+}
 
-  // Text: pieces go through the stop-string filter; whatever could still become a stop string
-  // is held back until it no longer can.
-  std::string all;
-  size_t emitted = 0;
-  bool stopped = false;
+inline Expected<int32_t> Session::sample(Sampler& sampler, const GenerateOptions& options) {
+  if (!logits_valid_) return make_error(Errc::invalid_argument, "sample: no logits to sample from (prefill first)");
+  if (sampler.n_vocab() != n_vocab())
+    return make_error(Errc::invalid_argument, "sample: the sampler is for a vocabulary of " +
+                                                  std::to_string(sampler.n_vocab()) + " tokens, the model has " +
+                                                  std::to_string(n_vocab()));
+  std::span<const float> logits = ctx_.last_logits();
+  if (options.on_logits) {
+    hooked_logits_.assign(logits.begin(), logits.end());
+    options.on_logits(hooked_logits_);
+    logits = hooked_logits_;
+  }
+  int32_t id = sampler.sample(logits);
+  if (options.on_sample) {
+    auto chosen = apply_sample_hook(sampler, options.on_sample, id, logits);
+    if (!chosen) return chosen.error();
+    id = *chosen;
+  }
+  sampler.accept(id);
+  return id;
+}
+
+inline Expected<int32_t> Session::apply_sample_hook(Sampler& sampler, const SampleHook& hook, int32_t id,
+                                                    std::span<const float> logits) {
+  for (int32_t vetoes = 0;; ++vetoes) {
+    const int32_t pick = hook(id, logits);
+    if (pick == id) return id;
+    if (pick != kVetoToken) {
+      if (pick < 0 || pick >= n_vocab())
+        return make_error(Errc::out_of_range, "sample: the sample hook chose token " + std::to_string(pick) +
+                                                  ", outside the vocabulary");
+      return pick;
+    }
+    if (vetoes + 1 >= n_vocab())
+      return make_error(Errc::invalid_argument, "sample: the sample hook vetoed every token");
+    if (logits.data() != hooked_logits_.data()) hooked_logits_.assign(logits.begin(), logits.end());
+    hooked_logits_[static_cast<size_t>(id)] = -INFINITY;
+    logits = hooked_logits_;
+    id = sampler.sample(logits);
+  }
+}
+
+inline Expected<std::optional<StopReason>> Session::make_room(const std::atomic<bool>* cancel, GenerateStats& st) {
+  const int64_t n_ctx = ctx_.n_ctx();
+  if (ctx_.n_past() < n_ctx) return std::optional<StopReason>();
+  const int64_t keep = std::min<int64_t>(params_.keep, n_ctx - 1);
+  if (params_.overflow != OverflowPolicy::shift || keep >= n_ctx - 1) return std::optional(StopReason::context_full);
+  const int64_t n_discard = std::max<int64_t>(1, (n_ctx - keep) / 2);
+  const std::vector<int32_t> rest(tokens_.begin() + keep + n_discard, tokens_.end());
+  if (auto t = ctx_.truncate(keep); !t) return t.error();
+  tokens_.resize(static_cast<size_t>(keep));
+  logits_valid_ = false;
+  ++st.shifts;
+  auto ok = eval_chunks(rest, cancel, &st.prompt_evaluated);
+  if (!ok) return ok.error();
+  if (!*ok) return std::optional(StopReason::cancelled);
+  return std::optional<StopReason>();
+}
+
+inline Status Session::eval_token(int32_t id) {
+  auto lg = ctx_.eval(std::span<const int32_t>(&id, 1));
+  if (!lg) return lg.error();
+  tokens_.push_back(id);
+  logits_valid_ = true;
+  return {};
+}
+
+inline Status Session::append(int32_t id) {
+  if (auto st = detail::check_prompt_ids(std::span<const int32_t>(&id, 1), n_vocab(), "append"); !st) return st;
+  GenerateStats st;
+  auto room = make_room(nullptr, st);
+  if (!room) return room.error();
+  if (*room)
+    return make_error(Errc::out_of_range, "append: the context is full (" + std::to_string(ctx_.n_ctx()) +
+                                              " positions) and the overflow policy does not shift");
+  return eval_token(id);
+}
+
+inline Expected<int32_t> Session::step(Sampler& sampler, const GenerateOptions& options) {
+  auto id = sample(sampler, options);
+  if (!id) return id.error();
+  if (auto st = append(*id); !st) return st.error();
+  return *id;
+}
+
+inline Status Session::decode(Sampler& sampler, const GenerateOptions& options, const TokenCallback& on_piece,
+                              GenerateResult& res, detail::Clock::time_point t_start) {
+  GenerateStats& st = res.stats;
+  detail::StopFilter text(options.stop, on_piece);
   StreamDecoder decoder(tok_, options.render_special);
-  auto push_text = [&](std::string_view piece, bool final) {
-    all += piece;
-    size_t cut = std::string::npos;
-    for (const auto& s : options.stop) {
-      const size_t from = emitted >= s.size() ? emitted - s.size() + 1 : 0;
-      const size_t p = all.find(s, from);
-      if (p != std::string::npos && p < cut) cut = p;
-    }
-    size_t upto = all.size();
-    if (cut != std::string::npos) {
-      upto = std::max(cut, emitted);
-      all.resize(upto);
-      res.stop = StopReason::stop_string;
-      stopped = true;
-    } else if (!final) {
-      upto = all.size() - detail::stop_prefix_hold(std::string_view(all).substr(emitted), options.stop);
-    }
-    if (upto > emitted) {
-      const std::string_view out = std::string_view(all).substr(emitted, upto - emitted);
-      emitted = upto;
-      if (on_piece && !on_piece(out) && !stopped) {
-        res.stop = StopReason::callback;
-        stopped = true;
-      }
-    }
-  };
-
-  clock::time_point t_first{};
+  const auto at_max = [&] { return options.max_tokens >= 0 && st.generated >= options.max_tokens; };
+  detail::Clock::time_point t_first{};
   double decode_ms = 0;
   int64_t decoded = 0;
-  while (!stopped) {
-    if (options.max_tokens >= 0 && st.generated >= options.max_tokens) {
-      res.stop = StopReason::max_tokens;
-      break;
-    }
-    if (detail::is_cancelled(options.cancel)) {
-      res.stop = StopReason::cancelled;
-      break;
-    }
-    const int32_t id = sampler->sample(logits);
-    sampler->accept(id);
-    res.ids.push_back(id);
+  std::optional<StopReason> stop;
+  for (;;) {
+    if (at_max()) stop = StopReason::max_tokens;
+    else if (detail::is_cancelled(options.cancel)) stop = StopReason::cancelled;
+    if (stop) break;
+    auto id = sample(sampler, options);
+    if (!id) return id.error();
+    res.ids.push_back(*id);
     if (++st.generated == 1) {
-      t_first = clock::now();
+      t_first = detail::Clock::now();
       st.time_to_first_token_ms = std::chrono::duration<double, std::milli>(t_first - t_start).count();
     }
-    const bool eog = has_tokenizer_ && tok_.is_eog(id);
-    if (eog && options.stop_at_eog) {
-      res.stop = StopReason::eog;
+    if (has_tokenizer_ && options.stop_at_eog && tok_.is_eog(*id)) {
+      stop = StopReason::eog;
       break;
     }
     if (has_tokenizer_) {
-      auto piece = decoder.push(id);
+      auto piece = decoder.push(*id);
       if (!piece) return piece.error();
-      push_text(*piece, false);
-      if (stopped) break;
+      if ((stop = text.push(*piece, false))) break;
     }
-    if (options.max_tokens >= 0 && st.generated >= options.max_tokens) {
-      res.stop = StopReason::max_tokens;
+    if (at_max()) {
+      stop = StopReason::max_tokens;
       break;
     }
-    // Evaluate the token, making room first when the context is full.
-    if (ctx_.n_past() >= n_ctx) {
-      if (params_.overflow != OverflowPolicy::shift || keep >= n_ctx - 1) {
-        res.stop = StopReason::context_full;
-        break;
-      }
-      const int64_t n_discard = std::max<int64_t>(1, (n_ctx - keep) / 2);
-      const std::vector<int32_t> rest(tokens_.begin() + keep + n_discard, tokens_.end());
-      if (auto t = ctx_.truncate(keep); !t) return t.error();
-      tokens_.resize(static_cast<size_t>(keep));
-      logits_valid_ = false;
-      ++st.shifts;
-      const auto t_shift = clock::now();
-      auto ok = eval_chunks(rest, options.cancel, &st.prompt_evaluated);
-      if (!ok) return ok.error();
-      decode_ms -= ms_since(t_shift);  // re-evaluation is prefill work, not decoding
-      if (!*ok) {
-        res.stop = StopReason::cancelled;
-        break;
-      }
-    }
-    const auto t_eval = clock::now();
-    auto lg = ctx_.eval(std::span<const int32_t>(&id, 1));
-    if (!lg) return lg.error();
-    tokens_.push_back(id);
-    logits_valid_ = true;
-    logits.assign(lg->begin(), lg->end());
-    decode_ms += ms_since(t_eval);
+    auto room = make_room(options.cancel, st);  // re-evaluation after a shift is prefill work, not decoding
+    if (!room) return room.error();
+    if ((stop = *room)) break;
+    const auto t_eval = detail::Clock::now();
+    if (auto e = eval_token(*id); !e) return e.error();
+    decode_ms += detail::ms_since(t_eval);
     ++decoded;
   }
+  res.stop = *stop;
   if (has_tokenizer_ && res.stop != StopReason::stop_string && res.stop != StopReason::callback) {
-    const std::string rest = decoder.flush();
-    stopped = false;
-    push_text(rest, true);
+    const std::string rest = options.flush_partial_char ? decoder.flush() : std::string();
+    if (auto last = text.push(rest, true)) res.stop = *last;
   }
-  res.text = std::move(all);
-  if (st.generated > 0) st.generation_ms = ms_since(t_first);
+  res.text = text.take_text();
+  if (st.generated > 0) st.generation_ms = detail::ms_since(t_first);
   if (decode_ms > 0) st.generation_tokens_per_s = 1000.0 * static_cast<double>(decoded) / decode_ms;
-  return res;
+  return {};
 }
 
 inline std::vector<uint8_t> Session::save_state() const {
-  const HParams& hp = model_->hparams();
+  const HParams& hp = model().hparams();
   const KvCache& kv = ctx_.kv();
   const uint64_t n = tokens_.size();
   std::vector<uint8_t> out;
@@ -622,7 +789,7 @@ inline std::vector<uint8_t> Session::save_state() const {
 }
 
 inline Status Session::load_state(std::span<const uint8_t> bytes) {
-  const HParams& hp = model_->hparams();
+  const HParams& hp = model().hparams();
   auto bad = [](const std::string& m) { return make_error(Errc::invalid_format, "session state: " + m); };
   detail::ByteReader r{bytes.data(), bytes.size()};
   if (!r.has(detail::kStateHeaderBytes + 8)) return bad("too short (" + std::to_string(bytes.size()) + " bytes)");
