@@ -6,6 +6,8 @@
 // against a second session doing the same work the plain way (fresh evaluation).
 #include <doctest/doctest.h>
 
+#include <optional>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -862,4 +864,28 @@ TEST_CASE("session: an incomplete character at the end is U+FFFD, or dropped on 
     }
   }
   CHECK(differed > 0);
+}
+
+TEST_CASE("lifetimes: a session keeps its model loaded after the Model object is gone") {
+  const std::string path = tinyslm_test::shared_file(kStories);
+  if (path.empty()) return;
+  auto first = Model::open(path);
+  REQUIRE(first);
+  Session reference = make_session(*first);
+  auto want = reference.generate(kStory, greedy(8));
+  REQUIRE(want);
+  std::optional<Session> s;
+  {
+    auto m = Model::open(path);
+    REQUIRE(m);
+    s.emplace(make_session(*m));
+    Model moved = std::move(*m);  // the handle moves away, then goes out of scope
+  }
+  auto got = s->generate(kStory, greedy(8));
+  REQUIRE(got);
+  CHECK(got->ids == want->ids);
+  CHECK(s->model().hparams().n_vocab == first->hparams().n_vocab);
+  // Copies of a Model share one loaded file.
+  Model copy = *first;
+  CHECK(&copy.gguf() == &first->gguf());
 }

@@ -421,9 +421,9 @@ class Session {
     return logits_valid_ ? ctx_.last_logits() : std::span<const float>();
   }
 
-  // The one place that reads model_, so that holding the model some other way touches only
-  // the member, its initializer and this line.
-  const Model& model() const { return *model_; }
+  // The model, through the context, which holds a share of it: a session stays valid when the
+  // Model object it was created from is moved or destroyed.
+  const Model& model() const { return ctx_.model(); }
   const SessionParams& params() const { return params_; }
   const Context& context() const { return ctx_; }
   bool has_tokenizer() const { return has_tokenizer_; }
@@ -440,7 +440,7 @@ class Session {
   Status load_state_file(const std::string& path);
 
  private:
-  Session(const Model& model, Context ctx) : model_(&model), ctx_(std::move(ctx)) {}
+  explicit Session(Context ctx) : ctx_(std::move(ctx)) {}
   Error no_tokenizer() const {
     if (tok_error_.code() != Errc::ok) return Error(tok_error_).context("session: the model's tokenizer did not load");
     return make_error(Errc::unsupported, "session: the model has no usable tokenizer (use generate_ids)");
@@ -462,7 +462,6 @@ class Session {
   Status decode(Sampler& sampler, const GenerateOptions& options, const TokenCallback& on_piece,
                 GenerateResult& res, detail::Clock::time_point t_start);
 
-  const Model* model_ = nullptr;  // used only through model()
   SessionParams params_;
   Context ctx_;
   Tokenizer tok_;
@@ -493,7 +492,7 @@ inline Expected<Session> Session::create(const Model& model, const SessionParams
     return make_error(Errc::invalid_argument, "session: keep must be in [0, context)");
   auto ctx = Context::create(model, ContextParams{n_ctx, params.threads, params.batch, false});
   if (!ctx) return ctx.error();
-  Session s(model, std::move(*ctx));
+  Session s(std::move(*ctx));
   s.params_ = params;
   s.params_.context = n_ctx;
   if (auto tok = Tokenizer::from_gguf(model.gguf())) {
