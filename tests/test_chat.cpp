@@ -48,7 +48,7 @@ std::string ids_str(const std::vector<int32_t>& v) {
 
 }  // namespace
 
-TEST_CASE("chat prompts render and tokenize exactly as llama.cpp (golden files)") {
+TEST_CASE("chat prompts render and tokenize exactly as llama.cpp (golden files)" * doctest::test_suite("shared")) {
   if (tinyslm_test::shared_file("golden/README.md").empty()) return;
   const std::string root = tinyslm_test::shared_dir() + "/golden/";
   const auto files = list_golden();

@@ -260,7 +260,7 @@ void check_model(const Case& c, Summary& sum) {
 
 }  // namespace
 
-TEST_CASE("forward: every dense model matches llama.cpp's golden outputs") {
+TEST_CASE("forward: every dense model matches llama.cpp's golden outputs" * doctest::test_suite("shared")) {
   if (tinyslm_test::shared_file("golden/README.md").empty()) return;
   std::fprintf(stderr, "%-36s %7s %5s %6s %6s %6s %9s %9s %9s\n", "model", "prompts", "top1", "top10",
                "logits", "greedy", "id steps", "max rel", "step rel");
@@ -272,7 +272,7 @@ TEST_CASE("forward: every dense model matches llama.cpp's golden outputs") {
   }
 }
 
-TEST_CASE("forward: results do not depend on the thread count or on batching") {
+TEST_CASE("forward: results do not depend on the thread count or on batching" * doctest::test_suite("shared")) {
   const std::string path = tinyslm_test::shared_file("models/synthetic/syn-qwen2-Q4_K_M.gguf");
   if (path.empty()) return;
   auto model = Model::open(path);
@@ -305,7 +305,7 @@ TEST_CASE("forward: results do not depend on the thread count or on batching") {
   CHECK(md < 1e-3);
 }
 
-TEST_CASE("forward: prefix reuse gives the logits of a fresh run") {
+TEST_CASE("forward: prefix reuse gives the logits of a fresh run" * doctest::test_suite("shared")) {
   const std::string path = tinyslm_test::shared_file("models/stories260K.gguf");
   if (path.empty()) return;
   auto model = Model::open(path);
@@ -329,7 +329,7 @@ TEST_CASE("forward: prefix reuse gives the logits of a fresh run") {
   CHECK(ctx->n_past() == 6);
 }
 
-TEST_CASE("forward: bad input is refused without touching the cache") {
+TEST_CASE("forward: bad input is refused without touching the cache" * doctest::test_suite("shared")) {
   const std::string path = tinyslm_test::shared_file("models/stories260K.gguf");
   if (path.empty()) return;
   auto model = Model::open(path);
@@ -492,7 +492,7 @@ TEST_CASE("ops: attention (prefill and decode paths) against a double reference"
   }
 }
 
-TEST_CASE("forward: MoE routing statistics add up and match token-by-token decode") {
+TEST_CASE("forward: MoE routing statistics add up and match token-by-token decode" * doctest::test_suite("shared")) {
   const std::string path = tinyslm_test::shared_file("models/synthetic/syn-olmoe-Q8_0.gguf");
   if (path.empty()) return;
   auto model = Model::open(path);
@@ -547,7 +547,7 @@ TEST_CASE("forward: MoE routing statistics add up and match token-by-token decod
   CHECK(dc->moe_stats() == nullptr);
 }
 
-TEST_CASE("memory_estimate: mixture-of-experts files, against what a context really allocates") {
+TEST_CASE("memory_estimate: mixture-of-experts files, against what a context really allocates" * doctest::test_suite("shared")) {
   for (const char* rel : {"models/synthetic/syn-olmoe-Q8_0.gguf", "models/synthetic/syn-qwen2moe-Q4_K_M.gguf",
                           "models/synthetic/syn-qwen3moe-Q8_0.gguf", "models/synthetic/syn-mixtral-Q8_0.gguf", "models/synthetic/syn-qwen3-Q8_0.gguf"}) {
     const std::string path = tinyslm_test::shared_file(rel);
@@ -590,4 +590,134 @@ TEST_CASE("memory_estimate: mixture-of-experts files, against what a context rea
     }
 #endif
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Whole forward passes on the random tiny models of tests/model_builder.hpp (no ../shared):
+// every architecture, several block types, every matmul SIMD path against the scalar one.
+//
+// Bounds, relative to the scalar run's logit range, at every prompt position (prefill, GEMM)
+// and every decode step (GEMV). The SIMD paths quantize the activations bit-exactly as the
+// scalar path does and their integer dot products are exact; they differ only in the order of
+// the float sums over blocks, about 1e-7 of the range, and that is what most steps measure.
+// Now and then such a difference moves one activation across a rounding boundary of the next
+// 8-bit quantization (or of the F16 KV cache) and that value changes by a whole step, amax/127
+// of its block; in models this small one such step moves the logits by 0.1-1.3% of the range,
+// and a step in a key or value stays in the cache for the following positions. So:
+//  - quantized weights: every step within 3e-2 (we measure up to 1.3e-2, as llama.cpp's own
+//    quantized logits move by about 1.5% when only its KV precision changes), and at most a
+//    quarter of the steps beyond 1e-4 (a wrong kernel would move every step; the rounding
+//    flips are rare events: we measure 11% of the steps);
+//  - F32 / F16 weights: 2e-3 (F16 rounds the activations to 11 bits, so flips are frequent
+//    but each is small: we measure up to 6.6e-4).
+// The argmax must agree where the scalar run's top two are further apart than twice the bound.
+// The ops (norms, softmax, RoPE, attention) pick their own SIMD path, the same in every run.
+//
+// Threads: 2 threads split rows, never a sum, so their logits equal 1 thread's bit for bit.
+#include <cstring>
+
+#include "model_builder.hpp"
+
+namespace {
+
+constexpr double kSimdBoundFloat = 2e-3;
+constexpr double kSimdBoundQuant = 3e-2;
+constexpr double kSimdNoFlip = 1e-4;
+
+struct TinyRun {
+  std::vector<std::vector<float>> logits;  // per prompt position, then per decode step
+};
+
+// 8 prompt tokens in one eval (all logits), then 4 decode steps of fixed tokens.
+TinyRun run_tiny(const Model& m, int n_threads) {
+  ContextParams p;
+  p.n_ctx = 32;
+  p.n_batch = 16;
+  p.n_threads = n_threads;
+  p.all_logits = true;
+  auto ctx = Context::create(m, p);
+  REQUIRE(ctx);
+  TinyRun r;
+  const int32_t n_vocab = static_cast<int32_t>(m.hparams().n_vocab);
+  std::vector<int32_t> prompt;
+  for (int32_t i = 0; i < 8; ++i) prompt.push_back((i * 37 + 5) % n_vocab);
+  auto out = ctx->eval(prompt);
+  REQUIRE_MESSAGE(out, (out ? "" : out.error().message()));
+  for (int64_t i = 0; i < 8; ++i) {
+    auto l = ctx->logits(i);
+    r.logits.emplace_back(l.begin(), l.end());
+  }
+  for (int32_t step = 0; step < 4; ++step) {
+    const int32_t tok = (step * 53 + 11) % n_vocab;
+    auto o = ctx->eval(std::span<const int32_t>(&tok, 1));
+    REQUIRE(o);
+    r.logits.emplace_back(o->begin(), o->end());
+  }
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("forward: tiny models of every architecture, every SIMD path against scalar, 2 threads = 1") {
+  std::vector<SimdLevel> levels;
+  for (SimdLevel l : {SimdLevel::avx2, SimdLevel::avxvnni, SimdLevel::avx512, SimdLevel::neon, SimdLevel::highway})
+    if (simd_level_supported(l)) levels.push_back(l);
+  const TensorType types[] = {TensorType::F32, TensorType::F16, TensorType::Q8_0,
+                              TensorType::Q4_0, TensorType::Q4_K, TensorType::Q6_K};
+  double worst_float = 0, worst_quant = 0;
+  int quant_steps = 0, quant_flipped = 0;
+  for (const std::string& arch : tinyslm_test::tiny_archs()) {
+    for (TensorType type : types) {
+      const std::string type_name = tensor_type_name(type);
+      CAPTURE(arch);
+      CAPTURE(type_name);
+      const auto bytes = tinyslm_test::model_bytes(tinyslm_test::tiny_spec(arch, type));
+      REQUIRE(!bytes.empty());
+      const bool quantized = !is_float_type(type);
+      const double bound = quantized ? kSimdBoundQuant : kSimdBoundFloat;
+      auto m = tinyslm_test::load_model(bytes);
+      REQUIRE_MESSAGE(m, (m ? "" : m.error().message()));
+      REQUIRE(set_simd_level(SimdLevel::scalar));
+      const TinyRun ref = run_tiny(*m, 1);
+      for (SimdLevel l : levels) {
+        const std::string level = simd_level_name(l);
+        CAPTURE(level);
+        REQUIRE(set_simd_level(l));
+        const TinyRun got = run_tiny(*m, 1);
+        REQUIRE(got.logits.size() == ref.logits.size());
+        for (size_t s = 0; s < ref.logits.size(); ++s) {
+          CAPTURE(s);
+          const auto& a = ref.logits[s];
+          const auto& b = got.logits[s];
+          const auto [lo, hi] = std::minmax_element(a.begin(), a.end());
+          const double range = static_cast<double>(*hi) - *lo;
+          REQUIRE(std::isfinite(range));
+          REQUIRE(range > 0);
+          double diff = 0;
+          for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, std::fabs(static_cast<double>(a[i]) - b[i]));
+          double& worst = quantized ? worst_quant : worst_float;
+          worst = std::max(worst, diff / range);
+          if (quantized) {
+            ++quant_steps;
+            if (diff > kSimdNoFlip * range) ++quant_flipped;
+          }
+          CHECK(diff <= bound * range);
+          const auto top = top_ids(a, 2);
+          if (a[static_cast<size_t>(top[0])] - a[static_cast<size_t>(top[1])] > 2 * bound * range)
+            CHECK(argmax(b) == top[0]);
+        }
+      }
+      if (type == TensorType::Q4_K || type == TensorType::F16) {
+        reset_simd_level();
+        const TinyRun one = run_tiny(*m, 1), two = run_tiny(*m, 2);
+        for (size_t s = 0; s < one.logits.size(); ++s)
+          CHECK(std::memcmp(one.logits[s].data(), two.logits[s].data(), one.logits[s].size() * sizeof(float)) == 0);
+      }
+      reset_simd_level();
+    }
+  }
+  CHECK(quant_flipped * 4 <= quant_steps);
+  MESSAGE("SIMD against scalar, largest logit difference over the range: F32/F16 " << worst_float
+          << ", quantized " << worst_quant << "; quantized steps beyond " << kSimdNoFlip << ": "
+          << quant_flipped << " of " << quant_steps);
 }

@@ -353,7 +353,7 @@ TEST_CASE("bad magic, versions and endianness") {
   CHECK(parse_bytes(v2.b));
 }
 
-TEST_CASE("the legacy version 1 file is refused with a clear error") {
+TEST_CASE("the legacy version 1 file is refused with a clear error" * doctest::test_suite("shared")) {
   const std::string path = shared_file("models/legacy/tinyllamas-stories-260k-f32.gguf");
   if (path.empty()) return;
   auto f = GgufFile::open(path);
@@ -477,7 +477,7 @@ TEST_CASE("bad tensor infos") {
   expect_error(truncated_info.b, Errc::invalid_format, "truncated");
 }
 
-TEST_CASE("truncation at every header position of a real file") {
+TEST_CASE("truncation at every header position of a real file" * doctest::test_suite("shared")) {
   std::vector<uint8_t> bytes;
   std::string path = shared_file("models/stories260K.gguf");
   if (!path.empty()) {
@@ -564,10 +564,10 @@ std::vector<std::string> cells(const std::string& line) {
 
 }  // namespace
 
-TEST_CASE("every model in ../shared parses with the documented architecture and tensors") {
+TEST_CASE("every model in ../shared parses with the documented architecture and tensors" * doctest::test_suite("shared")) {
   const std::string root = tinyslm_test::shared_dir() + "/models";
   if (!std::filesystem::exists(root)) {
-    std::fprintf(stderr, "SKIPPED: %s not found\n", root.c_str());
+    tinyslm_test::skip_shared(root);
     return;
   }
   // Expectations transcribed from the provenance notes (written by other tools than ours).

@@ -454,7 +454,7 @@ TEST_CASE("activations quantized once serve several matrices (matmul_quantized)"
   }
 }
 
-TEST_CASE("llama.cpp-quantized tensors of the synthetic models: every path agrees with the scalar reference") {
+TEST_CASE("llama.cpp-quantized tensors of the synthetic models: every path agrees with the scalar reference" * doctest::test_suite("shared")) {
   // Real scale distributions (llama.cpp's quantizers) rather than random bytes; also a
   // float reference from quant.hpp's dequantize_row of both operands.
   const char* files[] = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K_M",

@@ -363,7 +363,7 @@ TEST_CASE("model: bad files give clear errors") {
   }
 }
 
-TEST_CASE("model: the shared MoE and dense files") {
+TEST_CASE("model: the shared MoE and dense files" * doctest::test_suite("shared")) {
   // MoE files load: attention weights bound here, experts by the forward layer.
   for (const char* f : {"models/synthetic/synth-qwen3moe-tiny-F16.gguf", "models/synthetic/syn-mixtral-Q8_0.gguf",
                         "models/synthetic/syn-olmoe-Q8_0.gguf", "models/synthetic/syn-qwen2moe-Q8_0.gguf"}) {

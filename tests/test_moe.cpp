@@ -540,7 +540,7 @@ TEST_CASE("moe_ffn: prefill grouping equals token-by-token decode; any thread co
 
 // ---- the synthetic MoE models ---------------------------------------------------------
 
-TEST_CASE("MoeConfig from the synthetic MoE models, layers bound and evaluated against the reference") {
+TEST_CASE("MoeConfig from the synthetic MoE models, layers bound and evaluated against the reference" * doctest::test_suite("shared")) {
   struct Want {
     const char* file;
     int64_t n_expert, k, ff;

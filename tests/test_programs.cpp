@@ -139,7 +139,7 @@ void check_clean_failure(const std::string& name, const std::vector<std::string>
 
 }  // namespace
 
-TEST_CASE("chat: piped input, with a chat template and without") {
+TEST_CASE("chat: piped input, with a chat template and without" * doctest::test_suite("shared")) {
   const std::string chat = program("chat");
   if (chat.empty()) return;
   for (const char* rel : {"models/synthetic/synth-llama3-tiny-F16.gguf", "models/synthetic/synth-gemma3-tiny-F16.gguf"}) {
@@ -180,7 +180,7 @@ TEST_CASE("chat: piped input, with a chat template and without") {
   CHECK(r2.out == r.out);
 }
 
-TEST_CASE("perplexity: matches llama-perplexity within 1%") {
+TEST_CASE("perplexity: matches llama-perplexity within 1%" * doctest::test_suite("shared")) {
   const std::string ppl = program("perplexity");
   const std::string text = tinyslm_test::shared_file("golden/ppl.txt");
   if (ppl.empty() || text.empty()) return;
@@ -211,7 +211,7 @@ TEST_CASE("perplexity: matches llama-perplexity within 1%") {
   }
 }
 
-TEST_CASE("programs: bad input gives a one-line error and a non-zero exit") {
+TEST_CASE("programs: bad input gives a one-line error and a non-zero exit" * doctest::test_suite("shared")) {
   const std::string stories = tinyslm_test::shared_file("models/stories260K.gguf");
   const std::string synth = tinyslm_test::shared_file("models/synthetic/synth-llama3-tiny-F16.gguf");
   const std::string text = tinyslm_test::shared_file("golden/ppl.txt");
@@ -267,7 +267,7 @@ TEST_CASE("programs: bad input gives a one-line error and a non-zero exit") {
   fs::remove_all(work_dir(), ec);
 }
 
-TEST_CASE("complete: greedy output on stories260K equals llama.cpp's, byte for byte") {
+TEST_CASE("complete: greedy output on stories260K equals llama.cpp's, byte for byte" * doctest::test_suite("shared")) {
   const std::string prog = program("complete");
   const std::string model = tinyslm_test::shared_file("models/stories260K.gguf");
   const std::string golden = tinyslm_test::shared_file("golden/stories260K.json");

@@ -188,7 +188,7 @@ void print_table(const char* title, const std::map<std::string, MatchCount>& by_
 
 }  // namespace
 
-TEST_CASE("quant: syn-llama tensors quantized from the F32 master equal llama-quantize's bytes") {
+TEST_CASE("quant: syn-llama tensors quantized from the F32 master equal llama-quantize's bytes" * doctest::test_suite("shared")) {
   const char* kinds[] = {"F16",  "BF16",   "Q8_0",   "Q4_0",   "Q4_1", "Q5_0",  "Q5_1",
                          "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_NL"};
   std::map<std::string, MatchCount> by_type;
@@ -207,7 +207,7 @@ TEST_CASE("quant: syn-llama tensors quantized from the F32 master equal llama-qu
     CHECK_MESSAGE(by_type.count(t) == 1, t);
 }
 
-TEST_CASE("quant: llama-quantize outputs from F16 and F32 masters under models/quant") {
+TEST_CASE("quant: llama-quantize outputs from F16 and F32 masters under models/quant" * doctest::test_suite("shared")) {
   struct Set {
     const char* master;
     std::vector<std::string> files;
@@ -238,7 +238,7 @@ TEST_CASE("quant: llama-quantize outputs from F16 and F32 masters under models/q
   CHECK(failures.empty());
 }
 
-TEST_CASE("quant: every tensor of every shared model dequantizes to finite values") {
+TEST_CASE("quant: every tensor of every shared model dequantizes to finite values" * doctest::test_suite("shared")) {
   const std::string root = tinyslm_test::shared_file("models");
   if (root.empty()) return;
   int files = 0, tensors = 0, unsupported = 0;

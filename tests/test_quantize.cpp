@@ -47,7 +47,7 @@ void compare_files(const GgufFile& ours, const GgufFile& theirs, const std::stri
 
 }  // namespace
 
-TEST_CASE("quantize_model reproduces llama-quantize's files") {
+TEST_CASE("quantize_model reproduces llama-quantize's files" * doctest::test_suite("shared")) {
   const Case cases[] = {
       {"models/synthetic/synth-llama3-tiny-F16.gguf", "Q8_0", false, "models/quant/synth-llama3-tiny-Q8_0.gguf"},
       {"models/synthetic/synth-llama3-tiny-F16.gguf", "Q4_0", false, "models/quant/synth-llama3-tiny-Q4_0.gguf"},

@@ -77,7 +77,7 @@ const char* kStory = "Once upon a time, there was a little girl named Lily. She"
 
 }  // namespace
 
-TEST_CASE("session: greedy generation reproduces llama.cpp's golden text (stories260K)") {
+TEST_CASE("session: greedy generation reproduces llama.cpp's golden text (stories260K)" * doctest::test_suite("shared")) {
   auto L = load(kStories);
   const std::string gpath = tinyslm_test::shared_file("golden/stories260K.json");
   if (!L || gpath.empty()) return;
@@ -111,7 +111,7 @@ TEST_CASE("session: greedy generation reproduces llama.cpp's golden text (storie
   MESSAGE("golden greedy prompts matched: " << matched << " of " << g["prompts"].size());
 }
 
-TEST_CASE("session: prompts tokenize as llama.cpp evaluated them (chat prompts of the synthetic models)") {
+TEST_CASE("session: prompts tokenize as llama.cpp evaluated them (chat prompts of the synthetic models)" * doctest::test_suite("shared")) {
   for (const char* stem : {"synth-llama3-tiny-F16", "synth-gemma3-tiny-F16", "synth-phi3-tiny-F16",
                            "synth-qwen2-tiny-F16", "synth-qwen3-tiny-F16"}) {
     auto L = load((std::string("models/synthetic/") + stem + ".gguf").c_str());
@@ -131,7 +131,7 @@ TEST_CASE("session: prompts tokenize as llama.cpp evaluated them (chat prompts o
   }
 }
 
-TEST_CASE("session: generate_ids drives the model without text; bad ids are refused") {
+TEST_CASE("session: generate_ids drives the model without text; bad ids are refused" * doctest::test_suite("shared")) {
   auto L = load(kStories);
   if (!L) return;
   Session s = make_session(L->model, {.context = 128});
@@ -162,7 +162,7 @@ TEST_CASE("session: generate_ids drives the model without text; bad ids are refu
   CHECK(!s.generate(kStory, bad_topp));
 }
 
-TEST_CASE("session: create refuses bad parameters") {
+TEST_CASE("session: create refuses bad parameters" * doctest::test_suite("shared")) {
   auto L = load(kStories);
   if (!L) return;
   const int64_t train = L->model.hparams().n_ctx_train;
@@ -177,7 +177,7 @@ TEST_CASE("session: create refuses bad parameters") {
   CHECK(whole->n_ctx() == train);
 }
 
-TEST_CASE("session: multi-turn prefix reuse evaluates only new tokens and matches a fresh session") {
+TEST_CASE("session: multi-turn prefix reuse evaluates only new tokens and matches a fresh session" * doctest::test_suite("shared")) {
   auto L = load(kStories);
   if (!L) return;
   Session a = make_session(L->model, {.context = 256, .batch = 16});
@@ -211,7 +211,7 @@ TEST_CASE("session: multi-turn prefix reuse evaluates only new tokens and matche
   CHECK(c1->text == c2->text);
 }
 
-TEST_CASE("session: stop strings are cut and never streamed") {
+TEST_CASE("session: stop strings are cut and never streamed" * doctest::test_suite("shared")) {
   auto L = load(kStories);
   if (!L) return;
   Session s = make_session(L->model, {.context = 256});
@@ -251,7 +251,7 @@ TEST_CASE("session: stop strings are cut and never streamed") {
   CHECK(streamed == T);
 }
 
-TEST_CASE("session: callback stop and cancellation") {
+TEST_CASE("session: callback stop and cancellation" * doctest::test_suite("shared")) {
   auto L = load(kStories);
   if (!L) return;
   Session s = make_session(L->model, {.context = 256, .batch = 4});
@@ -320,7 +320,7 @@ TEST_CASE("session: callback stop and cancellation") {
   CHECK(s.n_past() == 0);
 }
 
-TEST_CASE("session: a full context is an error or a shift, as the caller chooses") {
+TEST_CASE("session: a full context is an error or a shift, as the caller chooses" * doctest::test_suite("shared")) {
   auto L = load(kStories);
   if (!L) return;
   std::string long_text;
@@ -371,7 +371,7 @@ TEST_CASE("session: a full context is an error or a shift, as the caller chooses
   CHECK(lp->stats.prompt_reused + lp->stats.prompt_evaluated == 1 + (32 - 1) / 2);
 }
 
-TEST_CASE("session: save / restore round trip") {
+TEST_CASE("session: save / restore round trip" * doctest::test_suite("shared")) {
   auto L = load(kStories);
   if (!L) return;
   Session a = make_session(L->model, {.context = 128});
@@ -408,7 +408,7 @@ TEST_CASE("session: save / restore round trip") {
   CHECK(!d.load_state_file(path));  // gone: an I/O error
 }
 
-TEST_CASE("session: corrupted or foreign state is refused without changing the session") {
+TEST_CASE("session: corrupted or foreign state is refused without changing the session" * doctest::test_suite("shared")) {
   auto L = load(kStories);
   if (!L) return;
   Session a = make_session(L->model, {.context = 128});
@@ -476,7 +476,7 @@ TEST_CASE("session: corrupted or foreign state is refused without changing the s
   CHECK(so.error().message().find("another model") != std::string::npos);
 }
 
-TEST_CASE("session: seeded sampling is deterministic") {
+TEST_CASE("session: seeded sampling is deterministic" * doctest::test_suite("shared")) {
   auto L = load(kStories);
   if (!L) return;
   GenerateOptions o{.sampler = {.temperature = 0.9f, .top_p = 0.95f, .seed = 1234}, .max_tokens = 40};
@@ -503,7 +503,7 @@ TEST_CASE("session: seeded sampling is deterministic") {
   CHECK(r5->ids == r1->ids);
 }
 
-TEST_CASE("session: stats") {
+TEST_CASE("session: stats" * doctest::test_suite("shared")) {
   auto L = load(kStories);
   if (!L) return;
   Session s = make_session(L->model, {.context = 256});
@@ -517,7 +517,7 @@ TEST_CASE("session: stats") {
   CHECK(st.generation_ms > 0);
 }
 
-TEST_CASE("chat helper: templates, prefix reuse across turns, dropping whole messages") {
+TEST_CASE("chat helper: templates, prefix reuse across turns, dropping whole messages" * doctest::test_suite("shared")) {
   for (const char* rel : {kSynthLlama3, "models/synthetic/synth-gemma3-tiny-F16.gguf",
                           "models/synthetic/synth-phi3-tiny-F16.gguf"}) {
     auto L = load(rel);
@@ -587,7 +587,7 @@ TEST_CASE("chat helper: templates, prefix reuse across turns, dropping whole mes
   CHECK(failed);
 }
 
-TEST_CASE("memory_estimate: bounds what a session really uses") {
+TEST_CASE("memory_estimate: bounds what a session really uses" * doctest::test_suite("shared")) {
   for (const auto& [rel, ctx] : {std::pair<const char*, int64_t>{kStories, 256}, {kStories, 2048},
                                   {"models/synthetic/synth-gemma3-tiny-F16.gguf", 1024}}) {
     const std::string path = tinyslm_test::shared_file(rel);

@@ -85,7 +85,7 @@ std::vector<int32_t> parse_ids(const std::string& line) {
 
 }  // namespace
 
-TEST_CASE("vocab test strings match the original tokenizers (models/vocab/*.gguf.inp/.out)") {
+TEST_CASE("vocab test strings match the original tokenizers (models/vocab/*.gguf.inp/.out)" * doctest::test_suite("shared")) {
   const char* vocabs[] = {"llama-spm", "phi-3",   "gpt-2",  "starcoder", "refact",
                           "deepseek-coder", "deepseek-llm", "falcon", "mpt", "bert-bge"};
   int total_ok = 0, total = 0;
@@ -127,7 +127,7 @@ TEST_CASE("vocab test strings match the original tokenizers (models/vocab/*.gguf
   MESSAGE("all vocabularies: " << total_ok << "/" << total);
 }
 
-TEST_CASE("golden tokenizations of llama.cpp (golden-tokenize-v1)") {
+TEST_CASE("golden tokenizations of llama.cpp (golden-tokenize-v1)" * doctest::test_suite("shared")) {
   const std::string dir = tinyslm_test::shared_file("golden/README.md");
   if (dir.empty()) return;
   std::vector<std::string> files;
@@ -195,7 +195,7 @@ TEST_CASE("golden tokenizations of llama.cpp (golden-tokenize-v1)") {
   }
 }
 
-TEST_CASE("bad input never crashes and gives clear results") {
+TEST_CASE("bad input never crashes and gives clear results" * doctest::test_suite("shared")) {
   const std::string spm_path = tinyslm_test::shared_file("models/vocab/ggml-vocab-llama-spm.gguf");
   if (spm_path.empty()) return;
   const Tokenizer* spm = tokenizer_for("ggml-vocab-llama-spm.gguf");
@@ -367,7 +367,7 @@ TEST_CASE("tiny SentencePiece vocabulary: scores decide merges, bytes fall back"
   CHECK(t->add_bos());
 }
 
-TEST_CASE("1 MB input stays fast (no quadratic merge loop)") {
+TEST_CASE("1 MB input stays fast (no quadratic merge loop)" * doctest::test_suite("shared")) {
   if (tinyslm_test::shared_file("models/vocab/ggml-vocab-llama-spm.gguf").empty()) return;
   const Tokenizer* spm = tokenizer_for("ggml-vocab-llama-spm.gguf");
   const Tokenizer* bpe = tokenizer_for("ggml-vocab-gpt-2.gguf");
@@ -382,7 +382,7 @@ TEST_CASE("1 MB input stays fast (no quadratic merge loop)") {
   }
 }
 
-TEST_CASE("fast paths (word caches, SentencePiece cuts) give the plain algorithm's ids") {
+TEST_CASE("fast paths (word caches, SentencePiece cuts) give the plain algorithm's ids" * doctest::test_suite("shared")) {
   const std::string strings_path = tinyslm_test::shared_file("golden/tokenize-strings.jsonl");
   if (strings_path.empty()) return;
   // Random concatenations of the golden test strings, 200 KB.
@@ -425,7 +425,7 @@ TEST_CASE("fast paths (word caches, SentencePiece cuts) give the plain algorithm
   }
 }
 
-TEST_CASE("StreamDecoder: whole characters only, same text as decode") {
+TEST_CASE("StreamDecoder: whole characters only, same text as decode" * doctest::test_suite("shared")) {
   if (tinyslm_test::shared_file("models/vocab/ggml-vocab-llama-spm.gguf").empty()) return;
   std::mt19937 rng(1234);
   for (const char* file : {"ggml-vocab-llama-spm.gguf", "ggml-vocab-gpt-2.gguf", "synth-qwen2-tiny-F16.gguf",
