@@ -26,7 +26,7 @@ namespace tinyslm_test {
 
 using namespace tinyslm;
 
-enum class QkNorm { none, per_head, whole };  // RMSNorm of q and k: none, per head, whole projection
+using tinyslm::QkNorm;  // RMSNorm of q and k: none, per head, whole projection (the library's enum)
 
 // Where a matrix sits, for choosing its block type.
 struct TensorRole {

@@ -638,7 +638,7 @@ TEST_CASE("memory_estimate: bounds what a session really uses" * doctest::test_s
   CHECK(!memory_estimate(*f, 256, 0));
 }
 
-TEST_CASE("session: prefill and step give what generate gives") {
+TEST_CASE("session: prefill and step give what generate gives" * doctest::test_suite("shared")) {
   auto L = load(kStories);
   if (!L) return;
   Session s = make_session(L->model, {.context = 256, .batch = 8});
@@ -694,7 +694,7 @@ TEST_CASE("session: prefill and step give what generate gives") {
   CHECK(stepped == sampled->ids);
 }
 
-TEST_CASE("session: prefill and append refuse bad input without touching the cache") {
+TEST_CASE("session: prefill and append refuse bad input without touching the cache" * doctest::test_suite("shared")) {
   auto L = load(kStories);
   if (!L) return;
   Session s = make_session(L->model, {.context = 16});
@@ -738,7 +738,7 @@ TEST_CASE("session: prefill and append refuse bad input without touching the cac
   CHECK(sh.tokens()[0] == (*toks)[0]);
 }
 
-TEST_CASE("session: the logits hook and the sample hook") {
+TEST_CASE("session: the logits hook and the sample hook" * doctest::test_suite("shared")) {
   auto L = load(kStories);
   if (!L) return;
   Session s = make_session(L->model, {.context = 256});
@@ -790,7 +790,7 @@ TEST_CASE("session: the logits hook and the sample hook") {
   CHECK(oob.error().code() == Errc::out_of_range);
 }
 
-TEST_CASE("session: a tokenizer that does not load is reported with its own error") {
+TEST_CASE("session: a tokenizer that does not load is reported with its own error" * doctest::test_suite("shared")) {
   const std::string path = tinyslm_test::shared_file(kStories);
   if (path.empty()) return;
   auto src = GgufFile::open(path);
@@ -838,7 +838,7 @@ TEST_CASE("session: a tokenizer that does not load is reported with its own erro
   CHECK(fine.tokenizer_error() == nullptr);
 }
 
-TEST_CASE("session: an incomplete character at the end is U+FFFD, or dropped on request") {
+TEST_CASE("session: an incomplete character at the end is U+FFFD, or dropped on request" * doctest::test_suite("shared")) {
   auto L = load("models/synthetic/syn-olmoe-Q8_0.gguf");  // random weights: bytes cut mid-character
   if (!L) return;
   Session s = make_session(L->model, {.context = 128});
@@ -866,7 +866,7 @@ TEST_CASE("session: an incomplete character at the end is U+FFFD, or dropped on 
   CHECK(differed > 0);
 }
 
-TEST_CASE("lifetimes: a session keeps its model loaded after the Model object is gone") {
+TEST_CASE("lifetimes: a session keeps its model loaded after the Model object is gone" * doctest::test_suite("shared")) {
   const std::string path = tinyslm_test::shared_file(kStories);
   if (path.empty()) return;
   auto first = Model::open(path);
