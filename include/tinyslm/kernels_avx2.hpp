@@ -253,72 +253,83 @@ TINYSLM_TARGET_AVX2 inline __m256i pack_32(__m256i a, __m256i b, __m256i c, __m2
   return _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
+// Q8_0 / Q8_1 blocks of 32: quants, the fp16-rounded scale per 16 values and (Q8_1) s = d * sum.
+TINYSLM_TARGET_AVX2 inline void quantize_q8_0_blocks_avx2(ActFormat fmt, const float* x, int64_t k, int8_t* qs,
+                                                          float* da16, float* m32) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t b = 0; b < k / 32; ++b) {
+    const float* xb = x + b * 32;
+    __m256 v[4];
+    __m256 am = _mm256_setzero_ps();
+    for (int j = 0; j < 4; ++j) {
+      v[j] = _mm256_loadu_ps(xb + 8 * j);
+      am = _mm256_max_ps(am, _mm256_and_ps(v[j], abs_mask));
+    }
+    const float amax = hmax256(am);
+    const float d = amax / 127.f;
+    const float id = d != 0.f ? 1.f / d : 0.f;
+    const __m256 idv = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int j = 0; j < 4; ++j) q[j] = round_away_epi32(_mm256_mul_ps(v[j], idv));
+    const __m256i q8 = pack_32(q[0], q[1], q[2], q[3]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * 32), q8);
+    const float dh = _cvtsh_ss(_cvtss_sh(d, 0));
+    da16[2 * b] = da16[2 * b + 1] = dh;
+    if (fmt == ActFormat::q8_1) {
+      const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+      m32[b] = _cvtsh_ss(_cvtss_sh(d * static_cast<float>(_mm_cvtsi128_si32(s4)), 0));
+    } else {
+      m32[b] = 0.f;
+    }
+  }
+}
+
+// Q8_K super-blocks of 256: quants and the float scale (repeated per 16 values).
+TINYSLM_TARGET_AVX2 inline void quantize_q8_k_blocks_avx2(const float* x, int64_t k, int8_t* qs, float* da16) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t b = 0; b < k / 256; ++b) {
+    const float* xb = x + b * 256;
+    __m256 am = _mm256_setzero_ps();
+    for (int j = 0; j < 32; ++j) am = _mm256_max_ps(am, _mm256_and_ps(_mm256_loadu_ps(xb + 8 * j), abs_mask));
+    const float amax = hmax256(am);
+    float d = 0.f;
+    if (amax == 0.f) {
+      std::memset(qs + b * 256, 0, 256);
+    } else {
+      float maxv = 0.f;
+      for (int j = 0; j < 256; ++j)
+        if (std::fabs(xb[j]) == amax) {
+          maxv = xb[j];
+          break;
+        }
+      const float iscale = -127.f / maxv;
+      const __m256 is = _mm256_set1_ps(iscale);
+      const __m256i hi = _mm256_set1_epi32(127);
+      for (int j = 0; j < 8; ++j) {
+        __m256i q[4];
+        for (int u = 0; u < 4; ++u)
+          q[u] = _mm256_min_epi32(
+              _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + 32 * j + 8 * u), is),
+                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
+              hi);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * 256 + 32 * j), pack_32(q[0], q[1], q[2], q[3]));
+      }
+      d = 1.f / iscale;
+    }
+    for (int g = 0; g < 16; ++g) da16[b * 16 + g] = d;
+  }
+}
+
 TINYSLM_TARGET_AVX2 inline void quantize_activation_row_avx2(ActFormat fmt, const float* x, int64_t k, int8_t* qs,
                                                              float* da16, float* m32, float* m16, int32_t* sum16,
                                                              int32_t* corr4) {
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  if (fmt == ActFormat::q8_0 || fmt == ActFormat::q8_1) {
-    for (int64_t b = 0; b < k / 32; ++b) {
-      const float* xb = x + b * 32;
-      __m256 v[4];
-      __m256 am = _mm256_setzero_ps();
-      for (int j = 0; j < 4; ++j) {
-        v[j] = _mm256_loadu_ps(xb + 8 * j);
-        am = _mm256_max_ps(am, _mm256_and_ps(v[j], abs_mask));
-      }
-      const float amax = hmax256(am);
-      const float d = amax / 127.f;
-      const float id = d != 0.f ? 1.f / d : 0.f;
-      const __m256 idv = _mm256_set1_ps(id);
-      __m256i q[4];
-      for (int j = 0; j < 4; ++j) q[j] = round_away_epi32(_mm256_mul_ps(v[j], idv));
-      const __m256i q8 = pack_32(q[0], q[1], q[2], q[3]);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * 32), q8);
-      const float dh = _cvtsh_ss(_cvtss_sh(d, 0));
-      da16[2 * b] = da16[2 * b + 1] = dh;
-      if (fmt == ActFormat::q8_1) {
-        const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
-        m32[b] = _cvtsh_ss(_cvtss_sh(d * static_cast<float>(_mm_cvtsi128_si32(s4)), 0));
-      } else {
-        m32[b] = 0.f;
-      }
-    }
-  } else {  // q8_k
-    for (int64_t b = 0; b < k / 256; ++b) {
-      const float* xb = x + b * 256;
-      __m256 am = _mm256_setzero_ps();
-      for (int j = 0; j < 32; ++j) am = _mm256_max_ps(am, _mm256_and_ps(_mm256_loadu_ps(xb + 8 * j), abs_mask));
-      const float amax = hmax256(am);
-      float d = 0.f;
-      if (amax == 0.f) {
-        std::memset(qs + b * 256, 0, 256);
-      } else {
-        float maxv = 0.f;
-        for (int j = 0; j < 256; ++j)
-          if (std::fabs(xb[j]) == amax) {
-            maxv = xb[j];
-            break;
-          }
-        const float iscale = -127.f / maxv;
-        const __m256 is = _mm256_set1_ps(iscale);
-        const __m256i hi = _mm256_set1_epi32(127);
-        for (int j = 0; j < 8; ++j) {
-          __m256i q[4];
-          for (int u = 0; u < 4; ++u)
-            q[u] = _mm256_min_epi32(
-                _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + 32 * j + 8 * u), is),
-                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
-                hi);
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * 256 + 32 * j), pack_32(q[0], q[1], q[2], q[3]));
-        }
-        d = 1.f / iscale;
-      }
-      for (int g = 0; g < 16; ++g) da16[b * 16 + g] = d;
-    }
-  }
+  if (fmt == ActFormat::q8_k)
+    quantize_q8_k_blocks_avx2(x, k, qs, da16);
+  else
+    quantize_q8_0_blocks_avx2(fmt, x, k, qs, da16, m32);
   // Sums of 4 (for corr4) and of 16 quants.
   const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
   for (int64_t v = 0; v < k; v += 32) {

@@ -194,6 +194,34 @@ TINYSLM_TARGET_AVX512 inline void gemv_row_legacy(const uint8_t* row, int64_t k,
   }
 }
 
+// One Q6_K super-block as unsigned bytes u = w + 128 (four vectors of 64 values) and its
+// integer sub-block scales spread over the int32 lanes of each vector.
+TINYSLM_TARGET_AVX512 __attribute__((always_inline)) inline void unpack_q6_k_u8(const BlockQ6_K* b6, __m512i* u,
+                                                                               __m512i* scl) {
+  const __m512i scv = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b6->scales)));
+  // Per half h (128 values): the 64 ql bytes give values [0, 64) in their low nibbles and
+  // [64, 128) in their high ones, already in order; the 32 qh bytes are broadcast to both
+  // 256-bit halves and the upper copy shifted right by 2, so bits 0-1 / 4-5 of each byte
+  // are the high bits of the low / high nibble's value.
+  const __m512i m4z = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  const __m512i off = _mm512_set1_epi8(96);  // u = (q - 32) + 128
+  for (int h = 0; h < 2; ++h) {
+    const __m512i l = _mm512_loadu_si512(b6->ql + 64 * h);
+    const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh + 32 * h)));
+    const __m512i qs = _mm512_mask_srli_epi16(q, static_cast<__mmask32>(0xFFFF0000u), q, 2);
+    const __m512i lo = _mm512_or_si512(_mm512_and_si512(l, m4z), _mm512_and_si512(_mm512_slli_epi16(qs, 4), m30));
+    const __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4z), _mm512_and_si512(qs, m30));
+    u[2 * h] = _mm512_add_epi8(lo, off);
+    u[2 * h + 1] = _mm512_add_epi8(hi, off);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const int g = 4 * j;
+    scl[j] = _mm512_permutexvar_epi32(_mm512_setr_epi32(g, g, g, g, g + 1, g + 1, g + 1, g + 1, g + 2, g + 2, g + 2, g + 2,
+                                                        g + 3, g + 3, g + 3, g + 3),
+                                      scv);
+  }
+}
+
 // Q4_K / Q5_K / Q6_K: integer sub-block scales applied with vpmulld, one float scale per
 // super-block (as llama.cpp does), mins through the activation's sums of 16.
 template <TensorType T, int N>
@@ -243,28 +271,7 @@ TINYSLM_TARGET_AVX512 inline void gemv_row_k(const uint8_t* row, int64_t k, cons
     } else {  // Q6_K
       const auto* b6 = reinterpret_cast<const BlockQ6_K*>(row + b * sizeof(BlockQ6_K));
       d = f16_scalar(b6->d);
-      const __m512i scv = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b6->scales)));
-      // Per half h (128 values): the 64 ql bytes give values [0, 64) in their low nibbles and
-      // [64, 128) in their high ones, already in order; the 32 qh bytes are broadcast to both
-      // 256-bit halves and the upper copy shifted right by 2, so bits 0-1 / 4-5 of each byte
-      // are the high bits of the low / high nibble's value.
-      const __m512i m4z = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
-      const __m512i off = _mm512_set1_epi8(96);  // u = (q - 32) + 128
-      for (int h = 0; h < 2; ++h) {
-        const __m512i l = _mm512_loadu_si512(b6->ql + 64 * h);
-        const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh + 32 * h)));
-        const __m512i qs = _mm512_mask_srli_epi16(q, static_cast<__mmask32>(0xFFFF0000u), q, 2);
-        const __m512i lo = _mm512_or_si512(_mm512_and_si512(l, m4z), _mm512_and_si512(_mm512_slli_epi16(qs, 4), m30));
-        const __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4z), _mm512_and_si512(qs, m30));
-        u[2 * h] = _mm512_add_epi8(lo, off);
-        u[2 * h + 1] = _mm512_add_epi8(hi, off);
-      }
-      for (int j = 0; j < 4; ++j) {
-        const int g = 4 * j;
-        scl[j] = _mm512_permutexvar_epi32(_mm512_setr_epi32(g, g, g, g, g + 1, g + 1, g + 1, g + 1, g + 2, g + 2, g + 2, g + 2,
-                                                            g + 3, g + 3, g + 3, g + 3),
-                                          scv);
-      }
+      unpack_q6_k_u8(b6, u, scl);
     }
 #pragma GCC unroll 4
     for (int i = 0; i < N; ++i) {
