@@ -2,7 +2,9 @@
 // random data (fixed seeds) and odd shapes; thread-count independence; bad inputs.
 #include <doctest/doctest.h>
 
+#include <array>
 #include <cmath>
+#include <utility>
 #include <cstring>
 #include <random>
 #include <string>
@@ -246,6 +248,25 @@ TEST_CASE("matmul gives identical bits for 1, 2 and 3 threads") {
   }
 }
 
+#if defined(TINYSLM_KERNELS_X86)
+namespace {
+using DecodeChunkFn = void (*)(const uint8_t*, int64_t, int64_t, int8_t*, float*, float*);
+template <TensorType... Ts>
+constexpr std::array<std::pair<TensorType, DecodeChunkFn>, sizeof...(Ts)> decoders() {
+  return {std::pair<TensorType, DecodeChunkFn>{Ts, &detail::x86::decode_chunk<Ts>}...};
+}
+DecodeChunkFn avx2_decoder(TensorType t) {
+  static constexpr auto table =
+      decoders<TensorType::Q4_0, TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0,
+               TensorType::IQ4_NL, TensorType::Q2_K, TensorType::Q3_K, TensorType::Q4_K, TensorType::Q5_K,
+               TensorType::Q6_K>();
+  for (const auto& e : table)
+    if (e.first == t) return e.second;
+  return nullptr;
+}
+}  // namespace
+#endif
+
 TEST_CASE("the SIMD canonical decode is byte-exact with the scalar decode") {
 #if defined(TINYSLM_KERNELS_X86)
   if (!simd_level_supported(SimdLevel::avx2)) return;
@@ -255,7 +276,9 @@ TEST_CASE("the SIMD canonical decode is byte-exact with the scalar decode") {
     const auto w = random_matrix(t, 1, cols, 77);
     alignas(64) int8_t got[512];
     float sw16[40], mw[40];
-    detail::x86::decode_chunk(t, w.data(), 0, cols, got, sw16, mw);
+    const DecodeChunkFn decode = avx2_decoder(t);
+    REQUIRE(static_cast<bool>(decode));
+    decode(w.data(), 0, cols, got, sw16, mw);
     int8_t want[256];
     float sw[16], m[16];
     for (int64_t b = 0; b < cols / tr.block_values; ++b) {

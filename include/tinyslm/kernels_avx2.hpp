@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels_scalar.hpp"
 
@@ -69,160 +70,151 @@ TINYSLM_TARGET_AVX2 inline __m256i nibbles32(const uint8_t* qs) {
   return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m4), _mm_and_si128(x, m4));
 }
 
-// Decodes native blocks covering values [v0, v0 + nv) of `row` into w / sw16 / mw (mw per
-// group of the type, indexed from v0).
-TINYSLM_TARGET_AVX2 inline void decode_chunk(TensorType t, const uint8_t* row, int64_t v0, int64_t nv, int8_t* w,
-                                             float* sw16, float* mw) {
-  const WeightTraits tr = weight_traits(t);
+// Legacy blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL): the 32 weights, the block scale
+// for both groups of 16, and the min (Q4_1 / Q5_1).
+template <TensorType T>
+TINYSLM_TARGET_AVX2 __attribute__((always_inline)) inline void decode_legacy_avx2(const uint8_t* blk, int8_t* o,
+                                                                                 float* s, float* mw) {
+  __m256i v;
+  if constexpr (T == TensorType::Q8_0) {
+    v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(reinterpret_cast<const BlockQ8_0*>(blk)->qs));
+  } else if constexpr (T == TensorType::IQ4_NL) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+    v = _mm256_shuffle_epi8(table, nibbles32(reinterpret_cast<const BlockIQ4_NL*>(blk)->qs));
+  } else if constexpr (T == TensorType::Q4_0) {
+    v = _mm256_sub_epi8(nibbles32(reinterpret_cast<const BlockQ4_0*>(blk)->qs), _mm256_set1_epi8(8));
+  } else if constexpr (T == TensorType::Q4_1) {
+    v = nibbles32(reinterpret_cast<const BlockQ4_1*>(blk)->qs);
+  } else {  // Q5_0 / Q5_1: the fifth bit of value i is bit i of qh
+    using B = std::conditional_t<T == TensorType::Q5_0, BlockQ5_0, BlockQ5_1>;
+    const auto* b = reinterpret_cast<const B*>(blk);
+    uint32_t qh;
+    std::memcpy(&qh, b->qh, 4);
+    v = _mm256_or_si256(nibbles32(b->qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
+    if constexpr (T == TensorType::Q5_0) v = _mm256_sub_epi8(v, _mm256_set1_epi8(16));
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), v);
+  uint16_t d;
+  std::memcpy(&d, blk, 2);  // every legacy block starts with its fp16 scale (then Q4_1 / Q5_1: the min)
+  s[0] = s[1] = f16_scalar(d);
+  if constexpr (T == TensorType::Q4_1 || T == TensorType::Q5_1) {
+    uint16_t m;
+    std::memcpy(&m, blk + 2, 2);
+    mw[0] = f16_scalar(m);
+  }
+}
+
+// Q4_K / Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins.
+template <TensorType T>
+TINYSLM_TARGET_AVX2 __attribute__((always_inline)) inline void decode_k4_avx2(const uint8_t* blk, int8_t* o, float* s,
+                                                                             float* mw) {
+  constexpr bool q5 = T == TensorType::Q5_K;
+  using B = std::conditional_t<q5, BlockQ5_K, BlockQ4_K>;
+  const auto* b = reinterpret_cast<const B*>(blk);
+  const float d = f16_scalar(b->d), dmin = f16_scalar(b->dmin);
+  uint8_t sc[8], mn[8];
+  unpack_scales_k4(b->scales, sc, mn);
+  const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+  __m256i hb = _mm256_setzero_si256();
+  if constexpr (q5) hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qh));
+  for (int c = 0; c < 4; ++c) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qs + 32 * c));
+    __m256i lo = _mm256_and_si256(x, m4);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+    if constexpr (q5) {
+      const __m256i blo = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c)), one);
+      const __m256i bhi = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c + 1)), one);
+      lo = _mm256_or_si256(lo, _mm256_slli_epi16(blo, 4));
+      hi = _mm256_or_si256(hi, _mm256_slli_epi16(bhi, 4));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * c), lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * c + 32), hi);
+  }
+  for (int g = 0; g < 8; ++g) {
+    s[2 * g] = s[2 * g + 1] = d * static_cast<float>(sc[g]);
+    mw[g] = -dmin * static_cast<float>(mn[g]);
+  }
+}
+
+// Q6_K: 16 sub-blocks of 16 with int8 scales.
+TINYSLM_TARGET_AVX2 __attribute__((always_inline)) inline void decode_q6_k_avx2(const uint8_t* blk, int8_t* o, float* s) {
+  const auto* b = reinterpret_cast<const BlockQ6_K*>(blk);
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+  for (int h = 0; h < 2; ++h) {
+    const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->ql + 64 * h));
+    const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->ql + 64 * h + 32));
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qh + 32 * h));
+    const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
+    const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
+    const __m256i h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
+    const __m256i h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
+    int8_t* oh = o + 128 * h;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh), _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l0, m4), h0), off));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 32), _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l1, m4), h1), off));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 64),
+                        _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2), off));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 96),
+                        _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3), off));
+  }
+  const float d = f16_scalar(b->d);
+  for (int g = 0; g < 16; ++g) s[g] = d * static_cast<float>(b->scales[g]);
+}
+
+// Q2_K / Q3_K: 2-bit codes (Q3_K: plus the hmask bit, minus 4), 16 sub-blocks of 16.
+template <TensorType T>
+TINYSLM_TARGET_AVX2 __attribute__((always_inline)) inline void decode_k23_avx2(const uint8_t* blk, int8_t* o, float* s,
+                                                                              float* mw) {
+  constexpr bool q3 = T == TensorType::Q3_K;
+  using B = std::conditional_t<q3, BlockQ3_K, BlockQ2_K>;
+  const auto* b = reinterpret_cast<const B*>(blk);
+  const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
+  __m256i hm = _mm256_setzero_si256();
+  if constexpr (q3) hm = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->hmask));
+  for (int h = 0; h < 2; ++h) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qs + 32 * h));
+    for (int jj = 0; jj < 4; ++jj) {
+      __m256i v = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(2 * jj)), m3);
+      if constexpr (q3) {  // value = low two bits - 4, unless the hmask bit is set
+        const __m256i hb = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(4 * h + jj)), one);
+        v = _mm256_sub_epi8(_mm256_add_epi8(v, _mm256_slli_epi16(hb, 2)), four);
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 128 * h + 32 * jj), v);
+    }
+  }
+  const float d = f16_scalar(b->d);
+  if constexpr (q3) {
+    int sc[16];
+    unpack_scales_q3k(b->scales, sc);
+    for (int g = 0; g < 16; ++g) s[g] = d * static_cast<float>(sc[g]);
+  } else {
+    const float dmin = f16_scalar(b->dmin);
+    for (int g = 0; g < 16; ++g) {
+      s[g] = d * static_cast<float>(b->scales[g] & 0xF);
+      mw[g] = -dmin * static_cast<float>(b->scales[g] >> 4);
+    }
+  }
+}
+
+// Decodes the native blocks of type T covering values [v0, v0 + nv) of `row` into w / sw16
+// (a scale per 16 values) / mw (a min per group of the type, indexed from v0).
+template <TensorType T>
+TINYSLM_TARGET_AVX2 inline void decode_chunk(const uint8_t* row, int64_t v0, int64_t nv, int8_t* w, float* sw16,
+                                             float* mw) {
+  constexpr WeightTraits tr = weight_traits(T);
+  constexpr int gpb = tr.block_values / tr.group;
   const int64_t b0 = v0 / tr.block_values, nb = nv / tr.block_values;
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
   for (int64_t j = 0; j < nb; ++j) {
     const uint8_t* blk = row + (b0 + j) * tr.block_bytes;
     int8_t* o = w + j * tr.block_values;
     float* s = sw16 + j * (tr.block_values / 16);
-    switch (t) {
-      case TensorType::Q4_0: {
-        const auto* b = reinterpret_cast<const BlockQ4_0*>(blk);
-        const __m256i v = _mm256_sub_epi8(nibbles32(b->qs), _mm256_set1_epi8(8));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), v);
-        s[0] = s[1] = f16_scalar(b->d);
-        break;
-      }
-      case TensorType::Q8_0: {
-        const auto* b = reinterpret_cast<const BlockQ8_0*>(blk);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qs)));
-        s[0] = s[1] = f16_scalar(b->d);
-        break;
-      }
-      case TensorType::Q5_0: {
-        const auto* b = reinterpret_cast<const BlockQ5_0*>(blk);
-        uint32_t qh;
-        std::memcpy(&qh, b->qh, 4);
-        __m256i v = _mm256_or_si256(nibbles32(b->qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
-        v = _mm256_sub_epi8(v, _mm256_set1_epi8(16));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), v);
-        s[0] = s[1] = f16_scalar(b->d);
-        break;
-      }
-      case TensorType::Q4_1: {
-        const auto* b = reinterpret_cast<const BlockQ4_1*>(blk);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), nibbles32(b->qs));
-        s[0] = s[1] = f16_scalar(b->d);
-        mw[j] = f16_scalar(b->m);
-        break;
-      }
-      case TensorType::Q5_1: {
-        const auto* b = reinterpret_cast<const BlockQ5_1*>(blk);
-        uint32_t qh;
-        std::memcpy(&qh, b->qh, 4);
-        const __m256i v = _mm256_or_si256(nibbles32(b->qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), v);
-        s[0] = s[1] = f16_scalar(b->d);
-        mw[j] = f16_scalar(b->m);
-        break;
-      }
-      case TensorType::IQ4_NL: {
-        const auto* b = reinterpret_cast<const BlockIQ4_NL*>(blk);
-        const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_shuffle_epi8(table, nibbles32(b->qs)));
-        s[0] = s[1] = f16_scalar(b->d);
-        break;
-      }
-      case TensorType::Q4_K:
-      case TensorType::Q5_K: {
-        const bool q5 = t == TensorType::Q5_K;
-        const auto* b4 = reinterpret_cast<const BlockQ4_K*>(blk);
-        const auto* b5 = reinterpret_cast<const BlockQ5_K*>(blk);
-        const float d = f16_scalar(q5 ? b5->d : b4->d), dmin = f16_scalar(q5 ? b5->dmin : b4->dmin);
-        const uint8_t* qs = q5 ? b5->qs : b4->qs;
-        uint8_t sc[8], mn[8];
-        unpack_scales_k4(q5 ? b5->scales : b4->scales, sc, mn);
-        const __m256i hb = q5 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b5->qh)) : _mm256_setzero_si256();
-        const __m256i one = _mm256_set1_epi8(1);
-        for (int c = 0; c < 4; ++c) {
-          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
-          __m256i lo = _mm256_and_si256(x, m4);
-          __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-          if (q5) {
-            const __m256i blo = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c)), one);
-            const __m256i bhi = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c + 1)), one);
-            lo = _mm256_or_si256(lo, _mm256_slli_epi16(blo, 4));
-            hi = _mm256_or_si256(hi, _mm256_slli_epi16(bhi, 4));
-          }
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * c), lo);
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * c + 32), hi);
-        }
-        for (int g = 0; g < 8; ++g) {
-          s[2 * g] = s[2 * g + 1] = d * static_cast<float>(sc[g]);
-          mw[j * 8 + g] = -dmin * static_cast<float>(mn[g]);
-        }
-        break;
-      }
-      case TensorType::Q6_K: {
-        const auto* b = reinterpret_cast<const BlockQ6_K*>(blk);
-        const __m256i m3 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
-        for (int h = 0; h < 2; ++h) {
-          const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->ql + 64 * h));
-          const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->ql + 64 * h + 32));
-          const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qh + 32 * h));
-          const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
-          const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
-          const __m256i h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
-          const __m256i h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
-          int8_t* oh = o + 128 * h;
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh), _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l0, m4), h0), off));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 32), _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l1, m4), h1), off));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 64),
-                              _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2), off));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 96),
-                              _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3), off));
-        }
-        const float d = f16_scalar(b->d);
-        for (int g = 0; g < 16; ++g) s[g] = d * static_cast<float>(b->scales[g]);
-        break;
-      }
-      case TensorType::Q2_K:
-      case TensorType::Q3_K: {
-        const bool q3 = t == TensorType::Q3_K;
-        const auto* b2 = reinterpret_cast<const BlockQ2_K*>(blk);
-        const auto* b3 = reinterpret_cast<const BlockQ3_K*>(blk);
-        const uint8_t* qs = q3 ? b3->qs : b2->qs;
-        const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
-        const __m256i hm = q3 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b3->hmask)) : _mm256_setzero_si256();
-        for (int h = 0; h < 2; ++h) {
-          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * h));
-          for (int jj = 0; jj < 4; ++jj) {
-            __m256i v = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(2 * jj)), m3);
-            if (q3) {  // value = low two bits - 4, unless the hmask bit is set
-              const __m256i hb = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(4 * h + jj)), one);
-              v = _mm256_sub_epi8(_mm256_add_epi8(v, _mm256_slli_epi16(hb, 2)), four);
-            }
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 128 * h + 32 * jj), v);
-          }
-        }
-        if (q3) {
-          const float d = f16_scalar(b3->d);
-          int sc[16];
-          unpack_scales_q3k(b3->scales, sc);
-          for (int g = 0; g < 16; ++g) s[g] = d * static_cast<float>(sc[g]);
-        } else {
-          const float d = f16_scalar(b2->d), dmin = f16_scalar(b2->dmin);
-          for (int g = 0; g < 16; ++g) {
-            s[g] = d * static_cast<float>(b2->scales[g] & 0xF);
-            mw[j * 16 + g] = -dmin * static_cast<float>(b2->scales[g] >> 4);
-          }
-        }
-        break;
-      }
-      default: {  // any other type: the scalar decode
-        float sw[16], m[16];
-        decode_block_scalar(t, blk, o, sw, m);
-        for (int g = 0; g < tr.block_values / 16; ++g) s[g] = sw[tr.group == 16 ? g : g / 2];
-        if (tr.has_min)
-          for (int g = 0; g < tr.block_values / tr.group; ++g) mw[j * (tr.block_values / tr.group) + g] = m[g];
-        break;
-      }
-    }
+    if constexpr (T == TensorType::Q4_K || T == TensorType::Q5_K)
+      decode_k4_avx2<T>(blk, o, s, mw + j * gpb);
+    else if constexpr (T == TensorType::Q6_K)
+      decode_q6_k_avx2(blk, o, s);
+    else if constexpr (T == TensorType::Q2_K || T == TensorType::Q3_K)
+      decode_k23_avx2<T>(blk, o, s, mw + j * gpb);
+    else
+      decode_legacy_avx2<T>(blk, o, s, mw + j * gpb);
   }
 }
 
@@ -424,7 +416,7 @@ TINYSLM_TARGET_AVX2 inline float dot_chunk_avx2(const int8_t* w, const float* sw
 // GEMV-style driver: each row is decoded chunk by chunk once and dotted with every token.
 
 #define TINYSLM_X86_GEMV_BODY(DOT)                                                             \
-  const WeightTraits tr = weight_traits(t);                                                   \
+  constexpr WeightTraits tr = weight_traits(T);                                               \
   alignas(64) int8_t w[kChunk];                                                               \
   alignas(64) float sw16[kChunk / 16 + 4];                                                    \
   alignas(64) float mw[kChunk / 16];                                                          \
@@ -436,19 +428,19 @@ TINYSLM_TARGET_AVX2 inline float dot_chunk_avx2(const int8_t* w, const float* sw
       for (int64_t i = 0; i < ni; ++i) acc[i] = 0.f;                                          \
       for (int64_t v0 = 0; v0 < k; v0 += kChunk) {                                            \
         const int64_t nv = k - v0 < kChunk ? k - v0 : kChunk;                                 \
-        decode_chunk(t, row, v0, nv, w, sw16, mw);                                            \
+        decode_chunk<T>(row, v0, nv, w, sw16, mw);                                            \
         for (int64_t i = 0; i < ni; ++i) {                                                    \
           const ActRow& a = acts[i0 + i];                                                     \
           acc[i] += DOT;                                                                      \
-          if (tr.has_min) acc[i] += chunk_min_term(tr, mw, v0, nv, a);                        \
+          if constexpr (tr.has_min) acc[i] += chunk_min_term(tr, mw, v0, nv, a);              \
         }                                                                                     \
       }                                                                                       \
       for (int64_t i = 0; i < ni; ++i) y[(i0 + i) * ldy + r] = acc[i];                        \
     }                                                                                         \
   }
 
-template <int V>
-TINYSLM_TARGET_AVX2 inline void int_rows_gemv_avx2(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
+template <int V, TensorType T>
+TINYSLM_TARGET_AVX2 inline void int_rows_gemv_avx2(const uint8_t* data, int64_t row_bytes, int64_t k,
                                                    const ActRow* acts, int64_t n, float* y, int64_t ldy, int64_t r0,
                                                    int64_t r1) {
   TINYSLM_X86_GEMV_BODY(dot_chunk_avx2<V>(w, sw16, nv, a.qs + v0, a.da16 + v0 / 16))
@@ -687,15 +679,17 @@ struct alignas(32) Panel8 {
   int32_t corr16[kChunk / 16][8];  // -128 * sum of the row's 16 weights
 };
 
-TINYSLM_TARGET_AVX2 inline void fill_panel8(TensorType t, const WeightTraits& tr, const uint8_t* data, int64_t row_bytes,
+template <TensorType T>
+TINYSLM_TARGET_AVX2 inline void fill_panel8(const uint8_t* data, int64_t row_bytes,
                                             int64_t r0, int nr, int64_t v0, int64_t nv, Panel8& p) {
+  constexpr WeightTraits tr = weight_traits(T);
   alignas(64) int8_t w[kChunk];
   alignas(64) float sw16[kChunk / 16 + 4];
   alignas(64) float mw[kChunk / 16];
   const int64_t nq = nv / 4;
   for (int r = 0; r < 8; ++r) {
     if (r < nr) {
-      decode_chunk(t, data + (r0 + r) * row_bytes, v0, nv, w, sw16, mw);
+      decode_chunk<T>(data + (r0 + r) * row_bytes, v0, nv, w, sw16, mw);
       for (int64_t q = 0; q < nq; ++q) std::memcpy(&p.w[q][r][0], w + 4 * q, 4);
       for (int64_t g = 0; g < nv / 16; ++g) {
         int32_t sum = 0;
@@ -780,22 +774,22 @@ TINYSLM_TARGET_AVX2 inline void panel8_tokens(const Panel8& p, int64_t v0, int64
 // The panel GEMM driver of both vector widths: rows in panels of Gemm::kRows, each decoded one
 // kChunk of k at a time (Gemm::fill) and multiplied with every token tile by the micro-kernel
 // of the type's scale group and min (Gemm::tokens), partial sums added into y.
-template <class Gemm>
-inline void gemm_panels(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k, const TokenTile* tiles,
+template <class Gemm, TensorType T>
+inline void gemm_panels(const uint8_t* data, int64_t row_bytes, int64_t k, const TokenTile* tiles,
                         int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  const WeightTraits tr = weight_traits(t);
+  constexpr WeightTraits tr = weight_traits(T);
   typename Gemm::Panel p;
   for (int64_t rp = r0; rp < r1; rp += Gemm::kRows) {
     const int nr = static_cast<int>(r1 - rp < Gemm::kRows ? r1 - rp : Gemm::kRows);
     for (int64_t v0 = 0; v0 < k; v0 += kChunk) {
       const int64_t nv = k - v0 < kChunk ? k - v0 : kChunk;
-      Gemm::fill(t, tr, data, row_bytes, rp, nr, v0, nv, p);
+      Gemm::template fill<T>(data, row_bytes, rp, nr, v0, nv, p);
       const bool first = v0 == 0;
-      if (tr.group == 32 && tr.has_min)
+      if constexpr (tr.group == 32 && tr.has_min)
         Gemm::template tokens<32, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
-      else if (tr.group == 32)
+      else if constexpr (tr.group == 32)
         Gemm::template tokens<32, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
-      else if (tr.has_min)
+      else if constexpr (tr.has_min)
         Gemm::template tokens<16, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
       else
         Gemm::template tokens<16, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
@@ -807,9 +801,9 @@ template <int V>
 struct GemmAvx2 {
   using Panel = Panel8;
   static constexpr int kRows = 8;
-  static void fill(TensorType t, const WeightTraits& tr, const uint8_t* data, int64_t row_bytes, int64_t r0, int nr,
-                   int64_t v0, int64_t nv, Panel& p) {
-    fill_panel8(t, tr, data, row_bytes, r0, nr, v0, nv, p);
+  template <TensorType T>
+  static void fill(const uint8_t* data, int64_t row_bytes, int64_t r0, int nr, int64_t v0, int64_t nv, Panel& p) {
+    fill_panel8<T>(data, row_bytes, r0, nr, v0, nv, p);
   }
   template <int G, bool Min>
   static void tokens(const Panel& p, int64_t v0, int64_t nv, const TokenTile* tiles, int64_t n, float* y, int64_t ldy,
@@ -930,7 +924,7 @@ inline void rows_avx2_dot(const uint8_t* data, int64_t row_bytes, int64_t k, con
     constexpr bool fused = T == TensorType::Q4_0 || T == TensorType::Q5_0 || T == TensorType::Q8_0 ||
                            T == TensorType::Q4_K || T == TensorType::Q6_K;
     if (tiles && avx2_gemm_supports(V, T)) {
-      gemm_panels<GemmAvx2<V>>(T, data, row_bytes, k, tiles, n, y, ldy, r0, r1);
+      gemm_panels<GemmAvx2<V>, T>(data, row_bytes, k, tiles, n, y, ldy, r0, r1);
       return;
     }
     // More than 8 tokens: the decoded-chunk path reuses a decode for 16 tokens.
@@ -940,7 +934,7 @@ inline void rows_avx2_dot(const uint8_t* data, int64_t row_bytes, int64_t k, con
         return;
       }
     }
-    int_rows_gemv_avx2<V>(T, data, row_bytes, k, acts, n, y, ldy, r0, r1);
+    int_rows_gemv_avx2<V, T>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
   }
 }
 

@@ -74,7 +74,8 @@ TINYSLM_TARGET_AVX512 inline float dot_chunk_avx512(const int8_t* w, const float
 }
 
 
-TINYSLM_TARGET_AVX512 inline void int_rows_gemv_avx512(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
+template <TensorType T>
+TINYSLM_TARGET_AVX512 inline void int_rows_gemv_avx512(const uint8_t* data, int64_t row_bytes, int64_t k,
                                                        const ActRow* acts, int64_t n, float* y, int64_t ldy, int64_t r0,
                                                        int64_t r1) {
   TINYSLM_X86_GEMV_BODY(dot_chunk_avx512(w, sw16, nv, a.qs + v0, a.corr4 + v0 / 4, a.da16 + v0 / 16))
@@ -633,15 +634,17 @@ struct alignas(64) Panel {
 };
 
 // Decodes rows [r0, r0 + nr) (nr <= 16) for values [v0, v0 + nv) into the panel.
-TINYSLM_TARGET_AVX512 inline void fill_panel(TensorType t, const WeightTraits& tr, const uint8_t* data, int64_t row_bytes,
+template <TensorType T>
+TINYSLM_TARGET_AVX512 inline void fill_panel(const uint8_t* data, int64_t row_bytes,
                                              int64_t r0, int nr, int64_t v0, int64_t nv, Panel& p) {
+  constexpr WeightTraits tr = weight_traits(T);
   alignas(64) int8_t w[kChunk];
   alignas(64) float sw16[kChunk / 16 + 4];
   alignas(64) float mw[kChunk / 16];
   const int64_t nq = nv / 4;
   for (int r = 0; r < 16; ++r) {
     if (r < nr) {
-      decode_chunk(t, data + (r0 + r) * row_bytes, v0, nv, w, sw16, mw);
+      decode_chunk<T>(data + (r0 + r) * row_bytes, v0, nv, w, sw16, mw);
       // Scatter 4-byte words of the row into column r of the panel (bytes flipped to w + 128).
       const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
       const __m512i vidx = _mm512_set_epi32(15 * 16, 14 * 16, 13 * 16, 12 * 16, 11 * 16, 10 * 16, 9 * 16, 8 * 16, 7 * 16,
@@ -776,9 +779,9 @@ TINYSLM_TARGET_AVX512 inline void float_tile_avx512(const uint8_t* const* rows, 
 struct GemmAvx512 {
   using Panel = x86::Panel;
   static constexpr int kRows = 16;
-  static void fill(TensorType t, const WeightTraits& tr, const uint8_t* data, int64_t row_bytes, int64_t r0, int nr,
-                   int64_t v0, int64_t nv, Panel& p) {
-    fill_panel(t, tr, data, row_bytes, r0, nr, v0, nv, p);
+  template <TensorType T>
+  static void fill(const uint8_t* data, int64_t row_bytes, int64_t r0, int nr, int64_t v0, int64_t nv, Panel& p) {
+    fill_panel<T>(data, row_bytes, r0, nr, v0, nv, p);
   }
   template <int G, bool Min>
   static void tokens(const Panel& p, int64_t v0, int64_t nv, const TokenTile* tiles, int64_t n, float* y, int64_t ldy,
@@ -802,9 +805,9 @@ inline void rows_avx512(const uint8_t* data, int64_t row_bytes, int64_t k, const
   if constexpr (!block_type(T).integer_dot)
     float_rows_t<FloatTileAvx512<T>, T>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
   else if (tiles)
-    gemm_panels<GemmAvx512>(T, data, row_bytes, k, tiles, n, y, ldy, r0, r1);
+    gemm_panels<GemmAvx512, T>(data, row_bytes, k, tiles, n, y, ldy, r0, r1);
   else if (!gemv_fused_n<T>(n, data, row_bytes, k, acts, y, ldy, r0, r1))
-    int_rows_gemv_avx512(T, data, row_bytes, k, acts, n, y, ldy, r0, r1);
+    int_rows_gemv_avx512<T>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
 }
 
 

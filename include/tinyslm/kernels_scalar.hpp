@@ -1,7 +1,7 @@
 // tinyslm kernels, scalar part: activation quantization into the kernels' working layout,
 // the "canonical" decode of every weight block type (small integers + float scales), and
-// the scalar reference dot products. The SIMD paths (kernels_x86.hpp, kernels_arm.hpp,
-// kernels_hwy.hpp) are tested against these; they stay readable and stay forever.
+// the scalar reference dot products. The SIMD paths (kernels_avx2.hpp, kernels_avx512.hpp,
+// kernels_neon.hpp, kernels_hwy.hpp) are tested against these; they stay readable and stay forever.
 #pragma once
 
 #include <cmath>

@@ -4,7 +4,9 @@
 // frequency factors), softmax, SwiGLU / GeGLU, soft-capping, and causal attention over an
 // F16 KV cache with GQA and a sliding window. Each kernel is plain scalar code written so the
 // compiler vectorises it; the hot ones are compiled a second and third time for AVX2 and
-// AVX-512 (function target attributes) and picked at run time, so one binary runs anywhere.
+// AVX-512 (function target attributes) and picked at run time from active_simd_level() (core.hpp,
+// the resolver matmul uses too: avx512 -> AVX-512, avx2 / avxvnni -> AVX2, any other -> scalar),
+// so one binary runs anywhere.
 // Every reduction has a fixed order: results do not depend on the number of threads.
 #pragma once
 
@@ -275,7 +277,7 @@ TINYSLM_OPS_INLINE double sum_squares_body(const float* x, int64_t n) {
   TINYSLM_OPS_AVX2 inline ret name##_avx2 params { return name##_body args; }     \
   TINYSLM_OPS_AVX512 inline ret name##_avx512 params { return name##_body args; }
 #define TINYSLM_OPS_DISPATCH_X86_R(name, args)             \
-  switch (active_x86_width()) {                                  \
+  switch (active_x86_width()) {                            \
     case 2: return name##_avx512 args;                     \
     case 1: return name##_avx2 args;                       \
     default: break;                                        \
@@ -284,7 +286,7 @@ TINYSLM_OPS_INLINE double sum_squares_body(const float* x, int64_t n) {
   TINYSLM_OPS_AVX2 inline void name##_avx2 params { name##_body args; } \
   TINYSLM_OPS_AVX512 inline void name##_avx512 params { name##_body args; }
 #define TINYSLM_OPS_DISPATCH_X86(name, args)                 \
-  switch (active_x86_width()) {                                    \
+  switch (active_x86_width()) {                              \
     case 2: name##_avx512 args; return;                      \
     case 1: name##_avx2 args; return;                        \
     default: break;                                          \
