@@ -605,21 +605,6 @@ inline bool gemv_fused_avx2_n(int64_t n, const uint8_t* data, int64_t row_bytes,
   return true;
 }
 
-template <int V>
-inline bool gemv_fused_avx2(TensorType t, int64_t n, const uint8_t* data, int64_t row_bytes, int64_t k,
-                            const ActRow* acts, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  if (n > 8) return false;  // more tokens: the decoded-chunk path reuses a decode for 16 tokens
-  switch (t) {
-    case TensorType::Q4_0: return gemv_fused_avx2_n<V, TensorType::Q4_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q5_0: return gemv_fused_avx2_n<V, TensorType::Q5_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q8_0: return gemv_fused_avx2_n<V, TensorType::Q8_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q4_K: return gemv_fused_avx2_n<V, TensorType::Q4_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q6_K: return gemv_fused_avx2_n<V, TensorType::Q6_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    default: return false;
-  }
-}
-
-
 // ---------------------------------------------------------------------------------------
 // Token tiles for the panel GEMMs (TokenTile, kernels_scalar.hpp).
 

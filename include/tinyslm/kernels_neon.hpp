@@ -186,7 +186,6 @@ TINYSLM_TARGET_NEON inline void float_rows(TensorType t, const uint8_t* data, in
   }
 }
 
-// Entry from the dispatcher: rows [r0, r1) for n tokens. False when the type has no path here.
 // The block-type table's NEON entry (RowsFn) of weight type T.
 template <TensorType T>
 inline void rows_neon(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, const TokenTile*,
@@ -202,4 +201,4 @@ inline void rows_neon(const uint8_t* data, int64_t row_bytes, int64_t k, const A
 }  // namespace v0
 }  // namespace tinyslm
 
-#endif  // AArch64 with GCC or Clang
+#endif  // TINYSLM_SIMD_NEON
