@@ -6,6 +6,7 @@ header once, in first-use order); system includes stay as they are.
 
   python3 scripts/amalgamate.py           # write single_include/tinyslm.hpp
   python3 scripts/amalgamate.py --check   # exit 1 if the checked-in copy is stale
+  python3 scripts/amalgamate.py --out PATH  # write the amalgamation to PATH instead
 """
 import os
 import re
@@ -68,8 +69,14 @@ def main():
             return 1
         print("single_include/tinyslm.hpp is up to date")
         return 0
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    with open(OUT, "w", encoding="utf-8") as f:
+    out = OUT
+    if "--out" in sys.argv[1:]:
+        i = sys.argv.index("--out")
+        if i + 1 >= len(sys.argv):
+            sys.exit("amalgamate: --out needs a path")
+        out = sys.argv[i + 1]
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
         f.write(text)
     return 0
 

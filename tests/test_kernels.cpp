@@ -2,7 +2,9 @@
 // random data (fixed seeds) and odd shapes; thread-count independence; bad inputs.
 #include <doctest/doctest.h>
 
+#include <array>
 #include <cmath>
+#include <utility>
 #include <cstring>
 #include <random>
 #include <string>
@@ -10,16 +12,22 @@
 
 #include "test_support.hpp"
 #include "tinyslm/kernels.hpp"
+#include "tinyslm/ops.hpp"
 #include "tinyslm/threads.hpp"
 
 using namespace tinyslm;
 
 namespace {
 
-const TensorType kIntTypes[] = {TensorType::Q4_0, TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1,
-                                TensorType::Q8_0, TensorType::IQ4_NL, TensorType::Q2_K, TensorType::Q3_K,
-                                TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K};
-const TensorType kFloatTypes[] = {TensorType::F32, TensorType::F16, TensorType::BF16};
+// The weight types of the block-type table that matmul takes (integer or float dot).
+std::vector<TensorType> table_types(bool integer) {
+  std::vector<TensorType> v;
+  for (const auto& k : detail::block_kernels_table)
+    if (k.rows[0] && k.format->integer_dot == integer) v.push_back(k.format->type);
+  return v;
+}
+const std::vector<TensorType> kIntTypes = table_types(true);
+const std::vector<TensorType> kFloatTypes = table_types(false);
 
 std::vector<SimdLevel> available_levels() {
   std::vector<SimdLevel> v;
@@ -240,6 +248,25 @@ TEST_CASE("matmul gives identical bits for 1, 2 and 3 threads") {
   }
 }
 
+#if defined(TINYSLM_KERNELS_X86)
+namespace {
+using DecodeChunkFn = void (*)(const uint8_t*, int64_t, int64_t, int8_t*, float*, float*);
+template <TensorType... Ts>
+constexpr std::array<std::pair<TensorType, DecodeChunkFn>, sizeof...(Ts)> decoders() {
+  return {std::pair<TensorType, DecodeChunkFn>{Ts, &detail::x86::decode_chunk<Ts>}...};
+}
+DecodeChunkFn avx2_decoder(TensorType t) {
+  static constexpr auto table =
+      decoders<TensorType::Q4_0, TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0,
+               TensorType::IQ4_NL, TensorType::Q2_K, TensorType::Q3_K, TensorType::Q4_K, TensorType::Q5_K,
+               TensorType::Q6_K>();
+  for (const auto& e : table)
+    if (e.first == t) return e.second;
+  return nullptr;
+}
+}  // namespace
+#endif
+
 TEST_CASE("the SIMD canonical decode is byte-exact with the scalar decode") {
 #if defined(TINYSLM_KERNELS_X86)
   if (!simd_level_supported(SimdLevel::avx2)) return;
@@ -249,7 +276,9 @@ TEST_CASE("the SIMD canonical decode is byte-exact with the scalar decode") {
     const auto w = random_matrix(t, 1, cols, 77);
     alignas(64) int8_t got[512];
     float sw16[40], mw[40];
-    detail::x86::decode_chunk(t, w.data(), 0, cols, got, sw16, mw);
+    const DecodeChunkFn decode = avx2_decoder(t);
+    REQUIRE(static_cast<bool>(decode));
+    decode(w.data(), 0, cols, got, sw16, mw);
     int8_t want[256];
     float sw[16], m[16];
     for (int64_t b = 0; b < cols / tr.block_values; ++b) {
@@ -513,4 +542,99 @@ TEST_CASE("llama.cpp-quantized tensors of the synthetic models: every path agree
   }
   MESSAGE("synthetic-model tensors checked: " << checked);
   CHECK(checked > 20);
+}
+
+TEST_CASE("the block-type table: one row per GGUF id, kernels where matmul takes the type") {
+  CHECK(kIntTypes.size() == 11);
+  CHECK(kFloatTypes.size() == 3);
+  for (uint32_t id = 0; id < detail::kTensorTypeIdLimit; ++id) {
+    const auto& k = detail::block_kernels_table[id];
+    const auto t = static_cast<TensorType>(id);
+    CHECK(matmul_supports(t) == (k.rows[0] != nullptr));
+    if (!k.rows[0]) continue;
+    CHECK(static_cast<uint32_t>(k.format->type) == id);
+    CHECK(k.format == quant_traits(t));
+    CHECK(k.format->block_size == static_cast<int>(tensor_type_info(t).block_size));
+    for (SimdLevel l : available_levels())  // every path the CPU runs has a kernel (or the scalar one)
+      CHECK(static_cast<bool>(detail::rows_kernel(t, l)));
+  }
+  CHECK(activation_type_for(TensorType::Q4_K) == TensorType::Q8_K);
+  CHECK(activation_type_for(TensorType::Q4_1) == TensorType::Q8_1);
+  CHECK(activation_type_for(TensorType::IQ4_NL) == TensorType::Q8_0);
+  CHECK(activation_type_for(TensorType::BF16) == TensorType::BF16);
+  CHECK_FALSE(matmul_supports(TensorType::Q8_K));
+  CHECK_FALSE(matmul_supports(TensorType::IQ2_XXS));
+}
+
+namespace {
+// matmul_many over `outs` (weights, types) against matmul per output, bit for bit.
+void check_matmul_many(SimdLevel level, int64_t n, int threads) {
+  REQUIRE(set_simd_level(level));
+  const int64_t cols = 512;
+  const TensorType types[] = {TensorType::Q4_0, TensorType::Q6_K, TensorType::F16, TensorType::Q8_0, TensorType::Q4_K};
+  const int64_t rows[] = {83, 48, 17, 64, 130};
+  std::vector<std::vector<uint8_t>> w;
+  for (int j = 0; j < 5; ++j) w.push_back(random_matrix(types[j], rows[j], cols, 700 + j));
+  const auto x = random_acts(n, cols, 777);
+  ThreadPool pool(threads);
+  MatmulScratch scratch;
+  std::vector<std::vector<float>> want(5), got(5);
+  std::vector<MatmulOut> outs;
+  for (int j = 0; j < 5; ++j) {
+    const MatrixRef m{types[j], w[j].data(), rows[j], cols};
+    want[j].assign(static_cast<size_t>(n * (rows[j] + 1)), -1.f);
+    got[j].assign(want[j].size(), -1.f);
+    REQUIRE(matmul(m, x.data(), n, want[j].data(), rows[j] + 1, scratch, pool.parallel()));
+    outs.push_back({m, got[j].data(), rows[j] + 1, "out"});
+  }
+  REQUIRE(matmul_many(outs, x.data(), n, scratch, pool.parallel()));
+  reset_simd_level();
+  for (int j = 0; j < 5; ++j)
+    CHECK_MESSAGE(std::memcmp(want[j].data(), got[j].data(), want[j].size() * 4) == 0,
+                  tensor_type_name(types[j]) << " " << simd_level_name(level) << " n " << n << " threads " << threads);
+}
+}  // namespace
+
+TEST_CASE("matmul_many gives the bits of matmul per output") {
+  for (SimdLevel l : available_levels()) {
+    check_matmul_many(l, 1, 2);
+    check_matmul_many(l, 1, 1);
+    check_matmul_many(l, 7, 2);
+  }
+}
+
+TEST_CASE("matmul_many: errors carry the output's name; mismatched row lengths fail") {
+  MatmulScratch scratch;
+  const auto w = random_matrix(TensorType::Q4_0, 16, 64, 1);
+  const auto x = random_acts(1, 64, 2);
+  std::vector<float> y(32);
+  const MatmulOut bad[] = {{{TensorType::Q4_0, w.data(), 16, 64}, y.data(), 16, "blk.0.attn_q"},
+                           {{TensorType::Q4_0, w.data(), 16, 64}, nullptr, 16, "blk.0.attn_k"}};
+  auto st = matmul_many(bad, x.data(), 1, scratch, ParallelFor{});
+  REQUIRE_FALSE(st);
+  CHECK(st.error().message().find("blk.0.attn_k") == 0);
+  const MatmulOut mixed[] = {{{TensorType::Q4_0, w.data(), 16, 64}, y.data(), 16, "a"},
+                             {{TensorType::Q4_0, w.data(), 8, 128}, y.data(), 16, "b"}};
+  CHECK_FALSE(matmul_many(mixed, x.data(), 1, scratch, ParallelFor{}));
+  CHECK(matmul_many({}, x.data(), 1, scratch, ParallelFor{}));
+}
+
+TEST_CASE("with the scalar path forced, the ops give the scalar results") {
+  REQUIRE(set_simd_level(SimdLevel::scalar));
+  CHECK(active_x86_width() == 0);
+  const auto a = random_acts(1, 1000, 11), b = random_acts(1, 1000, 12);
+  const auto n = static_cast<int64_t>(a.size());
+  std::vector<float> y1(n), y2(n);
+  ops::detail::silu_mul(a.data(), b.data(), y1.data(), n);
+  ops::detail::silu_mul_scalar(a.data(), b.data(), y2.data(), n);
+  CHECK(std::memcmp(y1.data(), y2.data(), n * 4) == 0);
+  CHECK(ops::detail::sum_squares(a.data(), n) == ops::detail::sum_squares_scalar(a.data(), n));
+  std::vector<uint16_t> h1(n), h2(n);
+  ops::f32_to_f16(a.data(), h1.data(), n);
+  ops::detail::f32_to_f16_scalar(a.data(), h2.data(), n);
+  CHECK(std::memcmp(h1.data(), h2.data(), n * 2) == 0);
+  ops::f16_to_f32(h1.data(), y1.data(), n);
+  ops::detail::f16_to_f32_scalar(h1.data(), y2.data(), n);
+  CHECK(std::memcmp(y1.data(), y2.data(), n * 4) == 0);
+  reset_simd_level();
 }

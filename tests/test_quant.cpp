@@ -304,6 +304,30 @@ TEST_CASE("quant: traits table agrees with the GGUF type table") {
   }
 }
 
+TEST_CASE("quant: the block-type table has one row per GGUF id, filled exactly for the supported types") {
+  int rows = 0;
+  for (uint32_t id = 0; id < detail::kTensorTypeIdLimit; ++id) {
+    const QuantTraits& q = detail::block_type_table[id];
+    const auto t = static_cast<TensorType>(id);
+    if (!q.dequantize) {
+      CHECK(quant_traits(t) == nullptr);
+      continue;
+    }
+    ++rows;
+    CHECK(static_cast<uint32_t>(q.type) == id);
+    CHECK(quant_traits(t) == &q);
+    CHECK(static_cast<bool>(q.quantize));
+    // The canonical-decode shape: 16-value groups exactly for Q2_K / Q3_K / Q6_K; a min for
+    // the types whose blocks carry one.
+    CHECK((q.group == 16) == (t == TensorType::Q2_K || t == TensorType::Q3_K || t == TensorType::Q6_K));
+    CHECK(q.has_min == (t == TensorType::Q4_1 || t == TensorType::Q5_1 || t == TensorType::Q2_K ||
+                        t == TensorType::Q4_K || t == TensorType::Q5_K));
+    CHECK(detail::act_format_for(t) == q.act);
+  }
+  CHECK(rows == static_cast<int>(std::size(kAllTypes)));
+  CHECK_FALSE(static_cast<bool>(detail::block_type(static_cast<TensorType>(77)).dequantize));
+}
+
 TEST_CASE("quant: bad input gives an error, not a crash") {
   std::vector<float> x(512, 1.f);
   std::vector<uint8_t> buf(4096);

@@ -3,6 +3,7 @@
 // conversions and CPU feature detection. Every other layer includes this one.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -894,6 +895,112 @@ inline CpuFeatures detect_cpu_features() {
 #endif
   return f;
 }
+
+// ---------------------------------------------------------------------------------------
+// The SIMD path: one resolver for every kernel (matmul, activation quantization, ops).
+//
+// avxvnni: the AVX2 kernels with vpdpbusd on 256-bit vectors. It runs on CPUs with AVX-VNNI
+// (VEX encoding) and, through the EVEX encoding of the same instruction, on CPUs with AVX-512
+// VL + VNNI, where it is never the default (avx512 is faster) but can be forced, which is how
+// it is tested on an AVX-512 machine.
+
+#if defined(TINYSLM_ARCH_X86) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define TINYSLM_SIMD_X86 1  // the AVX2 / AVX-512 kernels are compiled in
+#endif
+#if defined(TINYSLM_ARCH_ARM64) && defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+#define TINYSLM_SIMD_NEON 1
+#endif
+
+enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3, highway = 4, avxvnni = 5 };
+inline constexpr int kSimdLevelCount = 6;
+
+inline const char* simd_level_name(SimdLevel l) {
+  switch (l) {
+    case SimdLevel::scalar: return "scalar";
+    case SimdLevel::avx2: return "avx2";
+    case SimdLevel::avx512: return "avx512";
+    case SimdLevel::neon: return "neon";
+    case SimdLevel::highway: return "highway";
+    case SimdLevel::avxvnni: return "avxvnni";
+  }
+  return "unknown";
+}
+
+// Whether this build and this CPU can run a path.
+inline bool simd_level_supported(SimdLevel l) {
+  static const CpuFeatures f = detect_cpu_features();
+  switch (l) {
+    case SimdLevel::scalar: return true;
+#if defined(TINYSLM_SIMD_X86)
+    case SimdLevel::avx2: return f.has_avx2_fma();
+    case SimdLevel::avx512: return f.has_avx512_vnni();
+    case SimdLevel::avxvnni: return f.has_avx2_fma() && (f.avx_vnni || f.has_avx512_vnni());
+#endif
+#if defined(TINYSLM_SIMD_NEON)
+    case SimdLevel::neon: return f.neon && f.dotprod;
+#endif
+#if defined(TINYSLM_USE_HIGHWAY)
+    case SimdLevel::highway: return true;
+#endif
+    default: return false;
+  }
+}
+
+// The best native path (Highway is used only when asked for).
+inline SimdLevel best_simd_level() {
+  for (SimdLevel l : {SimdLevel::avx512, SimdLevel::avxvnni, SimdLevel::avx2, SimdLevel::neon})
+    if (simd_level_supported(l)) return l;
+  return SimdLevel::scalar;
+}
+
+namespace detail {
+inline std::atomic<int>& simd_override() {
+  static std::atomic<int> v{-1};
+  return v;
+}
+inline SimdLevel env_simd_level() {
+  static const SimdLevel level = [] {
+    const char* e = std::getenv("TINYSLM_SIMD");
+    if (!e) return best_simd_level();
+    const std::string_view s(e);
+    for (int i = 0; i < kSimdLevelCount; ++i) {
+      const auto l = static_cast<SimdLevel>(i);
+      if (s == simd_level_name(l)) return simd_level_supported(l) ? l : best_simd_level();
+    }
+    return best_simd_level();
+  }();
+  return level;
+}
+}  // namespace detail
+
+// The path every kernel uses: set_simd_level's choice, else TINYSLM_SIMD (read once), else
+// the best. SimdLevel::scalar runs no SIMD code at all.
+inline SimdLevel active_simd_level() {
+  const int o = detail::simd_override().load(std::memory_order_relaxed);
+  return o >= 0 ? static_cast<SimdLevel>(o) : detail::env_simd_level();
+}
+
+// The x86 vector width the element-wise ops may use on the active path: 0 none, 1 AVX2,
+// 2 AVX-512 (the avx2 and avxvnni paths keep to 256-bit vectors).
+inline int active_x86_width() {
+  switch (active_simd_level()) {
+    case SimdLevel::avx512: return 2;
+    case SimdLevel::avx2:
+    case SimdLevel::avxvnni: return 1;
+    default: return 0;
+  }
+}
+
+// Forces a path for the whole process (for tests and benchmarks); fails when this build or
+// CPU cannot run it. reset_simd_level() returns to the default.
+inline Status set_simd_level(SimdLevel l) {
+  if (!simd_level_supported(l))
+    return make_error(Errc::unsupported, std::string("SIMD path ") + simd_level_name(l) +
+                                             " is not available on this CPU or build");
+  detail::simd_override().store(static_cast<int>(l), std::memory_order_relaxed);
+  return {};
+}
+inline void reset_simd_level() { detail::simd_override().store(-1, std::memory_order_relaxed); }
 
 }  // namespace v0
 }  // namespace tinyslm

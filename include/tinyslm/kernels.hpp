@@ -15,135 +15,105 @@
 // quantize_activations() + matmul_quantized() split the two steps, so one input quantized
 // once feeds several matrices (Q/K/V, gate/up).
 //
-// Paths: scalar (always), AVX2+FMA+F16C, AVX-512 BW/VL/DQ with VNNI (x86-64), NEON with
-// dotprod (AArch64), Highway static dispatch (when TINYSLM_USE_HIGHWAY). The environment
-// variable TINYSLM_SIMD=scalar|avx2|avxvnni|avx512|neon|highway, or set_simd_level(), forces a lower
-// path (for tests).
+// matmul_many() does that for a list of outputs of one input, and with one token spreads the
+// rows of all of them over the threads in a single fork-join.
+//
+// Paths: scalar (always), AVX2+FMA+F16C and AVX-VNNI (kernels_avx2.hpp), AVX-512 BW/VL/DQ with
+// VNNI (kernels_avx512.hpp), NEON with dotprod (kernels_neon.hpp), Highway static dispatch
+// (kernels_hwy.hpp, when TINYSLM_USE_HIGHWAY). Which one runs is active_simd_level() (core.hpp:
+// set_simd_level(), else TINYSLM_SIMD=scalar|avx2|avxvnni|avx512|neon|highway, else the best);
+// block_kernels, one row per weight type, holds each type's kernel per path.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <span>
+#include <string_view>
 
 #include "core.hpp"
 #include "gguf.hpp"
 #include "quant.hpp"
 #include "kernels_scalar.hpp"
-#include "kernels_x86.hpp"
-#include "kernels_arm.hpp"
+#include "kernels_avx2.hpp"
+#include "kernels_avx512.hpp"
+#include "kernels_neon.hpp"
 #include "kernels_hwy.hpp"
 
 namespace tinyslm {
 inline namespace v0 {
 
-// avxvnni: the AVX2 kernels with vpdpbusd on 256-bit vectors. It runs on CPUs with AVX-VNNI
-// (VEX encoding) and, through the EVEX encoding of the same instruction, on CPUs with AVX-512
-// VL + VNNI, where it is never the default (avx512 is faster) but can be forced, which is how
-// it is tested on an AVX-512 machine.
-enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3, highway = 4, avxvnni = 5 };
-
-inline const char* simd_level_name(SimdLevel l) {
-  switch (l) {
-    case SimdLevel::scalar: return "scalar";
-    case SimdLevel::avx2: return "avx2";
-    case SimdLevel::avx512: return "avx512";
-    case SimdLevel::neon: return "neon";
-    case SimdLevel::highway: return "highway";
-    case SimdLevel::avxvnni: return "avxvnni";
-  }
-  return "unknown";
-}
-
-// Whether this build and this CPU can run a path.
-inline bool simd_level_supported(SimdLevel l) {
-  static const CpuFeatures f = detect_cpu_features();
-  (void)f;
-  switch (l) {
-    case SimdLevel::scalar: return true;
-    case SimdLevel::avx2:
-#if defined(TINYSLM_KERNELS_X86)
-      return f.has_avx2_fma();
-#else
-      return false;
-#endif
-    case SimdLevel::avx512:
-#if defined(TINYSLM_KERNELS_X86)
-      return f.has_avx512_vnni();
-#else
-      return false;
-#endif
-    case SimdLevel::avxvnni:
-#if defined(TINYSLM_KERNELS_X86)
-      return f.has_avx2_fma() && (f.avx_vnni || f.has_avx512_vnni());
-#else
-      return false;
-#endif
-    case SimdLevel::neon:
-#if defined(TINYSLM_KERNELS_ARM)
-      return f.neon && f.dotprod;
-#else
-      return false;
-#endif
-    case SimdLevel::highway:
-#if defined(TINYSLM_USE_HIGHWAY)
-      return true;
-#else
-      return false;
-#endif
-  }
-  return false;
-}
-
-// The best native path (Highway is used only when asked for).
-inline SimdLevel best_simd_level() {
-  if (simd_level_supported(SimdLevel::avx512)) return SimdLevel::avx512;
-  if (simd_level_supported(SimdLevel::avxvnni)) return SimdLevel::avxvnni;  // AVX-VNNI without AVX-512
-  if (simd_level_supported(SimdLevel::avx2)) return SimdLevel::avx2;
-  if (simd_level_supported(SimdLevel::neon)) return SimdLevel::neon;
-  return SimdLevel::scalar;
-}
-
 namespace detail {
-inline std::atomic<int>& simd_override() {
-  static std::atomic<int> v{-1};
-  return v;
+
+// ---------------------------------------------------------------------------------------
+// The block-type table, kernels half: per GGUF type id, the type's row of quant.hpp's
+// block_type_table (storage, activation format, reference conversions) and its matmul kernel
+// per SimdLevel: rows[scalar] is the reference, the others the fast paths; nullptr means the
+// scalar one (not a neighbouring SIMD path: the x86 GEMM tiles are built for one path).
+
+struct BlockKernels {
+  const QuantTraits* format = &kUnknownBlockType;
+  RowsFn rows[kSimdLevelCount] = {};
+};
+
+template <TensorType T>
+constexpr BlockKernels make_block_kernels() {
+  BlockKernels k;
+  k.format = &block_type_table[static_cast<uint32_t>(T)];
+  k.rows[static_cast<int>(SimdLevel::scalar)] = &rows_scalar<T>;
+#if defined(TINYSLM_KERNELS_X86)
+  k.rows[static_cast<int>(SimdLevel::avx2)] = &x86::rows_avx2<T>;
+  k.rows[static_cast<int>(SimdLevel::avxvnni)] = &x86::rows_avxvnni<T>;
+  k.rows[static_cast<int>(SimdLevel::avx512)] = &x86::rows_avx512<T>;
+#endif
+#if defined(TINYSLM_KERNELS_ARM)
+  k.rows[static_cast<int>(SimdLevel::neon)] = &arm::rows_neon<T>;
+#endif
+#if defined(TINYSLM_USE_HIGHWAY)
+  if constexpr (T != TensorType::F16 && T != TensorType::BF16)
+    k.rows[static_cast<int>(SimdLevel::highway)] = &hwy_kernels::rows_highway<T>;
+#endif
+  return k;
 }
-inline SimdLevel env_simd_level() {
-  static const SimdLevel level = [] {
-    const char* e = std::getenv("TINYSLM_SIMD");
-    if (!e) return best_simd_level();
-    const std::string_view s(e);
-    for (SimdLevel l : {SimdLevel::scalar, SimdLevel::avx2, SimdLevel::avx512, SimdLevel::neon,
-                        SimdLevel::highway, SimdLevel::avxvnni})
-      if (s == simd_level_name(l)) return simd_level_supported(l) ? l : best_simd_level();
-    return best_simd_level();
-  }();
-  return level;
+
+inline constexpr BlockKernels block_kernel_list[] = {
+    make_block_kernels<TensorType::F32>(),  make_block_kernels<TensorType::F16>(),
+    make_block_kernels<TensorType::BF16>(), make_block_kernels<TensorType::Q4_0>(),
+    make_block_kernels<TensorType::Q4_1>(), make_block_kernels<TensorType::Q5_0>(),
+    make_block_kernels<TensorType::Q5_1>(), make_block_kernels<TensorType::Q8_0>(),
+    make_block_kernels<TensorType::IQ4_NL>(), make_block_kernels<TensorType::Q2_K>(),
+    make_block_kernels<TensorType::Q3_K>(), make_block_kernels<TensorType::Q4_K>(),
+    make_block_kernels<TensorType::Q5_K>(), make_block_kernels<TensorType::Q6_K>(),
+};
+
+constexpr auto make_block_kernel_table() {
+  std::array<BlockKernels, kTensorTypeIdLimit> t{};
+  for (const BlockKernels& k : block_kernel_list) t[static_cast<uint32_t>(k.format->type)] = k;
+  return t;
 }
+inline constexpr auto block_kernels_table = make_block_kernel_table();
+inline constexpr BlockKernels kNoKernels{};
+
+// The row of a type (no kernels for types matmul does not take).
+constexpr const BlockKernels& block_kernels(TensorType t) {
+  const auto id = static_cast<uint32_t>(t);
+  return id < kTensorTypeIdLimit ? block_kernels_table[id] : kNoKernels;
+}
+
+// The kernel of weight type t on path `level` (nullptr: matmul does not take the type).
+inline RowsFn rows_kernel(TensorType t, SimdLevel level) {
+  const BlockKernels& k = block_kernels(t);
+  if (RowsFn f = k.rows[static_cast<int>(level)]) return f;
+  return k.rows[static_cast<int>(SimdLevel::scalar)];
+}
+
 }  // namespace detail
-
-// The path matmul uses: set_simd_level's choice, else TINYSLM_SIMD (read once), else the best.
-inline SimdLevel active_simd_level() {
-  const int o = detail::simd_override().load(std::memory_order_relaxed);
-  return o >= 0 ? static_cast<SimdLevel>(o) : detail::env_simd_level();
-}
-
-// Forces a path for the whole process (for tests and benchmarks); fails when this build or
-// CPU cannot run it. reset_simd_level() returns to the default.
-inline Status set_simd_level(SimdLevel l) {
-  if (!simd_level_supported(l))
-    return make_error(Errc::unsupported, std::string("SIMD path ") + simd_level_name(l) +
-                                             " is not available on this CPU or build");
-  detail::simd_override().store(static_cast<int>(l), std::memory_order_relaxed);
-  return {};
-}
-inline void reset_simd_level() { detail::simd_override().store(-1, std::memory_order_relaxed); }
 
 // Weight types matmul accepts.
 inline bool matmul_supports(TensorType t) {
-  return detail::is_integer_weight_type(t) || t == TensorType::F32 || t == TensorType::F16 ||
-         t == TensorType::BF16;
+  return detail::block_kernels(t).rows[static_cast<int>(SimdLevel::scalar)] != nullptr;
 }
 
 // The activation type a weight type is multiplied with (Q8_0, Q8_1, Q8_K, F16, BF16, F32).
@@ -224,7 +194,7 @@ class MatmulScratch {
   // Token tiles for the AVX-512 GEMM: room for n tokens of k values.
   Status ensure_tiles(int64_t n, int64_t k) {
     namespace x = detail::x86;
-    const int64_t nt = (n + x::kTileTokens - 1) / x::kTileTokens;
+    const int64_t nt = (n + detail::kTileTokens - 1) / detail::kTileTokens;
     if (nt > tiles_n_ || k > tiles_k_) {
       const int64_t tn = nt > tiles_n_ ? nt : tiles_n_, tk = k > tiles_k_ ? k : tiles_k_;
       const auto q = static_cast<size_t>(tn * x::tile_q_words(tk)), g16 = static_cast<size_t>(tn * x::tile_g16(tk)),
@@ -249,8 +219,16 @@ class MatmulScratch {
     x::build_token_tile(acts_.data(), n, k, ti, q, c16, c32, d16, m16, m32, unsigned_q);
     tiles_[static_cast<size_t>(ti)] = {q, c16, c32, d16, m16, m32};
   }
-  const detail::x86::TokenTile* tiles() const { return tiles_.data(); }
+  const detail::TokenTile* tiles() const { return tiles_.data(); }
 #endif
+  // The token tiles of the last quantize_activations (nullptr where no path uses tiles).
+  const detail::TokenTile* tiles_or_null() const {
+#if defined(TINYSLM_KERNELS_X86)
+    return tiles_.data();
+#else
+    return nullptr;
+#endif
+  }
 
   detail::ActRow row(int64_t i) const {
     detail::ActRow a;
@@ -305,7 +283,7 @@ class MatmulScratch {
 #if defined(TINYSLM_KERNELS_X86)
   AlignedBuffer<int32_t> tq_, tc16_, tc32_;
   AlignedBuffer<float> td16_, tm16_, tm32_;
-  AlignedBuffer<detail::x86::TokenTile> tiles_;
+  AlignedBuffer<detail::TokenTile> tiles_;
   int64_t tiles_n_ = 0, tiles_k_ = 0;
 #endif
   int64_t cap_n_ = 0, cap_k_ = 0;
@@ -314,60 +292,22 @@ class MatmulScratch {
   int q_tiled_ = -1;
 };
 
+// Rows are handed to threads in multiples of this (the GEMM tile height).
+inline constexpr int64_t kMatmulRowGrain = 16;
+
 namespace detail {
 
 // Row lengths must be whole blocks of the weight type and of its activation type.
 inline Status check_cols(TensorType t, int64_t cols) {
-  const auto& info = tensor_type_info(t);
-  const int64_t act_block = act_format_for(t) == ActFormat::q8_k ? 256 : 32;
-  const int64_t need_block = is_integer_weight_type(t) ? act_block : 1;
-  if (cols % need_block != 0 || cols % static_cast<int64_t>(info.block_size) != 0)
+  const QuantTraits& q = block_type(t);
+  const int64_t act_block = q.act == ActFormat::q8_k ? 256 : 32;
+  const int64_t need_block = q.integer_dot ? act_block : 1;
+  if (cols % need_block != 0 || cols % static_cast<int64_t>(tensor_type_info(t).block_size) != 0)
     return make_error(Errc::invalid_argument, std::string("matmul: row length ") + std::to_string(cols) +
                                                   " is not a multiple of the " + tensor_type_name(t) + " block size");
   return {};
 }
 
-// Rows [r0, r1) of y for all n tokens on one path.
-inline void matmul_rows(SimdLevel level, const MatrixRef& w, int64_t row_bytes, const MatmulScratch& s, bool tiled,
-                        int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  const int64_t k = w.cols;
-  const bool is_float = act_format_is_float(act_format_for(w.type));
-  const ActRow* acts = s.rows();
-#if defined(TINYSLM_KERNELS_X86)
-  if (level == SimdLevel::avx512 || level == SimdLevel::avx2 || level == SimdLevel::avxvnni) {
-    static const bool evex = !detect_cpu_features().avx_vnni;  // avxvnni through AVX-512's encoding
-    const int path = level == SimdLevel::avx512 ? x86::kPathAvx512 : level == SimdLevel::avxvnni ? x86::kPathAvxVnni : x86::kPathAvx2;
-    if (x86::matmul_rows(path, evex, w.type, w.data, row_bytes, k, acts, tiled ? s.tiles() : nullptr, n, y, ldy, r0, r1))
-      return;
-  }
-#endif
-#if defined(TINYSLM_KERNELS_ARM)
-  if (level == SimdLevel::neon) {
-    if (arm::matmul_rows(w.type, w.data, row_bytes, k, acts, n, y, ldy, r0, r1)) return;
-  }
-#endif
-#if defined(TINYSLM_USE_HIGHWAY)
-  if (level == SimdLevel::highway) {
-    if (hwy_kernels::matmul_rows(w.type, w.data, row_bytes, k, acts, n, y, ldy, r0, r1)) return;
-  }
-#endif
-  (void)level;
-  (void)tiled;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + r * row_bytes;
-    for (int64_t i = 0; i < n; ++i) {
-      const ActRow& a = acts[i];
-      y[i * ldy + r] = is_float ? dot_row_float_scalar(w.type, row, k, a.xf) : dot_row_scalar(w.type, row, k, a);
-    }
-  }
-}
-
-}  // namespace detail
-
-// Rows are handed to threads in multiples of this (the GEMM tile height).
-inline constexpr int64_t kMatmulRowGrain = 16;
-
-namespace detail {
 inline Status check_matrix(const MatrixRef& w) {
   if (!matmul_supports(w.type))
     return make_error(Errc::unsupported, std::string("matmul: weight type ") + tensor_type_name(w.type) +
@@ -378,6 +318,86 @@ inline Status check_matrix(const MatrixRef& w) {
   if (!w.data) return make_error(Errc::invalid_argument, "matmul: null weights");
   return check_cols(w.type, w.cols);
 }
+
+// Checks of one product y = W x (n tokens) shared by matmul and matmul_many.
+inline Status check_product(const MatrixRef& w, int64_t n, const float* y, int64_t ldy) {
+  if (auto st = check_matrix(w); !st) return st.error();
+  if (n < 0) return make_error(Errc::invalid_argument, "matmul: negative token count");
+  if (n == 0 || w.rows == 0) return {};
+  if (!y) return make_error(Errc::invalid_argument, "matmul: null output");
+  if (ldy < w.rows) return make_error(Errc::invalid_argument, "matmul: ldy is smaller than the row count");
+  return {};
+}
+
+inline int64_t matrix_row_bytes(const MatrixRef& w) {
+  uint64_t row_bytes = 0;
+  return tensor_row_bytes(w.type, static_cast<uint64_t>(w.cols), &row_bytes) ? static_cast<int64_t>(row_bytes) : -1;
+}
+
+// Whether activation quantization takes the AVX2 code (bit-identical to the scalar one).
+inline bool simd_quantize(SimdLevel level) {
+  return level == SimdLevel::avx2 || level == SimdLevel::avx512 || level == SimdLevel::avxvnni;
+}
+
+// Quantizes the n rows of x into the scratch rows [0, n) for weights of format fmt.
+inline void quantize_rows(MatmulScratch& scratch, ActFormat fmt, const float* x, int64_t n, int64_t cols,
+                          bool simd, const ParallelFor& par) {
+  // A few tokens (decode) are quantized on the calling thread: cheaper than waking the pool.
+  if (n * cols <= 32768) {
+    for (int64_t i = 0; i < n; ++i) scratch.quantize(fmt, i, x + i * cols, cols, simd);
+    return;
+  }
+  par([&](int t, int nt) {
+    int64_t b, e;
+    ParallelFor::split(n, t, nt, 1, &b, &e);
+    for (int64_t i = b; i < e; ++i) scratch.quantize(fmt, i, x + i * cols, cols, simd);
+  });
+}
+
+// Builds the x86 GEMM token tiles when path `level` multiplies n tokens as a GEMM; returns
+// whether it did.
+inline Expected<bool> build_gemm_tiles(MatmulScratch& scratch, SimdLevel level, ActFormat fmt, int64_t n, int64_t cols,
+                                       const ParallelFor& par) {
+#if defined(TINYSLM_KERNELS_X86)
+  // The GEMM kernels take the quantized tokens interleaved 8 at a time (AVX2: as a + 128).
+  const bool avx2_tiles = level == SimdLevel::avx2 || level == SimdLevel::avxvnni;
+  if (act_format_is_float(fmt) || !((level == SimdLevel::avx512 && n >= x86::kGemmMinTokens) ||
+                                    (avx2_tiles && n >= x86::kGemmMinTokensAvx2)))
+    return false;
+  if (auto st = scratch.ensure_tiles(n, cols); !st) return st.error();
+  const int64_t ntiles = (n + kTileTokens - 1) / kTileTokens;
+  par([&](int t, int nt) {
+    int64_t b, e;
+    ParallelFor::split(ntiles, t, nt, 1, &b, &e);
+    for (int64_t ti = b; ti < e; ++ti) scratch.build_tile(ti, n, cols, avx2_tiles);
+  });
+  return true;
+#else
+  (void)scratch, (void)level, (void)fmt, (void)n, (void)cols, (void)par;
+  return false;
+#endif
+}
+
+// Runs kernel f over all rows of w, handed out in chunks (multiples of kMatmulRowGrain) from a
+// shared counter, so a thread slowed down by other work (or a small core) takes fewer; every
+// row is computed the same way whichever thread takes it, so the result does not depend on
+// the schedule.
+inline void run_rows(RowsFn f, const MatrixRef& w, int64_t row_bytes, const ActRow* acts, const TokenTile* tiles,
+                     int64_t n, float* y, int64_t ldy, const ParallelFor& par) {
+  const int nthreads = par.n_threads < 1 ? 1 : par.n_threads;
+  int64_t chunk = w.rows / (int64_t{8} * nthreads);
+  chunk = chunk < kMatmulRowGrain ? kMatmulRowGrain : (chunk + kMatmulRowGrain - 1) / kMatmulRowGrain * kMatmulRowGrain;
+  std::atomic<int64_t> next{0};
+  par([&](int, int) {
+    for (;;) {
+      const int64_t b = next.fetch_add(chunk, std::memory_order_relaxed);
+      if (b >= w.rows) break;
+      const int64_t e = b + chunk < w.rows ? b + chunk : w.rows;
+      f(w.data, row_bytes, w.cols, acts, tiles, n, y, ldy, b, e);
+    }
+  });
+}
+
 }  // namespace detail
 
 // Quantizes n rows of `cols` activations into `scratch`, in the format that weights of
@@ -395,35 +415,10 @@ inline Status quantize_activations(TensorType weight_type, const float* x, int64
   const detail::ActFormat fmt = detail::act_format_for(weight_type);
   if (auto st = scratch.ensure(n, cols, detail::act_format_is_float(fmt)); !st) return st.error();
   const SimdLevel level = active_simd_level();
-  const bool simd_quant = level == SimdLevel::avx2 || level == SimdLevel::avx512 || level == SimdLevel::avxvnni;
-  // A few tokens (decode) are quantized on the calling thread: cheaper than waking the pool.
-  if (n * cols <= 32768) {
-    for (int64_t i = 0; i < n; ++i) scratch.quantize(fmt, i, x + i * cols, cols, simd_quant);
-  } else {
-    par([&](int t, int nt) {
-      int64_t b, e;
-      ParallelFor::split(n, t, nt, 1, &b, &e);
-      for (int64_t i = b; i < e; ++i) scratch.quantize(fmt, i, x + i * cols, cols, simd_quant);
-    });
-  }
-  bool tiled = false;
-#if defined(TINYSLM_KERNELS_X86)
-  // The GEMM kernels take the quantized tokens interleaved 8 at a time (AVX2: as a + 128).
-  const bool avx2_tiles = level == SimdLevel::avx2 || level == SimdLevel::avxvnni;  // activations as a + 128
-  if (((level == SimdLevel::avx512 && n >= detail::x86::kGemmMinTokens) ||
-       (avx2_tiles && n >= detail::x86::kGemmMinTokensAvx2)) &&
-      !detail::act_format_is_float(fmt)) {
-    if (auto st = scratch.ensure_tiles(n, cols); !st) return st.error();
-    const int64_t ntiles = (n + detail::x86::kTileTokens - 1) / detail::x86::kTileTokens;
-    par([&](int t, int nt) {
-      int64_t b, e;
-      ParallelFor::split(ntiles, t, nt, 1, &b, &e);
-      for (int64_t ti = b; ti < e; ++ti) scratch.build_tile(ti, n, cols, avx2_tiles);
-    });
-    tiled = true;
-  }
-#endif
-  scratch.set_quantized(static_cast<int>(fmt), n, cols, tiled ? static_cast<int>(level) : -1);
+  detail::quantize_rows(scratch, fmt, x, n, cols, detail::simd_quantize(level), par);
+  auto tiled = detail::build_gemm_tiles(scratch, level, fmt, n, cols, par);
+  if (!tiled) return tiled.error();
+  scratch.set_quantized(static_cast<int>(fmt), n, cols, *tiled ? static_cast<int>(level) : -1);
   return {};
 }
 
@@ -432,36 +427,19 @@ inline Status quantize_activations(TensorType weight_type, const float* x, int64
 // activation type, and w.cols with the quantized row length).
 inline Status matmul_quantized(const MatrixRef& w, int64_t n, float* y, int64_t ldy, const MatmulScratch& scratch,
                                const ParallelFor& par) {
-  if (auto st = detail::check_matrix(w); !st) return st.error();
-  if (n < 0) return make_error(Errc::invalid_argument, "matmul: negative token count");
+  if (auto st = detail::check_product(w, n, y, ldy); !st) return st.error();
   if (n == 0 || w.rows == 0) return {};
-  if (!y) return make_error(Errc::invalid_argument, "matmul: null output");
-  if (ldy < w.rows) return make_error(Errc::invalid_argument, "matmul: ldy is smaller than the row count");
   if (scratch.quantized_format() != static_cast<int>(detail::act_format_for(w.type)) || scratch.quantized_n() != n ||
       scratch.quantized_cols() != w.cols)
     return make_error(Errc::invalid_argument, std::string("matmul: the scratch does not hold ") + std::to_string(n) +
                                                   " activation rows of " + std::to_string(w.cols) + " values for " +
                                                   tensor_type_name(w.type) + " weights");
-  uint64_t row_bytes = 0;
-  if (!tensor_row_bytes(w.type, static_cast<uint64_t>(w.cols), &row_bytes))
-    return make_error(Errc::invalid_argument, "matmul: bad row length");
+  const int64_t row_bytes = detail::matrix_row_bytes(w);
+  if (row_bytes < 0) return make_error(Errc::invalid_argument, "matmul: bad row length");
   const SimdLevel level = active_simd_level();
   const bool tiled = scratch.quantized_tiled_level() == static_cast<int>(level);
-  // Rows are handed out in chunks (multiples of 16) from a shared counter, so a thread
-  // slowed down by other work (or a small core) takes fewer; every row is computed the same
-  // way whichever thread takes it, so the result does not depend on the schedule.
-  const int nthreads = par.n_threads < 1 ? 1 : par.n_threads;
-  int64_t chunk = w.rows / (int64_t{8} * nthreads);
-  chunk = chunk < kMatmulRowGrain ? kMatmulRowGrain : (chunk + kMatmulRowGrain - 1) / kMatmulRowGrain * kMatmulRowGrain;
-  std::atomic<int64_t> next{0};
-  par([&](int, int) {
-    for (;;) {
-      const int64_t b = next.fetch_add(chunk, std::memory_order_relaxed);
-      if (b >= w.rows) break;
-      const int64_t e = b + chunk < w.rows ? b + chunk : w.rows;
-      detail::matmul_rows(level, w, static_cast<int64_t>(row_bytes), scratch, tiled, n, y, ldy, b, e);
-    }
-  });
+  detail::run_rows(detail::rows_kernel(w.type, level), w, row_bytes, scratch.rows(), tiled ? scratch.tiles_or_null() : nullptr,
+                   n, y, ldy, par);
   return {};
 }
 
@@ -478,9 +456,99 @@ inline Status matmul(const MatrixRef& w, const float* x, int64_t n, float* y, in
   return matmul_quantized(w, n, y, ldy, scratch, par);
 }
 
+// One product of matmul_many: y (rows of ldy floats) = w times the shared input; `name`
+// prefixes its errors.
+struct MatmulOut {
+  MatrixRef w;
+  float* y;
+  int64_t ldy;
+  std::string_view name = {};
+};
+
+namespace detail {
+
+inline Error named(Error e, std::string_view name) { return name.empty() ? e : std::move(e.context(name)); }
+
+// One token, several threads: x quantized once per activation format into scratch row
+// `slot` of that format, then the rows of every output split over the threads in one
+// fork-join (each thread a contiguous share of each matrix, in multiples of kMatmulRowGrain).
+inline Status matmul_many_one_token(std::span<const MatmulOut> outs, const float* x, MatmulScratch& scratch,
+                                    const ParallelFor& par) {
+  constexpr int kMaxOuts = 16;
+  int slot[kMaxOuts];
+  ActFormat formats[kMaxOuts];
+  int n_formats = 0;
+  bool any_float = false;
+  for (size_t j = 0; j < outs.size(); ++j) {
+    const ActFormat f = act_format_for(outs[j].w.type);
+    int s = 0;
+    while (s < n_formats && formats[s] != f) ++s;
+    if (s == n_formats) formats[n_formats++] = f;
+    slot[j] = s;
+    any_float = any_float || act_format_is_float(f);
+  }
+  const int64_t cols = outs[0].w.cols;
+  if (auto st = scratch.ensure(n_formats, cols, any_float); !st) return st.error();
+  const SimdLevel level = active_simd_level();
+  for (int s = 0; s < n_formats; ++s) scratch.quantize(formats[s], s, x, cols, simd_quantize(level));
+  scratch.set_quantized(-1, 0, 0, -1);  // the rows hold several formats: no matmul_quantized after this
+  RowsFn kernels[kMaxOuts];
+  int64_t row_bytes[kMaxOuts];
+  for (size_t j = 0; j < outs.size(); ++j) {
+    kernels[j] = rows_kernel(outs[j].w.type, level);
+    row_bytes[j] = matrix_row_bytes(outs[j].w);
+  }
+  par([&](int t, int nt) {
+    for (size_t j = 0; j < outs.size(); ++j) {
+      const MatmulOut& o = outs[j];
+      int64_t b, e;
+      ParallelFor::split(o.w.rows, t, nt, kMatmulRowGrain, &b, &e);
+      if (b < e) kernels[j](o.w.data, row_bytes[j], cols, scratch.rows() + slot[j], nullptr, 1, o.y, o.ldy, b, e);
+    }
+  });
+  return {};
+}
+
+}  // namespace detail
+
+// y_j = W_j x for every output j: x (n rows of w.cols floats, all outputs have the same cols)
+// is quantized ONCE per activation format, then: n == 1 and par has several threads -> the
+// rows of ALL matrices are split over the threads in ONE fork-join; n > 1 -> each product as
+// matmul does, reusing the quantized x. Bit-identical to calling matmul per output. Errors
+// carry the output's name as context.
+inline Status matmul_many(std::span<const MatmulOut> outs, const float* x, int64_t n, MatmulScratch& scratch,
+                          ParallelFor par) {
+  for (const MatmulOut& o : outs) {
+    if (auto st = detail::check_product(o.w, n, o.y, o.ldy); !st) return detail::named(st.error(), o.name);
+    if (o.w.cols != outs[0].w.cols)
+      return detail::named(make_error(Errc::invalid_argument, "matmul_many: outputs of different row lengths (" +
+                                                                  std::to_string(o.w.cols) + " vs " +
+                                                                  std::to_string(outs[0].w.cols) + ")"),
+                           o.name);
+    if (n > 0 && o.w.rows > 0 && !x) return detail::named(make_error(Errc::invalid_argument, "matmul: null pointer"), o.name);
+  }
+  if (n == 0 || outs.empty()) return {};
+  if (n == 1 && par.n_threads > 1 && outs.size() <= 16) return detail::matmul_many_one_token(outs, x, scratch, par);
+  for (size_t j = 0; j < outs.size(); ++j) {
+    const detail::ActFormat fmt = detail::act_format_for(outs[j].w.type);
+    bool seen = false;  // an earlier output of this format did them all
+    for (size_t i = 0; i < j && !seen; ++i) seen = detail::act_format_for(outs[i].w.type) == fmt;
+    if (seen) continue;
+    if (auto st = quantize_activations(outs[j].w.type, x, n, outs[j].w.cols, scratch, par); !st)
+      return detail::named(st.error(), outs[j].name);
+    for (size_t i = j; i < outs.size(); ++i) {
+      if (detail::act_format_for(outs[i].w.type) != fmt) continue;
+      if (auto st = matmul_quantized(outs[i].w, n, outs[i].y, outs[i].ldy, scratch, par); !st)
+        return detail::named(st.error(), outs[i].name);
+    }
+  }
+  return {};
+}
+
 }  // namespace v0
 }  // namespace tinyslm
 
 #undef TINYSLM_TARGET_AVX2
 #undef TINYSLM_TARGET_AVX512
 #undef TINYSLM_TARGET_NEON
+#undef TINYSLM_X86_GEMV_BODY

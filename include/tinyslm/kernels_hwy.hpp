@@ -97,20 +97,20 @@ inline float dot_f32(const float* w, const float* x, int64_t k) {
   return s;
 }
 
-// Entry from the dispatcher: rows [r0, r1) for n tokens. False when the type has no path here.
-inline bool matmul_rows(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, int64_t n,
-                        float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  if (t == TensorType::F32) {
+// The block-type table's Highway entry (RowsFn) of weight type T (F32 and the integer types;
+// F16 / BF16 weights have none and take the scalar path).
+template <TensorType T>
+inline void rows_highway(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, const TokenTile*,
+                         int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if constexpr (T == TensorType::F32) {
     for (int64_t r = r0; r < r1; ++r) {
       const auto* row = reinterpret_cast<const float*>(data + r * row_bytes);
       for (int64_t i = 0; i < n; ++i) y[i * ldy + r] = dot_f32(row, acts[i].xf, k);
     }
-    return true;
+  } else {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t i = 0; i < n; ++i) y[i * ldy + r] = dot_row(T, data + r * row_bytes, k, acts[i]);
   }
-  if (!is_integer_weight_type(t)) return false;
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t i = 0; i < n; ++i) y[i * ldy + r] = dot_row(t, data + r * row_bytes, k, acts[i]);
-  return true;
 }
 
 }  // namespace hwy_kernels

@@ -1,7 +1,7 @@
 // tinyslm kernels, scalar part: activation quantization into the kernels' working layout,
 // the "canonical" decode of every weight block type (small integers + float scales), and
-// the scalar reference dot products. The SIMD paths (kernels_x86.hpp, kernels_arm.hpp,
-// kernels_hwy.hpp) are tested against these; they stay readable and stay forever.
+// the scalar reference dot products. The SIMD paths (kernels_avx2.hpp, kernels_avx512.hpp,
+// kernels_neon.hpp, kernels_hwy.hpp) are tested against these; they stay readable and stay forever.
 #pragma once
 
 #include <cmath>
@@ -17,31 +17,7 @@ inline namespace v0 {
 namespace detail {
 
 // ---------------------------------------------------------------------------------------
-// Activation formats. Each weight type is paired with the activation format llama.cpp pairs
-// it with, so our sums round like its sums: legacy 32-blocks with Q8_0 (Q8_1 when the
-// weights carry a min), K types with Q8_K, F16/BF16 with activations rounded to F16/BF16.
-
-enum class ActFormat { q8_0, q8_1, q8_k, f16, bf16, f32 };
-
-inline ActFormat act_format_for(TensorType t) {
-  switch (t) {
-    case TensorType::Q4_1:
-    case TensorType::Q5_1: return ActFormat::q8_1;
-    case TensorType::Q2_K:
-    case TensorType::Q3_K:
-    case TensorType::Q4_K:
-    case TensorType::Q5_K:
-    case TensorType::Q6_K: return ActFormat::q8_k;
-    case TensorType::F16: return ActFormat::f16;
-    case TensorType::BF16: return ActFormat::bf16;
-    case TensorType::F32: return ActFormat::f32;
-    default: return ActFormat::q8_0;
-  }
-}
-
-inline bool act_format_is_float(ActFormat f) {
-  return f == ActFormat::f16 || f == ActFormat::bf16 || f == ActFormat::f32;
-}
+// Activation rows (ActFormat and the weight type -> format pairing: quant.hpp's block_type_table).
 
 // One activation row in the kernels' layout (pointers into MatmulScratch). For the integer
 // formats: qs holds the quants in natural order; da16[g] the scale of values 16g..16g+15
@@ -59,6 +35,25 @@ struct ActRow {
   const float* da32 = nullptr;  // the activation scale of each 32 values (da16[2g])
   const float* xf = nullptr;  // float formats: the (rounded) values
 };
+
+// Activations of 8 tokens interleaved for the x86 panel GEMMs, so one pointer and constant
+// offsets reach every token: q holds 4-byte words as [k/4][8 tokens]; c16 / c32 the
+// corrections -128 * (sum of 16 / 32 quants) as [k/16][8] / [k/32][8]; d16 the scale per 16
+// values as [k/16][8]; m16 / m32 the min terms likewise. Tokens past n are zeros.
+inline constexpr int kTileTokens = 8;
+struct TokenTile {
+  const int32_t* q;
+  const int32_t* c16;
+  const int32_t* c32;
+  const float* d16;
+  const float* m16;
+  const float* m32;
+};
+
+// A matmul kernel: rows [r0, r1) of y (y[i * ldy + r]) for n tokens of one weight type, from
+// the token rows `acts` (and, for the x86 GEMMs, their tiles, else nullptr).
+using RowsFn = void (*)(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
+                        const TokenTile* tiles, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1);
 
 // llama.cpp's nearest_int: round half to even through the float mantissa.
 inline int nearest_int_q8k(float v) {
@@ -158,24 +153,10 @@ struct WeightTraits {
   bool has_min;       // uses mw / M terms
 };
 
-inline bool is_integer_weight_type(TensorType t) {
-  switch (t) {
-    case TensorType::Q4_0: case TensorType::Q4_1: case TensorType::Q5_0: case TensorType::Q5_1:
-    case TensorType::Q8_0: case TensorType::IQ4_NL: case TensorType::Q2_K: case TensorType::Q3_K:
-    case TensorType::Q4_K: case TensorType::Q5_K: case TensorType::Q6_K:
-      return true;
-    default:
-      return false;
-  }
-}
-
-inline WeightTraits weight_traits(TensorType t) {
-  const auto& info = tensor_type_info(t);
-  WeightTraits w{static_cast<int>(info.block_size), static_cast<int>(info.block_bytes), 32, false};
-  if (t == TensorType::Q2_K || t == TensorType::Q3_K || t == TensorType::Q6_K) w.group = 16;
-  w.has_min = t == TensorType::Q4_1 || t == TensorType::Q5_1 || t == TensorType::Q2_K ||
-              t == TensorType::Q4_K || t == TensorType::Q5_K;
-  return w;
+// The decode shape of a type, read from the block-type table.
+constexpr WeightTraits weight_traits(TensorType t) {
+  const QuantTraits& q = block_type(t);
+  return {q.block_size, q.block_bytes, q.group, q.has_min};
 }
 
 // Q4_K / Q5_K: 8 six-bit scales and 8 six-bit mins packed into 12 bytes.
@@ -199,159 +180,157 @@ inline void unpack_scales_q3k(const uint8_t* s, int sc[16]) {
   }
 }
 
-// Decodes one native block at `blk` into w[block_values], sw[], mw[] (mw may be untouched
-// for types without a min).
+// Decodes one native block of type T at `blk` into w[block_values], sw[], mw[] (mw may be
+// untouched for types without a min).
+template <TensorType T>
+inline void decode_block_ref(const uint8_t* blk, int8_t* w, float* sw, float* mw) {
+  if constexpr (T == TensorType::Q4_0) {
+    const auto* b = reinterpret_cast<const BlockQ4_0*>(blk);
+    for (int i = 0; i < 16; ++i) {
+      w[i] = static_cast<int8_t>((b->qs[i] & 0xF) - 8);
+      w[i + 16] = static_cast<int8_t>((b->qs[i] >> 4) - 8);
+    }
+    sw[0] = fp16_to_fp32(b->d);
+  } else if constexpr (T == TensorType::Q4_1) {
+    const auto* b = reinterpret_cast<const BlockQ4_1*>(blk);
+    for (int i = 0; i < 16; ++i) {
+      w[i] = static_cast<int8_t>(b->qs[i] & 0xF);
+      w[i + 16] = static_cast<int8_t>(b->qs[i] >> 4);
+    }
+    sw[0] = fp16_to_fp32(b->d);
+    mw[0] = fp16_to_fp32(b->m);
+  } else if constexpr (T == TensorType::Q5_0 || T == TensorType::Q5_1) {
+    const bool q50 = T == TensorType::Q5_0;
+    const uint8_t* qs = q50 ? reinterpret_cast<const BlockQ5_0*>(blk)->qs : reinterpret_cast<const BlockQ5_1*>(blk)->qs;
+    const uint8_t* qhp = q50 ? reinterpret_cast<const BlockQ5_0*>(blk)->qh : reinterpret_cast<const BlockQ5_1*>(blk)->qh;
+    const uint32_t qh = static_cast<uint32_t>(qhp[0]) | (static_cast<uint32_t>(qhp[1]) << 8) |
+                        (static_cast<uint32_t>(qhp[2]) << 16) | (static_cast<uint32_t>(qhp[3]) << 24);
+    const int off = q50 ? 16 : 0;
+    for (int i = 0; i < 16; ++i) {
+      w[i] = static_cast<int8_t>(((qs[i] & 0xF) | (((qh >> i) & 1) << 4)) - off);
+      w[i + 16] = static_cast<int8_t>(((qs[i] >> 4) | (((qh >> (i + 16)) & 1) << 4)) - off);
+    }
+    if (q50) {
+      sw[0] = fp16_to_fp32(reinterpret_cast<const BlockQ5_0*>(blk)->d);
+    } else {
+      sw[0] = fp16_to_fp32(reinterpret_cast<const BlockQ5_1*>(blk)->d);
+      mw[0] = fp16_to_fp32(reinterpret_cast<const BlockQ5_1*>(blk)->m);
+    }
+  } else if constexpr (T == TensorType::Q8_0) {
+    const auto* b = reinterpret_cast<const BlockQ8_0*>(blk);
+    std::memcpy(w, b->qs, 32);
+    sw[0] = fp16_to_fp32(b->d);
+  } else if constexpr (T == TensorType::IQ4_NL) {
+    const auto* b = reinterpret_cast<const BlockIQ4_NL*>(blk);
+    for (int i = 0; i < 16; ++i) {
+      w[i] = kIq4nlValues[b->qs[i] & 0xF];
+      w[i + 16] = kIq4nlValues[b->qs[i] >> 4];
+    }
+    sw[0] = fp16_to_fp32(b->d);
+  } else if constexpr (T == TensorType::Q4_K || T == TensorType::Q5_K) {
+    const bool q5 = T == TensorType::Q5_K;
+    const auto* b4 = reinterpret_cast<const BlockQ4_K*>(blk);
+    const auto* b5 = reinterpret_cast<const BlockQ5_K*>(blk);
+    const float d = fp16_to_fp32(q5 ? b5->d : b4->d);
+    const float dmin = fp16_to_fp32(q5 ? b5->dmin : b4->dmin);
+    const uint8_t* qs = q5 ? b5->qs : b4->qs;
+    uint8_t sc[8], mn[8];
+    unpack_scales_k4(q5 ? b5->scales : b4->scales, sc, mn);
+    for (int c = 0; c < 4; ++c) {
+      for (int l = 0; l < 32; ++l) {
+        int lo = qs[32 * c + l] & 0xF, hi = qs[32 * c + l] >> 4;
+        if (q5) {
+          lo |= ((b5->qh[l] >> (2 * c)) & 1) << 4;
+          hi |= ((b5->qh[l] >> (2 * c + 1)) & 1) << 4;
+        }
+        w[64 * c + l] = static_cast<int8_t>(lo);
+        w[64 * c + 32 + l] = static_cast<int8_t>(hi);
+      }
+    }
+    for (int j = 0; j < 8; ++j) {
+      sw[j] = d * static_cast<float>(sc[j]);
+      mw[j] = -dmin * static_cast<float>(mn[j]);
+    }
+  } else if constexpr (T == TensorType::Q6_K) {
+    const auto* b = reinterpret_cast<const BlockQ6_K*>(blk);
+    const float d = fp16_to_fp32(b->d);
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* ql = b->ql + 64 * h;
+      const uint8_t* qh = b->qh + 32 * h;
+      int8_t* o = w + 128 * h;
+      for (int l = 0; l < 32; ++l) {
+        o[l] = static_cast<int8_t>(((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+        o[l + 32] = static_cast<int8_t>(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+        o[l + 64] = static_cast<int8_t>(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+        o[l + 96] = static_cast<int8_t>(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+      }
+    }
+    for (int g = 0; g < 16; ++g) sw[g] = d * static_cast<float>(b->scales[g]);
+  } else if constexpr (T == TensorType::Q3_K) {
+    const auto* b = reinterpret_cast<const BlockQ3_K*>(blk);
+    const float d = fp16_to_fp32(b->d);
+    int sc[16];
+    unpack_scales_q3k(b->scales, sc);
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* q = b->qs + 32 * h;
+      for (int j = 0; j < 4; ++j) {
+        const int bit = 4 * h + j;
+        for (int l = 0; l < 32; ++l) {
+          const int low = (q[l] >> (2 * j)) & 3;
+          const int high = (b->hmask[l] >> bit) & 1;
+          w[128 * h + 32 * j + l] = static_cast<int8_t>(low - (high ? 0 : 4));
+        }
+      }
+    }
+    for (int g = 0; g < 16; ++g) sw[g] = d * static_cast<float>(sc[g]);
+  } else if constexpr (T == TensorType::Q2_K) {
+    const auto* b = reinterpret_cast<const BlockQ2_K*>(blk);
+    const float d = fp16_to_fp32(b->d);
+    const float dmin = fp16_to_fp32(b->dmin);
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* q = b->qs + 32 * h;
+      for (int j = 0; j < 4; ++j)
+        for (int l = 0; l < 32; ++l)
+          w[128 * h + 32 * j + l] = static_cast<int8_t>((q[l] >> (2 * j)) & 3);
+    }
+    for (int g = 0; g < 16; ++g) {
+      sw[g] = d * static_cast<float>(b->scales[g] & 0xF);
+      mw[g] = -dmin * static_cast<float>(b->scales[g] >> 4);
+    }
+  }
+}
+
+
+// The same for a type known at run time (the canonical decode of any integer weight type).
 inline void decode_block_scalar(TensorType t, const uint8_t* blk, int8_t* w, float* sw, float* mw) {
   switch (t) {
-    case TensorType::Q4_0: {
-      const auto* b = reinterpret_cast<const BlockQ4_0*>(blk);
-      for (int i = 0; i < 16; ++i) {
-        w[i] = static_cast<int8_t>((b->qs[i] & 0xF) - 8);
-        w[i + 16] = static_cast<int8_t>((b->qs[i] >> 4) - 8);
-      }
-      sw[0] = fp16_to_fp32(b->d);
-      return;
-    }
-    case TensorType::Q4_1: {
-      const auto* b = reinterpret_cast<const BlockQ4_1*>(blk);
-      for (int i = 0; i < 16; ++i) {
-        w[i] = static_cast<int8_t>(b->qs[i] & 0xF);
-        w[i + 16] = static_cast<int8_t>(b->qs[i] >> 4);
-      }
-      sw[0] = fp16_to_fp32(b->d);
-      mw[0] = fp16_to_fp32(b->m);
-      return;
-    }
-    case TensorType::Q5_0:
-    case TensorType::Q5_1: {
-      const bool q50 = t == TensorType::Q5_0;
-      const uint8_t* qs = q50 ? reinterpret_cast<const BlockQ5_0*>(blk)->qs : reinterpret_cast<const BlockQ5_1*>(blk)->qs;
-      const uint8_t* qhp = q50 ? reinterpret_cast<const BlockQ5_0*>(blk)->qh : reinterpret_cast<const BlockQ5_1*>(blk)->qh;
-      const uint32_t qh = static_cast<uint32_t>(qhp[0]) | (static_cast<uint32_t>(qhp[1]) << 8) |
-                          (static_cast<uint32_t>(qhp[2]) << 16) | (static_cast<uint32_t>(qhp[3]) << 24);
-      const int off = q50 ? 16 : 0;
-      for (int i = 0; i < 16; ++i) {
-        w[i] = static_cast<int8_t>(((qs[i] & 0xF) | (((qh >> i) & 1) << 4)) - off);
-        w[i + 16] = static_cast<int8_t>(((qs[i] >> 4) | (((qh >> (i + 16)) & 1) << 4)) - off);
-      }
-      if (q50) {
-        sw[0] = fp16_to_fp32(reinterpret_cast<const BlockQ5_0*>(blk)->d);
-      } else {
-        sw[0] = fp16_to_fp32(reinterpret_cast<const BlockQ5_1*>(blk)->d);
-        mw[0] = fp16_to_fp32(reinterpret_cast<const BlockQ5_1*>(blk)->m);
-      }
-      return;
-    }
-    case TensorType::Q8_0: {
-      const auto* b = reinterpret_cast<const BlockQ8_0*>(blk);
-      std::memcpy(w, b->qs, 32);
-      sw[0] = fp16_to_fp32(b->d);
-      return;
-    }
-    case TensorType::IQ4_NL: {
-      const auto* b = reinterpret_cast<const BlockIQ4_NL*>(blk);
-      for (int i = 0; i < 16; ++i) {
-        w[i] = kIq4nlValues[b->qs[i] & 0xF];
-        w[i + 16] = kIq4nlValues[b->qs[i] >> 4];
-      }
-      sw[0] = fp16_to_fp32(b->d);
-      return;
-    }
-    case TensorType::Q4_K:
-    case TensorType::Q5_K: {
-      const bool q5 = t == TensorType::Q5_K;
-      const auto* b4 = reinterpret_cast<const BlockQ4_K*>(blk);
-      const auto* b5 = reinterpret_cast<const BlockQ5_K*>(blk);
-      const float d = fp16_to_fp32(q5 ? b5->d : b4->d);
-      const float dmin = fp16_to_fp32(q5 ? b5->dmin : b4->dmin);
-      const uint8_t* qs = q5 ? b5->qs : b4->qs;
-      uint8_t sc[8], mn[8];
-      unpack_scales_k4(q5 ? b5->scales : b4->scales, sc, mn);
-      for (int c = 0; c < 4; ++c) {
-        for (int l = 0; l < 32; ++l) {
-          int lo = qs[32 * c + l] & 0xF, hi = qs[32 * c + l] >> 4;
-          if (q5) {
-            lo |= ((b5->qh[l] >> (2 * c)) & 1) << 4;
-            hi |= ((b5->qh[l] >> (2 * c + 1)) & 1) << 4;
-          }
-          w[64 * c + l] = static_cast<int8_t>(lo);
-          w[64 * c + 32 + l] = static_cast<int8_t>(hi);
-        }
-      }
-      for (int j = 0; j < 8; ++j) {
-        sw[j] = d * static_cast<float>(sc[j]);
-        mw[j] = -dmin * static_cast<float>(mn[j]);
-      }
-      return;
-    }
-    case TensorType::Q6_K: {
-      const auto* b = reinterpret_cast<const BlockQ6_K*>(blk);
-      const float d = fp16_to_fp32(b->d);
-      for (int h = 0; h < 2; ++h) {
-        const uint8_t* ql = b->ql + 64 * h;
-        const uint8_t* qh = b->qh + 32 * h;
-        int8_t* o = w + 128 * h;
-        for (int l = 0; l < 32; ++l) {
-          o[l] = static_cast<int8_t>(((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
-          o[l + 32] = static_cast<int8_t>(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
-          o[l + 64] = static_cast<int8_t>(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
-          o[l + 96] = static_cast<int8_t>(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
-        }
-      }
-      for (int g = 0; g < 16; ++g) sw[g] = d * static_cast<float>(b->scales[g]);
-      return;
-    }
-    case TensorType::Q3_K: {
-      const auto* b = reinterpret_cast<const BlockQ3_K*>(blk);
-      const float d = fp16_to_fp32(b->d);
-      int sc[16];
-      unpack_scales_q3k(b->scales, sc);
-      for (int h = 0; h < 2; ++h) {
-        const uint8_t* q = b->qs + 32 * h;
-        for (int j = 0; j < 4; ++j) {
-          const int bit = 4 * h + j;
-          for (int l = 0; l < 32; ++l) {
-            const int low = (q[l] >> (2 * j)) & 3;
-            const int high = (b->hmask[l] >> bit) & 1;
-            w[128 * h + 32 * j + l] = static_cast<int8_t>(low - (high ? 0 : 4));
-          }
-        }
-      }
-      for (int g = 0; g < 16; ++g) sw[g] = d * static_cast<float>(sc[g]);
-      return;
-    }
-    case TensorType::Q2_K: {
-      const auto* b = reinterpret_cast<const BlockQ2_K*>(blk);
-      const float d = fp16_to_fp32(b->d);
-      const float dmin = fp16_to_fp32(b->dmin);
-      for (int h = 0; h < 2; ++h) {
-        const uint8_t* q = b->qs + 32 * h;
-        for (int j = 0; j < 4; ++j)
-          for (int l = 0; l < 32; ++l)
-            w[128 * h + 32 * j + l] = static_cast<int8_t>((q[l] >> (2 * j)) & 3);
-      }
-      for (int g = 0; g < 16; ++g) {
-        sw[g] = d * static_cast<float>(b->scales[g] & 0xF);
-        mw[g] = -dmin * static_cast<float>(b->scales[g] >> 4);
-      }
-      return;
-    }
-    default:
-      return;
+    case TensorType::Q4_0: return decode_block_ref<TensorType::Q4_0>(blk, w, sw, mw);
+    case TensorType::Q4_1: return decode_block_ref<TensorType::Q4_1>(blk, w, sw, mw);
+    case TensorType::Q5_0: return decode_block_ref<TensorType::Q5_0>(blk, w, sw, mw);
+    case TensorType::Q5_1: return decode_block_ref<TensorType::Q5_1>(blk, w, sw, mw);
+    case TensorType::Q8_0: return decode_block_ref<TensorType::Q8_0>(blk, w, sw, mw);
+    case TensorType::IQ4_NL: return decode_block_ref<TensorType::IQ4_NL>(blk, w, sw, mw);
+    case TensorType::Q2_K: return decode_block_ref<TensorType::Q2_K>(blk, w, sw, mw);
+    case TensorType::Q3_K: return decode_block_ref<TensorType::Q3_K>(blk, w, sw, mw);
+    case TensorType::Q4_K: return decode_block_ref<TensorType::Q4_K>(blk, w, sw, mw);
+    case TensorType::Q5_K: return decode_block_ref<TensorType::Q5_K>(blk, w, sw, mw);
+    case TensorType::Q6_K: return decode_block_ref<TensorType::Q6_K>(blk, w, sw, mw);
+    default: return;
   }
 }
 
 // The scalar reference: dot of one weight row (k values of type t) with one activation row.
 // Integer sums per group are exact; the float combination follows the canonical formula
 // above in group order.
-inline float dot_row_scalar(TensorType t, const uint8_t* row, int64_t k, const ActRow& a) {
-  const WeightTraits tr = weight_traits(t);
+template <TensorType T>
+inline float dot_row_ref(const uint8_t* row, int64_t k, const ActRow& a) {
+  constexpr WeightTraits tr = weight_traits(T);
   int8_t w[256];
   float sw[16], mw[16];
   float acc = 0.f;
   const int gpb = tr.block_values / tr.group;
   for (int64_t b = 0; b < k / tr.block_values; ++b) {
-    decode_block_scalar(t, row + b * tr.block_bytes, w, sw, mw);
+    decode_block_ref<T>(row + b * tr.block_bytes, w, sw, mw);
     for (int g = 0; g < gpb; ++g) {
       const int64_t base = b * tr.block_values + static_cast<int64_t>(g) * tr.group;
       int32_t isum = 0;
@@ -361,6 +340,23 @@ inline float dot_row_scalar(TensorType t, const uint8_t* row, int64_t k, const A
     }
   }
   return acc;
+}
+
+inline float dot_row_scalar(TensorType t, const uint8_t* row, int64_t k, const ActRow& a) {
+  switch (t) {
+    case TensorType::Q4_0: return dot_row_ref<TensorType::Q4_0>(row, k, a);
+    case TensorType::Q4_1: return dot_row_ref<TensorType::Q4_1>(row, k, a);
+    case TensorType::Q5_0: return dot_row_ref<TensorType::Q5_0>(row, k, a);
+    case TensorType::Q5_1: return dot_row_ref<TensorType::Q5_1>(row, k, a);
+    case TensorType::Q8_0: return dot_row_ref<TensorType::Q8_0>(row, k, a);
+    case TensorType::IQ4_NL: return dot_row_ref<TensorType::IQ4_NL>(row, k, a);
+    case TensorType::Q2_K: return dot_row_ref<TensorType::Q2_K>(row, k, a);
+    case TensorType::Q3_K: return dot_row_ref<TensorType::Q3_K>(row, k, a);
+    case TensorType::Q4_K: return dot_row_ref<TensorType::Q4_K>(row, k, a);
+    case TensorType::Q5_K: return dot_row_ref<TensorType::Q5_K>(row, k, a);
+    case TensorType::Q6_K: return dot_row_ref<TensorType::Q6_K>(row, k, a);
+    default: return 0.f;
+  }
 }
 
 // Float weight rows: F32 / F16 / BF16 against float activations (already rounded to the
@@ -380,6 +376,22 @@ inline float dot_row_float_scalar(TensorType t, const uint8_t* row, int64_t k, c
   float acc = 0.f;
   for (int64_t i = 0; i < k; ++i) acc += load_weight_float(t, row, i) * x[i];
   return acc;
+}
+
+// The scalar path of every weight type, in RowsFn form (the reference the SIMD paths are
+// tested against).
+template <TensorType T>
+inline void rows_scalar(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, const TokenTile*,
+                        int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = data + r * row_bytes;
+    for (int64_t i = 0; i < n; ++i) {
+      if constexpr (block_type(T).integer_dot)
+        y[i * ldy + r] = dot_row_ref<T>(row, k, acts[i]);
+      else
+        y[i * ldy + r] = dot_row_float_scalar(T, row, k, acts[i].xf);
+    }
+  }
 }
 
 }  // namespace detail

@@ -4,7 +4,9 @@
 // frequency factors), softmax, SwiGLU / GeGLU, soft-capping, and causal attention over an
 // F16 KV cache with GQA and a sliding window. Each kernel is plain scalar code written so the
 // compiler vectorises it; the hot ones are compiled a second and third time for AVX2 and
-// AVX-512 (function target attributes) and picked at run time, so one binary runs anywhere.
+// AVX-512 (function target attributes) and picked at run time from active_simd_level() (core.hpp,
+// the resolver matmul uses too: avx512 -> AVX-512, avx2 / avxvnni -> AVX2, any other -> scalar),
+// so one binary runs anywhere.
 // Every reduction has a fixed order: results do not depend on the number of threads.
 #pragma once
 
@@ -31,19 +33,6 @@ inline namespace v0 {
 namespace ops {
 
 namespace detail {
-
-// 0 = portable scalar, 1 = AVX2+FMA+F16C, 2 = AVX-512 (F/BW/VL/DQ).
-inline int simd_level() {
-  static const int level = [] {
-#if defined(TINYSLM_OPS_X86)
-    const CpuFeatures f = detect_cpu_features();
-    if (f.has_avx512()) return 2;
-    if (f.has_avx2_fma()) return 1;
-#endif
-    return 0;
-  }();
-  return level;
-}
 
 inline uint32_t f32_bits(float x) {
   uint32_t u;
@@ -288,7 +277,7 @@ TINYSLM_OPS_INLINE double sum_squares_body(const float* x, int64_t n) {
   TINYSLM_OPS_AVX2 inline ret name##_avx2 params { return name##_body args; }     \
   TINYSLM_OPS_AVX512 inline ret name##_avx512 params { return name##_body args; }
 #define TINYSLM_OPS_DISPATCH_X86_R(name, args)             \
-  switch (simd_level()) {                                  \
+  switch (active_x86_width()) {                            \
     case 2: return name##_avx512 args;                     \
     case 1: return name##_avx2 args;                       \
     default: break;                                        \
@@ -297,7 +286,7 @@ TINYSLM_OPS_INLINE double sum_squares_body(const float* x, int64_t n) {
   TINYSLM_OPS_AVX2 inline void name##_avx2 params { name##_body args; } \
   TINYSLM_OPS_AVX512 inline void name##_avx512 params { name##_body args; }
 #define TINYSLM_OPS_DISPATCH_X86(name, args)                 \
-  switch (simd_level()) {                                    \
+  switch (active_x86_width()) {                              \
     case 2: name##_avx512 args; return;                      \
     case 1: name##_avx2 args; return;                        \
     default: break;                                          \
@@ -396,13 +385,13 @@ TINYSLM_OPS_AVX512 inline void decode_head_avx512(const float* qh, const uint16_
 
 inline void f16_to_f32(const uint16_t* src, float* dst, int64_t n) {
 #if defined(TINYSLM_OPS_X86)
-  if (detail::simd_level() >= 1) return detail::f16_to_f32_avx2(src, dst, n);
+  if (active_x86_width() >= 1) return detail::f16_to_f32_avx2(src, dst, n);
 #endif
   detail::f16_to_f32_scalar(src, dst, n);
 }
 inline void f32_to_f16(const float* src, uint16_t* dst, int64_t n) {
 #if defined(TINYSLM_OPS_X86)
-  if (detail::simd_level() >= 1) return detail::f32_to_f16_avx2(src, dst, n);
+  if (active_x86_width() >= 1) return detail::f32_to_f16_avx2(src, dst, n);
 #endif
   detail::f32_to_f16_scalar(src, dst, n);
 }
@@ -573,7 +562,7 @@ inline void attention(const AttentionShape& a, const float* q, int64_t q_stride,
   };
 
 #if defined(TINYSLM_OPS_X86)
-  if (n_tokens <= 2 && detail::simd_level() == 2 && hk % 16 == 0 && hv % 16 == 0 && hv <= 128) {
+  if (n_tokens <= 2 && active_x86_width() == 2 && hk % 16 == 0 && hv % 16 == 0 && hv <= 128) {
     // Decode on AVX-512: one (head, query) per work item, reading the F16 cache directly.
     par([&](int t, int nt) {
       int64_t b, e;

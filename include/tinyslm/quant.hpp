@@ -1,11 +1,13 @@
 // tinyslm quant: GGUF block formats and their reference (scalar) conversions.
 //
 // Every block type is one POD struct with ggml's byte layout; its size is checked against
-// gguf.hpp's tensor_type_table, the single source of truth for block sizes. Scales in fp16
+// gguf.hpp's tensor_type_table, the single source of truth for block sizes. block_type_table
+// (end of this file) is the one per-type table of everything else. Scales in fp16
 // are kept as raw uint16_t bits (convert with fp16_to_fp32 / fp32_to_fp16 from core.hpp).
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -1040,21 +1042,41 @@ inline void quantize_blocks(const float* x, Block* y, int64_t nblocks) {
 }
 
 // ---------------------------------------------------------------------------------------
-// The traits table: one row per supported type.
+// The block-type table: one row per GGUF type id, the single place that says, per type, its
+// storage (name, values and bytes per block, from gguf.hpp's tensor_type_table, which the
+// reader needs for every type), the activation format its dot product takes, the shape of
+// its canonical decode (scale group, min), and its reference conversions. The kernels layer
+// (kernels.hpp, block_kernels) adds each type's reference dot and fast kernels per SIMD path.
+
+namespace detail {
+// Activation formats. Each weight type is paired with the activation format llama.cpp pairs
+// it with, so our sums round like its sums: legacy 32-blocks with Q8_0 (Q8_1 when the
+// weights carry a min), K types with Q8_K, F16/BF16 with activations rounded to F16/BF16.
+enum class ActFormat { q8_0, q8_1, q8_k, f16, bf16, f32 };
+
+constexpr bool act_format_is_float(ActFormat f) {
+  return f == ActFormat::f16 || f == ActFormat::bf16 || f == ActFormat::f32;
+}
+}  // namespace detail
 
 // n values (a whole number of blocks, not checked here; quantize_row / dequantize_row check).
 using DequantizeRowFn = void (*)(const void* src, float* dst, int64_t n);
 using QuantizeRowFn = void (*)(const float* src, void* dst, int64_t n);
 
 struct QuantTraits {
-  TensorType type;
-  const char* name;
-  int block_size;          // values per block
-  int block_bytes;         // bytes per block
-  float bits_per_weight;   // 8 * block_bytes / block_size
-  DequantizeRowFn dequantize;
-  QuantizeRowFn quantize;  // llama.cpp's reference quantizer without importance matrix
+  TensorType type = TensorType::F32;
+  const char* name = "unknown";
+  int block_size = 0;          // values per block
+  int block_bytes = 0;         // bytes per block
+  float bits_per_weight = 0;   // 8 * block_bytes / block_size
+  DequantizeRowFn dequantize = nullptr;  // nullptr: tinyslm cannot convert this type
+  QuantizeRowFn quantize = nullptr;      // llama.cpp's reference quantizer without importance matrix
+  detail::ActFormat act = detail::ActFormat::f32;  // activations its matmul dot takes
+  bool integer_dot = false;    // weights decode to small integers (canonical form, kernels layer)
+  int group = 32;              // values per scale group of that decode
+  bool has_min = false;        // the decode carries a min per group
 };
+using BlockType = QuantTraits;
 
 namespace detail {
 
@@ -1105,7 +1127,16 @@ inline void quantize_row_bf16(const float* src, void* dst, int64_t n) {
   }
 }
 
-constexpr QuantTraits make_traits(TensorType t, DequantizeRowFn dq, QuantizeRowFn q) {
+// Weights as a matrix: act is the activation format, group / has_min the canonical decode.
+struct MatmulShape {
+  ActFormat act;
+  bool integer_dot;
+  int group;
+  bool has_min;
+};
+inline constexpr MatmulShape kFloatWeights{ActFormat::f32, false, 32, false};
+
+constexpr QuantTraits make_traits(TensorType t, DequantizeRowFn dq, QuantizeRowFn q, MatmulShape m) {
   const TensorTypeInfo info = type_info_entry(t);
   return {t,
           info.name,
@@ -1113,39 +1144,67 @@ constexpr QuantTraits make_traits(TensorType t, DequantizeRowFn dq, QuantizeRowF
           static_cast<int>(info.block_bytes),
           8.f * static_cast<float>(info.block_bytes) / static_cast<float>(info.block_size),
           dq,
-          q};
+          q,
+          m.act,
+          m.integer_dot,
+          m.group,
+          m.has_min};
 }
 template <class Block>
-constexpr QuantTraits make_block_traits() {
-  return make_traits(Block::type, &dequantize_row_erased<Block>, &quantize_row_erased<Block>);
+constexpr QuantTraits make_block_traits(MatmulShape m) {
+  return make_traits(Block::type, &dequantize_row_erased<Block>, &quantize_row_erased<Block>, m);
 }
 
-inline constexpr QuantTraits quant_traits_table[] = {
-    make_traits(TensorType::F32, &dequantize_row_f32, &quantize_row_f32),
-    make_traits(TensorType::F16, &dequantize_row_f16, &quantize_row_f16),
-    make_traits(TensorType::BF16, &dequantize_row_bf16, &quantize_row_bf16),
-    make_block_traits<BlockQ4_0>(),
-    make_block_traits<BlockQ4_1>(),
-    make_block_traits<BlockQ5_0>(),
-    make_block_traits<BlockQ5_1>(),
-    make_block_traits<BlockQ8_0>(),
-    make_block_traits<BlockQ8_1>(),
-    make_block_traits<BlockQ2_K>(),
-    make_block_traits<BlockQ3_K>(),
-    make_block_traits<BlockQ4_K>(),
-    make_block_traits<BlockQ5_K>(),
-    make_block_traits<BlockQ6_K>(),
-    make_block_traits<BlockQ8_K>(),
-    make_block_traits<BlockIQ4_NL>(),
+// Q8_1 / Q8_K are activation formats only: matmul does not take them as weights.
+inline constexpr MatmulShape kNoMatmul{ActFormat::q8_0, false, 32, false};
+
+inline constexpr QuantTraits block_type_list[] = {
+    make_traits(TensorType::F32, &dequantize_row_f32, &quantize_row_f32, kFloatWeights),
+    make_traits(TensorType::F16, &dequantize_row_f16, &quantize_row_f16, {ActFormat::f16, false, 32, false}),
+    make_traits(TensorType::BF16, &dequantize_row_bf16, &quantize_row_bf16, {ActFormat::bf16, false, 32, false}),
+    make_block_traits<BlockQ4_0>({ActFormat::q8_0, true, 32, false}),
+    make_block_traits<BlockQ4_1>({ActFormat::q8_1, true, 32, true}),
+    make_block_traits<BlockQ5_0>({ActFormat::q8_0, true, 32, false}),
+    make_block_traits<BlockQ5_1>({ActFormat::q8_1, true, 32, true}),
+    make_block_traits<BlockQ8_0>({ActFormat::q8_0, true, 32, false}),
+    make_block_traits<BlockQ8_1>(kNoMatmul),
+    make_block_traits<BlockQ2_K>({ActFormat::q8_k, true, 16, true}),
+    make_block_traits<BlockQ3_K>({ActFormat::q8_k, true, 16, false}),
+    make_block_traits<BlockQ4_K>({ActFormat::q8_k, true, 32, true}),
+    make_block_traits<BlockQ5_K>({ActFormat::q8_k, true, 32, true}),
+    make_block_traits<BlockQ6_K>({ActFormat::q8_k, true, 16, false}),
+    make_block_traits<BlockQ8_K>(kNoMatmul),
+    make_block_traits<BlockIQ4_NL>({ActFormat::q8_0, true, 32, false}),
 };
+
+// GGUF type ids run from 0 to 39 (MXFP4); the table has a row for each, empty when unsupported.
+inline constexpr uint32_t kTensorTypeIdLimit = 40;
+constexpr auto make_block_type_table() {
+  std::array<QuantTraits, kTensorTypeIdLimit> t{};
+  for (const QuantTraits& q : block_type_list) t[static_cast<uint32_t>(q.type)] = q;
+  return t;
+}
+inline constexpr auto block_type_table = make_block_type_table();
+inline constexpr QuantTraits kUnknownBlockType{};
+
+// The row of a type (an empty row, dequantize == nullptr, for types tinyslm cannot convert).
+constexpr const QuantTraits& block_type(TensorType t) {
+  const auto id = static_cast<uint32_t>(t);
+  return id < kTensorTypeIdLimit ? block_type_table[id] : kUnknownBlockType;
+}
+
+// Thin aliases of the table's columns (older names).
+constexpr ActFormat act_format_for(TensorType t) {
+  return block_type(t).dequantize ? block_type(t).act : ActFormat::q8_0;
+}
+constexpr bool is_integer_weight_type(TensorType t) { return block_type(t).integer_dot; }
 
 }  // namespace detail
 
 // Traits of a type, or nullptr when tinyslm cannot convert it (IQ2_XXS, TQ1_0, ...).
 inline const QuantTraits* quant_traits(TensorType t) {
-  for (const auto& q : detail::quant_traits_table)
-    if (q.type == t) return &q;
-  return nullptr;
+  const QuantTraits& q = detail::block_type(t);
+  return q.dequantize ? &q : nullptr;
 }
 inline bool is_supported(TensorType t) { return quant_traits(t) != nullptr; }
 

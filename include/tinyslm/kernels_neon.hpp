@@ -14,7 +14,7 @@
 
 #include "kernels_scalar.hpp"
 
-#if defined(TINYSLM_ARCH_ARM64) && defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(TINYSLM_SIMD_NEON)
 #define TINYSLM_KERNELS_ARM 1
 #include <arm_neon.h>
 
@@ -31,7 +31,7 @@ namespace arm {
 
 inline constexpr int64_t kChunk = 512;
 
-// Decodes native blocks covering values [v0, v0 + nv) of `row` (as x86::decode_chunk).
+// Decodes native blocks covering values [v0, v0 + nv) of `row` (as x86::decode_chunk in kernels_avx2.hpp).
 TINYSLM_TARGET_NEON inline void decode_chunk(TensorType t, const uint8_t* row, int64_t v0, int64_t nv, int8_t* w,
                                              float* sw16, float* mw) {
   const WeightTraits tr = weight_traits(t);
@@ -186,16 +186,14 @@ TINYSLM_TARGET_NEON inline void float_rows(TensorType t, const uint8_t* data, in
   }
 }
 
-// Entry from the dispatcher: rows [r0, r1) for n tokens. False when the type has no path here.
-inline bool matmul_rows(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, int64_t n,
-                        float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  if (t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16) {
-    float_rows(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
-    return true;
-  }
-  if (!is_integer_weight_type(t)) return false;
-  int_rows(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
-  return true;
+// The block-type table's NEON entry (RowsFn) of weight type T.
+template <TensorType T>
+inline void rows_neon(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, const TokenTile*,
+                      int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if constexpr (block_type(T).integer_dot)
+    int_rows(T, data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  else
+    float_rows(T, data, row_bytes, k, acts, n, y, ldy, r0, r1);
 }
 
 }  // namespace arm
@@ -203,4 +201,4 @@ inline bool matmul_rows(TensorType t, const uint8_t* data, int64_t row_bytes, in
 }  // namespace v0
 }  // namespace tinyslm
 
-#endif  // AArch64 with GCC or Clang
+#endif  // TINYSLM_SIMD_NEON
