@@ -23,4 +23,4 @@ done
 cmake --build "$build" -j "$jobs" --target $present
 regex=$(echo $present | sed 's/ /|/g')
 cd "$build"
-ctest --output-on-failure -R "^($regex)\$"
+ctest --output-on-failure -R "^($regex)(_shared)?\$"

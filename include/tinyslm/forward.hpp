@@ -21,7 +21,6 @@
 #include "core.hpp"
 #include "kernels.hpp"
 #include "kv.hpp"
-#include "matmul_many_tmp.hpp"
 #include "model.hpp"
 #include "moe.hpp"
 #include "ops.hpp"

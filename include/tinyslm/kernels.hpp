@@ -472,9 +472,12 @@ inline Error named(Error e, std::string_view name) { return name.empty() ? e : s
 // One token, several threads: x quantized once per activation format into scratch row
 // `slot` of that format, then the rows of every output split over the threads in one
 // fork-join (each thread a contiguous share of each matrix, in multiples of kMatmulRowGrain).
+// Most products of one matmul_many fork-join (an MoE decode step has 2 per selected expert).
+inline constexpr size_t kMatmulManyMaxOuts = 64;
+
 inline Status matmul_many_one_token(std::span<const MatmulOut> outs, const float* x, MatmulScratch& scratch,
                                     const ParallelFor& par) {
-  constexpr int kMaxOuts = 16;
+  constexpr size_t kMaxOuts = kMatmulManyMaxOuts;
   int slot[kMaxOuts];
   ActFormat formats[kMaxOuts];
   int n_formats = 0;
@@ -528,7 +531,7 @@ inline Status matmul_many(std::span<const MatmulOut> outs, const float* x, int64
     if (n > 0 && o.w.rows > 0 && !x) return detail::named(make_error(Errc::invalid_argument, "matmul: null pointer"), o.name);
   }
   if (n == 0 || outs.empty()) return {};
-  if (n == 1 && par.n_threads > 1 && outs.size() <= 16) return detail::matmul_many_one_token(outs, x, scratch, par);
+  if (n == 1 && par.n_threads > 1 && outs.size() <= detail::kMatmulManyMaxOuts) return detail::matmul_many_one_token(outs, x, scratch, par);
   for (size_t j = 0; j < outs.size(); ++j) {
     const detail::ActFormat fmt = detail::act_format_for(outs[j].w.type);
     bool seen = false;  // an earlier output of this format did them all

@@ -34,7 +34,6 @@
 
 #include "core.hpp"
 #include "kernels.hpp"
-#include "matmul_many_tmp.hpp"
 #include "model.hpp"
 #include "ops.hpp"
 #include "quant.hpp"

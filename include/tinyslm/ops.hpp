@@ -252,7 +252,7 @@ TINYSLM_OPS_INLINE double sum_squares_body(const float* x, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
     for (int l = 0; l < 16; ++l) acc[l] += static_cast<double>(x[i + l]) * static_cast<double>(x[i + l]);
-  for (int l = 0; i < n; ++i, ++l) acc[l] += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+  for (int l = 0; l < 16 && i < n; ++i, ++l) acc[l] += static_cast<double>(x[i]) * static_cast<double>(x[i]);
   for (int w = 8; w >= 1; w /= 2)
     for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
   return acc[0];
