@@ -316,3 +316,132 @@ TEST_CASE("family table: every kind has its own name, renders, and detection kee
   CHECK(ChatTemplate::from_string("[INST][AVAILABLE_TOOLS]").kind() == K::mistral_v3);
   CHECK(ChatTemplate::from_string("mistral").kind() == K::llama2);
 }
+
+namespace {
+// The 2026 families on conversations the golden prompts do not cover (thinking off, reasoning
+// in past turns, tool results, consecutive replies, odd roles). Expected texts are Python
+// jinja2's renderings of each file's own template (transformers convention), minus the BOS
+// text where the tokenizer adds BOS; nullptr where the template raises an exception.
+struct FamilyCase {
+  const char* family;
+  const char* id;
+  bool enable_thinking;
+  std::vector<ChatMessage> messages;
+  const char* expected;
+};
+// SmolLM3's default /think instructions (stand in for @DEFAULT@ below).
+const char* const smollm3_default_think =
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Your role as an assistant involves thoroughly exploring questions through a systematic thinking process before providing the final precise and accurate solutions. This requires engaging in a comprehensive cycle of analysis, summarizing, exploration, reassessment, reflection, backtracking, and iteration to develop well-considered thinking process. Please structure your response into two main sections: Thought and Solution using the specified format: <think> Thought section </think> Solution section. In the Thought section, detail your reasoning process in steps. Each step should include detailed considerations such as analysing questions, summarizing relevant findings, brainstorming new ideas, verifying the accuracy of the current steps, refining any errors, and revisiting previous steps. In the Solution section, based on various attempts, explorations, and reflections from the Thought section, systematically present the final solution that you deem correct. The Solution section should be logical, accurate, and concise and detail necessary steps needed to reach the conclusion.";
+const FamilyCase family_cases[] = {
+    {"qwen35", "think_history", true, {{"system", "  Be brief. \n"}, {"user", " Hi "}, {"assistant", "<think>\nhmm\n</think>\n\nHello!"}, {"user", "Again"}, {"assistant", "<think>ok</think>Sure."}},
+     "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n<think>\nok\n</think>\n\nSure.<|im_end|>\n<|im_start|>assistant\n<think>\n"},
+    {"qwen35", "no_think", false, {{"user", "Hi"}, {"assistant", "Hello"}, {"user", "Bye"}},
+     "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"},
+    {"qwen35", "tools", true, {{"user", "Weather?"}, {"assistant", "Calling."}, {"tool", "{\"t\": 20}"}, {"tool", "{\"h\": 5}"}, {"assistant", "It is 20."}},
+     "<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nCalling.<|im_end|>\n<|im_start|>user\n<tool_response>\n{\"t\": 20}\n</tool_response>\n<tool_response>\n{\"h\": 5}\n</tool_response><|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nIt is 20.<|im_end|>\n<|im_start|>assistant\n<think>\n"},
+    {"qwen35", "tool_first", true, {{"tool", "r"}, {"user", "q"}},
+     "\n<tool_response>\nr\n</tool_response><|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n<think>\n"},
+    {"qwen35", "think_cmd", true, {{"system", "Reply fast /no_think"}, {"user", "x"}},
+     "<|im_start|>system\nReply fast /no_think<|im_end|>\n<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n<think>\n"},
+    {"qwen35", "think_cmd2", false, {{"system", "/think"}, {"user", "x"}},
+     "<|im_start|>system\n/think<|im_end|>\n<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"},
+    {"qwen35", "two_assistants", true, {{"user", "a"}, {"assistant", "b"}, {"assistant", "<|channel>thought\nzz<channel|> c "}, {"user", "d"}},
+     "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n<|im_start|>assistant\n<|channel>thought\nzz<channel|> c<|im_end|>\n<|im_start|>user\nd<|im_end|>\n<|im_start|>assistant\n<think>\n"},
+    {"qwen35", "developer", false, {{"developer", " dev "}, {"user", "u"}},
+     nullptr},
+    {"qwen35", "empty_system", true, {{"system", ""}, {"user", "u"}},
+     "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\n<think>\n"},
+    {"qwen35", "late_system", true, {{"user", "u"}, {"system", "s"}},
+     nullptr},
+    {"gemma4", "think_history", true, {{"system", "  Be brief. \n"}, {"user", " Hi "}, {"assistant", "<think>\nhmm\n</think>\n\nHello!"}, {"user", "Again"}, {"assistant", "<think>ok</think>Sure."}},
+     "<|turn>system\n<|think|>\nBe brief.<turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\n<think>\nhmm\n</think>\n\nHello!<turn|>\n<|turn>user\nAgain<turn|>\n<|turn>model\n<think>ok</think>Sure.<turn|>\n<|turn>model\n"},
+    {"gemma4", "no_think", false, {{"user", "Hi"}, {"assistant", "Hello"}, {"user", "Bye"}},
+     "<|turn>user\nHi<turn|>\n<|turn>model\nHello<turn|>\n<|turn>user\nBye<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"},
+    {"gemma4", "tools", true, {{"user", "Weather?"}, {"assistant", "Calling."}, {"tool", "{\"t\": 20}"}, {"tool", "{\"h\": 5}"}, {"assistant", "It is 20."}},
+     "<|turn>system\n<|think|>\n<turn|>\n<|turn>user\nWeather?<turn|>\n<|turn>model\nCalling.<turn|>\nIt is 20.<turn|>\n<|turn>model\n"},
+    {"gemma4", "tool_first", true, {{"tool", "r"}, {"user", "q"}},
+     "<|turn>system\n<|think|>\n<turn|>\n<|turn>user\nq<turn|>\n<|turn>model\n"},
+    {"gemma4", "think_cmd", true, {{"system", "Reply fast /no_think"}, {"user", "x"}},
+     "<|turn>system\n<|think|>\nReply fast /no_think<turn|>\n<|turn>user\nx<turn|>\n<|turn>model\n"},
+    {"gemma4", "think_cmd2", false, {{"system", "/think"}, {"user", "x"}},
+     "<|turn>system\n/think<turn|>\n<|turn>user\nx<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"},
+    {"gemma4", "two_assistants", true, {{"user", "a"}, {"assistant", "b"}, {"assistant", "<|channel>thought\nzz<channel|> c "}, {"user", "d"}},
+     "<|turn>system\n<|think|>\n<turn|>\n<|turn>user\na<turn|>\n<|turn>model\nb<turn|>\nc<turn|>\n<|turn>user\nd<turn|>\n<|turn>model\n"},
+    {"gemma4", "developer", false, {{"developer", " dev "}, {"user", "u"}},
+     "<|turn>system\ndev<turn|>\n<|turn>user\nu<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"},
+    {"gemma4", "empty_system", true, {{"system", ""}, {"user", "u"}},
+     "<|turn>system\n<|think|>\n<turn|>\n<|turn>user\nu<turn|>\n<|turn>model\n"},
+    {"gemma4", "late_system", true, {{"user", "u"}, {"system", "s"}},
+     "<|turn>system\n<|think|>\n<turn|>\n<|turn>user\nu<turn|>\n<|turn>system\ns<turn|>\n<|turn>model\n"},
+    {"lfm2", "think_history", true, {{"system", "  Be brief. \n"}, {"user", " Hi "}, {"assistant", "<think>\nhmm\n</think>\n\nHello!"}, {"user", "Again"}, {"assistant", "<think>ok</think>Sure."}},
+     "<|im_start|>system\n  Be brief. \n<|im_end|>\n<|im_start|>user\n Hi <|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n<think>ok</think>Sure.<|im_end|>\n<|im_start|>assistant\n"},
+    {"lfm2", "no_think", false, {{"user", "Hi"}, {"assistant", "Hello"}, {"user", "Bye"}},
+     "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"},
+    {"lfm2", "tools", true, {{"user", "Weather?"}, {"assistant", "Calling."}, {"tool", "{\"t\": 20}"}, {"tool", "{\"h\": 5}"}, {"assistant", "It is 20."}},
+     "<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\nCalling.<|im_end|>\n<|im_start|>tool\n{\"t\": 20}<|im_end|>\n<|im_start|>tool\n{\"h\": 5}<|im_end|>\n<|im_start|>assistant\nIt is 20.<|im_end|>\n<|im_start|>assistant\n"},
+    {"lfm2", "tool_first", true, {{"tool", "r"}, {"user", "q"}},
+     "<|im_start|>tool\nr<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"},
+    {"lfm2", "think_cmd", true, {{"system", "Reply fast /no_think"}, {"user", "x"}},
+     "<|im_start|>system\nReply fast /no_think<|im_end|>\n<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n"},
+    {"lfm2", "think_cmd2", false, {{"system", "/think"}, {"user", "x"}},
+     "<|im_start|>system\n/think<|im_end|>\n<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n"},
+    {"lfm2", "two_assistants", true, {{"user", "a"}, {"assistant", "b"}, {"assistant", "<|channel>thought\nzz<channel|> c "}, {"user", "d"}},
+     "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n<|im_start|>assistant\n<|channel>thought\nzz<channel|> c <|im_end|>\n<|im_start|>user\nd<|im_end|>\n<|im_start|>assistant\n"},
+    {"lfm2", "developer", false, {{"developer", " dev "}, {"user", "u"}},
+     "<|im_start|>developer\n dev <|im_end|>\n<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\n"},
+    {"lfm2", "empty_system", true, {{"system", ""}, {"user", "u"}},
+     "<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\n"},
+    {"lfm2", "late_system", true, {{"user", "u"}, {"system", "s"}},
+     "<|im_start|>user\nu<|im_end|>\n<|im_start|>system\ns<|im_end|>\n<|im_start|>assistant\n"},
+    {"smollm3", "think_history", true, {{"system", "  Be brief. \n"}, {"user", " Hi "}, {"assistant", "<think>\nhmm\n</think>\n\nHello!"}, {"user", "Again"}, {"assistant", "<think>ok</think>Sure."}},
+     "<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: /think\n\n## Custom Instructions\n\n  Be brief.\n\n<|im_end|>\n<|im_start|>user\n Hi <|im_end|>\n<|im_start|>assistant\n<think>\nhmm\n</think>\n\nHello!<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n<think>ok</think>Sure.<|im_end|>\n<|im_start|>assistant\n"},
+    {"smollm3", "no_think", false, {{"user", "Hi"}, {"assistant", "Hello"}, {"user", "Bye"}},
+     "<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: /no_think\n\n## Custom Instructions\n\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face.\n\n<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\nHello<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n"},
+    {"smollm3", "tools", true, {{"user", "Weather?"}, {"assistant", "Calling."}, {"tool", "{\"t\": 20}"}, {"tool", "{\"h\": 5}"}, {"assistant", "It is 20."}},
+     "<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: /think\n\n## Custom Instructions\n\n@DEFAULT@\n\n<|im_end|>\n<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\nCalling.<|im_end|>\n<|im_start|>user\n{\"t\": 20}<|im_end|>\n<|im_start|>user\n{\"h\": 5}<|im_end|>\n<|im_start|>assistant\nIt is 20.<|im_end|>\n<|im_start|>assistant\n"},
+    {"smollm3", "tool_first", true, {{"tool", "r"}, {"user", "q"}},
+     "<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: /think\n\n## Custom Instructions\n\n@DEFAULT@\n\n<|im_end|>\n<|im_start|>user\nr<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"},
+    {"smollm3", "think_cmd", true, {{"system", "Reply fast /no_think"}, {"user", "x"}},
+     "<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: /no_think\n\n## Custom Instructions\n\nReply fast\n\n<|im_end|>\n<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n"},
+    {"smollm3", "think_cmd2", false, {{"system", "/think"}, {"user", "x"}},
+     "<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: /think\n\n## Custom Instructions\n\n@DEFAULT@\n\n<|im_end|>\n<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n"},
+    {"smollm3", "two_assistants", true, {{"user", "a"}, {"assistant", "b"}, {"assistant", "<|channel>thought\nzz<channel|> c "}, {"user", "d"}},
+     "<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: /think\n\n## Custom Instructions\n\n@DEFAULT@\n\n<|im_end|>\n<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n<|im_start|>assistant\n<|channel>thought\nzz<channel|> c <|im_end|>\n<|im_start|>user\nd<|im_end|>\n<|im_start|>assistant\n"},
+    {"smollm3", "developer", false, {{"developer", " dev "}, {"user", "u"}},
+     "<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: /no_think\n\n## Custom Instructions\n\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face.\n\n<|im_end|>\n<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n"},
+    {"smollm3", "empty_system", true, {{"system", ""}, {"user", "u"}},
+     "<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: /think\n\n## Custom Instructions\n\n@DEFAULT@\n\n<|im_end|>\n<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\n"},
+    {"smollm3", "late_system", true, {{"user", "u"}, {"system", "s"}},
+     "<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: /think\n\n## Custom Instructions\n\n@DEFAULT@\n\n<|im_end|>\n<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\n"},
+};
+}  // namespace
+
+TEST_CASE("2026 chat families: Qwen3.5, Gemma 4, LFM2.5 and SmolLM3 render as their templates do") {
+  for (const FamilyCase& c : family_cases) {
+    const std::string path = find_model(std::string("syn-") + c.family + "-F32.gguf");
+    if (path.empty()) continue;
+    CAPTURE(c.family);
+    CAPTURE(c.id);
+    auto f = tinyslm::GgufFile::open(path);
+    REQUIRE(f);
+    auto tok = Tokenizer::from_gguf(*f);
+    REQUIRE(tok);
+    ChatTemplate tmpl = ChatTemplate::from_gguf(*f, *tok);
+    tmpl.set_enable_thinking(c.enable_thinking);
+    auto text = tmpl.apply(c.messages, true);
+    if (!c.expected) {
+      CHECK(!text);
+      continue;
+    }
+    REQUIRE(text);
+    std::string want = c.expected;
+    if (size_t p = want.find("@DEFAULT@"); p != std::string::npos) want.replace(p, 9, smollm3_default_think);
+    CHECK(*text == want);
+  }
+  using K = ChatTemplate::Kind;
+  CHECK(ChatTemplate::from_string("<|im_start|>{{- '<think>\\n' }}<think>").kind() == K::qwen35);
+  CHECK(ChatTemplate::from_string("<|im_start|>## Metadata\nReasoning Mode: enable_thinking").kind() == K::smollm3);
+  CHECK(ChatTemplate::from_string("{{- bos_token -}}<|im_start|>keep_past_thinking").kind() == K::lfm2);
+  CHECK(ChatTemplate::from_string("<|turn>user<turn|>").kind() == K::gemma4);
+  CHECK(ChatTemplate::from_string("<|im_start|><think>enable_thinking").kind() == K::qwen3);
+}

@@ -517,3 +517,44 @@ TEST_CASE("per-model defaults: BOS/EOS/UNK ids and flags of llama, bert and gpt2
   CHECK((bpe->bos() == 11 && bpe->eos() == 11 && bpe->unk() == Tokenizer::no_token));
   CHECK((!bpe->add_bos() && !bpe->add_space_prefix()));
 }
+
+TEST_CASE("qwen35 pre-tokenizer: combining marks stay inside letter runs (qwen2 splits them off)") {
+  using tinyslm::detail::PreTokenizer;
+  auto words = [](PreTokenizer pre, std::vector<uint32_t> cps) {
+    std::vector<uint8_t> flags;
+    for (uint32_t c : cps) flags.push_back(tinyslm::detail::unicode_flags(c));
+    std::vector<size_t> w, scratch;
+    tinyslm::detail::pre_tokenize(pre, cps.data(), flags.data(), cps.size(), w, scratch);
+    return w;
+  };
+  // "cafe" + U+0301 (combining acute) + "!"
+  const std::vector<uint32_t> cafe = {'c', 'a', 'f', 'e', 0x301, '!'};
+  CHECK(words(PreTokenizer::qwen2, cafe) == std::vector<size_t>{4, 2});
+  CHECK(words(PreTokenizer::qwen35, cafe) == std::vector<size_t>{5, 1});
+  // A mark after a space opens a letter run that takes the space as its prefix.
+  const std::vector<uint32_t> mark_first = {' ', 0x301, 'a', '1', '2'};
+  CHECK(words(PreTokenizer::qwen2, mark_first) == std::vector<size_t>{2, 1, 1, 1});
+  CHECK(words(PreTokenizer::qwen35, mark_first) == std::vector<size_t>{3, 1, 1});
+  const auto* p = tinyslm::detail::find_pre_tokenizer("qwen35");
+  REQUIRE(p);
+  CHECK((p->pre == PreTokenizer::qwen35 && !p->flags.clean_spaces && !p->flags.ignore_merges));
+}
+
+TEST_CASE("gemma4 vocabulary: '</s>' is plain text when '<|tool_response>' ends generation") {
+  const Tokenizer* t = tokenizer_for("syn-gemma4-F32.gguf");
+  if (!t) return;
+  const int32_t s_end = t->find_token("</s>"), turn_end = t->find_token("<turn|>");
+  REQUIRE(s_end >= 0);
+  REQUIRE(turn_end >= 0);
+  CHECK(!t->is_eog(s_end));
+  CHECK(t->is_eog(turn_end));
+  CHECK(t->is_eog(t->find_token("<|tool_response>")));
+  auto ids = t->encode("</s><turn|>", false, true);
+  REQUIRE(ids);
+  CHECK(ids->back() == turn_end);
+  CHECK(std::find(ids->begin(), ids->end(), s_end) == ids->end());
+  // Without Gemma 4's tool-response token "</s>" stays an end-of-generation token.
+  const Tokenizer* llama = tokenizer_for("ggml-vocab-llama-spm.gguf");
+  REQUIRE(llama);
+  CHECK(llama->is_eog(llama->find_token("</s>")));
+}

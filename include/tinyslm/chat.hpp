@@ -4,9 +4,9 @@
 // not run Jinja: it recognises the common families from markers in that text and renders them
 // with hand-written code that produces the same bytes llama.cpp's Jinja engine renders for the
 // family's published templates (checked against llama.cpp's output in the tests). Families:
-// chatml (and its Qwen2.5 / SmolLM variants with a default system prompt), Qwen3, Llama 2,
-// Mistral v1/v3/v3-tekken/v7, Llama 3 and 3.1+, Gemma 2/3, Phi-3 / Phi-3.5, Phi-4, Zephyr,
-// DeepSeek (coder, V2, V3), Command-R, Falcon 3.
+// chatml (and its Qwen2.5 / SmolLM variants with a default system prompt), Qwen3, Qwen3.5,
+// SmolLM3, LFM2.5, Llama 2, Mistral v1/v3/v3-tekken/v7, Llama 3 and 3.1+, Gemma 2/3, Gemma 4,
+// Phi-3 / Phi-3.5, Phi-4, Zephyr, DeepSeek (coder, V2, V3), Command-R, Falcon 3.
 //
 // A model without a template gets Kind::none and is rendered as chatml, as llama.cpp does; a
 // template that is not recognised gives Kind::unknown and apply() fails with Errc::unsupported
@@ -44,6 +44,9 @@ class ChatTemplate {
     custom,     // a caller-supplied function
     chatml,     // <|im_start|>role\n...<|im_end|>\n (with the template's default system prompt, if any)
     qwen3,      // chatml with <think> handling of assistant turns
+    qwen35,     // Qwen3.5: qwen3 with trimmed turns, every late assistant turn in <think>, "<think>\n" opened
+    smollm3,    // chatml with a "## Metadata" system block (reasoning mode, default instructions)
+    lfm2,       // LFM2.5: bos_token, chatml, reasoning dropped from all but the last assistant turn
     llama2,     // [INST] ... [/INST] (variants: with <<SYS>>, with BOS inside history, stripped)
     mistral_v1,
     mistral_v3,
@@ -52,6 +55,7 @@ class ChatTemplate {
     llama3,     // <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>
     llama3_1,   // Llama 3.1 / 3.2: system header with "Cutting Knowledge Date" and today's date
     gemma,      // <start_of_turn>user / model ... <end_of_turn>
+    gemma4,     // <|turn>user / model ... <turn|> (thinking switched on in the system turn)
     phi3,       // <|role|>\n...<|end|>\n (Phi-3.5: system turns; Phi-3-mini: no system role)
     phi4,       // <|im_start|>role<|im_sep|>...<|im_end|>
     zephyr,     // <|role|>\n...<|endoftext|>\n
@@ -91,7 +95,9 @@ class ChatTemplate {
   // Llama 3.1+: the "Today Date" line. Default "26 Jul 2024", the date the template itself
   // falls back to; llama.cpp uses the current date when its Jinja engine runs the template.
   void set_date_string(std::string d) { date_ = std::move(d); }
-  // Qwen3: false adds an empty <think></think> block to the generation prompt.
+  // The templates' enable_thinking (default true). Qwen3 / Qwen3.5: false adds an empty
+  // <think></think> block to the generation prompt; SmolLM3: reasoning mode /no_think;
+  // Gemma 4: no <|think|> system turn, an empty thought channel opens the reply.
   void set_enable_thinking(bool on) { enable_thinking_ = on; }
 
   Expected<std::string> apply(std::span<const ChatMessage> messages, bool add_generation_prompt) const;
@@ -126,6 +132,7 @@ class ChatTemplate {
   bool zephyr_eos_ = false;        // turns end with eos_token rather than <|endoftext|>
   bool llama2_official_ = false;   // Llama-2-chat: BOS before each [INST], spaces around replies
   std::string default_system_;     // chatml variants: system prompt used when none is given
+  std::string default_system_no_think_;  // SmolLM3: the one used in /no_think mode
   std::string date_ = "26 Jul 2024";
   bool enable_thinking_ = true;
   Function fn_;
@@ -133,6 +140,10 @@ class ChatTemplate {
   Expected<std::string> render(std::span<const ChatMessage> m, bool gen) const;
   Status render_chatml(std::string& o, std::span<const ChatMessage> m, bool gen) const;
   Status render_qwen3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_qwen35(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_smollm3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_lfm2(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_gemma4(std::string& o, std::span<const ChatMessage> m, bool gen) const;
   Status render_phi4(std::string& o, std::span<const ChatMessage> m, bool gen) const;
   Status render_llama2(std::string& o, std::span<const ChatMessage> m, bool gen) const;
   Status render_llama2_official(std::string& o, std::span<const ChatMessage> m) const;
@@ -238,6 +249,58 @@ inline void qwen3_split_reasoning(const std::string& message, std::string& conte
   content = after;
 }
 
+// Qwen3.5: the index of the last user turn whose trimmed text is not a wrapped tool
+// response; npos when there is none (the template refuses such a conversation).
+inline size_t qwen35_last_query(std::span<const ChatMessage> msgs) {
+  for (size_t i = msgs.size(); i-- > 0;) {
+    if (msgs[i].role != "user") continue;
+    const std::string c = chat_trim(msgs[i].content);
+    if (!(c.starts_with("<tool_response>") && c.ends_with("</tool_response>"))) return i;
+  }
+  return std::string::npos;
+}
+
+// The Jinja string literal whose opening quote is at t[q] (either quote), with its \n, \t,
+// \" and \\ escapes read; "" when t[q] is not a quote.
+inline std::string jinja_string_literal(std::string_view t, size_t q) {
+  std::string out;
+  if (q >= t.size() || (t[q] != '"' && t[q] != '\'')) return out;
+  const char quote = t[q];
+  for (size_t i = q + 1; i < t.size() && t[i] != quote; ++i) {
+    if (t[i] != '\\' || i + 1 >= t.size()) {
+      out.push_back(t[i]);
+      continue;
+    }
+    const char e = t[++i];
+    out.push_back(e == 'n' ? '\n' : e == 't' ? '\t' : e);
+  }
+  return out;
+}
+
+// SmolLM3: the template's default instructions, the long /think one first, then the short
+// /no_think one (both literals start with the assistant's introduction).
+inline void smollm3_default_systems(std::string_view t, std::string& think, std::string& no_think) {
+  const std::string_view intro = "You are a helpful AI assistant named SmolLM";
+  const size_t a = t.find(intro);
+  if (a == std::string_view::npos || a == 0) return;
+  think = jinja_string_literal(t, a - 1);
+  const size_t b = t.find(intro, a + intro.size());
+  if (b != std::string_view::npos) no_think = jinja_string_literal(t, b - 1);
+}
+
+// Gemma 4: a model turn without its thought channels (<|channel>...<channel|>), trimmed.
+inline std::string gemma4_strip_thinking(std::string_view text) {
+  std::string out;
+  for (size_t pos = 0;;) {
+    const size_t close = text.find("<channel|>", pos);
+    std::string_view part = text.substr(pos, close == std::string_view::npos ? std::string_view::npos : close - pos);
+    out += part.substr(0, part.find("<|channel>"));
+    if (close == std::string_view::npos) break;
+    pos = close + 10;
+  }
+  return chat_trim(out);
+}
+
 }  // namespace detail
 
 // The families in detection order: the markers llama.cpp's llm_chat_detect_template looks
@@ -250,6 +313,14 @@ inline std::span<const ChatTemplate::Family> ChatTemplate::families() {
   static constexpr Family table[] = {
       {Kind::phi4, "phi4", [](SV s) { return chat_contains_all(s, {"<|im_start|>", "<|im_sep|>"}); }, nullptr,
        &ChatTemplate::render_phi4},
+      {Kind::qwen35, "qwen3.5", [](SV s) { return chat_contains_all(s, {"<|im_start|>", "'<think>\\n'"}); }, nullptr,
+       &ChatTemplate::render_qwen35},
+      {Kind::smollm3, "smollm3",
+       [](SV s) { return chat_contains_all(s, {"<|im_start|>", "## Metadata", "Reasoning Mode: "}); },
+       [](ChatTemplate& t, SV s) { detail::smollm3_default_systems(s, t.default_system_, t.default_system_no_think_); },
+       &ChatTemplate::render_smollm3},
+      {Kind::lfm2, "lfm2", [](SV s) { return chat_contains_all(s, {"<|im_start|>", "keep_past_thinking"}); }, nullptr,
+       &ChatTemplate::render_lfm2},
       {Kind::qwen3, "qwen3",
        [](SV s) {
          return chat_contains(s, "<|im_start|>") && (chat_contains(s, "<think>") || chat_contains(s, "enable_thinking") ||
@@ -295,6 +366,9 @@ inline std::span<const ChatTemplate::Family> ChatTemplate::families() {
                 (chat_contains(s, "<|endoftext|>") || chat_contains_all(s, {"<|assistant|>", "eos_token"}));
        },
        [](ChatTemplate& t, SV s) { t.zephyr_eos_ = !chat_contains(s, "<|endoftext|>"); }, &ChatTemplate::render_zephyr},
+      // Gemma 4 writes bos_token after its macro definitions, not first.
+      {Kind::gemma4, "gemma4", [](SV s) { return chat_contains_all(s, {"<|turn>", "<turn|>"}); },
+       [](ChatTemplate& t, SV) { t.template_bos_ = true; }, &ChatTemplate::render_gemma4},
       {Kind::gemma, "gemma", [](SV s) { return chat_contains(s, "<start_of_turn>"); },
        [](ChatTemplate& t, SV s) { t.gemma_system_ = chat_contains(s, "first_user_prefix"); }, &ChatTemplate::render_gemma},
       {Kind::deepseek, "deepseek", [](SV s) { return chat_contains_all(s, {"### Instruction:", "<|EOT|>"}); }, nullptr,
@@ -457,6 +531,137 @@ inline Status ChatTemplate::render_qwen3(std::string& o, std::span<const ChatMes
   if (gen) {
     o += "<|im_start|>assistant\n";
     if (!enable_thinking_) o += "<think>\n\n</think>\n\n";
+  }
+  return {};
+}
+
+inline Status ChatTemplate::render_qwen35(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  using detail::chat_trim;
+  if (msgs.empty()) return make_error(Errc::invalid_argument, "qwen3.5 chat template: no messages");
+  const size_t last_query = detail::qwen35_last_query(msgs);
+  if (last_query == std::string::npos)
+    return make_error(Errc::invalid_argument, "qwen3.5 chat template: no user query in the messages");
+  if (msgs[0].role == "system") o += "<|im_start|>system\n" + chat_trim(msgs[0].content) + "<|im_end|>\n";
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    const ChatMessage& m = msgs[i];
+    const std::string text = chat_trim(m.content);
+    const bool is_last = i + 1 == msgs.size();
+    if (m.role == "system") {
+      if (i != 0) return make_error(Errc::invalid_argument, "qwen3.5 chat template: system message not first");
+    } else if (m.role == "user") {
+      o += "<|im_start|>user\n" + text + "<|im_end|>\n";
+    } else if (m.role == "assistant") {
+      std::string content, reasoning;
+      detail::qwen3_split_reasoning(text, content, reasoning);
+      // Every assistant turn after the last query shows its (possibly empty) reasoning.
+      if (i > last_query)
+        o += "<|im_start|>assistant\n<think>\n" + chat_trim(reasoning) + "\n</think>\n\n" + content;
+      else
+        o += "<|im_start|>assistant\n" + content;
+      o += "<|im_end|>\n";
+    } else if (m.role == "tool") {
+      // Consecutive tool results share one user turn; the template opens none for a
+      // conversation that starts with a tool result.
+      if (i > 0 && msgs[i - 1].role != "tool") o += "<|im_start|>user";
+      o += "\n<tool_response>\n" + text + "\n</tool_response>";
+      if (is_last || msgs[i + 1].role != "tool") o += "<|im_end|>\n";
+    } else {
+      return make_error(Errc::invalid_argument, "qwen3.5 chat template: unexpected role '" + m.role + "'");
+    }
+  }
+  if (gen) o += enable_thinking_ ? "<|im_start|>assistant\n<think>\n" : "<|im_start|>assistant\n<think>\n\n</think>\n\n";
+  return {};
+}
+
+// SmolLM3: a system turn of metadata and instructions always comes first; "/think" or
+// "/no_think" in the system message overrides enable_thinking and is taken out of it.
+inline Status ChatTemplate::render_smollm3(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  bool think = enable_thinking_;
+  std::string custom;
+  if (!msgs.empty() && msgs[0].role == "system") {
+    custom = msgs[0].content;
+    if (detail::chat_contains(custom, "/no_think"))
+      think = false;
+    else if (detail::chat_contains(custom, "/think"))
+      think = true;
+    for (std::string_view tag : {std::string_view("/no_think"), std::string_view("/think")})
+      for (size_t p = custom.find(tag); p != std::string::npos; p = custom.find(tag, p)) custom.erase(p, tag.size());
+    while (!custom.empty() && std::string_view(" \t\n\r\v\f").find(custom.back()) != std::string_view::npos)
+      custom.pop_back();
+  }
+  o += "<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: ";
+  o += think ? "/think\n\n" : "/no_think\n\n";
+  o += "## Custom Instructions\n\n";
+  if (!custom.empty())
+    o += custom + "\n\n";
+  else
+    o += think ? default_system_ : default_system_no_think_;
+  o += "<|im_end|>\n";
+  const std::string empty_think = think ? "" : "<think>\n\n</think>\n";
+  for (const auto& m : msgs) {
+    if (m.role == "user") {
+      o += "<|im_start|>user\n" + m.content + "<|im_end|>\n";
+    } else if (m.role == "assistant") {
+      const size_t b = m.content.find_first_not_of('\n');
+      o += "<|im_start|>assistant\n" + empty_think + (b == std::string::npos ? "" : m.content.substr(b)) + "<|im_end|>\n";
+    } else if (m.role == "tool") {
+      o += "<|im_start|>user\n" + m.content + "<|im_end|>\n";
+    }
+  }
+  if (gen) o += "<|im_start|>assistant\n" + empty_think;
+  return {};
+}
+
+// LFM2.5: reasoning is kept only in the last assistant turn.
+inline Status ChatTemplate::render_lfm2(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  size_t first = 0;
+  if (!msgs.empty() && msgs[0].role == "system") {
+    if (!msgs[0].content.empty()) o += "<|im_start|>system\n" + msgs[0].content + "<|im_end|>\n";
+    first = 1;
+  }
+  size_t last_assistant = std::string::npos;
+  for (size_t i = first; i < msgs.size(); ++i)
+    if (msgs[i].role == "assistant") last_assistant = i;
+  for (size_t i = first; i < msgs.size(); ++i) {
+    const ChatMessage& m = msgs[i];
+    std::string content = m.content;
+    if (m.role == "assistant" && i != last_assistant) {
+      const size_t close = content.rfind("</think>");
+      if (close != std::string::npos) content = detail::chat_trim(std::string_view(content).substr(close + 8));
+    }
+    o += "<|im_start|>" + m.role + "\n" + content + "<|im_end|>\n";
+  }
+  if (gen) o += "<|im_start|>assistant\n";
+  return {};
+}
+
+// Gemma 4: thinking is switched on by <|think|> at the top of the system turn (written
+// even without a system message); assistant turns lose their thought channels; tool
+// results are only shown through tool calls, which ChatMessage does not carry.
+inline Status ChatTemplate::render_gemma4(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  size_t first = 0;
+  const bool system = !msgs.empty() && (msgs[0].role == "system" || msgs[0].role == "developer");
+  if (enable_thinking_ || system) {
+    o += "<|turn>system\n";
+    if (enable_thinking_) o += "<|think|>\n";
+    if (system) o += detail::chat_trim(msgs[first++].content);
+    o += "<turn|>\n";
+  }
+  bool prev_assistant = false;  // the previous message that is not a tool result
+  for (size_t i = first; i < msgs.size(); ++i) {
+    const ChatMessage& m = msgs[i];
+    if (m.role == "tool") continue;
+    const bool model = m.role == "assistant";
+    // An assistant message right after another continues the same model turn.
+    if (!(model && prev_assistant))
+      o += "<|turn>" + (model ? std::string("model") : m.role) + "\n";
+    o += model ? detail::gemma4_strip_thinking(m.content) : detail::chat_trim(m.content);
+    o += "<turn|>\n";
+    prev_assistant = model;
+  }
+  if (gen) {
+    o += "<|turn>model\n";
+    if (!enable_thinking_) o += "<|channel>thought\n<channel|>";
   }
   return {};
 }

@@ -270,6 +270,7 @@ enum class PreTokenizer {
   gpt2,            // gpt-2, mpt, olmo, ...: the GPT-2 regex alone
   llama3,          // llama3 / llama-bpe, dbrx, smaug
   qwen2,           // qwen2, deepseek-r1-qwen, stablelm2, ...
+  qwen35,          // qwen2's rule with combining marks kept inside letter runs
   deepseek_llm,
   deepseek_coder,
   falcon,
@@ -350,7 +351,10 @@ inline void split_gpt2(const CpView& v, std::vector<size_t>& out) {
 
 // (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}|
 //  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
-inline void split_llama3(const CpView& v, std::vector<size_t>& out, size_t max_digits) {
+// With `marks`, \p{L} reads [\p{L}\p{M}] in the letter run and in the punctuation run's
+// exclusion (Qwen3.5), so a combining accent stays with its letter.
+inline void split_llama3(const CpView& v, std::vector<size_t>& out, size_t max_digits, bool marks = false) {
+  auto letter = [marks](uint8_t fl) { return uis_letter(fl) || (marks && uclass(fl) == ucls_mark); };
   size_t prev = v.begin;
   auto emit = [&](size_t e) {
     if (e > prev) out.push_back(e - prev);
@@ -365,9 +369,9 @@ inline void split_llama3(const CpView& v, std::vector<size_t>& out, size_t max_d
       continue;
     }
     if (!(c == '\r' || c == '\n' || uis_number(f))) {
-      if (uis_letter(f) || uis_letter(v.fl(pos + 1))) {
+      if (letter(f) || letter(v.fl(pos + 1))) {
         ++pos;
-        while (uis_letter(v.fl(pos))) ++pos;
+        while (letter(v.fl(pos))) ++pos;
         emit(pos);
         continue;
       }
@@ -384,9 +388,9 @@ inline void split_llama3(const CpView& v, std::vector<size_t>& out, size_t max_d
       continue;
     }
     uint8_t f2 = (c == ' ') ? v.fl(pos + 1) : f;
-    if (!uis_space(f2) && !uis_letter(f2) && !uis_number(f2) && f != 0) {
+    if (!uis_space(f2) && !letter(f2) && !uis_number(f2) && f != 0) {
       pos += (c == ' ');
-      while (v.fl(pos) != 0 && !uis_space(v.fl(pos)) && !uis_letter(v.fl(pos)) && !uis_number(v.fl(pos))) ++pos;
+      while (v.fl(pos) != 0 && !uis_space(v.fl(pos)) && !letter(v.fl(pos)) && !uis_number(v.fl(pos))) ++pos;
       while (v.cp(pos) == '\r' || v.cp(pos) == '\n') ++pos;
       emit(pos);
       continue;
@@ -592,7 +596,7 @@ inline void pre_tokenize(PreTokenizer pre, const uint32_t* cps, const uint8_t* f
   words.clear();
   if (n == 0) return;
   words.push_back(n);
-  enum class Stage { rule, gpt2, llama3, qwen2 };
+  enum class Stage { rule, gpt2, llama3, qwen2, qwen35 };
   struct Step {
     Stage stage;
     Rule rule;
@@ -610,6 +614,7 @@ inline void pre_tokenize(PreTokenizer pre, const uint32_t* cps, const uint8_t* f
     case PreTokenizer::gpt2: add(Stage::gpt2); break;
     case PreTokenizer::llama3: add(Stage::llama3); break;
     case PreTokenizer::qwen2: add(Stage::qwen2); break;
+    case PreTokenizer::qwen35: add(Stage::qwen35); break;
     case PreTokenizer::deepseek_llm:
       add(Stage::rule, Rule::newline_char);
       add(Stage::rule, Rule::ds_letters);
@@ -645,6 +650,7 @@ inline void pre_tokenize(PreTokenizer pre, const uint32_t* cps, const uint8_t* f
         case Stage::gpt2: split_gpt2(v, scratch); break;
         case Stage::llama3: split_llama3(v, scratch, 3); break;
         case Stage::qwen2: split_llama3(v, scratch, 1); break;
+        case Stage::qwen35: split_llama3(v, scratch, 1, true); break;
       }
       start += len;
     }
@@ -716,6 +722,7 @@ inline constexpr PreTokenizerInfo pre_tokenizers[] = {
     {"megrez", PreTokenizer::qwen2, {}},
     {"hunyuan", PreTokenizer::qwen2, {.clean_spaces = false}},
     {"solar-open", PreTokenizer::qwen2, {.clean_spaces = false}},
+    {"qwen35", PreTokenizer::qwen35, {.clean_spaces = false}},
 };
 inline const PreTokenizerInfo* find_pre_tokenizer(std::string_view name) {
   for (const PreTokenizerInfo& p : pre_tokenizers)
@@ -1368,6 +1375,14 @@ inline void Tokenizer::build_eog(const detail::AuxTokenIds& aux) {
   }
   std::sort(eog_.begin(), eog_.end());
   eog_.erase(std::unique(eog_.begin(), eog_.end()), eog_.end());
+  // Gemma 4 (and PaddleOCR) keep a "</s>" that is plain text to them: llama.cpp takes it out of
+  // the end-of-generation set and makes it a normal token, so "</s>" in a prompt is not
+  // parsed as a special token even when it is the file's eos.
+  const int32_t tool_response = find_token("<|tool_response>"), s_end = find_token("</s>");
+  if (tool_response >= 0 && s_end >= 0 && is_eog(tool_response) && is_eog(s_end)) {
+    eog_.erase(std::find(eog_.begin(), eog_.end(), s_end));
+    attrs_[s_end] = token_attr_normal;
+  }
 }
 
 // Special tokens matched in text, longest first.
