@@ -540,7 +540,7 @@ TEST_CASE("qwen35 pre-tokenizer: combining marks stay inside letter runs (qwen2 
   CHECK((p->pre == PreTokenizer::qwen35 && !p->flags.clean_spaces && !p->flags.ignore_merges));
 }
 
-TEST_CASE("gemma4 vocabulary: '</s>' is plain text when '<|tool_response>' ends generation") {
+TEST_CASE("gemma4 vocabulary: '</s>' is plain text when '<|tool_response>' ends generation" * doctest::test_suite("shared")) {
   const Tokenizer* t = tokenizer_for("syn-gemma4-F32.gguf");
   if (!t) return;
   const int32_t s_end = t->find_token("</s>"), turn_end = t->find_token("<turn|>");
