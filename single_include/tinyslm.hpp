@@ -13,6 +13,7 @@
 // model sources (memory-mapped file, plain read, caller-owned memory), half-precision
 // conversions and CPU feature detection. Every other layer includes this one.
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -97,13 +98,40 @@
 #define TINYSLM_UNLIKELY(x) (x)
 #endif
 
+// The inline namespace every declaration lives in names the configuration macros that change
+// the layout of types or the bodies of inline functions (threads, Highway, exceptions), so two
+// copies of the library built with different settings in one app do not violate the ODR: their
+// symbols differ (v0, v0_nothreads, v0_hwy_noexcept, ...).
+#if defined(TINYSLM_NO_THREADS)
+#define TINYSLM_ABI_THREADS_ _nothreads
+#else
+#define TINYSLM_ABI_THREADS_
+#endif
+#if defined(TINYSLM_USE_HIGHWAY)
+#define TINYSLM_ABI_HWY_ _hwy
+#else
+#define TINYSLM_ABI_HWY_
+#endif
+#if defined(TINYSLM_NO_EXCEPTIONS)
+#define TINYSLM_ABI_EXC_ _noexcept
+#else
+#define TINYSLM_ABI_EXC_
+#endif
+#define TINYSLM_ABI_CAT_(a, b, c, d) a##b##c##d
+#define TINYSLM_ABI_NAME_(a, b, c, d) TINYSLM_ABI_CAT_(a, b, c, d)
+#define TINYSLM_ABI_NAMESPACE TINYSLM_ABI_NAME_(v0, TINYSLM_ABI_THREADS_, TINYSLM_ABI_HWY_, TINYSLM_ABI_EXC_)
+#define TINYSLM_ABI_STR2_(x) #x
+#define TINYSLM_ABI_STR_(x) TINYSLM_ABI_STR2_(x)
+// The inline namespace's name as a string, e.g. "v0_nothreads".
+#define TINYSLM_ABI_TAG TINYSLM_ABI_STR_(TINYSLM_ABI_NAMESPACE)
+
 #define TINYSLM_TRY(var, expr)                                  \
   auto var##_tinyslm_expected = (expr);                         \
   if (!var##_tinyslm_expected) return var##_tinyslm_expected.error(); \
   auto& var = *var##_tinyslm_expected
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 // ---------------------------------------------------------------------------------------
 // Errors
@@ -905,7 +933,113 @@ inline CpuFeatures detect_cpu_features() {
   return f;
 }
 
-}  // namespace v0
+// ---------------------------------------------------------------------------------------
+// The SIMD path: one resolver for every kernel (matmul, activation quantization, ops).
+//
+// avxvnni: the AVX2 kernels with vpdpbusd on 256-bit vectors. It runs on CPUs with AVX-VNNI
+// (VEX encoding) and, through the EVEX encoding of the same instruction, on CPUs with AVX-512
+// VL + VNNI, where it is never the default (avx512 is faster) but can be forced, which is how
+// it is tested on an AVX-512 machine.
+
+#if defined(TINYSLM_ARCH_X86) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define TINYSLM_SIMD_X86 1  // the AVX2 / AVX-512 kernels are compiled in
+#endif
+#if defined(TINYSLM_ARCH_ARM64) && defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+#define TINYSLM_SIMD_NEON 1
+#endif
+
+enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3, highway = 4, avxvnni = 5 };
+inline constexpr int kSimdLevelCount = 6;
+
+inline const char* simd_level_name(SimdLevel l) {
+  switch (l) {
+    case SimdLevel::scalar: return "scalar";
+    case SimdLevel::avx2: return "avx2";
+    case SimdLevel::avx512: return "avx512";
+    case SimdLevel::neon: return "neon";
+    case SimdLevel::highway: return "highway";
+    case SimdLevel::avxvnni: return "avxvnni";
+  }
+  return "unknown";
+}
+
+// Whether this build and this CPU can run a path.
+inline bool simd_level_supported(SimdLevel l) {
+  static const CpuFeatures f = detect_cpu_features();
+  switch (l) {
+    case SimdLevel::scalar: return true;
+#if defined(TINYSLM_SIMD_X86)
+    case SimdLevel::avx2: return f.has_avx2_fma();
+    case SimdLevel::avx512: return f.has_avx512_vnni();
+    case SimdLevel::avxvnni: return f.has_avx2_fma() && (f.avx_vnni || f.has_avx512_vnni());
+#endif
+#if defined(TINYSLM_SIMD_NEON)
+    case SimdLevel::neon: return f.neon && f.dotprod;
+#endif
+#if defined(TINYSLM_USE_HIGHWAY)
+    case SimdLevel::highway: return true;
+#endif
+    default: return false;
+  }
+}
+
+// The best native path (Highway is used only when asked for).
+inline SimdLevel best_simd_level() {
+  for (SimdLevel l : {SimdLevel::avx512, SimdLevel::avxvnni, SimdLevel::avx2, SimdLevel::neon})
+    if (simd_level_supported(l)) return l;
+  return SimdLevel::scalar;
+}
+
+namespace detail {
+inline std::atomic<int>& simd_override() {
+  static std::atomic<int> v{-1};
+  return v;
+}
+inline SimdLevel env_simd_level() {
+  static const SimdLevel level = [] {
+    const char* e = std::getenv("TINYSLM_SIMD");
+    if (!e) return best_simd_level();
+    const std::string_view s(e);
+    for (int i = 0; i < kSimdLevelCount; ++i) {
+      const auto l = static_cast<SimdLevel>(i);
+      if (s == simd_level_name(l)) return simd_level_supported(l) ? l : best_simd_level();
+    }
+    return best_simd_level();
+  }();
+  return level;
+}
+}  // namespace detail
+
+// The path every kernel uses: set_simd_level's choice, else TINYSLM_SIMD (read once), else
+// the best. SimdLevel::scalar runs no SIMD code at all.
+inline SimdLevel active_simd_level() {
+  const int o = detail::simd_override().load(std::memory_order_relaxed);
+  return o >= 0 ? static_cast<SimdLevel>(o) : detail::env_simd_level();
+}
+
+// The x86 vector width the element-wise ops may use on the active path: 0 none, 1 AVX2,
+// 2 AVX-512 (the avx2 and avxvnni paths keep to 256-bit vectors).
+inline int active_x86_width() {
+  switch (active_simd_level()) {
+    case SimdLevel::avx512: return 2;
+    case SimdLevel::avx2:
+    case SimdLevel::avxvnni: return 1;
+    default: return 0;
+  }
+}
+
+// Forces a path for the whole process (for tests and benchmarks); fails when this build or
+// CPU cannot run it. reset_simd_level() returns to the default.
+inline Status set_simd_level(SimdLevel l) {
+  if (!simd_level_supported(l))
+    return make_error(Errc::unsupported, std::string("SIMD path ") + simd_level_name(l) +
+                                             " is not available on this CPU or build");
+  detail::simd_override().store(static_cast<int>(l), std::memory_order_relaxed);
+  return {};
+}
+inline void reset_simd_level() { detail::simd_override().store(-1, std::memory_order_relaxed); }
+
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 // ---- end tinyslm/core.hpp ----
 
@@ -927,7 +1061,7 @@ inline CpuFeatures detect_cpu_features() {
 
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 // ---------------------------------------------------------------------------------------
 // Tensor types: ggml's type ids as stored in GGUF tensor infos.
@@ -1951,7 +2085,7 @@ class GgufWriter {
   std::vector<Tensor> tensors_;
 };
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 // ---- end tinyslm/gguf.hpp ----
 
@@ -1959,10 +2093,12 @@ class GgufWriter {
 // tinyslm quant: GGUF block formats and their reference (scalar) conversions.
 //
 // Every block type is one POD struct with ggml's byte layout; its size is checked against
-// gguf.hpp's tensor_type_table, the single source of truth for block sizes. Scales in fp16
+// gguf.hpp's tensor_type_table, the single source of truth for block sizes. block_type_table
+// (end of this file) is the one per-type table of everything else. Scales in fp16
 // are kept as raw uint16_t bits (convert with fp16_to_fp32 / fp32_to_fp16 from core.hpp).
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -1971,7 +2107,7 @@ class GgufWriter {
 
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 // Values per block: the legacy formats and IQ4_NL use 32, the K formats a super-block of 256
 // made of 16 or 8 sub-blocks.
@@ -2995,21 +3131,41 @@ inline void quantize_blocks(const float* x, Block* y, int64_t nblocks) {
 }
 
 // ---------------------------------------------------------------------------------------
-// The traits table: one row per supported type.
+// The block-type table: one row per GGUF type id, the single place that says, per type, its
+// storage (name, values and bytes per block, from gguf.hpp's tensor_type_table, which the
+// reader needs for every type), the activation format its dot product takes, the shape of
+// its canonical decode (scale group, min), and its reference conversions. The kernels layer
+// (kernels.hpp, block_kernels) adds each type's reference dot and fast kernels per SIMD path.
+
+namespace detail {
+// Activation formats. Each weight type is paired with the activation format llama.cpp pairs
+// it with, so our sums round like its sums: legacy 32-blocks with Q8_0 (Q8_1 when the
+// weights carry a min), K types with Q8_K, F16/BF16 with activations rounded to F16/BF16.
+enum class ActFormat { q8_0, q8_1, q8_k, f16, bf16, f32 };
+
+constexpr bool act_format_is_float(ActFormat f) {
+  return f == ActFormat::f16 || f == ActFormat::bf16 || f == ActFormat::f32;
+}
+}  // namespace detail
 
 // n values (a whole number of blocks, not checked here; quantize_row / dequantize_row check).
 using DequantizeRowFn = void (*)(const void* src, float* dst, int64_t n);
 using QuantizeRowFn = void (*)(const float* src, void* dst, int64_t n);
 
 struct QuantTraits {
-  TensorType type;
-  const char* name;
-  int block_size;          // values per block
-  int block_bytes;         // bytes per block
-  float bits_per_weight;   // 8 * block_bytes / block_size
-  DequantizeRowFn dequantize;
-  QuantizeRowFn quantize;  // llama.cpp's reference quantizer without importance matrix
+  TensorType type = TensorType::F32;
+  const char* name = "unknown";
+  int block_size = 0;          // values per block
+  int block_bytes = 0;         // bytes per block
+  float bits_per_weight = 0;   // 8 * block_bytes / block_size
+  DequantizeRowFn dequantize = nullptr;  // nullptr: tinyslm cannot convert this type
+  QuantizeRowFn quantize = nullptr;      // llama.cpp's reference quantizer without importance matrix
+  detail::ActFormat act = detail::ActFormat::f32;  // activations its matmul dot takes
+  bool integer_dot = false;    // weights decode to small integers (canonical form, kernels layer)
+  int group = 32;              // values per scale group of that decode
+  bool has_min = false;        // the decode carries a min per group
 };
+using BlockType = QuantTraits;
 
 namespace detail {
 
@@ -3060,7 +3216,16 @@ inline void quantize_row_bf16(const float* src, void* dst, int64_t n) {
   }
 }
 
-constexpr QuantTraits make_traits(TensorType t, DequantizeRowFn dq, QuantizeRowFn q) {
+// Weights as a matrix: act is the activation format, group / has_min the canonical decode.
+struct MatmulShape {
+  ActFormat act;
+  bool integer_dot;
+  int group;
+  bool has_min;
+};
+inline constexpr MatmulShape kFloatWeights{ActFormat::f32, false, 32, false};
+
+constexpr QuantTraits make_traits(TensorType t, DequantizeRowFn dq, QuantizeRowFn q, MatmulShape m) {
   const TensorTypeInfo info = type_info_entry(t);
   return {t,
           info.name,
@@ -3068,39 +3233,67 @@ constexpr QuantTraits make_traits(TensorType t, DequantizeRowFn dq, QuantizeRowF
           static_cast<int>(info.block_bytes),
           8.f * static_cast<float>(info.block_bytes) / static_cast<float>(info.block_size),
           dq,
-          q};
+          q,
+          m.act,
+          m.integer_dot,
+          m.group,
+          m.has_min};
 }
 template <class Block>
-constexpr QuantTraits make_block_traits() {
-  return make_traits(Block::type, &dequantize_row_erased<Block>, &quantize_row_erased<Block>);
+constexpr QuantTraits make_block_traits(MatmulShape m) {
+  return make_traits(Block::type, &dequantize_row_erased<Block>, &quantize_row_erased<Block>, m);
 }
 
-inline constexpr QuantTraits quant_traits_table[] = {
-    make_traits(TensorType::F32, &dequantize_row_f32, &quantize_row_f32),
-    make_traits(TensorType::F16, &dequantize_row_f16, &quantize_row_f16),
-    make_traits(TensorType::BF16, &dequantize_row_bf16, &quantize_row_bf16),
-    make_block_traits<BlockQ4_0>(),
-    make_block_traits<BlockQ4_1>(),
-    make_block_traits<BlockQ5_0>(),
-    make_block_traits<BlockQ5_1>(),
-    make_block_traits<BlockQ8_0>(),
-    make_block_traits<BlockQ8_1>(),
-    make_block_traits<BlockQ2_K>(),
-    make_block_traits<BlockQ3_K>(),
-    make_block_traits<BlockQ4_K>(),
-    make_block_traits<BlockQ5_K>(),
-    make_block_traits<BlockQ6_K>(),
-    make_block_traits<BlockQ8_K>(),
-    make_block_traits<BlockIQ4_NL>(),
+// Q8_1 / Q8_K are activation formats only: matmul does not take them as weights.
+inline constexpr MatmulShape kNoMatmul{ActFormat::q8_0, false, 32, false};
+
+inline constexpr QuantTraits block_type_list[] = {
+    make_traits(TensorType::F32, &dequantize_row_f32, &quantize_row_f32, kFloatWeights),
+    make_traits(TensorType::F16, &dequantize_row_f16, &quantize_row_f16, {ActFormat::f16, false, 32, false}),
+    make_traits(TensorType::BF16, &dequantize_row_bf16, &quantize_row_bf16, {ActFormat::bf16, false, 32, false}),
+    make_block_traits<BlockQ4_0>({ActFormat::q8_0, true, 32, false}),
+    make_block_traits<BlockQ4_1>({ActFormat::q8_1, true, 32, true}),
+    make_block_traits<BlockQ5_0>({ActFormat::q8_0, true, 32, false}),
+    make_block_traits<BlockQ5_1>({ActFormat::q8_1, true, 32, true}),
+    make_block_traits<BlockQ8_0>({ActFormat::q8_0, true, 32, false}),
+    make_block_traits<BlockQ8_1>(kNoMatmul),
+    make_block_traits<BlockQ2_K>({ActFormat::q8_k, true, 16, true}),
+    make_block_traits<BlockQ3_K>({ActFormat::q8_k, true, 16, false}),
+    make_block_traits<BlockQ4_K>({ActFormat::q8_k, true, 32, true}),
+    make_block_traits<BlockQ5_K>({ActFormat::q8_k, true, 32, true}),
+    make_block_traits<BlockQ6_K>({ActFormat::q8_k, true, 16, false}),
+    make_block_traits<BlockQ8_K>(kNoMatmul),
+    make_block_traits<BlockIQ4_NL>({ActFormat::q8_0, true, 32, false}),
 };
+
+// GGUF type ids run from 0 to 39 (MXFP4); the table has a row for each, empty when unsupported.
+inline constexpr uint32_t kTensorTypeIdLimit = 40;
+constexpr auto make_block_type_table() {
+  std::array<QuantTraits, kTensorTypeIdLimit> t{};
+  for (const QuantTraits& q : block_type_list) t[static_cast<uint32_t>(q.type)] = q;
+  return t;
+}
+inline constexpr auto block_type_table = make_block_type_table();
+inline constexpr QuantTraits kUnknownBlockType{};
+
+// The row of a type (an empty row, dequantize == nullptr, for types tinyslm cannot convert).
+constexpr const QuantTraits& block_type(TensorType t) {
+  const auto id = static_cast<uint32_t>(t);
+  return id < kTensorTypeIdLimit ? block_type_table[id] : kUnknownBlockType;
+}
+
+// Thin aliases of the table's columns (older names).
+constexpr ActFormat act_format_for(TensorType t) {
+  return block_type(t).dequantize ? block_type(t).act : ActFormat::q8_0;
+}
+constexpr bool is_integer_weight_type(TensorType t) { return block_type(t).integer_dot; }
 
 }  // namespace detail
 
 // Traits of a type, or nullptr when tinyslm cannot convert it (IQ2_XXS, TQ1_0, ...).
 inline const QuantTraits* quant_traits(TensorType t) {
-  for (const auto& q : detail::quant_traits_table)
-    if (q.type == t) return &q;
-  return nullptr;
+  const QuantTraits& q = detail::block_type(t);
+  return q.dequantize ? &q : nullptr;
 }
 inline bool is_supported(TensorType t) { return quant_traits(t) != nullptr; }
 
@@ -3143,7 +3336,7 @@ inline Status quantize_row(TensorType t, const float* src, void* dst, int64_t n)
 #pragma GCC pop_options
 #endif
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 // ---- end tinyslm/quant.hpp ----
 
@@ -3168,7 +3361,7 @@ inline Status quantize_row(TensorType t, const float* src, void* dst, int64_t n)
 
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 // A target: a single type ("Q8_0", "F16") or a mix ("Q4_K_M"); `pure` forces one type.
 struct QuantizeOptions {
@@ -3453,44 +3646,15 @@ inline Status quantize_model(const GgufFile& in, const std::string& out_path, co
   return w.write_file(out_path);
 }
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 // ---- end tinyslm/quantize_model.hpp ----
-
-// ---- begin tinyslm/kernels.hpp ----
-// tinyslm kernels: matrix times activations for every weight block type, with a scalar
-// reference and SIMD paths chosen at run time from the CPU's features (one binary runs
-// everywhere and never executes an instruction the CPU lacks).
-//
-//   y[i * ldy + r] = sum_k W[r][k] * x[i * cols + k]      (i < n tokens, r < rows)
-//
-// Activations are quantized once per row into the format llama.cpp pairs with the weight
-// type (Q8_0, Q8_1, Q8_K, or rounded to F16/BF16), then every inner loop is an integer dot
-// product. Few tokens (decode: n == 1, bound by memory bandwidth) run GEMV kernels that
-// unpack each weight block once for all n tokens; from 4 tokens (AVX-512) or 9 (AVX2) on,
-// register-tiled GEMM kernels on 16- / 8-row panels (prefill). Threads take rows in chunks of multiples of 16 from
-// a shared counter, and every row's arithmetic is the same whatever the split, so the result
-// does not depend on the thread count or the schedule.
-//
-// quantize_activations() + matmul_quantized() split the two steps, so one input quantized
-// once feeds several matrices (Q/K/V, gate/up).
-//
-// Paths: scalar (always), AVX2+FMA+F16C, AVX-512 BW/VL/DQ with VNNI (x86-64), NEON with
-// dotprod (AArch64), Highway static dispatch (when TINYSLM_USE_HIGHWAY). The environment
-// variable TINYSLM_SIMD=scalar|avx2|avxvnni|avx512|neon|highway, or set_simd_level(), forces a lower
-// path (for tests).
-
-#include <atomic>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-
 
 // ---- begin tinyslm/kernels_scalar.hpp ----
 // tinyslm kernels, scalar part: activation quantization into the kernels' working layout,
 // the "canonical" decode of every weight block type (small integers + float scales), and
-// the scalar reference dot products. The SIMD paths (kernels_x86.hpp, kernels_arm.hpp,
-// kernels_hwy.hpp) are tested against these; they stay readable and stay forever.
+// the scalar reference dot products. The SIMD paths (kernels_avx2.hpp, kernels_avx512.hpp,
+// kernels_neon.hpp, kernels_hwy.hpp) are tested against these; they stay readable and stay forever.
 
 #include <cmath>
 #include <cstdint>
@@ -3498,35 +3662,11 @@ inline Status quantize_model(const GgufFile& in, const std::string& out_path, co
 
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 namespace detail {
 
 // ---------------------------------------------------------------------------------------
-// Activation formats. Each weight type is paired with the activation format llama.cpp pairs
-// it with, so our sums round like its sums: legacy 32-blocks with Q8_0 (Q8_1 when the
-// weights carry a min), K types with Q8_K, F16/BF16 with activations rounded to F16/BF16.
-
-enum class ActFormat { q8_0, q8_1, q8_k, f16, bf16, f32 };
-
-inline ActFormat act_format_for(TensorType t) {
-  switch (t) {
-    case TensorType::Q4_1:
-    case TensorType::Q5_1: return ActFormat::q8_1;
-    case TensorType::Q2_K:
-    case TensorType::Q3_K:
-    case TensorType::Q4_K:
-    case TensorType::Q5_K:
-    case TensorType::Q6_K: return ActFormat::q8_k;
-    case TensorType::F16: return ActFormat::f16;
-    case TensorType::BF16: return ActFormat::bf16;
-    case TensorType::F32: return ActFormat::f32;
-    default: return ActFormat::q8_0;
-  }
-}
-
-inline bool act_format_is_float(ActFormat f) {
-  return f == ActFormat::f16 || f == ActFormat::bf16 || f == ActFormat::f32;
-}
+// Activation rows (ActFormat and the weight type -> format pairing: quant.hpp's block_type_table).
 
 // One activation row in the kernels' layout (pointers into MatmulScratch). For the integer
 // formats: qs holds the quants in natural order; da16[g] the scale of values 16g..16g+15
@@ -3544,6 +3684,25 @@ struct ActRow {
   const float* da32 = nullptr;  // the activation scale of each 32 values (da16[2g])
   const float* xf = nullptr;  // float formats: the (rounded) values
 };
+
+// Activations of 8 tokens interleaved for the x86 panel GEMMs, so one pointer and constant
+// offsets reach every token: q holds 4-byte words as [k/4][8 tokens]; c16 / c32 the
+// corrections -128 * (sum of 16 / 32 quants) as [k/16][8] / [k/32][8]; d16 the scale per 16
+// values as [k/16][8]; m16 / m32 the min terms likewise. Tokens past n are zeros.
+inline constexpr int kTileTokens = 8;
+struct TokenTile {
+  const int32_t* q;
+  const int32_t* c16;
+  const int32_t* c32;
+  const float* d16;
+  const float* m16;
+  const float* m32;
+};
+
+// A matmul kernel: rows [r0, r1) of y (y[i * ldy + r]) for n tokens of one weight type, from
+// the token rows `acts` (and, for the x86 GEMMs, their tiles, else nullptr).
+using RowsFn = void (*)(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
+                        const TokenTile* tiles, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1);
 
 // llama.cpp's nearest_int: round half to even through the float mantissa.
 inline int nearest_int_q8k(float v) {
@@ -3643,24 +3802,10 @@ struct WeightTraits {
   bool has_min;       // uses mw / M terms
 };
 
-inline bool is_integer_weight_type(TensorType t) {
-  switch (t) {
-    case TensorType::Q4_0: case TensorType::Q4_1: case TensorType::Q5_0: case TensorType::Q5_1:
-    case TensorType::Q8_0: case TensorType::IQ4_NL: case TensorType::Q2_K: case TensorType::Q3_K:
-    case TensorType::Q4_K: case TensorType::Q5_K: case TensorType::Q6_K:
-      return true;
-    default:
-      return false;
-  }
-}
-
-inline WeightTraits weight_traits(TensorType t) {
-  const auto& info = tensor_type_info(t);
-  WeightTraits w{static_cast<int>(info.block_size), static_cast<int>(info.block_bytes), 32, false};
-  if (t == TensorType::Q2_K || t == TensorType::Q3_K || t == TensorType::Q6_K) w.group = 16;
-  w.has_min = t == TensorType::Q4_1 || t == TensorType::Q5_1 || t == TensorType::Q2_K ||
-              t == TensorType::Q4_K || t == TensorType::Q5_K;
-  return w;
+// The decode shape of a type, read from the block-type table.
+constexpr WeightTraits weight_traits(TensorType t) {
+  const QuantTraits& q = block_type(t);
+  return {q.block_size, q.block_bytes, q.group, q.has_min};
 }
 
 // Q4_K / Q5_K: 8 six-bit scales and 8 six-bit mins packed into 12 bytes.
@@ -3684,159 +3829,157 @@ inline void unpack_scales_q3k(const uint8_t* s, int sc[16]) {
   }
 }
 
-// Decodes one native block at `blk` into w[block_values], sw[], mw[] (mw may be untouched
-// for types without a min).
+// Decodes one native block of type T at `blk` into w[block_values], sw[], mw[] (mw may be
+// untouched for types without a min).
+template <TensorType T>
+inline void decode_block_ref(const uint8_t* blk, int8_t* w, float* sw, float* mw) {
+  if constexpr (T == TensorType::Q4_0) {
+    const auto* b = reinterpret_cast<const BlockQ4_0*>(blk);
+    for (int i = 0; i < 16; ++i) {
+      w[i] = static_cast<int8_t>((b->qs[i] & 0xF) - 8);
+      w[i + 16] = static_cast<int8_t>((b->qs[i] >> 4) - 8);
+    }
+    sw[0] = fp16_to_fp32(b->d);
+  } else if constexpr (T == TensorType::Q4_1) {
+    const auto* b = reinterpret_cast<const BlockQ4_1*>(blk);
+    for (int i = 0; i < 16; ++i) {
+      w[i] = static_cast<int8_t>(b->qs[i] & 0xF);
+      w[i + 16] = static_cast<int8_t>(b->qs[i] >> 4);
+    }
+    sw[0] = fp16_to_fp32(b->d);
+    mw[0] = fp16_to_fp32(b->m);
+  } else if constexpr (T == TensorType::Q5_0 || T == TensorType::Q5_1) {
+    const bool q50 = T == TensorType::Q5_0;
+    const uint8_t* qs = q50 ? reinterpret_cast<const BlockQ5_0*>(blk)->qs : reinterpret_cast<const BlockQ5_1*>(blk)->qs;
+    const uint8_t* qhp = q50 ? reinterpret_cast<const BlockQ5_0*>(blk)->qh : reinterpret_cast<const BlockQ5_1*>(blk)->qh;
+    const uint32_t qh = static_cast<uint32_t>(qhp[0]) | (static_cast<uint32_t>(qhp[1]) << 8) |
+                        (static_cast<uint32_t>(qhp[2]) << 16) | (static_cast<uint32_t>(qhp[3]) << 24);
+    const int off = q50 ? 16 : 0;
+    for (int i = 0; i < 16; ++i) {
+      w[i] = static_cast<int8_t>(((qs[i] & 0xF) | (((qh >> i) & 1) << 4)) - off);
+      w[i + 16] = static_cast<int8_t>(((qs[i] >> 4) | (((qh >> (i + 16)) & 1) << 4)) - off);
+    }
+    if (q50) {
+      sw[0] = fp16_to_fp32(reinterpret_cast<const BlockQ5_0*>(blk)->d);
+    } else {
+      sw[0] = fp16_to_fp32(reinterpret_cast<const BlockQ5_1*>(blk)->d);
+      mw[0] = fp16_to_fp32(reinterpret_cast<const BlockQ5_1*>(blk)->m);
+    }
+  } else if constexpr (T == TensorType::Q8_0) {
+    const auto* b = reinterpret_cast<const BlockQ8_0*>(blk);
+    std::memcpy(w, b->qs, 32);
+    sw[0] = fp16_to_fp32(b->d);
+  } else if constexpr (T == TensorType::IQ4_NL) {
+    const auto* b = reinterpret_cast<const BlockIQ4_NL*>(blk);
+    for (int i = 0; i < 16; ++i) {
+      w[i] = kIq4nlValues[b->qs[i] & 0xF];
+      w[i + 16] = kIq4nlValues[b->qs[i] >> 4];
+    }
+    sw[0] = fp16_to_fp32(b->d);
+  } else if constexpr (T == TensorType::Q4_K || T == TensorType::Q5_K) {
+    const bool q5 = T == TensorType::Q5_K;
+    const auto* b4 = reinterpret_cast<const BlockQ4_K*>(blk);
+    const auto* b5 = reinterpret_cast<const BlockQ5_K*>(blk);
+    const float d = fp16_to_fp32(q5 ? b5->d : b4->d);
+    const float dmin = fp16_to_fp32(q5 ? b5->dmin : b4->dmin);
+    const uint8_t* qs = q5 ? b5->qs : b4->qs;
+    uint8_t sc[8], mn[8];
+    unpack_scales_k4(q5 ? b5->scales : b4->scales, sc, mn);
+    for (int c = 0; c < 4; ++c) {
+      for (int l = 0; l < 32; ++l) {
+        int lo = qs[32 * c + l] & 0xF, hi = qs[32 * c + l] >> 4;
+        if (q5) {
+          lo |= ((b5->qh[l] >> (2 * c)) & 1) << 4;
+          hi |= ((b5->qh[l] >> (2 * c + 1)) & 1) << 4;
+        }
+        w[64 * c + l] = static_cast<int8_t>(lo);
+        w[64 * c + 32 + l] = static_cast<int8_t>(hi);
+      }
+    }
+    for (int j = 0; j < 8; ++j) {
+      sw[j] = d * static_cast<float>(sc[j]);
+      mw[j] = -dmin * static_cast<float>(mn[j]);
+    }
+  } else if constexpr (T == TensorType::Q6_K) {
+    const auto* b = reinterpret_cast<const BlockQ6_K*>(blk);
+    const float d = fp16_to_fp32(b->d);
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* ql = b->ql + 64 * h;
+      const uint8_t* qh = b->qh + 32 * h;
+      int8_t* o = w + 128 * h;
+      for (int l = 0; l < 32; ++l) {
+        o[l] = static_cast<int8_t>(((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+        o[l + 32] = static_cast<int8_t>(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+        o[l + 64] = static_cast<int8_t>(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+        o[l + 96] = static_cast<int8_t>(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+      }
+    }
+    for (int g = 0; g < 16; ++g) sw[g] = d * static_cast<float>(b->scales[g]);
+  } else if constexpr (T == TensorType::Q3_K) {
+    const auto* b = reinterpret_cast<const BlockQ3_K*>(blk);
+    const float d = fp16_to_fp32(b->d);
+    int sc[16];
+    unpack_scales_q3k(b->scales, sc);
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* q = b->qs + 32 * h;
+      for (int j = 0; j < 4; ++j) {
+        const int bit = 4 * h + j;
+        for (int l = 0; l < 32; ++l) {
+          const int low = (q[l] >> (2 * j)) & 3;
+          const int high = (b->hmask[l] >> bit) & 1;
+          w[128 * h + 32 * j + l] = static_cast<int8_t>(low - (high ? 0 : 4));
+        }
+      }
+    }
+    for (int g = 0; g < 16; ++g) sw[g] = d * static_cast<float>(sc[g]);
+  } else if constexpr (T == TensorType::Q2_K) {
+    const auto* b = reinterpret_cast<const BlockQ2_K*>(blk);
+    const float d = fp16_to_fp32(b->d);
+    const float dmin = fp16_to_fp32(b->dmin);
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* q = b->qs + 32 * h;
+      for (int j = 0; j < 4; ++j)
+        for (int l = 0; l < 32; ++l)
+          w[128 * h + 32 * j + l] = static_cast<int8_t>((q[l] >> (2 * j)) & 3);
+    }
+    for (int g = 0; g < 16; ++g) {
+      sw[g] = d * static_cast<float>(b->scales[g] & 0xF);
+      mw[g] = -dmin * static_cast<float>(b->scales[g] >> 4);
+    }
+  }
+}
+
+
+// The same for a type known at run time (the canonical decode of any integer weight type).
 inline void decode_block_scalar(TensorType t, const uint8_t* blk, int8_t* w, float* sw, float* mw) {
   switch (t) {
-    case TensorType::Q4_0: {
-      const auto* b = reinterpret_cast<const BlockQ4_0*>(blk);
-      for (int i = 0; i < 16; ++i) {
-        w[i] = static_cast<int8_t>((b->qs[i] & 0xF) - 8);
-        w[i + 16] = static_cast<int8_t>((b->qs[i] >> 4) - 8);
-      }
-      sw[0] = fp16_to_fp32(b->d);
-      return;
-    }
-    case TensorType::Q4_1: {
-      const auto* b = reinterpret_cast<const BlockQ4_1*>(blk);
-      for (int i = 0; i < 16; ++i) {
-        w[i] = static_cast<int8_t>(b->qs[i] & 0xF);
-        w[i + 16] = static_cast<int8_t>(b->qs[i] >> 4);
-      }
-      sw[0] = fp16_to_fp32(b->d);
-      mw[0] = fp16_to_fp32(b->m);
-      return;
-    }
-    case TensorType::Q5_0:
-    case TensorType::Q5_1: {
-      const bool q50 = t == TensorType::Q5_0;
-      const uint8_t* qs = q50 ? reinterpret_cast<const BlockQ5_0*>(blk)->qs : reinterpret_cast<const BlockQ5_1*>(blk)->qs;
-      const uint8_t* qhp = q50 ? reinterpret_cast<const BlockQ5_0*>(blk)->qh : reinterpret_cast<const BlockQ5_1*>(blk)->qh;
-      const uint32_t qh = static_cast<uint32_t>(qhp[0]) | (static_cast<uint32_t>(qhp[1]) << 8) |
-                          (static_cast<uint32_t>(qhp[2]) << 16) | (static_cast<uint32_t>(qhp[3]) << 24);
-      const int off = q50 ? 16 : 0;
-      for (int i = 0; i < 16; ++i) {
-        w[i] = static_cast<int8_t>(((qs[i] & 0xF) | (((qh >> i) & 1) << 4)) - off);
-        w[i + 16] = static_cast<int8_t>(((qs[i] >> 4) | (((qh >> (i + 16)) & 1) << 4)) - off);
-      }
-      if (q50) {
-        sw[0] = fp16_to_fp32(reinterpret_cast<const BlockQ5_0*>(blk)->d);
-      } else {
-        sw[0] = fp16_to_fp32(reinterpret_cast<const BlockQ5_1*>(blk)->d);
-        mw[0] = fp16_to_fp32(reinterpret_cast<const BlockQ5_1*>(blk)->m);
-      }
-      return;
-    }
-    case TensorType::Q8_0: {
-      const auto* b = reinterpret_cast<const BlockQ8_0*>(blk);
-      std::memcpy(w, b->qs, 32);
-      sw[0] = fp16_to_fp32(b->d);
-      return;
-    }
-    case TensorType::IQ4_NL: {
-      const auto* b = reinterpret_cast<const BlockIQ4_NL*>(blk);
-      for (int i = 0; i < 16; ++i) {
-        w[i] = kIq4nlValues[b->qs[i] & 0xF];
-        w[i + 16] = kIq4nlValues[b->qs[i] >> 4];
-      }
-      sw[0] = fp16_to_fp32(b->d);
-      return;
-    }
-    case TensorType::Q4_K:
-    case TensorType::Q5_K: {
-      const bool q5 = t == TensorType::Q5_K;
-      const auto* b4 = reinterpret_cast<const BlockQ4_K*>(blk);
-      const auto* b5 = reinterpret_cast<const BlockQ5_K*>(blk);
-      const float d = fp16_to_fp32(q5 ? b5->d : b4->d);
-      const float dmin = fp16_to_fp32(q5 ? b5->dmin : b4->dmin);
-      const uint8_t* qs = q5 ? b5->qs : b4->qs;
-      uint8_t sc[8], mn[8];
-      unpack_scales_k4(q5 ? b5->scales : b4->scales, sc, mn);
-      for (int c = 0; c < 4; ++c) {
-        for (int l = 0; l < 32; ++l) {
-          int lo = qs[32 * c + l] & 0xF, hi = qs[32 * c + l] >> 4;
-          if (q5) {
-            lo |= ((b5->qh[l] >> (2 * c)) & 1) << 4;
-            hi |= ((b5->qh[l] >> (2 * c + 1)) & 1) << 4;
-          }
-          w[64 * c + l] = static_cast<int8_t>(lo);
-          w[64 * c + 32 + l] = static_cast<int8_t>(hi);
-        }
-      }
-      for (int j = 0; j < 8; ++j) {
-        sw[j] = d * static_cast<float>(sc[j]);
-        mw[j] = -dmin * static_cast<float>(mn[j]);
-      }
-      return;
-    }
-    case TensorType::Q6_K: {
-      const auto* b = reinterpret_cast<const BlockQ6_K*>(blk);
-      const float d = fp16_to_fp32(b->d);
-      for (int h = 0; h < 2; ++h) {
-        const uint8_t* ql = b->ql + 64 * h;
-        const uint8_t* qh = b->qh + 32 * h;
-        int8_t* o = w + 128 * h;
-        for (int l = 0; l < 32; ++l) {
-          o[l] = static_cast<int8_t>(((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
-          o[l + 32] = static_cast<int8_t>(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
-          o[l + 64] = static_cast<int8_t>(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
-          o[l + 96] = static_cast<int8_t>(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
-        }
-      }
-      for (int g = 0; g < 16; ++g) sw[g] = d * static_cast<float>(b->scales[g]);
-      return;
-    }
-    case TensorType::Q3_K: {
-      const auto* b = reinterpret_cast<const BlockQ3_K*>(blk);
-      const float d = fp16_to_fp32(b->d);
-      int sc[16];
-      unpack_scales_q3k(b->scales, sc);
-      for (int h = 0; h < 2; ++h) {
-        const uint8_t* q = b->qs + 32 * h;
-        for (int j = 0; j < 4; ++j) {
-          const int bit = 4 * h + j;
-          for (int l = 0; l < 32; ++l) {
-            const int low = (q[l] >> (2 * j)) & 3;
-            const int high = (b->hmask[l] >> bit) & 1;
-            w[128 * h + 32 * j + l] = static_cast<int8_t>(low - (high ? 0 : 4));
-          }
-        }
-      }
-      for (int g = 0; g < 16; ++g) sw[g] = d * static_cast<float>(sc[g]);
-      return;
-    }
-    case TensorType::Q2_K: {
-      const auto* b = reinterpret_cast<const BlockQ2_K*>(blk);
-      const float d = fp16_to_fp32(b->d);
-      const float dmin = fp16_to_fp32(b->dmin);
-      for (int h = 0; h < 2; ++h) {
-        const uint8_t* q = b->qs + 32 * h;
-        for (int j = 0; j < 4; ++j)
-          for (int l = 0; l < 32; ++l)
-            w[128 * h + 32 * j + l] = static_cast<int8_t>((q[l] >> (2 * j)) & 3);
-      }
-      for (int g = 0; g < 16; ++g) {
-        sw[g] = d * static_cast<float>(b->scales[g] & 0xF);
-        mw[g] = -dmin * static_cast<float>(b->scales[g] >> 4);
-      }
-      return;
-    }
-    default:
-      return;
+    case TensorType::Q4_0: return decode_block_ref<TensorType::Q4_0>(blk, w, sw, mw);
+    case TensorType::Q4_1: return decode_block_ref<TensorType::Q4_1>(blk, w, sw, mw);
+    case TensorType::Q5_0: return decode_block_ref<TensorType::Q5_0>(blk, w, sw, mw);
+    case TensorType::Q5_1: return decode_block_ref<TensorType::Q5_1>(blk, w, sw, mw);
+    case TensorType::Q8_0: return decode_block_ref<TensorType::Q8_0>(blk, w, sw, mw);
+    case TensorType::IQ4_NL: return decode_block_ref<TensorType::IQ4_NL>(blk, w, sw, mw);
+    case TensorType::Q2_K: return decode_block_ref<TensorType::Q2_K>(blk, w, sw, mw);
+    case TensorType::Q3_K: return decode_block_ref<TensorType::Q3_K>(blk, w, sw, mw);
+    case TensorType::Q4_K: return decode_block_ref<TensorType::Q4_K>(blk, w, sw, mw);
+    case TensorType::Q5_K: return decode_block_ref<TensorType::Q5_K>(blk, w, sw, mw);
+    case TensorType::Q6_K: return decode_block_ref<TensorType::Q6_K>(blk, w, sw, mw);
+    default: return;
   }
 }
 
 // The scalar reference: dot of one weight row (k values of type t) with one activation row.
 // Integer sums per group are exact; the float combination follows the canonical formula
 // above in group order.
-inline float dot_row_scalar(TensorType t, const uint8_t* row, int64_t k, const ActRow& a) {
-  const WeightTraits tr = weight_traits(t);
+template <TensorType T>
+inline float dot_row_ref(const uint8_t* row, int64_t k, const ActRow& a) {
+  constexpr WeightTraits tr = weight_traits(T);
   int8_t w[256];
   float sw[16], mw[16];
   float acc = 0.f;
   const int gpb = tr.block_values / tr.group;
   for (int64_t b = 0; b < k / tr.block_values; ++b) {
-    decode_block_scalar(t, row + b * tr.block_bytes, w, sw, mw);
+    decode_block_ref<T>(row + b * tr.block_bytes, w, sw, mw);
     for (int g = 0; g < gpb; ++g) {
       const int64_t base = b * tr.block_values + static_cast<int64_t>(g) * tr.group;
       int32_t isum = 0;
@@ -3846,6 +3989,23 @@ inline float dot_row_scalar(TensorType t, const uint8_t* row, int64_t k, const A
     }
   }
   return acc;
+}
+
+inline float dot_row_scalar(TensorType t, const uint8_t* row, int64_t k, const ActRow& a) {
+  switch (t) {
+    case TensorType::Q4_0: return dot_row_ref<TensorType::Q4_0>(row, k, a);
+    case TensorType::Q4_1: return dot_row_ref<TensorType::Q4_1>(row, k, a);
+    case TensorType::Q5_0: return dot_row_ref<TensorType::Q5_0>(row, k, a);
+    case TensorType::Q5_1: return dot_row_ref<TensorType::Q5_1>(row, k, a);
+    case TensorType::Q8_0: return dot_row_ref<TensorType::Q8_0>(row, k, a);
+    case TensorType::IQ4_NL: return dot_row_ref<TensorType::IQ4_NL>(row, k, a);
+    case TensorType::Q2_K: return dot_row_ref<TensorType::Q2_K>(row, k, a);
+    case TensorType::Q3_K: return dot_row_ref<TensorType::Q3_K>(row, k, a);
+    case TensorType::Q4_K: return dot_row_ref<TensorType::Q4_K>(row, k, a);
+    case TensorType::Q5_K: return dot_row_ref<TensorType::Q5_K>(row, k, a);
+    case TensorType::Q6_K: return dot_row_ref<TensorType::Q6_K>(row, k, a);
+    default: return 0.f;
+  }
 }
 
 // Float weight rows: F32 / F16 / BF16 against float activations (already rounded to the
@@ -3867,53 +4027,58 @@ inline float dot_row_float_scalar(TensorType t, const uint8_t* row, int64_t k, c
   return acc;
 }
 
+// The scalar path of every weight type, in RowsFn form (the reference the SIMD paths are
+// tested against).
+template <TensorType T>
+inline void rows_scalar(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, const TokenTile*,
+                        int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = data + r * row_bytes;
+    for (int64_t i = 0; i < n; ++i) {
+      if constexpr (block_type(T).integer_dot)
+        y[i * ldy + r] = dot_row_ref<T>(row, k, acts[i]);
+      else
+        y[i * ldy + r] = dot_row_float_scalar(T, row, k, acts[i].xf);
+    }
+  }
+}
+
 }  // namespace detail
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 // ---- end tinyslm/kernels_scalar.hpp ----
 
-// ---- begin tinyslm/kernels_x86.hpp ----
-// tinyslm kernels, x86-64 paths: AVX2 (+FMA, F16C), AVX-VNNI (the AVX2 kernels with
-// 256-bit vpdpbusd, see dot4_u8s8) and AVX-512 (F/BW/VL/DQ + VNNI).
+// ---- begin tinyslm/kernels_avx2.hpp ----
+// tinyslm kernels, x86-64 256-bit paths: AVX2 (+FMA, F16C) and AVX-VNNI (the same kernels
+// with 256-bit vpdpbusd, see dot4_u8s8). kernels_avx512.hpp builds on this file.
 //
 // Every function here carries a target attribute, so the header compiles without -march
-// flags and the dispatcher in kernels.hpp only calls a path after detect_cpu_features()
-// said the CPU has it.
+// flags and kernels.hpp only calls a path after detect_cpu_features() said the CPU has it.
 //
 // Integer weights:
-//  - GEMV, few tokens (n < 4 on AVX-512, n <= 8 on AVX2), for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/
-//    IQ4_NL/Q4_K/Q5_K/Q6_K (AVX2: Q4_0/Q5_0/Q8_0/Q4_K/Q6_K): fused kernels that unpack each
-//    block in registers and dot it with every token. AVX-512 uses VNNI (vpdpbusd) on
-//    unsigned bytes u = w + 128 with the exact integer correction -128 * sum(a) (corr4,
-//    precomputed per 4 activations). With one token, Q4_0 / Q5_0 / Q4_K rearrange the
-//    activation once per call into the order their nibbles unpack to (gemv_row_legacy_prep,
-//    gemv_row_q4_k_prep), so a group of values unpacks with one AND / shift / AND. AVX2
-//    uses maddubs on the unsigned codes and removes the offset exactly with the
-//    activation's sums of 16 (Q8_0: the sign trick); AVX-VNNI the same with vpdpbusd.
-//  - The other types, and more tokens on AVX2, go through the canonical decode of
-//    kernels_scalar.hpp (SIMD for the common types), one 512-value chunk of a row at a time
-//    in L1, reused for up to 16 tokens.
-//  - GEMM (AVX-512, n >= kGemmMinTokens): a panel of 16 rows is decoded and interleaved so
-//    one zmm holds 4 consecutive bytes of each of the 16 rows; the micro-kernel broadcasts
-//    4 activation bytes of a token per vpdpbusd (tokens interleaved 8 at a time, TokenTile)
-//    and keeps 8 tokens x 16 rows of accumulators in registers, so scales are applied once
-//    per group of 16/32 values per (row, token). Panels are built on the fly from the GGUF
-//    bytes (no repacked copy of the weights: no extra memory, no load-time cost).
-//  - GEMM on AVX2 / AVX-VNNI (n > 8): 8-row panels, maddubs or vpdpbusd on activations
+//  - GEMV, few tokens (n <= 8), for Q4_0/Q5_0/Q8_0/Q4_K/Q6_K: fused kernels that unpack each
+//    block in registers and dot it with up to 4 tokens at a time. maddubs takes the unsigned
+//    codes and the offset is removed exactly with the activation's sums of 16 (Q8_0: the sign
+//    trick); AVX-VNNI does the same with vpdpbusd.
+//  - The other types, and more tokens, go through the canonical decode of kernels_scalar.hpp
+//    (SIMD for the common types, decode_chunk), one 512-value chunk of a row at a time in L1,
+//    reused for up to 16 tokens.
+//  - GEMM (n >= kGemmMinTokensAvx2): 8-row panels, maddubs or vpdpbusd on activations
 //    a + 128 (panel8_kernel); with vpdpbusd nothing saturates, so Q8_0 and IQ4_NL take it too.
-// Float weights (F32/F16/BF16) use a 4-row x up-to-4-token dot-product tile.
+//    gemm_panels is the panel driver shared with the AVX-512 GEMM.
+// Float weights (F32/F16/BF16) use a 4-row x up-to-4-token dot-product tile (float_rows_t,
+// shared with AVX-512).
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 
-#if defined(TINYSLM_ARCH_X86) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(TINYSLM_SIMD_X86)
 #define TINYSLM_KERNELS_X86 1
 #include <immintrin.h>
 
 #define TINYSLM_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define TINYSLM_TARGET_AVX512 \
-  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
 // GCC 12 warns about its own _mm512_undefined_* helpers once they are inlined here.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -3923,7 +4088,7 @@ inline float dot_row_float_scalar(TensorType t, const uint8_t* row, int64_t k, c
 #endif
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 namespace detail {
 namespace x86 {
 
@@ -3954,160 +4119,151 @@ TINYSLM_TARGET_AVX2 inline __m256i nibbles32(const uint8_t* qs) {
   return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m4), _mm_and_si128(x, m4));
 }
 
-// Decodes native blocks covering values [v0, v0 + nv) of `row` into w / sw16 / mw (mw per
-// group of the type, indexed from v0).
-TINYSLM_TARGET_AVX2 inline void decode_chunk(TensorType t, const uint8_t* row, int64_t v0, int64_t nv, int8_t* w,
-                                             float* sw16, float* mw) {
-  const WeightTraits tr = weight_traits(t);
+// Legacy blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL): the 32 weights, the block scale
+// for both groups of 16, and the min (Q4_1 / Q5_1).
+template <TensorType T>
+TINYSLM_TARGET_AVX2 __attribute__((always_inline)) inline void decode_legacy_avx2(const uint8_t* blk, int8_t* o,
+                                                                                 float* s, float* mw) {
+  __m256i v;
+  if constexpr (T == TensorType::Q8_0) {
+    v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(reinterpret_cast<const BlockQ8_0*>(blk)->qs));
+  } else if constexpr (T == TensorType::IQ4_NL) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+    v = _mm256_shuffle_epi8(table, nibbles32(reinterpret_cast<const BlockIQ4_NL*>(blk)->qs));
+  } else if constexpr (T == TensorType::Q4_0) {
+    v = _mm256_sub_epi8(nibbles32(reinterpret_cast<const BlockQ4_0*>(blk)->qs), _mm256_set1_epi8(8));
+  } else if constexpr (T == TensorType::Q4_1) {
+    v = nibbles32(reinterpret_cast<const BlockQ4_1*>(blk)->qs);
+  } else {  // Q5_0 / Q5_1: the fifth bit of value i is bit i of qh
+    using B = std::conditional_t<T == TensorType::Q5_0, BlockQ5_0, BlockQ5_1>;
+    const auto* b = reinterpret_cast<const B*>(blk);
+    uint32_t qh;
+    std::memcpy(&qh, b->qh, 4);
+    v = _mm256_or_si256(nibbles32(b->qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
+    if constexpr (T == TensorType::Q5_0) v = _mm256_sub_epi8(v, _mm256_set1_epi8(16));
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), v);
+  uint16_t d;
+  std::memcpy(&d, blk, 2);  // every legacy block starts with its fp16 scale (then Q4_1 / Q5_1: the min)
+  s[0] = s[1] = f16_scalar(d);
+  if constexpr (T == TensorType::Q4_1 || T == TensorType::Q5_1) {
+    uint16_t m;
+    std::memcpy(&m, blk + 2, 2);
+    mw[0] = f16_scalar(m);
+  }
+}
+
+// Q4_K / Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins.
+template <TensorType T>
+TINYSLM_TARGET_AVX2 __attribute__((always_inline)) inline void decode_k4_avx2(const uint8_t* blk, int8_t* o, float* s,
+                                                                             float* mw) {
+  constexpr bool q5 = T == TensorType::Q5_K;
+  using B = std::conditional_t<q5, BlockQ5_K, BlockQ4_K>;
+  const auto* b = reinterpret_cast<const B*>(blk);
+  const float d = f16_scalar(b->d), dmin = f16_scalar(b->dmin);
+  uint8_t sc[8], mn[8];
+  unpack_scales_k4(b->scales, sc, mn);
+  const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+  __m256i hb = _mm256_setzero_si256();
+  if constexpr (q5) hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qh));
+  for (int c = 0; c < 4; ++c) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qs + 32 * c));
+    __m256i lo = _mm256_and_si256(x, m4);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+    if constexpr (q5) {
+      const __m256i blo = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c)), one);
+      const __m256i bhi = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c + 1)), one);
+      lo = _mm256_or_si256(lo, _mm256_slli_epi16(blo, 4));
+      hi = _mm256_or_si256(hi, _mm256_slli_epi16(bhi, 4));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * c), lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * c + 32), hi);
+  }
+  for (int g = 0; g < 8; ++g) {
+    s[2 * g] = s[2 * g + 1] = d * static_cast<float>(sc[g]);
+    mw[g] = -dmin * static_cast<float>(mn[g]);
+  }
+}
+
+// Q6_K: 16 sub-blocks of 16 with int8 scales.
+TINYSLM_TARGET_AVX2 __attribute__((always_inline)) inline void decode_q6_k_avx2(const uint8_t* blk, int8_t* o, float* s) {
+  const auto* b = reinterpret_cast<const BlockQ6_K*>(blk);
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+  for (int h = 0; h < 2; ++h) {
+    const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->ql + 64 * h));
+    const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->ql + 64 * h + 32));
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qh + 32 * h));
+    const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
+    const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
+    const __m256i h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
+    const __m256i h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
+    int8_t* oh = o + 128 * h;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh), _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l0, m4), h0), off));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 32), _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l1, m4), h1), off));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 64),
+                        _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2), off));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 96),
+                        _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3), off));
+  }
+  const float d = f16_scalar(b->d);
+  for (int g = 0; g < 16; ++g) s[g] = d * static_cast<float>(b->scales[g]);
+}
+
+// Q2_K / Q3_K: 2-bit codes (Q3_K: plus the hmask bit, minus 4), 16 sub-blocks of 16.
+template <TensorType T>
+TINYSLM_TARGET_AVX2 __attribute__((always_inline)) inline void decode_k23_avx2(const uint8_t* blk, int8_t* o, float* s,
+                                                                              float* mw) {
+  constexpr bool q3 = T == TensorType::Q3_K;
+  using B = std::conditional_t<q3, BlockQ3_K, BlockQ2_K>;
+  const auto* b = reinterpret_cast<const B*>(blk);
+  const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
+  __m256i hm = _mm256_setzero_si256();
+  if constexpr (q3) hm = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->hmask));
+  for (int h = 0; h < 2; ++h) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qs + 32 * h));
+    for (int jj = 0; jj < 4; ++jj) {
+      __m256i v = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(2 * jj)), m3);
+      if constexpr (q3) {  // value = low two bits - 4, unless the hmask bit is set
+        const __m256i hb = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(4 * h + jj)), one);
+        v = _mm256_sub_epi8(_mm256_add_epi8(v, _mm256_slli_epi16(hb, 2)), four);
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 128 * h + 32 * jj), v);
+    }
+  }
+  const float d = f16_scalar(b->d);
+  if constexpr (q3) {
+    int sc[16];
+    unpack_scales_q3k(b->scales, sc);
+    for (int g = 0; g < 16; ++g) s[g] = d * static_cast<float>(sc[g]);
+  } else {
+    const float dmin = f16_scalar(b->dmin);
+    for (int g = 0; g < 16; ++g) {
+      s[g] = d * static_cast<float>(b->scales[g] & 0xF);
+      mw[g] = -dmin * static_cast<float>(b->scales[g] >> 4);
+    }
+  }
+}
+
+// Decodes the native blocks of type T covering values [v0, v0 + nv) of `row` into w / sw16
+// (a scale per 16 values) / mw (a min per group of the type, indexed from v0).
+template <TensorType T>
+TINYSLM_TARGET_AVX2 inline void decode_chunk(const uint8_t* row, int64_t v0, int64_t nv, int8_t* w, float* sw16,
+                                             float* mw) {
+  constexpr WeightTraits tr = weight_traits(T);
+  constexpr int gpb = tr.block_values / tr.group;
   const int64_t b0 = v0 / tr.block_values, nb = nv / tr.block_values;
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
   for (int64_t j = 0; j < nb; ++j) {
     const uint8_t* blk = row + (b0 + j) * tr.block_bytes;
     int8_t* o = w + j * tr.block_values;
     float* s = sw16 + j * (tr.block_values / 16);
-    switch (t) {
-      case TensorType::Q4_0: {
-        const auto* b = reinterpret_cast<const BlockQ4_0*>(blk);
-        const __m256i v = _mm256_sub_epi8(nibbles32(b->qs), _mm256_set1_epi8(8));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), v);
-        s[0] = s[1] = f16_scalar(b->d);
-        break;
-      }
-      case TensorType::Q8_0: {
-        const auto* b = reinterpret_cast<const BlockQ8_0*>(blk);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qs)));
-        s[0] = s[1] = f16_scalar(b->d);
-        break;
-      }
-      case TensorType::Q5_0: {
-        const auto* b = reinterpret_cast<const BlockQ5_0*>(blk);
-        uint32_t qh;
-        std::memcpy(&qh, b->qh, 4);
-        __m256i v = _mm256_or_si256(nibbles32(b->qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
-        v = _mm256_sub_epi8(v, _mm256_set1_epi8(16));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), v);
-        s[0] = s[1] = f16_scalar(b->d);
-        break;
-      }
-      case TensorType::Q4_1: {
-        const auto* b = reinterpret_cast<const BlockQ4_1*>(blk);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), nibbles32(b->qs));
-        s[0] = s[1] = f16_scalar(b->d);
-        mw[j] = f16_scalar(b->m);
-        break;
-      }
-      case TensorType::Q5_1: {
-        const auto* b = reinterpret_cast<const BlockQ5_1*>(blk);
-        uint32_t qh;
-        std::memcpy(&qh, b->qh, 4);
-        const __m256i v = _mm256_or_si256(nibbles32(b->qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), v);
-        s[0] = s[1] = f16_scalar(b->d);
-        mw[j] = f16_scalar(b->m);
-        break;
-      }
-      case TensorType::IQ4_NL: {
-        const auto* b = reinterpret_cast<const BlockIQ4_NL*>(blk);
-        const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_shuffle_epi8(table, nibbles32(b->qs)));
-        s[0] = s[1] = f16_scalar(b->d);
-        break;
-      }
-      case TensorType::Q4_K:
-      case TensorType::Q5_K: {
-        const bool q5 = t == TensorType::Q5_K;
-        const auto* b4 = reinterpret_cast<const BlockQ4_K*>(blk);
-        const auto* b5 = reinterpret_cast<const BlockQ5_K*>(blk);
-        const float d = f16_scalar(q5 ? b5->d : b4->d), dmin = f16_scalar(q5 ? b5->dmin : b4->dmin);
-        const uint8_t* qs = q5 ? b5->qs : b4->qs;
-        uint8_t sc[8], mn[8];
-        unpack_scales_k4(q5 ? b5->scales : b4->scales, sc, mn);
-        const __m256i hb = q5 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b5->qh)) : _mm256_setzero_si256();
-        const __m256i one = _mm256_set1_epi8(1);
-        for (int c = 0; c < 4; ++c) {
-          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
-          __m256i lo = _mm256_and_si256(x, m4);
-          __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-          if (q5) {
-            const __m256i blo = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c)), one);
-            const __m256i bhi = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c + 1)), one);
-            lo = _mm256_or_si256(lo, _mm256_slli_epi16(blo, 4));
-            hi = _mm256_or_si256(hi, _mm256_slli_epi16(bhi, 4));
-          }
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * c), lo);
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * c + 32), hi);
-        }
-        for (int g = 0; g < 8; ++g) {
-          s[2 * g] = s[2 * g + 1] = d * static_cast<float>(sc[g]);
-          mw[j * 8 + g] = -dmin * static_cast<float>(mn[g]);
-        }
-        break;
-      }
-      case TensorType::Q6_K: {
-        const auto* b = reinterpret_cast<const BlockQ6_K*>(blk);
-        const __m256i m3 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
-        for (int h = 0; h < 2; ++h) {
-          const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->ql + 64 * h));
-          const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->ql + 64 * h + 32));
-          const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qh + 32 * h));
-          const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
-          const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
-          const __m256i h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
-          const __m256i h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
-          int8_t* oh = o + 128 * h;
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh), _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l0, m4), h0), off));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 32), _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l1, m4), h1), off));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 64),
-                              _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2), off));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(oh + 96),
-                              _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3), off));
-        }
-        const float d = f16_scalar(b->d);
-        for (int g = 0; g < 16; ++g) s[g] = d * static_cast<float>(b->scales[g]);
-        break;
-      }
-      case TensorType::Q2_K:
-      case TensorType::Q3_K: {
-        const bool q3 = t == TensorType::Q3_K;
-        const auto* b2 = reinterpret_cast<const BlockQ2_K*>(blk);
-        const auto* b3 = reinterpret_cast<const BlockQ3_K*>(blk);
-        const uint8_t* qs = q3 ? b3->qs : b2->qs;
-        const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
-        const __m256i hm = q3 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b3->hmask)) : _mm256_setzero_si256();
-        for (int h = 0; h < 2; ++h) {
-          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * h));
-          for (int jj = 0; jj < 4; ++jj) {
-            __m256i v = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(2 * jj)), m3);
-            if (q3) {  // value = low two bits - 4, unless the hmask bit is set
-              const __m256i hb = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(4 * h + jj)), one);
-              v = _mm256_sub_epi8(_mm256_add_epi8(v, _mm256_slli_epi16(hb, 2)), four);
-            }
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 128 * h + 32 * jj), v);
-          }
-        }
-        if (q3) {
-          const float d = f16_scalar(b3->d);
-          int sc[16];
-          unpack_scales_q3k(b3->scales, sc);
-          for (int g = 0; g < 16; ++g) s[g] = d * static_cast<float>(sc[g]);
-        } else {
-          const float d = f16_scalar(b2->d), dmin = f16_scalar(b2->dmin);
-          for (int g = 0; g < 16; ++g) {
-            s[g] = d * static_cast<float>(b2->scales[g] & 0xF);
-            mw[j * 16 + g] = -dmin * static_cast<float>(b2->scales[g] >> 4);
-          }
-        }
-        break;
-      }
-      default: {  // any other type: the scalar decode
-        float sw[16], m[16];
-        decode_block_scalar(t, blk, o, sw, m);
-        for (int g = 0; g < tr.block_values / 16; ++g) s[g] = sw[tr.group == 16 ? g : g / 2];
-        if (tr.has_min)
-          for (int g = 0; g < tr.block_values / tr.group; ++g) mw[j * (tr.block_values / tr.group) + g] = m[g];
-        break;
-      }
-    }
+    if constexpr (T == TensorType::Q4_K || T == TensorType::Q5_K)
+      decode_k4_avx2<T>(blk, o, s, mw + j * gpb);
+    else if constexpr (T == TensorType::Q6_K)
+      decode_q6_k_avx2(blk, o, s);
+    else if constexpr (T == TensorType::Q2_K || T == TensorType::Q3_K)
+      decode_k23_avx2<T>(blk, o, s, mw + j * gpb);
+    else
+      decode_legacy_avx2<T>(blk, o, s, mw + j * gpb);
   }
 }
 
@@ -4138,72 +4294,83 @@ TINYSLM_TARGET_AVX2 inline __m256i pack_32(__m256i a, __m256i b, __m256i c, __m2
   return _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
+// Q8_0 / Q8_1 blocks of 32: quants, the fp16-rounded scale per 16 values and (Q8_1) s = d * sum.
+TINYSLM_TARGET_AVX2 inline void quantize_q8_0_blocks_avx2(ActFormat fmt, const float* x, int64_t k, int8_t* qs,
+                                                          float* da16, float* m32) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t b = 0; b < k / 32; ++b) {
+    const float* xb = x + b * 32;
+    __m256 v[4];
+    __m256 am = _mm256_setzero_ps();
+    for (int j = 0; j < 4; ++j) {
+      v[j] = _mm256_loadu_ps(xb + 8 * j);
+      am = _mm256_max_ps(am, _mm256_and_ps(v[j], abs_mask));
+    }
+    const float amax = hmax256(am);
+    const float d = amax / 127.f;
+    const float id = d != 0.f ? 1.f / d : 0.f;
+    const __m256 idv = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int j = 0; j < 4; ++j) q[j] = round_away_epi32(_mm256_mul_ps(v[j], idv));
+    const __m256i q8 = pack_32(q[0], q[1], q[2], q[3]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * 32), q8);
+    const float dh = _cvtsh_ss(_cvtss_sh(d, 0));
+    da16[2 * b] = da16[2 * b + 1] = dh;
+    if (fmt == ActFormat::q8_1) {
+      const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+      m32[b] = _cvtsh_ss(_cvtss_sh(d * static_cast<float>(_mm_cvtsi128_si32(s4)), 0));
+    } else {
+      m32[b] = 0.f;
+    }
+  }
+}
+
+// Q8_K super-blocks of 256: quants and the float scale (repeated per 16 values).
+TINYSLM_TARGET_AVX2 inline void quantize_q8_k_blocks_avx2(const float* x, int64_t k, int8_t* qs, float* da16) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t b = 0; b < k / 256; ++b) {
+    const float* xb = x + b * 256;
+    __m256 am = _mm256_setzero_ps();
+    for (int j = 0; j < 32; ++j) am = _mm256_max_ps(am, _mm256_and_ps(_mm256_loadu_ps(xb + 8 * j), abs_mask));
+    const float amax = hmax256(am);
+    float d = 0.f;
+    if (amax == 0.f) {
+      std::memset(qs + b * 256, 0, 256);
+    } else {
+      float maxv = 0.f;
+      for (int j = 0; j < 256; ++j)
+        if (std::fabs(xb[j]) == amax) {
+          maxv = xb[j];
+          break;
+        }
+      const float iscale = -127.f / maxv;
+      const __m256 is = _mm256_set1_ps(iscale);
+      const __m256i hi = _mm256_set1_epi32(127);
+      for (int j = 0; j < 8; ++j) {
+        __m256i q[4];
+        for (int u = 0; u < 4; ++u)
+          q[u] = _mm256_min_epi32(
+              _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + 32 * j + 8 * u), is),
+                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
+              hi);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * 256 + 32 * j), pack_32(q[0], q[1], q[2], q[3]));
+      }
+      d = 1.f / iscale;
+    }
+    for (int g = 0; g < 16; ++g) da16[b * 16 + g] = d;
+  }
+}
+
 TINYSLM_TARGET_AVX2 inline void quantize_activation_row_avx2(ActFormat fmt, const float* x, int64_t k, int8_t* qs,
                                                              float* da16, float* m32, float* m16, int32_t* sum16,
                                                              int32_t* corr4) {
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  if (fmt == ActFormat::q8_0 || fmt == ActFormat::q8_1) {
-    for (int64_t b = 0; b < k / 32; ++b) {
-      const float* xb = x + b * 32;
-      __m256 v[4];
-      __m256 am = _mm256_setzero_ps();
-      for (int j = 0; j < 4; ++j) {
-        v[j] = _mm256_loadu_ps(xb + 8 * j);
-        am = _mm256_max_ps(am, _mm256_and_ps(v[j], abs_mask));
-      }
-      const float amax = hmax256(am);
-      const float d = amax / 127.f;
-      const float id = d != 0.f ? 1.f / d : 0.f;
-      const __m256 idv = _mm256_set1_ps(id);
-      __m256i q[4];
-      for (int j = 0; j < 4; ++j) q[j] = round_away_epi32(_mm256_mul_ps(v[j], idv));
-      const __m256i q8 = pack_32(q[0], q[1], q[2], q[3]);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * 32), q8);
-      const float dh = _cvtsh_ss(_cvtss_sh(d, 0));
-      da16[2 * b] = da16[2 * b + 1] = dh;
-      if (fmt == ActFormat::q8_1) {
-        const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
-        m32[b] = _cvtsh_ss(_cvtss_sh(d * static_cast<float>(_mm_cvtsi128_si32(s4)), 0));
-      } else {
-        m32[b] = 0.f;
-      }
-    }
-  } else {  // q8_k
-    for (int64_t b = 0; b < k / 256; ++b) {
-      const float* xb = x + b * 256;
-      __m256 am = _mm256_setzero_ps();
-      for (int j = 0; j < 32; ++j) am = _mm256_max_ps(am, _mm256_and_ps(_mm256_loadu_ps(xb + 8 * j), abs_mask));
-      const float amax = hmax256(am);
-      float d = 0.f;
-      if (amax == 0.f) {
-        std::memset(qs + b * 256, 0, 256);
-      } else {
-        float maxv = 0.f;
-        for (int j = 0; j < 256; ++j)
-          if (std::fabs(xb[j]) == amax) {
-            maxv = xb[j];
-            break;
-          }
-        const float iscale = -127.f / maxv;
-        const __m256 is = _mm256_set1_ps(iscale);
-        const __m256i hi = _mm256_set1_epi32(127);
-        for (int j = 0; j < 8; ++j) {
-          __m256i q[4];
-          for (int u = 0; u < 4; ++u)
-            q[u] = _mm256_min_epi32(
-                _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + 32 * j + 8 * u), is),
-                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
-                hi);
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * 256 + 32 * j), pack_32(q[0], q[1], q[2], q[3]));
-        }
-        d = 1.f / iscale;
-      }
-      for (int g = 0; g < 16; ++g) da16[b * 16 + g] = d;
-    }
-  }
+  if (fmt == ActFormat::q8_k)
+    quantize_q8_k_blocks_avx2(x, k, qs, da16);
+  else
+    quantize_q8_0_blocks_avx2(fmt, x, k, qs, da16, m32);
   // Sums of 4 (for corr4) and of 16 quants.
   const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
   for (int64_t v = 0; v < k; v += 32) {
@@ -4293,6 +4460,586 @@ TINYSLM_TARGET_AVX2 inline float dot_chunk_avx2(const int8_t* w, const float* sw
   return hsum256(_mm256_add_ps(acc0, acc1));
 }
 
+
+// ---------------------------------------------------------------------------------------
+// GEMV-style driver: each row is decoded chunk by chunk once and dotted with every token.
+
+#define TINYSLM_X86_GEMV_BODY(DOT)                                                             \
+  constexpr WeightTraits tr = weight_traits(T);                                               \
+  alignas(64) int8_t w[kChunk];                                                               \
+  alignas(64) float sw16[kChunk / 16 + 4];                                                    \
+  alignas(64) float mw[kChunk / 16];                                                          \
+  float acc[16];                                                                              \
+  for (int64_t r = r0; r < r1; ++r) {                                                         \
+    const uint8_t* row = data + r * row_bytes;                                                \
+    for (int64_t i0 = 0; i0 < n; i0 += 16) {                                                  \
+      const int64_t ni = n - i0 < 16 ? n - i0 : 16;                                           \
+      for (int64_t i = 0; i < ni; ++i) acc[i] = 0.f;                                          \
+      for (int64_t v0 = 0; v0 < k; v0 += kChunk) {                                            \
+        const int64_t nv = k - v0 < kChunk ? k - v0 : kChunk;                                 \
+        decode_chunk<T>(row, v0, nv, w, sw16, mw);                                            \
+        for (int64_t i = 0; i < ni; ++i) {                                                    \
+          const ActRow& a = acts[i0 + i];                                                     \
+          acc[i] += DOT;                                                                      \
+          if constexpr (tr.has_min) acc[i] += chunk_min_term(tr, mw, v0, nv, a);              \
+        }                                                                                     \
+      }                                                                                       \
+      for (int64_t i = 0; i < ni; ++i) y[(i0 + i) * ldy + r] = acc[i];                        \
+    }                                                                                         \
+  }
+
+template <int V, TensorType T>
+TINYSLM_TARGET_AVX2 inline void int_rows_gemv_avx2(const uint8_t* data, int64_t row_bytes, int64_t k,
+                                                   const ActRow* acts, int64_t n, float* y, int64_t ldy, int64_t r0,
+                                                   int64_t r1) {
+  TINYSLM_X86_GEMV_BODY(dot_chunk_avx2<V>(w, sw16, nv, a.qs + v0, a.da16 + v0 / 16))
+}
+
+// ---------------------------------------------------------------------------------------
+// AVX2 fused GEMV for the common types. Without VNNI, maddubs multiplies unsigned by signed
+// bytes into saturating int16 pairs, so the weights enter as their unsigned codes q (at most
+// 63 here, so no pair can saturate) and the offset is taken out exactly afterwards:
+// sum (q - off) a = sum q a - off * sum a, with sum a from the activation's sums of 16.
+// Q8_0 uses the sign trick instead (|w| x sign(a, w), at most 2 * 128 * 127).
+
+template <int V>
+TINYSLM_TARGET_AVX2 inline __m256i madd_u8s8(__m256i u, __m256i s) {
+  return dot4_u8s8<V>(_mm256_setzero_si256(), u, s);
+}
+
+// Adds an int32 to lane 0 (lanes are summed later, so this adds it to the total).
+TINYSLM_TARGET_AVX2 inline __m256i add_lane0(__m256i v, int32_t c) {
+  return _mm256_add_epi32(v, _mm256_zextsi128_si256(_mm_cvtsi32_si128(c)));
+}
+
+template <int V, TensorType T, int N>
+TINYSLM_TARGET_AVX2 inline void gemv_row_legacy_avx2(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
+  constexpr int bb = T == TensorType::Q8_0 ? 34 : T == TensorType::Q5_0 ? 22 : 18;
+  __m256 acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < k / 32; ++b) {
+    const uint8_t* p = row + b * bb;
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    const float d = f16_scalar(h);
+    __m256i q;
+    int off = 0;
+    if constexpr (T == TensorType::Q8_0) {
+      q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
+    } else if constexpr (T == TensorType::Q5_0) {
+      uint32_t qh;
+      std::memcpy(&qh, p + 2, 4);
+      q = _mm256_or_si256(nibbles32(p + 6), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
+      off = 16;
+    } else {
+      q = nibbles32(p + 2);
+      off = 8;
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < N; ++i) {
+      const ActRow& a = acts[i];
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + b * 32));
+      __m256i t;
+      if constexpr (T == TensorType::Q8_0) {
+        t = madd_u8s8<V>(_mm256_sign_epi8(q, q), _mm256_sign_epi8(av, q));
+      } else {
+        t = add_lane0(madd_u8s8<V>(q, av), -off * (a.sum16[2 * b] + a.sum16[2 * b + 1]));
+      }
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * a.da32[b]), acc[i]);
+    }
+  }
+  for (int i = 0; i < N; ++i) out[i] = hsum256(acc[i]);
+}
+
+template <int V, TensorType T, int N>
+TINYSLM_TARGET_AVX2 inline void gemv_row_k_avx2(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
+  __m256 acc[N];
+  float accs[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps(), accs[i] = 0.f;
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t b = 0; b < k / 256; ++b) {
+    const int64_t v = b * 256;
+    if constexpr (T == TensorType::Q4_K) {
+      const auto* blk = reinterpret_cast<const BlockQ4_K*>(row + b * sizeof(BlockQ4_K));
+      const float d = f16_scalar(blk->d), dmin = f16_scalar(blk->dmin);
+      uint8_t sc[8], mn[8];
+      unpack_scales_k4(blk->scales, sc, mn);
+      __m256i q[8];
+      for (int c = 0; c < 4; ++c) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qs + 32 * c));
+        q[2 * c] = _mm256_and_si256(x, m4);
+        q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+      }
+#pragma GCC unroll 4
+      for (int i = 0; i < N; ++i) {
+        const ActRow& a = acts[i];
+        __m256i isum = _mm256_setzero_si256();
+        int32_t ms = 0;
+        for (int j = 0; j < 8; ++j) {
+          const __m256i t = madd_u8s8<V>(q[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + v + 32 * j)));
+          isum = _mm256_add_epi32(isum, _mm256_mullo_epi32(t, _mm256_set1_epi32(sc[j])));
+          ms += mn[j] * (a.sum16[v / 16 + 2 * j] + a.sum16[v / 16 + 2 * j + 1]);
+        }
+        const float da = a.da16[v / 16];
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * da), acc[i]);
+        accs[i] -= dmin * da * static_cast<float>(ms);
+      }
+    } else {  // Q6_K
+      const auto* blk = reinterpret_cast<const BlockQ6_K*>(row + b * sizeof(BlockQ6_K));
+      const float d = f16_scalar(blk->d);
+      const __m256i m3 = _mm256_set1_epi8(3);
+      __m256i q[8];
+      for (int h = 0; h < 2; ++h) {
+        const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->ql + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->ql + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qh + 32 * h));
+        q[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+        q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+        q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+        q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+      }
+      // Per-lane scales: lanes 0-3 of vector j cover values 32 j .. 32 j + 15 (group 2 j).
+      const __m256i sc16 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->scales)));
+      const __m256i sc16b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->scales + 8)));
+#pragma GCC unroll 4
+      for (int i = 0; i < N; ++i) {
+        const ActRow& a = acts[i];
+        __m256i isum = _mm256_setzero_si256();
+        for (int j = 0; j < 8; ++j) {
+          const int g = 2 * j;
+          const __m256i t = madd_u8s8<V>(q[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + v + 32 * j)));
+          const __m256i src = j < 4 ? sc16 : sc16b;
+          const int gl = g % 8;
+          const __m256i scl = _mm256_permutevar8x32_epi32(src, _mm256_setr_epi32(gl, gl, gl, gl, gl + 1, gl + 1, gl + 1, gl + 1));
+          // the -32 offset of each group of 16, weighted by its scale
+          const int32_t corr = -32 * (blk->scales[g] * a.sum16[v / 16 + g] + blk->scales[g + 1] * a.sum16[v / 16 + g + 1]);
+          isum = add_lane0(_mm256_add_epi32(isum, _mm256_mullo_epi32(t, scl)), corr);
+        }
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * a.da16[v / 16]), acc[i]);
+      }
+    }
+  }
+  for (int i = 0; i < N; ++i) out[i] = hsum256(acc[i]) + accs[i];
+}
+
+template <int V, TensorType T, int N>
+TINYSLM_TARGET_AVX2 inline void gemv_rows_fused_avx2(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
+                                                     float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  float out[N];
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = data + r * row_bytes;
+    if constexpr (T == TensorType::Q4_K || T == TensorType::Q6_K)
+      gemv_row_k_avx2<V, T, N>(row, k, acts, out);
+    else
+      gemv_row_legacy_avx2<V, T, N>(row, k, acts, out);
+    for (int i = 0; i < N; ++i) y[i * ldy + r] = out[i];
+  }
+}
+
+template <int V, TensorType T>
+inline bool gemv_fused_avx2_n(int64_t n, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, float* y,
+                              int64_t ldy, int64_t r0, int64_t r1) {
+  // Tokens 4 at a time, so each block is unpacked once per 4 tokens.
+  for (int64_t i0 = 0; i0 < n; i0 += 4) {
+    float* yi = y + i0 * ldy;
+    switch (n - i0 < 4 ? n - i0 : 4) {
+      case 1: gemv_rows_fused_avx2<V, T, 1>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+      case 2: gemv_rows_fused_avx2<V, T, 2>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+      case 3: gemv_rows_fused_avx2<V, T, 3>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+      default: gemv_rows_fused_avx2<V, T, 4>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
+    }
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// Token tiles for the panel GEMMs (TokenTile, kernels_scalar.hpp).
+
+// Per tile, the element counts of each array for k values.
+inline int64_t tile_q_words(int64_t k) { return k / 4 * kTileTokens; }
+inline int64_t tile_g16(int64_t k) { return k / 16 * kTileTokens; }
+inline int64_t tile_g32(int64_t k) { return k / 32 * kTileTokens; }
+
+// Builds tile `ti` (tokens 8 ti .. 8 ti + 7) from the activation rows.
+// `unsigned_q`: store the quants as a + 128 (unsigned bytes), for the AVX2 GEMM.
+inline void build_token_tile(const ActRow* acts, int64_t n, int64_t k, int64_t ti, int32_t* q, int32_t* c16,
+                             int32_t* c32, float* d16, float* m16, float* m32, bool unsigned_q = false) {
+  for (int c = 0; c < kTileTokens; ++c) {
+    const int64_t i = ti * kTileTokens + c;
+    if (i < n) {
+      const ActRow& a = acts[i];
+      for (int64_t w = 0; w < k / 4; ++w) {
+        uint32_t word;
+        std::memcpy(&word, a.qs + 4 * w, 4);
+        if (unsigned_q) word ^= 0x80808080u;
+        std::memcpy(&q[w * kTileTokens + c], &word, 4);
+      }
+      for (int64_t g = 0; g < k / 16; ++g) {
+        c16[g * kTileTokens + c] = -128 * a.sum16[g];
+        d16[g * kTileTokens + c] = a.da16[g];
+        m16[g * kTileTokens + c] = a.m16[g];
+      }
+      for (int64_t g = 0; g < k / 32; ++g) {
+        c32[g * kTileTokens + c] = -128 * (a.sum16[2 * g] + a.sum16[2 * g + 1]);
+        m32[g * kTileTokens + c] = a.m32[g];
+      }
+    } else {
+      for (int64_t w = 0; w < k / 4; ++w) q[w * kTileTokens + c] = unsigned_q ? static_cast<int32_t>(0x80808080u) : 0;
+      for (int64_t g = 0; g < k / 16; ++g) c16[g * kTileTokens + c] = 0, d16[g * kTileTokens + c] = 0.f, m16[g * kTileTokens + c] = 0.f;
+      for (int64_t g = 0; g < k / 32; ++g) c32[g * kTileTokens + c] = 0, m32[g * kTileTokens + c] = 0.f;
+    }
+  }
+}
+
+
+// ---------------------------------------------------------------------------------------
+// AVX2 GEMM on interleaved 8-row panels (no VNNI). maddubs takes the activations as unsigned
+// bytes a + 128 (tiles built with unsigned_q) and the weights as signed bytes; with |w| <= 32
+// two products never saturate an int16 (2 * 255 * 32), and even two maddubs results add
+// up without overflow, so pairs of 4-byte steps share one madd. The +128 is taken out
+// exactly per row: -128 * (sum of the row's 16 weights), kept in the panel. Types with
+// larger weights (Q8_0, IQ4_NL) use the decoded-chunk path.
+
+inline bool avx2_gemm_supports(int v, TensorType t) {
+  return is_integer_weight_type(t) && (v != kDotAvx2 || (t != TensorType::Q8_0 && t != TensorType::IQ4_NL));
+}
+
+struct alignas(32) Panel8 {
+  int8_t w[kChunk / 4][8][4];   // w[q][r] = weights 4q..4q+3 of row r (signed)
+  float s16[kChunk / 16][8];    // weight scale per 16 values, per row
+  float mw[kChunk / 16][8];     // min per group, per row
+  int32_t corr16[kChunk / 16][8];  // -128 * sum of the row's 16 weights
+};
+
+template <TensorType T>
+TINYSLM_TARGET_AVX2 inline void fill_panel8(const uint8_t* data, int64_t row_bytes,
+                                            int64_t r0, int nr, int64_t v0, int64_t nv, Panel8& p) {
+  constexpr WeightTraits tr = weight_traits(T);
+  alignas(64) int8_t w[kChunk];
+  alignas(64) float sw16[kChunk / 16 + 4];
+  alignas(64) float mw[kChunk / 16];
+  const int64_t nq = nv / 4;
+  for (int r = 0; r < 8; ++r) {
+    if (r < nr) {
+      decode_chunk<T>(data + (r0 + r) * row_bytes, v0, nv, w, sw16, mw);
+      for (int64_t q = 0; q < nq; ++q) std::memcpy(&p.w[q][r][0], w + 4 * q, 4);
+      for (int64_t g = 0; g < nv / 16; ++g) {
+        int32_t sum = 0;
+        for (int i = 0; i < 16; ++i) sum += w[16 * g + i];
+        p.s16[g][r] = sw16[g];
+        p.corr16[g][r] = -128 * sum;
+      }
+      if (tr.has_min)
+        for (int64_t g = 0; g < nv / tr.group; ++g) p.mw[g][r] = mw[g];
+    } else {
+      for (int64_t q = 0; q < nq; ++q) std::memset(&p.w[q][r][0], 0, 4);
+      for (int64_t g = 0; g < nv / 16; ++g) p.s16[g][r] = 0.f, p.corr16[g][r] = 0;
+      if (tr.has_min)
+        for (int64_t g = 0; g < nv / tr.group; ++g) p.mw[g][r] = 0.f;
+    }
+  }
+}
+
+// acc[c] (8 rows) for 4 tokens (c0 .. c0 + 3 of the tile).
+template <int V, int G, bool Min>
+TINYSLM_TARGET_AVX2 inline void panel8_kernel(const Panel8& p, int64_t v0, int64_t nv, const TokenTile& t, int c0,
+                                              __m256* out) {
+  constexpr int C = 4, T = kTileTokens;
+  const int32_t* q4 = t.q + v0 / 4 * T + c0;
+  const float* dd = t.d16 + v0 / 16 * T + c0;
+  const float* mm = (G == 32 ? t.m32 + v0 / 32 * T : t.m16 + v0 / 16 * T) + c0;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[C];
+  for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < nv / G; ++g) {
+    __m256i corr = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.corr16[g * (G / 16)][0]));
+    if (G == 32) corr = _mm256_add_epi32(corr, _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.corr16[2 * g + 1][0])));
+    __m256i isum[C];
+    for (int c = 0; c < C; ++c) isum[c] = corr;
+    const int64_t q0 = g * (G / 4);
+#pragma GCC unroll 4
+    for (int q = 0; q < G / 4; q += 2) {
+      const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.w[q0 + q][0][0]));
+      const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.w[q0 + q + 1][0][0]));
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) {
+        const __m256i a0 = _mm256_set1_epi32(q4[(q0 + q) * T + c]);
+        const __m256i a1 = _mm256_set1_epi32(q4[(q0 + q + 1) * T + c]);
+        if constexpr (V == kDotAvx2) {
+          const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(a0, w0), _mm256_maddubs_epi16(a1, w1));
+          isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(p16, ones));
+        } else {
+          isum[c] = dot4_u8s8<V>(dot4_u8s8<V>(isum[c], a0, w0), a1, w1);
+        }
+      }
+    }
+    const __m256 s = _mm256_load_ps(&p.s16[g * (G / 16)][0]);
+    const float* dg = dd + g * (G / 16) * T;
+    for (int c = 0; c < C; ++c) {
+      acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(s, _mm256_set1_ps(dg[c])), acc[c]);
+      if (Min) acc[c] = _mm256_fmadd_ps(_mm256_load_ps(&p.mw[g][0]), _mm256_set1_ps(mm[g * T + c]), acc[c]);
+    }
+  }
+  for (int c = 0; c < C; ++c) out[c] = acc[c];
+}
+
+template <int V, int G, bool Min>
+TINYSLM_TARGET_AVX2 inline void panel8_tokens(const Panel8& p, int64_t v0, int64_t nv, const TokenTile* tiles, int64_t n,
+                                              float* y, int64_t ldy, int64_t r0, int nr, bool first) {
+  alignas(32) int32_t mk[8];
+  for (int r = 0; r < 8; ++r) mk[r] = r < nr ? -1 : 0;
+  const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(mk));
+  __m256 acc[4];
+  for (int64_t i0 = 0; i0 < n; i0 += 4) {
+    panel8_kernel<V, G, Min>(p, v0, nv, tiles[i0 / kTileTokens], static_cast<int>(i0 % kTileTokens), acc);
+    const int64_t nc = n - i0 < 4 ? n - i0 : 4;
+    for (int64_t c = 0; c < nc; ++c) {
+      float* yp = y + (i0 + c) * ldy + r0;
+      __m256 v = acc[c];
+      if (!first) v = _mm256_add_ps(_mm256_maskload_ps(yp, mask), v);
+      _mm256_maskstore_ps(yp, mask, v);
+    }
+  }
+}
+
+
+// The panel GEMM driver of both vector widths: rows in panels of Gemm::kRows, each decoded one
+// kChunk of k at a time (Gemm::fill) and multiplied with every token tile by the micro-kernel
+// of the type's scale group and min (Gemm::tokens), partial sums added into y.
+template <class Gemm, TensorType T>
+inline void gemm_panels(const uint8_t* data, int64_t row_bytes, int64_t k, const TokenTile* tiles,
+                        int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  constexpr WeightTraits tr = weight_traits(T);
+  typename Gemm::Panel p;
+  for (int64_t rp = r0; rp < r1; rp += Gemm::kRows) {
+    const int nr = static_cast<int>(r1 - rp < Gemm::kRows ? r1 - rp : Gemm::kRows);
+    for (int64_t v0 = 0; v0 < k; v0 += kChunk) {
+      const int64_t nv = k - v0 < kChunk ? k - v0 : kChunk;
+      Gemm::template fill<T>(data, row_bytes, rp, nr, v0, nv, p);
+      const bool first = v0 == 0;
+      if constexpr (tr.group == 32 && tr.has_min)
+        Gemm::template tokens<32, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+      else if constexpr (tr.group == 32)
+        Gemm::template tokens<32, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+      else if constexpr (tr.has_min)
+        Gemm::template tokens<16, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+      else
+        Gemm::template tokens<16, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
+    }
+  }
+}
+
+template <int V>
+struct GemmAvx2 {
+  using Panel = Panel8;
+  static constexpr int kRows = 8;
+  template <TensorType T>
+  static void fill(const uint8_t* data, int64_t row_bytes, int64_t r0, int nr, int64_t v0, int64_t nv, Panel& p) {
+    fill_panel8<T>(data, row_bytes, r0, nr, v0, nv, p);
+  }
+  template <int G, bool Min>
+  static void tokens(const Panel& p, int64_t v0, int64_t nv, const TokenTile* tiles, int64_t n, float* y, int64_t ldy,
+                     int64_t r0, int nr, bool first) {
+    panel8_tokens<V, G, Min>(p, v0, nv, tiles, n, y, ldy, r0, nr, first);
+  }
+};
+
+
+// ---------------------------------------------------------------------------------------
+// Float weights: 4 rows x up to 4 tokens per tile, vectors over k, one horizontal sum each.
+
+template <TensorType T>
+TINYSLM_TARGET_AVX2 inline __m256 load8_weights(const uint8_t* row, int64_t i) {
+  if constexpr (T == TensorType::F32) return _mm256_loadu_ps(reinterpret_cast<const float*>(row + 4 * i));
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i));
+  if constexpr (T == TensorType::F16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+template <TensorType T, int R, int C>
+TINYSLM_TARGET_AVX2 inline void float_tile_avx2(const uint8_t* const* rows, int64_t k, const float* const* xs, float* out) {
+  __m256 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) {
+    __m256 xv[C];
+    for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(xs[c] + i);
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = load8_weights<T>(rows[r], i);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) {
+      float s = hsum256(acc[r][c]);
+      for (int64_t j = i; j < k; ++j) s += load_weight_float(T, rows[r], j) * xs[c][j];
+      out[r * C + c] = s;
+    }
+}
+
+template <TensorType T>
+struct FloatTileAvx2 {
+  template <int R, int C>
+  static void run(const uint8_t* const* rows, int64_t k, const float* const* xs, float* out) {
+    float_tile_avx2<T, R, C>(rows, k, xs, out);
+  }
+};
+
+// Float rows, 4 rows x up to 4 tokens per tile (Tile: FloatTileAvx2 / FloatTileAvx512).
+template <class Tile, TensorType T>
+inline void float_rows_t(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, int64_t n, float* y,
+                         int64_t ldy, int64_t r0, int64_t r1) {
+  if (n > 4) {
+    // Many tokens: block k so a tile of 4 tokens stays in L1 while the rows stream past it;
+    // partial sums of each k block are added into y.
+    constexpr int64_t kb = 1024;
+    const int64_t wsize = T == TensorType::F32 ? 4 : 2;
+    for (int64_t k0 = 0; k0 < k; k0 += kb) {
+      const int64_t nk = k - k0 < kb ? k - k0 : kb;
+      for (int64_t i0 = 0; i0 < n; i0 += 4) {
+        const int nc = static_cast<int>(n - i0 < 4 ? n - i0 : 4);
+        const float* xs[4];
+        for (int c = 0; c < 4; ++c) xs[c] = acts[i0 + (c < nc ? c : 0)].xf + k0;
+        for (int64_t r = r0; r < r1; r += 4) {
+          const int nr = static_cast<int>(r1 - r < 4 ? r1 - r : 4);
+          const uint8_t* rows[4];
+          for (int j = 0; j < 4; ++j) rows[j] = data + (r + (j < nr ? j : 0)) * row_bytes + k0 * wsize;
+          float out[16];
+          switch (nc) {
+            case 4: Tile::template run<4, 4>(rows, nk, xs, out); break;
+            case 3: Tile::template run<4, 3>(rows, nk, xs, out); break;
+            case 2: Tile::template run<4, 2>(rows, nk, xs, out); break;
+            default: Tile::template run<4, 1>(rows, nk, xs, out); break;
+          }
+          for (int j = 0; j < nr; ++j)
+            for (int c = 0; c < nc; ++c) {
+              float& dst = y[(i0 + c) * ldy + r + j];
+              dst = k0 == 0 ? out[j * nc + c] : dst + out[j * nc + c];
+            }
+        }
+      }
+    }
+    return;
+  }
+  for (int64_t r = r0; r < r1; r += 4) {
+    const int nr = static_cast<int>(r1 - r < 4 ? r1 - r : 4);
+    const uint8_t* rows[4];
+    for (int j = 0; j < 4; ++j) rows[j] = data + (r + (j < nr ? j : 0)) * row_bytes;
+    for (int64_t i0 = 0; i0 < n; i0 += 4) {
+      const int nc = static_cast<int>(n - i0 < 4 ? n - i0 : 4);
+      const float* xs[4];
+      for (int c = 0; c < 4; ++c) xs[c] = acts[i0 + (c < nc ? c : 0)].xf;
+      float out[16];
+      // Every (row, token) pair is summed the same way whatever the tile shape.
+      switch (nc) {
+        case 4: Tile::template run<4, 4>(rows, k, xs, out); break;
+        case 3: Tile::template run<4, 3>(rows, k, xs, out); break;
+        case 2: Tile::template run<4, 2>(rows, k, xs, out); break;
+        default: Tile::template run<4, 1>(rows, k, xs, out); break;
+      }
+      for (int j = 0; j < nr; ++j)
+        for (int c = 0; c < nc; ++c) y[(i0 + c) * ldy + r + j] = out[j * nc + c];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Entries of the block-type table (RowsFn): rows [r0, r1) of one weight type for n tokens.
+
+template <int V, TensorType T>
+inline void rows_avx2_dot(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, const TokenTile* tiles,
+                          int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if constexpr (!block_type(T).integer_dot) {
+    float_rows_t<FloatTileAvx2<T>, T>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  } else {
+    constexpr bool fused = T == TensorType::Q4_0 || T == TensorType::Q5_0 || T == TensorType::Q8_0 ||
+                           T == TensorType::Q4_K || T == TensorType::Q6_K;
+    if (tiles && avx2_gemm_supports(V, T)) {
+      gemm_panels<GemmAvx2<V>, T>(data, row_bytes, k, tiles, n, y, ldy, r0, r1);
+      return;
+    }
+    // More than 8 tokens: the decoded-chunk path reuses a decode for 16 tokens.
+    if constexpr (fused) {
+      if (n <= 8) {
+        gemv_fused_avx2_n<V, T>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
+        return;
+      }
+    }
+    int_rows_gemv_avx2<V, T>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  }
+}
+
+template <TensorType T>
+inline void rows_avx2(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, const TokenTile* tiles,
+                      int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  rows_avx2_dot<kDotAvx2, T>(data, row_bytes, k, acts, tiles, n, y, ldy, r0, r1);
+}
+
+// AVX-VNNI in its VEX encoding, or through AVX-512's EVEX encoding on CPUs without AVX-VNNI.
+template <TensorType T>
+inline void rows_avxvnni(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, const TokenTile* tiles,
+                         int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  static const bool evex = !detect_cpu_features().avx_vnni;
+  if (evex)
+    rows_avx2_dot<kDotEvex256, T>(data, row_bytes, k, acts, tiles, n, y, ldy, r0, r1);
+  else
+    rows_avx2_dot<kDotAvxVnni, T>(data, row_bytes, k, acts, tiles, n, y, ldy, r0, r1);
+}
+
+
+}  // namespace x86
+}  // namespace detail
+}  // inline namespace TINYSLM_ABI_NAMESPACE
+}  // namespace tinyslm
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+#endif  // TINYSLM_SIMD_X86
+// ---- end tinyslm/kernels_avx2.hpp ----
+
+// ---- begin tinyslm/kernels_avx512.hpp ----
+// tinyslm kernels, x86-64 AVX-512 path (F/BW/VL/DQ + VNNI), on top of kernels_avx2.hpp (whose
+// SIMD decode, activation quantization, token tiles and drivers it shares).
+//
+//  - GEMV, few tokens (n < kGemmMinTokens), for every integer type: fused kernels that unpack
+//    each block in registers straight into unsigned bytes u = w + 128 and vpdpbusd them with
+//    every token, with the exact integer correction -128 * sum(a) (corr4, precomputed per 4
+//    activations). With one token, Q4_0 / Q5_0 / Q4_K rearrange the activation once per call
+//    into the order their nibbles unpack to (gemv_row_legacy_prep, gemv_row_q4_k_prep), so a
+//    group of values unpacks with one AND / shift / AND.
+//  - GEMM (n >= kGemmMinTokens): a panel of 16 rows is decoded and interleaved so one zmm
+//    holds 4 consecutive bytes of each of the 16 rows; the micro-kernel broadcasts 4 activation
+//    bytes of a token per vpdpbusd (tokens interleaved 8 at a time, TokenTile) and keeps 8
+//    tokens x 16 rows of accumulators in registers, so scales are applied once per group of
+//    16/32 values per (row, token). Panels are built on the fly from the GGUF bytes (no
+//    repacked copy of the weights: no extra memory, no load-time cost).
+// Float weights: the 4 x 4 tile of kernels_avx2.hpp with 512-bit vectors.
+
+#include <cstdint>
+#include <cstring>
+
+
+#if defined(TINYSLM_KERNELS_X86)
+
+#define TINYSLM_TARGET_AVX512 \
+  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace tinyslm {
+inline namespace TINYSLM_ABI_NAMESPACE {
+namespace detail {
+namespace x86 {
+
 // AVX-512 VNNI: 64 values per step on unsigned bytes w + 128, corrected by corr4.
 TINYSLM_TARGET_AVX512 inline float dot_chunk_avx512(const int8_t* w, const float* sw16, int64_t nv, const int8_t* aq,
                                                     const int32_t* corr4, const float* da16) {
@@ -4329,45 +5076,9 @@ TINYSLM_TARGET_AVX512 inline float dot_chunk_avx512(const int8_t* w, const float
   return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
-// ---------------------------------------------------------------------------------------
-// GEMV-style driver: each row is decoded chunk by chunk once and dotted with every token.
 
-template <bool Avx512>
-inline void int_rows_gemv(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
-                          int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1);
-
-#define TINYSLM_X86_GEMV_BODY(DOT)                                                             \
-  const WeightTraits tr = weight_traits(t);                                                   \
-  alignas(64) int8_t w[kChunk];                                                               \
-  alignas(64) float sw16[kChunk / 16 + 4];                                                    \
-  alignas(64) float mw[kChunk / 16];                                                          \
-  float acc[16];                                                                              \
-  for (int64_t r = r0; r < r1; ++r) {                                                         \
-    const uint8_t* row = data + r * row_bytes;                                                \
-    for (int64_t i0 = 0; i0 < n; i0 += 16) {                                                  \
-      const int64_t ni = n - i0 < 16 ? n - i0 : 16;                                           \
-      for (int64_t i = 0; i < ni; ++i) acc[i] = 0.f;                                          \
-      for (int64_t v0 = 0; v0 < k; v0 += kChunk) {                                            \
-        const int64_t nv = k - v0 < kChunk ? k - v0 : kChunk;                                 \
-        decode_chunk(t, row, v0, nv, w, sw16, mw);                                            \
-        for (int64_t i = 0; i < ni; ++i) {                                                    \
-          const ActRow& a = acts[i0 + i];                                                     \
-          acc[i] += DOT;                                                                      \
-          if (tr.has_min) acc[i] += chunk_min_term(tr, mw, v0, nv, a);                        \
-        }                                                                                     \
-      }                                                                                       \
-      for (int64_t i = 0; i < ni; ++i) y[(i0 + i) * ldy + r] = acc[i];                        \
-    }                                                                                         \
-  }
-
-template <int V>
-TINYSLM_TARGET_AVX2 inline void int_rows_gemv_avx2(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
-                                                   const ActRow* acts, int64_t n, float* y, int64_t ldy, int64_t r0,
-                                                   int64_t r1) {
-  TINYSLM_X86_GEMV_BODY(dot_chunk_avx2<V>(w, sw16, nv, a.qs + v0, a.da16 + v0 / 16))
-}
-
-TINYSLM_TARGET_AVX512 inline void int_rows_gemv_avx512(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
+template <TensorType T>
+TINYSLM_TARGET_AVX512 inline void int_rows_gemv_avx512(const uint8_t* data, int64_t row_bytes, int64_t k,
                                                        const ActRow* acts, int64_t n, float* y, int64_t ldy, int64_t r0,
                                                        int64_t r1) {
   TINYSLM_X86_GEMV_BODY(dot_chunk_avx512(w, sw16, nv, a.qs + v0, a.corr4 + v0 / 4, a.da16 + v0 / 16))
@@ -4487,6 +5198,34 @@ TINYSLM_TARGET_AVX512 inline void gemv_row_legacy(const uint8_t* row, int64_t k,
   }
 }
 
+// One Q6_K super-block as unsigned bytes u = w + 128 (four vectors of 64 values) and its
+// integer sub-block scales spread over the int32 lanes of each vector.
+TINYSLM_TARGET_AVX512 __attribute__((always_inline)) inline void unpack_q6_k_u8(const BlockQ6_K* b6, __m512i* u,
+                                                                               __m512i* scl) {
+  const __m512i scv = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b6->scales)));
+  // Per half h (128 values): the 64 ql bytes give values [0, 64) in their low nibbles and
+  // [64, 128) in their high ones, already in order; the 32 qh bytes are broadcast to both
+  // 256-bit halves and the upper copy shifted right by 2, so bits 0-1 / 4-5 of each byte
+  // are the high bits of the low / high nibble's value.
+  const __m512i m4z = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  const __m512i off = _mm512_set1_epi8(96);  // u = (q - 32) + 128
+  for (int h = 0; h < 2; ++h) {
+    const __m512i l = _mm512_loadu_si512(b6->ql + 64 * h);
+    const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh + 32 * h)));
+    const __m512i qs = _mm512_mask_srli_epi16(q, static_cast<__mmask32>(0xFFFF0000u), q, 2);
+    const __m512i lo = _mm512_or_si512(_mm512_and_si512(l, m4z), _mm512_and_si512(_mm512_slli_epi16(qs, 4), m30));
+    const __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4z), _mm512_and_si512(qs, m30));
+    u[2 * h] = _mm512_add_epi8(lo, off);
+    u[2 * h + 1] = _mm512_add_epi8(hi, off);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const int g = 4 * j;
+    scl[j] = _mm512_permutexvar_epi32(_mm512_setr_epi32(g, g, g, g, g + 1, g + 1, g + 1, g + 1, g + 2, g + 2, g + 2, g + 2,
+                                                        g + 3, g + 3, g + 3, g + 3),
+                                      scv);
+  }
+}
+
 // Q4_K / Q5_K / Q6_K: integer sub-block scales applied with vpmulld, one float scale per
 // super-block (as llama.cpp does), mins through the activation's sums of 16.
 template <TensorType T, int N>
@@ -4536,28 +5275,7 @@ TINYSLM_TARGET_AVX512 inline void gemv_row_k(const uint8_t* row, int64_t k, cons
     } else {  // Q6_K
       const auto* b6 = reinterpret_cast<const BlockQ6_K*>(row + b * sizeof(BlockQ6_K));
       d = f16_scalar(b6->d);
-      const __m512i scv = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b6->scales)));
-      // Per half h (128 values): the 64 ql bytes give values [0, 64) in their low nibbles and
-      // [64, 128) in their high ones, already in order; the 32 qh bytes are broadcast to both
-      // 256-bit halves and the upper copy shifted right by 2, so bits 0-1 / 4-5 of each byte
-      // are the high bits of the low / high nibble's value.
-      const __m512i m4z = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
-      const __m512i off = _mm512_set1_epi8(96);  // u = (q - 32) + 128
-      for (int h = 0; h < 2; ++h) {
-        const __m512i l = _mm512_loadu_si512(b6->ql + 64 * h);
-        const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b6->qh + 32 * h)));
-        const __m512i qs = _mm512_mask_srli_epi16(q, static_cast<__mmask32>(0xFFFF0000u), q, 2);
-        const __m512i lo = _mm512_or_si512(_mm512_and_si512(l, m4z), _mm512_and_si512(_mm512_slli_epi16(qs, 4), m30));
-        const __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4z), _mm512_and_si512(qs, m30));
-        u[2 * h] = _mm512_add_epi8(lo, off);
-        u[2 * h + 1] = _mm512_add_epi8(hi, off);
-      }
-      for (int j = 0; j < 4; ++j) {
-        const int g = 4 * j;
-        scl[j] = _mm512_permutexvar_epi32(_mm512_setr_epi32(g, g, g, g, g + 1, g + 1, g + 1, g + 1, g + 2, g + 2, g + 2, g + 2,
-                                                            g + 3, g + 3, g + 3, g + 3),
-                                          scv);
-      }
+      unpack_q6_k_u8(b6, u, scl);
     }
 #pragma GCC unroll 4
     for (int i = 0; i < N; ++i) {
@@ -4908,197 +5626,6 @@ inline bool gemv_fused_n(int64_t n, const uint8_t* data, int64_t row_bytes, int6
   }
 }
 
-// False when there is no fused kernel for this type / token count.
-inline bool gemv_fused_avx512(TensorType t, int64_t n, const uint8_t* data, int64_t row_bytes, int64_t k,
-                              const ActRow* acts, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  switch (t) {
-    case TensorType::Q4_0: return gemv_fused_n<TensorType::Q4_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q4_1: return gemv_fused_n<TensorType::Q4_1>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q5_0: return gemv_fused_n<TensorType::Q5_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q5_1: return gemv_fused_n<TensorType::Q5_1>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q8_0: return gemv_fused_n<TensorType::Q8_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::IQ4_NL: return gemv_fused_n<TensorType::IQ4_NL>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q4_K: return gemv_fused_n<TensorType::Q4_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q5_K: return gemv_fused_n<TensorType::Q5_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q6_K: return gemv_fused_n<TensorType::Q6_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q2_K: return gemv_fused_n<TensorType::Q2_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q3_K: return gemv_fused_n<TensorType::Q3_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    default: return false;
-  }
-}
-
-// ---------------------------------------------------------------------------------------
-// AVX2 fused GEMV for the common types. Without VNNI, maddubs multiplies unsigned by signed
-// bytes into saturating int16 pairs, so the weights enter as their unsigned codes q (at most
-// 63 here, so no pair can saturate) and the offset is taken out exactly afterwards:
-// sum (q - off) a = sum q a - off * sum a, with sum a from the activation's sums of 16.
-// Q8_0 uses the sign trick instead (|w| x sign(a, w), at most 2 * 128 * 127).
-
-template <int V>
-TINYSLM_TARGET_AVX2 inline __m256i madd_u8s8(__m256i u, __m256i s) {
-  return dot4_u8s8<V>(_mm256_setzero_si256(), u, s);
-}
-
-// Adds an int32 to lane 0 (lanes are summed later, so this adds it to the total).
-TINYSLM_TARGET_AVX2 inline __m256i add_lane0(__m256i v, int32_t c) {
-  return _mm256_add_epi32(v, _mm256_zextsi128_si256(_mm_cvtsi32_si128(c)));
-}
-
-template <int V, TensorType T, int N>
-TINYSLM_TARGET_AVX2 inline void gemv_row_legacy_avx2(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
-  constexpr int bb = T == TensorType::Q8_0 ? 34 : T == TensorType::Q5_0 ? 22 : 18;
-  __m256 acc[N];
-  for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < k / 32; ++b) {
-    const uint8_t* p = row + b * bb;
-    uint16_t h;
-    std::memcpy(&h, p, 2);
-    const float d = f16_scalar(h);
-    __m256i q;
-    int off = 0;
-    if constexpr (T == TensorType::Q8_0) {
-      q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
-    } else if constexpr (T == TensorType::Q5_0) {
-      uint32_t qh;
-      std::memcpy(&qh, p + 2, 4);
-      q = _mm256_or_si256(nibbles32(p + 6), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
-      off = 16;
-    } else {
-      q = nibbles32(p + 2);
-      off = 8;
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < N; ++i) {
-      const ActRow& a = acts[i];
-      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + b * 32));
-      __m256i t;
-      if constexpr (T == TensorType::Q8_0) {
-        t = madd_u8s8<V>(_mm256_sign_epi8(q, q), _mm256_sign_epi8(av, q));
-      } else {
-        t = add_lane0(madd_u8s8<V>(q, av), -off * (a.sum16[2 * b] + a.sum16[2 * b + 1]));
-      }
-      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * a.da32[b]), acc[i]);
-    }
-  }
-  for (int i = 0; i < N; ++i) out[i] = hsum256(acc[i]);
-}
-
-template <int V, TensorType T, int N>
-TINYSLM_TARGET_AVX2 inline void gemv_row_k_avx2(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
-  __m256 acc[N];
-  float accs[N];
-  for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps(), accs[i] = 0.f;
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  for (int64_t b = 0; b < k / 256; ++b) {
-    const int64_t v = b * 256;
-    if constexpr (T == TensorType::Q4_K) {
-      const auto* blk = reinterpret_cast<const BlockQ4_K*>(row + b * sizeof(BlockQ4_K));
-      const float d = f16_scalar(blk->d), dmin = f16_scalar(blk->dmin);
-      uint8_t sc[8], mn[8];
-      unpack_scales_k4(blk->scales, sc, mn);
-      __m256i q[8];
-      for (int c = 0; c < 4; ++c) {
-        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qs + 32 * c));
-        q[2 * c] = _mm256_and_si256(x, m4);
-        q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-      }
-#pragma GCC unroll 4
-      for (int i = 0; i < N; ++i) {
-        const ActRow& a = acts[i];
-        __m256i isum = _mm256_setzero_si256();
-        int32_t ms = 0;
-        for (int j = 0; j < 8; ++j) {
-          const __m256i t = madd_u8s8<V>(q[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + v + 32 * j)));
-          isum = _mm256_add_epi32(isum, _mm256_mullo_epi32(t, _mm256_set1_epi32(sc[j])));
-          ms += mn[j] * (a.sum16[v / 16 + 2 * j] + a.sum16[v / 16 + 2 * j + 1]);
-        }
-        const float da = a.da16[v / 16];
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * da), acc[i]);
-        accs[i] -= dmin * da * static_cast<float>(ms);
-      }
-    } else {  // Q6_K
-      const auto* blk = reinterpret_cast<const BlockQ6_K*>(row + b * sizeof(BlockQ6_K));
-      const float d = f16_scalar(blk->d);
-      const __m256i m3 = _mm256_set1_epi8(3);
-      __m256i q[8];
-      for (int h = 0; h < 2; ++h) {
-        const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->ql + 64 * h));
-        const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->ql + 64 * h + 32));
-        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qh + 32 * h));
-        q[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
-        q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
-        q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
-        q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
-      }
-      // Per-lane scales: lanes 0-3 of vector j cover values 32 j .. 32 j + 15 (group 2 j).
-      const __m256i sc16 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->scales)));
-      const __m256i sc16b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk->scales + 8)));
-#pragma GCC unroll 4
-      for (int i = 0; i < N; ++i) {
-        const ActRow& a = acts[i];
-        __m256i isum = _mm256_setzero_si256();
-        for (int j = 0; j < 8; ++j) {
-          const int g = 2 * j;
-          const __m256i t = madd_u8s8<V>(q[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs + v + 32 * j)));
-          const __m256i src = j < 4 ? sc16 : sc16b;
-          const int gl = g % 8;
-          const __m256i scl = _mm256_permutevar8x32_epi32(src, _mm256_setr_epi32(gl, gl, gl, gl, gl + 1, gl + 1, gl + 1, gl + 1));
-          // the -32 offset of each group of 16, weighted by its scale
-          const int32_t corr = -32 * (blk->scales[g] * a.sum16[v / 16 + g] + blk->scales[g + 1] * a.sum16[v / 16 + g + 1]);
-          isum = add_lane0(_mm256_add_epi32(isum, _mm256_mullo_epi32(t, scl)), corr);
-        }
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * a.da16[v / 16]), acc[i]);
-      }
-    }
-  }
-  for (int i = 0; i < N; ++i) out[i] = hsum256(acc[i]) + accs[i];
-}
-
-template <int V, TensorType T, int N>
-TINYSLM_TARGET_AVX2 inline void gemv_rows_fused_avx2(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
-                                                     float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  float out[N];
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = data + r * row_bytes;
-    if constexpr (T == TensorType::Q4_K || T == TensorType::Q6_K)
-      gemv_row_k_avx2<V, T, N>(row, k, acts, out);
-    else
-      gemv_row_legacy_avx2<V, T, N>(row, k, acts, out);
-    for (int i = 0; i < N; ++i) y[i * ldy + r] = out[i];
-  }
-}
-
-template <int V, TensorType T>
-inline bool gemv_fused_avx2_n(int64_t n, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, float* y,
-                              int64_t ldy, int64_t r0, int64_t r1) {
-  // Tokens 4 at a time, so each block is unpacked once per 4 tokens.
-  for (int64_t i0 = 0; i0 < n; i0 += 4) {
-    float* yi = y + i0 * ldy;
-    switch (n - i0 < 4 ? n - i0 : 4) {
-      case 1: gemv_rows_fused_avx2<V, T, 1>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
-      case 2: gemv_rows_fused_avx2<V, T, 2>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
-      case 3: gemv_rows_fused_avx2<V, T, 3>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
-      default: gemv_rows_fused_avx2<V, T, 4>(data, row_bytes, k, acts + i0, yi, ldy, r0, r1); break;
-    }
-  }
-  return true;
-}
-
-template <int V>
-inline bool gemv_fused_avx2(TensorType t, int64_t n, const uint8_t* data, int64_t row_bytes, int64_t k,
-                            const ActRow* acts, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  if (n > 8) return false;  // more tokens: the decoded-chunk path reuses a decode for 16 tokens
-  switch (t) {
-    case TensorType::Q4_0: return gemv_fused_avx2_n<V, TensorType::Q4_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q5_0: return gemv_fused_avx2_n<V, TensorType::Q5_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q8_0: return gemv_fused_avx2_n<V, TensorType::Q8_0>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q4_K: return gemv_fused_avx2_n<V, TensorType::Q4_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    case TensorType::Q6_K: return gemv_fused_avx2_n<V, TensorType::Q6_K>(n, data, row_bytes, k, acts, y, ldy, r0, r1);
-    default: return false;
-  }
-}
 
 // ---------------------------------------------------------------------------------------
 // AVX-512 VNNI GEMM on interleaved 16-row panels.
@@ -5110,15 +5637,17 @@ struct alignas(64) Panel {
 };
 
 // Decodes rows [r0, r0 + nr) (nr <= 16) for values [v0, v0 + nv) into the panel.
-TINYSLM_TARGET_AVX512 inline void fill_panel(TensorType t, const WeightTraits& tr, const uint8_t* data, int64_t row_bytes,
+template <TensorType T>
+TINYSLM_TARGET_AVX512 inline void fill_panel(const uint8_t* data, int64_t row_bytes,
                                              int64_t r0, int nr, int64_t v0, int64_t nv, Panel& p) {
+  constexpr WeightTraits tr = weight_traits(T);
   alignas(64) int8_t w[kChunk];
   alignas(64) float sw16[kChunk / 16 + 4];
   alignas(64) float mw[kChunk / 16];
   const int64_t nq = nv / 4;
   for (int r = 0; r < 16; ++r) {
     if (r < nr) {
-      decode_chunk(t, data + (r0 + r) * row_bytes, v0, nv, w, sw16, mw);
+      decode_chunk<T>(data + (r0 + r) * row_bytes, v0, nv, w, sw16, mw);
       // Scatter 4-byte words of the row into column r of the panel (bytes flipped to w + 128).
       const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
       const __m512i vidx = _mm512_set_epi32(15 * 16, 14 * 16, 13 * 16, 12 * 16, 11 * 16, 10 * 16, 9 * 16, 8 * 16, 7 * 16,
@@ -5136,56 +5665,6 @@ TINYSLM_TARGET_AVX512 inline void fill_panel(TensorType t, const WeightTraits& t
       for (int64_t g = 0; g < nv / 16; ++g) p.s16[g][r] = 0.f;
       if (tr.has_min)
         for (int64_t g = 0; g < nv / tr.group; ++g) p.mw[g][r] = 0.f;
-    }
-  }
-}
-
-// Activations of 8 tokens interleaved for the panel kernel, so one pointer and constant
-// offsets reach every token: q holds 4-byte words as [k/4][8 tokens]; c16 / c32 the
-// corrections -128 * (sum of 16 / 32 quants) as [k/16][8] / [k/32][8]; d16 the scale per 16
-// values as [k/16][8]; m16 / m32 the min terms likewise. Tokens past n are zeros.
-inline constexpr int kTileTokens = 8;
-struct TokenTile {
-  const int32_t* q;
-  const int32_t* c16;
-  const int32_t* c32;
-  const float* d16;
-  const float* m16;
-  const float* m32;
-};
-
-// Per tile, the element counts of each array for k values.
-inline int64_t tile_q_words(int64_t k) { return k / 4 * kTileTokens; }
-inline int64_t tile_g16(int64_t k) { return k / 16 * kTileTokens; }
-inline int64_t tile_g32(int64_t k) { return k / 32 * kTileTokens; }
-
-// Builds tile `ti` (tokens 8 ti .. 8 ti + 7) from the activation rows.
-// `unsigned_q`: store the quants as a + 128 (unsigned bytes), for the AVX2 GEMM.
-inline void build_token_tile(const ActRow* acts, int64_t n, int64_t k, int64_t ti, int32_t* q, int32_t* c16,
-                             int32_t* c32, float* d16, float* m16, float* m32, bool unsigned_q = false) {
-  for (int c = 0; c < kTileTokens; ++c) {
-    const int64_t i = ti * kTileTokens + c;
-    if (i < n) {
-      const ActRow& a = acts[i];
-      for (int64_t w = 0; w < k / 4; ++w) {
-        uint32_t word;
-        std::memcpy(&word, a.qs + 4 * w, 4);
-        if (unsigned_q) word ^= 0x80808080u;
-        std::memcpy(&q[w * kTileTokens + c], &word, 4);
-      }
-      for (int64_t g = 0; g < k / 16; ++g) {
-        c16[g * kTileTokens + c] = -128 * a.sum16[g];
-        d16[g * kTileTokens + c] = a.da16[g];
-        m16[g * kTileTokens + c] = a.m16[g];
-      }
-      for (int64_t g = 0; g < k / 32; ++g) {
-        c32[g * kTileTokens + c] = -128 * (a.sum16[2 * g] + a.sum16[2 * g + 1]);
-        m32[g * kTileTokens + c] = a.m32[g];
-      }
-    } else {
-      for (int64_t w = 0; w < k / 4; ++w) q[w * kTileTokens + c] = unsigned_q ? static_cast<int32_t>(0x80808080u) : 0;
-      for (int64_t g = 0; g < k / 16; ++g) c16[g * kTileTokens + c] = 0, d16[g * kTileTokens + c] = 0.f, m16[g * kTileTokens + c] = 0.f;
-      for (int64_t g = 0; g < k / 32; ++g) c32[g * kTileTokens + c] = 0, m32[g * kTileTokens + c] = 0.f;
     }
   }
 }
@@ -5256,170 +5735,6 @@ TINYSLM_TARGET_AVX512 inline void panel_tokens(const Panel& p, int64_t v0, int64
   }
 }
 
-TINYSLM_TARGET_AVX512 inline void int_rows_gemm_avx512(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
-                                                       const TokenTile* tiles, int64_t n, float* y, int64_t ldy,
-                                                       int64_t r0, int64_t r1) {
-  const WeightTraits tr = weight_traits(t);
-  Panel p;
-  for (int64_t rp = r0; rp < r1; rp += 16) {
-    const int nr = static_cast<int>(r1 - rp < 16 ? r1 - rp : 16);
-    for (int64_t v0 = 0; v0 < k; v0 += kChunk) {
-      const int64_t nv = k - v0 < kChunk ? k - v0 : kChunk;
-      fill_panel(t, tr, data, row_bytes, rp, nr, v0, nv, p);
-      const bool first = v0 == 0;
-      if (tr.group == 32) {
-        if (tr.has_min)
-          panel_tokens<32, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
-        else
-          panel_tokens<32, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
-      } else {
-        if (tr.has_min)
-          panel_tokens<16, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
-        else
-          panel_tokens<16, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
-      }
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------
-// AVX2 GEMM on interleaved 8-row panels (no VNNI). maddubs takes the activations as unsigned
-// bytes a + 128 (tiles built with unsigned_q) and the weights as signed bytes; with |w| <= 32
-// two products never saturate an int16 (2 * 255 * 32), and even two maddubs results add
-// up without overflow, so pairs of 4-byte steps share one madd. The +128 is taken out
-// exactly per row: -128 * (sum of the row's 16 weights), kept in the panel. Types with
-// larger weights (Q8_0, IQ4_NL) use the decoded-chunk path.
-
-inline bool avx2_gemm_supports(int v, TensorType t) {
-  return is_integer_weight_type(t) && (v != kDotAvx2 || (t != TensorType::Q8_0 && t != TensorType::IQ4_NL));
-}
-
-struct alignas(32) Panel8 {
-  int8_t w[kChunk / 4][8][4];   // w[q][r] = weights 4q..4q+3 of row r (signed)
-  float s16[kChunk / 16][8];    // weight scale per 16 values, per row
-  float mw[kChunk / 16][8];     // min per group, per row
-  int32_t corr16[kChunk / 16][8];  // -128 * sum of the row's 16 weights
-};
-
-TINYSLM_TARGET_AVX2 inline void fill_panel8(TensorType t, const WeightTraits& tr, const uint8_t* data, int64_t row_bytes,
-                                            int64_t r0, int nr, int64_t v0, int64_t nv, Panel8& p) {
-  alignas(64) int8_t w[kChunk];
-  alignas(64) float sw16[kChunk / 16 + 4];
-  alignas(64) float mw[kChunk / 16];
-  const int64_t nq = nv / 4;
-  for (int r = 0; r < 8; ++r) {
-    if (r < nr) {
-      decode_chunk(t, data + (r0 + r) * row_bytes, v0, nv, w, sw16, mw);
-      for (int64_t q = 0; q < nq; ++q) std::memcpy(&p.w[q][r][0], w + 4 * q, 4);
-      for (int64_t g = 0; g < nv / 16; ++g) {
-        int32_t sum = 0;
-        for (int i = 0; i < 16; ++i) sum += w[16 * g + i];
-        p.s16[g][r] = sw16[g];
-        p.corr16[g][r] = -128 * sum;
-      }
-      if (tr.has_min)
-        for (int64_t g = 0; g < nv / tr.group; ++g) p.mw[g][r] = mw[g];
-    } else {
-      for (int64_t q = 0; q < nq; ++q) std::memset(&p.w[q][r][0], 0, 4);
-      for (int64_t g = 0; g < nv / 16; ++g) p.s16[g][r] = 0.f, p.corr16[g][r] = 0;
-      if (tr.has_min)
-        for (int64_t g = 0; g < nv / tr.group; ++g) p.mw[g][r] = 0.f;
-    }
-  }
-}
-
-// acc[c] (8 rows) for 4 tokens (c0 .. c0 + 3 of the tile).
-template <int V, int G, bool Min>
-TINYSLM_TARGET_AVX2 inline void panel8_kernel(const Panel8& p, int64_t v0, int64_t nv, const TokenTile& t, int c0,
-                                              __m256* out) {
-  constexpr int C = 4, T = kTileTokens;
-  const int32_t* q4 = t.q + v0 / 4 * T + c0;
-  const float* dd = t.d16 + v0 / 16 * T + c0;
-  const float* mm = (G == 32 ? t.m32 + v0 / 32 * T : t.m16 + v0 / 16 * T) + c0;
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[C];
-  for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < nv / G; ++g) {
-    __m256i corr = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.corr16[g * (G / 16)][0]));
-    if (G == 32) corr = _mm256_add_epi32(corr, _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.corr16[2 * g + 1][0])));
-    __m256i isum[C];
-    for (int c = 0; c < C; ++c) isum[c] = corr;
-    const int64_t q0 = g * (G / 4);
-#pragma GCC unroll 4
-    for (int q = 0; q < G / 4; q += 2) {
-      const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.w[q0 + q][0][0]));
-      const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.w[q0 + q + 1][0][0]));
-#pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) {
-        const __m256i a0 = _mm256_set1_epi32(q4[(q0 + q) * T + c]);
-        const __m256i a1 = _mm256_set1_epi32(q4[(q0 + q + 1) * T + c]);
-        if constexpr (V == kDotAvx2) {
-          const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(a0, w0), _mm256_maddubs_epi16(a1, w1));
-          isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(p16, ones));
-        } else {
-          isum[c] = dot4_u8s8<V>(dot4_u8s8<V>(isum[c], a0, w0), a1, w1);
-        }
-      }
-    }
-    const __m256 s = _mm256_load_ps(&p.s16[g * (G / 16)][0]);
-    const float* dg = dd + g * (G / 16) * T;
-    for (int c = 0; c < C; ++c) {
-      acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(s, _mm256_set1_ps(dg[c])), acc[c]);
-      if (Min) acc[c] = _mm256_fmadd_ps(_mm256_load_ps(&p.mw[g][0]), _mm256_set1_ps(mm[g * T + c]), acc[c]);
-    }
-  }
-  for (int c = 0; c < C; ++c) out[c] = acc[c];
-}
-
-template <int V, int G, bool Min>
-TINYSLM_TARGET_AVX2 inline void panel8_tokens(const Panel8& p, int64_t v0, int64_t nv, const TokenTile* tiles, int64_t n,
-                                              float* y, int64_t ldy, int64_t r0, int nr, bool first) {
-  alignas(32) int32_t mk[8];
-  for (int r = 0; r < 8; ++r) mk[r] = r < nr ? -1 : 0;
-  const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(mk));
-  __m256 acc[4];
-  for (int64_t i0 = 0; i0 < n; i0 += 4) {
-    panel8_kernel<V, G, Min>(p, v0, nv, tiles[i0 / kTileTokens], static_cast<int>(i0 % kTileTokens), acc);
-    const int64_t nc = n - i0 < 4 ? n - i0 : 4;
-    for (int64_t c = 0; c < nc; ++c) {
-      float* yp = y + (i0 + c) * ldy + r0;
-      __m256 v = acc[c];
-      if (!first) v = _mm256_add_ps(_mm256_maskload_ps(yp, mask), v);
-      _mm256_maskstore_ps(yp, mask, v);
-    }
-  }
-}
-
-template <int V>
-TINYSLM_TARGET_AVX2 inline void int_rows_gemm_avx2(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
-                                                   const TokenTile* tiles, int64_t n, float* y, int64_t ldy, int64_t r0,
-                                                   int64_t r1) {
-  const WeightTraits tr = weight_traits(t);
-  Panel8 p;
-  for (int64_t rp = r0; rp < r1; rp += 8) {
-    const int nr = static_cast<int>(r1 - rp < 8 ? r1 - rp : 8);
-    for (int64_t v0 = 0; v0 < k; v0 += kChunk) {
-      const int64_t nv = k - v0 < kChunk ? k - v0 : kChunk;
-      fill_panel8(t, tr, data, row_bytes, rp, nr, v0, nv, p);
-      const bool first = v0 == 0;
-      if (tr.group == 32) {
-        if (tr.has_min)
-          panel8_tokens<V, 32, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
-        else
-          panel8_tokens<V, 32, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
-      } else {
-        if (tr.has_min)
-          panel8_tokens<V, 16, true>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
-        else
-          panel8_tokens<V, 16, false>(p, v0, nv, tiles, n, y, ldy, rp, nr, first);
-      }
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------
-// Float weights: 4 rows x up to 4 tokens per tile, vectors over k, one horizontal sum each.
-
 template <TensorType T>
 TINYSLM_TARGET_AVX512 inline __m512 load16_weights(const uint8_t* row, int64_t i) {
   if constexpr (T == TensorType::F32) return _mm512_loadu_ps(row + 4 * i);
@@ -5464,164 +5779,54 @@ TINYSLM_TARGET_AVX512 inline void float_tile_avx512(const uint8_t* const* rows, 
     for (int c = 0; c < C; ++c) out[r * C + c] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
+struct GemmAvx512 {
+  using Panel = x86::Panel;
+  static constexpr int kRows = 16;
+  template <TensorType T>
+  static void fill(const uint8_t* data, int64_t row_bytes, int64_t r0, int nr, int64_t v0, int64_t nv, Panel& p) {
+    fill_panel<T>(data, row_bytes, r0, nr, v0, nv, p);
+  }
+  template <int G, bool Min>
+  static void tokens(const Panel& p, int64_t v0, int64_t nv, const TokenTile* tiles, int64_t n, float* y, int64_t ldy,
+                     int64_t r0, int nr, bool first) {
+    panel_tokens<G, Min>(p, v0, nv, tiles, n, y, ldy, r0, nr, first);
+  }
+};
+
 template <TensorType T>
-TINYSLM_TARGET_AVX2 inline __m256 load8_weights(const uint8_t* row, int64_t i) {
-  if constexpr (T == TensorType::F32) return _mm256_loadu_ps(reinterpret_cast<const float*>(row + 4 * i));
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i));
-  if constexpr (T == TensorType::F16) return _mm256_cvtph_ps(h);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-template <TensorType T, int R, int C>
-TINYSLM_TARGET_AVX2 inline void float_tile_avx2(const uint8_t* const* rows, int64_t k, const float* const* xs, float* out) {
-  __m256 acc[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= k; i += 8) {
-    __m256 xv[C];
-    for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(xs[c] + i);
-    for (int r = 0; r < R; ++r) {
-      const __m256 wv = load8_weights<T>(rows[r], i);
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) {
-      float s = hsum256(acc[r][c]);
-      for (int64_t j = i; j < k; ++j) s += load_weight_float(T, rows[r], j) * xs[c][j];
-      out[r * C + c] = s;
-    }
-}
-
-template <bool Avx512, TensorType T, int R, int C>
-inline void float_tile(const uint8_t* const* rows, int64_t k, const float* const* xs, float* out) {
-  if constexpr (Avx512)
+struct FloatTileAvx512 {
+  template <int R, int C>
+  static void run(const uint8_t* const* rows, int64_t k, const float* const* xs, float* out) {
     float_tile_avx512<T, R, C>(rows, k, xs, out);
-  else
-    float_tile_avx2<T, R, C>(rows, k, xs, out);
-}
-
-template <bool Avx512, TensorType T>
-inline void float_rows_t(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, int64_t n, float* y,
-                         int64_t ldy, int64_t r0, int64_t r1) {
-  if (n > 4) {
-    // Many tokens: block k so a tile of 4 tokens stays in L1 while the rows stream past it;
-    // partial sums of each k block are added into y.
-    constexpr int64_t kb = 1024;
-    const int64_t wsize = T == TensorType::F32 ? 4 : 2;
-    for (int64_t k0 = 0; k0 < k; k0 += kb) {
-      const int64_t nk = k - k0 < kb ? k - k0 : kb;
-      for (int64_t i0 = 0; i0 < n; i0 += 4) {
-        const int nc = static_cast<int>(n - i0 < 4 ? n - i0 : 4);
-        const float* xs[4];
-        for (int c = 0; c < 4; ++c) xs[c] = acts[i0 + (c < nc ? c : 0)].xf + k0;
-        for (int64_t r = r0; r < r1; r += 4) {
-          const int nr = static_cast<int>(r1 - r < 4 ? r1 - r : 4);
-          const uint8_t* rows[4];
-          for (int j = 0; j < 4; ++j) rows[j] = data + (r + (j < nr ? j : 0)) * row_bytes + k0 * wsize;
-          float out[16];
-          switch (nc) {
-            case 4: float_tile<Avx512, T, 4, 4>(rows, nk, xs, out); break;
-            case 3: float_tile<Avx512, T, 4, 3>(rows, nk, xs, out); break;
-            case 2: float_tile<Avx512, T, 4, 2>(rows, nk, xs, out); break;
-            default: float_tile<Avx512, T, 4, 1>(rows, nk, xs, out); break;
-          }
-          for (int j = 0; j < nr; ++j)
-            for (int c = 0; c < nc; ++c) {
-              float& dst = y[(i0 + c) * ldy + r + j];
-              dst = k0 == 0 ? out[j * nc + c] : dst + out[j * nc + c];
-            }
-        }
-      }
-    }
-    return;
   }
-  for (int64_t r = r0; r < r1; r += 4) {
-    const int nr = static_cast<int>(r1 - r < 4 ? r1 - r : 4);
-    const uint8_t* rows[4];
-    for (int j = 0; j < 4; ++j) rows[j] = data + (r + (j < nr ? j : 0)) * row_bytes;
-    for (int64_t i0 = 0; i0 < n; i0 += 4) {
-      const int nc = static_cast<int>(n - i0 < 4 ? n - i0 : 4);
-      const float* xs[4];
-      for (int c = 0; c < 4; ++c) xs[c] = acts[i0 + (c < nc ? c : 0)].xf;
-      float out[16];
-      // Every (row, token) pair is summed the same way whatever the tile shape.
-      switch (nc) {
-        case 4: float_tile<Avx512, T, 4, 4>(rows, k, xs, out); break;
-        case 3: float_tile<Avx512, T, 4, 3>(rows, k, xs, out); break;
-        case 2: float_tile<Avx512, T, 4, 2>(rows, k, xs, out); break;
-        default: float_tile<Avx512, T, 4, 1>(rows, k, xs, out); break;
-      }
-      for (int j = 0; j < nr; ++j)
-        for (int c = 0; c < nc; ++c) y[(i0 + c) * ldy + r + j] = out[j * nc + c];
-    }
-  }
-}
+};
 
-template <bool Avx512>
-inline void float_rows(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, int64_t n,
-                       float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  if (t == TensorType::F32)
-    float_rows_t<Avx512, TensorType::F32>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
-  else if (t == TensorType::F16)
-    float_rows_t<Avx512, TensorType::F16>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
-  else
-    float_rows_t<Avx512, TensorType::BF16>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
-}
-
-// Entry from the dispatcher: rows [r0, r1) for n tokens. False when the type has no path here.
-template <int V>
-inline void int_rows_avx2(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
-                          const TokenTile* tiles, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  if (tiles && avx2_gemm_supports(V, t))
-    int_rows_gemm_avx2<V>(t, data, row_bytes, k, tiles, n, y, ldy, r0, r1);
-  else if (!gemv_fused_avx2<V>(t, n, data, row_bytes, k, acts, y, ldy, r0, r1))
-    int_rows_gemv_avx2<V>(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
-}
-
-// path: kPathAvx2, kPathAvxVnni (256-bit kernels with vpdpbusd; `evex` picks its AVX-512
-// encoding on CPUs without AVX-VNNI) or kPathAvx512.
-inline constexpr int kPathAvx2 = 0, kPathAvxVnni = 1, kPathAvx512 = 2;
-
-inline bool matmul_rows(int path, bool evex, TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k,
-                        const ActRow* acts, const TokenTile* tiles, int64_t n, float* y, int64_t ldy, int64_t r0,
-                        int64_t r1) {
-  const bool avx512 = path == kPathAvx512;
-  if (t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16) {
-    if (avx512)
-      float_rows<true>(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
-    else
-      float_rows<false>(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
-    return true;
-  }
-  if (!is_integer_weight_type(t)) return false;
-  if (path == kPathAvx2)
-    int_rows_avx2<kDotAvx2>(t, data, row_bytes, k, acts, tiles, n, y, ldy, r0, r1);
-  else if (path == kPathAvxVnni && !evex)
-    int_rows_avx2<kDotAvxVnni>(t, data, row_bytes, k, acts, tiles, n, y, ldy, r0, r1);
-  else if (path == kPathAvxVnni)
-    int_rows_avx2<kDotEvex256>(t, data, row_bytes, k, acts, tiles, n, y, ldy, r0, r1);
+// The block-type table's AVX-512 entry (RowsFn) of weight type T.
+template <TensorType T>
+inline void rows_avx512(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, const TokenTile* tiles,
+                        int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if constexpr (!block_type(T).integer_dot)
+    float_rows_t<FloatTileAvx512<T>, T>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
   else if (tiles)
-    int_rows_gemm_avx512(t, data, row_bytes, k, tiles, n, y, ldy, r0, r1);
-  else if (!gemv_fused_avx512(t, n, data, row_bytes, k, acts, y, ldy, r0, r1))
-    int_rows_gemv_avx512(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
-  return true;
+    gemm_panels<GemmAvx512, T>(data, row_bytes, k, tiles, n, y, ldy, r0, r1);
+  else if (!gemv_fused_n<T>(n, data, row_bytes, k, acts, y, ldy, r0, r1))
+    int_rows_gemv_avx512<T>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
 }
+
 
 }  // namespace x86
 }  // namespace detail
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
 
-#endif  // x86-64 with GCC or Clang
-// ---- end tinyslm/kernels_x86.hpp ----
+#endif  // TINYSLM_KERNELS_X86
+// ---- end tinyslm/kernels_avx512.hpp ----
 
-// ---- begin tinyslm/kernels_arm.hpp ----
+// ---- begin tinyslm/kernels_neon.hpp ----
 // tinyslm kernels, AArch64 path: NEON with the dot-product extension (sdot).
 //
 // Integer weights are decoded chunk by chunk into the canonical form of kernels_scalar.hpp
@@ -5636,7 +5841,7 @@ inline bool matmul_rows(int path, bool evex, TensorType t, const uint8_t* data, 
 #include <cstring>
 
 
-#if defined(TINYSLM_ARCH_ARM64) && defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(TINYSLM_SIMD_NEON)
 #define TINYSLM_KERNELS_ARM 1
 #include <arm_neon.h>
 
@@ -5647,13 +5852,13 @@ inline bool matmul_rows(int path, bool evex, TensorType t, const uint8_t* data, 
 #endif
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 namespace detail {
 namespace arm {
 
 inline constexpr int64_t kChunk = 512;
 
-// Decodes native blocks covering values [v0, v0 + nv) of `row` (as x86::decode_chunk).
+// Decodes native blocks covering values [v0, v0 + nv) of `row` (as x86::decode_chunk in kernels_avx2.hpp).
 TINYSLM_TARGET_NEON inline void decode_chunk(TensorType t, const uint8_t* row, int64_t v0, int64_t nv, int8_t* w,
                                              float* sw16, float* mw) {
   const WeightTraits tr = weight_traits(t);
@@ -5808,25 +6013,23 @@ TINYSLM_TARGET_NEON inline void float_rows(TensorType t, const uint8_t* data, in
   }
 }
 
-// Entry from the dispatcher: rows [r0, r1) for n tokens. False when the type has no path here.
-inline bool matmul_rows(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, int64_t n,
-                        float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  if (t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16) {
-    float_rows(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
-    return true;
-  }
-  if (!is_integer_weight_type(t)) return false;
-  int_rows(t, data, row_bytes, k, acts, n, y, ldy, r0, r1);
-  return true;
+// The block-type table's NEON entry (RowsFn) of weight type T.
+template <TensorType T>
+inline void rows_neon(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, const TokenTile*,
+                      int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if constexpr (block_type(T).integer_dot)
+    int_rows(T, data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  else
+    float_rows(T, data, row_bytes, k, acts, n, y, ldy, r0, r1);
 }
 
 }  // namespace arm
 }  // namespace detail
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 
-#endif  // AArch64 with GCC or Clang
-// ---- end tinyslm/kernels_arm.hpp ----
+#endif  // TINYSLM_SIMD_NEON
+// ---- end tinyslm/kernels_neon.hpp ----
 
 // ---- begin tinyslm/kernels_hwy.hpp ----
 // tinyslm kernels, Highway path (only when TINYSLM_USE_HIGHWAY is defined; link hwy).
@@ -5847,7 +6050,7 @@ inline bool matmul_rows(TensorType t, const uint8_t* data, int64_t row_bytes, in
 #include <hwy/highway.h>
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 namespace detail {
 namespace hwy_kernels {
 
@@ -5926,140 +6129,138 @@ inline float dot_f32(const float* w, const float* x, int64_t k) {
   return s;
 }
 
-// Entry from the dispatcher: rows [r0, r1) for n tokens. False when the type has no path here.
-inline bool matmul_rows(TensorType t, const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, int64_t n,
-                        float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  if (t == TensorType::F32) {
+// The block-type table's Highway entry (RowsFn) of weight type T (F32 and the integer types;
+// F16 / BF16 weights have none and take the scalar path).
+template <TensorType T>
+inline void rows_highway(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, const TokenTile*,
+                         int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if constexpr (T == TensorType::F32) {
     for (int64_t r = r0; r < r1; ++r) {
       const auto* row = reinterpret_cast<const float*>(data + r * row_bytes);
       for (int64_t i = 0; i < n; ++i) y[i * ldy + r] = dot_f32(row, acts[i].xf, k);
     }
-    return true;
+  } else {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t i = 0; i < n; ++i) y[i * ldy + r] = dot_row(T, data + r * row_bytes, k, acts[i]);
   }
-  if (!is_integer_weight_type(t)) return false;
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t i = 0; i < n; ++i) y[i * ldy + r] = dot_row(t, data + r * row_bytes, k, acts[i]);
-  return true;
 }
 
 }  // namespace hwy_kernels
 }  // namespace detail
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 
 #endif  // TINYSLM_USE_HIGHWAY
 // ---- end tinyslm/kernels_hwy.hpp ----
 
+// ---- begin tinyslm/kernels.hpp ----
+// tinyslm kernels: matrix times activations for every weight block type, with a scalar
+// reference and SIMD paths chosen at run time from the CPU's features (one binary runs
+// everywhere and never executes an instruction the CPU lacks).
+//
+//   y[i * ldy + r] = sum_k W[r][k] * x[i * cols + k]      (i < n tokens, r < rows)
+//
+// Activations are quantized once per row into the format llama.cpp pairs with the weight
+// type (Q8_0, Q8_1, Q8_K, or rounded to F16/BF16), then every inner loop is an integer dot
+// product. Few tokens (decode: n == 1, bound by memory bandwidth) run GEMV kernels that
+// unpack each weight block once for all n tokens; from 4 tokens (AVX-512) or 9 (AVX2) on,
+// register-tiled GEMM kernels on 16- / 8-row panels (prefill). Threads take rows in chunks of multiples of 16 from
+// a shared counter, and every row's arithmetic is the same whatever the split, so the result
+// does not depend on the thread count or the schedule.
+//
+// quantize_activations() + matmul_quantized() split the two steps, so one input quantized
+// once feeds several matrices (Q/K/V, gate/up).
+//
+// matmul_many() does that for a list of outputs of one input, and with one token spreads the
+// rows of all of them over the threads in a single fork-join.
+//
+// Paths: scalar (always), AVX2+FMA+F16C and AVX-VNNI (kernels_avx2.hpp), AVX-512 BW/VL/DQ with
+// VNNI (kernels_avx512.hpp), NEON with dotprod (kernels_neon.hpp), Highway static dispatch
+// (kernels_hwy.hpp, when TINYSLM_USE_HIGHWAY). Which one runs is active_simd_level() (core.hpp:
+// set_simd_level(), else TINYSLM_SIMD=scalar|avx2|avxvnni|avx512|neon|highway, else the best);
+// block_kernels, one row per weight type, holds each type's kernel per path.
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <span>
+#include <string_view>
+
+
 namespace tinyslm {
-inline namespace v0 {
-
-// avxvnni: the AVX2 kernels with vpdpbusd on 256-bit vectors. It runs on CPUs with AVX-VNNI
-// (VEX encoding) and, through the EVEX encoding of the same instruction, on CPUs with AVX-512
-// VL + VNNI, where it is never the default (avx512 is faster) but can be forced, which is how
-// it is tested on an AVX-512 machine.
-enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3, highway = 4, avxvnni = 5 };
-
-inline const char* simd_level_name(SimdLevel l) {
-  switch (l) {
-    case SimdLevel::scalar: return "scalar";
-    case SimdLevel::avx2: return "avx2";
-    case SimdLevel::avx512: return "avx512";
-    case SimdLevel::neon: return "neon";
-    case SimdLevel::highway: return "highway";
-    case SimdLevel::avxvnni: return "avxvnni";
-  }
-  return "unknown";
-}
-
-// Whether this build and this CPU can run a path.
-inline bool simd_level_supported(SimdLevel l) {
-  static const CpuFeatures f = detect_cpu_features();
-  (void)f;
-  switch (l) {
-    case SimdLevel::scalar: return true;
-    case SimdLevel::avx2:
-#if defined(TINYSLM_KERNELS_X86)
-      return f.has_avx2_fma();
-#else
-      return false;
-#endif
-    case SimdLevel::avx512:
-#if defined(TINYSLM_KERNELS_X86)
-      return f.has_avx512_vnni();
-#else
-      return false;
-#endif
-    case SimdLevel::avxvnni:
-#if defined(TINYSLM_KERNELS_X86)
-      return f.has_avx2_fma() && (f.avx_vnni || f.has_avx512_vnni());
-#else
-      return false;
-#endif
-    case SimdLevel::neon:
-#if defined(TINYSLM_KERNELS_ARM)
-      return f.neon && f.dotprod;
-#else
-      return false;
-#endif
-    case SimdLevel::highway:
-#if defined(TINYSLM_USE_HIGHWAY)
-      return true;
-#else
-      return false;
-#endif
-  }
-  return false;
-}
-
-// The best native path (Highway is used only when asked for).
-inline SimdLevel best_simd_level() {
-  if (simd_level_supported(SimdLevel::avx512)) return SimdLevel::avx512;
-  if (simd_level_supported(SimdLevel::avxvnni)) return SimdLevel::avxvnni;  // AVX-VNNI without AVX-512
-  if (simd_level_supported(SimdLevel::avx2)) return SimdLevel::avx2;
-  if (simd_level_supported(SimdLevel::neon)) return SimdLevel::neon;
-  return SimdLevel::scalar;
-}
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 namespace detail {
-inline std::atomic<int>& simd_override() {
-  static std::atomic<int> v{-1};
-  return v;
+
+// ---------------------------------------------------------------------------------------
+// The block-type table, kernels half: per GGUF type id, the type's row of quant.hpp's
+// block_type_table (storage, activation format, reference conversions) and its matmul kernel
+// per SimdLevel: rows[scalar] is the reference, the others the fast paths; nullptr means the
+// scalar one (not a neighbouring SIMD path: the x86 GEMM tiles are built for one path).
+
+struct BlockKernels {
+  const QuantTraits* format = &kUnknownBlockType;
+  RowsFn rows[kSimdLevelCount] = {};
+};
+
+template <TensorType T>
+constexpr BlockKernels make_block_kernels() {
+  BlockKernels k;
+  k.format = &block_type_table[static_cast<uint32_t>(T)];
+  k.rows[static_cast<int>(SimdLevel::scalar)] = &rows_scalar<T>;
+#if defined(TINYSLM_KERNELS_X86)
+  k.rows[static_cast<int>(SimdLevel::avx2)] = &x86::rows_avx2<T>;
+  k.rows[static_cast<int>(SimdLevel::avxvnni)] = &x86::rows_avxvnni<T>;
+  k.rows[static_cast<int>(SimdLevel::avx512)] = &x86::rows_avx512<T>;
+#endif
+#if defined(TINYSLM_KERNELS_ARM)
+  k.rows[static_cast<int>(SimdLevel::neon)] = &arm::rows_neon<T>;
+#endif
+#if defined(TINYSLM_USE_HIGHWAY)
+  if constexpr (T != TensorType::F16 && T != TensorType::BF16)
+    k.rows[static_cast<int>(SimdLevel::highway)] = &hwy_kernels::rows_highway<T>;
+#endif
+  return k;
 }
-inline SimdLevel env_simd_level() {
-  static const SimdLevel level = [] {
-    const char* e = std::getenv("TINYSLM_SIMD");
-    if (!e) return best_simd_level();
-    const std::string_view s(e);
-    for (SimdLevel l : {SimdLevel::scalar, SimdLevel::avx2, SimdLevel::avx512, SimdLevel::neon,
-                        SimdLevel::highway, SimdLevel::avxvnni})
-      if (s == simd_level_name(l)) return simd_level_supported(l) ? l : best_simd_level();
-    return best_simd_level();
-  }();
-  return level;
+
+inline constexpr BlockKernels block_kernel_list[] = {
+    make_block_kernels<TensorType::F32>(),  make_block_kernels<TensorType::F16>(),
+    make_block_kernels<TensorType::BF16>(), make_block_kernels<TensorType::Q4_0>(),
+    make_block_kernels<TensorType::Q4_1>(), make_block_kernels<TensorType::Q5_0>(),
+    make_block_kernels<TensorType::Q5_1>(), make_block_kernels<TensorType::Q8_0>(),
+    make_block_kernels<TensorType::IQ4_NL>(), make_block_kernels<TensorType::Q2_K>(),
+    make_block_kernels<TensorType::Q3_K>(), make_block_kernels<TensorType::Q4_K>(),
+    make_block_kernels<TensorType::Q5_K>(), make_block_kernels<TensorType::Q6_K>(),
+};
+
+constexpr auto make_block_kernel_table() {
+  std::array<BlockKernels, kTensorTypeIdLimit> t{};
+  for (const BlockKernels& k : block_kernel_list) t[static_cast<uint32_t>(k.format->type)] = k;
+  return t;
 }
+inline constexpr auto block_kernels_table = make_block_kernel_table();
+inline constexpr BlockKernels kNoKernels{};
+
+// The row of a type (no kernels for types matmul does not take).
+constexpr const BlockKernels& block_kernels(TensorType t) {
+  const auto id = static_cast<uint32_t>(t);
+  return id < kTensorTypeIdLimit ? block_kernels_table[id] : kNoKernels;
+}
+
+// The kernel of weight type t on path `level` (nullptr: matmul does not take the type).
+inline RowsFn rows_kernel(TensorType t, SimdLevel level) {
+  const BlockKernels& k = block_kernels(t);
+  if (RowsFn f = k.rows[static_cast<int>(level)]) return f;
+  return k.rows[static_cast<int>(SimdLevel::scalar)];
+}
+
 }  // namespace detail
-
-// The path matmul uses: set_simd_level's choice, else TINYSLM_SIMD (read once), else the best.
-inline SimdLevel active_simd_level() {
-  const int o = detail::simd_override().load(std::memory_order_relaxed);
-  return o >= 0 ? static_cast<SimdLevel>(o) : detail::env_simd_level();
-}
-
-// Forces a path for the whole process (for tests and benchmarks); fails when this build or
-// CPU cannot run it. reset_simd_level() returns to the default.
-inline Status set_simd_level(SimdLevel l) {
-  if (!simd_level_supported(l))
-    return make_error(Errc::unsupported, std::string("SIMD path ") + simd_level_name(l) +
-                                             " is not available on this CPU or build");
-  detail::simd_override().store(static_cast<int>(l), std::memory_order_relaxed);
-  return {};
-}
-inline void reset_simd_level() { detail::simd_override().store(-1, std::memory_order_relaxed); }
 
 // Weight types matmul accepts.
 inline bool matmul_supports(TensorType t) {
-  return detail::is_integer_weight_type(t) || t == TensorType::F32 || t == TensorType::F16 ||
-         t == TensorType::BF16;
+  return detail::block_kernels(t).rows[static_cast<int>(SimdLevel::scalar)] != nullptr;
 }
 
 // The activation type a weight type is multiplied with (Q8_0, Q8_1, Q8_K, F16, BF16, F32).
@@ -6140,7 +6341,7 @@ class MatmulScratch {
   // Token tiles for the AVX-512 GEMM: room for n tokens of k values.
   Status ensure_tiles(int64_t n, int64_t k) {
     namespace x = detail::x86;
-    const int64_t nt = (n + x::kTileTokens - 1) / x::kTileTokens;
+    const int64_t nt = (n + detail::kTileTokens - 1) / detail::kTileTokens;
     if (nt > tiles_n_ || k > tiles_k_) {
       const int64_t tn = nt > tiles_n_ ? nt : tiles_n_, tk = k > tiles_k_ ? k : tiles_k_;
       const auto q = static_cast<size_t>(tn * x::tile_q_words(tk)), g16 = static_cast<size_t>(tn * x::tile_g16(tk)),
@@ -6165,8 +6366,16 @@ class MatmulScratch {
     x::build_token_tile(acts_.data(), n, k, ti, q, c16, c32, d16, m16, m32, unsigned_q);
     tiles_[static_cast<size_t>(ti)] = {q, c16, c32, d16, m16, m32};
   }
-  const detail::x86::TokenTile* tiles() const { return tiles_.data(); }
+  const detail::TokenTile* tiles() const { return tiles_.data(); }
 #endif
+  // The token tiles of the last quantize_activations (nullptr where no path uses tiles).
+  const detail::TokenTile* tiles_or_null() const {
+#if defined(TINYSLM_KERNELS_X86)
+    return tiles_.data();
+#else
+    return nullptr;
+#endif
+  }
 
   detail::ActRow row(int64_t i) const {
     detail::ActRow a;
@@ -6221,7 +6430,7 @@ class MatmulScratch {
 #if defined(TINYSLM_KERNELS_X86)
   AlignedBuffer<int32_t> tq_, tc16_, tc32_;
   AlignedBuffer<float> td16_, tm16_, tm32_;
-  AlignedBuffer<detail::x86::TokenTile> tiles_;
+  AlignedBuffer<detail::TokenTile> tiles_;
   int64_t tiles_n_ = 0, tiles_k_ = 0;
 #endif
   int64_t cap_n_ = 0, cap_k_ = 0;
@@ -6230,60 +6439,22 @@ class MatmulScratch {
   int q_tiled_ = -1;
 };
 
+// Rows are handed to threads in multiples of this (the GEMM tile height).
+inline constexpr int64_t kMatmulRowGrain = 16;
+
 namespace detail {
 
 // Row lengths must be whole blocks of the weight type and of its activation type.
 inline Status check_cols(TensorType t, int64_t cols) {
-  const auto& info = tensor_type_info(t);
-  const int64_t act_block = act_format_for(t) == ActFormat::q8_k ? 256 : 32;
-  const int64_t need_block = is_integer_weight_type(t) ? act_block : 1;
-  if (cols % need_block != 0 || cols % static_cast<int64_t>(info.block_size) != 0)
+  const QuantTraits& q = block_type(t);
+  const int64_t act_block = q.act == ActFormat::q8_k ? 256 : 32;
+  const int64_t need_block = q.integer_dot ? act_block : 1;
+  if (cols % need_block != 0 || cols % static_cast<int64_t>(tensor_type_info(t).block_size) != 0)
     return make_error(Errc::invalid_argument, std::string("matmul: row length ") + std::to_string(cols) +
                                                   " is not a multiple of the " + tensor_type_name(t) + " block size");
   return {};
 }
 
-// Rows [r0, r1) of y for all n tokens on one path.
-inline void matmul_rows(SimdLevel level, const MatrixRef& w, int64_t row_bytes, const MatmulScratch& s, bool tiled,
-                        int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  const int64_t k = w.cols;
-  const bool is_float = act_format_is_float(act_format_for(w.type));
-  const ActRow* acts = s.rows();
-#if defined(TINYSLM_KERNELS_X86)
-  if (level == SimdLevel::avx512 || level == SimdLevel::avx2 || level == SimdLevel::avxvnni) {
-    static const bool evex = !detect_cpu_features().avx_vnni;  // avxvnni through AVX-512's encoding
-    const int path = level == SimdLevel::avx512 ? x86::kPathAvx512 : level == SimdLevel::avxvnni ? x86::kPathAvxVnni : x86::kPathAvx2;
-    if (x86::matmul_rows(path, evex, w.type, w.data, row_bytes, k, acts, tiled ? s.tiles() : nullptr, n, y, ldy, r0, r1))
-      return;
-  }
-#endif
-#if defined(TINYSLM_KERNELS_ARM)
-  if (level == SimdLevel::neon) {
-    if (arm::matmul_rows(w.type, w.data, row_bytes, k, acts, n, y, ldy, r0, r1)) return;
-  }
-#endif
-#if defined(TINYSLM_USE_HIGHWAY)
-  if (level == SimdLevel::highway) {
-    if (hwy_kernels::matmul_rows(w.type, w.data, row_bytes, k, acts, n, y, ldy, r0, r1)) return;
-  }
-#endif
-  (void)level;
-  (void)tiled;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + r * row_bytes;
-    for (int64_t i = 0; i < n; ++i) {
-      const ActRow& a = acts[i];
-      y[i * ldy + r] = is_float ? dot_row_float_scalar(w.type, row, k, a.xf) : dot_row_scalar(w.type, row, k, a);
-    }
-  }
-}
-
-}  // namespace detail
-
-// Rows are handed to threads in multiples of this (the GEMM tile height).
-inline constexpr int64_t kMatmulRowGrain = 16;
-
-namespace detail {
 inline Status check_matrix(const MatrixRef& w) {
   if (!matmul_supports(w.type))
     return make_error(Errc::unsupported, std::string("matmul: weight type ") + tensor_type_name(w.type) +
@@ -6294,6 +6465,86 @@ inline Status check_matrix(const MatrixRef& w) {
   if (!w.data) return make_error(Errc::invalid_argument, "matmul: null weights");
   return check_cols(w.type, w.cols);
 }
+
+// Checks of one product y = W x (n tokens) shared by matmul and matmul_many.
+inline Status check_product(const MatrixRef& w, int64_t n, const float* y, int64_t ldy) {
+  if (auto st = check_matrix(w); !st) return st.error();
+  if (n < 0) return make_error(Errc::invalid_argument, "matmul: negative token count");
+  if (n == 0 || w.rows == 0) return {};
+  if (!y) return make_error(Errc::invalid_argument, "matmul: null output");
+  if (ldy < w.rows) return make_error(Errc::invalid_argument, "matmul: ldy is smaller than the row count");
+  return {};
+}
+
+inline int64_t matrix_row_bytes(const MatrixRef& w) {
+  uint64_t row_bytes = 0;
+  return tensor_row_bytes(w.type, static_cast<uint64_t>(w.cols), &row_bytes) ? static_cast<int64_t>(row_bytes) : -1;
+}
+
+// Whether activation quantization takes the AVX2 code (bit-identical to the scalar one).
+inline bool simd_quantize(SimdLevel level) {
+  return level == SimdLevel::avx2 || level == SimdLevel::avx512 || level == SimdLevel::avxvnni;
+}
+
+// Quantizes the n rows of x into the scratch rows [0, n) for weights of format fmt.
+inline void quantize_rows(MatmulScratch& scratch, ActFormat fmt, const float* x, int64_t n, int64_t cols,
+                          bool simd, const ParallelFor& par) {
+  // A few tokens (decode) are quantized on the calling thread: cheaper than waking the pool.
+  if (n * cols <= 32768) {
+    for (int64_t i = 0; i < n; ++i) scratch.quantize(fmt, i, x + i * cols, cols, simd);
+    return;
+  }
+  par([&](int t, int nt) {
+    int64_t b, e;
+    ParallelFor::split(n, t, nt, 1, &b, &e);
+    for (int64_t i = b; i < e; ++i) scratch.quantize(fmt, i, x + i * cols, cols, simd);
+  });
+}
+
+// Builds the x86 GEMM token tiles when path `level` multiplies n tokens as a GEMM; returns
+// whether it did.
+inline Expected<bool> build_gemm_tiles(MatmulScratch& scratch, SimdLevel level, ActFormat fmt, int64_t n, int64_t cols,
+                                       const ParallelFor& par) {
+#if defined(TINYSLM_KERNELS_X86)
+  // The GEMM kernels take the quantized tokens interleaved 8 at a time (AVX2: as a + 128).
+  const bool avx2_tiles = level == SimdLevel::avx2 || level == SimdLevel::avxvnni;
+  if (act_format_is_float(fmt) || !((level == SimdLevel::avx512 && n >= x86::kGemmMinTokens) ||
+                                    (avx2_tiles && n >= x86::kGemmMinTokensAvx2)))
+    return false;
+  if (auto st = scratch.ensure_tiles(n, cols); !st) return st.error();
+  const int64_t ntiles = (n + kTileTokens - 1) / kTileTokens;
+  par([&](int t, int nt) {
+    int64_t b, e;
+    ParallelFor::split(ntiles, t, nt, 1, &b, &e);
+    for (int64_t ti = b; ti < e; ++ti) scratch.build_tile(ti, n, cols, avx2_tiles);
+  });
+  return true;
+#else
+  (void)scratch, (void)level, (void)fmt, (void)n, (void)cols, (void)par;
+  return false;
+#endif
+}
+
+// Runs kernel f over all rows of w, handed out in chunks (multiples of kMatmulRowGrain) from a
+// shared counter, so a thread slowed down by other work (or a small core) takes fewer; every
+// row is computed the same way whichever thread takes it, so the result does not depend on
+// the schedule.
+inline void run_rows(RowsFn f, const MatrixRef& w, int64_t row_bytes, const ActRow* acts, const TokenTile* tiles,
+                     int64_t n, float* y, int64_t ldy, const ParallelFor& par) {
+  const int nthreads = par.n_threads < 1 ? 1 : par.n_threads;
+  int64_t chunk = w.rows / (int64_t{8} * nthreads);
+  chunk = chunk < kMatmulRowGrain ? kMatmulRowGrain : (chunk + kMatmulRowGrain - 1) / kMatmulRowGrain * kMatmulRowGrain;
+  std::atomic<int64_t> next{0};
+  par([&](int, int) {
+    for (;;) {
+      const int64_t b = next.fetch_add(chunk, std::memory_order_relaxed);
+      if (b >= w.rows) break;
+      const int64_t e = b + chunk < w.rows ? b + chunk : w.rows;
+      f(w.data, row_bytes, w.cols, acts, tiles, n, y, ldy, b, e);
+    }
+  });
+}
+
 }  // namespace detail
 
 // Quantizes n rows of `cols` activations into `scratch`, in the format that weights of
@@ -6311,35 +6562,10 @@ inline Status quantize_activations(TensorType weight_type, const float* x, int64
   const detail::ActFormat fmt = detail::act_format_for(weight_type);
   if (auto st = scratch.ensure(n, cols, detail::act_format_is_float(fmt)); !st) return st.error();
   const SimdLevel level = active_simd_level();
-  const bool simd_quant = level == SimdLevel::avx2 || level == SimdLevel::avx512 || level == SimdLevel::avxvnni;
-  // A few tokens (decode) are quantized on the calling thread: cheaper than waking the pool.
-  if (n * cols <= 32768) {
-    for (int64_t i = 0; i < n; ++i) scratch.quantize(fmt, i, x + i * cols, cols, simd_quant);
-  } else {
-    par([&](int t, int nt) {
-      int64_t b, e;
-      ParallelFor::split(n, t, nt, 1, &b, &e);
-      for (int64_t i = b; i < e; ++i) scratch.quantize(fmt, i, x + i * cols, cols, simd_quant);
-    });
-  }
-  bool tiled = false;
-#if defined(TINYSLM_KERNELS_X86)
-  // The GEMM kernels take the quantized tokens interleaved 8 at a time (AVX2: as a + 128).
-  const bool avx2_tiles = level == SimdLevel::avx2 || level == SimdLevel::avxvnni;  // activations as a + 128
-  if (((level == SimdLevel::avx512 && n >= detail::x86::kGemmMinTokens) ||
-       (avx2_tiles && n >= detail::x86::kGemmMinTokensAvx2)) &&
-      !detail::act_format_is_float(fmt)) {
-    if (auto st = scratch.ensure_tiles(n, cols); !st) return st.error();
-    const int64_t ntiles = (n + detail::x86::kTileTokens - 1) / detail::x86::kTileTokens;
-    par([&](int t, int nt) {
-      int64_t b, e;
-      ParallelFor::split(ntiles, t, nt, 1, &b, &e);
-      for (int64_t ti = b; ti < e; ++ti) scratch.build_tile(ti, n, cols, avx2_tiles);
-    });
-    tiled = true;
-  }
-#endif
-  scratch.set_quantized(static_cast<int>(fmt), n, cols, tiled ? static_cast<int>(level) : -1);
+  detail::quantize_rows(scratch, fmt, x, n, cols, detail::simd_quantize(level), par);
+  auto tiled = detail::build_gemm_tiles(scratch, level, fmt, n, cols, par);
+  if (!tiled) return tiled.error();
+  scratch.set_quantized(static_cast<int>(fmt), n, cols, *tiled ? static_cast<int>(level) : -1);
   return {};
 }
 
@@ -6348,36 +6574,19 @@ inline Status quantize_activations(TensorType weight_type, const float* x, int64
 // activation type, and w.cols with the quantized row length).
 inline Status matmul_quantized(const MatrixRef& w, int64_t n, float* y, int64_t ldy, const MatmulScratch& scratch,
                                const ParallelFor& par) {
-  if (auto st = detail::check_matrix(w); !st) return st.error();
-  if (n < 0) return make_error(Errc::invalid_argument, "matmul: negative token count");
+  if (auto st = detail::check_product(w, n, y, ldy); !st) return st.error();
   if (n == 0 || w.rows == 0) return {};
-  if (!y) return make_error(Errc::invalid_argument, "matmul: null output");
-  if (ldy < w.rows) return make_error(Errc::invalid_argument, "matmul: ldy is smaller than the row count");
   if (scratch.quantized_format() != static_cast<int>(detail::act_format_for(w.type)) || scratch.quantized_n() != n ||
       scratch.quantized_cols() != w.cols)
     return make_error(Errc::invalid_argument, std::string("matmul: the scratch does not hold ") + std::to_string(n) +
                                                   " activation rows of " + std::to_string(w.cols) + " values for " +
                                                   tensor_type_name(w.type) + " weights");
-  uint64_t row_bytes = 0;
-  if (!tensor_row_bytes(w.type, static_cast<uint64_t>(w.cols), &row_bytes))
-    return make_error(Errc::invalid_argument, "matmul: bad row length");
+  const int64_t row_bytes = detail::matrix_row_bytes(w);
+  if (row_bytes < 0) return make_error(Errc::invalid_argument, "matmul: bad row length");
   const SimdLevel level = active_simd_level();
   const bool tiled = scratch.quantized_tiled_level() == static_cast<int>(level);
-  // Rows are handed out in chunks (multiples of 16) from a shared counter, so a thread
-  // slowed down by other work (or a small core) takes fewer; every row is computed the same
-  // way whichever thread takes it, so the result does not depend on the schedule.
-  const int nthreads = par.n_threads < 1 ? 1 : par.n_threads;
-  int64_t chunk = w.rows / (int64_t{8} * nthreads);
-  chunk = chunk < kMatmulRowGrain ? kMatmulRowGrain : (chunk + kMatmulRowGrain - 1) / kMatmulRowGrain * kMatmulRowGrain;
-  std::atomic<int64_t> next{0};
-  par([&](int, int) {
-    for (;;) {
-      const int64_t b = next.fetch_add(chunk, std::memory_order_relaxed);
-      if (b >= w.rows) break;
-      const int64_t e = b + chunk < w.rows ? b + chunk : w.rows;
-      detail::matmul_rows(level, w, static_cast<int64_t>(row_bytes), scratch, tiled, n, y, ldy, b, e);
-    }
-  });
+  detail::run_rows(detail::rows_kernel(w.type, level), w, row_bytes, scratch.rows(), tiled ? scratch.tiles_or_null() : nullptr,
+                   n, y, ldy, par);
   return {};
 }
 
@@ -6394,12 +6603,105 @@ inline Status matmul(const MatrixRef& w, const float* x, int64_t n, float* y, in
   return matmul_quantized(w, n, y, ldy, scratch, par);
 }
 
-}  // namespace v0
+// One product of matmul_many: y (rows of ldy floats) = w times the shared input; `name`
+// prefixes its errors.
+struct MatmulOut {
+  MatrixRef w;
+  float* y;
+  int64_t ldy;
+  std::string_view name = {};
+};
+
+namespace detail {
+
+inline Error named(Error e, std::string_view name) { return name.empty() ? e : std::move(e.context(name)); }
+
+// One token, several threads: x quantized once per activation format into scratch row
+// `slot` of that format, then the rows of every output split over the threads in one
+// fork-join (each thread a contiguous share of each matrix, in multiples of kMatmulRowGrain).
+// Most products of one matmul_many fork-join (an MoE decode step has 2 per selected expert).
+inline constexpr size_t kMatmulManyMaxOuts = 64;
+
+inline Status matmul_many_one_token(std::span<const MatmulOut> outs, const float* x, MatmulScratch& scratch,
+                                    const ParallelFor& par) {
+  constexpr size_t kMaxOuts = kMatmulManyMaxOuts;
+  int slot[kMaxOuts];
+  ActFormat formats[kMaxOuts];
+  int n_formats = 0;
+  bool any_float = false;
+  for (size_t j = 0; j < outs.size(); ++j) {
+    const ActFormat f = act_format_for(outs[j].w.type);
+    int s = 0;
+    while (s < n_formats && formats[s] != f) ++s;
+    if (s == n_formats) formats[n_formats++] = f;
+    slot[j] = s;
+    any_float = any_float || act_format_is_float(f);
+  }
+  const int64_t cols = outs[0].w.cols;
+  if (auto st = scratch.ensure(n_formats, cols, any_float); !st) return st.error();
+  const SimdLevel level = active_simd_level();
+  for (int s = 0; s < n_formats; ++s) scratch.quantize(formats[s], s, x, cols, simd_quantize(level));
+  scratch.set_quantized(-1, 0, 0, -1);  // the rows hold several formats: no matmul_quantized after this
+  RowsFn kernels[kMaxOuts];
+  int64_t row_bytes[kMaxOuts];
+  for (size_t j = 0; j < outs.size(); ++j) {
+    kernels[j] = rows_kernel(outs[j].w.type, level);
+    row_bytes[j] = matrix_row_bytes(outs[j].w);
+  }
+  par([&](int t, int nt) {
+    for (size_t j = 0; j < outs.size(); ++j) {
+      const MatmulOut& o = outs[j];
+      int64_t b, e;
+      ParallelFor::split(o.w.rows, t, nt, kMatmulRowGrain, &b, &e);
+      if (b < e) kernels[j](o.w.data, row_bytes[j], cols, scratch.rows() + slot[j], nullptr, 1, o.y, o.ldy, b, e);
+    }
+  });
+  return {};
+}
+
+}  // namespace detail
+
+// y_j = W_j x for every output j: x (n rows of w.cols floats, all outputs have the same cols)
+// is quantized ONCE per activation format, then: n == 1 and par has several threads -> the
+// rows of ALL matrices are split over the threads in ONE fork-join; n > 1 -> each product as
+// matmul does, reusing the quantized x. Bit-identical to calling matmul per output. Errors
+// carry the output's name as context.
+inline Status matmul_many(std::span<const MatmulOut> outs, const float* x, int64_t n, MatmulScratch& scratch,
+                          ParallelFor par) {
+  for (const MatmulOut& o : outs) {
+    if (auto st = detail::check_product(o.w, n, o.y, o.ldy); !st) return detail::named(st.error(), o.name);
+    if (o.w.cols != outs[0].w.cols)
+      return detail::named(make_error(Errc::invalid_argument, "matmul_many: outputs of different row lengths (" +
+                                                                  std::to_string(o.w.cols) + " vs " +
+                                                                  std::to_string(outs[0].w.cols) + ")"),
+                           o.name);
+    if (n > 0 && o.w.rows > 0 && !x) return detail::named(make_error(Errc::invalid_argument, "matmul: null pointer"), o.name);
+  }
+  if (n == 0 || outs.empty()) return {};
+  if (n == 1 && par.n_threads > 1 && outs.size() <= detail::kMatmulManyMaxOuts) return detail::matmul_many_one_token(outs, x, scratch, par);
+  for (size_t j = 0; j < outs.size(); ++j) {
+    const detail::ActFormat fmt = detail::act_format_for(outs[j].w.type);
+    bool seen = false;  // an earlier output of this format did them all
+    for (size_t i = 0; i < j && !seen; ++i) seen = detail::act_format_for(outs[i].w.type) == fmt;
+    if (seen) continue;
+    if (auto st = quantize_activations(outs[j].w.type, x, n, outs[j].w.cols, scratch, par); !st)
+      return detail::named(st.error(), outs[j].name);
+    for (size_t i = j; i < outs.size(); ++i) {
+      if (detail::act_format_for(outs[i].w.type) != fmt) continue;
+      if (auto st = matmul_quantized(outs[i].w, n, outs[i].y, outs[i].ldy, scratch, par); !st)
+        return detail::named(st.error(), outs[i].name);
+    }
+  }
+  return {};
+}
+
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 
 #undef TINYSLM_TARGET_AVX2
 #undef TINYSLM_TARGET_AVX512
 #undef TINYSLM_TARGET_NEON
+#undef TINYSLM_X86_GEMV_BODY
 // ---- end tinyslm/kernels.hpp ----
 
 // ---- begin tinyslm/ops.hpp ----
@@ -6409,7 +6711,9 @@ inline Status matmul(const MatrixRef& w, const float* x, int64_t n, float* y, in
 // frequency factors), softmax, SwiGLU / GeGLU, soft-capping, and causal attention over an
 // F16 KV cache with GQA and a sliding window. Each kernel is plain scalar code written so the
 // compiler vectorises it; the hot ones are compiled a second and third time for AVX2 and
-// AVX-512 (function target attributes) and picked at run time, so one binary runs anywhere.
+// AVX-512 (function target attributes) and picked at run time from active_simd_level() (core.hpp,
+// the resolver matmul uses too: avx512 -> AVX-512, avx2 / avxvnni -> AVX2, any other -> scalar),
+// so one binary runs anywhere.
 // Every reduction has a fixed order: results do not depend on the number of threads.
 
 #include <cmath>
@@ -6430,23 +6734,10 @@ inline Status matmul(const MatrixRef& w, const float* x, int64_t n, float* y, in
 #endif
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 namespace ops {
 
 namespace detail {
-
-// 0 = portable scalar, 1 = AVX2+FMA+F16C, 2 = AVX-512 (F/BW/VL/DQ).
-inline int simd_level() {
-  static const int level = [] {
-#if defined(TINYSLM_OPS_X86)
-    const CpuFeatures f = detect_cpu_features();
-    if (f.has_avx512()) return 2;
-    if (f.has_avx2_fma()) return 1;
-#endif
-    return 0;
-  }();
-  return level;
-}
 
 inline uint32_t f32_bits(float x) {
   uint32_t u;
@@ -6666,7 +6957,7 @@ TINYSLM_OPS_INLINE double sum_squares_body(const float* x, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
     for (int l = 0; l < 16; ++l) acc[l] += static_cast<double>(x[i + l]) * static_cast<double>(x[i + l]);
-  for (int l = 0; i < n; ++i, ++l) acc[l] += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+  for (int l = 0; l < 16 && i < n; ++i, ++l) acc[l] += static_cast<double>(x[i]) * static_cast<double>(x[i]);
   for (int w = 8; w >= 1; w /= 2)
     for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
   return acc[0];
@@ -6691,7 +6982,7 @@ TINYSLM_OPS_INLINE double sum_squares_body(const float* x, int64_t n) {
   TINYSLM_OPS_AVX2 inline ret name##_avx2 params { return name##_body args; }     \
   TINYSLM_OPS_AVX512 inline ret name##_avx512 params { return name##_body args; }
 #define TINYSLM_OPS_DISPATCH_X86_R(name, args)             \
-  switch (simd_level()) {                                  \
+  switch (active_x86_width()) {                            \
     case 2: return name##_avx512 args;                     \
     case 1: return name##_avx2 args;                       \
     default: break;                                        \
@@ -6700,7 +6991,7 @@ TINYSLM_OPS_INLINE double sum_squares_body(const float* x, int64_t n) {
   TINYSLM_OPS_AVX2 inline void name##_avx2 params { name##_body args; } \
   TINYSLM_OPS_AVX512 inline void name##_avx512 params { name##_body args; }
 #define TINYSLM_OPS_DISPATCH_X86(name, args)                 \
-  switch (simd_level()) {                                    \
+  switch (active_x86_width()) {                              \
     case 2: name##_avx512 args; return;                      \
     case 1: name##_avx2 args; return;                        \
     default: break;                                          \
@@ -6799,13 +7090,13 @@ TINYSLM_OPS_AVX512 inline void decode_head_avx512(const float* qh, const uint16_
 
 inline void f16_to_f32(const uint16_t* src, float* dst, int64_t n) {
 #if defined(TINYSLM_OPS_X86)
-  if (detail::simd_level() >= 1) return detail::f16_to_f32_avx2(src, dst, n);
+  if (active_x86_width() >= 1) return detail::f16_to_f32_avx2(src, dst, n);
 #endif
   detail::f16_to_f32_scalar(src, dst, n);
 }
 inline void f32_to_f16(const float* src, uint16_t* dst, int64_t n) {
 #if defined(TINYSLM_OPS_X86)
-  if (detail::simd_level() >= 1) return detail::f32_to_f16_avx2(src, dst, n);
+  if (active_x86_width() >= 1) return detail::f32_to_f16_avx2(src, dst, n);
 #endif
   detail::f32_to_f16_scalar(src, dst, n);
 }
@@ -6976,7 +7267,7 @@ inline void attention(const AttentionShape& a, const float* q, int64_t q_stride,
   };
 
 #if defined(TINYSLM_OPS_X86)
-  if (n_tokens <= 2 && detail::simd_level() == 2 && hk % 16 == 0 && hv % 16 == 0 && hv <= 128) {
+  if (n_tokens <= 2 && active_x86_width() == 2 && hk % 16 == 0 && hv % 16 == 0 && hv <= 128) {
     // Decode on AVX-512: one (head, query) per work item, reading the F16 cache directly.
     par([&](int t, int nt) {
       int64_t b, e;
@@ -7064,7 +7355,7 @@ inline void attention(const AttentionShape& a, const float* q, int64_t q_stride,
 }
 
 }  // namespace ops
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 
 #undef TINYSLM_OPS_INLINE
@@ -7102,7 +7393,7 @@ inline void attention(const AttentionShape& a, const float* q, int64_t q_stride,
 #endif
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 namespace detail {
 // True on a pool's worker threads (and on a caller while it runs a job), so a nested run()
@@ -7246,7 +7537,7 @@ class ThreadPool {
   std::atomic<int> spin_us_{50};
 };
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 
 #undef TINYSLM_CPU_RELAX
@@ -7254,21 +7545,26 @@ class ThreadPool {
 
 // ---- begin tinyslm/model.hpp ----
 // tinyslm model: hyper-parameters from GGUF metadata, the table of per-architecture
-// differences, and the weights bound to the mapped tensors.
+// differences, the per-layer plan, and the weights bound to the mapped tensors.
 //
-// Every supported family is described by one plain struct (HParams) whose fields the forward
-// pass branches on: norm kind, RoPE style, QK-norm, biases, post-norms, soft-capping, sliding
-// window, embedding scale. There are no subclasses per architecture.
+// Every supported family is one row of kArchTable, read into one plain struct (HParams) whose
+// fields the forward pass branches on: norm kind, RoPE style, QK-norm, biases, post-norms,
+// soft-capping, sliding window, embedding scale, expert routing. There are no subclasses per
+// architecture and no comparisons of architecture names outside the table lookup.
+// HParams::layers is the per-layer plan: what each layer is (its kind, head counts and sizes,
+// sliding or global attention, which RoPE table, which layer's KV it uses, dense FFN or MoE).
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 enum class RopeStyle : uint8_t {
   normal,  // rotate adjacent pairs (x[2i], x[2i+1]): llama
@@ -7280,6 +7576,36 @@ enum class FfnActivation : uint8_t {
   gelu_tanh,  // GeGLU with the tanh approximation of GELU (gemma family)
 };
 
+enum class QkNorm : uint8_t {
+  none,
+  per_head,  // one weight of head_dim values shared by every head (qwen3, gemma3)
+  whole,     // one weight over the whole Q (or K) projection (olmoe)
+};
+
+// Attention scale rule: what Q.K is multiplied by.
+enum class AttnScale : uint8_t {
+  head_dim,    // 1 / sqrt(head_dim_k)
+  gemma_27b,   // as head_dim, except 1 / sqrt(n_embd / n_head) for the 27B variant (its layer count)
+};
+
+enum class MoeGating : uint8_t {
+  softmax,  // GGUF expert_gating_func 1
+  sigmoid,  // GGUF expert_gating_func 2
+};
+
+// Expert routing of a family, as llama.cpp builds these graphs: every family gates with a
+// softmax; llama-with-experts (Mixtral) and qwen3moe renormalise the top-k weights (for
+// Mixtral this equals a softmax over the k selected logits), qwen2moe and olmoe use the raw
+// probabilities.
+struct MoeArch {
+  bool allowed;              // files of this family may have experts
+  bool norm_weights;
+  bool ff_from_expert_key;   // expert_feed_forward_length, else feed_forward_length / k;
+                             // false: feed_forward_length is the expert width
+  bool shared_expert;        // the family has a shared expert (required)
+  bool shared_gated;         // shared expert scaled by sigmoid(ffn_gate_inp_shexp . x)
+};
+
 // What differs between families beyond what the metadata says. One row per architecture.
 struct ArchInfo {
   const char* name;
@@ -7287,30 +7613,45 @@ struct ArchInfo {
   FfnActivation activation;
   bool embed_scale;         // multiply token embeddings by sqrt(n_embd) (gemma)
   bool scale_q;             // apply the attention scale to Q before attention (gemma, phi3)
-  bool qk_norm;             // RMS norm of Q and K before RoPE: per head (qwen3, gemma3) or over
-                            // the whole projection (olmoe; told apart by the weight's length)
+  QkNorm qk_norm;           // RMS norm of Q and K before RoPE
+  bool qkv_bias;            // attn_{q,k,v}.bias required (qwen2); optional elsewhere
   bool post_norms;          // RMS norm on the attention and FFN outputs before the residual add
   bool fused_qkv;           // one attn_qkv matrix (phi3)
   bool fused_gate_up;       // ffn_up holds [gate; up] with 2*n_ff rows (phi3)
-  int default_swa_period;   // every n-th layer is global, the others sliding (0 = no SWA)
+  int swa_period;           // every n-th layer is global, the others sliding (0 = no SWA)
   bool swa_needs_key;       // sliding only when attention.sliding_window is present
+  bool swa_plain_rope;      // sliding layers keep RoPE base 10000 without scaling (gemma3)
+  float attn_softcap;       // attention soft-cap when the key is absent; 0: the family never caps
+  float final_softcap;      // logit soft-cap when the key is absent
+  AttnScale attn_scale;
+  int64_t n_layer_27b;      // with AttnScale::gemma_27b: the 27B variant's layer count
+  MoeArch moe;
 };
 
-// The dense families this library runs. Mixture-of-experts files are recognised and refused
-// with a clear message until the moe layer lands.
+namespace detail {
+inline constexpr MoeArch kNoMoe{false, false, false, false, false};
+}  // namespace detail
+
+// The families this library runs.
 inline constexpr ArchInfo kArchTable[] = {
-    //  name      rope              act                         emb    scq    qkn    post   fqkv   fgu    swa sk
-    {"llama",  RopeStyle::normal, FfnActivation::silu,      false, false, false, false, false, false, 0, false},
-    {"qwen2",  RopeStyle::neox,   FfnActivation::silu,      false, false, false, false, false, false, 0, false},
-    {"qwen3",  RopeStyle::neox,   FfnActivation::silu,      false, false, true,  false, false, false, 0, false},
-    {"gemma",  RopeStyle::neox,   FfnActivation::gelu_tanh, true,  true,  false, false, false, false, 0, false},
-    {"gemma2", RopeStyle::neox,   FfnActivation::gelu_tanh, true,  true,  false, true,  false, false, 2, false},
-    {"gemma3", RopeStyle::neox,   FfnActivation::gelu_tanh, true,  true,  true,  true,  false, false, 6, true},
-    {"phi3",   RopeStyle::neox,   FfnActivation::silu,      false, true,  false, false, true,  true,  0, false},
+    // name     rope               act                         emb    scq    qk-norm            bias   post   fqkv   fgu    swa  key    plain  acap   fcap   scale                  27B  moe: allowed norm ffkey shared gated
+    {"llama",   RopeStyle::normal, FfnActivation::silu,      false, false, QkNorm::none,     false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  {true,  true,  false, false, false}},
+    {"qwen2",   RopeStyle::neox,   FfnActivation::silu,      false, false, QkNorm::none,     true,  false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe},
+    {"qwen3",   RopeStyle::neox,   FfnActivation::silu,      false, false, QkNorm::per_head, false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe},
+    {"gemma",   RopeStyle::neox,   FfnActivation::gelu_tanh, true,  true,  QkNorm::none,     false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe},
+    {"gemma2",  RopeStyle::neox,   FfnActivation::gelu_tanh, true,  true,  QkNorm::none,     false, true,  false, false, 2,   false, false, 50.0f, 30.0f, AttnScale::gemma_27b, 46, detail::kNoMoe},
+    {"gemma3",  RopeStyle::neox,   FfnActivation::gelu_tanh, true,  true,  QkNorm::per_head, false, true,  false, false, 6,   true,  true,  0.0f,  0.0f,  AttnScale::gemma_27b, 62, detail::kNoMoe},
+    {"phi3",    RopeStyle::neox,   FfnActivation::silu,      false, true,  QkNorm::none,     false, false, true,  true,  0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe},
     // Mixture-of-experts families: attention as their dense relatives, FFN in moe.hpp.
-    {"qwen2moe", RopeStyle::neox, FfnActivation::silu,      false, false, false, false, false, false, 0, false},
-    {"qwen3moe", RopeStyle::neox, FfnActivation::silu,      false, false, true,  false, false, false, 0, false},
-    {"olmoe",  RopeStyle::neox,   FfnActivation::silu,      false, false, true,  false, false, false, 0, false},
+    {"qwen2moe", RopeStyle::neox,  FfnActivation::silu,      false, false, QkNorm::none,     true,  false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  {true,  false, true,  true,  true}},
+    {"qwen3moe", RopeStyle::neox,  FfnActivation::silu,      false, false, QkNorm::per_head, false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  {true,  true,  true,  false, false}},
+    {"olmoe",   RopeStyle::neox,   FfnActivation::silu,      false, false, QkNorm::whole,    false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  {true,  false, false, false, false}},
+};
+
+// Mixture-of-experts families whose routing this library does not implement: refused by name
+// with a clearer message than "unsupported architecture".
+inline constexpr std::string_view kRefusedMoeArchs[] = {
+    "deepseek", "deepseek2", "granitemoe", "dbrx", "arctic", "jamba", "llama4", "gpt-oss",
 };
 
 inline const ArchInfo* find_arch(std::string_view name) {
@@ -7319,11 +7660,56 @@ inline const ArchInfo* find_arch(std::string_view name) {
   return nullptr;
 }
 
-// Mixture-of-experts families whose routing this library does not implement.
 inline bool is_unsupported_moe_arch(std::string_view name) {
-  return name == "deepseek" || name == "deepseek2" || name == "granitemoe" || name == "dbrx" ||
-         name == "arctic" || name == "jamba" || name == "llama4" || name == "gpt-oss";
+  for (std::string_view r : kRefusedMoeArchs)
+    if (name == r) return true;
+  return false;
 }
+
+// Everything the MoE step needs besides the weights. n_expert == 0 means a dense model.
+struct MoeConfig {
+  int64_t n_expert = 0;       // <arch>.expert_count
+  int64_t n_expert_used = 0;  // <arch>.expert_used_count (k)
+  int64_t expert_ff = 0;      // rows of each expert's gate/up matrices
+  MoeGating gating = MoeGating::softmax;
+  bool norm_weights = false;  // renormalise the k selected weights to sum 1
+  float weights_scale = 1.0f; // multiplies the selected weights (1 = none)
+  bool shared_expert = false; // ffn_{gate,up,down}_shexp present
+  int64_t shared_ff = 0;
+  bool shared_gated = false;  // shared expert scaled by sigmoid(ffn_gate_inp_shexp . x)
+
+  bool enabled() const { return n_expert > 0; }
+};
+
+// Experts above this count are refused (llama.cpp's limit).
+inline constexpr int64_t kMoeMaxExperts = 512;
+
+enum class LayerKind : uint8_t {
+  attention,  // self-attention over this layer's KV cache, then the FFN
+};
+
+enum class FfnKind : uint8_t {
+  dense,  // gate/up, gated activation, down
+  moe,    // router and experts (moe.hpp)
+};
+
+// One layer of the forward pass, as the forward layer runs it.
+struct LayerPlan {
+  LayerKind kind = LayerKind::attention;
+  FfnKind ffn = FfnKind::dense;
+  int64_t n_head = 0, n_head_kv = 0;
+  int64_t head_dim_k = 0, head_dim_v = 0;
+  int64_t n_ff = 0;           // dense FFN width (0 for MoE layers)
+  bool sliding = false;       // sliding-window attention (n_swa positions)
+  bool rope = true;           // RoPE on Q and K
+  uint8_t rope_table = 0;     // 0: the global angles (rope_base), 1: the sliding ones (rope_base_swa)
+  int64_t kv_layer = 0;       // the KV cache slot this layer writes and reads (its own index)
+
+  int64_t q_dim() const { return n_head * head_dim_k; }
+  int64_t k_dim() const { return n_head_kv * head_dim_k; }
+  int64_t v_dim() const { return n_head_kv * head_dim_v; }
+  int64_t attn_out_dim() const { return n_head * head_dim_v; }
+};
 
 // Every hyper-parameter the forward pass reads, for every family.
 struct HParams {
@@ -7357,13 +7743,17 @@ struct HParams {
   int64_t n_swa = 0;                 // sliding window (positions p - q < n_swa are visible)
   std::vector<uint8_t> layer_swa;    // per layer: 1 = sliding window, 0 = global
 
-  int64_t n_expert = 0;              // > 0: MoE file; its FFN weights are bound by the forward
-                                     // layer (moe.hpp, read_moe_config / bind_moe_layer)
+  int64_t n_expert = 0;              // > 0: MoE file
+  MoeConfig moe;                     // its routing: read when the model binds its experts
+                                     // (read_moe_config), after each layer's router is found
+
+  std::vector<LayerPlan> layers;     // the per-layer plan (n_layer entries)
 
   int64_t q_dim() const { return n_head * head_dim_k; }
   int64_t k_dim() const { return n_head_kv * head_dim_k; }
   int64_t v_dim() const { return n_head_kv * head_dim_v; }
   bool is_swa(int64_t layer) const { return !layer_swa.empty() && layer_swa[layer] != 0; }
+  bool any_swa() const { return !layer_swa.empty(); }
 };
 
 // A 2-D weight matrix in the mapped file: `rows` rows of `cols` values of `type`, no copy.
@@ -7379,6 +7769,39 @@ struct Weight {
     const auto& info = tensor_type_info(type);
     return static_cast<size_t>(cols / info.block_size * info.block_bytes);
   }
+  MatrixRef ref() const { return {type, data, rows, cols}; }
+};
+
+// A stacked expert tensor [cols, rows, n_expert]: n_expert matrices of `rows` rows of `cols`.
+// Expert e's matrix is the slice at byte offset e * rows * row_bytes.
+struct MoeExperts {
+  TensorType type = TensorType::F32;
+  const uint8_t* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t n_expert = 0;
+  uint64_t row_bytes = 0;
+
+  explicit operator bool() const { return data != nullptr; }
+  uint64_t expert_bytes() const { return row_bytes * static_cast<uint64_t>(rows); }
+  MatrixRef expert(int64_t e) const { return {type, data + static_cast<uint64_t>(e) * expert_bytes(), rows, cols}; }
+  // Rows [r0, r1) of expert e.
+  MatrixRef expert_rows(int64_t e, int64_t r0, int64_t r1) const {
+    return {type, data + static_cast<uint64_t>(e) * expert_bytes() + static_cast<uint64_t>(r0) * row_bytes,
+            r1 - r0, cols};
+  }
+};
+
+// One MoE layer's tensors. Absent shared-expert tensors have data == nullptr.
+struct MoeLayerWeights {
+  MatrixRef router{TensorType::F32, nullptr, 0, 0};           // ffn_gate_inp: n_expert rows of n_embd
+  MoeExperts gate, up, down;                                   // gate/up: expert_ff x n_embd; down: n_embd x expert_ff
+  MatrixRef shared_gate{TensorType::F32, nullptr, 0, 0};      // ffn_gate_shexp: shared_ff x n_embd
+  MatrixRef shared_up{TensorType::F32, nullptr, 0, 0};
+  MatrixRef shared_down{TensorType::F32, nullptr, 0, 0};      // n_embd x shared_ff
+  MatrixRef shared_gate_inp{TensorType::F32, nullptr, 0, 0};  // ffn_gate_inp_shexp: 1 x n_embd
+
+  int64_t n_embd() const { return router.cols; }
 };
 
 // Per-layer weights. Absent optional tensors are empty Weights / empty vectors.
@@ -7386,15 +7809,15 @@ struct LayerWeights {
   std::vector<float> attn_norm;
   Weight wq, wk, wv, wqkv;                // wqkv when the family fuses them (phi3)
   std::vector<float> bq, bk, bv;          // qwen2 biases (optional elsewhere)
-  std::vector<float> q_norm, k_norm;      // per-head RMS norm weights (qwen3, gemma3)
+  std::vector<float> q_norm, k_norm;      // QK-norm weights (per head, or whole projection)
   Weight wo;
   std::vector<float> bo;
   std::vector<float> post_attn_norm;      // gemma2/3
   std::vector<float> ffn_norm;
-  // Dense FFN. In an MoE layer (moe == true) these stay empty: the forward layer binds the
-  // router and experts (moe.hpp) and runs the MoE step in this FFN's place.
+  // Dense FFN; empty in an MoE layer (moe == true), whose router and experts are `experts`.
   Weight ffn_gate, ffn_up, ffn_down;      // ffn_up holds [gate; up] when fused (phi3)
   bool moe = false;
+  MoeLayerWeights experts;
   std::vector<float> post_ffn_norm;       // gemma2/3
 };
 
@@ -7449,9 +7872,241 @@ inline Expected<float> arch_float(const GgufFile& f, const std::string& arch, co
   return static_cast<float>(*v);
 }
 
+inline Expected<int64_t> moe_int_key(const GgufFile& f, const std::string& key, int64_t fallback) {
+  if (!f.contains(key)) return fallback;
+  auto v = f.get<int64_t>(key);
+  if (!v) return v.error();
+  return *v;
+}
+
+// "llama, qwen2, ..." from the table, for error messages.
+inline std::string supported_arch_list() {
+  std::string s;
+  for (const auto& a : kArchTable) {
+    if (!s.empty()) s += ", ";
+    s += a.name;
+  }
+  return s;
+}
+
+#define TINYSLM_TRY_READ(dst, expr) \
+  do {                              \
+    auto v_ = (expr);               \
+    if (!v_) return v_.error();     \
+    dst = *v_;                      \
+  } while (0)
+
+// Expert widths: qwen2moe/qwen3moe read expert_feed_forward_length (else feed_forward_length
+// / k); llama and olmoe: feed_forward_length is the expert width (llama.cpp does not read the
+// expert key). Only families whose graph has a shared expert get one.
+inline Status read_moe_widths(const GgufFile& f, const std::string& a, const MoeArch& info, MoeConfig& c) {
+  int64_t n_ff = 0, ff_key = 0, sh = 0;
+  TINYSLM_TRY_READ(n_ff, moe_int_key(f, a + ".feed_forward_length", 0));
+  TINYSLM_TRY_READ(ff_key, moe_int_key(f, a + ".expert_feed_forward_length", 0));
+  if (info.ff_from_expert_key) c.expert_ff = ff_key > 0 ? ff_key : n_ff / c.n_expert_used;
+  else c.expert_ff = n_ff;
+  TINYSLM_TRY_READ(sh, moe_int_key(f, a + ".expert_shared_feed_forward_length", 0));
+  c.shared_expert = info.shared_expert;
+  c.shared_gated = info.shared_gated;
+  if (c.shared_expert) c.shared_ff = sh > 0 ? sh : n_ff;
+  constexpr int64_t kMaxFf = int64_t{1} << 22;
+  if (c.expert_ff <= 0 || c.expert_ff > kMaxFf || (c.shared_expert && (c.shared_ff <= 0 || c.shared_ff > kMaxFf)))
+    return make_error(Errc::invalid_format, f.name() + ": bad expert feed-forward length (" +
+                                                std::to_string(c.expert_ff) + ", shared " +
+                                                std::to_string(c.shared_ff) + ")");
+  return {};
+}
+
+// expert_weights_norm, expert_weights_scale and expert_gating_func override the family's
+// defaults when present (converters do not write them for the supported families).
+inline Status read_moe_overrides(const GgufFile& f, const std::string& a, MoeConfig& c) {
+  if (f.contains(a + ".expert_weights_norm")) TINYSLM_TRY_READ(c.norm_weights, f.get<bool>(a + ".expert_weights_norm"));
+  float scale = 0.0f;
+  TINYSLM_TRY_READ(scale, f.get_or<float>(a + ".expert_weights_scale", 0.0f));
+  if (!std::isfinite(scale))
+    return make_error(Errc::invalid_format, f.name() + ": expert_weights_scale is not finite");
+  c.weights_scale = scale == 0.0f ? 1.0f : scale;
+  int64_t gating = 0;
+  TINYSLM_TRY_READ(gating, moe_int_key(f, a + ".expert_gating_func", 0));
+  switch (gating) {
+    case 0:  // none: the family default
+    case 1: c.gating = MoeGating::softmax; break;
+    case 2: c.gating = MoeGating::sigmoid; break;
+    default:
+      return make_error(Errc::unsupported, f.name() + ": expert_gating_func " + std::to_string(gating) +
+                                               " is not supported (1 = softmax, 2 = sigmoid)");
+  }
+  return {};
+}
+
 }  // namespace detail
 
-// Reads the hyper-parameters of a GGUF file; refuses MoE and unknown architectures.
+// Reads the MoE hyper-parameters of a file. A file without `<arch>.expert_count` (or with 0)
+// gives a disabled config; the family's routing defaults come from kArchTable.
+inline Expected<MoeConfig> read_moe_config(const GgufFile& f) {
+  MoeConfig c;
+  auto arch_v = f.get<std::string>("general.architecture");
+  if (!arch_v) return arch_v.error();
+  const std::string& a = *arch_v;
+  int64_t n_expert = 0, n_used = 0;
+  TINYSLM_TRY_READ(n_expert, detail::moe_int_key(f, a + ".expert_count", 0));
+  TINYSLM_TRY_READ(n_used, detail::moe_int_key(f, a + ".expert_used_count", 0));
+  if (n_expert == 0) {
+    if (n_used != 0)
+      return make_error(Errc::invalid_format, f.name() + ": expert_used_count " + std::to_string(n_used) +
+                                                  " without experts");
+    return c;
+  }
+  const ArchInfo* info = find_arch(a);
+  if (!info || !info->moe.allowed)
+    return make_error(Errc::unsupported, f.name() + ": mixture of experts for architecture '" + a +
+                                             "' is not supported (supported: llama/mixtral, qwen2moe, "
+                                             "qwen3moe, olmoe)");
+  if (n_expert < 0 || n_expert > kMoeMaxExperts || n_used <= 0 || n_used > n_expert)
+    return make_error(Errc::invalid_format, f.name() + ": bad expert counts (expert_count " +
+                                                std::to_string(n_expert) + ", expert_used_count " +
+                                                std::to_string(n_used) + ")");
+  c.n_expert = n_expert;
+  c.n_expert_used = n_used;
+  if (auto st = detail::read_moe_widths(f, a, info->moe, c); !st) return st.error();
+  c.norm_weights = info->moe.norm_weights;
+  if (auto st = detail::read_moe_overrides(f, a, c); !st) return st.error();
+  return c;
+}
+
+namespace detail {
+
+// Sizes of the transformer: embedding, layers, heads, FFN, head sizes, RoPE dimensions.
+inline Status read_sizes(const GgufFile& f, const std::string& a, HParams& hp) {
+  TINYSLM_TRY_READ(hp.n_embd, arch_int(f, a, "embedding_length", -1));
+  TINYSLM_TRY_READ(hp.n_layer, arch_int(f, a, "block_count", -1));
+  TINYSLM_TRY_READ(hp.n_ff, arch_int(f, a, "feed_forward_length", -1));
+  TINYSLM_TRY_READ(hp.n_head, arch_int(f, a, "attention.head_count", -1));
+  TINYSLM_TRY_READ(hp.n_head_kv, arch_int(f, a, "attention.head_count_kv", hp.n_head));
+  TINYSLM_TRY_READ(hp.n_ctx_train, arch_int(f, a, "context_length", 2048));
+  if (hp.n_embd <= 0 || hp.n_layer <= 0 || hp.n_head <= 0 || hp.n_head_kv <= 0 || hp.n_ff <= 0 ||
+      hp.n_head % hp.n_head_kv != 0 || hp.n_embd > (1 << 20) || hp.n_layer > 4096 ||
+      hp.n_head > 4096 || hp.n_ff > (1 << 22))
+    return make_error(Errc::invalid_format,
+                      f.name() + ": inconsistent hyper-parameters (n_embd " +
+                          std::to_string(hp.n_embd) + ", n_layer " + std::to_string(hp.n_layer) +
+                          ", n_head " + std::to_string(hp.n_head) + ", n_head_kv " +
+                          std::to_string(hp.n_head_kv) + ", n_ff " + std::to_string(hp.n_ff) + ")");
+  TINYSLM_TRY_READ(hp.head_dim_k, arch_int(f, a, "attention.key_length", hp.n_embd / hp.n_head));
+  TINYSLM_TRY_READ(hp.head_dim_v, arch_int(f, a, "attention.value_length", hp.head_dim_k));
+  TINYSLM_TRY_READ(hp.n_rot, arch_int(f, a, "rope.dimension_count", hp.head_dim_k));
+  if (hp.head_dim_k <= 0 || hp.head_dim_v <= 0 || hp.head_dim_k > 1024 || hp.head_dim_v > 1024 ||
+      hp.n_rot <= 0 || hp.n_rot > hp.head_dim_k || hp.n_rot % 2 != 0)
+    return make_error(Errc::invalid_format,
+                      f.name() + ": bad head size (key " + std::to_string(hp.head_dim_k) +
+                          ", value " + std::to_string(hp.head_dim_v) + ", rope dims " +
+                          std::to_string(hp.n_rot) + ")");
+  TINYSLM_TRY_READ(hp.rms_eps, arch_float(f, a, "attention.layer_norm_rms_epsilon", 1e-5f));
+  return {};
+}
+
+// RoPE base and scaling: linear (a frequency scale) is applied, llama3 lives in rope_freqs;
+// other kinds are refused clearly.
+inline Status read_rope(const GgufFile& f, const std::string& a, HParams& hp) {
+  TINYSLM_TRY_READ(hp.rope_base, arch_float(f, a, "rope.freq_base", 10000.0f));
+  std::string scaling;
+  TINYSLM_TRY_READ(scaling, f.get_or<std::string>(a + ".rope.scaling.type", "none"));
+  float factor = 0.0f;
+  TINYSLM_TRY_READ(factor, arch_float(f, a, "rope.scaling.factor", 0.0f));
+  if (factor == 0.0f) TINYSLM_TRY_READ(factor, arch_float(f, a, "rope.scale_linear", 0.0f));
+  if (scaling == "yarn" || scaling == "longrope")
+    return make_error(Errc::unsupported, f.name() + ": RoPE scaling '" + scaling + "' is not supported yet");
+  if (scaling != "none" && scaling != "linear" && scaling != "llama3")
+    return make_error(Errc::unsupported, f.name() + ": unknown RoPE scaling '" + scaling + "'");
+  hp.rope_freq_scale = (scaling == "none" || factor == 0.0f) ? 1.0f : 1.0f / factor;
+  if (scaling == "llama3") hp.rope_freq_scale = 1.0f;
+  hp.rope_base_swa = hp.rope_base;
+  hp.rope_freq_scale_swa = hp.rope_freq_scale;
+  return {};
+}
+
+// Which layers slide: an explicit per-layer pattern array, else a period (global when
+// il % period == period - 1; period 0: all sliding).
+inline Status read_swa_pattern(const GgufFile& f, const std::string& a, int64_t period, HParams& hp) {
+  const GgufKv* pat = f.find(a + ".attention.sliding_window_pattern");
+  hp.layer_swa.assign(static_cast<size_t>(hp.n_layer), 0);
+  if (pat && pat->value.type() == GgufValueType::array) {
+    GgufArray arr = pat->value.as_array();
+    if (static_cast<int64_t>(arr.size()) != hp.n_layer)
+      return make_error(Errc::invalid_format,
+                        f.name() + ": sliding_window_pattern has " + std::to_string(arr.size()) +
+                            " entries for " + std::to_string(hp.n_layer) + " layers");
+    size_t i = 0;
+    arr.for_each([&](const GgufValue& e) {
+      int64_t x = 0;
+      if (e.type() == GgufValueType::boolean) x = e.as_bool();
+      else e.as_int64(&x);
+      hp.layer_swa[i++] = x != 0;
+      return true;
+    });
+    return {};
+  }
+  if (pat) TINYSLM_TRY_READ(period, arch_int(f, a, "attention.sliding_window_pattern", period));
+  for (int64_t il = 0; il < hp.n_layer; ++il)
+    hp.layer_swa[static_cast<size_t>(il)] = period == 0 || (il % period < period - 1);
+  return {};
+}
+
+// Sliding-window attention (gemma2: every other layer; gemma3: 5 of every 6 layers).
+inline Status read_swa(const GgufFile& f, const std::string& a, HParams& hp) {
+  const ArchInfo& info = hp.arch;
+  const bool has_key = f.contains(a + ".attention.sliding_window");
+  if (info.swa_period == 0 || (!has_key && info.swa_needs_key)) return {};
+  TINYSLM_TRY_READ(hp.n_swa, arch_int(f, a, "attention.sliding_window", 4096));
+  if (auto st = read_swa_pattern(f, a, info.swa_period, hp); !st) return st;
+  if (hp.n_swa <= 0) hp.layer_swa.clear();
+  if (info.swa_plain_rope) {
+    hp.rope_base_swa = 10000.0f;
+    hp.rope_freq_scale_swa = 1.0f;
+  }
+  TINYSLM_TRY_READ(hp.rope_base_swa, arch_float(f, a, "rope.freq_base_swa", hp.rope_base_swa));
+  return {};
+}
+
+// Soft-caps, the attention scale and the embedding scale.
+inline Status read_scales(const GgufFile& f, const std::string& a, HParams& hp) {
+  const ArchInfo& info = hp.arch;
+  TINYSLM_TRY_READ(hp.attn_softcap, arch_float(f, a, "attn_logit_softcapping", info.attn_softcap));
+  TINYSLM_TRY_READ(hp.final_softcap, arch_float(f, a, "final_logit_softcapping", info.final_softcap));
+  if (info.attn_softcap == 0.0f) hp.attn_softcap = 0.0f;  // the family never caps attention scores
+  const bool big = info.attn_scale == AttnScale::gemma_27b && hp.n_layer == info.n_layer_27b;
+  hp.attn_scale = big ? 1.0f / std::sqrt(static_cast<float>(hp.n_embd / hp.n_head))
+                      : 1.0f / std::sqrt(static_cast<float>(hp.head_dim_k));
+  hp.embed_scale = info.embed_scale ? std::sqrt(static_cast<float>(hp.n_embd)) : 1.0f;
+  return {};
+}
+
+#undef TINYSLM_TRY_READ
+
+// The per-layer plan. Every layer is attention + FFN today; head counts and sizes are
+// uniform, each layer owns its KV slot, and sliding layers use the second RoPE table.
+inline void build_layer_plan(HParams& hp) {
+  hp.layers.assign(static_cast<size_t>(hp.n_layer), LayerPlan{});
+  for (int64_t il = 0; il < hp.n_layer; ++il) {
+    LayerPlan& p = hp.layers[static_cast<size_t>(il)];
+    p.kind = LayerKind::attention;
+    p.ffn = hp.n_expert > 0 ? FfnKind::moe : FfnKind::dense;
+    p.n_head = hp.n_head;
+    p.n_head_kv = hp.n_head_kv;
+    p.head_dim_k = hp.head_dim_k;
+    p.head_dim_v = hp.head_dim_v;
+    p.n_ff = p.ffn == FfnKind::dense ? hp.n_ff : 0;
+    p.sliding = hp.is_swa(il);
+    p.rope = true;
+    p.rope_table = p.sliding ? 1 : 0;
+    p.kv_layer = il;
+  }
+}
+
+}  // namespace detail
+
+// Reads the hyper-parameters of a GGUF file; refuses unknown architectures and MoE families
+// whose routing is not implemented.
 inline Expected<HParams> read_hparams(const GgufFile& f) {
   HParams hp;
   auto arch = f.get<std::string>("general.architecture");
@@ -7466,138 +8121,21 @@ inline Expected<HParams> read_hparams(const GgufFile& f) {
                                              "' is a mixture of experts this library does not support");
   const ArchInfo* info = find_arch(a);
   if (!info)
-    return make_error(Errc::unsupported, f.name() + ": unsupported architecture '" + a +
-                                             "' (supported: llama, qwen2, qwen3, gemma, gemma2, "
-                                             "gemma3, phi3, qwen2moe, qwen3moe, olmoe, mixtral as llama)");
-  if (hp.n_expert > 0 && (a == "gemma" || a == "gemma2" || a == "gemma3" || a == "phi3" || a == "qwen2" || a == "qwen3"))
+    return make_error(Errc::unsupported, f.name() + ": unsupported architecture '" + a + "' (supported: " +
+                                             detail::supported_arch_list() + ", mixtral as llama)");
+  if (hp.n_expert > 0 && !info->moe.allowed)
     return make_error(Errc::unsupported, f.name() + ": experts in a '" + a + "' file are not supported");
   hp.arch = *info;
-
-#define TINYSLM_READ_INT(field, suffix, fallback)                 \
-  do {                                                            \
-    auto v_ = detail::arch_int(f, a, suffix, fallback);           \
-    if (!v_) return v_.error();                                   \
-    hp.field = *v_;                                               \
-  } while (0)
-#define TINYSLM_READ_FLOAT(field, suffix, fallback)               \
-  do {                                                            \
-    auto v_ = detail::arch_float(f, a, suffix, fallback);         \
-    if (!v_) return v_.error();                                   \
-    hp.field = *v_;                                               \
-  } while (0)
-
-  TINYSLM_READ_INT(n_embd, "embedding_length", -1);
-  TINYSLM_READ_INT(n_layer, "block_count", -1);
-  TINYSLM_READ_INT(n_ff, "feed_forward_length", -1);
-  TINYSLM_READ_INT(n_head, "attention.head_count", -1);
-  TINYSLM_READ_INT(n_head_kv, "attention.head_count_kv", hp.n_head);
-  TINYSLM_READ_INT(n_ctx_train, "context_length", 2048);
-  if (hp.n_embd <= 0 || hp.n_layer <= 0 || hp.n_head <= 0 || hp.n_head_kv <= 0 || hp.n_ff <= 0 ||
-      hp.n_head % hp.n_head_kv != 0 || hp.n_embd > (1 << 20) || hp.n_layer > 4096 ||
-      hp.n_head > 4096 || hp.n_ff > (1 << 22))
-    return make_error(Errc::invalid_format,
-                      f.name() + ": inconsistent hyper-parameters (n_embd " +
-                          std::to_string(hp.n_embd) + ", n_layer " + std::to_string(hp.n_layer) +
-                          ", n_head " + std::to_string(hp.n_head) + ", n_head_kv " +
-                          std::to_string(hp.n_head_kv) + ", n_ff " + std::to_string(hp.n_ff) + ")");
-  TINYSLM_READ_INT(head_dim_k, "attention.key_length", hp.n_embd / hp.n_head);
-  TINYSLM_READ_INT(head_dim_v, "attention.value_length", hp.head_dim_k);
-  TINYSLM_READ_INT(n_rot, "rope.dimension_count", hp.head_dim_k);
-  if (hp.head_dim_k <= 0 || hp.head_dim_v <= 0 || hp.head_dim_k > 1024 || hp.head_dim_v > 1024 ||
-      hp.n_rot <= 0 || hp.n_rot > hp.head_dim_k || hp.n_rot % 2 != 0)
-    return make_error(Errc::invalid_format,
-                      f.name() + ": bad head size (key " + std::to_string(hp.head_dim_k) +
-                          ", value " + std::to_string(hp.head_dim_v) + ", rope dims " +
-                          std::to_string(hp.n_rot) + ")");
-  TINYSLM_READ_FLOAT(rms_eps, "attention.layer_norm_rms_epsilon", 1e-5f);
-  TINYSLM_READ_FLOAT(rope_base, "rope.freq_base", 10000.0f);
-
-  // RoPE scaling: linear (a frequency scale) is applied; other kinds are refused clearly.
-  auto scaling = f.get_or<std::string>(a + ".rope.scaling.type", "none");
-  if (!scaling) return scaling.error();
-  float factor = 0.0f;
-  {
-    auto fa = detail::arch_float(f, a, "rope.scaling.factor", 0.0f);
-    if (!fa) return fa.error();
-    factor = *fa;
-    if (factor == 0.0f) {
-      auto lin = detail::arch_float(f, a, "rope.scale_linear", 0.0f);
-      if (!lin) return lin.error();
-      factor = *lin;
-    }
-  }
-  if (*scaling == "yarn" || *scaling == "longrope")
-    return make_error(Errc::unsupported,
-                      f.name() + ": RoPE scaling '" + *scaling + "' is not supported yet");
-  if (*scaling != "none" && *scaling != "linear" && *scaling != "llama3")
-    return make_error(Errc::unsupported, f.name() + ": unknown RoPE scaling '" + *scaling + "'");
-  hp.rope_freq_scale = (*scaling == "none" || factor == 0.0f) ? 1.0f : 1.0f / factor;
-  if (*scaling == "llama3") hp.rope_freq_scale = 1.0f;  // llama3 scaling lives in rope_freqs
-
-  // Sliding-window attention (gemma2: every other layer; gemma3: 5 of every 6 layers).
-  hp.rope_base_swa = hp.rope_base;
-  hp.rope_freq_scale_swa = hp.rope_freq_scale;
-  const bool has_swa_key = f.contains(a + ".attention.sliding_window");
-  if (info->default_swa_period > 0 && (has_swa_key || !info->swa_needs_key)) {
-    TINYSLM_READ_INT(n_swa, "attention.sliding_window", 4096);
-    int64_t period = info->default_swa_period;
-    const GgufKv* pat = f.find(a + ".attention.sliding_window_pattern");
-    hp.layer_swa.assign(static_cast<size_t>(hp.n_layer), 0);
-    if (pat && pat->value.type() == GgufValueType::array) {
-      GgufArray arr = pat->value.as_array();
-      if (static_cast<int64_t>(arr.size()) != hp.n_layer)
-        return make_error(Errc::invalid_format,
-                          f.name() + ": sliding_window_pattern has " + std::to_string(arr.size()) +
-                              " entries for " + std::to_string(hp.n_layer) + " layers");
-      size_t i = 0;
-      arr.for_each([&](const GgufValue& e) {
-        int64_t x = 0;
-        if (e.type() == GgufValueType::boolean) x = e.as_bool();
-        else e.as_int64(&x);
-        hp.layer_swa[i++] = x != 0;
-        return true;
-      });
-    } else {
-      if (pat) {
-        auto p = detail::arch_int(f, a, "attention.sliding_window_pattern", period);
-        if (!p) return p.error();
-        period = *p;
-      } else {
-        period = info->default_swa_period;
-      }
-      // Layer il is global when il % period == period - 1 (period 0: all sliding).
-      for (int64_t il = 0; il < hp.n_layer; ++il)
-        hp.layer_swa[static_cast<size_t>(il)] = period == 0 || (il % period < period - 1);
-    }
-    if (hp.n_swa <= 0) hp.layer_swa.clear();
-    if (hp.arch_name == "gemma3") {
-      hp.rope_base_swa = 10000.0f;  // gemma3's local layers keep the original base
-      hp.rope_freq_scale_swa = 1.0f;
-    }
-    TINYSLM_READ_FLOAT(rope_base_swa, "rope.freq_base_swa", hp.rope_base_swa);
-  }
-
-  TINYSLM_READ_FLOAT(attn_softcap, "attn_logit_softcapping", 0.0f);
-  TINYSLM_READ_FLOAT(final_softcap, "final_logit_softcapping", 0.0f);
-  if (hp.arch_name == "gemma2") {
-    if (!f.contains(a + ".attn_logit_softcapping")) hp.attn_softcap = 50.0f;
-    if (!f.contains(a + ".final_logit_softcapping")) hp.final_softcap = 30.0f;
-  } else {
-    hp.attn_softcap = 0.0f;  // only gemma2 caps attention scores
-  }
-#undef TINYSLM_READ_INT
-#undef TINYSLM_READ_FLOAT
-
-  // Attention scale: 1/sqrt(head size); the 27B gemma2/3 use 1/sqrt(n_embd / n_head).
-  const bool gemma_27b = (a == "gemma2" && hp.n_layer == 46) || (a == "gemma3" && hp.n_layer == 62);
-  hp.attn_scale = gemma_27b ? 1.0f / std::sqrt(static_cast<float>(hp.n_embd / hp.n_head))
-                            : 1.0f / std::sqrt(static_cast<float>(hp.head_dim_k));
-  hp.embed_scale = info->embed_scale ? std::sqrt(static_cast<float>(hp.n_embd)) : 1.0f;
+  for (auto step : {detail::read_sizes, detail::read_rope, detail::read_swa, detail::read_scales})
+    if (auto st = step(f, a, hp); !st) return st.error();
+  detail::build_layer_plan(hp);
   return hp;
 }
 
 // A loaded model: the mapped file, its hyper-parameters and its weights (pointers into the
 // mapping; 1-D tensors such as norms and biases are converted to small float vectors).
+// A Model is a handle: copies share one loaded file, and a Context or Session made from a
+// Model holds a copy, so the weights stay mapped for as long as anything uses them.
 class Model {
  public:
   static Expected<Model> open(const std::string& path, LoadMode mode = LoadMode::map) {
@@ -7607,30 +8145,43 @@ class Model {
   }
   static Expected<Model> from_gguf(GgufFile file);
 
-  Model(Model&&) = default;
-  Model& operator=(Model&&) = default;
+  Model() = default;  // empty: assign the result of open() before use
+  explicit operator bool() const { return s_ != nullptr; }
 
-  const HParams& hparams() const { return hp_; }
-  const ModelWeights& weights() const { return w_; }
-  const GgufFile& gguf() const { return file_; }
-  const std::string& name() const { return file_.name(); }
+  const HParams& hparams() const { return s_->hp; }
+  const ModelWeights& weights() const { return s_->w; }
+  const GgufFile& gguf() const { return s_->file; }
+  const std::string& name() const { return s_->file.name(); }
   // Total bytes of the weight tensors (for reports such as bench's "size" column).
   uint64_t weight_bytes() const {
     uint64_t n = 0;
-    for (const auto& t : file_.tensors()) n += t.n_bytes;
+    for (const auto& t : s_->file.tensors()) n += t.n_bytes;
     return n;
   }
 
  private:
-  explicit Model(GgufFile file) : file_(std::move(file)) {}
-  Status bind();
-
-  GgufFile file_;
-  HParams hp_;
-  ModelWeights w_;
+  struct State {
+    explicit State(GgufFile f) : file(std::move(f)) {}
+    GgufFile file;
+    HParams hp;
+    ModelWeights w;
+    Status bind();
+  };
+  std::shared_ptr<const State> s_;
 };
 
 namespace detail {
+
+// "[a, b, c]" (built by appending: GCC 12 warns falsely on "[" + std::string temporaries).
+inline std::string shape_text(std::initializer_list<int64_t> dims) {
+  std::string s = "[";
+  for (int64_t d : dims) {
+    if (s.size() > 1) s += ", ";
+    s += std::to_string(d);
+  }
+  s += "]";
+  return s;
+}
 
 struct WeightBinder {
   const GgufFile& f;
@@ -7650,20 +8201,14 @@ struct WeightBinder {
   Status matrix(const std::string& name, int64_t cols, int64_t rows, bool required, Weight* out) const {
     const GgufTensorInfo* t = f.find_tensor(name);
     if (!t) return required ? Status(missing(name)) : Status();
-    std::string want = "[";  // built by appending: GCC 12 warns falsely (-Wrestrict) on "lit" + string&&
-    want.append(std::to_string(cols)).append(", ").append(std::to_string(rows)).append("]");
     if (t->n_dims != 2 || static_cast<int64_t>(t->ne[0]) != cols ||
         static_cast<int64_t>(t->ne[1]) != rows)
-      return bad_shape(*t, want);
+      return bad_shape(*t, shape_text({cols, rows}));
     if (!matmul_supports(t->type))
       return make_error(Errc::unsupported, f.name() + ": tensor '" + name + "' has type " +
                                                tensor_type_name(t->type) +
                                                ", which is not supported for matrices");
-    out->type = t->type;
-    out->data = t->data;
-    out->rows = rows;
-    out->cols = cols;
-    out->name = t->name;
+    *out = Weight{t->type, t->data, rows, cols, t->name};
     return {};
   }
 
@@ -7672,7 +8217,7 @@ struct WeightBinder {
     const GgufTensorInfo* t = f.find_tensor(name);
     if (!t) return required ? Status(missing(name)) : Status();
     if (t->n_elements != static_cast<uint64_t>(n) || (t->n_dims != 1 && t->rows() != 1))
-      return bad_shape(*t, std::string("[").append(std::to_string(n)).append("]"));
+      return bad_shape(*t, shape_text({n}));
     out->resize(static_cast<size_t>(n));
     auto st = dequantize_row(t->type, t->data, out->data(), n);
     if (!st) return Error(st.error()).context(f.name() + ": tensor '" + name + "'");
@@ -7680,101 +8225,205 @@ struct WeightBinder {
   }
 };
 
+// The expert tensors' binder: its own messages ("mixture-of-experts layer"), 1-D routers.
+struct MoeBinder {
+  const GgufFile& f;
+
+  Error missing(const std::string& name) const {
+    return make_error(Errc::not_found, f.name() + ": missing tensor '" + name + "' (mixture-of-experts layer)");
+  }
+  Error bad_shape(const GgufTensorInfo& t, const std::string& want) const {
+    return make_error(Errc::invalid_format, f.name() + ": tensor '" + std::string(t.name) + "' has shape " +
+                                                t.shape_string() + ", expected " + want);
+  }
+  Status check_type(const GgufTensorInfo& t, int64_t cols) const {
+    if (!matmul_supports(t.type))
+      return make_error(Errc::unsupported, f.name() + ": tensor '" + std::string(t.name) + "' has type " +
+                                               tensor_type_name(t.type) + ", which is not supported for matrices");
+    if (cols % static_cast<int64_t>(tensor_type_info(t.type).block_size) != 0)
+      return make_error(Errc::invalid_format, f.name() + ": tensor '" + std::string(t.name) + "' has rows of " +
+                                                  std::to_string(cols) + " values, not a multiple of the " +
+                                                  tensor_type_name(t.type) + " block");
+    return {};
+  }
+
+  // A matrix of `rows` rows of `cols` values; a 1-D tensor counts as one row when rows == 1.
+  Status matrix(const std::string& name, int64_t cols, int64_t rows, bool required, MatrixRef* out) const {
+    const GgufTensorInfo* t = f.find_tensor(name);
+    if (!t) return required ? Status(missing(name)) : Status();
+    const bool ok = static_cast<int64_t>(t->ne[0]) == cols &&
+                    ((t->n_dims == 2 && static_cast<int64_t>(t->ne[1]) == rows) || (t->n_dims == 1 && rows == 1));
+    if (!ok) return bad_shape(*t, shape_text({cols, rows}));
+    if (auto st = check_type(*t, cols); !st) return st;
+    *out = MatrixRef{t->type, t->data, rows, cols};
+    return {};
+  }
+
+  Status experts(const std::string& name, int64_t cols, int64_t rows, int64_t n_expert, MoeExperts* out) const {
+    const GgufTensorInfo* t = f.find_tensor(name);
+    if (!t) return missing(name);
+    if (t->n_dims != 3 || static_cast<int64_t>(t->ne[0]) != cols || static_cast<int64_t>(t->ne[1]) != rows ||
+        static_cast<int64_t>(t->ne[2]) != n_expert)
+      return bad_shape(*t, shape_text({cols, rows, n_expert}));
+    if (auto st = check_type(*t, cols); !st) return st;
+    uint64_t rb = 0;
+    if (!tensor_row_bytes(t->type, static_cast<uint64_t>(cols), &rb) ||
+        rb * static_cast<uint64_t>(rows) * static_cast<uint64_t>(n_expert) != t->n_bytes)
+      return make_error(Errc::invalid_format, f.name() + ": tensor '" + name + "' has an inconsistent byte size");
+    *out = MoeExperts{t->type, t->data, rows, cols, n_expert, rb};
+    return {};
+  }
+};
+
+inline std::string blk_name(int64_t il, const char* what) { return "blk." + std::to_string(il) + "." + what; }
+
 }  // namespace detail
 
-inline Expected<Model> Model::from_gguf(GgufFile file) {
-  Model m(std::move(file));
-  auto hp = read_hparams(m.file_);
-  if (!hp) return hp.error();
-  m.hp_ = std::move(*hp);
-  auto st = m.bind();
-  if (!st) return st.error();
-  return m;
+// Binds layer il's router, experts and shared expert (tensor names as llama.cpp writes them)
+// and checks every shape against the config and n_embd.
+inline Expected<MoeLayerWeights> bind_moe_layer(const GgufFile& f, const MoeConfig& cfg, int64_t il, int64_t n_embd) {
+  if (!cfg.enabled()) return make_error(Errc::invalid_argument, "bind_moe_layer: the config has no experts");
+  if (n_embd <= 0) return make_error(Errc::invalid_argument, "bind_moe_layer: n_embd must be positive");
+  detail::MoeBinder b{f};
+  const std::string p = "blk." + std::to_string(il) + ".";
+  const int64_t E = n_embd, F = cfg.expert_ff, X = cfg.n_expert;
+  MoeLayerWeights w;
+  Status st;
+  if (st = b.matrix(p + "ffn_gate_inp.weight", E, X, true, &w.router); !st) return st.error();
+  if (st = b.experts(p + "ffn_gate_exps.weight", E, F, X, &w.gate); !st) return st.error();
+  if (st = b.experts(p + "ffn_up_exps.weight", E, F, X, &w.up); !st) return st.error();
+  if (st = b.experts(p + "ffn_down_exps.weight", F, E, X, &w.down); !st) return st.error();
+  if (cfg.shared_expert) {
+    const int64_t S = cfg.shared_ff;
+    if (st = b.matrix(p + "ffn_gate_shexp.weight", E, S, true, &w.shared_gate); !st) return st.error();
+    if (st = b.matrix(p + "ffn_up_shexp.weight", E, S, true, &w.shared_up); !st) return st.error();
+    if (st = b.matrix(p + "ffn_down_shexp.weight", S, E, true, &w.shared_down); !st) return st.error();
+    if (st = b.matrix(p + "ffn_gate_inp_shexp.weight", E, 1, cfg.shared_gated, &w.shared_gate_inp); !st)
+      return st.error();
+  }
+  return w;
 }
 
-inline Status Model::bind() {
-  const GgufFile& f = file_;
-  HParams& hp = hp_;
-  detail::WeightBinder b{f, hp.arch_name};
-  auto blk = [](int64_t il, const char* what) {
-    return "blk." + std::to_string(il) + "." + what;
-  };
-  const int64_t E = hp.n_embd;
+namespace detail {
 
-  // Token embeddings: their row count is the vocabulary size.
+#define TINYSLM_BIND(call)     \
+  do {                         \
+    if (auto st_ = (call); !st_) return st_; \
+  } while (0)
+
+// Embeddings, output norm and head (tied to the embeddings when absent), RoPE factors.
+inline Status bind_globals(const GgufFile& f, const WeightBinder& b, HParams& hp, ModelWeights& w) {
+  const int64_t E = hp.n_embd;
   const GgufTensorInfo* te = f.find_tensor("token_embd.weight");
   if (!te) return b.missing("token_embd.weight");
   if (te->n_dims != 2 || static_cast<int64_t>(te->ne[0]) != E)
-    return b.bad_shape(*te, "[" + std::to_string(E) + ", n_vocab]");
+    return b.bad_shape(*te, std::string("[").append(std::to_string(E)).append(", n_vocab]"));
   hp.n_vocab = static_cast<int64_t>(te->ne[1]);
-  if (auto st = b.matrix("token_embd.weight", E, hp.n_vocab, true, &w_.token_embd); !st) return st;
-
-  if (auto st = b.vector("output_norm.weight", E, true, &w_.output_norm); !st) return st;
-  if (auto st = b.matrix("output.weight", E, hp.n_vocab, false, &w_.output); !st) return st;
-  if (!w_.output) {
-    w_.output = w_.token_embd;
-    w_.tied_embeddings = true;
+  TINYSLM_BIND(b.matrix("token_embd.weight", E, hp.n_vocab, true, &w.token_embd));
+  TINYSLM_BIND(b.vector("output_norm.weight", E, true, &w.output_norm));
+  TINYSLM_BIND(b.matrix("output.weight", E, hp.n_vocab, false, &w.output));
+  if (!w.output) {
+    w.output = w.token_embd;
+    w.tied_embeddings = true;
   }
-  if (auto st = b.vector("output.bias", hp.n_vocab, false, &w_.output_bias); !st) return st;
-
+  TINYSLM_BIND(b.vector("output.bias", hp.n_vocab, false, &w.output_bias));
   // Phi-3 LongRoPE stores per-layer long/short factor tables and an attention factor.
   if (f.find_tensor("rope_factors_long.weight") || f.find_tensor("blk.0.rope_factors_long.weight"))
     return make_error(Errc::unsupported, f.name() + ": LongRoPE (rope_factors_long/short) is not supported yet");
-
   // llama3-style RoPE frequency factors (one per rotated pair).
-  if (auto st = b.vector("rope_freqs.weight", hp.n_rot / 2, false, &hp.rope_freq_factors); !st)
-    return st;
+  TINYSLM_BIND(b.vector("rope_freqs.weight", hp.n_rot / 2, false, &hp.rope_freq_factors));
+  return {};
+}
 
-  const int64_t Q = hp.q_dim(), K = hp.k_dim(), V = hp.v_dim(), F = hp.n_ff;
+// Norms, Q/K/V (or fused QKV), biases, QK-norm and output projection of one attention layer.
+inline Status bind_attention(const GgufFile& f, const WeightBinder& b, const HParams& hp, int64_t il,
+                             LayerWeights& L) {
+  const LayerPlan& p = hp.layers[static_cast<size_t>(il)];
   const ArchInfo& ai = hp.arch;
-  w_.layers.resize(static_cast<size_t>(hp.n_layer));
+  const int64_t E = hp.n_embd, Q = p.q_dim(), K = p.k_dim(), V = p.v_dim();
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_norm.weight"), E, true, &L.attn_norm));
+  if (ai.fused_qkv && f.find_tensor(blk_name(il, "attn_qkv.weight"))) {
+    TINYSLM_BIND(b.matrix(blk_name(il, "attn_qkv.weight"), E, Q + K + V, true, &L.wqkv));
+  } else {
+    TINYSLM_BIND(b.matrix(blk_name(il, "attn_q.weight"), E, Q, true, &L.wq));
+    TINYSLM_BIND(b.matrix(blk_name(il, "attn_k.weight"), E, K, true, &L.wk));
+    TINYSLM_BIND(b.matrix(blk_name(il, "attn_v.weight"), E, V, true, &L.wv));
+  }
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_q.bias"), Q, ai.qkv_bias, &L.bq));
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_k.bias"), K, ai.qkv_bias, &L.bk));
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_v.bias"), V, ai.qkv_bias, &L.bv));
+  const bool qkn = ai.qk_norm != QkNorm::none, whole = ai.qk_norm == QkNorm::whole;
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_q_norm.weight"), whole ? Q : p.head_dim_k, qkn, &L.q_norm));
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_k_norm.weight"), whole ? K : p.head_dim_k, qkn, &L.k_norm));
+  TINYSLM_BIND(b.matrix(blk_name(il, "attn_output.weight"), p.attn_out_dim(), E, true, &L.wo));
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_output.bias"), E, false, &L.bo));
+  TINYSLM_BIND(b.vector(blk_name(il, "post_attention_norm.weight"), E, ai.post_norms, &L.post_attn_norm));
+  return {};
+}
+
+// The FFN norm and either the dense FFN or the router and experts of one layer.
+inline Status bind_ffn(const GgufFile& f, const WeightBinder& b, HParams& hp, int64_t il, LayerWeights& L) {
+  const LayerPlan& p = hp.layers[static_cast<size_t>(il)];
+  const ArchInfo& ai = hp.arch;
+  const int64_t E = hp.n_embd, F = p.n_ff;
+  TINYSLM_BIND(b.vector(blk_name(il, "ffn_norm.weight"), E, true, &L.ffn_norm));
+  const bool has_router = f.find_tensor(blk_name(il, "ffn_gate_inp.weight")) != nullptr;
+  if (p.ffn == FfnKind::moe) {
+    if (!has_router) return b.missing(blk_name(il, "ffn_gate_inp.weight"));
+    if (!hp.moe.enabled()) {
+      auto cfg = read_moe_config(f);
+      if (!cfg) return cfg.error();
+      hp.moe = *cfg;
+    }
+    auto lw = bind_moe_layer(f, hp.moe, il, E);
+    if (!lw) return lw.error();
+    L.experts = *lw;
+    L.moe = true;
+    // Post-FFN norms are not part of any MoE family's graph (none is bound, as before).
+    return {};
+  }
+  if (has_router)
+    return make_error(Errc::invalid_format, f.name() + ": layer " + std::to_string(il) +
+                                                " has a router (ffn_gate_inp) but the file declares no experts");
+  if (ai.fused_gate_up) {
+    TINYSLM_BIND(b.matrix(blk_name(il, "ffn_up.weight"), E, 2 * F, true, &L.ffn_up));
+  } else {
+    TINYSLM_BIND(b.matrix(blk_name(il, "ffn_gate.weight"), E, F, true, &L.ffn_gate));
+    TINYSLM_BIND(b.matrix(blk_name(il, "ffn_up.weight"), E, F, true, &L.ffn_up));
+  }
+  TINYSLM_BIND(b.matrix(blk_name(il, "ffn_down.weight"), F, E, true, &L.ffn_down));
+  TINYSLM_BIND(b.vector(blk_name(il, "post_ffw_norm.weight"), E, ai.post_norms, &L.post_ffn_norm));
+  return {};
+}
+
+}  // namespace detail
+
+inline Expected<Model> Model::from_gguf(GgufFile file) {
+  auto s = std::make_shared<State>(std::move(file));
+  auto hp = read_hparams(s->file);
+  if (!hp) return hp.error();
+  s->hp = std::move(*hp);
+  if (auto st = s->bind(); !st) return st.error();
+  Model m;
+  m.s_ = std::move(s);
+  return m;
+}
+
+inline Status Model::State::bind() {
+  detail::WeightBinder b{file, hp.arch_name};
+  TINYSLM_BIND(detail::bind_globals(file, b, hp, w));
+  w.layers.resize(static_cast<size_t>(hp.n_layer));
   for (int64_t il = 0; il < hp.n_layer; ++il) {
-    LayerWeights& L = w_.layers[static_cast<size_t>(il)];
-    Status st;
-#define TINYSLM_BIND(call) \
-  if (st = (call); !st) return st
-    TINYSLM_BIND(b.vector(blk(il, "attn_norm.weight"), E, true, &L.attn_norm));
-    if (ai.fused_qkv && f.find_tensor(blk(il, "attn_qkv.weight"))) {
-      TINYSLM_BIND(b.matrix(blk(il, "attn_qkv.weight"), E, Q + K + V, true, &L.wqkv));
-    } else {
-      TINYSLM_BIND(b.matrix(blk(il, "attn_q.weight"), E, Q, true, &L.wq));
-      TINYSLM_BIND(b.matrix(blk(il, "attn_k.weight"), E, K, true, &L.wk));
-      TINYSLM_BIND(b.matrix(blk(il, "attn_v.weight"), E, V, true, &L.wv));
-    }
-    const bool need_bias = hp.arch_name == "qwen2" || hp.arch_name == "qwen2moe";
-    TINYSLM_BIND(b.vector(blk(il, "attn_q.bias"), Q, need_bias, &L.bq));
-    TINYSLM_BIND(b.vector(blk(il, "attn_k.bias"), K, need_bias, &L.bk));
-    TINYSLM_BIND(b.vector(blk(il, "attn_v.bias"), V, need_bias, &L.bv));
-    const bool whole = hp.arch_name == "olmoe";  // norm over the whole projection
-    TINYSLM_BIND(b.vector(blk(il, "attn_q_norm.weight"), whole ? Q : hp.head_dim_k, ai.qk_norm, &L.q_norm));
-    TINYSLM_BIND(b.vector(blk(il, "attn_k_norm.weight"), whole ? K : hp.head_dim_k, ai.qk_norm, &L.k_norm));
-    TINYSLM_BIND(b.matrix(blk(il, "attn_output.weight"), hp.n_head * hp.head_dim_v, E, true, &L.wo));
-    TINYSLM_BIND(b.vector(blk(il, "attn_output.bias"), E, false, &L.bo));
-    TINYSLM_BIND(b.vector(blk(il, "post_attention_norm.weight"), E, ai.post_norms, &L.post_attn_norm));
-    TINYSLM_BIND(b.vector(blk(il, "ffn_norm.weight"), E, true, &L.ffn_norm));
-    if (hp.n_expert > 0) {
-      // The experts (ffn_*_exps, router, shared expert) are bound by the forward layer.
-      if (!f.find_tensor(blk(il, "ffn_gate_inp.weight"))) return b.missing(blk(il, "ffn_gate_inp.weight"));
-      L.moe = true;
-      continue;
-    }
-    if (f.find_tensor(blk(il, "ffn_gate_inp.weight")))
-      return make_error(Errc::invalid_format, f.name() + ": layer " + std::to_string(il) +
-                                                  " has a router (ffn_gate_inp) but the file declares no experts");
-    if (ai.fused_gate_up) {
-      TINYSLM_BIND(b.matrix(blk(il, "ffn_up.weight"), E, 2 * F, true, &L.ffn_up));
-    } else {
-      TINYSLM_BIND(b.matrix(blk(il, "ffn_gate.weight"), E, F, true, &L.ffn_gate));
-      TINYSLM_BIND(b.matrix(blk(il, "ffn_up.weight"), E, F, true, &L.ffn_up));
-    }
-    TINYSLM_BIND(b.matrix(blk(il, "ffn_down.weight"), F, E, true, &L.ffn_down));
-    TINYSLM_BIND(b.vector(blk(il, "post_ffw_norm.weight"), E, ai.post_norms, &L.post_ffn_norm));
-#undef TINYSLM_BIND
+    LayerWeights& L = w.layers[static_cast<size_t>(il)];
+    TINYSLM_BIND(detail::bind_attention(file, b, hp, il, L));
+    TINYSLM_BIND(detail::bind_ffn(file, b, hp, il, L));
   }
   return {};
 }
 
-}  // namespace v0
+#undef TINYSLM_BIND
+
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 // ---- end tinyslm/model.hpp ----
 
@@ -7791,7 +8440,7 @@ inline Status Model::bind() {
 
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 class KvCache {
  public:
@@ -7870,7 +8519,7 @@ class KvCache {
   AlignedBuffer<uint16_t> k_, v_;
 };
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 // ---- end tinyslm/kv.hpp ----
 
@@ -7896,190 +8545,21 @@ class KvCache {
 // kernels; with the SIMD ones their summation order (~1e-7), which can move an activation
 // across an 8-bit rounding boundary before the down projection.
 //
-// This header uses only core, gguf, quant, kernels and ops; it needs nothing from model.hpp.
+// The configuration (MoeConfig) and the weights (MoeLayerWeights) are read and bound by the
+// model layer; this header routes and evaluates.
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <initializer_list>
+#include <span>
 #include <string>
 #include <vector>
 
 
 namespace tinyslm {
-inline namespace v0 {
-
-enum class MoeGating : uint8_t {
-  softmax,  // GGUF expert_gating_func 1
-  sigmoid,  // GGUF expert_gating_func 2
-};
-
-// Everything the MoE step needs besides the weights. n_expert == 0 means a dense model.
-struct MoeConfig {
-  int64_t n_expert = 0;       // <arch>.expert_count
-  int64_t n_expert_used = 0;  // <arch>.expert_used_count (k)
-  int64_t expert_ff = 0;      // rows of each expert's gate/up matrices
-  MoeGating gating = MoeGating::softmax;
-  bool norm_weights = false;  // renormalise the k selected weights to sum 1
-  float weights_scale = 1.0f; // multiplies the selected weights (1 = none)
-  bool shared_expert = false; // ffn_{gate,up,down}_shexp present
-  int64_t shared_ff = 0;
-  bool shared_gated = false;  // shared expert scaled by sigmoid(ffn_gate_inp_shexp . x)
-
-  bool enabled() const { return n_expert > 0; }
-};
-
-// Per-family defaults, as llama.cpp builds these graphs: every family gates with a softmax;
-// llama-with-experts (Mixtral) and qwen3moe renormalise the top-k weights (for Mixtral this
-// equals a softmax over the k selected logits), qwen2moe and olmoe use the raw probabilities.
-struct MoeArchInfo {
-  const char* name;
-  bool norm_weights;
-  bool ff_from_expert_key;   // expert_feed_forward_length, else feed_forward_length / k;
-                             // false: feed_forward_length is the expert width
-  bool shared_expert;        // the family has a shared expert (required)
-  bool shared_gated;
-};
-
-inline constexpr MoeArchInfo kMoeArchTable[] = {
-    // name        norm   ff key  shared gated
-    {"llama",     true,  false,  false, false},
-    {"qwen2moe",  false, true,   true,  true},
-    {"qwen3moe",  true,  true,   false, false},
-    {"olmoe",     false, false,  false, false},
-};
-
-inline const MoeArchInfo* find_moe_arch(std::string_view name) {
-  for (const auto& a : kMoeArchTable)
-    if (name == a.name) return &a;
-  return nullptr;
-}
-
-// Experts above this count are refused (llama.cpp's limit).
-inline constexpr int64_t kMoeMaxExperts = 512;
-
-namespace detail {
-
-inline Expected<int64_t> moe_int_key(const GgufFile& f, const std::string& key, int64_t fallback) {
-  if (!f.contains(key)) return fallback;
-  auto v = f.get<int64_t>(key);
-  if (!v) return v.error();
-  return *v;
-}
-
-}  // namespace detail
-
-// Reads the MoE hyper-parameters of a file. A file without `<arch>.expert_count` (or with 0)
-// gives a disabled config. The keys expert_gating_func, expert_weights_norm and
-// expert_weights_scale override the family defaults when present (converters do not write
-// them for these four families; llama.cpp then uses the defaults above).
-inline Expected<MoeConfig> read_moe_config(const GgufFile& f) {
-  MoeConfig c;
-  auto arch_v = f.get<std::string>("general.architecture");
-  if (!arch_v) return arch_v.error();
-  const std::string& a = *arch_v;
-  auto n_expert = detail::moe_int_key(f, a + ".expert_count", 0);
-  if (!n_expert) return n_expert.error();
-  auto n_used = detail::moe_int_key(f, a + ".expert_used_count", 0);
-  if (!n_used) return n_used.error();
-  if (*n_expert == 0) {
-    if (*n_used != 0)
-      return make_error(Errc::invalid_format, f.name() + ": expert_used_count " + std::to_string(*n_used) +
-                                                  " without experts");
-    return c;
-  }
-  const MoeArchInfo* info = find_moe_arch(a);
-  if (!info)
-    return make_error(Errc::unsupported, f.name() + ": mixture of experts for architecture '" + a +
-                                             "' is not supported (supported: llama/mixtral, qwen2moe, "
-                                             "qwen3moe, olmoe)");
-  if (*n_expert < 0 || *n_expert > kMoeMaxExperts || *n_used <= 0 || *n_used > *n_expert)
-    return make_error(Errc::invalid_format, f.name() + ": bad expert counts (expert_count " +
-                                                std::to_string(*n_expert) + ", expert_used_count " +
-                                                std::to_string(*n_used) + ")");
-  c.n_expert = *n_expert;
-  c.n_expert_used = *n_used;
-
-  auto n_ff = detail::moe_int_key(f, a + ".feed_forward_length", 0);
-  if (!n_ff) return n_ff.error();
-  auto ff_key = detail::moe_int_key(f, a + ".expert_feed_forward_length", 0);
-  if (!ff_key) return ff_key.error();
-  // qwen2moe/qwen3moe: expert_feed_forward_length, else feed_forward_length / k; llama and
-  // olmoe: feed_forward_length is the expert width (llama.cpp does not read the expert key).
-  if (info->ff_from_expert_key) c.expert_ff = *ff_key > 0 ? *ff_key : *n_ff / c.n_expert_used;
-  else c.expert_ff = *n_ff;
-
-  auto sh = detail::moe_int_key(f, a + ".expert_shared_feed_forward_length", 0);
-  if (!sh) return sh.error();
-  // Only the families whose graph has a shared expert get one (llama.cpp's llama graph ignores
-  // ffn_*_shexp tensors and the shared-length key).
-  c.shared_expert = info->shared_expert;
-  c.shared_gated = info->shared_gated;
-  if (c.shared_expert) c.shared_ff = *sh > 0 ? *sh : *n_ff;
-  if (c.expert_ff <= 0 || c.expert_ff > (int64_t{1} << 22) || (c.shared_expert && (c.shared_ff <= 0 || c.shared_ff > (int64_t{1} << 22))))
-    return make_error(Errc::invalid_format, f.name() + ": bad expert feed-forward length (" +
-                                                std::to_string(c.expert_ff) + ", shared " +
-                                                std::to_string(c.shared_ff) + ")");
-
-  c.norm_weights = info->norm_weights;
-  if (f.contains(a + ".expert_weights_norm")) {
-    auto v = f.get<bool>(a + ".expert_weights_norm");
-    if (!v) return v.error();
-    c.norm_weights = *v;
-  }
-  auto scale = f.get_or<float>(a + ".expert_weights_scale", 0.0f);
-  if (!scale) return scale.error();
-  if (!std::isfinite(*scale))
-    return make_error(Errc::invalid_format, f.name() + ": expert_weights_scale is not finite");
-  c.weights_scale = *scale == 0.0f ? 1.0f : *scale;
-  auto gating = detail::moe_int_key(f, a + ".expert_gating_func", 0);
-  if (!gating) return gating.error();
-  switch (*gating) {
-    case 0:  // none: the family default
-    case 1: c.gating = MoeGating::softmax; break;
-    case 2: c.gating = MoeGating::sigmoid; break;
-    default:
-      return make_error(Errc::unsupported, f.name() + ": expert_gating_func " + std::to_string(*gating) +
-                                               " is not supported (1 = softmax, 2 = sigmoid)");
-  }
-  return c;
-}
-
-// ---------------------------------------------------------------------------------------
-// Weights
-
-// A stacked expert tensor [cols, rows, n_expert]: n_expert matrices of `rows` rows of `cols`.
-struct MoeExperts {
-  TensorType type = TensorType::F32;
-  const uint8_t* data = nullptr;
-  int64_t rows = 0;
-  int64_t cols = 0;
-  int64_t n_expert = 0;
-  uint64_t row_bytes = 0;
-
-  explicit operator bool() const { return data != nullptr; }
-  uint64_t expert_bytes() const { return row_bytes * static_cast<uint64_t>(rows); }
-  MatrixRef expert(int64_t e) const { return {type, data + static_cast<uint64_t>(e) * expert_bytes(), rows, cols}; }
-  // Rows [r0, r1) of expert e.
-  MatrixRef expert_rows(int64_t e, int64_t r0, int64_t r1) const {
-    return {type, data + static_cast<uint64_t>(e) * expert_bytes() + static_cast<uint64_t>(r0) * row_bytes,
-            r1 - r0, cols};
-  }
-};
-
-// One MoE layer's tensors. Absent shared-expert tensors have data == nullptr.
-struct MoeLayerWeights {
-  MatrixRef router{TensorType::F32, nullptr, 0, 0};           // ffn_gate_inp: n_expert rows of n_embd
-  MoeExperts gate, up, down;                                   // gate/up: expert_ff x n_embd; down: n_embd x expert_ff
-  MatrixRef shared_gate{TensorType::F32, nullptr, 0, 0};      // ffn_gate_shexp: shared_ff x n_embd
-  MatrixRef shared_up{TensorType::F32, nullptr, 0, 0};
-  MatrixRef shared_down{TensorType::F32, nullptr, 0, 0};      // n_embd x shared_ff
-  MatrixRef shared_gate_inp{TensorType::F32, nullptr, 0, 0};  // ffn_gate_inp_shexp: 1 x n_embd
-
-  int64_t n_embd() const { return router.cols; }
-};
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 // Weight bytes one decode step of this layer's FFN reads: the router, the k selected
 // experts' gate, up and down matrices, and the shared expert (for the bench's "bytes read
@@ -8094,95 +8574,6 @@ inline uint64_t moe_decode_bytes(const MoeConfig& cfg, const MoeLayerWeights& w)
   n += static_cast<uint64_t>(cfg.n_expert_used) * (w.gate.expert_bytes() + w.up.expert_bytes() + w.down.expert_bytes());
   n += bytes(w.shared_gate) + bytes(w.shared_up) + bytes(w.shared_down) + bytes(w.shared_gate_inp);
   return n;
-}
-
-namespace detail {
-
-// "[a, b, c]" (built by appending: GCC 12 warns falsely on "[" + std::string temporaries).
-inline std::string moe_shape(std::initializer_list<int64_t> dims) {
-  std::string s = "[";
-  for (int64_t d : dims) {
-    if (s.size() > 1) s += ", ";
-    s += std::to_string(d);
-  }
-  s += "]";
-  return s;
-}
-
-struct MoeBinder {
-  const GgufFile& f;
-
-  Error missing(const std::string& name) const {
-    return make_error(Errc::not_found, f.name() + ": missing tensor '" + name + "' (mixture-of-experts layer)");
-  }
-  Error bad_shape(const GgufTensorInfo& t, const std::string& want) const {
-    return make_error(Errc::invalid_format, f.name() + ": tensor '" + std::string(t.name) + "' has shape " +
-                                                t.shape_string() + ", expected " + want);
-  }
-  Status check_type(const GgufTensorInfo& t, int64_t cols) const {
-    if (!matmul_supports(t.type))
-      return make_error(Errc::unsupported, f.name() + ": tensor '" + std::string(t.name) + "' has type " +
-                                               tensor_type_name(t.type) + ", which is not supported for matrices");
-    if (cols % static_cast<int64_t>(tensor_type_info(t.type).block_size) != 0)
-      return make_error(Errc::invalid_format, f.name() + ": tensor '" + std::string(t.name) + "' has rows of " +
-                                                  std::to_string(cols) + " values, not a multiple of the " +
-                                                  tensor_type_name(t.type) + " block");
-    return {};
-  }
-
-  // A matrix of `rows` rows of `cols` values; a 1-D tensor counts as one row when rows == 1.
-  Status matrix(const std::string& name, int64_t cols, int64_t rows, bool required, MatrixRef* out) const {
-    const GgufTensorInfo* t = f.find_tensor(name);
-    if (!t) return required ? Status(missing(name)) : Status();
-    const bool ok = static_cast<int64_t>(t->ne[0]) == cols &&
-                    ((t->n_dims == 2 && static_cast<int64_t>(t->ne[1]) == rows) || (t->n_dims == 1 && rows == 1));
-    if (!ok) return bad_shape(*t, moe_shape({cols, rows}));
-    if (auto st = check_type(*t, cols); !st) return st;
-    *out = MatrixRef{t->type, t->data, rows, cols};
-    return {};
-  }
-
-  Status experts(const std::string& name, int64_t cols, int64_t rows, int64_t n_expert, MoeExperts* out) const {
-    const GgufTensorInfo* t = f.find_tensor(name);
-    if (!t) return missing(name);
-    if (t->n_dims != 3 || static_cast<int64_t>(t->ne[0]) != cols || static_cast<int64_t>(t->ne[1]) != rows ||
-        static_cast<int64_t>(t->ne[2]) != n_expert)
-      return bad_shape(*t, moe_shape({cols, rows, n_expert}));
-    if (auto st = check_type(*t, cols); !st) return st;
-    uint64_t rb = 0;
-    if (!tensor_row_bytes(t->type, static_cast<uint64_t>(cols), &rb) ||
-        rb * static_cast<uint64_t>(rows) * static_cast<uint64_t>(n_expert) != t->n_bytes)
-      return make_error(Errc::invalid_format, f.name() + ": tensor '" + name + "' has an inconsistent byte size");
-    *out = MoeExperts{t->type, t->data, rows, cols, n_expert, rb};
-    return {};
-  }
-};
-
-}  // namespace detail
-
-// Binds layer il's router, experts and shared expert (tensor names as llama.cpp writes them)
-// and checks every shape against the config and n_embd.
-inline Expected<MoeLayerWeights> bind_moe_layer(const GgufFile& f, const MoeConfig& cfg, int64_t il, int64_t n_embd) {
-  if (!cfg.enabled()) return make_error(Errc::invalid_argument, "bind_moe_layer: the config has no experts");
-  if (n_embd <= 0) return make_error(Errc::invalid_argument, "bind_moe_layer: n_embd must be positive");
-  detail::MoeBinder b{f};
-  const std::string p = "blk." + std::to_string(il) + ".";
-  const int64_t E = n_embd, F = cfg.expert_ff, X = cfg.n_expert;
-  MoeLayerWeights w;
-  Status st;
-  if (st = b.matrix(p + "ffn_gate_inp.weight", E, X, true, &w.router); !st) return st.error();
-  if (st = b.experts(p + "ffn_gate_exps.weight", E, F, X, &w.gate); !st) return st.error();
-  if (st = b.experts(p + "ffn_up_exps.weight", E, F, X, &w.up); !st) return st.error();
-  if (st = b.experts(p + "ffn_down_exps.weight", F, E, X, &w.down); !st) return st.error();
-  if (cfg.shared_expert) {
-    const int64_t S = cfg.shared_ff;
-    if (st = b.matrix(p + "ffn_gate_shexp.weight", E, S, true, &w.shared_gate); !st) return st.error();
-    if (st = b.matrix(p + "ffn_up_shexp.weight", E, S, true, &w.shared_up); !st) return st.error();
-    if (st = b.matrix(p + "ffn_down_shexp.weight", S, E, true, &w.shared_down); !st) return st.error();
-    if (st = b.matrix(p + "ffn_gate_inp_shexp.weight", E, 1, cfg.shared_gated, &w.shared_gate_inp); !st)
-      return st.error();
-  }
-  return w;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -8262,6 +8653,30 @@ class MoeStats {
 // ---------------------------------------------------------------------------------------
 // Scratch
 
+// The buffers of the MoE step, in values (what reserve() allocates, and what memory_estimate
+// counts through the forward layer's plan).
+struct MoeScratchSizes {
+  int64_t floats = 0;        // router logits, weights, gathered rows, gate/up/down outputs
+  int64_t ints = 0;          // selections, per-expert counts and lists, decode slots
+  int64_t mm_rows = 0;       // the batch's matmul scratch: rows x cols
+  int64_t mm_cols = 0;
+  int64_t thread_mm = 0;     // decode: one single-row matmul scratch of mm_cols per thread
+};
+
+inline MoeScratchSizes moe_scratch_sizes(const MoeConfig& cfg, int64_t n_embd, int64_t max_tokens, int n_threads) {
+  const int64_t k = cfg.n_expert_used, X = cfg.n_expert, E = n_embd;
+  const int64_t ff = std::max(cfg.expert_ff, cfg.shared_expert ? cfg.shared_ff : int64_t{0});
+  const int64_t rows = std::max(max_tokens, k + 1);  // decode keeps k + 1 slots in the same buffers
+  const int64_t sel = max_tokens * k;
+  MoeScratchSizes z;
+  z.floats = max_tokens * X + sel + sel + max_tokens + max_tokens * E + 2 * rows * ff + rows * E;
+  z.ints = sel + 2 * (X + 1) + sel + (k + 1);
+  z.mm_rows = max_tokens;
+  z.mm_cols = std::max(E, ff);
+  z.thread_mm = n_threads;
+  return z;
+}
+
 class MoeScratch;
 inline Status moe_ffn(const MoeConfig& cfg, const MoeLayerWeights& w, const float* x, int64_t n, float* out,
                       MoeScratch& s, const ParallelFor& par, MoeStats* stats = nullptr, int64_t layer = 0);
@@ -8275,7 +8690,7 @@ class MoeScratch {
       return make_error(Errc::invalid_argument, "moe scratch: bad sizes");
     const int64_t k = cfg.n_expert_used, X = cfg.n_expert, E = n_embd;
     const int64_t ff = std::max(cfg.expert_ff, cfg.shared_expert ? cfg.shared_ff : int64_t{0});
-    const int64_t rows = std::max(max_tokens, k + 1);  // decode keeps k + 1 slots in the same buffers
+    const int64_t rows = std::max(max_tokens, k + 1);
     const int64_t sel = max_tokens * k;
     const auto sz = [](int64_t a, int64_t b) { return static_cast<size_t>(a * b); };
     const bool ok = logits_.allocate(sz(max_tokens, X)) && ids_.allocate(sz(sel, 1)) && wts_.allocate(sz(sel, 1)) &&
@@ -8284,10 +8699,12 @@ class MoeScratch {
                     shgate_.allocate(sz(max_tokens, 1)) && xg_.allocate(sz(max_tokens, E)) && g_.allocate(sz(rows, ff)) &&
                     u_.allocate(sz(rows, ff)) && d_.allocate(sz(rows, E)) && slot_.allocate(sz(k + 1, 1));
     if (!ok) return make_error(Errc::out_of_memory, "moe scratch: allocation failed");
-    if (auto st = mm_.reserve(max_tokens, std::max(E, ff)); !st) return st;
-    thread_mm_ = std::vector<MatmulScratch>(static_cast<size_t>(2 * n_threads));
-    for (auto& s : thread_mm_)
-      if (auto st = s.reserve(1, std::max(E, ff)); !st) return st;
+    const MoeScratchSizes z = moe_scratch_sizes(cfg, n_embd, max_tokens, n_threads);
+    if (auto st = mm_.reserve(z.mm_rows, z.mm_cols); !st) return st;
+    thread_mm_ = std::vector<MatmulScratch>(static_cast<size_t>(z.thread_mm));
+    for (auto& t : thread_mm_)
+      if (auto st = t.reserve(1, z.mm_cols); !st) return st;
+    outs_.reserve(static_cast<size_t>(2 * (k + 1)));
     cfg_ = cfg;
     n_embd_ = E;
     max_tokens_ = max_tokens;
@@ -8296,7 +8713,7 @@ class MoeScratch {
   }
 
   int64_t max_tokens() const { return max_tokens_; }
-  int n_threads() const { return static_cast<int>(thread_mm_.size() / 2); }
+  int n_threads() const { return static_cast<int>(thread_mm_.size()); }
   // After moe_ffn: the experts chosen for token i (k ids, by decreasing weight) and weights.
   const int32_t* selected(int64_t i) const { return ids_.data() + i * cfg_.n_expert_used; }
   const float* selected_weights(int64_t i) const { return wts_.data() + i * cfg_.n_expert_used; }
@@ -8304,6 +8721,7 @@ class MoeScratch {
  private:
   friend Status moe_ffn(const MoeConfig&, const MoeLayerWeights&, const float*, int64_t, float*, MoeScratch&,
                         const ParallelFor&, MoeStats*, int64_t);
+  friend struct MoeStep;
   MoeConfig cfg_;
   int64_t n_embd_ = 0, max_tokens_ = 0, ff_ = 0;
   AlignedBuffer<float> logits_;    // [max_tokens][n_expert]
@@ -8319,7 +8737,8 @@ class MoeScratch {
   AlignedBuffer<float> d_;         // down outputs
   AlignedBuffer<int32_t> slot_;    // decode: selection slots in ascending expert id
   MatmulScratch mm_;
-  std::vector<MatmulScratch> thread_mm_;  // two per thread (decode)
+  std::vector<MatmulScratch> thread_mm_;  // decode: one per thread for the down projections
+  std::vector<MatmulOut> outs_;            // decode: the gate/up products of every slot
 };
 
 namespace detail {
@@ -8343,31 +8762,7 @@ inline MatrixRef moe_rows(const MatrixRef& m, int64_t r0, int64_t r1) {
   return {m.type, m.data + r0 * moe_row_bytes(m), r1 - r0, m.cols};
 }
 
-// g = gate . x and u = up . x for n rows of x (dense outputs, gate.rows wide), quantizing x
-// once when both matrices take the same activation format.
-inline Status moe_gate_up(const MatrixRef& gate, const MatrixRef& up, const float* x, int64_t n, float* g, float* u,
-                          MatmulScratch& ms, const ParallelFor& par) {
-  if (auto st = quantize_activations(gate.type, x, n, gate.cols, ms, par); !st) return st;
-  if (auto st = matmul_quantized(gate, n, g, gate.rows, ms, par); !st) return st;
-  if (activation_type_for(up.type) != activation_type_for(gate.type))
-    if (auto st = quantize_activations(up.type, x, n, up.cols, ms, par); !st) return st;
-  return matmul_quantized(up, n, u, up.rows, ms, par);
-}
-
-inline Status moe_check(const MoeConfig& cfg, const MoeLayerWeights& w, const float* x, int64_t n, const float* out,
-                        int64_t max_tokens, const MoeConfig& reserved, int64_t n_embd,
-                        int64_t reserved_ff, const ParallelFor& par, int n_threads) {
-  if (n < 0) return make_error(Errc::invalid_argument, "moe_ffn: negative token count");
-  if (n > max_tokens)
-    return make_error(Errc::invalid_argument, "moe_ffn: " + std::to_string(n) + " tokens, scratch reserved for " +
-                                                  std::to_string(max_tokens));
-  if (!x || !out) return make_error(Errc::invalid_argument, "moe_ffn: null pointer");
-  if (!w.router.data || !w.gate || !w.up || !w.down)
-    return make_error(Errc::invalid_argument, "moe_ffn: layer weights are not bound");
-  const int64_t E = w.n_embd();
-  if (E != n_embd || cfg.n_expert != reserved.n_expert || cfg.n_expert_used != reserved.n_expert_used ||
-      cfg.expert_ff > reserved_ff || (cfg.shared_expert && cfg.shared_ff > reserved_ff))
-    return make_error(Errc::invalid_argument, "moe_ffn: config does not match the reserved scratch");
+inline Status moe_check_weights(const MoeConfig& cfg, const MoeLayerWeights& w, int64_t E) {
   if (w.router.rows != cfg.n_expert || w.gate.n_expert != cfg.n_expert || w.gate.rows != cfg.expert_ff ||
       w.gate.cols != E || w.up.n_expert != cfg.n_expert || w.up.rows != cfg.expert_ff || w.up.cols != E ||
       w.down.n_expert != cfg.n_expert || w.down.rows != E || w.down.cols != cfg.expert_ff)
@@ -8385,6 +8780,24 @@ inline Status moe_check(const MoeConfig& cfg, const MoeLayerWeights& w, const fl
        w.shared_up.rows != cfg.shared_ff || w.shared_down.cols != cfg.shared_ff || w.shared_down.rows != E ||
        (cfg.shared_gated && !w.shared_gate_inp.data)))
     return make_error(Errc::invalid_argument, "moe_ffn: shared expert weights missing or mis-shaped");
+  return {};
+}
+
+inline Status moe_check(const MoeConfig& cfg, const MoeLayerWeights& w, const float* x, int64_t n, const float* out,
+                        int64_t max_tokens, const MoeConfig& reserved, int64_t n_embd,
+                        int64_t reserved_ff, const ParallelFor& par, int n_threads) {
+  if (n < 0) return make_error(Errc::invalid_argument, "moe_ffn: negative token count");
+  if (n > max_tokens)
+    return make_error(Errc::invalid_argument, "moe_ffn: " + std::to_string(n) + " tokens, scratch reserved for " +
+                                                  std::to_string(max_tokens));
+  if (!x || !out) return make_error(Errc::invalid_argument, "moe_ffn: null pointer");
+  if (!w.router.data || !w.gate || !w.up || !w.down)
+    return make_error(Errc::invalid_argument, "moe_ffn: layer weights are not bound");
+  const int64_t E = w.n_embd();
+  if (E != n_embd || cfg.n_expert != reserved.n_expert || cfg.n_expert_used != reserved.n_expert_used ||
+      cfg.expert_ff > reserved_ff || (cfg.shared_expert && cfg.shared_ff > reserved_ff))
+    return make_error(Errc::invalid_argument, "moe_ffn: config does not match the reserved scratch");
+  if (auto st = moe_check_weights(cfg, w, E); !st) return st;
   if (par.n_threads > n_threads)
     return make_error(Errc::invalid_argument, "moe_ffn: " + std::to_string(par.n_threads) +
                                                   " threads, scratch reserved for " + std::to_string(n_threads));
@@ -8392,6 +8805,164 @@ inline Status moe_check(const MoeConfig& cfg, const MoeLayerWeights& w, const fl
 }
 
 }  // namespace detail
+
+// One call of the MoE step: the router, then the decode or the prefill path.
+struct MoeStep {
+  const MoeConfig& cfg;
+  const MoeLayerWeights& w;
+  const float* x;
+  int64_t n;
+  float* out;
+  MoeScratch& s;
+  const ParallelFor& par;
+
+  int64_t E() const { return w.n_embd(); }
+
+  // Router logits (and the shared expert's gate), then the top-k of every token.
+  Status route(uint64_t* counts) {
+    const int64_t X = cfg.n_expert, k = cfg.n_expert_used;
+    const ParallelFor inline_par{};
+    const ParallelFor& rpar = n == 1 ? inline_par : par;
+    if (auto st = matmul(w.router, x, n, s.logits_.data(), X, s.mm_, rpar); !st)
+      return Error(st.error()).context("ffn_gate_inp");
+    if (cfg.shared_expert && cfg.shared_gated) {
+      if (auto st = matmul(w.shared_gate_inp, x, n, s.shgate_.data(), 1, s.mm_, rpar); !st)
+        return Error(st.error()).context("ffn_gate_inp_shexp");
+      for (int64_t i = 0; i < n; ++i) s.shgate_[static_cast<size_t>(i)] = detail::moe_sigmoid(s.shgate_[static_cast<size_t>(i)]);
+    } else {
+      for (int64_t i = 0; i < n; ++i) s.shgate_[static_cast<size_t>(i)] = 1.0f;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      moe_select(cfg, s.logits_.data() + i * X, s.ids_.data() + i * k, s.wts_.data() + i * k);
+      if (counts)
+        for (int64_t j = 0; j < k; ++j) ++counts[s.ids_[static_cast<size_t>(i * k + j)]];
+    }
+    return {};
+  }
+
+  // Decode: the gate and up rows of every selected expert (and the shared one) in one
+  // matmul_many; then each thread computes its rows of every down projection and mixes them
+  // in ascending expert id, the shared expert last.
+  Status decode() {
+    const int64_t k = cfg.n_expert_used, F = cfg.expert_ff, SF = cfg.shared_expert ? cfg.shared_ff : 0;
+    const int64_t ldg = s.ff_, Ed = E(), n_slots = k + (cfg.shared_expert ? 1 : 0);
+    const int32_t* ids = s.ids_.data();
+    int32_t* slot = s.slot_.data();
+    for (int64_t j = 0; j < k; ++j) slot[j] = static_cast<int32_t>(j);
+    std::sort(slot, slot + k, [&](int32_t a, int32_t b) { return ids[a] < ids[b]; });
+    float* g = s.g_.data();
+    float* u = s.u_.data();
+    float* d = s.d_.data();
+    s.outs_.clear();
+    for (int64_t j = 0; j < k; ++j) {
+      s.outs_.push_back({w.gate.expert(ids[j]), g + j * ldg, F, "ffn_gate_exps"});
+      s.outs_.push_back({w.up.expert(ids[j]), u + j * ldg, F, "ffn_up_exps"});
+    }
+    if (cfg.shared_expert) {
+      s.outs_.push_back({w.shared_gate, g + k * ldg, SF, "ffn_gate_shexp"});
+      s.outs_.push_back({w.shared_up, u + k * ldg, SF, "ffn_up_shexp"});
+    }
+    if (auto st = matmul_many(s.outs_, x, 1, s.mm_, par); !st) return st;
+    for (int64_t j = 0; j < n_slots; ++j) {
+      const int64_t rows = j == k ? SF : F;
+      ops::silu_mul(g + j * ldg, u + j * ldg, g + j * ldg, rows);
+    }
+    Status err;  // first failure seen by any thread (matmul fails only on bad shapes)
+    std::atomic<int> failed{0};
+    par([&](int t, int nt) {
+      MatmulScratch& ms = s.thread_mm_[static_cast<size_t>(t)];
+      int64_t b, e;
+      ParallelFor::split(Ed, t, nt, kMatmulRowGrain, &b, &e);
+      if (b >= e) return;
+      for (int64_t j = 0; j < n_slots; ++j) {
+        const MatrixRef wd = j == k ? detail::moe_rows(w.shared_down, b, e) : w.down.expert_rows(ids[j], b, e);
+        if (auto st = matmul(wd, g + j * ldg, 1, d + j * Ed + b, e - b, ms, ParallelFor{}); !st) {
+          if (failed.exchange(1) == 0) err = std::move(st);
+          return;
+        }
+      }
+      std::fill(out + b, out + e, 0.0f);
+      for (int64_t q = 0; q < k; ++q) {
+        const int32_t j = slot[q];
+        detail::moe_axpy(out + b, s.wts_[static_cast<size_t>(j)], d + j * Ed + b, e - b);
+      }
+      if (cfg.shared_expert) detail::moe_axpy(out + b, s.shgate_[0], d + k * Ed + b, e - b);
+    });
+    return failed.load() ? err : Status();
+  }
+
+  // Groups the (token, slot) pairs by expert: counting sort, tokens in order.
+  void group_by_expert() {
+    const int64_t X = cfg.n_expert, k = cfg.n_expert_used;
+    int32_t* cnt = s.count_.data();
+    int32_t* start = s.start_.data();
+    std::fill(cnt, cnt + X, 0);
+    for (int64_t i = 0; i < n * k; ++i) ++cnt[s.ids_[static_cast<size_t>(i)]];
+    start[0] = 0;
+    for (int64_t e = 0; e < X; ++e) start[e + 1] = start[e] + cnt[e];
+    std::fill(cnt, cnt + X, 0);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < k; ++j) {
+        const int32_t e = s.ids_[static_cast<size_t>(i * k + j)];
+        const int32_t at = start[e] + cnt[e]++;
+        s.list_tok_[static_cast<size_t>(at)] = static_cast<int32_t>(i);
+        s.list_w_[static_cast<size_t>(at)] = s.wts_[static_cast<size_t>(i * k + j)];
+      }
+  }
+
+  template <class Fn>
+  void for_rows(int64_t rows, Fn&& fn) {
+    par([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(rows, t, nt, 1, &b, &e);
+      for (int64_t i = b; i < e; ++i) fn(i);
+    });
+  }
+
+  // One expert's SwiGLU FFN over m rows of `in`: the down outputs land in d_.
+  Status expert_ffn(const MatrixRef& gate, const MatrixRef& up, const MatrixRef& down, const float* in, int64_t m,
+                    const char* names) {
+    float* g = s.g_.data();
+    float* u = s.u_.data();
+    const int64_t F = gate.rows;
+    const MatmulOut gu[2] = {{gate, g, F, {}}, {up, u, F, {}}};
+    if (auto st = matmul_many(gu, in, m, s.mm_, par); !st) return Error(st.error()).context(names);
+    for_rows(m, [&](int64_t i) { ops::silu_mul(g + i * F, u + i * F, g + i * F, F); });
+    if (auto st = matmul(down, g, m, s.d_.data(), E(), s.mm_, par); !st) return Error(st.error()).context(names);
+    return {};
+  }
+
+  // Prefill: each expert with tokens runs one GEMM over its gathered rows (experts in
+  // ascending id, so every token accumulates in that order), then the shared expert.
+  Status prefill() {
+    group_by_expert();
+    const int64_t Ed = E();
+    std::memset(out, 0, static_cast<size_t>(n * Ed) * sizeof(float));
+    float* xg = s.xg_.data();
+    const float* d = s.d_.data();
+    for (int64_t e = 0; e < cfg.n_expert; ++e) {
+      const int64_t m = s.count_[static_cast<size_t>(e)];
+      if (m == 0) continue;
+      const int32_t* toks = s.list_tok_.data() + s.start_[static_cast<size_t>(e)];
+      const float* we = s.list_w_.data() + s.start_[static_cast<size_t>(e)];
+      for (int64_t i = 0; i < m; ++i)
+        std::memcpy(xg + i * Ed, x + static_cast<int64_t>(toks[i]) * Ed, static_cast<size_t>(Ed) * sizeof(float));
+      if (auto st = expert_ffn(w.gate.expert(e), w.up.expert(e), w.down.expert(e), xg, m,
+                               "ffn_gate_exps / ffn_up_exps / ffn_down_exps");
+          !st)
+        return st;
+      for_rows(m, [&](int64_t i) { detail::moe_axpy(out + static_cast<int64_t>(toks[i]) * Ed, we[i], d + i * Ed, Ed); });
+    }
+    if (cfg.shared_expert) {
+      if (auto st = expert_ffn(w.shared_gate, w.shared_up, w.shared_down, x, n,
+                               "ffn_gate_shexp / ffn_up_shexp / ffn_down_shexp");
+          !st)
+        return st;
+      for_rows(n, [&](int64_t i) { detail::moe_axpy(out + i * Ed, s.shgate_[static_cast<size_t>(i)], d + i * Ed, Ed); });
+    }
+    return {};
+  }
+};
 
 // The MoE feed-forward step for n tokens: x is n rows of n_embd (the normalised FFN input),
 // out receives n rows of n_embd (the FFN output, to be added to the residual by the caller;
@@ -8403,172 +8974,15 @@ inline Status moe_ffn(const MoeConfig& cfg, const MoeLayerWeights& w, const floa
       !st)
     return st;
   if (n == 0) return {};
-  const int64_t E = w.n_embd(), X = cfg.n_expert, k = cfg.n_expert_used, F = cfg.expert_ff;
-  const int64_t SF = cfg.shared_expert ? cfg.shared_ff : 0;
-  const int64_t ldg = s.ff_;  // row stride of g_/u_ in decode
-  const ParallelFor inline_par{};
   uint64_t* counts = stats ? stats->layer_counts(layer) : nullptr;
-  if (stats && (!counts || stats->n_expert() != X))
+  if (stats && (!counts || stats->n_expert() != cfg.n_expert))
     return make_error(Errc::invalid_argument, "moe_ffn: routing statistics not sized for layer " + std::to_string(layer));
-
-  // 1. Router logits (and the shared expert's gate logit), then top-k per token.
-  const ParallelFor& rpar = n == 1 ? inline_par : par;
-  if (auto st = matmul(w.router, x, n, s.logits_.data(), X, s.mm_, rpar); !st) return Error(st.error()).context("ffn_gate_inp");
-  if (cfg.shared_expert && cfg.shared_gated) {
-    if (auto st = matmul(w.shared_gate_inp, x, n, s.shgate_.data(), 1, s.mm_, rpar); !st)
-      return Error(st.error()).context("ffn_gate_inp_shexp");
-    for (int64_t i = 0; i < n; ++i) s.shgate_[static_cast<size_t>(i)] = detail::moe_sigmoid(s.shgate_[static_cast<size_t>(i)]);
-  } else {
-    for (int64_t i = 0; i < n; ++i) s.shgate_[static_cast<size_t>(i)] = 1.0f;
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    moe_select(cfg, s.logits_.data() + i * X, s.ids_.data() + i * k, s.wts_.data() + i * k);
-    if (counts)
-      for (int64_t j = 0; j < k; ++j) ++counts[s.ids_[static_cast<size_t>(i * k + j)]];
-  }
-
-  float* g = s.g_.data();
-  float* u = s.u_.data();
-  float* d = s.d_.data();
-
-  if (n == 1) {
-    // 2a. Decode. Slots in ascending expert id (the accumulation order), shared expert last.
-    int32_t* slot = s.slot_.data();
-    for (int64_t j = 0; j < k; ++j) slot[j] = static_cast<int32_t>(j);
-    const int32_t* ids = s.ids_.data();
-    std::sort(slot, slot + k, [&](int32_t a, int32_t b) { return ids[a] < ids[b]; });
-    const int64_t n_slots = k + (cfg.shared_expert ? 1 : 0);
-    Status err;  // first failure seen by any thread (matmul fails only on bad shapes)
-    std::atomic<int> failed{0};
-    auto fail = [&](Status st) {
-      if (failed.exchange(1) == 0) err = std::move(st);
-    };
-    // Gate and up rows of every slot, split over the threads; SwiGLU on each thread's rows.
-    par([&](int t, int nt) {
-      // x quantized once per activation format on this thread (gate and up usually share one).
-      MatmulScratch* ms = s.thread_mm_.data() + 2 * t;
-      int held[2] = {-1, -1};
-      int next = 0;
-      auto acts = [&](TensorType wt, MatmulScratch** found) -> Status {
-        const int fmt = static_cast<int>(activation_type_for(wt));
-        for (int i = 0; i < 2; ++i)
-          if (held[i] == fmt) {
-            *found = &ms[i];
-            return {};
-          }
-        const int i = next;
-        next ^= 1;
-        held[i] = -1;
-        if (auto st = quantize_activations(wt, x, 1, E, ms[i], inline_par); !st) return st;
-        held[i] = fmt;
-        *found = &ms[i];
-        return {};
-      };
-      for (int64_t j = 0; j < n_slots; ++j) {
-        const bool shared = j == k;
-        const int64_t rows = shared ? SF : F;
-        int64_t b, e;
-        ParallelFor::split(rows, t, nt, kMatmulRowGrain, &b, &e);
-        if (b >= e) continue;
-        float* gj = g + j * ldg;
-        float* uj = u + j * ldg;
-        MatrixRef wg, wu;
-        if (shared) {
-          wg = detail::moe_rows(w.shared_gate, b, e);
-          wu = detail::moe_rows(w.shared_up, b, e);
-        } else {
-          const int32_t ex = ids[j];
-          wg = w.gate.expert_rows(ex, b, e);
-          wu = w.up.expert_rows(ex, b, e);
-        }
-        MatmulScratch* a = nullptr;
-        if (auto st = acts(wg.type, &a); !st) return fail(std::move(st));
-        if (auto st = matmul_quantized(wg, 1, gj + b, e - b, *a, inline_par); !st) return fail(std::move(st));
-        if (auto st = acts(wu.type, &a); !st) return fail(std::move(st));
-        if (auto st = matmul_quantized(wu, 1, uj + b, e - b, *a, inline_par); !st) return fail(std::move(st));
-        ops::silu_mul(gj + b, uj + b, gj + b, e - b);
-      }
-    });
-    if (failed.load()) return err;
-    // Down rows of every slot, then each thread mixes its rows of the output.
-    par([&](int t, int nt) {
-      MatmulScratch& ms = s.thread_mm_[static_cast<size_t>(2 * t)];
-      int64_t b, e;
-      ParallelFor::split(E, t, nt, kMatmulRowGrain, &b, &e);
-      if (b >= e) return;
-      for (int64_t j = 0; j < n_slots; ++j) {
-        const bool shared = j == k;
-        MatrixRef wd;
-        if (shared) {
-          wd = detail::moe_rows(w.shared_down, b, e);
-        } else {
-          wd = w.down.expert_rows(ids[j], b, e);
-        }
-        if (auto st = matmul(wd, g + j * ldg, 1, d + j * E + b, e - b, ms, inline_par); !st) return fail(std::move(st));
-      }
-      std::fill(out + b, out + e, 0.0f);
-      for (int64_t q = 0; q < k; ++q) {
-        const int32_t j = slot[q];
-        detail::moe_axpy(out + b, s.wts_[static_cast<size_t>(j)], d + j * E + b, e - b);
-      }
-      if (cfg.shared_expert) detail::moe_axpy(out + b, s.shgate_[0], d + k * E + b, e - b);
-    });
-    if (failed.load()) return err;
-    return {};
-  }
-
-  // 2b. Prefill. Group the (token, slot) pairs by expert: counting sort, tokens in order.
-  int32_t* cnt = s.count_.data();
-  int32_t* start = s.start_.data();
-  std::fill(cnt, cnt + X, 0);
-  for (int64_t i = 0; i < n * k; ++i) ++cnt[s.ids_[static_cast<size_t>(i)]];
-  start[0] = 0;
-  for (int64_t e = 0; e < X; ++e) start[e + 1] = start[e] + cnt[e];
-  std::fill(cnt, cnt + X, 0);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < k; ++j) {
-      const int32_t e = s.ids_[static_cast<size_t>(i * k + j)];
-      const int32_t at = start[e] + cnt[e]++;
-      s.list_tok_[static_cast<size_t>(at)] = static_cast<int32_t>(i);
-      s.list_w_[static_cast<size_t>(at)] = s.wts_[static_cast<size_t>(i * k + j)];
-    }
-
-  auto for_rows = [&](int64_t rows, auto&& fn) {
-    par([&](int t, int nt) {
-      int64_t b, e;
-      ParallelFor::split(rows, t, nt, 1, &b, &e);
-      for (int64_t i = b; i < e; ++i) fn(i);
-    });
-  };
-  std::memset(out, 0, static_cast<size_t>(n * E) * sizeof(float));
-  float* xg = s.xg_.data();
-  // Each expert with tokens: gather its rows, gate/up GEMMs, SwiGLU, down GEMM, weighted
-  // scatter-add. Experts in ascending id, so every token accumulates in that order.
-  for (int64_t e = 0; e < X; ++e) {
-    const int64_t m = cnt[e];
-    if (m == 0) continue;
-    const int32_t* toks = s.list_tok_.data() + start[e];
-    const float* we = s.list_w_.data() + start[e];
-    for (int64_t i = 0; i < m; ++i)
-      std::memcpy(xg + i * E, x + static_cast<int64_t>(toks[i]) * E, static_cast<size_t>(E) * sizeof(float));
-    if (auto st = detail::moe_gate_up(w.gate.expert(e), w.up.expert(e), xg, m, g, u, s.mm_, par); !st)
-      return Error(st.error()).context("ffn_gate_exps / ffn_up_exps");
-    for_rows(m, [&](int64_t i) { ops::silu_mul(g + i * F, u + i * F, g + i * F, F); });
-    if (auto st = matmul(w.down.expert(e), g, m, d, E, s.mm_, par); !st) return Error(st.error()).context("ffn_down_exps");
-    for_rows(m, [&](int64_t i) { detail::moe_axpy(out + static_cast<int64_t>(toks[i]) * E, we[i], d + i * E, E); });
-  }
-  // The shared expert over all tokens.
-  if (cfg.shared_expert) {
-    if (auto st = detail::moe_gate_up(w.shared_gate, w.shared_up, x, n, g, u, s.mm_, par); !st)
-      return Error(st.error()).context("ffn_gate_shexp / ffn_up_shexp");
-    for_rows(n, [&](int64_t i) { ops::silu_mul(g + i * SF, u + i * SF, g + i * SF, SF); });
-    if (auto st = matmul(w.shared_down, g, n, d, E, s.mm_, par); !st) return Error(st.error()).context("ffn_down_shexp");
-    for_rows(n, [&](int64_t i) { detail::moe_axpy(out + i * E, s.shgate_[static_cast<size_t>(i)], d + i * E, E); });
-  }
-  return {};
+  MoeStep step{cfg, w, x, n, out, s, par};
+  if (auto st = step.route(counts); !st) return st;
+  return n == 1 ? step.decode() : step.prefill();
 }
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 // ---- end tinyslm/moe.hpp ----
 
@@ -8576,28 +8990,113 @@ inline Status moe_ffn(const MoeConfig& cfg, const MoeLayerWeights& w, const floa
 // tinyslm forward: the transformer forward pass for a batch of tokens.
 //
 // A Context holds everything one sequence needs besides the weights: the KV cache, the thread
-// pool and every scratch buffer, all allocated once in create(). eval() runs the tokens in
-// chunks of at most n_batch: a chunk of many tokens multiplies each weight matrix once for all
-// of them (GEMM, prefill); a single token is a matrix-vector product (GEMV, decode).
+// pool and every scratch buffer, all allocated once in create() from one ContextPlan (which
+// memory_estimate also reads, so the estimate and the allocation cannot drift apart). eval()
+// runs the tokens in chunks of at most n_batch: a chunk of many tokens multiplies each weight
+// matrix once for all of them (GEMM, prefill); a single token is a matrix-vector product
+// (GEMV, decode). The chunk runs named blocks chosen by the model's per-layer plan:
+//
+//   embed -> for each layer: attention_block, then ffn_block or moe_block -> output_head
 
 #include <algorithm>
-#include <atomic>
-#include <initializer_list>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <string>
 
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 struct ContextParams {
   int64_t n_ctx = 2048;     // positions in the KV cache (allocated once, F16)
   int n_threads = 1;        // 1 = no extra threads at all
   int64_t n_batch = 512;    // most tokens per forward chunk
   bool all_logits = false;  // keep the logits of every token of an eval (else only the last)
+};
+
+namespace detail {
+
+// Bytes MatmulScratch::reserve(n, k) allocates: per row of k values (padded to 256) an int8
+// copy, its float copy, and the group sums and scales (1/4 + 3/16 + 2/32 words per value).
+inline uint64_t matmul_scratch_bytes(int64_t n, int64_t k) {
+  const uint64_t kp = static_cast<uint64_t>((k + 255) / 256 * 256), rows = static_cast<uint64_t>(n);
+  return rows * (kp * 1 + kp * 4 + kp / 4 * 4 + 3 * (kp / 16) * 4 + 2 * (kp / 32) * 4 + sizeof(ActRow));
+}
+
+}  // namespace detail
+
+// Every buffer a Context allocates, sized from the hyper-parameters and the parameters alone.
+struct ContextPlan {
+  int64_t n_ctx = 0, n_batch = 0;
+  int n_threads = 1;
+  // Activation rows of one chunk (floats per token).
+  int64_t w_embd = 0;       // residual stream, normed input, projection output
+  int64_t w_qkv = 0;        // [q | k | v]
+  int64_t w_att = 0;        // attention output
+  int64_t w_ffn = 0;        // [gate | up]
+  int64_t n_rot = 0;        // two RoPE tables (global, sliding) of n_rot values per token
+  int64_t logit_rows = 1;
+  int64_t n_vocab = 0;
+  ops::AttentionShape attn;  // the widest attention of any layer
+  int64_t mm_cols = 0;       // widest matmul input
+  bool moe = false;
+  MoeScratchSizes moe_sizes;
+  uint64_t kv_bytes = 0;
+
+  static Expected<ContextPlan> make(const HParams& hp, int64_t n_vocab, const ContextParams& p) {
+    if (p.n_ctx <= 0 || p.n_batch <= 0 || p.n_threads <= 0)
+      return make_error(Errc::invalid_argument, "context: n_ctx, n_batch and n_threads must be positive");
+    ContextPlan c;
+    c.n_ctx = p.n_ctx;
+    c.n_batch = std::min(p.n_batch, p.n_ctx);
+    c.n_threads = p.n_threads;
+    c.w_embd = hp.n_embd;
+    c.attn = {hp.n_head, hp.n_head_kv, hp.head_dim_k, hp.head_dim_v, 1.0f, 0.0f, 0};
+    for (const LayerPlan& l : hp.layers) {
+      c.w_qkv = std::max(c.w_qkv, l.q_dim() + l.k_dim() + l.v_dim());
+      c.w_att = std::max(c.w_att, l.attn_out_dim());
+      c.w_ffn = std::max(c.w_ffn, 2 * l.n_ff);
+      c.attn.n_head = std::max(c.attn.n_head, l.n_head);
+      c.attn.n_head_kv = std::max(c.attn.n_head_kv, l.n_head_kv);
+      c.attn.head_dim_k = std::max(c.attn.head_dim_k, l.head_dim_k);
+      c.attn.head_dim_v = std::max(c.attn.head_dim_v, l.head_dim_v);
+    }
+    c.n_rot = hp.n_rot;
+    c.logit_rows = p.all_logits ? c.n_batch : 1;
+    c.n_vocab = n_vocab;
+    c.mm_cols = std::max({hp.n_embd, c.w_att, c.w_ffn / 2});
+    c.moe = hp.moe.enabled();
+    if (c.moe) c.moe_sizes = moe_scratch_sizes(hp.moe, hp.n_embd, c.n_batch, c.n_threads);
+    const auto u = [](int64_t v) { return static_cast<uint64_t>(v); };
+    c.kv_bytes = u(hp.n_layer) * u(c.n_ctx) * u(hp.n_head_kv) * u(hp.head_dim_k + hp.head_dim_v) * 2;
+    return c;
+  }
+
+  // Floats of the activation buffers: x, xn, proj (n_embd), qkv, att, ffn, RoPE tables.
+  uint64_t activation_floats() const {
+    return static_cast<uint64_t>(n_batch) * static_cast<uint64_t>(3 * w_embd + w_qkv + w_att + w_ffn + 2 * n_rot);
+  }
+  // Attention scratch as AttentionScratch::reserve sizes it.
+  uint64_t attention_bytes() const {
+    const uint64_t ctx16 = static_cast<uint64_t>((n_ctx + 15) / 16 * 16);
+    const uint64_t hk = static_cast<uint64_t>(attn.head_dim_k), hv = static_cast<uint64_t>(attn.head_dim_v);
+    const uint64_t row = (4 * ctx16 + 4 * hk + 4 * hv + 15) / 16 * 16;
+    return 4 * (static_cast<uint64_t>(attn.n_head_kv) * (hk + hv) * ctx16 + 64 + row * static_cast<uint64_t>(n_threads));
+  }
+  uint64_t moe_bytes() const {
+    if (!moe) return 0;
+    const MoeScratchSizes& z = moe_sizes;
+    return 4 * static_cast<uint64_t>(z.floats + z.ints) + detail::matmul_scratch_bytes(z.mm_rows, z.mm_cols) +
+           static_cast<uint64_t>(z.thread_mm) * detail::matmul_scratch_bytes(1, z.mm_cols);
+  }
+  // Everything besides the KV cache and the logits.
+  uint64_t compute_bytes() const {
+    return 4 * activation_floats() + attention_bytes() + detail::matmul_scratch_bytes(n_batch, mm_cols) + moe_bytes();
+  }
+  uint64_t logit_bytes() const { return 4 * static_cast<uint64_t>(logit_rows) * static_cast<uint64_t>(n_vocab); }
 };
 
 class Context {
@@ -8618,6 +9117,10 @@ class Context {
     return {logits_.data() + i * hp().n_vocab, static_cast<size_t>(hp().n_vocab)};
   }
   std::span<const float> last_logits() const { return logits(n_logits_ - 1); }
+  // The same logits, writable (for logit processors run before sampling).
+  std::span<float> last_logits_mut() {
+    return {logits_.data() + (n_logits_ - 1) * hp().n_vocab, static_cast<size_t>(hp().n_vocab)};
+  }
 
   int64_t n_past() const { return kv_.size(); }
   int64_t n_ctx() const { return kv_.n_ctx(); }
@@ -8625,9 +9128,11 @@ class Context {
   Status truncate(int64_t n) { return kv_.truncate(n); }
   void reset() { kv_.clear(); }
 
-  const Model& model() const { return *model_; }
+  // The model this context runs (the context holds a share of it, so it stays loaded).
+  const Model& model() const { return model_; }
   int n_threads() const { return pool_ ? pool_->size() : 0; }
   const ContextParams& params() const { return params_; }
+  const ContextPlan& plan() const { return plan_; }
   KvCache& kv() { return kv_; }
   const KvCache& kv() const { return kv_; }
 
@@ -8635,24 +9140,34 @@ class Context {
   // the last reset_moe_stats(): one count per token and selected expert, so n tokens give
   // n * k per layer, except that without all_logits the last layer of a chunk runs (and
   // counts) only the chunk's last token. nullptr for a dense model.
-  const MoeStats* moe_stats() const { return moe_.enabled() ? &moe_stats_ : nullptr; }
+  const MoeStats* moe_stats() const { return hp().moe.enabled() ? &moe_stats_ : nullptr; }
   void reset_moe_stats() { moe_stats_.reset(); }
 
  private:
-  const HParams& hp() const { return model_->hparams(); }
+  const HParams& hp() const { return model_.hparams(); }
+  Status allocate();
+  template <class Fn>
+  void for_rows(int64_t rows, Fn&& fn);
+  Status matmul_into(const Weight& w, const float* in, int64_t rows, float* out, int64_t ldy);
   Status forward_chunk(const int32_t* tokens, int64_t n, bool last_chunk);
+  // The named blocks of the forward pass (n tokens in the chunk; m rows go past attention).
+  Status embed(const int32_t* tokens, int64_t n);
+  void rope_tables(int64_t pos0, int64_t n);
+  void qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t il, int64_t i, int64_t pos);
+  Status attention_block(int64_t il, int64_t n, int64_t r0, int64_t pos0);
+  Status ffn_block(int64_t il, int64_t m);
+  Status moe_block(int64_t il, int64_t m);
+  void ffn_residual(const LayerWeights& L, int64_t m);
+  Status output_head(int64_t rows);
 
-  const Model* model_ = nullptr;
+  Model model_;
   ContextParams params_;
+  ContextPlan plan_;
+  ParallelFor par_;
   std::unique_ptr<ThreadPool> pool_;
   KvCache kv_;
   MatmulScratch mm_;
-  std::vector<MatmulScratch> thread_mm_;  // decode: one per thread (see mm_rows below)
   ops::AttentionScratch attn_;
-  // Mixture of experts (n_expert > 0): the routing configuration, each layer's experts
-  // (pointers into the mapped file) and the MoE step's buffers.
-  MoeConfig moe_;
-  std::vector<MoeLayerWeights> moe_layers_;
   MoeScratch moe_scratch_;
   MoeStats moe_stats_;
 
@@ -8669,49 +9184,41 @@ class Context {
 };
 
 inline Expected<Context> Context::create(const Model& model, const ContextParams& params) {
-  const HParams& hp = model.hparams();
+  if (!model) return make_error(Errc::invalid_argument, "context: the model is not loaded");
+  auto plan = ContextPlan::make(model.hparams(), model.hparams().n_vocab, params);
+  if (!plan) return plan.error();
   Context c;
-  c.model_ = &model;
+  c.model_ = model;
   c.params_ = params;
-  if (params.n_ctx <= 0 || params.n_batch <= 0 || params.n_threads <= 0)
-    return make_error(Errc::invalid_argument, "context: n_ctx, n_batch and n_threads must be positive");
-  c.params_.n_batch = std::min(params.n_batch, params.n_ctx);
-  const int64_t B = c.params_.n_batch;
-  c.pool_ = std::make_unique<ThreadPool>(params.n_threads);
-
-  auto kv = KvCache::create(hp, params.n_ctx);
-  if (!kv) return kv.error();
-  c.kv_ = std::move(*kv);
-
-  const int64_t E = hp.n_embd, QKV = hp.q_dim() + hp.k_dim() + hp.v_dim();
-  const int64_t A = hp.n_head * hp.head_dim_v, F = hp.n_ff;
-  const int64_t max_cols = std::max({E, A, F});
-  ops::AttentionShape shape{hp.n_head, hp.n_head_kv, hp.head_dim_k, hp.head_dim_v, 1.0f, 0.0f, 0};
-  const auto sz = [](int64_t a, int64_t b) { return static_cast<size_t>(a * b); };
-  bool ok = c.x_.allocate(sz(B, E)) && c.xn_.allocate(sz(B, E)) && c.qkv_.allocate(sz(B, QKV)) &&
-            c.att_.allocate(sz(B, A)) && c.proj_.allocate(sz(B, E)) &&
-            c.ffn_.allocate(sz(B, 2 * F)) && c.rope_.allocate(sz(2 * B, hp.n_rot)) &&
-            c.logits_.allocate(sz(params.all_logits ? B : 1, hp.n_vocab)) &&
-            c.attn_.reserve(shape, params.n_ctx, params.n_threads);
-  if (!ok) return make_error(Errc::out_of_memory, "context: cannot allocate the activation buffers");
-  auto st = c.mm_.reserve(B, max_cols);
-  if (!st) return st.error();
-  c.thread_mm_ = std::vector<MatmulScratch>(static_cast<size_t>(params.n_threads));
-  for (auto& t : c.thread_mm_)
-    if (auto ts = t.reserve(1, max_cols); !ts) return ts.error();
-  if (hp.n_expert > 0) {
-    auto cfg = read_moe_config(model.gguf());
-    if (!cfg) return cfg.error();
-    c.moe_ = *cfg;
-    for (int64_t il = 0; il < hp.n_layer; ++il) {
-      auto lw = bind_moe_layer(model.gguf(), c.moe_, il, E);
-      if (!lw) return lw.error();
-      c.moe_layers_.push_back(std::move(*lw));
-    }
-    if (auto ms = c.moe_scratch_.reserve(c.moe_, E, B, params.n_threads); !ms) return ms.error();
-    c.moe_stats_.init(hp.n_layer, c.moe_.n_expert);
-  }
+  c.params_.n_batch = plan->n_batch;
+  c.plan_ = *plan;
+  if (auto st = c.allocate(); !st) return st.error();
   return c;
+}
+
+// Allocates what the plan lists: the KV cache, the activations, the attention, matmul and
+// MoE scratch.
+inline Status Context::allocate() {
+  const HParams& h = hp();
+  const ContextPlan& p = plan_;
+  pool_ = std::make_unique<ThreadPool>(p.n_threads);
+  auto kv = KvCache::create(h, p.n_ctx);
+  if (!kv) return kv.error();
+  kv_ = std::move(*kv);
+  const auto sz = [](int64_t a, int64_t b) { return static_cast<size_t>(a * b); };
+  const int64_t B = p.n_batch;
+  const bool ok = x_.allocate(sz(B, p.w_embd)) && xn_.allocate(sz(B, p.w_embd)) && qkv_.allocate(sz(B, p.w_qkv)) &&
+                  att_.allocate(sz(B, p.w_att)) && proj_.allocate(sz(B, p.w_embd)) &&
+                  ffn_.allocate(sz(B, std::max<int64_t>(p.w_ffn, 1))) && rope_.allocate(sz(2 * B, p.n_rot)) &&
+                  logits_.allocate(sz(p.logit_rows, p.n_vocab)) && attn_.reserve(p.attn, p.n_ctx, p.n_threads);
+  if (!ok) return make_error(Errc::out_of_memory, "context: cannot allocate the activation buffers");
+  if (auto st = mm_.reserve(B, p.mm_cols); !st) return st;
+  if (p.moe) {
+    if (auto st = moe_scratch_.reserve(h.moe, h.n_embd, B, p.n_threads); !st) return st;
+    moe_stats_.init(h.n_layer, h.moe.n_expert);
+  }
+  par_ = pool_->parallel();
+  return {};
 }
 
 inline Expected<std::span<const float>> Context::eval(std::span<const int32_t> tokens) {
@@ -8736,196 +9243,203 @@ inline Expected<std::span<const float>> Context::eval(std::span<const int32_t> t
   return last_logits();
 }
 
+// fn(i) for rows i in [0, rows), split over the threads; a few rows (decode) run inline,
+// where a fork-join would cost more than the work.
+template <class Fn>
+inline void Context::for_rows(int64_t rows, Fn&& fn) {
+  if (rows < 4) {
+    for (int64_t i = 0; i < rows; ++i) fn(i);
+    return;
+  }
+  par_([&](int t, int nt) {
+    int64_t b, e;
+    ParallelFor::split(rows, t, nt, 1, &b, &e);
+    for (int64_t i = b; i < e; ++i) fn(i);
+  });
+}
+
+inline Status Context::matmul_into(const Weight& w, const float* in, int64_t rows, float* out, int64_t ldy) {
+  const MatmulOut o[1] = {{w.ref(), out, ldy, w.name}};
+  return matmul_many(o, in, rows, mm_, par_);
+}
+
 // The forward pass of one chunk of n tokens at positions pos0 .. pos0 + n - 1.
 inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last_chunk) {
   const HParams& h = hp();
-  const ModelWeights& w = model_->weights();
-  const ArchInfo& arch = h.arch;
-  const ParallelFor par = pool_->parallel();
-  const int64_t pos0 = kv_.size();
-  const int64_t E = h.n_embd, Q = h.q_dim(), K = h.k_dim(), V = h.v_dim(), F = h.n_ff;
-  const int64_t QKV = Q + K + V, A = h.n_head * h.head_dim_v;
-  const int64_t hk = h.head_dim_k;
   const bool want_all = params_.all_logits;
-  const auto rope_layout = arch.rope == RopeStyle::neox ? ops::RopeLayout::neox : ops::RopeLayout::normal;
-  float* x = x_.data();
-  float* xn = xn_.data();
-  float* qkv = qkv_.data();
-  float* att = att_.data();
-  float* proj = proj_.data();
-  float* ffn = ffn_.data();
-
-  // Rows [r0, r0 + rows) of a buffer of `width` values per token, split over the threads.
-  auto for_rows = [&](int64_t r0, int64_t rows, auto&& fn) {
-    if (rows < 4) {  // decode: a fork-join costs more than this row's work
-      for (int64_t i = r0; i < r0 + rows; ++i) fn(i);
-      return;
-    }
-    par([&](int t, int nt) {
-      int64_t b, e;
-      ParallelFor::split(rows, t, nt, 1, &b, &e);
-      for (int64_t i = r0 + b; i < r0 + e; ++i) fn(i);
-    });
-  };
-  // y = W x for `rows` tokens. Several matrices with the same input (Q, K, V; gate, up) go
-  // together: in decode (one token, several threads) every thread multiplies its share of
-  // each matrix's rows in one fork-join, instead of two fork-joins per matrix. A row's dot
-  // product is the same whichever thread computes it, so results do not depend on the split.
-  struct Out {
-    const Weight* w;
-    float* y;
-  };
-  auto mm_group = [&](std::initializer_list<Out> outs, const float* in, int64_t rows, int64_t ldy) -> Status {
-    if (rows > 1 || par.n_threads <= 1) {
-      for (const Out& o : outs) {
-        const MatrixRef ref{o.w->type, o.w->data, o.w->rows, o.w->cols};
-        auto st = matmul(ref, in, rows, o.y, ldy, mm_, par);
-        if (!st) return Error(st.error()).context(std::string(o.w->name));
-      }
-      return {};
-    }
-    std::atomic<int> failed{-1};
-    par([&](int t, int nt) {
-      int k = 0;
-      for (const Out& o : outs) {
-        int64_t b, e;
-        ParallelFor::split(o.w->rows, t, nt, kMatmulRowGrain, &b, &e);
-        if (b < e) {
-          const MatrixRef ref{o.w->type, o.w->data + static_cast<size_t>(b) * o.w->row_bytes(), e - b, o.w->cols};
-          int expected = -1;
-          if (!matmul(ref, in, 1, o.y + b, ldy, thread_mm_[static_cast<size_t>(t)], ParallelFor{}))
-            failed.compare_exchange_strong(expected, k);
-        }
-        ++k;
-      }
-    });
-    if (failed.load() >= 0) {
-      // Redo the failing product on one thread for its error message.
-      const Out& o = *(outs.begin() + failed.load());
-      const MatrixRef ref{o.w->type, o.w->data, o.w->rows, o.w->cols};
-      auto st = matmul(ref, in, rows, o.y, ldy, mm_, ParallelFor{});
-      if (!st) return Error(st.error()).context(std::string(o.w->name));
-    }
-    return {};
-  };
-  auto mm = [&](const Weight& wt, const float* in, int64_t rows, float* out, int64_t ldy) -> Status {
-    return mm_group({Out{&wt, out}}, in, rows, ldy);
-  };
-
-  // 1. Token embeddings (one dequantised row each), scaled by sqrt(n_embd) for gemma.
-  for (int64_t i = 0; i < n; ++i) {
-    const uint8_t* row = w.token_embd.data + static_cast<size_t>(tokens[i]) * w.token_embd.row_bytes();
-    auto st = dequantize_row(w.token_embd.type, row, x + i * E, E);
-    if (!st) return st;
-    if (h.embed_scale != 1.0f) ops::scale(x + i * E, h.embed_scale, E);
-  }
-
-  // RoPE angles of each position, for global and (when different) sliding-window layers.
-  float* cs_global = rope_.data();
-  float* cs_swa = rope_.data() + params_.n_batch * h.n_rot;
-  const float* freq_factors = h.rope_freq_factors.empty() ? nullptr : h.rope_freq_factors.data();
-  const bool any_swa = !h.layer_swa.empty();
-  for (int64_t i = 0; i < n; ++i) {
-    ops::rope_angles(pos0 + i, h.n_rot, h.rope_base, h.rope_freq_scale, freq_factors, cs_global + i * h.n_rot);
-    if (any_swa)
-      ops::rope_angles(pos0 + i, h.n_rot, h.rope_base_swa, h.rope_freq_scale_swa, freq_factors, cs_swa + i * h.n_rot);
-  }
-
+  const int64_t pos0 = kv_.size();
+  // 1. Token embeddings and the RoPE angles of every position.
+  if (auto st = embed(tokens, n); !st) return st;
+  rope_tables(pos0, n);
   for (int64_t il = 0; il < h.n_layer; ++il) {
-    const LayerWeights& L = w.layers[static_cast<size_t>(il)];
-    const bool swa = h.is_swa(il);
     // In the last layer only the rows whose logits are wanted go past attention.
     const bool trim = il == h.n_layer - 1 && !want_all;
     const int64_t r0 = trim ? n - 1 : 0, m = n - r0;
-
-    // 2. Attention norm.
-    for_rows(0, n, [&](int64_t i) { ops::rms_norm(x + i * E, L.attn_norm.data(), xn + i * E, E, h.rms_eps); });
-
-    // 3. Q, K, V projections into [q | k | v] rows (one GEMM each, or one fused).
-    if (L.wqkv) {
-      if (auto st = mm(L.wqkv, xn, n, qkv, QKV); !st) return st;
-    } else {
-      if (auto st = mm_group({Out{&L.wq, qkv}, Out{&L.wk, qkv + Q}, Out{&L.wv, qkv + Q + K}}, xn, n, QKV); !st)
-        return st;
-    }
-
-    // 4. Biases, per-head QK-norm, RoPE, Q pre-scaling; then K and V into the cache.
-    const float* cs = swa ? cs_swa : cs_global;
-    for_rows(0, n, [&](int64_t i) {
-      float* q = qkv + i * QKV;
-      float* k = q + Q;
-      float* v = k + K;
-      if (!L.bq.empty()) ops::add(q, L.bq.data(), Q);
-      if (!L.bk.empty()) ops::add(k, L.bk.data(), K);
-      if (!L.bv.empty()) ops::add(v, L.bv.data(), V);
-      // QK-norm per head, or over the whole projection (olmoe: the weight spans all heads).
-      if (static_cast<int64_t>(L.q_norm.size()) == Q && Q != hk) ops::rms_norm(q, L.q_norm.data(), q, Q, h.rms_eps);
-      else if (!L.q_norm.empty())
-        for (int64_t hh = 0; hh < h.n_head; ++hh) ops::rms_norm(q + hh * hk, L.q_norm.data(), q + hh * hk, hk, h.rms_eps);
-      if (static_cast<int64_t>(L.k_norm.size()) == K && K != hk) ops::rms_norm(k, L.k_norm.data(), k, K, h.rms_eps);
-      else if (!L.k_norm.empty())
-        for (int64_t hh = 0; hh < h.n_head_kv; ++hh) ops::rms_norm(k + hh * hk, L.k_norm.data(), k + hh * hk, hk, h.rms_eps);
-      ops::rope_apply(q, h.n_head, hk, h.n_rot, cs + i * h.n_rot, rope_layout);
-      ops::rope_apply(k, h.n_head_kv, hk, h.n_rot, cs + i * h.n_rot, rope_layout);
-      if (arch.scale_q) ops::scale(q, h.attn_scale, Q);
-      kv_.store(il, pos0 + i, k, v);
-    });
-
-    // 5. Causal attention over the cache (sliding window on SWA layers).
-    ops::AttentionShape shape{h.n_head, h.n_head_kv, hk, h.head_dim_v,
-                              arch.scale_q ? 1.0f : h.attn_scale, h.attn_softcap, swa ? h.n_swa : 0};
-    ops::attention(shape, qkv + r0 * QKV, QKV, m, pos0 + r0, kv_.k_layer(il), kv_.v_layer(il),
-                   kv_.n_ctx(), att, A, attn_, par);
-
-    // 6. Output projection, optional post-norm, residual.
-    if (auto st = mm(L.wo, att, m, proj, E); !st) return st;
-    if (trim) std::memmove(x, x + r0 * E, static_cast<size_t>(E) * sizeof(float));
-    for_rows(0, m, [&](int64_t i) {
-      float* p = proj + i * E;
-      if (!L.bo.empty()) ops::add(p, L.bo.data(), E);
-      if (!L.post_attn_norm.empty()) ops::rms_norm(p, L.post_attn_norm.data(), p, E, h.rms_eps);
-      ops::add(x + i * E, p, E);
-      ops::rms_norm(x + i * E, L.ffn_norm.data(), xn + i * E, E, h.rms_eps);
-    });
-
-    // 7. Feed-forward: the MoE step (router, the chosen experts, their weighted sum), or the
-    //    dense [gate | up] GEMM(s), gated activation and down projection.
-    if (L.moe) {
-      if (auto st = moe_ffn(moe_, moe_layers_[static_cast<size_t>(il)], xn, m, proj, moe_scratch_, par, &moe_stats_, il);
-          !st)
-        return Error(st.error()).context("layer " + std::to_string(il));
-    } else {
-      if (L.ffn_gate) {
-        if (auto st = mm_group({Out{&L.ffn_gate, ffn}, Out{&L.ffn_up, ffn + F}}, xn, m, 2 * F); !st) return st;
-      } else {
-        if (auto st = mm(L.ffn_up, xn, m, ffn, 2 * F); !st) return st;  // fused [gate; up]
-      }
-      for_rows(0, m, [&](int64_t i) {
-        float* g = ffn + i * 2 * F;
-        if (arch.activation == FfnActivation::gelu_tanh) ops::gelu_mul(g, g + F, g, F);
-        else ops::silu_mul(g, g + F, g, F);
-      });
-      // The activations sit in the gate half of each row; compact them into dense rows for
-      // the down projection (in increasing row order, so no row overwrites an unread one).
-      for (int64_t i = 1; i < m; ++i)
-        std::memmove(ffn + i * F, ffn + i * 2 * F, static_cast<size_t>(F) * sizeof(float));
-      if (auto st = mm(L.ffn_down, ffn, m, proj, E); !st) return st;
-    }
-    for_rows(0, m, [&](int64_t i) {
-      float* p = proj + i * E;
-      if (!L.post_ffn_norm.empty()) ops::rms_norm(p, L.post_ffn_norm.data(), p, E, h.rms_eps);
-      ops::add(x + i * E, p, E);
-    });
+    // 2. Attention (norm, QKV, RoPE, cache, attention, output projection, residual).
+    if (auto st = attention_block(il, n, r0, pos0); !st) return st;
+    // 3. Feed-forward: dense or mixture of experts, then its residual.
+    const bool moe = h.layers[static_cast<size_t>(il)].ffn == FfnKind::moe;
+    if (auto st = moe ? moe_block(il, m) : ffn_block(il, m); !st) return st;
   }
-
-  // 8. Final norm and output head: only for the last token unless all logits are wanted.
   kv_.advance(n);
+  // 4. Final norm and output head: only for the last token unless all logits are wanted.
   if (!last_chunk && !want_all) return {};
-  const int64_t rows = want_all ? n : 1;
-  const float* src = x;  // after the trimmed last layer, row 0 is the last token
-  for (int64_t i = 0; i < rows; ++i) ops::rms_norm(src + i * E, w.output_norm.data(), xn + i * E, E, h.rms_eps);
-  if (auto st = mm(w.output, xn, rows, logits_.data(), h.n_vocab); !st) return st;
-  for_rows(0, rows, [&](int64_t i) {
+  return output_head(want_all ? n : 1);
+}
+
+// One dequantised embedding row per token, scaled by sqrt(n_embd) for gemma.
+inline Status Context::embed(const int32_t* tokens, int64_t n) {
+  const HParams& h = hp();
+  const Weight& te = model_.weights().token_embd;
+  const int64_t E = h.n_embd;
+  float* x = x_.data();
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t* row = te.data + static_cast<size_t>(tokens[i]) * te.row_bytes();
+    if (auto st = dequantize_row(te.type, row, x + i * E, E); !st) return st;
+    if (h.embed_scale != 1.0f) ops::scale(x + i * E, h.embed_scale, E);
+  }
+  return {};
+}
+
+// RoPE angles of each position: table 0 global, table 1 for sliding-window layers.
+inline void Context::rope_tables(int64_t pos0, int64_t n) {
+  const HParams& h = hp();
+  float* global = rope_.data();
+  float* sliding = rope_.data() + params_.n_batch * h.n_rot;
+  const float* factors = h.rope_freq_factors.empty() ? nullptr : h.rope_freq_factors.data();
+  for (int64_t i = 0; i < n; ++i) {
+    ops::rope_angles(pos0 + i, h.n_rot, h.rope_base, h.rope_freq_scale, factors, global + i * h.n_rot);
+    if (h.any_swa())
+      ops::rope_angles(pos0 + i, h.n_rot, h.rope_base_swa, h.rope_freq_scale_swa, factors, sliding + i * h.n_rot);
+  }
+}
+
+// Token i of the chunk: biases, QK-norm (per head or over the whole projection), RoPE, Q
+// pre-scaling; then its K and V into the cache at position pos.
+inline void Context::qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t il, int64_t i, int64_t pos) {
+  const HParams& h = hp();
+  const int64_t Q = p.q_dim(), K = p.k_dim(), V = p.v_dim(), hk = p.head_dim_k;
+  float* q = qkv_.data() + i * (Q + K + V);
+  float* k = q + Q;
+  float* v = k + K;
+  if (!L.bq.empty()) ops::add(q, L.bq.data(), Q);
+  if (!L.bk.empty()) ops::add(k, L.bk.data(), K);
+  if (!L.bv.empty()) ops::add(v, L.bv.data(), V);
+  const bool whole = h.arch.qk_norm == QkNorm::whole;
+  if (!L.q_norm.empty() && whole) ops::rms_norm(q, L.q_norm.data(), q, Q, h.rms_eps);
+  else if (!L.q_norm.empty())
+    for (int64_t hh = 0; hh < p.n_head; ++hh) ops::rms_norm(q + hh * hk, L.q_norm.data(), q + hh * hk, hk, h.rms_eps);
+  if (!L.k_norm.empty() && whole) ops::rms_norm(k, L.k_norm.data(), k, K, h.rms_eps);
+  else if (!L.k_norm.empty())
+    for (int64_t hh = 0; hh < p.n_head_kv; ++hh) ops::rms_norm(k + hh * hk, L.k_norm.data(), k + hh * hk, hk, h.rms_eps);
+  if (p.rope) {
+    const auto layout = h.arch.rope == RopeStyle::neox ? ops::RopeLayout::neox : ops::RopeLayout::normal;
+    const float* cs = rope_.data() + (p.rope_table * params_.n_batch + i) * h.n_rot;
+    ops::rope_apply(q, p.n_head, hk, h.n_rot, cs, layout);
+    ops::rope_apply(k, p.n_head_kv, hk, h.n_rot, cs, layout);
+  }
+  if (h.arch.scale_q) ops::scale(q, h.attn_scale, Q);
+  kv_.store(p.kv_layer, pos, k, v);
+  (void)il;
+}
+
+// Attention norm, Q/K/V, causal attention over the cache (sliding window on SWA layers),
+// output projection, optional post-norm and the residual; rows r0.. go on (the last layer
+// keeps only the last row), moved to the front of the residual stream.
+inline Status Context::attention_block(int64_t il, int64_t n, int64_t r0, int64_t pos0) {
+  const HParams& h = hp();
+  const LayerWeights& L = model_.weights().layers[static_cast<size_t>(il)];
+  const LayerPlan& p = h.layers[static_cast<size_t>(il)];
+  const int64_t E = h.n_embd, Q = p.q_dim(), K = p.k_dim(), QKV = Q + K + p.v_dim(), A = p.attn_out_dim();
+  float* x = x_.data();
+  float* xn = xn_.data();
+  float* qkv = qkv_.data();
+  for_rows(n, [&](int64_t i) { ops::rms_norm(x + i * E, L.attn_norm.data(), xn + i * E, E, h.rms_eps); });
+  if (L.wqkv) {
+    if (auto st = matmul_into(L.wqkv, xn, n, qkv, QKV); !st) return st;
+  } else {
+    const MatmulOut outs[3] = {{L.wq.ref(), qkv, QKV, L.wq.name},
+                               {L.wk.ref(), qkv + Q, QKV, L.wk.name},
+                               {L.wv.ref(), qkv + Q + K, QKV, L.wv.name}};
+    if (auto st = matmul_many(outs, xn, n, mm_, par_); !st) return st;
+  }
+  for_rows(n, [&](int64_t i) { qk_prepare(L, p, il, i, pos0 + i); });
+  const ops::AttentionShape shape{p.n_head, p.n_head_kv, p.head_dim_k, p.head_dim_v,
+                                  h.arch.scale_q ? 1.0f : h.attn_scale, h.attn_softcap, p.sliding ? h.n_swa : 0};
+  const int64_t m = n - r0;
+  ops::attention(shape, qkv + r0 * QKV, QKV, m, pos0 + r0, kv_.k_layer(p.kv_layer), kv_.v_layer(p.kv_layer),
+                 kv_.n_ctx(), att_.data(), A, attn_, par_);
+  float* proj = proj_.data();
+  if (auto st = matmul_into(L.wo, att_.data(), m, proj, E); !st) return st;
+  if (r0 > 0) std::memmove(x, x + r0 * E, static_cast<size_t>(E) * sizeof(float));
+  for_rows(m, [&](int64_t i) {
+    float* pr = proj + i * E;
+    if (!L.bo.empty()) ops::add(pr, L.bo.data(), E);
+    if (!L.post_attn_norm.empty()) ops::rms_norm(pr, L.post_attn_norm.data(), pr, E, h.rms_eps);
+    ops::add(x + i * E, pr, E);
+    ops::rms_norm(x + i * E, L.ffn_norm.data(), xn + i * E, E, h.rms_eps);
+  });
+  return {};
+}
+
+// The dense FFN of m rows of xn: [gate | up] GEMM(s), gated activation, down projection.
+inline Status Context::ffn_block(int64_t il, int64_t m) {
+  const HParams& h = hp();
+  const LayerWeights& L = model_.weights().layers[static_cast<size_t>(il)];
+  const int64_t F = h.layers[static_cast<size_t>(il)].n_ff;
+  float* ffn = ffn_.data();
+  if (L.ffn_gate) {
+    const MatmulOut outs[2] = {{L.ffn_gate.ref(), ffn, 2 * F, L.ffn_gate.name},
+                               {L.ffn_up.ref(), ffn + F, 2 * F, L.ffn_up.name}};
+    if (auto st = matmul_many(outs, xn_.data(), m, mm_, par_); !st) return st;
+  } else if (auto st = matmul_into(L.ffn_up, xn_.data(), m, ffn, 2 * F); !st) {  // fused [gate; up]
+    return st;
+  }
+  const bool gelu = h.arch.activation == FfnActivation::gelu_tanh;
+  for_rows(m, [&](int64_t i) {
+    float* g = ffn + i * 2 * F;
+    if (gelu) ops::gelu_mul(g, g + F, g, F);
+    else ops::silu_mul(g, g + F, g, F);
+  });
+  // The activations sit in the gate half of each row; compact them into dense rows for the
+  // down projection (in increasing row order, so no row overwrites an unread one).
+  for (int64_t i = 1; i < m; ++i) std::memmove(ffn + i * F, ffn + i * 2 * F, static_cast<size_t>(F) * sizeof(float));
+  if (auto st = matmul_into(L.ffn_down, ffn, m, proj_.data(), h.n_embd); !st) return st;
+  ffn_residual(L, m);
+  return {};
+}
+
+// The MoE step (router, the chosen experts, their weighted sum) in the dense FFN's place.
+inline Status Context::moe_block(int64_t il, int64_t m) {
+  const LayerWeights& L = model_.weights().layers[static_cast<size_t>(il)];
+  if (auto st = moe_ffn(hp().moe, L.experts, xn_.data(), m, proj_.data(), moe_scratch_, par_, &moe_stats_, il); !st)
+    return Error(st.error()).context("layer " + std::to_string(il));
+  ffn_residual(L, m);
+  return {};
+}
+
+// Optional post-FFN norm, then the residual add.
+inline void Context::ffn_residual(const LayerWeights& L, int64_t m) {
+  const HParams& h = hp();
+  const int64_t E = h.n_embd;
+  float* x = x_.data();
+  float* proj = proj_.data();
+  for_rows(m, [&](int64_t i) {
+    float* pr = proj + i * E;
+    if (!L.post_ffn_norm.empty()) ops::rms_norm(pr, L.post_ffn_norm.data(), pr, E, h.rms_eps);
+    ops::add(x + i * E, pr, E);
+  });
+}
+
+// Final norm of `rows` residual rows (after the trimmed last layer, row 0 is the last token),
+// output head, bias and soft-cap.
+inline Status Context::output_head(int64_t rows) {
+  const HParams& h = hp();
+  const ModelWeights& w = model_.weights();
+  const int64_t E = h.n_embd;
+  for (int64_t i = 0; i < rows; ++i) ops::rms_norm(x_.data() + i * E, w.output_norm.data(), xn_.data() + i * E, E, h.rms_eps);
+  if (auto st = matmul_into(w.output, xn_.data(), rows, logits_.data(), h.n_vocab); !st) return st;
+  for_rows(rows, [&](int64_t i) {
     float* lg = logits_.data() + i * h.n_vocab;
     if (!w.output_bias.empty()) ops::add(lg, w.output_bias.data(), h.n_vocab);
     if (h.final_softcap > 0.0f) ops::soft_cap(lg, h.n_vocab, h.final_softcap);
@@ -8934,7 +9448,7 @@ inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last
   return {};
 }
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 // ---- end tinyslm/forward.hpp ----
 
@@ -8977,7 +9491,7 @@ inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last
 #define TINYSLM_UNICODE_VERSION "14.0.0"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 namespace detail {
 
 inline constexpr uint32_t unicode_class_ranges[] = {
@@ -9985,12 +10499,12 @@ inline constexpr uint32_t unicode_nfd_to[] = {
 };
 
 }  // namespace detail
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 // ---- end tinyslm/unicode_tables.hpp ----
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 namespace detail {
 
@@ -10228,6 +10742,7 @@ enum class PreTokenizer {
   gpt2,            // gpt-2, mpt, olmo, ...: the GPT-2 regex alone
   llama3,          // llama3 / llama-bpe, dbrx, smaug
   qwen2,           // qwen2, deepseek-r1-qwen, stablelm2, ...
+  qwen35,          // qwen2's rule with combining marks kept inside letter runs
   deepseek_llm,
   deepseek_coder,
   falcon,
@@ -10308,7 +10823,10 @@ inline void split_gpt2(const CpView& v, std::vector<size_t>& out) {
 
 // (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}|
 //  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
-inline void split_llama3(const CpView& v, std::vector<size_t>& out, size_t max_digits) {
+// With `marks`, \p{L} reads [\p{L}\p{M}] in the letter run and in the punctuation run's
+// exclusion (Qwen3.5), so a combining accent stays with its letter.
+inline void split_llama3(const CpView& v, std::vector<size_t>& out, size_t max_digits, bool marks = false) {
+  auto letter = [marks](uint8_t fl) { return uis_letter(fl) || (marks && uclass(fl) == ucls_mark); };
   size_t prev = v.begin;
   auto emit = [&](size_t e) {
     if (e > prev) out.push_back(e - prev);
@@ -10323,9 +10841,9 @@ inline void split_llama3(const CpView& v, std::vector<size_t>& out, size_t max_d
       continue;
     }
     if (!(c == '\r' || c == '\n' || uis_number(f))) {
-      if (uis_letter(f) || uis_letter(v.fl(pos + 1))) {
+      if (letter(f) || letter(v.fl(pos + 1))) {
         ++pos;
-        while (uis_letter(v.fl(pos))) ++pos;
+        while (letter(v.fl(pos))) ++pos;
         emit(pos);
         continue;
       }
@@ -10342,9 +10860,9 @@ inline void split_llama3(const CpView& v, std::vector<size_t>& out, size_t max_d
       continue;
     }
     uint8_t f2 = (c == ' ') ? v.fl(pos + 1) : f;
-    if (!uis_space(f2) && !uis_letter(f2) && !uis_number(f2) && f != 0) {
+    if (!uis_space(f2) && !letter(f2) && !uis_number(f2) && f != 0) {
       pos += (c == ' ');
-      while (v.fl(pos) != 0 && !uis_space(v.fl(pos)) && !uis_letter(v.fl(pos)) && !uis_number(v.fl(pos))) ++pos;
+      while (v.fl(pos) != 0 && !uis_space(v.fl(pos)) && !letter(v.fl(pos)) && !uis_number(v.fl(pos))) ++pos;
       while (v.cp(pos) == '\r' || v.cp(pos) == '\n') ++pos;
       emit(pos);
       continue;
@@ -10550,7 +11068,7 @@ inline void pre_tokenize(PreTokenizer pre, const uint32_t* cps, const uint8_t* f
   words.clear();
   if (n == 0) return;
   words.push_back(n);
-  enum class Stage { rule, gpt2, llama3, qwen2 };
+  enum class Stage { rule, gpt2, llama3, qwen2, qwen35 };
   struct Step {
     Stage stage;
     Rule rule;
@@ -10568,6 +11086,7 @@ inline void pre_tokenize(PreTokenizer pre, const uint32_t* cps, const uint8_t* f
     case PreTokenizer::gpt2: add(Stage::gpt2); break;
     case PreTokenizer::llama3: add(Stage::llama3); break;
     case PreTokenizer::qwen2: add(Stage::qwen2); break;
+    case PreTokenizer::qwen35: add(Stage::qwen35); break;
     case PreTokenizer::deepseek_llm:
       add(Stage::rule, Rule::newline_char);
       add(Stage::rule, Rule::ds_letters);
@@ -10603,12 +11122,91 @@ inline void pre_tokenize(PreTokenizer pre, const uint32_t* cps, const uint8_t* f
         case Stage::gpt2: split_gpt2(v, scratch); break;
         case Stage::llama3: split_llama3(v, scratch, 3); break;
         case Stage::qwen2: split_llama3(v, scratch, 1); break;
+        case Stage::qwen35: split_llama3(v, scratch, 1, true); break;
       }
       start += len;
     }
     words.swap(scratch);
   }
 }
+
+// The pre-tokenizer and vocabulary flags of each tokenizer.ggml.pre name (llama.cpp's names;
+// only byte-level BPE vocabularies read it).
+struct PreTokenizerFlags {
+  bool ignore_merges = false;  // a word that is a token as a whole is not merged
+  bool add_bos = false;
+  bool add_sep = false;
+  bool clean_spaces = true;
+};
+struct PreTokenizerInfo {
+  std::string_view name;
+  PreTokenizer pre;
+  PreTokenizerFlags flags;
+};
+inline constexpr PreTokenizerInfo pre_tokenizers[] = {
+    {"", PreTokenizer::default_, {}},
+    {"default", PreTokenizer::default_, {}},
+    {"llama3", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"llama-v3", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"llama-bpe", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"falcon3", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"falcon-h1", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"pixtral", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"midm-2.0", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"lfm2", PreTokenizer::llama3, {.ignore_merges = true, .add_bos = true}},
+    {"dbrx", PreTokenizer::llama3, {}},
+    {"smaug-bpe", PreTokenizer::llama3, {}},
+    {"deepseek-llm", PreTokenizer::deepseek_llm, {.clean_spaces = false}},
+    {"deepseek-coder", PreTokenizer::deepseek_coder, {.clean_spaces = false}},
+    {"falcon", PreTokenizer::falcon, {}},
+    {"gpt-2", PreTokenizer::gpt2, {}},
+    {"mpt", PreTokenizer::gpt2, {}},
+    {"olmo", PreTokenizer::gpt2, {}},
+    {"jais", PreTokenizer::gpt2, {}},
+    {"phi-2", PreTokenizer::gpt2, {}},
+    {"jina-es", PreTokenizer::gpt2, {}},
+    {"jina-de", PreTokenizer::gpt2, {}},
+    {"gigachat", PreTokenizer::gpt2, {}},
+    {"jina-v2-es", PreTokenizer::gpt2, {}},
+    {"jina-v2-de", PreTokenizer::gpt2, {}},
+    {"a.x-4.0", PreTokenizer::gpt2, {}},
+    {"mellum", PreTokenizer::gpt2, {}},
+    {"modern-bert", PreTokenizer::gpt2, {}},
+    {"exaone4", PreTokenizer::gpt2, {}},
+    {"jina-v1-en", PreTokenizer::gpt2, {.add_sep = true}},
+    {"jina-v2-code", PreTokenizer::gpt2, {.add_sep = true}},
+    {"roberta-bpe", PreTokenizer::gpt2, {.add_sep = true}},
+    {"trillion", PreTokenizer::gpt2, {.clean_spaces = false}},
+    {"granite-docling", PreTokenizer::gpt2, {.clean_spaces = false}},
+    {"starcoder", PreTokenizer::starcoder, {}},
+    {"refact", PreTokenizer::starcoder, {}},
+    {"codeshell", PreTokenizer::starcoder, {}},
+    {"exaone", PreTokenizer::starcoder, {}},
+    {"minerva-7b", PreTokenizer::starcoder, {}},
+    {"mellum2", PreTokenizer::starcoder, {}},
+    {"command-r", PreTokenizer::starcoder, {.clean_spaces = false}},
+    {"smollm", PreTokenizer::starcoder, {.clean_spaces = false}},
+    {"qwen2", PreTokenizer::qwen2, {.clean_spaces = false}},
+    {"deepseek-r1-qwen", PreTokenizer::qwen2, {.clean_spaces = false}},
+    {"kormo", PreTokenizer::qwen2, {.clean_spaces = false}},
+    {"f2llmv2", PreTokenizer::qwen2, {.clean_spaces = false}},
+    {"stablelm2", PreTokenizer::qwen2, {}},
+    {"megrez", PreTokenizer::qwen2, {}},
+    {"hunyuan", PreTokenizer::qwen2, {.clean_spaces = false}},
+    {"solar-open", PreTokenizer::qwen2, {.clean_spaces = false}},
+    {"qwen35", PreTokenizer::qwen35, {.clean_spaces = false}},
+};
+inline const PreTokenizerInfo* find_pre_tokenizer(std::string_view name) {
+  for (const PreTokenizerInfo& p : pre_tokenizers)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+// Special ids read while loading that the Tokenizer does not keep: the FIM ones join the
+// end-of-generation set, padding and mask are only checked.
+struct AuxTokenIds {
+  int32_t pad = -1, mask = -1, fim_pre = -1, fim_suf = -1, fim_mid = -1, fim_pad = -1, fim_rep = -1, fim_sep = -1;
+};
 
 // GPT-2's printable stand-in for each byte: printable Latin-1 bytes map to themselves, the
 // other 68 bytes to U+0100.. in byte order.
@@ -10693,6 +11291,70 @@ class WordCache {
     for (const Slot& sl : old)
       if (sl.key_len != empty) place(sl);
   }
+};
+
+// A piece of the text being encoded: a special token already found, or a span of plain text.
+struct TextFragment {
+  int32_t token;  // -1: text
+  size_t begin, end;
+};
+
+// Quick tests that a special token cannot occur in a text: its first byte is absent, or (in
+// long texts) one of its 3-byte windows is (a hashed set of the text's 3-byte windows).
+class SpecialTokenFilter {
+ public:
+  explicit SpecialTokenFilter(std::string_view text) {
+    for (unsigned char c : text) present_[c] = true;
+    if (text.size() >= 4096 && tokenizer_tuning().special_filter) {
+      tri_.assign((1u << 20) / 64, 0);
+      for (size_t i = 0; i + 3 <= text.size(); ++i) {
+        const uint32_t h = tri_hash(text.data() + i);
+        tri_[h >> 6] |= 1ull << (h & 63);
+      }
+    }
+  }
+  bool may_occur(std::string_view st) const {
+    if (!present_[static_cast<unsigned char>(st[0])]) return false;
+    if (tri_.empty()) return true;
+    for (size_t i = 0; i + 3 <= st.size(); ++i) {
+      const uint32_t h = tri_hash(st.data() + i);
+      if (!(tri_[h >> 6] >> (h & 63) & 1)) return false;
+    }
+    return true;
+  }
+
+ private:
+  static uint32_t tri_hash(const char* p) {
+    const uint32_t v = static_cast<uint32_t>(static_cast<unsigned char>(p[0])) |
+                       static_cast<uint32_t>(static_cast<unsigned char>(p[1])) << 8 |
+                       static_cast<uint32_t>(static_cast<unsigned char>(p[2])) << 16;
+    return (v * 2654435761u) >> 12;  // 20 bits
+  }
+  bool present_[256] = {};
+  std::vector<uint64_t> tri_;
+};
+
+// Working memory of the byte-level BPE merge, reused across the words of one encode call.
+struct BpeWork {
+  struct Sym {
+    int32_t prev, next;
+    int32_t id;      // token id of the symbol's text, or -1
+    uint32_t begin;  // byte range in the word
+    uint32_t len;
+  };
+  struct Bigram {
+    uint32_t rank;
+    int32_t left, right;
+    int32_t left_id, right_id;
+  };
+  struct Worse {
+    bool operator()(const Bigram& a, const Bigram& b) const {
+      return a.rank > b.rank || (a.rank == b.rank && a.left > b.left);
+    }
+  };
+  std::vector<Sym> syms;
+  std::vector<Bigram> heap;
+  std::string mapped;  // the word in stand-in characters (for whole-word lookups)
 };
 
 // Working memory of the SentencePiece merge, reused across the words of one encode call.
@@ -10833,9 +11495,31 @@ class Tokenizer {
       if (offsets_[id + 1] - offsets_[id] == n && std::memcmp(text_.data() + offsets_[id], p, n) == 0) return id;
     }
   }
+  // Loading steps of from_gguf, in order.
+  Status set_model(const GgufFile& f, std::string_view model);
+  Status read_token_strings(const GgufFile& f, const GgufArray& tokens, int32_t n);
+  void build_lookup();
+  Status read_scores(const GgufFile& f);
+  Status read_token_types(const GgufFile& f);
+  Status read_merges(const GgufFile& f);
+  Status read_special_ids(const GgufFile& f, detail::AuxTokenIds& aux);
+  Status read_flags(const GgufFile& f);
+  void find_specials_by_text(detail::AuxTokenIds& aux);
+  void build_eog(const detail::AuxTokenIds& aux);
+  void collect_specials(const GgufFile& f);
+  void build_byte_tokens();
+  void build_spm_glue();
+  void build_pieces();
   std::string make_piece(int32_t id) const;
+  std::vector<detail::TextFragment> split_at_specials(std::string_view text, bool parse_special) const;
+  bool split_at_special(std::string_view text, int32_t sid, const std::vector<detail::TextFragment>& frags,
+                        std::vector<detail::TextFragment>& next) const;
+  void encode_spm_text(std::string_view piece, bool after_special, std::string& buf, detail::SpmWork& w,
+                       std::vector<int32_t>& out) const;
+  void encode_spm_chunk(std::string_view chunk, bool cacheable, detail::SpmWork& w, std::vector<int32_t>& out) const;
   void encode_spm(std::string_view text, std::vector<int32_t>& out, detail::SpmWork& w) const;
   void encode_bpe(std::string_view text, std::vector<int32_t>& out) const;
+  void encode_bpe_word(std::string_view bytes, detail::BpeWork& w, std::vector<int32_t>& out) const;
   void encode_wpm(std::string_view text, std::vector<int32_t>& out) const;
   int32_t spm_byte_token(unsigned char b) const {
     const int32_t t = byte_tokens_[b];
@@ -10853,88 +11537,135 @@ class Tokenizer {
 // ---------------------------------------------------------------------------------------
 // Loading
 // ---------------------------------------------------------------------------------------
+namespace detail {
+
+// Per-kind defaults (llama.cpp's), by tokenizer.ggml.model.
+struct VocabModel {
+  std::string_view name;
+  Tokenizer::Kind kind;
+  int32_t bos = Tokenizer::no_token, eos = Tokenizer::no_token, unk = Tokenizer::no_token, sep = Tokenizer::no_token;
+  bool add_space_prefix = false, add_bos = false, add_sep = false, clean_spaces = false;
+};
+inline constexpr VocabModel vocab_models[] = {
+    {.name = "llama", .kind = Tokenizer::Kind::spm, .bos = 1, .eos = 2, .unk = 0, .add_space_prefix = true,
+     .add_bos = true},
+    {.name = "bert", .kind = Tokenizer::Kind::wpm, .bos = 101, .unk = 100, .sep = 102, .add_bos = true,
+     .add_sep = true, .clean_spaces = true},
+    {.name = "gpt2", .kind = Tokenizer::Kind::bpe, .bos = 11, .eos = 11, .clean_spaces = true},
+};
+
+// The token array's length, checked before anything is sized by it.
+inline Expected<int32_t> token_array_size(const GgufFile& f, const GgufArray& tokens) {
+  if (tokens.element_type() != GgufValueType::string)
+    return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.tokens is not a string array");
+  const uint64_t n64 = tokens.size();
+  if (n64 == 0 || n64 > 0x7FFFFFF0u)
+    return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.tokens has " + std::to_string(n64) + " entries");
+  return static_cast<int32_t>(n64);
+}
+
+inline uint16_t token_attr_of_type(int64_t type) {
+  switch (type) {
+    case 1: return token_attr_normal;
+    case 2: return token_attr_unknown;
+    case 3: return token_attr_control;
+    case 4: return token_attr_user_defined;
+    case 5: return token_attr_unused;
+    case 6: return token_attr_byte;
+    default: return token_attr_undefined;
+  }
+}
+
+// DeepSeek's end of sentence, "<｜end▁of▁sentence｜>" (full-width bars, U+2581 spaces).
+inline constexpr char deepseek_eos[] = "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
+
+// Texts llama.cpp recognises special tokens by when the file does not name them (first match
+// in id order wins).
+inline constexpr const char* eot_texts[] = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>", "_<EOT>",
+    "[EOT]", deepseek_eos, "<end_of_utterance>"};
+inline constexpr const char* eom_texts[] = {"<|eom_id|>"};
+inline constexpr const char* fim_pre_texts[] = {
+    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>",
+    "<PRE>", "\xe2\x96\x81<PRE>", "<|code_prefix|>", "<|prefix|>"};
+inline constexpr const char* fim_suf_texts[] = {
+    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81hole\xef\xbd\x9c>",
+    "<SUF>", "\xe2\x96\x81<SUF>", "<|code_suffix|>", "<|suffix|>"};
+inline constexpr const char* fim_mid_texts[] = {
+    "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>",
+    "<MID>", "\xe2\x96\x81<MID>", "<|code_middle|>", "<|middle|>"};
+inline constexpr const char* fim_pad_texts[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"};
+inline constexpr const char* fim_rep_texts[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"};
+inline constexpr const char* fim_sep_texts[] = {"<|file_sep|>"};
+// Tokens that end generation wherever they are in the vocabulary.
+inline constexpr const char* eog_texts[] = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", deepseek_eos, "[e~["};
+
+}  // namespace detail
+
 inline Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
   Tokenizer t;
   auto model = f.get<std::string>("tokenizer.ggml.model");
   if (!model) return model.error();
   auto tokens = f.get<GgufArray>("tokenizer.ggml.tokens");
   if (!tokens) return tokens.error();
-  if (tokens->element_type() != GgufValueType::string)
-    return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.tokens is not a string array");
-  const uint64_t n64 = tokens->size();
-  if (n64 == 0 || n64 > 0x7FFFFFF0u)
-    return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.tokens has " + std::to_string(n64) + " entries");
-  const int32_t n = static_cast<int32_t>(n64);
+  auto n = detail::token_array_size(f, *tokens);
+  if (!n) return n.error();
   auto pre = f.get_or<std::string>("tokenizer.ggml.pre", "");
   if (!pre) return pre.error();
   t.pre_name_ = *pre;
+  if (Status s = t.set_model(f, *model); !s) return s.error();
+  if (Status s = t.read_token_strings(f, *tokens, *n); !s) return s.error();
+  t.build_lookup();
+  if (Status s = t.read_scores(f); !s) return s.error();
+  if (Status s = t.read_token_types(f); !s) return s.error();
+  if (Status s = t.read_merges(f); !s) return s.error();
+  detail::AuxTokenIds aux;
+  if (Status s = t.read_special_ids(f, aux); !s) return s.error();
+  if (Status s = t.read_flags(f); !s) return s.error();
+  t.find_specials_by_text(aux);
+  t.build_eog(aux);
+  t.collect_specials(f);
+  t.build_byte_tokens();
+  t.build_spm_glue();
+  t.build_pieces();
+  return t;
+}
 
-  // Per-kind defaults (llama.cpp's).
-  if (*model == "llama") {
-    t.kind_ = Kind::spm;
-    t.bos_ = 1, t.eos_ = 2, t.unk_ = 0;
-    t.add_space_prefix_ = true, t.add_bos_ = true;
-  } else if (*model == "bert") {
-    t.kind_ = Kind::wpm;
-    t.bos_ = 101, t.unk_ = 100, t.sep_ = 102;
-    t.add_bos_ = true, t.add_sep_ = true, t.clean_spaces_ = true;
-  } else if (*model == "gpt2") {
-    t.kind_ = Kind::bpe;
-    t.bos_ = 11, t.eos_ = 11;
-    t.clean_spaces_ = true;
-    using P = detail::PreTokenizer;
-    const std::string& p = t.pre_name_;
-    auto any = [&](std::initializer_list<const char*> names) {
-      for (const char* s : names)
-        if (p == s) return true;
-      return false;
-    };
-    if (p.empty() || p == "default") {
-      t.pre_ = P::default_;
-    } else if (any({"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"})) {
-      t.pre_ = P::llama3, t.ignore_merges_ = true, t.add_bos_ = true;
-    } else if (any({"dbrx", "smaug-bpe"})) {
-      t.pre_ = P::llama3;
-    } else if (p == "deepseek-llm") {
-      t.pre_ = P::deepseek_llm, t.clean_spaces_ = false;
-    } else if (p == "deepseek-coder") {
-      t.pre_ = P::deepseek_coder, t.clean_spaces_ = false;
-    } else if (p == "falcon") {
-      t.pre_ = P::falcon;
-    } else if (any({"gpt-2", "mpt", "olmo", "jais", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es",
-                    "jina-v2-de", "a.x-4.0", "mellum", "modern-bert", "exaone4"})) {
-      t.pre_ = P::gpt2;
-    } else if (any({"jina-v1-en", "jina-v2-code", "roberta-bpe"})) {
-      t.pre_ = P::gpt2, t.add_sep_ = true;
-    } else if (any({"trillion", "granite-docling"})) {
-      t.pre_ = P::gpt2, t.clean_spaces_ = false;
-    } else if (any({"starcoder", "refact", "codeshell", "exaone", "minerva-7b", "mellum2"})) {
-      t.pre_ = P::starcoder;
-    } else if (any({"command-r", "smollm"})) {
-      t.pre_ = P::starcoder, t.clean_spaces_ = false;
-    } else if (any({"qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2"})) {
-      t.pre_ = P::qwen2, t.clean_spaces_ = false;
-    } else if (any({"stablelm2", "megrez", "hunyuan", "solar-open"})) {
-      t.pre_ = P::qwen2, t.clean_spaces_ = (p == "stablelm2" || p == "megrez");
-    } else {
-      return make_error(Errc::unsupported, f.name() + ": unsupported pre-tokenizer '" + p + "'");
-    }
-  } else {
-    return make_error(Errc::unsupported, f.name() + ": unsupported tokenizer model '" + *model + "'");
+// Kind and per-kind defaults from tokenizer.ggml.model; for byte-level BPE also the
+// pre-tokenizer and the flags it implies.
+inline Status Tokenizer::set_model(const GgufFile& f, std::string_view model) {
+  const detail::VocabModel* vm = nullptr;
+  for (const detail::VocabModel& m : detail::vocab_models)
+    if (m.name == model) vm = &m;
+  if (!vm) return make_error(Errc::unsupported, f.name() + ": unsupported tokenizer model '" + std::string(model) + "'");
+  kind_ = vm->kind;
+  bos_ = vm->bos, eos_ = vm->eos, unk_ = vm->unk, sep_ = vm->sep;
+  add_space_prefix_ = vm->add_space_prefix, add_bos_ = vm->add_bos, add_sep_ = vm->add_sep;
+  clean_spaces_ = vm->clean_spaces;
+  if (kind_ == Kind::bpe) {
+    const detail::PreTokenizerInfo* p = detail::find_pre_tokenizer(pre_name_);
+    if (!p) return make_error(Errc::unsupported, f.name() + ": unsupported pre-tokenizer '" + pre_name_ + "'");
+    pre_ = p->pre;
+    ignore_merges_ = p->flags.ignore_merges, add_bos_ = p->flags.add_bos, add_sep_ = p->flags.add_sep;
+    clean_spaces_ = p->flags.clean_spaces;
   }
-  {
-    auto v = f.get_or<bool>("tokenizer.ggml.add_space_prefix", t.add_space_prefix_);
-    if (!v) return v.error();
-    t.add_space_prefix_ = *v;
-  }
+  auto v = f.get_or<bool>("tokenizer.ggml.add_space_prefix", add_space_prefix_);
+  if (!v) return v.error();
+  add_space_prefix_ = *v;
+  return {};
+}
 
-  // Token strings, copied into one buffer.
-  std::vector<std::string_view> strs = tokens->strings();
+// Token strings, copied into one buffer.
+inline Status Tokenizer::read_token_strings(const GgufFile& f, const GgufArray& tokens, int32_t n) {
+  std::vector<std::string_view> strs = tokens.strings();
   size_t total = 0;
   for (auto s : strs) total += s.empty() ? 24 : s.size();
-  t.text_.reserve(total);
-  t.offsets_.reserve(static_cast<size_t>(n) + 1);
-  t.offsets_.push_back(0);
+  text_.reserve(total);
+  offsets_.reserve(static_cast<size_t>(n) + 1);
+  offsets_.push_back(0);
   for (int32_t i = 0; i < n; ++i) {
     std::string_view s = strs[i];
     std::string empty_name;
@@ -10942,99 +11673,104 @@ inline Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
       empty_name = "[EMPTY_" + std::to_string(i) + "]";
       s = empty_name;
     }
-    t.text_.insert(t.text_.end(), s.begin(), s.end());
-    t.offsets_.push_back(static_cast<uint32_t>(t.text_.size()));
-    t.max_token_len_ = std::max(t.max_token_len_, s.size());
+    text_.insert(text_.end(), s.begin(), s.end());
+    offsets_.push_back(static_cast<uint32_t>(text_.size()));
+    max_token_len_ = std::max(max_token_len_, s.size());
   }
-  if (t.text_.size() > 0xFFFFFFF0u) return make_error(Errc::invalid_format, f.name() + ": vocabulary too large");
-  {
-    size_t cap = 16;
-    while (cap < static_cast<size_t>(n) * 2) cap <<= 1;
-    t.slots_.assign(cap, -1);
-    const size_t mask = cap - 1;
-    for (int32_t id = 0; id < n; ++id) {
-      std::string_view s = t.text_of(id);
-      for (size_t i = detail::hash_bytes(s.data(), s.size()) & mask;; i = (i + 1) & mask) {
-        if (t.slots_[i] < 0) {
-          t.slots_[i] = id;
-          break;
-        }
-        if (t.text_of(t.slots_[i]) == s) {  // duplicate string: the later id wins, as in llama.cpp
-          t.slots_[i] = id;
-          break;
-        }
+  if (text_.size() > 0xFFFFFFF0u) return make_error(Errc::invalid_format, f.name() + ": vocabulary too large");
+  return {};
+}
+
+inline void Tokenizer::build_lookup() {
+  const size_t n = static_cast<size_t>(n_vocab());
+  size_t cap = 16;
+  while (cap < n * 2) cap <<= 1;
+  slots_.assign(cap, -1);
+  const size_t mask = cap - 1;
+  for (int32_t id = 0; id < n_vocab(); ++id) {
+    std::string_view s = text_of(id);
+    for (size_t i = detail::hash_bytes(s.data(), s.size()) & mask;; i = (i + 1) & mask) {
+      if (slots_[i] < 0) {
+        slots_[i] = id;
+        break;
+      }
+      if (text_of(slots_[i]) == s) {  // duplicate string: the later id wins, as in llama.cpp
+        slots_[i] = id;
+        break;
       }
     }
   }
+}
 
-  // Scores and token types.
-  t.scores_.assign(static_cast<size_t>(n), 0.0f);
-  if (f.contains("tokenizer.ggml.scores")) {
-    auto sc = f.get<GgufArray>("tokenizer.ggml.scores");
-    if (!sc) return sc.error();
-    if (sc->element_type() != GgufValueType::f32 || sc->size() < n64)
-      return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.scores must hold one f32 per token");
-    for (int32_t i = 0; i < n; ++i) t.scores_[i] = sc->at<float>(static_cast<uint64_t>(i));
-  }
-  t.attrs_.assign(static_cast<size_t>(n), token_attr_normal);
-  if (f.contains("tokenizer.ggml.token_type")) {
-    auto tt = f.get<GgufArray>("tokenizer.ggml.token_type");
-    if (!tt) return tt.error();
-    if (tt->size() < n64) return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.token_type is too short");
-    int32_t i = 0;
-    bool ok = true;
-    tt->for_each([&](const GgufValue& v) {
-      if (i >= n) return false;
-      int64_t ty = 0;
-      if (!v.as_int64(&ty)) {
-        ok = false;
-        return false;
-      }
-      uint16_t a = token_attr_undefined;
-      switch (ty) {
-        case 1: a = token_attr_normal; break;
-        case 2: a = token_attr_unknown; break;
-        case 3: a = token_attr_control; break;
-        case 4: a = token_attr_user_defined; break;
-        case 5: a = token_attr_unused; break;
-        case 6: a = token_attr_byte; break;
-        default: a = token_attr_undefined; break;
-      }
-      t.attrs_[i++] = a;
-      return true;
-    });
-    if (!ok) return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.token_type is not an integer array");
-  }
+inline Status Tokenizer::read_scores(const GgufFile& f) {
+  const int32_t n = n_vocab();
+  scores_.assign(static_cast<size_t>(n), 0.0f);
+  if (!f.contains("tokenizer.ggml.scores")) return {};
+  auto sc = f.get<GgufArray>("tokenizer.ggml.scores");
+  if (!sc) return sc.error();
+  if (sc->element_type() != GgufValueType::f32 || sc->size() < static_cast<uint64_t>(n))
+    return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.scores must hold one f32 per token");
+  for (int32_t i = 0; i < n; ++i) scores_[i] = sc->at<float>(static_cast<uint64_t>(i));
+  return {};
+}
 
-  // Merges (byte-level BPE).
-  if (t.kind_ == Kind::bpe) {
-    auto mg = f.get<GgufArray>("tokenizer.ggml.merges");
-    if (!mg) return mg.error();
-    if (mg->element_type() != GgufValueType::string)
-      return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.merges is not a string array");
-    t.merges_.reserve(static_cast<size_t>(mg->size()));
-    uint64_t rank = 0;
-    std::string joined;
-    mg->for_each([&](const GgufValue& v) {
-      std::string_view m = v.as_string();
-      const size_t sp = m.size() > 1 ? m.find(' ', 1) : std::string_view::npos;
-      if (sp != std::string_view::npos) {
-        std::string_view a = m.substr(0, sp), b = m.substr(sp + 1);
-        const int32_t ia = t.lookup(a.data(), a.size()), ib = t.lookup(b.data(), b.size());
-        if (ia >= 0 && ib >= 0) {
-          joined.assign(a);
-          joined.append(b);
-          const int32_t ij = t.lookup(joined.data(), joined.size());
-          const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(ia)) << 32) | static_cast<uint32_t>(ib);
-          t.merges_.insert_if_absent(key, (rank << 32) | static_cast<uint32_t>(ij));
-        }
-      }
-      ++rank;
-      return true;
-    });
-  }
+inline Status Tokenizer::read_token_types(const GgufFile& f) {
+  const int32_t n = n_vocab();
+  attrs_.assign(static_cast<size_t>(n), token_attr_normal);
+  if (!f.contains("tokenizer.ggml.token_type")) return {};
+  auto tt = f.get<GgufArray>("tokenizer.ggml.token_type");
+  if (!tt) return tt.error();
+  if (tt->size() < static_cast<uint64_t>(n))
+    return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.token_type is too short");
+  int32_t i = 0;
+  bool ok = true;
+  tt->for_each([&](const GgufValue& v) {
+    if (i >= n) return false;
+    int64_t ty = 0;
+    if (!v.as_int64(&ty)) {
+      ok = false;
+      return false;
+    }
+    attrs_[i++] = detail::token_attr_of_type(ty);
+    return true;
+  });
+  if (!ok) return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.token_type is not an integer array");
+  return {};
+}
 
-  // Special ids from the file override the defaults when they are inside the vocabulary.
+// Merges of byte-level BPE: "left right" strings, rank = position in the list.
+inline Status Tokenizer::read_merges(const GgufFile& f) {
+  if (kind_ != Kind::bpe) return {};
+  auto mg = f.get<GgufArray>("tokenizer.ggml.merges");
+  if (!mg) return mg.error();
+  if (mg->element_type() != GgufValueType::string)
+    return make_error(Errc::invalid_format, f.name() + ": tokenizer.ggml.merges is not a string array");
+  merges_.reserve(static_cast<size_t>(mg->size()));
+  uint64_t rank = 0;
+  std::string joined;
+  mg->for_each([&](const GgufValue& v) {
+    std::string_view m = v.as_string();
+    const size_t sp = m.size() > 1 ? m.find(' ', 1) : std::string_view::npos;
+    if (sp != std::string_view::npos) {
+      std::string_view a = m.substr(0, sp), b = m.substr(sp + 1);
+      const int32_t ia = lookup(a.data(), a.size()), ib = lookup(b.data(), b.size());
+      if (ia >= 0 && ib >= 0) {
+        joined.assign(a);
+        joined.append(b);
+        const int32_t ij = lookup(joined.data(), joined.size());
+        const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(ia)) << 32) | static_cast<uint32_t>(ib);
+        merges_.insert_if_absent(key, (rank << 32) | static_cast<uint32_t>(ij));
+      }
+    }
+    ++rank;
+    return true;
+  });
+  return {};
+}
+
+// Special ids from the file override the defaults when they are inside the vocabulary.
+inline Status Tokenizer::read_special_ids(const GgufFile& f, detail::AuxTokenIds& aux) {
+  const int32_t n = n_vocab();
   auto read_id = [&](const char* key, int32_t& id) -> Status {
     if (id >= n) id = no_token;
     if (!f.contains(key)) return {};
@@ -11043,140 +11779,147 @@ inline Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
     if (*v >= 0 && *v < n) id = static_cast<int32_t>(*v);
     return {};
   };
-  int32_t pad = no_token, fim_pre = no_token, fim_suf = no_token, fim_mid = no_token, fim_pad = no_token,
-          fim_rep = no_token, fim_sep = no_token, mask_id = no_token;
-  if (t.kind_ == Kind::wpm) pad = 0, mask_id = 103;
+  if (kind_ == Kind::wpm) aux.pad = 0, aux.mask = 103;
   for (auto [key, ref] : std::initializer_list<std::pair<const char*, int32_t*>>{
-           {"tokenizer.ggml.bos_token_id", &t.bos_},         {"tokenizer.ggml.eos_token_id", &t.eos_},
-           {"tokenizer.ggml.eot_token_id", &t.eot_},         {"tokenizer.ggml.eom_token_id", &t.eom_},
-           {"tokenizer.ggml.unknown_token_id", &t.unk_},     {"tokenizer.ggml.seperator_token_id", &t.sep_},
-           {"tokenizer.ggml.padding_token_id", &pad},        {"tokenizer.ggml.mask_token_id", &mask_id},
-           {"tokenizer.ggml.fim_pre_token_id", &fim_pre},    {"tokenizer.ggml.fim_suf_token_id", &fim_suf},
-           {"tokenizer.ggml.fim_mid_token_id", &fim_mid},    {"tokenizer.ggml.fim_pad_token_id", &fim_pad},
-           {"tokenizer.ggml.fim_rep_token_id", &fim_rep},    {"tokenizer.ggml.fim_sep_token_id", &fim_sep},
-           {"tokenizer.ggml.prefix_token_id", &fim_pre},     {"tokenizer.ggml.suffix_token_id", &fim_suf},
-           {"tokenizer.ggml.middle_token_id", &fim_mid}}) {
+           {"tokenizer.ggml.bos_token_id", &bos_},             {"tokenizer.ggml.eos_token_id", &eos_},
+           {"tokenizer.ggml.eot_token_id", &eot_},             {"tokenizer.ggml.eom_token_id", &eom_},
+           {"tokenizer.ggml.unknown_token_id", &unk_},         {"tokenizer.ggml.seperator_token_id", &sep_},
+           {"tokenizer.ggml.padding_token_id", &aux.pad},      {"tokenizer.ggml.mask_token_id", &aux.mask},
+           {"tokenizer.ggml.fim_pre_token_id", &aux.fim_pre},  {"tokenizer.ggml.fim_suf_token_id", &aux.fim_suf},
+           {"tokenizer.ggml.fim_mid_token_id", &aux.fim_mid},  {"tokenizer.ggml.fim_pad_token_id", &aux.fim_pad},
+           {"tokenizer.ggml.fim_rep_token_id", &aux.fim_rep},  {"tokenizer.ggml.fim_sep_token_id", &aux.fim_sep},
+           {"tokenizer.ggml.prefix_token_id", &aux.fim_pre},   {"tokenizer.ggml.suffix_token_id", &aux.fim_suf},
+           {"tokenizer.ggml.middle_token_id", &aux.fim_mid}}) {
     if (Status s = read_id(key, *ref); !s) return s.error();
   }
+  return {};
+}
+
+// add_bos / add_eos / add_sep, and WordPiece's normalizer switches.
+inline Status Tokenizer::read_flags(const GgufFile& f) {
   for (auto [key, ref] : std::initializer_list<std::pair<const char*, bool*>>{
-           {"tokenizer.ggml.add_bos_token", &t.add_bos_},
-           {"tokenizer.ggml.add_eos_token", &t.add_eos_},
-           {"tokenizer.ggml.add_sep_token", &t.add_sep_}}) {
+           {"tokenizer.ggml.add_bos_token", &add_bos_},
+           {"tokenizer.ggml.add_eos_token", &add_eos_},
+           {"tokenizer.ggml.add_sep_token", &add_sep_}}) {
     auto v = f.get_or<bool>(key, *ref);
     if (!v) return v.error();
     *ref = *v;
   }
-  if (t.kind_ == Kind::wpm) {
+  if (kind_ == Kind::wpm) {
     auto lc = f.get_or<bool>("tokenizer.ggml.normalizer.lowercase", true);
     if (!lc) return lc.error();
-    t.wpm_lowercase_ = *lc;
+    wpm_lowercase_ = *lc;
     auto sa = f.get_or<bool>("tokenizer.ggml.normalizer.strip_accents", *lc);
     if (!sa) return sa.error();
-    t.wpm_strip_accents_ = *sa;
+    wpm_strip_accents_ = *sa;
   }
+  return {};
+}
 
-  // Tokens llama.cpp recognises by their text (first match in id order), made control.
-  auto find_first = [&](int32_t& id, std::initializer_list<const char*> names) {
+// Special tokens the file does not name, found by their text and made control tokens.
+inline void Tokenizer::find_specials_by_text(detail::AuxTokenIds& aux) {
+  auto find_first = [&](int32_t& id, std::span<const char* const> texts) {
     if (id != no_token) return;
-    for (const char* name : names) {
-      const int32_t i = t.find_token(name);
+    for (const char* text : texts) {
+      const int32_t i = find_token(text);
       if (i >= 0 && (id == no_token || i < id)) id = i;
     }
-    if (id != no_token) t.attrs_[id] |= token_attr_control;
+    if (id != no_token) attrs_[id] |= token_attr_control;
   };
-  find_first(t.eot_, {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
-                      "<EOT>", "_<EOT>", "[EOT]", ("<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"),
-                      "<end_of_utterance>"});
-  find_first(t.eom_, {"<|eom_id|>"});
-  find_first(fim_pre, {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", ("<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>"),
-                       "<PRE>", "\xe2\x96\x81<PRE>", "<|code_prefix|>", "<|prefix|>"});
-  find_first(fim_suf, {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", ("<\xef\xbd\x9c" "fim\xe2\x96\x81hole\xef\xbd\x9c>"),
-                       "<SUF>", "\xe2\x96\x81<SUF>", "<|code_suffix|>", "<|suffix|>"});
-  find_first(fim_mid, {"<|fim_middle|>", "<fim-middle>", "<fim_middle>", ("<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>"),
-                       "<MID>", "\xe2\x96\x81<MID>", "<|code_middle|>", "<|middle|>"});
-  find_first(fim_pad, {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"});
-  find_first(fim_rep, {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"});
-  find_first(fim_sep, {"<|file_sep|>"});
+  find_first(eot_, detail::eot_texts);
+  find_first(eom_, detail::eom_texts);
+  find_first(aux.fim_pre, detail::fim_pre_texts);
+  find_first(aux.fim_suf, detail::fim_suf_texts);
+  find_first(aux.fim_mid, detail::fim_mid_texts);
+  find_first(aux.fim_pad, detail::fim_pad_texts);
+  find_first(aux.fim_rep, detail::fim_rep_texts);
+  find_first(aux.fim_sep, detail::fim_sep_texts);
+}
 
-  // End-of-generation set.
-  for (int32_t id : {fim_pad, fim_rep, fim_sep, t.eos_, t.eot_, t.eom_})
-    if (id != no_token) t.eog_.push_back(id);
-  static constexpr const char* eog_names[] = {
-      "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
-      "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
-      "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
-      ("<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"), "[e~["};
-  for (const char* name : eog_names) {
-    const int32_t i = t.find_token(name);
+inline void Tokenizer::build_eog(const detail::AuxTokenIds& aux) {
+  for (int32_t id : {aux.fim_pad, aux.fim_rep, aux.fim_sep, eos_, eot_, eom_})
+    if (id != no_token) eog_.push_back(id);
+  for (const char* text : detail::eog_texts) {
+    const int32_t i = find_token(text);
     if (i < 0) continue;
-    t.eog_.push_back(i);
-    t.attrs_[i] |= token_attr_control;
+    eog_.push_back(i);
+    attrs_[i] |= token_attr_control;
   }
-  std::sort(t.eog_.begin(), t.eog_.end());
-  t.eog_.erase(std::unique(t.eog_.begin(), t.eog_.end()), t.eog_.end());
+  std::sort(eog_.begin(), eog_.end());
+  eog_.erase(std::unique(eog_.begin(), eog_.end()), eog_.end());
+  // Gemma 4 (and PaddleOCR) keep a "</s>" that is plain text to them: llama.cpp takes it out of
+  // the end-of-generation set and makes it a normal token, so "</s>" in a prompt is not
+  // parsed as a special token even when it is the file's eos.
+  const int32_t tool_response = find_token("<|tool_response>"), s_end = find_token("</s>");
+  if (tool_response >= 0 && s_end >= 0 && is_eog(tool_response) && is_eog(s_end)) {
+    eog_.erase(std::find(eog_.begin(), eog_.end(), s_end));
+    attrs_[s_end] = token_attr_normal;
+  }
+}
 
-  // Special tokens matched in text, longest first.
-  for (int32_t i = 0; i < n; ++i)
-    if (t.attrs_[i] & (token_attr_control | token_attr_user_defined | token_attr_unknown)) t.specials_.push_back(i);
-  std::stable_sort(t.specials_.begin(), t.specials_.end(), [&](int32_t a, int32_t b) {
-    return t.text_of(a).size() > t.text_of(b).size();
-  });
+// Special tokens matched in text, longest first.
+inline void Tokenizer::collect_specials(const GgufFile& f) {
+  for (int32_t i = 0; i < n_vocab(); ++i)
+    if (attrs_[i] & (token_attr_control | token_attr_user_defined | token_attr_unknown)) specials_.push_back(i);
+  std::stable_sort(specials_.begin(), specials_.end(),
+                   [&](int32_t a, int32_t b) { return text_of(a).size() > text_of(b).size(); });
 
   // Phi-3 models: white space after special tokens is swallowed (llama.cpp keys this on the
   // model name).
-  {
-    auto name = f.get_or<std::string>("general.name", "");
-    std::string lname = name ? *name : std::string();
-    for (char& c : lname) c = static_cast<char>((c >= 'A' && c <= 'Z') ? c + 32 : c);
-    if (lname.find("phi-3") != std::string::npos || lname.find("phi3") != std::string::npos) {
-      for (int32_t id : t.specials_) t.attrs_[id] |= token_attr_rstrip;
-      if (int32_t id = t.find_token("</s>"); id >= 0) t.attrs_[id] |= token_attr_rstrip;
-      for (const char* s : {"<unk>", "<s>", "<|endoftext|>"})
-        if (int32_t id = t.find_token(s); id >= 0) t.attrs_[id] &= static_cast<uint16_t>(~token_attr_rstrip);
-    }
-  }
+  auto name = f.get_or<std::string>("general.name", "");
+  std::string lname = name ? *name : std::string();
+  for (char& c : lname) c = static_cast<char>((c >= 'A' && c <= 'Z') ? c + 32 : c);
+  if (lname.find("phi-3") == std::string::npos && lname.find("phi3") == std::string::npos) return;
+  for (int32_t id : specials_) attrs_[id] |= token_attr_rstrip;
+  if (int32_t id = find_token("</s>"); id >= 0) attrs_[id] |= token_attr_rstrip;
+  for (const char* s : {"<unk>", "<s>", "<|endoftext|>"})
+    if (int32_t id = find_token(s); id >= 0) attrs_[id] &= static_cast<uint16_t>(~token_attr_rstrip);
+}
 
-  // Byte tokens.
+// The token of each byte: SPM's <0xNN> (or the byte itself), BPE's stand-in character.
+inline void Tokenizer::build_byte_tokens() {
   for (int b = 0; b < 256; ++b) {
-    if (t.kind_ == Kind::spm) {
+    if (kind_ == Kind::spm) {
       static const char* hex = "0123456789ABCDEF";
       const char buf[6] = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
-      int32_t id = t.lookup(buf, 6);
+      int32_t id = lookup(buf, 6);
       if (id < 0) {
         const char c = static_cast<char>(b);
-        id = t.lookup(&c, 1);
+        id = lookup(&c, 1);
       }
-      t.byte_tokens_[b] = id;
+      byte_tokens_[b] = id;
     } else {
       std::string s;
       detail::utf8_append(s, detail::byte_unicode().to_cp[b]);
-      t.byte_tokens_[b] = t.lookup(s.data(), s.size());
+      byte_tokens_[b] = lookup(s.data(), s.size());
     }
   }
+}
 
-  if (t.kind_ == Kind::spm) {
-    for (int32_t i = 0; i < n; ++i) {
-      std::string_view s = t.text_of(i);
-      for (size_t k = 1; k + 3 <= s.size(); ++k) {
-        if (s.compare(k, 3, "\xe2\x96\x81") != 0) continue;
-        size_t b = k - 1;  // start of the code point before
-        while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80) --b;
-        size_t used;
-        const uint32_t cp = detail::utf8_decode_lenient(reinterpret_cast<const unsigned char*>(s.data()) + b, k - b, &used);
-        if (std::find(t.spm_glue_.begin(), t.spm_glue_.end(), cp) == t.spm_glue_.end()) t.spm_glue_.push_back(cp);
-      }
+inline void Tokenizer::build_spm_glue() {
+  if (kind_ != Kind::spm) return;
+  for (int32_t i = 0; i < n_vocab(); ++i) {
+    std::string_view s = text_of(i);
+    for (size_t k = 1; k + 3 <= s.size(); ++k) {
+      if (s.compare(k, 3, "\xe2\x96\x81") != 0) continue;
+      size_t b = k - 1;  // start of the code point before
+      while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80) --b;
+      size_t used;
+      const uint32_t cp = detail::utf8_decode_lenient(reinterpret_cast<const unsigned char*>(s.data()) + b, k - b, &used);
+      if (std::find(spm_glue_.begin(), spm_glue_.end(), cp) == spm_glue_.end()) spm_glue_.push_back(cp);
     }
   }
+}
 
-  // Pieces (output text) of every token.
-  t.piece_offsets_.reserve(static_cast<size_t>(n) + 1);
-  t.piece_offsets_.push_back(0);
-  for (int32_t i = 0; i < n; ++i) {
-    std::string p = t.make_piece(i);
-    t.piece_text_.insert(t.piece_text_.end(), p.begin(), p.end());
-    t.piece_offsets_.push_back(static_cast<uint32_t>(t.piece_text_.size()));
+// Pieces (output text) of every token.
+inline void Tokenizer::build_pieces() {
+  piece_offsets_.reserve(static_cast<size_t>(n_vocab()) + 1);
+  piece_offsets_.push_back(0);
+  for (int32_t i = 0; i < n_vocab(); ++i) {
+    std::string p = make_piece(i);
+    piece_text_.insert(piece_text_.end(), p.begin(), p.end());
+    piece_offsets_.push_back(static_cast<uint32_t>(piece_text_.size()));
   }
-  return t;
 }
 
 inline std::string Tokenizer::make_piece(int32_t id) const {
@@ -11261,100 +12004,16 @@ inline Expected<std::vector<int32_t>> Tokenizer::encode(std::string_view text, b
   std::vector<int32_t> out;
   if (n_vocab() == 0) return make_error(Errc::invalid_argument, "encode: empty tokenizer");
   if (text.size() > 0x7FFFFFFFu) return make_error(Errc::invalid_argument, "encode: text larger than 2 GiB");
+  const std::vector<detail::TextFragment> frags = split_at_specials(text, parse_special);
 
-  // 1. Split the text at special tokens (llama.cpp's order: longest token first, each token's
-  //    occurrences left to right in what is still plain text). A fragment is either a token
-  //    id (>= 0) or a text span.
-  struct Frag {
-    int32_t token;  // -1: text
-    size_t begin, end;
-  };
-  std::vector<Frag> frags;
-  if (!text.empty()) frags.push_back({-1, 0, text.size()});
-  if (!text.empty() && !specials_.empty()) {
-    // Pre-filters: a token can only occur if its first byte does, and (in long texts) if each
-    // of its 3-byte windows does (a hashed set of the text's 3-byte windows).
-    bool present[256] = {};
-    for (unsigned char c : text) present[c] = true;
-    std::vector<uint64_t> tri;
-    auto tri_hash = [](const char* p) {
-      const uint32_t v = static_cast<uint32_t>(static_cast<unsigned char>(p[0])) |
-                         static_cast<uint32_t>(static_cast<unsigned char>(p[1])) << 8 |
-                         static_cast<uint32_t>(static_cast<unsigned char>(p[2])) << 16;
-      return (v * 2654435761u) >> 12;  // 20 bits
-    };
-    if (text.size() >= 4096 && detail::tokenizer_tuning().special_filter) {
-      tri.assign((1u << 20) / 64, 0);
-      for (size_t i = 0; i + 3 <= text.size(); ++i) {
-        const uint32_t h = tri_hash(text.data() + i);
-        tri[h >> 6] |= 1ull << (h & 63);
-      }
-    }
-    auto may_occur = [&](std::string_view st) {
-      if (!present[static_cast<unsigned char>(st[0])]) return false;
-      if (tri.empty()) return true;
-      for (size_t i = 0; i + 3 <= st.size(); ++i) {
-        const uint32_t h = tri_hash(st.data() + i);
-        if (!(tri[h >> 6] >> (h & 63) & 1)) return false;
-      }
-      return true;
-    };
-    std::vector<Frag> next;
-    for (int32_t sid : specials_) {
-      const uint16_t a = attrs_[sid];
-      if (!parse_special && (a & (token_attr_control | token_attr_unknown))) continue;
-      std::string_view st = text_of(sid);
-      if (st.empty() || !may_occur(st)) continue;
-      bool any = false;
-      next.clear();
-      for (const Frag& fr : frags) {
-        if (fr.token >= 0) {
-          next.push_back(fr);
-          continue;
-        }
-        size_t b = fr.begin;
-        const size_t e = fr.end;
-        while (b < e) {
-          const size_t m = text.substr(0, e).find(st, b);
-          if (m == std::string_view::npos) break;
-          any = true;
-          size_t left_end = m;
-          if (a & token_attr_lstrip)
-            while (left_end > b && std::strchr(" \t\n\v\f\r", text[left_end - 1]) && text[left_end - 1] != 0) --left_end;
-          if (left_end > b) next.push_back({-1, b, left_end});
-          next.push_back({sid, m, m + st.size()});
-          b = m + st.size();
-          if (a & token_attr_rstrip)
-            while (b < e && text[b] != 0 && std::strchr(" \t\n\v\f\r", text[b])) ++b;
-        }
-        if (b < e) next.push_back({-1, b, e});
-      }
-      if (any) frags.swap(next);
-    }
-  }
-
-  // 2. BOS, each fragment, EOS.
+  // BOS, each fragment, EOS.
   const bool bos_first = add_special && add_bos_ && bos_ != no_token && kind_ != Kind::wpm;
   if (bos_first) out.push_back(bos_);
   if (add_special && kind_ == Kind::wpm && bos_ != no_token) out.push_back(bos_);
   bool prev_special = true;  // SPM: a space goes before the text and after each special token
   std::string buf;
   detail::SpmWork spm_work;
-  auto spm_chunk = [&](std::string_view chunk, bool cacheable) {
-    if (cacheable && chunk.size() <= 64) {
-      uint32_t n = 0;
-      if (const int32_t* ids = spm_work.cache.find(chunk, &n)) {
-        out.insert(out.end(), ids, ids + n);
-        return;
-      }
-      const size_t start = out.size();
-      encode_spm(chunk, out, spm_work);
-      spm_work.cache.insert(chunk, out.data() + start, out.size() - start);
-      return;
-    }
-    encode_spm(chunk, out, spm_work);
-  };
-  for (const Frag& fr : frags) {
+  for (const detail::TextFragment& fr : frags) {
     if (fr.token >= 0) {
       out.push_back(fr.token);
       prev_special = true;
@@ -11362,42 +12021,7 @@ inline Expected<std::vector<int32_t>> Tokenizer::encode(std::string_view text, b
     }
     std::string_view piece = text.substr(fr.begin, fr.end - fr.begin);
     switch (kind_) {
-      case Kind::spm: {
-        buf.clear();
-        buf.reserve(piece.size() + 3 + piece.size() / 4);
-        if (add_space_prefix_ && prev_special) buf += "\xe2\x96\x81";
-        for (char c : piece) {
-          if (c == ' ')
-            buf += "\xe2\x96\x81";
-          else
-            buf.push_back(c);
-        }
-        // Cut before each "\u2581" that no token joins to the character before it; the pieces
-        // merge independently, so the result is that of the whole text, only faster. In long
-        // texts the pieces (words) repeat, so their ids are remembered.
-        const bool cacheable = buf.size() >= detail::tokenizer_tuning().cache_min_bytes;
-        const std::string& cur = buf;
-        {
-          // Walk the symbols exactly as encode_spm forms them (by lead-byte length).
-          size_t start = 0, prev_sym = 0, pos = 0;
-          const unsigned char* bp = reinterpret_cast<const unsigned char*>(cur.data());
-          while (pos < cur.size()) {
-            const size_t len = std::min(detail::utf8_len(bp[pos]), cur.size() - pos);
-            if (pos > start && detail::tokenizer_tuning().spm_cut && len == 3 && bp[pos] == 0xE2 && bp[pos + 1] == 0x96 && bp[pos + 2] == 0x81) {
-              size_t used;
-              const uint32_t prev = detail::utf8_decode_lenient(bp + prev_sym, pos - prev_sym, &used);
-              if (used == pos - prev_sym && std::find(spm_glue_.begin(), spm_glue_.end(), prev) == spm_glue_.end()) {
-                spm_chunk(std::string_view(cur).substr(start, pos - start), cacheable);
-                start = pos;
-              }
-            }
-            prev_sym = pos;
-            pos += len;
-          }
-          spm_chunk(std::string_view(cur).substr(start), cacheable);
-        }
-        break;
-      }
+      case Kind::spm: encode_spm_text(piece, prev_special, buf, spm_work, out); break;
       case Kind::bpe: encode_bpe(piece, out); break;
       case Kind::wpm: encode_wpm(piece, out); break;
     }
@@ -11411,6 +12035,113 @@ inline Expected<std::vector<int32_t>> Tokenizer::encode(std::string_view text, b
     }
   }
   return out;
+}
+
+// Splits the text at special tokens in llama.cpp's order: longest token first, each token's
+// occurrences left to right in what is still plain text.
+inline std::vector<detail::TextFragment> Tokenizer::split_at_specials(std::string_view text,
+                                                                      bool parse_special) const {
+  std::vector<detail::TextFragment> frags;
+  if (text.empty()) return frags;
+  frags.push_back({-1, 0, text.size()});
+  if (specials_.empty()) return frags;
+  const detail::SpecialTokenFilter filter(text);
+  std::vector<detail::TextFragment> next;
+  for (int32_t sid : specials_) {
+    if (!parse_special && (attrs_[sid] & (token_attr_control | token_attr_unknown))) continue;
+    std::string_view st = text_of(sid);
+    if (st.empty() || !filter.may_occur(st)) continue;
+    next.clear();
+    if (split_at_special(text, sid, frags, next)) frags.swap(next);
+  }
+  return frags;
+}
+
+// The fragments with every occurrence of special token `sid` in their text cut out, into
+// `next`. False when the token does not occur.
+inline bool Tokenizer::split_at_special(std::string_view text, int32_t sid,
+                                        const std::vector<detail::TextFragment>& frags,
+                                        std::vector<detail::TextFragment>& next) const {
+  const uint16_t a = attrs_[sid];
+  const std::string_view st = text_of(sid);
+  bool any = false;
+  for (const detail::TextFragment& fr : frags) {
+    if (fr.token >= 0) {
+      next.push_back(fr);
+      continue;
+    }
+    size_t b = fr.begin;
+    const size_t e = fr.end;
+    while (b < e) {
+      const size_t m = text.substr(0, e).find(st, b);
+      if (m == std::string_view::npos) break;
+      any = true;
+      size_t left_end = m;
+      if (a & token_attr_lstrip)
+        while (left_end > b && std::strchr(" \t\n\v\f\r", text[left_end - 1]) && text[left_end - 1] != 0) --left_end;
+      if (left_end > b) next.push_back({-1, b, left_end});
+      next.push_back({sid, m, m + st.size()});
+      b = m + st.size();
+      if (a & token_attr_rstrip)
+        while (b < e && text[b] != 0 && std::strchr(" \t\n\v\f\r", text[b])) ++b;
+    }
+    if (b < e) next.push_back({-1, b, e});
+  }
+  return any;
+}
+
+// SentencePiece text between special tokens: spaces become "\u2581" (and one goes first when
+// the vocabulary asks for it), then the text is cut before each "\u2581" that no token joins
+// to the character before it. The pieces merge independently, so the result is that of the
+// whole text, only faster; in long texts the pieces (words) repeat, so their ids are
+// remembered.
+inline void Tokenizer::encode_spm_text(std::string_view piece, bool after_special, std::string& buf,
+                                       detail::SpmWork& w, std::vector<int32_t>& out) const {
+  buf.clear();
+  buf.reserve(piece.size() + 3 + piece.size() / 4);
+  if (add_space_prefix_ && after_special) buf += "\xe2\x96\x81";
+  for (char c : piece) {
+    if (c == ' ')
+      buf += "\xe2\x96\x81";
+    else
+      buf.push_back(c);
+  }
+  const bool cacheable = buf.size() >= detail::tokenizer_tuning().cache_min_bytes;
+  const std::string_view cur = buf;
+  // Walk the symbols exactly as encode_spm forms them (by lead-byte length).
+  size_t start = 0, prev_sym = 0, pos = 0;
+  const unsigned char* bp = reinterpret_cast<const unsigned char*>(cur.data());
+  while (pos < cur.size()) {
+    const size_t len = std::min(detail::utf8_len(bp[pos]), cur.size() - pos);
+    if (pos > start && detail::tokenizer_tuning().spm_cut && len == 3 && bp[pos] == 0xE2 && bp[pos + 1] == 0x96 &&
+        bp[pos + 2] == 0x81) {
+      size_t used;
+      const uint32_t prev = detail::utf8_decode_lenient(bp + prev_sym, pos - prev_sym, &used);
+      if (used == pos - prev_sym && std::find(spm_glue_.begin(), spm_glue_.end(), prev) == spm_glue_.end()) {
+        encode_spm_chunk(cur.substr(start, pos - start), cacheable, w, out);
+        start = pos;
+      }
+    }
+    prev_sym = pos;
+    pos += len;
+  }
+  encode_spm_chunk(cur.substr(start), cacheable, w, out);
+}
+
+inline void Tokenizer::encode_spm_chunk(std::string_view chunk, bool cacheable, detail::SpmWork& w,
+                                        std::vector<int32_t>& out) const {
+  if (!cacheable || chunk.size() > 64) {
+    encode_spm(chunk, out, w);
+    return;
+  }
+  uint32_t n = 0;
+  if (const int32_t* ids = w.cache.find(chunk, &n)) {
+    out.insert(out.end(), ids, ids + n);
+    return;
+  }
+  const size_t start = out.size();
+  encode_spm(chunk, out, w);
+  w.cache.insert(chunk, out.data() + start, out.size() - start);
 }
 
 // SentencePiece merge: start from single characters, repeatedly join the adjacent pair whose
@@ -11485,27 +12216,8 @@ inline void Tokenizer::encode_bpe(std::string_view text, std::vector<int32_t>& o
   std::vector<size_t> words, scratch;
   detail::pre_tokenize(pre_, cps.data(), flags.data(), cps.size(), words, scratch);
 
-  struct Sym {
-    int32_t prev, next;
-    int32_t id;       // token id of the symbol's text, or -1
-    uint32_t begin;   // byte range in `bytes`
-    uint32_t len;
-  };
-  struct Bigram {
-    uint32_t rank;
-    int32_t left, right;
-    int32_t left_id, right_id;
-  };
-  struct Worse {
-    bool operator()(const Bigram& a, const Bigram& b) const {
-      return a.rank > b.rank || (a.rank == b.rank && a.left > b.left);
-    }
-  };
-  std::string bytes;   // the word's UTF-8 bytes
-  std::string mapped;  // the word in stand-in characters (for whole-word lookups)
-  std::vector<Sym> syms;
-  std::vector<Bigram> heap;
-  const auto& tab = detail::byte_unicode();
+  std::string bytes;  // the word's UTF-8 bytes
+  detail::BpeWork work;
   // Long texts repeat words: remember each short word's ids for the rest of this call.
   const bool use_cache = text.size() >= detail::tokenizer_tuning().cache_min_bytes;
   detail::WordCache cache;
@@ -11514,7 +12226,6 @@ inline void Tokenizer::encode_bpe(std::string_view text, std::vector<int32_t>& o
     bytes.clear();
     for (size_t k = 0; k < wlen; ++k) detail::utf8_append(bytes, cps[cp_pos + k]);
     cp_pos += wlen;
-    const size_t out_start = out.size();
     const bool cacheable = use_cache && bytes.size() <= 48;
     if (cacheable) {
       uint32_t n = 0;
@@ -11523,71 +12234,76 @@ inline void Tokenizer::encode_bpe(std::string_view text, std::vector<int32_t>& o
         continue;
       }
     }
-    struct Remember {  // on every exit from this word's body: cache what it produced
-      bool on;
-      detail::WordCache& cache;
-      std::vector<int32_t>& out;
-      size_t start;
-      const std::string& word;
-      ~Remember() {
-        if (on) cache.insert(word, out.data() + start, out.size() - start);
-      }
-    } remember{cacheable, cache, out, out_start, bytes};
-    if (ignore_merges_) {
-      mapped.clear();
-      for (unsigned char b : bytes) detail::utf8_append(mapped, tab.to_cp[b]);
-      const int32_t id = lookup(mapped.data(), mapped.size());
-      if (id >= 0) {
-        out.push_back(id);
-        continue;
-      }
+    const size_t out_start = out.size();
+    encode_bpe_word(bytes, work, out);
+    if (cacheable) cache.insert(bytes, out.data() + out_start, out.size() - out_start);
+  }
+}
+
+// One pre-tokenized word (its UTF-8 bytes) to ids.
+inline void Tokenizer::encode_bpe_word(std::string_view bytes, detail::BpeWork& w, std::vector<int32_t>& out) const {
+  using Sym = detail::BpeWork::Sym;
+  using Bigram = detail::BpeWork::Bigram;
+  using Worse = detail::BpeWork::Worse;
+  const auto& tab = detail::byte_unicode();
+  std::string& mapped = w.mapped;
+  if (ignore_merges_) {
+    mapped.clear();
+    for (unsigned char b : bytes) detail::utf8_append(mapped, tab.to_cp[b]);
+    const int32_t id = lookup(mapped.data(), mapped.size());
+    if (id >= 0) {
+      out.push_back(id);
+      return;
     }
-    syms.clear();
-    for (size_t k = 0; k < bytes.size(); ++k) {
-      const int32_t idx = static_cast<int32_t>(syms.size());
-      syms.push_back({idx - 1, k + 1 == bytes.size() ? -1 : idx + 1,
-                      byte_tokens_[static_cast<unsigned char>(bytes[k])], static_cast<uint32_t>(k), 1});
+  }
+  std::vector<Sym>& syms = w.syms;
+  syms.clear();
+  for (size_t k = 0; k < bytes.size(); ++k) {
+    const int32_t idx = static_cast<int32_t>(syms.size());
+    syms.push_back({idx - 1, k + 1 == bytes.size() ? -1 : idx + 1, byte_tokens_[static_cast<unsigned char>(bytes[k])],
+                    static_cast<uint32_t>(k), 1});
+  }
+  std::vector<Bigram>& heap = w.heap;
+  heap.clear();
+  auto try_add = [&](int32_t l, int32_t r) {
+    if (l < 0 || r < 0 || syms[l].id < 0 || syms[r].id < 0) return;
+    const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(syms[l].id)) << 32) |
+                         static_cast<uint32_t>(syms[r].id);
+    const uint64_t* v = merges_.find(key);
+    if (!v) return;
+    heap.push_back({static_cast<uint32_t>(*v >> 32), l, r, syms[l].id, syms[r].id});
+    std::push_heap(heap.begin(), heap.end(), Worse{});
+  };
+  for (int32_t i = 1; i < static_cast<int32_t>(syms.size()); ++i) try_add(i - 1, i);
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), Worse{});
+    const Bigram bg = heap.back();
+    heap.pop_back();
+    Sym& l = syms[bg.left];
+    Sym& r = syms[bg.right];
+    if (l.len == 0 || r.len == 0 || l.next != bg.right || l.id != bg.left_id || r.id != bg.right_id) continue;
+    const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(l.id)) << 32) | static_cast<uint32_t>(r.id);
+    l.id = static_cast<int32_t>(static_cast<uint32_t>(*merges_.find(key)));
+    l.len += r.len;
+    r.len = 0;
+    l.next = r.next;
+    if (r.next >= 0) syms[r.next].prev = bg.left;
+    try_add(l.prev, bg.left);
+    try_add(bg.left, l.next);
+  }
+  for (int32_t i = syms.empty() ? -1 : 0; i != -1; i = syms[i].next) {
+    const Sym& s = syms[i];
+    if (s.id >= 0) {
+      out.push_back(s.id);
+      continue;
     }
-    heap.clear();
-    auto try_add = [&](int32_t l, int32_t r) {
-      if (l < 0 || r < 0 || syms[l].id < 0 || syms[r].id < 0) return;
-      const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(syms[l].id)) << 32) |
-                           static_cast<uint32_t>(syms[r].id);
-      const uint64_t* v = merges_.find(key);
-      if (!v) return;
-      heap.push_back({static_cast<uint32_t>(*v >> 32), l, r, syms[l].id, syms[r].id});
-      std::push_heap(heap.begin(), heap.end(), Worse{});
-    };
-    for (int32_t i = 1; i < static_cast<int32_t>(syms.size()); ++i) try_add(i - 1, i);
-    while (!heap.empty()) {
-      std::pop_heap(heap.begin(), heap.end(), Worse{});
-      const Bigram bg = heap.back();
-      heap.pop_back();
-      Sym& l = syms[bg.left];
-      Sym& r = syms[bg.right];
-      if (l.len == 0 || r.len == 0 || l.next != bg.right || l.id != bg.left_id || r.id != bg.right_id) continue;
-      const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(l.id)) << 32) | static_cast<uint32_t>(r.id);
-      l.id = static_cast<int32_t>(static_cast<uint32_t>(*merges_.find(key)));
-      l.len += r.len;
-      r.len = 0;
-      l.next = r.next;
-      if (r.next >= 0) syms[r.next].prev = bg.left;
-      try_add(l.prev, bg.left);
-      try_add(bg.left, l.next);
-    }
-    for (int32_t i = syms.empty() ? -1 : 0; i != -1; i = syms[i].next) {
-      const Sym& s = syms[i];
-      if (s.id >= 0) {
-        out.push_back(s.id);
-        continue;
-      }
-      // Not a token: llama.cpp looks up each byte of the stand-in text on its own.
-      mapped.clear();
-      for (uint32_t k = 0; k < s.len; ++k) detail::utf8_append(mapped, tab.to_cp[static_cast<unsigned char>(bytes[s.begin + k])]);
-      for (char c : mapped) {
-        const int32_t id = lookup(&c, 1);
-        if (id >= 0) out.push_back(id);
-      }
+    // Not a token: llama.cpp looks up each byte of the stand-in text on its own.
+    mapped.clear();
+    for (uint32_t k = 0; k < s.len; ++k)
+      detail::utf8_append(mapped, tab.to_cp[static_cast<unsigned char>(bytes[s.begin + k])]);
+    for (char c : mapped) {
+      const int32_t id = lookup(&c, 1);
+      if (id >= 0) out.push_back(id);
     }
   }
 }
@@ -11793,7 +12509,7 @@ class StreamDecoder {
   std::string pending_;
 };
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 // ---- end tinyslm/tokenizer.hpp ----
 
@@ -11804,9 +12520,9 @@ class StreamDecoder {
 // not run Jinja: it recognises the common families from markers in that text and renders them
 // with hand-written code that produces the same bytes llama.cpp's Jinja engine renders for the
 // family's published templates (checked against llama.cpp's output in the tests). Families:
-// chatml (and its Qwen2.5 / SmolLM variants with a default system prompt), Qwen3, Llama 2,
-// Mistral v1/v3/v3-tekken/v7, Llama 3 and 3.1+, Gemma 2/3, Phi-3 / Phi-3.5, Phi-4, Zephyr,
-// DeepSeek (coder, V2, V3), Command-R, Falcon 3.
+// chatml (and its Qwen2.5 / SmolLM variants with a default system prompt), Qwen3, Qwen3.5,
+// SmolLM3, LFM2.5, Llama 2, Mistral v1/v3/v3-tekken/v7, Llama 3 and 3.1+, Gemma 2/3, Gemma 4,
+// Phi-3 / Phi-3.5, Phi-4, Zephyr, DeepSeek (coder, V2, V3), Command-R, Falcon 3.
 //
 // A model without a template gets Kind::none and is rendered as chatml, as llama.cpp does; a
 // template that is not recognised gives Kind::unknown and apply() fails with Errc::unsupported
@@ -11825,7 +12541,7 @@ class StreamDecoder {
 
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 struct ChatMessage {
   std::string role;  // "system", "user", "assistant" (others are passed through where the family allows)
@@ -11840,6 +12556,9 @@ class ChatTemplate {
     custom,     // a caller-supplied function
     chatml,     // <|im_start|>role\n...<|im_end|>\n (with the template's default system prompt, if any)
     qwen3,      // chatml with <think> handling of assistant turns
+    qwen35,     // Qwen3.5: qwen3 with trimmed turns, every late assistant turn in <think>, "<think>\n" opened
+    smollm3,    // chatml with a "## Metadata" system block (reasoning mode, default instructions)
+    lfm2,       // LFM2.5: bos_token, chatml, reasoning dropped from all but the last assistant turn
     llama2,     // [INST] ... [/INST] (variants: with <<SYS>>, with BOS inside history, stripped)
     mistral_v1,
     mistral_v3,
@@ -11848,6 +12567,7 @@ class ChatTemplate {
     llama3,     // <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>
     llama3_1,   // Llama 3.1 / 3.2: system header with "Cutting Knowledge Date" and today's date
     gemma,      // <start_of_turn>user / model ... <end_of_turn>
+    gemma4,     // <|turn>user / model ... <turn|> (thinking switched on in the system turn)
     phi3,       // <|role|>\n...<|end|>\n (Phi-3.5: system turns; Phi-3-mini: no system role)
     phi4,       // <|im_start|>role<|im_sep|>...<|im_end|>
     zephyr,     // <|role|>\n...<|endoftext|>\n
@@ -11887,7 +12607,9 @@ class ChatTemplate {
   // Llama 3.1+: the "Today Date" line. Default "26 Jul 2024", the date the template itself
   // falls back to; llama.cpp uses the current date when its Jinja engine runs the template.
   void set_date_string(std::string d) { date_ = std::move(d); }
-  // Qwen3: false adds an empty <think></think> block to the generation prompt.
+  // The templates' enable_thinking (default true). Qwen3 / Qwen3.5: false adds an empty
+  // <think></think> block to the generation prompt; SmolLM3: reasoning mode /no_think;
+  // Gemma 4: no <|think|> system turn, an empty thought channel opens the reply.
   void set_enable_thinking(bool on) { enable_thinking_ = on; }
 
   Expected<std::string> apply(std::span<const ChatMessage> messages, bool add_generation_prompt) const;
@@ -11896,6 +12618,19 @@ class ChatTemplate {
   }
 
  private:
+  // A family tinyslm renders: how its template text is recognised, the variants read from
+  // that text, and its renderer (which appends to `out`).
+  using Render = Status (ChatTemplate::*)(std::string& out, std::span<const ChatMessage> m, bool gen) const;
+  struct Family {
+    Kind kind;
+    const char* name;
+    bool (*recognise)(std::string_view jinja);
+    void (*configure)(ChatTemplate& t, std::string_view jinja);  // nullptr: no variants
+    Render render;
+  };
+  static std::span<const Family> families();
+  static const Family* family(Kind k);
+
   Kind kind_ = Kind::none;
   std::string source_;
   std::string bos_, eos_;
@@ -11909,11 +12644,34 @@ class ChatTemplate {
   bool zephyr_eos_ = false;        // turns end with eos_token rather than <|endoftext|>
   bool llama2_official_ = false;   // Llama-2-chat: BOS before each [INST], spaces around replies
   std::string default_system_;     // chatml variants: system prompt used when none is given
+  std::string default_system_no_think_;  // SmolLM3: the one used in /no_think mode
   std::string date_ = "26 Jul 2024";
   bool enable_thinking_ = true;
   Function fn_;
 
   Expected<std::string> render(std::span<const ChatMessage> m, bool gen) const;
+  Status render_chatml(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_qwen3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_qwen35(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_smollm3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_lfm2(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_gemma4(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_phi4(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_llama2(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_llama2_official(std::string& o, std::span<const ChatMessage> m) const;
+  Status render_mistral_v1(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_mistral_v3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_mistral_v7(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_llama3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_llama3_1(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_gemma(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_phi3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_zephyr(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_falcon3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_deepseek(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_deepseek2(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_deepseek3(std::string& o, std::span<const ChatMessage> m, bool gen) const;
+  Status render_command_r(std::string& o, std::span<const ChatMessage> m, bool gen) const;
 };
 
 namespace detail {
@@ -11928,6 +12686,20 @@ inline std::string chat_trim(std::string_view s) {
 
 inline bool chat_contains(std::string_view hay, std::string_view needle) {
   return hay.find(needle) != std::string_view::npos;
+}
+
+inline bool chat_contains_all(std::string_view hay, std::initializer_list<std::string_view> needles) {
+  for (std::string_view n : needles)
+    if (!chat_contains(hay, n)) return false;
+  return true;
+}
+
+// The [INST] family: Mistral's and Llama 2's templates.
+inline bool chat_is_inst(std::string_view t) { return t.starts_with("mistral") || chat_contains(t, "[INST]"); }
+
+// Mistral's official v1/v3 templates: the system message joins a user turn, tools are listed.
+inline bool chat_is_mistral_official(std::string_view t) {
+  return chat_contains(t, "' [INST] ' + system_message") || chat_contains(t, "[AVAILABLE_TOOLS]");
 }
 
 // A default system prompt written into a chatml template as a literal, e.g.
@@ -11960,33 +12732,194 @@ inline std::string chatml_default_system(std::string_view t) {
   return {};
 }
 
+// Qwen3: the index of the last user turn that is not a wrapped tool response.
+inline size_t qwen3_last_query(std::span<const ChatMessage> msgs) {
+  for (size_t i = msgs.size(); i-- > 0;) {
+    const std::string& c = msgs[i].content;
+    const bool tool_wrapped = c.rfind("<tool_response>", 0) == 0 && c.size() >= 16 &&
+                              c.compare(c.size() - 16, 16, "</tool_response>") == 0;
+    if (msgs[i].role == "user" && !tool_wrapped) return i;
+  }
+  return msgs.empty() ? 0 : msgs.size() - 1;
+}
+
+// Qwen3: an assistant message cut into its reasoning (inside <think>...</think>) and the
+// answer after it, with the newlines the template strips.
+inline void qwen3_split_reasoning(const std::string& message, std::string& content, std::string& reasoning) {
+  content = message;
+  reasoning.clear();
+  const size_t close = content.rfind("</think>");
+  if (close == std::string::npos) return;
+  std::string after = content.substr(close + 8);
+  after.erase(0, after.find_first_not_of('\n') == std::string::npos ? after.size() : after.find_first_not_of('\n'));
+  std::string before = content.substr(0, content.find("</think>"));
+  while (!before.empty() && before.back() == '\n') before.pop_back();
+  const size_t open = before.rfind("<think>");
+  if (open != std::string::npos) before = before.substr(open + 7);
+  before.erase(0, before.find_first_not_of('\n') == std::string::npos ? before.size() : before.find_first_not_of('\n'));
+  reasoning = before;
+  content = after;
+}
+
+// Qwen3.5: the index of the last user turn whose trimmed text is not a wrapped tool
+// response; npos when there is none (the template refuses such a conversation).
+inline size_t qwen35_last_query(std::span<const ChatMessage> msgs) {
+  for (size_t i = msgs.size(); i-- > 0;) {
+    if (msgs[i].role != "user") continue;
+    const std::string c = chat_trim(msgs[i].content);
+    if (!(c.starts_with("<tool_response>") && c.ends_with("</tool_response>"))) return i;
+  }
+  return std::string::npos;
+}
+
+// The Jinja string literal whose opening quote is at t[q] (either quote), with its \n, \t,
+// \" and \\ escapes read; "" when t[q] is not a quote.
+inline std::string jinja_string_literal(std::string_view t, size_t q) {
+  std::string out;
+  if (q >= t.size() || (t[q] != '"' && t[q] != '\'')) return out;
+  const char quote = t[q];
+  for (size_t i = q + 1; i < t.size() && t[i] != quote; ++i) {
+    if (t[i] != '\\' || i + 1 >= t.size()) {
+      out.push_back(t[i]);
+      continue;
+    }
+    const char e = t[++i];
+    out.push_back(e == 'n' ? '\n' : e == 't' ? '\t' : e);
+  }
+  return out;
+}
+
+// SmolLM3: the template's default instructions, the long /think one first, then the short
+// /no_think one (both literals start with the assistant's introduction).
+inline void smollm3_default_systems(std::string_view t, std::string& think, std::string& no_think) {
+  const std::string_view intro = "You are a helpful AI assistant named SmolLM";
+  const size_t a = t.find(intro);
+  if (a == std::string_view::npos || a == 0) return;
+  think = jinja_string_literal(t, a - 1);
+  const size_t b = t.find(intro, a + intro.size());
+  if (b != std::string_view::npos) no_think = jinja_string_literal(t, b - 1);
+}
+
+// Gemma 4: a model turn without its thought channels (<|channel>...<channel|>), trimmed.
+inline std::string gemma4_strip_thinking(std::string_view text) {
+  std::string out;
+  for (size_t pos = 0;;) {
+    const size_t close = text.find("<channel|>", pos);
+    std::string_view part = text.substr(pos, close == std::string_view::npos ? std::string_view::npos : close - pos);
+    out += part.substr(0, part.find("<|channel>"));
+    if (close == std::string_view::npos) break;
+    pos = close + 10;
+  }
+  return chat_trim(out);
+}
+
 }  // namespace detail
+
+// The families in detection order: the markers llama.cpp's llm_chat_detect_template looks
+// for, plus the variants inside a family that change the rendered bytes. The first family
+// whose markers are all present wins.
+inline std::span<const ChatTemplate::Family> ChatTemplate::families() {
+  using detail::chat_contains;
+  using detail::chat_contains_all;
+  using SV = std::string_view;
+  static constexpr Family table[] = {
+      {Kind::phi4, "phi4", [](SV s) { return chat_contains_all(s, {"<|im_start|>", "<|im_sep|>"}); }, nullptr,
+       &ChatTemplate::render_phi4},
+      {Kind::qwen35, "qwen3.5", [](SV s) { return chat_contains_all(s, {"<|im_start|>", "'<think>\\n'"}); }, nullptr,
+       &ChatTemplate::render_qwen35},
+      {Kind::smollm3, "smollm3",
+       [](SV s) { return chat_contains_all(s, {"<|im_start|>", "## Metadata", "Reasoning Mode: "}); },
+       [](ChatTemplate& t, SV s) { detail::smollm3_default_systems(s, t.default_system_, t.default_system_no_think_); },
+       &ChatTemplate::render_smollm3},
+      {Kind::lfm2, "lfm2", [](SV s) { return chat_contains_all(s, {"<|im_start|>", "keep_past_thinking"}); }, nullptr,
+       &ChatTemplate::render_lfm2},
+      {Kind::qwen3, "qwen3",
+       [](SV s) {
+         return chat_contains(s, "<|im_start|>") && (chat_contains(s, "<think>") || chat_contains(s, "enable_thinking") ||
+                                                     chat_contains(s, "reasoning_content"));
+       },
+       nullptr, &ChatTemplate::render_qwen3},
+      {Kind::chatml, "chatml", [](SV s) { return chat_contains(s, "<|im_start|>"); },
+       [](ChatTemplate& t, SV s) { t.default_system_ = detail::chatml_default_system(s); }, &ChatTemplate::render_chatml},
+      {Kind::mistral_v7, "mistral-v7", [](SV s) { return detail::chat_is_inst(s) && chat_contains(s, "[SYSTEM_PROMPT]"); },
+       nullptr, &ChatTemplate::render_mistral_v7},
+      {Kind::mistral_v1, "mistral-v1",
+       [](SV s) { return detail::chat_is_inst(s) && detail::chat_is_mistral_official(s) && chat_contains(s, " [INST]"); },
+       nullptr, &ChatTemplate::render_mistral_v1},
+      {Kind::mistral_v3_tekken, "mistral-v3-tekken",
+       [](SV s) { return detail::chat_is_inst(s) && detail::chat_is_mistral_official(s) && chat_contains(s, "\"[INST]\""); },
+       nullptr, &ChatTemplate::render_mistral_v3},
+      {Kind::mistral_v3, "mistral-v3", [](SV s) { return detail::chat_is_inst(s) && detail::chat_is_mistral_official(s); },
+       nullptr, &ChatTemplate::render_mistral_v3},
+      {Kind::llama2, "llama2", [](SV s) { return detail::chat_is_inst(s); },
+       [](ChatTemplate& t, SV s) {
+         t.llama2_sys_ = chat_contains(s, "<<SYS>>");
+         t.llama2_bos_in_history_ = chat_contains(s, "bos_token + '[INST]");
+         t.llama2_strip_ = chat_contains(s, "content.strip()");
+         if (t.llama2_strip_ || t.llama2_bos_in_history_) t.llama2_sys_ = true;
+         t.llama2_official_ = chat_contains(s, "bos_token + '[INST] ' + content.strip() + ' [/INST]'") &&
+                              chat_contains(s, "' '  + content.strip() + ' ' + eos_token");
+       },
+       &ChatTemplate::render_llama2},
+      {Kind::phi3, "phi3", [](SV s) { return chat_contains_all(s, {"<|assistant|>", "<|end|>"}); },
+       [](ChatTemplate& t, SV s) {
+         // Phi-3-mini/medium handle only 'user' and 'assistant'; Phi-3.5/small/vision write any role.
+         t.phi3_system_ = chat_contains(s, "system") || !chat_contains(s, "'user'");
+         t.phi3_eos_at_end_ = chat_contains(s, "eos_token");
+       },
+       &ChatTemplate::render_phi3},
+      {Kind::falcon3, "falcon3", [](SV s) { return chat_contains_all(s, {"<|assistant|>", "<|user|>", "</s>"}); },
+       nullptr, &ChatTemplate::render_falcon3},
+      // Zephyr / TinyLlama-chat: turns end with eos_token ("</s>"), or with <|endoftext|> in
+      // the StableLM variant.
+      {Kind::zephyr, "zephyr",
+       [](SV s) {
+         return chat_contains(s, "<|user|>") &&
+                (chat_contains(s, "<|endoftext|>") || chat_contains_all(s, {"<|assistant|>", "eos_token"}));
+       },
+       [](ChatTemplate& t, SV s) { t.zephyr_eos_ = !chat_contains(s, "<|endoftext|>"); }, &ChatTemplate::render_zephyr},
+      // Gemma 4 writes bos_token after its macro definitions, not first.
+      {Kind::gemma4, "gemma4", [](SV s) { return chat_contains_all(s, {"<|turn>", "<turn|>"}); },
+       [](ChatTemplate& t, SV) { t.template_bos_ = true; }, &ChatTemplate::render_gemma4},
+      {Kind::gemma, "gemma", [](SV s) { return chat_contains(s, "<start_of_turn>"); },
+       [](ChatTemplate& t, SV s) { t.gemma_system_ = chat_contains(s, "first_user_prefix"); }, &ChatTemplate::render_gemma},
+      {Kind::deepseek, "deepseek", [](SV s) { return chat_contains_all(s, {"### Instruction:", "<|EOT|>"}); }, nullptr,
+       &ChatTemplate::render_deepseek},
+      {Kind::command_r, "command-r",
+       [](SV s) { return chat_contains_all(s, {"<|START_OF_TURN_TOKEN|>", "<|USER_TOKEN|>"}); }, nullptr,
+       &ChatTemplate::render_command_r},
+      {Kind::llama3_1, "llama3.1",
+       [](SV s) { return chat_contains_all(s, {"<|start_header_id|>", "<|end_header_id|>", "Cutting Knowledge Date"}); },
+       nullptr, &ChatTemplate::render_llama3_1},
+      {Kind::llama3, "llama3", [](SV s) { return chat_contains_all(s, {"<|start_header_id|>", "<|end_header_id|>"}); },
+       nullptr, &ChatTemplate::render_llama3},
+      {Kind::deepseek2, "deepseek2",
+       [](SV s) { return chat_contains(s, "'Assistant: ' + message['content'] + eos_token"); }, nullptr,
+       &ChatTemplate::render_deepseek2},
+      {Kind::deepseek3, "deepseek3",
+       [](SV s) {
+         return chat_contains_all(s, {"<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>", "<\xef\xbd\x9c" "User\xef\xbd\x9c>"});
+       },
+       nullptr, &ChatTemplate::render_deepseek3},
+  };
+  return table;
+}
+
+inline const ChatTemplate::Family* ChatTemplate::family(Kind k) {
+  for (const Family& fam : families())
+    if (fam.kind == k) return &fam;
+  return nullptr;
+}
 
 inline const char* ChatTemplate::kind_name(Kind k) {
   switch (k) {
     case Kind::none: return "none (chatml fallback)";
     case Kind::unknown: return "unknown";
     case Kind::custom: return "custom";
-    case Kind::chatml: return "chatml";
-    case Kind::qwen3: return "qwen3";
-    case Kind::llama2: return "llama2";
-    case Kind::mistral_v1: return "mistral-v1";
-    case Kind::mistral_v3: return "mistral-v3";
-    case Kind::mistral_v3_tekken: return "mistral-v3-tekken";
-    case Kind::mistral_v7: return "mistral-v7";
-    case Kind::llama3: return "llama3";
-    case Kind::llama3_1: return "llama3.1";
-    case Kind::gemma: return "gemma";
-    case Kind::phi3: return "phi3";
-    case Kind::phi4: return "phi4";
-    case Kind::zephyr: return "zephyr";
-    case Kind::deepseek: return "deepseek";
-    case Kind::deepseek2: return "deepseek2";
-    case Kind::deepseek3: return "deepseek3";
-    case Kind::command_r: return "command-r";
-    case Kind::falcon3: return "falcon3";
+    default: break;
   }
-  return "?";
+  const Family* fam = family(k);
+  return fam ? fam->name : "?";
 }
 
 inline ChatTemplate ChatTemplate::from_kind(Kind kind, std::string bos_token, std::string eos_token, bool strip_bos,
@@ -12000,12 +12933,8 @@ inline ChatTemplate ChatTemplate::from_kind(Kind kind, std::string bos_token, st
   return t;
 }
 
-// Family detection: the markers llama.cpp's llm_chat_detect_template looks for, plus the
-// variants inside a family that change the rendered bytes.
 inline ChatTemplate ChatTemplate::from_string(std::string_view s, std::string bos_token, std::string eos_token,
                                               bool strip_bos, bool strip_eos) {
-  using detail::chat_contains;
-  auto has = [&](std::string_view x) { return chat_contains(s, x); };
   ChatTemplate t = from_kind(Kind::unknown, std::move(bos_token), std::move(eos_token), strip_bos, strip_eos);
   t.source_ = std::string(s);
   if (detail::chat_trim(s).empty()) {
@@ -12013,58 +12942,12 @@ inline ChatTemplate ChatTemplate::from_string(std::string_view s, std::string bo
     return t;
   }
   // A template starting by writing bos_token ("{{ bos_token }}", "{{- bos_token }}").
-  {
-    std::string_view head = s.substr(0, std::min<size_t>(s.size(), 24));
-    t.template_bos_ = chat_contains(head, "bos_token");
-  }
-  if (has("<|im_start|>")) {
-    if (has("<|im_sep|>")) {
-      t.kind_ = Kind::phi4;
-    } else if (has("<think>") || has("enable_thinking") || has("reasoning_content")) {
-      t.kind_ = Kind::qwen3;
-    } else {
-      t.kind_ = Kind::chatml;
-      t.default_system_ = detail::chatml_default_system(s);
-    }
-  } else if (s.rfind("mistral", 0) == 0 || has("[INST]")) {
-    if (has("[SYSTEM_PROMPT]")) {
-      t.kind_ = Kind::mistral_v7;
-    } else if (has("' [INST] ' + system_message") || has("[AVAILABLE_TOOLS]")) {
-      t.kind_ = has(" [INST]") ? Kind::mistral_v1 : has("\"[INST]\"") ? Kind::mistral_v3_tekken : Kind::mistral_v3;
-    } else {
-      t.kind_ = Kind::llama2;
-      t.llama2_sys_ = has("<<SYS>>");
-      t.llama2_bos_in_history_ = has("bos_token + '[INST]");
-      t.llama2_strip_ = has("content.strip()");
-      if (t.llama2_strip_ || t.llama2_bos_in_history_) t.llama2_sys_ = true;
-      t.llama2_official_ = has("bos_token + '[INST] ' + content.strip() + ' [/INST]'") &&
-                           has("' '  + content.strip() + ' ' + eos_token");
-    }
-  } else if (has("<|assistant|>") && has("<|end|>")) {
-    t.kind_ = Kind::phi3;
-    // Phi-3-mini/medium handle only 'user' and 'assistant'; Phi-3.5/small/vision write any role.
-    t.phi3_system_ = has("system") || !has("'user'");
-    t.phi3_eos_at_end_ = has("eos_token");
-  } else if (has("<|assistant|>") && has("<|user|>") && has("</s>")) {
-    t.kind_ = Kind::falcon3;
-  } else if (has("<|user|>") && (has("<|endoftext|>") || (has("<|assistant|>") && has("eos_token")))) {
-    // Zephyr / TinyLlama-chat: turns end with eos_token ("</s>"), or with <|endoftext|> in the
-    // StableLM variant.
-    t.kind_ = Kind::zephyr;
-    t.zephyr_eos_ = !has("<|endoftext|>");
-  } else if (has("<start_of_turn>")) {
-    t.kind_ = Kind::gemma;
-    t.gemma_system_ = has("first_user_prefix");
-  } else if (has("### Instruction:") && has("<|EOT|>")) {
-    t.kind_ = Kind::deepseek;
-  } else if (has("<|START_OF_TURN_TOKEN|>") && has("<|USER_TOKEN|>")) {
-    t.kind_ = Kind::command_r;
-  } else if (has("<|start_header_id|>") && has("<|end_header_id|>")) {
-    t.kind_ = has("Cutting Knowledge Date") ? Kind::llama3_1 : Kind::llama3;
-  } else if (has("'Assistant: ' + message['content'] + eos_token")) {
-    t.kind_ = Kind::deepseek2;
-  } else if (has("<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>") && has("<\xef\xbd\x9c" "User\xef\xbd\x9c>")) {
-    t.kind_ = Kind::deepseek3;
+  t.template_bos_ = detail::chat_contains(s.substr(0, std::min<size_t>(s.size(), 24)), "bos_token");
+  for (const Family& fam : families()) {
+    if (!fam.recognise(s)) continue;
+    t.kind_ = fam.kind;
+    if (fam.configure) fam.configure(t, s);
+    break;
   }
   return t;
 }
@@ -12107,310 +12990,455 @@ inline Expected<std::string> ChatTemplate::apply(std::span<const ChatMessage> me
 }
 
 inline Expected<std::string> ChatTemplate::render(std::span<const ChatMessage> msgs, bool gen) const {
-  using detail::chat_trim;
+  const Family* fam = family(kind_ == Kind::none ? Kind::chatml : kind_);
+  if (!fam) return make_error(Errc::unsupported, "chat template: nothing to render");
   std::string o;
   if (template_bos_) o += bos_;
-  switch (kind_) {
-    case Kind::none:
-    case Kind::chatml: {
-      if (!default_system_.empty() && (msgs.empty() || msgs[0].role != "system"))
-        o += "<|im_start|>system\n" + default_system_ + "<|im_end|>\n";
-      for (const auto& m : msgs) o += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
-      if (gen) o += "<|im_start|>assistant\n";
-      break;
-    }
-    case Kind::qwen3: {
-      size_t first = 0;
-      if (!msgs.empty() && msgs[0].role == "system") {
-        o += "<|im_start|>system\n" + msgs[0].content + "<|im_end|>\n";
-      }
-      // The last user turn that is not a wrapped tool response.
-      size_t last_query = msgs.empty() ? 0 : msgs.size() - 1;
-      for (size_t i = msgs.size(); i-- > 0;) {
-        const std::string& c = msgs[i].content;
-        const bool tool_wrapped = c.rfind("<tool_response>", 0) == 0 && c.size() >= 16 &&
-                                  c.compare(c.size() - 16, 16, "</tool_response>") == 0;
-        if (msgs[i].role == "user" && !tool_wrapped) {
-          last_query = i;
-          break;
-        }
-      }
-      for (size_t i = first; i < msgs.size(); ++i) {
-        const ChatMessage& m = msgs[i];
-        const bool is_last = i + 1 == msgs.size();
-        if (m.role == "user" || (m.role == "system" && i != 0)) {
-          o += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
-        } else if (m.role == "assistant") {
-          std::string content = m.content, reasoning;
-          const size_t close = content.rfind("</think>");
-          if (close != std::string::npos) {
-            std::string after = content.substr(close + 8);
-            after.erase(0, after.find_first_not_of('\n') == std::string::npos ? after.size() : after.find_first_not_of('\n'));
-            std::string before = content.substr(0, content.find("</think>"));
-            while (!before.empty() && before.back() == '\n') before.pop_back();
-            const size_t open = before.rfind("<think>");
-            if (open != std::string::npos) before = before.substr(open + 7);
-            before.erase(0, before.find_first_not_of('\n') == std::string::npos ? before.size() : before.find_first_not_of('\n'));
-            reasoning = before;
-            content = after;
-          }
-          if (i > last_query && (is_last || !reasoning.empty())) {
-            std::string r = reasoning;
-            while (!r.empty() && r.front() == '\n') r.erase(0, 1);
-            while (!r.empty() && r.back() == '\n') r.pop_back();
-            std::string c = content;
-            while (!c.empty() && c.front() == '\n') c.erase(0, 1);
-            o += "<|im_start|>assistant\n<think>\n" + r + "\n</think>\n\n" + c;
-          } else {
-            o += "<|im_start|>assistant\n" + content;
-          }
-          o += "<|im_end|>\n";
-        } else if (m.role == "tool") {
-          if (i == 0 || msgs[i - 1].role != "tool") o += "<|im_start|>user";
-          o += "\n<tool_response>\n" + m.content + "\n</tool_response>";
-          if (is_last || msgs[i + 1].role != "tool") o += "<|im_end|>\n";
-        }
-      }
-      if (gen) {
-        o += "<|im_start|>assistant\n";
-        if (!enable_thinking_) o += "<think>\n\n</think>\n\n";
-      }
-      break;
-    }
-    case Kind::phi4:
-      for (const auto& m : msgs) o += "<|im_start|>" + m.role + "<|im_sep|>" + m.content + "<|im_end|>";
-      if (gen) o += "<|im_start|>assistant<|im_sep|>";
-      break;
-    case Kind::llama2: {
-      if (llama2_official_) {
-        // Meta's Llama-2-chat template: the system block joins the first user message, every
-        // user turn starts with BOS, replies are " reply </s>".
-        size_t first = 0;
-        std::string system;
-        if (!msgs.empty() && msgs[0].role == "system") {
-          system = msgs[0].content;
-          first = 1;
-        }
-        for (size_t i = first; i < msgs.size(); ++i) {
-          const ChatMessage& m = msgs[i];
-          if ((m.role == "user") != ((i - first) % 2 == 0))
-            return make_error(Errc::invalid_argument, "llama2 chat template: roles must alternate user/assistant");
-          std::string content = m.content;
-          if (i == first && first == 1) content = "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content;
-          if (m.role == "user")
-            o += bos_ + "[INST] " + chat_trim(content) + " [/INST]";
-          else if (m.role == "assistant")
-            o += " " + chat_trim(content) + " " + eos_;
-        }
-        break;
-      }
-      bool inside = true;
-      o += "[INST] ";
-      for (const auto& m : msgs) {
-        const std::string content = llama2_strip_ ? chat_trim(m.content) : m.content;
-        if (!inside) {
-          inside = true;
-          o += llama2_bos_in_history_ ? "<s>[INST] " : "[INST] ";
-        }
-        if (m.role == "system") {
-          if (llama2_sys_)
-            o += "<<SYS>>\n" + content + "\n<</SYS>>\n\n";
-          else
-            o += content + "\n";
-        } else if (m.role == "user") {
-          o += content + " [/INST]";
-        } else {
-          o += content + "</s>";
-          inside = false;
-        }
-      }
-      break;
-    }
-    case Kind::mistral_v3:
-    case Kind::mistral_v3_tekken: {
-      // The official v3 templates put the system text into the last user turn.
-      const std::string sp = kind_ == Kind::mistral_v3 ? " " : "";
-      std::string system;
-      size_t last_user = msgs.size();
-      for (size_t i = 0; i < msgs.size(); ++i)
-        if (msgs[i].role == "user") last_user = i;
-      for (const auto& m : msgs)
-        if (m.role == "system") system = m.content;
-      for (size_t i = 0; i < msgs.size(); ++i) {
-        const ChatMessage& m = msgs[i];
-        if (m.role == "user") {
-          o += "[INST]" + sp + (i == last_user && !system.empty() ? system + "\n\n" : std::string()) + m.content + "[/INST]";
-        } else if (m.role == "assistant") {
-          o += sp + (kind_ == Kind::mistral_v3 ? chat_trim(m.content) : m.content) + "</s>";
-        }
-      }
-      break;
-    }
-    case Kind::mistral_v1: {
-      const std::string lead = kind_ == Kind::mistral_v1 ? " " : "";
-      const std::string trail = kind_ == Kind::mistral_v3_tekken ? "" : " ";
-      bool inside = false;
-      for (const auto& m : msgs) {
-        if (!inside) {
-          o += lead + "[INST]" + trail;
-          inside = true;
-        }
-        if (m.role == "system") {
-          o += m.content + "\n\n";
-        } else if (m.role == "user") {
-          o += m.content + lead + "[/INST]";
-        } else {
-          o += trail + (kind_ == Kind::mistral_v3 ? chat_trim(m.content) : m.content) + "</s>";
-          inside = false;
-        }
-      }
-      break;
-    }
-    case Kind::mistral_v7:
-      for (const auto& m : msgs) {
-        if (m.role == "system")
-          o += "[SYSTEM_PROMPT] " + m.content + "[/SYSTEM_PROMPT]";
-        else if (m.role == "user")
-          o += "[INST] " + m.content + "[/INST]";
-        else
-          o += " " + m.content + "</s>";
-      }
-      break;
-    case Kind::llama3:
-      for (const auto& m : msgs) o += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + chat_trim(m.content) + "<|eot_id|>";
-      if (gen) o += "<|start_header_id|>assistant<|end_header_id|>\n\n";
-      break;
-    case Kind::llama3_1: {
-      size_t first = 0;
-      std::string system;
-      if (!msgs.empty() && msgs[0].role == "system") {
-        system = chat_trim(msgs[0].content);
-        first = 1;
-      }
-      o += "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: " + date_ +
-           "\n\n" + system + "<|eot_id|>";
-      for (size_t i = first; i < msgs.size(); ++i)
-        o += "<|start_header_id|>" + msgs[i].role + "<|end_header_id|>\n\n" + chat_trim(msgs[i].content) + "<|eot_id|>";
-      if (gen) o += "<|start_header_id|>assistant<|end_header_id|>\n\n";
-      break;
-    }
-    case Kind::gemma: {
-      size_t first = 0;
-      std::string prefix;
-      if (!msgs.empty() && msgs[0].role == "system") {
-        // Gemma 3 writes the system text before the first turn's text; Gemma 2 has no system
-        // role and llama.cpp merges it into the first user turn.
-        prefix = gemma_system_ ? msgs[0].content + "\n\n" : msgs[0].content + "\n";
-        first = 1;
-      }
-      for (size_t i = first; i < msgs.size(); ++i) {
-        const ChatMessage& m = msgs[i];
-        if ((m.role == "user") != ((i - first) % 2 == 0))
-          return make_error(Errc::invalid_argument, "gemma chat template: roles must alternate user/assistant");
-        const std::string role = m.role == "assistant" ? "model" : m.role;
-        std::string text;
-        if (i == first && !prefix.empty())
-          text = gemma_system_ ? prefix + chat_trim(m.content) : chat_trim(prefix + m.content);
-        else
-          text = chat_trim(m.content);
-        o += "<start_of_turn>" + role + "\n" + text + "<end_of_turn>\n";
-      }
-      if (gen) o += "<start_of_turn>model\n";
-      break;
-    }
-    case Kind::phi3: {
-      if (phi3_system_) {
-        for (const auto& m : msgs) {
-          if (m.role == "system") {
-            if (!m.content.empty()) o += "<|system|>\n" + m.content + "<|end|>\n";
-          } else if (m.role == "user" || m.role == "assistant") {
-            o += "<|" + m.role + "|>\n" + m.content + "<|end|>\n";
-          }
-        }
-        if (gen)
-          o += "<|assistant|>\n";
-        else if (phi3_eos_at_end_)
-          o += eos_;
-      } else {
-        // Phi-3-mini: no system role (llama.cpp puts the system text before the first user
-        // message), and "<|assistant|>\n" follows every user turn.
-        std::string pending;
-        for (const auto& m : msgs) {
-          if (m.role == "system") {
-            pending = m.content;
-          } else if (m.role == "user") {
-            std::string c = pending.empty() ? m.content : pending + (m.content.empty() ? "" : "\n" + m.content);
-            pending.clear();
-            o += "<|user|>\n" + c + "<|end|>\n<|assistant|>\n";
-          } else if (m.role == "assistant") {
-            o += m.content + "<|end|>\n";
-          }
-        }
-      }
-      break;
-    }
-    case Kind::zephyr:
-      for (const auto& m : msgs)
-        o += "<|" + m.role + "|>\n" + m.content + (zephyr_eos_ ? eos_ : std::string("<|endoftext|>")) + "\n";
-      if (gen) o += "<|assistant|>\n";
-      break;
-    case Kind::falcon3:
-      for (const auto& m : msgs) o += "<|" + m.role + "|>\n" + m.content + "\n";
-      if (gen) o += "<|assistant|>\n";
-      break;
-    case Kind::deepseek:
-      for (const auto& m : msgs) {
-        if (m.role == "system")
-          o += m.content;
-        else if (m.role == "user")
-          o += "### Instruction:\n" + m.content + "\n";
-        else if (m.role == "assistant")
-          o += "### Response:\n" + m.content + "\n<|EOT|>\n";
-      }
-      if (gen) o += "### Response:\n";
-      break;
-    case Kind::deepseek2:
-      for (const auto& m : msgs) {
-        if (m.role == "system")
-          o += m.content + "\n\n";
-        else if (m.role == "user")
-          o += "User: " + m.content + "\n\n";
-        else if (m.role == "assistant")
-          o += "Assistant: " + m.content +
-               (eos_.empty() ? std::string("<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>") : eos_);
-      }
-      if (gen) o += "Assistant:";
-      break;
-    case Kind::deepseek3:
-      for (const auto& m : msgs) {
-        if (m.role == "system")
-          o += m.content + "\n\n";
-        else if (m.role == "user")
-          o += "<\xef\xbd\x9c" "User\xef\xbd\x9c>" + m.content;
-        else if (m.role == "assistant")
-          o += "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>" + m.content + "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
-      }
-      if (gen) o += "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>";
-      break;
-    case Kind::command_r:
-      for (const auto& m : msgs) {
-        if (m.role == "system")
-          o += "<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>" + m.content + "<|END_OF_TURN_TOKEN|>";
-        else if (m.role == "user")
-          o += "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>" + chat_trim(m.content) + "<|END_OF_TURN_TOKEN|>";
-        else if (m.role == "assistant")
-          o += "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>" + chat_trim(m.content) + "<|END_OF_TURN_TOKEN|>";
-      }
-      if (gen) o += "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>";
-      break;
-    case Kind::unknown:
-    case Kind::custom:
-      return make_error(Errc::unsupported, "chat template: nothing to render");
-  }
+  if (Status s = (this->*fam->render)(o, msgs, gen); !s) return s.error();
   return o;
 }
 
-}  // namespace v0
+// ---------------------------------------------------------------------------------------
+// One renderer per family. Each appends the conversation to `o`.
+// ---------------------------------------------------------------------------------------
+
+inline Status ChatTemplate::render_chatml(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  if (!default_system_.empty() && (msgs.empty() || msgs[0].role != "system"))
+    o += "<|im_start|>system\n" + default_system_ + "<|im_end|>\n";
+  for (const auto& m : msgs) o += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+  if (gen) o += "<|im_start|>assistant\n";
+  return {};
+}
+
+inline Status ChatTemplate::render_qwen3(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  if (!msgs.empty() && msgs[0].role == "system") o += "<|im_start|>system\n" + msgs[0].content + "<|im_end|>\n";
+  const size_t last_query = detail::qwen3_last_query(msgs);
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    const ChatMessage& m = msgs[i];
+    const bool is_last = i + 1 == msgs.size();
+    if (m.role == "user" || (m.role == "system" && i != 0)) {
+      o += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+    } else if (m.role == "assistant") {
+      std::string content, reasoning;
+      detail::qwen3_split_reasoning(m.content, content, reasoning);
+      // Reasoning is kept only in the turns after the last user query.
+      if (i > last_query && (is_last || !reasoning.empty())) {
+        std::string r = reasoning;
+        while (!r.empty() && r.front() == '\n') r.erase(0, 1);
+        while (!r.empty() && r.back() == '\n') r.pop_back();
+        std::string c = content;
+        while (!c.empty() && c.front() == '\n') c.erase(0, 1);
+        o += "<|im_start|>assistant\n<think>\n" + r + "\n</think>\n\n" + c;
+      } else {
+        o += "<|im_start|>assistant\n" + content;
+      }
+      o += "<|im_end|>\n";
+    } else if (m.role == "tool") {
+      // Consecutive tool results share one user turn.
+      if (i == 0 || msgs[i - 1].role != "tool") o += "<|im_start|>user";
+      o += "\n<tool_response>\n" + m.content + "\n</tool_response>";
+      if (is_last || msgs[i + 1].role != "tool") o += "<|im_end|>\n";
+    }
+  }
+  if (gen) {
+    o += "<|im_start|>assistant\n";
+    if (!enable_thinking_) o += "<think>\n\n</think>\n\n";
+  }
+  return {};
+}
+
+inline Status ChatTemplate::render_qwen35(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  using detail::chat_trim;
+  if (msgs.empty()) return make_error(Errc::invalid_argument, "qwen3.5 chat template: no messages");
+  const size_t last_query = detail::qwen35_last_query(msgs);
+  if (last_query == std::string::npos)
+    return make_error(Errc::invalid_argument, "qwen3.5 chat template: no user query in the messages");
+  if (msgs[0].role == "system") o += "<|im_start|>system\n" + chat_trim(msgs[0].content) + "<|im_end|>\n";
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    const ChatMessage& m = msgs[i];
+    const std::string text = chat_trim(m.content);
+    const bool is_last = i + 1 == msgs.size();
+    if (m.role == "system") {
+      if (i != 0) return make_error(Errc::invalid_argument, "qwen3.5 chat template: system message not first");
+    } else if (m.role == "user") {
+      o += "<|im_start|>user\n" + text + "<|im_end|>\n";
+    } else if (m.role == "assistant") {
+      std::string content, reasoning;
+      detail::qwen3_split_reasoning(text, content, reasoning);
+      // Every assistant turn after the last query shows its (possibly empty) reasoning.
+      if (i > last_query)
+        o += "<|im_start|>assistant\n<think>\n" + chat_trim(reasoning) + "\n</think>\n\n" + content;
+      else
+        o += "<|im_start|>assistant\n" + content;
+      o += "<|im_end|>\n";
+    } else if (m.role == "tool") {
+      // Consecutive tool results share one user turn; the template opens none for a
+      // conversation that starts with a tool result.
+      if (i > 0 && msgs[i - 1].role != "tool") o += "<|im_start|>user";
+      o += "\n<tool_response>\n" + text + "\n</tool_response>";
+      if (is_last || msgs[i + 1].role != "tool") o += "<|im_end|>\n";
+    } else {
+      return make_error(Errc::invalid_argument, "qwen3.5 chat template: unexpected role '" + m.role + "'");
+    }
+  }
+  if (gen) o += enable_thinking_ ? "<|im_start|>assistant\n<think>\n" : "<|im_start|>assistant\n<think>\n\n</think>\n\n";
+  return {};
+}
+
+// SmolLM3: a system turn of metadata and instructions always comes first; "/think" or
+// "/no_think" in the system message overrides enable_thinking and is taken out of it.
+inline Status ChatTemplate::render_smollm3(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  bool think = enable_thinking_;
+  std::string custom;
+  if (!msgs.empty() && msgs[0].role == "system") {
+    custom = msgs[0].content;
+    if (detail::chat_contains(custom, "/no_think"))
+      think = false;
+    else if (detail::chat_contains(custom, "/think"))
+      think = true;
+    for (std::string_view tag : {std::string_view("/no_think"), std::string_view("/think")})
+      for (size_t p = custom.find(tag); p != std::string::npos; p = custom.find(tag, p)) custom.erase(p, tag.size());
+    while (!custom.empty() && std::string_view(" \t\n\r\v\f").find(custom.back()) != std::string_view::npos)
+      custom.pop_back();
+  }
+  o += "<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: ";
+  o += think ? "/think\n\n" : "/no_think\n\n";
+  o += "## Custom Instructions\n\n";
+  if (!custom.empty())
+    o += custom + "\n\n";
+  else
+    o += think ? default_system_ : default_system_no_think_;
+  o += "<|im_end|>\n";
+  const std::string empty_think = think ? "" : "<think>\n\n</think>\n";
+  for (const auto& m : msgs) {
+    if (m.role == "user") {
+      o += "<|im_start|>user\n" + m.content + "<|im_end|>\n";
+    } else if (m.role == "assistant") {
+      const size_t b = m.content.find_first_not_of('\n');
+      o += "<|im_start|>assistant\n" + empty_think + (b == std::string::npos ? "" : m.content.substr(b)) + "<|im_end|>\n";
+    } else if (m.role == "tool") {
+      o += "<|im_start|>user\n" + m.content + "<|im_end|>\n";
+    }
+  }
+  if (gen) o += "<|im_start|>assistant\n" + empty_think;
+  return {};
+}
+
+// LFM2.5: reasoning is kept only in the last assistant turn.
+inline Status ChatTemplate::render_lfm2(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  size_t first = 0;
+  if (!msgs.empty() && msgs[0].role == "system") {
+    if (!msgs[0].content.empty()) o += "<|im_start|>system\n" + msgs[0].content + "<|im_end|>\n";
+    first = 1;
+  }
+  size_t last_assistant = std::string::npos;
+  for (size_t i = first; i < msgs.size(); ++i)
+    if (msgs[i].role == "assistant") last_assistant = i;
+  for (size_t i = first; i < msgs.size(); ++i) {
+    const ChatMessage& m = msgs[i];
+    std::string content = m.content;
+    if (m.role == "assistant" && i != last_assistant) {
+      const size_t close = content.rfind("</think>");
+      if (close != std::string::npos) content = detail::chat_trim(std::string_view(content).substr(close + 8));
+    }
+    o += "<|im_start|>" + m.role + "\n" + content + "<|im_end|>\n";
+  }
+  if (gen) o += "<|im_start|>assistant\n";
+  return {};
+}
+
+// Gemma 4: thinking is switched on by <|think|> at the top of the system turn (written
+// even without a system message); assistant turns lose their thought channels; tool
+// results are only shown through tool calls, which ChatMessage does not carry.
+inline Status ChatTemplate::render_gemma4(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  size_t first = 0;
+  const bool system = !msgs.empty() && (msgs[0].role == "system" || msgs[0].role == "developer");
+  if (enable_thinking_ || system) {
+    o += "<|turn>system\n";
+    if (enable_thinking_) o += "<|think|>\n";
+    if (system) o += detail::chat_trim(msgs[first++].content);
+    o += "<turn|>\n";
+  }
+  bool prev_assistant = false;  // the previous message that is not a tool result
+  for (size_t i = first; i < msgs.size(); ++i) {
+    const ChatMessage& m = msgs[i];
+    if (m.role == "tool") continue;
+    const bool model = m.role == "assistant";
+    // An assistant message right after another continues the same model turn.
+    if (!(model && prev_assistant))
+      o += "<|turn>" + (model ? std::string("model") : m.role) + "\n";
+    o += model ? detail::gemma4_strip_thinking(m.content) : detail::chat_trim(m.content);
+    o += "<turn|>\n";
+    prev_assistant = model;
+  }
+  if (gen) {
+    o += "<|turn>model\n";
+    if (!enable_thinking_) o += "<|channel>thought\n<channel|>";
+  }
+  return {};
+}
+
+inline Status ChatTemplate::render_phi4(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  for (const auto& m : msgs) o += "<|im_start|>" + m.role + "<|im_sep|>" + m.content + "<|im_end|>";
+  if (gen) o += "<|im_start|>assistant<|im_sep|>";
+  return {};
+}
+
+inline Status ChatTemplate::render_llama2(std::string& o, std::span<const ChatMessage> msgs, bool) const {
+  if (llama2_official_) return render_llama2_official(o, msgs);
+  using detail::chat_trim;
+  bool inside = true;
+  o += "[INST] ";
+  for (const auto& m : msgs) {
+    const std::string content = llama2_strip_ ? chat_trim(m.content) : m.content;
+    if (!inside) {
+      inside = true;
+      o += llama2_bos_in_history_ ? "<s>[INST] " : "[INST] ";
+    }
+    if (m.role == "system") {
+      if (llama2_sys_)
+        o += "<<SYS>>\n" + content + "\n<</SYS>>\n\n";
+      else
+        o += content + "\n";
+    } else if (m.role == "user") {
+      o += content + " [/INST]";
+    } else {
+      o += content + "</s>";
+      inside = false;
+    }
+  }
+  return {};
+}
+
+// Meta's Llama-2-chat template: the system block joins the first user message, every user
+// turn starts with BOS, replies are " reply </s>".
+inline Status ChatTemplate::render_llama2_official(std::string& o, std::span<const ChatMessage> msgs) const {
+  using detail::chat_trim;
+  size_t first = 0;
+  std::string system;
+  if (!msgs.empty() && msgs[0].role == "system") {
+    system = msgs[0].content;
+    first = 1;
+  }
+  for (size_t i = first; i < msgs.size(); ++i) {
+    const ChatMessage& m = msgs[i];
+    if ((m.role == "user") != ((i - first) % 2 == 0))
+      return make_error(Errc::invalid_argument, "llama2 chat template: roles must alternate user/assistant");
+    std::string content = m.content;
+    if (i == first && first == 1) content = "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content;
+    if (m.role == "user") {
+      o += bos_ + "[INST] " + chat_trim(content) + " [/INST]";
+    } else if (m.role == "assistant") {
+      o += ' ';
+      o += chat_trim(content);
+      o += ' ';
+      o += eos_;
+    }
+  }
+  return {};
+}
+
+inline Status ChatTemplate::render_mistral_v1(std::string& o, std::span<const ChatMessage> msgs, bool) const {
+  bool inside = false;
+  for (const auto& m : msgs) {
+    if (!inside) {
+      o += " [INST] ";
+      inside = true;
+    }
+    if (m.role == "system") {
+      o += m.content + "\n\n";
+    } else if (m.role == "user") {
+      o += m.content + " [/INST]";
+    } else {
+      o += " " + m.content + "</s>";
+      inside = false;
+    }
+  }
+  return {};
+}
+
+// Mistral v3 and v3-tekken (no spaces around [INST], replies untrimmed): the official
+// templates put the system text into the last user turn.
+inline Status ChatTemplate::render_mistral_v3(std::string& o, std::span<const ChatMessage> msgs, bool) const {
+  const bool v3 = kind_ == Kind::mistral_v3;
+  const std::string sp = v3 ? " " : "";
+  std::string system;
+  size_t last_user = msgs.size();
+  for (size_t i = 0; i < msgs.size(); ++i)
+    if (msgs[i].role == "user") last_user = i;
+  for (const auto& m : msgs)
+    if (m.role == "system") system = m.content;
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    const ChatMessage& m = msgs[i];
+    if (m.role == "user") {
+      o += "[INST]" + sp + (i == last_user && !system.empty() ? system + "\n\n" : std::string()) + m.content + "[/INST]";
+    } else if (m.role == "assistant") {
+      o += sp + (v3 ? detail::chat_trim(m.content) : m.content) + "</s>";
+    }
+  }
+  return {};
+}
+
+inline Status ChatTemplate::render_mistral_v7(std::string& o, std::span<const ChatMessage> msgs, bool) const {
+  for (const auto& m : msgs) {
+    if (m.role == "system")
+      o += "[SYSTEM_PROMPT] " + m.content + "[/SYSTEM_PROMPT]";
+    else if (m.role == "user")
+      o += "[INST] " + m.content + "[/INST]";
+    else
+      o += " " + m.content + "</s>";
+  }
+  return {};
+}
+
+inline Status ChatTemplate::render_llama3(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  for (const auto& m : msgs)
+    o += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + detail::chat_trim(m.content) + "<|eot_id|>";
+  if (gen) o += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  return {};
+}
+
+inline Status ChatTemplate::render_llama3_1(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  using detail::chat_trim;
+  size_t first = 0;
+  std::string system;
+  if (!msgs.empty() && msgs[0].role == "system") {
+    system = chat_trim(msgs[0].content);
+    first = 1;
+  }
+  o += "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: " + date_ +
+       "\n\n" + system + "<|eot_id|>";
+  for (size_t i = first; i < msgs.size(); ++i)
+    o += "<|start_header_id|>" + msgs[i].role + "<|end_header_id|>\n\n" + chat_trim(msgs[i].content) + "<|eot_id|>";
+  if (gen) o += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  return {};
+}
+
+inline Status ChatTemplate::render_gemma(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  using detail::chat_trim;
+  size_t first = 0;
+  std::string prefix;
+  if (!msgs.empty() && msgs[0].role == "system") {
+    // Gemma 3 writes the system text before the first turn's text; Gemma 2 has no system
+    // role and llama.cpp merges it into the first user turn.
+    prefix = gemma_system_ ? msgs[0].content + "\n\n" : msgs[0].content + "\n";
+    first = 1;
+  }
+  for (size_t i = first; i < msgs.size(); ++i) {
+    const ChatMessage& m = msgs[i];
+    if ((m.role == "user") != ((i - first) % 2 == 0))
+      return make_error(Errc::invalid_argument, "gemma chat template: roles must alternate user/assistant");
+    const std::string role = m.role == "assistant" ? "model" : m.role;
+    std::string text;
+    if (i == first && !prefix.empty())
+      text = gemma_system_ ? prefix + chat_trim(m.content) : chat_trim(prefix + m.content);
+    else
+      text = chat_trim(m.content);
+    o += "<start_of_turn>" + role + "\n" + text + "<end_of_turn>\n";
+  }
+  if (gen) o += "<start_of_turn>model\n";
+  return {};
+}
+
+inline Status ChatTemplate::render_phi3(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  if (phi3_system_) {
+    for (const auto& m : msgs) {
+      if (m.role == "system") {
+        if (!m.content.empty()) o += "<|system|>\n" + m.content + "<|end|>\n";
+      } else if (m.role == "user" || m.role == "assistant") {
+        o += "<|" + m.role + "|>\n" + m.content + "<|end|>\n";
+      }
+    }
+    if (gen)
+      o += "<|assistant|>\n";
+    else if (phi3_eos_at_end_)
+      o += eos_;
+    return {};
+  }
+  // Phi-3-mini: no system role (llama.cpp puts the system text before the first user
+  // message), and "<|assistant|>\n" follows every user turn.
+  std::string pending;
+  for (const auto& m : msgs) {
+    if (m.role == "system") {
+      pending = m.content;
+    } else if (m.role == "user") {
+      std::string c = pending.empty() ? m.content : pending + (m.content.empty() ? "" : "\n" + m.content);
+      pending.clear();
+      o += "<|user|>\n" + c + "<|end|>\n<|assistant|>\n";
+    } else if (m.role == "assistant") {
+      o += m.content + "<|end|>\n";
+    }
+  }
+  return {};
+}
+
+inline Status ChatTemplate::render_zephyr(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  for (const auto& m : msgs)
+    o += "<|" + m.role + "|>\n" + m.content + (zephyr_eos_ ? eos_ : std::string("<|endoftext|>")) + "\n";
+  if (gen) o += "<|assistant|>\n";
+  return {};
+}
+
+inline Status ChatTemplate::render_falcon3(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  for (const auto& m : msgs) o += "<|" + m.role + "|>\n" + m.content + "\n";
+  if (gen) o += "<|assistant|>\n";
+  return {};
+}
+
+inline Status ChatTemplate::render_deepseek(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  for (const auto& m : msgs) {
+    if (m.role == "system")
+      o += m.content;
+    else if (m.role == "user")
+      o += "### Instruction:\n" + m.content + "\n";
+    else if (m.role == "assistant")
+      o += "### Response:\n" + m.content + "\n<|EOT|>\n";
+  }
+  if (gen) o += "### Response:\n";
+  return {};
+}
+
+inline Status ChatTemplate::render_deepseek2(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  for (const auto& m : msgs) {
+    if (m.role == "system")
+      o += m.content + "\n\n";
+    else if (m.role == "user")
+      o += "User: " + m.content + "\n\n";
+    else if (m.role == "assistant")
+      o += "Assistant: " + m.content + (eos_.empty() ? std::string(detail::deepseek_eos) : eos_);
+  }
+  if (gen) o += "Assistant:";
+  return {};
+}
+
+inline Status ChatTemplate::render_deepseek3(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  for (const auto& m : msgs) {
+    if (m.role == "system")
+      o += m.content + "\n\n";
+    else if (m.role == "user")
+      o += "<\xef\xbd\x9c" "User\xef\xbd\x9c>" + m.content;
+    else if (m.role == "assistant")
+      o += "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>" + m.content + detail::deepseek_eos;
+  }
+  if (gen) o += "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>";
+  return {};
+}
+
+inline Status ChatTemplate::render_command_r(std::string& o, std::span<const ChatMessage> msgs, bool gen) const {
+  using detail::chat_trim;
+  for (const auto& m : msgs) {
+    if (m.role == "system")
+      o += "<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>" + m.content + "<|END_OF_TURN_TOKEN|>";
+    else if (m.role == "user")
+      o += "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>" + chat_trim(m.content) + "<|END_OF_TURN_TOKEN|>";
+    else if (m.role == "assistant")
+      o += "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>" + chat_trim(m.content) + "<|END_OF_TURN_TOKEN|>";
+  }
+  if (gen) o += "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>";
+  return {};
+}
+
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 // ---- end tinyslm/chat.hpp ----
 
@@ -12433,7 +13461,7 @@ inline Expected<std::string> ChatTemplate::render(std::span<const ChatMessage> m
 
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 // SplitMix64 to expand the seed, xoshiro256** to generate: small, fast and fully specified.
 class Rng {
@@ -12489,7 +13517,7 @@ struct SamplerParams {
   float frequency_penalty = 0.0f;
   float presence_penalty = 0.0f;
   uint64_t seed = 0;
-  std::vector<TokenLogit> logit_bias;  // added to the logit of each id (-INFINITY bans it)
+  std::vector<TokenLogit> logit_bias = {};  // added to the logit of each id (-INFINITY bans it)
 };
 
 // The working set of candidates: a view into the sampler's buffer. Stages shrink it.
@@ -12680,6 +13708,7 @@ class Sampler {
   }
 
   const SamplerParams& params() const { return params_; }
+  int32_t n_vocab() const { return n_vocab_; }
 
   // Picks the next token from logits[0, n_vocab).
   int32_t sample(std::span<const float> logits) {
@@ -12740,7 +13769,7 @@ class Sampler {
   SamplingScratch scratch_;
 };
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 // ---- end tinyslm/sampler.hpp ----
 
@@ -12750,7 +13779,7 @@ class Sampler {
 //   auto model = tinyslm::Model::open("SmolLM2-135M-Instruct-Q8_0.gguf");
 //   auto session = tinyslm::Session::create(*model, {.context = 2048, .threads = 2});
 //   auto prompt = session->chat_template().apply({{"user", "Hello!"}}, true);
-//   session->generate(*prompt, {.temperature = 0.7f, .top_p = 0.9f, .seed = 42, .max_tokens = 256},
+//   session->generate(*prompt, {.sampler = {.temperature = 0.7f, .top_p = 0.9f, .seed = 42}, .max_tokens = 256},
 //                     [](std::string_view piece) { std::fwrite(piece.data(), 1, piece.size(), stdout); return true; });
 //
 // A Session owns one sequence: the forward Context (KV cache, threads, scratch), the tokenizer
@@ -12761,6 +13790,12 @@ class Sampler {
 // in the KV cache and evaluates only the rest, so a multi-turn chat costs only its new tokens.
 // The prompt is evaluated in chunks of the batch size; the cancellation flag is checked before
 // every chunk and before every generated token.
+//
+// generate is built from a token-level API an app can drive itself: prefill(ids) makes ids the
+// cached sequence (reusing the cached prefix the same way), sample() picks the next token from
+// the last logits, append() evaluates one, step() does both. GenerateOptions::on_logits may
+// change the logits before sampling (a grammar's mask) and on_sample may replace or veto the
+// sampled token; both apply to generate and to sample / step alike.
 //
 // When the context is full the caller chooses (SessionParams::overflow):
 //   error          a prompt that does not fit fails with Errc::out_of_range; generation that
@@ -12782,10 +13817,12 @@ class Sampler {
 #include <atomic>
 #include <bit>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -12793,7 +13830,7 @@ class Sampler {
 
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 enum class OverflowPolicy : uint8_t { error, shift, drop_messages };
 
@@ -12808,39 +13845,30 @@ struct SessionParams {
 // Receives each piece of generated text (whole UTF-8 characters); return false to stop.
 using TokenCallback = std::function<bool(std::string_view piece)>;
 
+// Sees the logits of the next position before the sampler does and may change them in place
+// (a grammar's mask, a bias that depends on the text so far). They are the session's copy:
+// the cache and last_logits() keep the model's values.
+using LogitsHook = std::function<void(std::span<float> logits)>;
+
+// What a SampleHook returns to refuse the sampled token: it is banned at this position and the
+// sampler draws again.
+inline constexpr int32_t kVetoToken = -1;
+
+// Sees each sampled token with the logits it was drawn from and returns the token to use: `id`
+// to keep it, another id to use that one instead, or kVetoToken.
+using SampleHook = std::function<int32_t(int32_t id, std::span<const float> logits)>;
+
 struct GenerateOptions {
-  float temperature = 0.8f;   // <= 0: greedy (lowest id wins ties)
-  float top_p = 0.95f;
-  uint64_t seed = 0;
-  int32_t max_tokens = 256;   // < 0: until end of generation or a full context
-  int32_t top_k = 40;
-  float min_p = 0.05f;
-  float typical_p = 1.0f;
-  float repeat_penalty = 1.0f;
-  int32_t repeat_last_n = 64;
-  float frequency_penalty = 0.0f;
-  float presence_penalty = 0.0f;
-  std::vector<TokenLogit> logit_bias = {};
+  SamplerParams sampler = {};               // temperature <= 0: greedy (lowest id wins ties)
+  int32_t max_tokens = 256;                 // < 0: until end of generation or a full context
   std::vector<std::string> stop = {};       // stop strings: not emitted, not in the result text
   const std::atomic<bool>* cancel = nullptr;  // set to true (from any thread) to stop
   bool stop_at_eog = true;                  // stop at EOS / end-of-turn tokens
   bool render_special = false;              // write the text of control tokens
-
-  SamplerParams sampler_params() const {
-    SamplerParams p;
-    p.temperature = temperature;
-    p.top_k = top_k;
-    p.top_p = top_p;
-    p.min_p = min_p;
-    p.typical_p = typical_p;
-    p.repeat_penalty = repeat_penalty;
-    p.repeat_last_n = repeat_last_n;
-    p.frequency_penalty = frequency_penalty;
-    p.presence_penalty = presence_penalty;
-    p.seed = seed;
-    p.logit_bias = logit_bias;
-    return p;
-  }
+  bool flush_partial_char = true;           // at the end, an incomplete UTF-8 character left
+                                            // over becomes U+FFFD (false: it is dropped)
+  LogitsHook on_logits = {};
+  SampleHook on_sample = {};
 };
 
 enum class StopReason : uint8_t {
@@ -13035,12 +14063,73 @@ inline size_t stop_prefix_hold(std::string_view text, const std::vector<std::str
   return hold;
 }
 
+// Generated text on its way to the caller. Pieces go through the stop-string filter; whatever
+// could still become a stop string is held back until it no longer can.
+class StopFilter {
+ public:
+  StopFilter(const std::vector<std::string>& stops, const TokenCallback& on_piece)
+      : stops_(stops), on_piece_(on_piece) {}
+
+  // Adds a piece (final: the end of the text, nothing is held back). Returns why to stop
+  // (stop_string or callback), or nothing to go on.
+  std::optional<StopReason> push(std::string_view piece, bool final) {
+    all_ += piece;
+    size_t cut = std::string::npos;
+    for (const auto& s : stops_) {
+      const size_t from = emitted_ >= s.size() ? emitted_ - s.size() + 1 : 0;
+      const size_t p = all_.find(s, from);
+      if (p != std::string::npos && p < cut) cut = p;
+    }
+    std::optional<StopReason> stop;
+    size_t upto = all_.size();
+    if (cut != std::string::npos) {
+      upto = std::max(cut, emitted_);
+      all_.resize(upto);
+      stop = StopReason::stop_string;
+    } else if (!final) {
+      upto = all_.size() - stop_prefix_hold(std::string_view(all_).substr(emitted_), stops_);
+    }
+    if (upto > emitted_) {
+      const std::string_view out = std::string_view(all_).substr(emitted_, upto - emitted_);
+      emitted_ = upto;
+      if (on_piece_ && !on_piece_(out) && !stop) stop = StopReason::callback;
+    }
+    return stop;
+  }
+
+  std::string take_text() { return std::move(all_); }
+
+ private:
+  const std::vector<std::string>& stops_;
+  const TokenCallback& on_piece_;
+  std::string all_;
+  size_t emitted_ = 0;
+};
+
+using Clock = std::chrono::steady_clock;
+
+inline double ms_since(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+// Ids a session can evaluate: at least one, each inside the vocabulary.
+inline Status check_prompt_ids(std::span<const int32_t> ids, int64_t n_vocab, const char* what) {
+  if (ids.empty()) return make_error(Errc::invalid_argument, std::string(what) + ": empty prompt");
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= n_vocab)
+      return make_error(Errc::out_of_range, std::string(what) + ": token id " + std::to_string(ids[i]) +
+                                                " at index " + std::to_string(i) + " is outside the vocabulary (" +
+                                                std::to_string(n_vocab) + " tokens)");
+  return {};
+}
+
 }  // namespace detail
 
 class Session {
  public:
   // Builds the context (KV cache for params.context positions), the tokenizer and the chat
-  // template. Fails on a context larger than the model's training context.
+  // template. Fails on a context larger than the model's training context. A tokenizer that
+  // does not load is no failure (generate_ids still works): tokenizer_error() tells why.
   static Expected<Session> create(const Model& model, const SessionParams& params = {});
 
   Session(Session&&) = default;
@@ -13050,9 +14139,32 @@ class Session {
   // asks, special tokens such as <|im_end|> recognised).
   Expected<GenerateResult> generate(std::string_view prompt, const GenerateOptions& options = {},
                                     const TokenCallback& on_piece = {});
-  // The same from token ids (no tokenizer involved in the prompt).
+  // The same from token ids (no tokenizer involved in the prompt): prefill, then
+  // generate_from_cache.
   Expected<GenerateResult> generate_ids(std::span<const int32_t> prompt_ids, const GenerateOptions& options = {},
                                         const TokenCallback& on_piece = {});
+  // Generates from the sequence in the cache as it stands (after prefill(), generate or
+  // step), sampling first from last_logits(); no prompt is evaluated. The sampler starts from
+  // options.sampler and has seen the cached tokens.
+  Expected<GenerateResult> generate_from_cache(const GenerateOptions& options = {},
+                                               const TokenCallback& on_piece = {});
+
+  // Token level. prefill makes `ids` the sequence in the cache the way generate does: the
+  // longest prefix already cached is kept and the rest evaluated in chunks of the batch size
+  // (at least the last token again, for its logits); a prompt longer than the context follows
+  // the overflow policy. Fails with Errc::cancelled when `cancel` is set between chunks (the
+  // cache then holds the chunks evaluated so far).
+  Status prefill(std::span<const int32_t> ids, const std::atomic<bool>* cancel = nullptr);
+  // A sampler for this model's vocabulary that has seen the cached tokens (for the penalties).
+  Expected<Sampler> make_sampler(const SamplerParams& params = {}) const;
+  // Picks the next token from last_logits() through the options' hooks and records it in the
+  // sampler; evaluates nothing. Fails when there are no logits (before any prefill).
+  Expected<int32_t> sample(Sampler& sampler, const GenerateOptions& options = {});
+  // Evaluates one token on top of the cache. A full context is shifted (policy shift) or fails
+  // with Errc::out_of_range.
+  Status append(int32_t id);
+  // sample, then append: the token chosen and evaluated.
+  Expected<int32_t> step(Sampler& sampler, const GenerateOptions& options = {});
 
   // The tokens generate() would evaluate for this text.
   Expected<std::vector<int32_t>> tokenize(std::string_view text) const {
@@ -13077,9 +14189,14 @@ class Session {
     return logits_valid_ ? ctx_.last_logits() : std::span<const float>();
   }
 
-  const Model& model() const { return *model_; }
+  // The model, through the context, which holds a share of it: a session stays valid when the
+  // Model object it was created from is moved or destroyed.
+  const Model& model() const { return ctx_.model(); }
   const SessionParams& params() const { return params_; }
+  const Context& context() const { return ctx_; }
   bool has_tokenizer() const { return has_tokenizer_; }
+  // Why the model's tokenizer did not load; nullptr when it did.
+  const Error* tokenizer_error() const { return tok_error_.code() == Errc::ok ? nullptr : &tok_error_; }
   const Tokenizer& tokenizer() const { return tok_; }
   const ChatTemplate& chat_template() const { return tmpl_; }
   ChatTemplate& chat_template() { return tmpl_; }
@@ -13091,21 +14208,37 @@ class Session {
   Status load_state_file(const std::string& path);
 
  private:
-  Session(const Model& model, Context ctx) : model_(&model), ctx_(std::move(ctx)) {}
-  static Error no_tokenizer() {
+  explicit Session(Context ctx) : ctx_(std::move(ctx)) {}
+  Error no_tokenizer() const {
+    if (tok_error_.code() != Errc::ok) return Error(tok_error_).context("session: the model's tokenizer did not load");
     return make_error(Errc::unsupported, "session: the model has no usable tokenizer (use generate_ids)");
   }
-  // Evaluates tokens[from..] on top of the cache in chunks of the batch size; false when cancelled.
+  int32_t n_vocab() const { return static_cast<int32_t>(model().hparams().n_vocab); }
+  Status check_options(const GenerateOptions& options) const;
+  // prefill with the counts and times of the prompt; false when cancelled.
+  Expected<bool> prefill_counted(std::span<const int32_t> ids, const std::atomic<bool>* cancel, GenerateStats& st);
+  // Evaluates toks on top of the cache in chunks of the batch size; false when cancelled.
   Expected<bool> eval_chunks(std::span<const int32_t> toks, const std::atomic<bool>* cancel, int64_t* evaluated);
+  // Room for one more token: nothing when there is (after a shift, if the policy allows it),
+  // else why not (context_full, or cancelled while the kept tokens were evaluated again).
+  Expected<std::optional<StopReason>> make_room(const std::atomic<bool>* cancel, GenerateStats& st);
+  Status eval_token(int32_t id);
+  // A sample hook's answer for `id`: the token to use, drawing again after each veto.
+  Expected<int32_t> apply_sample_hook(Sampler& sampler, const SampleHook& hook, int32_t id,
+                                      std::span<const float> logits);
+  // The token loop of generate: samples, streams the text, evaluates, until a stop.
+  Status decode(Sampler& sampler, const GenerateOptions& options, const TokenCallback& on_piece,
+                GenerateResult& res, detail::Clock::time_point t_start);
 
-  const Model* model_ = nullptr;
   SessionParams params_;
   Context ctx_;
   Tokenizer tok_;
   bool has_tokenizer_ = false;
+  Error tok_error_;  // Errc::ok: the tokenizer loaded
   ChatTemplate tmpl_;
   std::vector<int32_t> tokens_;
   bool logits_valid_ = false;
+  std::vector<float> hooked_logits_;  // the copy a logits hook or a veto changes
   uint64_t fingerprint_ = 0;
 };
 
@@ -13127,13 +14260,15 @@ inline Expected<Session> Session::create(const Model& model, const SessionParams
     return make_error(Errc::invalid_argument, "session: keep must be in [0, context)");
   auto ctx = Context::create(model, ContextParams{n_ctx, params.threads, params.batch, false});
   if (!ctx) return ctx.error();
-  Session s(model, std::move(*ctx));
+  Session s(std::move(*ctx));
   s.params_ = params;
   s.params_.context = n_ctx;
   if (auto tok = Tokenizer::from_gguf(model.gguf())) {
     s.tok_ = std::move(*tok);
     s.has_tokenizer_ = s.tok_.n_vocab() > 0;
     s.tmpl_ = ChatTemplate::from_gguf(model.gguf(), s.tok_);
+  } else {
+    s.tok_error_ = tok.error();
   }
   s.fingerprint_ = detail::model_fingerprint(model);
   return s;
@@ -13146,47 +14281,60 @@ inline Expected<GenerateResult> Session::generate(std::string_view prompt, const
   return generate_ids(*ids, options, on_piece);
 }
 
-inline Expected<bool> Session::eval_chunks(std::span<const int32_t> toks, const std::atomic<bool>* cancel,
-                                           int64_t* evaluated) {
-  const size_t B = static_cast<size_t>(ctx_.params().n_batch);
-  for (size_t at = 0; at < toks.size(); at += B) {
-    if (detail::is_cancelled(cancel)) return false;
-    const auto chunk = toks.subspan(at, std::min(B, toks.size() - at));
-    auto lg = ctx_.eval(chunk);
-    if (!lg) return lg.error();
-    tokens_.insert(tokens_.end(), chunk.begin(), chunk.end());
-    logits_valid_ = true;
-    *evaluated += static_cast<int64_t>(chunk.size());
-  }
-  return true;
+inline Status Session::check_options(const GenerateOptions& options) const {
+  for (const auto& s : options.stop)
+    if (s.empty()) return make_error(Errc::invalid_argument, "generate: empty stop string");
+  return {};
 }
 
 inline Expected<GenerateResult> Session::generate_ids(std::span<const int32_t> prompt_ids,
                                                       const GenerateOptions& options, const TokenCallback& on_piece) {
-  using clock = std::chrono::steady_clock;
-  const auto ms_since = [](clock::time_point t) {
-    return std::chrono::duration<double, std::milli>(clock::now() - t).count();
-  };
-  const auto t_start = clock::now();
-  const int64_t n_ctx = ctx_.n_ctx();
-  const int32_t n_vocab = static_cast<int32_t>(model_->hparams().n_vocab);
-  if (prompt_ids.empty()) return make_error(Errc::invalid_argument, "generate: empty prompt");
-  for (size_t i = 0; i < prompt_ids.size(); ++i)
-    if (prompt_ids[i] < 0 || prompt_ids[i] >= n_vocab)
-      return make_error(Errc::out_of_range, "generate: token id " + std::to_string(prompt_ids[i]) + " at index " +
-                                                std::to_string(i) + " is outside the vocabulary (" +
-                                                std::to_string(n_vocab) + " tokens)");
-  for (const auto& s : options.stop)
-    if (s.empty()) return make_error(Errc::invalid_argument, "generate: empty stop string");
-  auto sampler = Sampler::create(n_vocab, options.sampler_params());
+  const auto t_start = detail::Clock::now();
+  if (auto st = detail::check_prompt_ids(prompt_ids, n_vocab(), "generate"); !st) return st.error();
+  if (auto st = check_options(options); !st) return st.error();
+  // Created before the cache is touched, so that bad sampler settings leave it as it was.
+  auto sampler = Sampler::create(n_vocab(), options.sampler);
   if (!sampler) return sampler.error();
-
   GenerateResult res;
-  GenerateStats& st = res.stats;
-  st.prompt_tokens = static_cast<int64_t>(prompt_ids.size());
+  auto done = prefill_counted(prompt_ids, options.cancel, res.stats);
+  if (!done) return done.error();
+  if (!*done) {
+    res.stop = StopReason::cancelled;
+    return res;
+  }
+  for (int32_t id : tokens_) sampler->accept(id);
+  if (auto st = decode(*sampler, options, on_piece, res, t_start); !st) return st.error();
+  return res;
+}
 
+inline Expected<GenerateResult> Session::generate_from_cache(const GenerateOptions& options,
+                                                             const TokenCallback& on_piece) {
+  const auto t_start = detail::Clock::now();
+  if (!logits_valid_)
+    return make_error(Errc::invalid_argument, "generate: no logits to continue from (prefill first)");
+  if (auto st = check_options(options); !st) return st.error();
+  auto sampler = make_sampler(options.sampler);
+  if (!sampler) return sampler.error();
+  GenerateResult res;
+  if (auto st = decode(*sampler, options, on_piece, res, t_start); !st) return st.error();
+  return res;
+}
+
+inline Status Session::prefill(std::span<const int32_t> ids, const std::atomic<bool>* cancel) {
+  if (auto st = detail::check_prompt_ids(ids, n_vocab(), "prefill"); !st) return st;
+  GenerateStats st;
+  auto done = prefill_counted(ids, cancel, st);
+  if (!done) return done.error();
+  if (!*done) return make_error(Errc::cancelled, "prefill: cancelled");
+  return {};
+}
+
+inline Expected<bool> Session::prefill_counted(std::span<const int32_t> ids, const std::atomic<bool>* cancel,
+                                               GenerateStats& st) {
+  const int64_t n_ctx = ctx_.n_ctx();
+  st.prompt_tokens = static_cast<int64_t>(ids.size());
   // A prompt longer than the context: an error, or (shift) its start and its most recent half.
-  std::vector<int32_t> prompt(prompt_ids.begin(), prompt_ids.end());
+  std::vector<int32_t> prompt(ids.begin(), ids.end());
   const int64_t keep = std::min<int64_t>(params_.keep, n_ctx - 1);
   if (static_cast<int64_t>(prompt.size()) > n_ctx) {
     if (params_.overflow != OverflowPolicy::shift)
@@ -13207,129 +14355,176 @@ inline Expected<GenerateResult> Session::generate_ids(std::span<const int32_t> p
   logits_valid_ = false;
   st.prompt_reused = static_cast<int64_t>(common);
 
-  const auto t_prompt = clock::now();
-  auto done = eval_chunks(std::span<const int32_t>(prompt).subspan(common), options.cancel, &st.prompt_evaluated);
+  const auto t_prompt = detail::Clock::now();
+  auto done = eval_chunks(std::span<const int32_t>(prompt).subspan(common), cancel, &st.prompt_evaluated);
   if (!done) return done.error();
-  st.prompt_ms = ms_since(t_prompt);
+  st.prompt_ms = detail::ms_since(t_prompt);
   if (st.prompt_ms > 0) st.prompt_tokens_per_s = 1000.0 * static_cast<double>(st.prompt_evaluated) / st.prompt_ms;
-  if (!*done) {
-    res.stop = StopReason::cancelled;
-    return res;
+  return *done;
+}
+
+inline Expected<bool> Session::eval_chunks(std::span<const int32_t> toks, const std::atomic<bool>* cancel,
+                                           int64_t* evaluated) {
+  const size_t B = static_cast<size_t>(ctx_.params().n_batch);
+  for (size_t at = 0; at < toks.size(); at += B) {
+    if (detail::is_cancelled(cancel)) return false;
+    const auto chunk = toks.subspan(at, std::min(B, toks.size() - at));
+    auto lg = ctx_.eval(chunk);
+    if (!lg) return lg.error();
+    tokens_.insert(tokens_.end(), chunk.begin(), chunk.end());
+    logits_valid_ = true;
+    *evaluated += static_cast<int64_t>(chunk.size());
   }
+  return true;
+}
 
-  for (int32_t id : prompt) sampler->accept(id);
-  std::vector<float> logits(ctx_.last_logits().begin(), ctx_.last_logits().end());
+inline Expected<Sampler> Session::make_sampler(const SamplerParams& params) const {
+  auto sampler = Sampler::create(n_vocab(), params);
+  if (!sampler) return sampler.error();
+  for (int32_t id : tokens_) sampler->accept(id);
+  return sampler;
+}
 
-  // Text: pieces go through the stop-string filter; whatever could still become a stop string
-  // is held back until it no longer can.
-  std::string all;
-  size_t emitted = 0;
-  bool stopped = false;
+inline Expected<int32_t> Session::sample(Sampler& sampler, const GenerateOptions& options) {
+  if (!logits_valid_) return make_error(Errc::invalid_argument, "sample: no logits to sample from (prefill first)");
+  if (sampler.n_vocab() != n_vocab())
+    return make_error(Errc::invalid_argument, "sample: the sampler is for a vocabulary of " +
+                                                  std::to_string(sampler.n_vocab()) + " tokens, the model has " +
+                                                  std::to_string(n_vocab()));
+  std::span<const float> logits = ctx_.last_logits();
+  if (options.on_logits) {
+    hooked_logits_.assign(logits.begin(), logits.end());
+    options.on_logits(hooked_logits_);
+    logits = hooked_logits_;
+  }
+  int32_t id = sampler.sample(logits);
+  if (options.on_sample) {
+    auto chosen = apply_sample_hook(sampler, options.on_sample, id, logits);
+    if (!chosen) return chosen.error();
+    id = *chosen;
+  }
+  sampler.accept(id);
+  return id;
+}
+
+inline Expected<int32_t> Session::apply_sample_hook(Sampler& sampler, const SampleHook& hook, int32_t id,
+                                                    std::span<const float> logits) {
+  for (int32_t vetoes = 0;; ++vetoes) {
+    const int32_t pick = hook(id, logits);
+    if (pick == id) return id;
+    if (pick != kVetoToken) {
+      if (pick < 0 || pick >= n_vocab())
+        return make_error(Errc::out_of_range, "sample: the sample hook chose token " + std::to_string(pick) +
+                                                  ", outside the vocabulary");
+      return pick;
+    }
+    if (vetoes + 1 >= n_vocab())
+      return make_error(Errc::invalid_argument, "sample: the sample hook vetoed every token");
+    if (logits.data() != hooked_logits_.data()) hooked_logits_.assign(logits.begin(), logits.end());
+    hooked_logits_[static_cast<size_t>(id)] = -INFINITY;
+    logits = hooked_logits_;
+    id = sampler.sample(logits);
+  }
+}
+
+inline Expected<std::optional<StopReason>> Session::make_room(const std::atomic<bool>* cancel, GenerateStats& st) {
+  const int64_t n_ctx = ctx_.n_ctx();
+  if (ctx_.n_past() < n_ctx) return std::optional<StopReason>();
+  const int64_t keep = std::min<int64_t>(params_.keep, n_ctx - 1);
+  if (params_.overflow != OverflowPolicy::shift || keep >= n_ctx - 1) return std::optional(StopReason::context_full);
+  const int64_t n_discard = std::max<int64_t>(1, (n_ctx - keep) / 2);
+  const std::vector<int32_t> rest(tokens_.begin() + keep + n_discard, tokens_.end());
+  if (auto t = ctx_.truncate(keep); !t) return t.error();
+  tokens_.resize(static_cast<size_t>(keep));
+  logits_valid_ = false;
+  ++st.shifts;
+  auto ok = eval_chunks(rest, cancel, &st.prompt_evaluated);
+  if (!ok) return ok.error();
+  if (!*ok) return std::optional(StopReason::cancelled);
+  return std::optional<StopReason>();
+}
+
+inline Status Session::eval_token(int32_t id) {
+  auto lg = ctx_.eval(std::span<const int32_t>(&id, 1));
+  if (!lg) return lg.error();
+  tokens_.push_back(id);
+  logits_valid_ = true;
+  return {};
+}
+
+inline Status Session::append(int32_t id) {
+  if (auto st = detail::check_prompt_ids(std::span<const int32_t>(&id, 1), n_vocab(), "append"); !st) return st;
+  GenerateStats st;
+  auto room = make_room(nullptr, st);
+  if (!room) return room.error();
+  if (*room)
+    return make_error(Errc::out_of_range, "append: the context is full (" + std::to_string(ctx_.n_ctx()) +
+                                              " positions) and the overflow policy does not shift");
+  return eval_token(id);
+}
+
+inline Expected<int32_t> Session::step(Sampler& sampler, const GenerateOptions& options) {
+  auto id = sample(sampler, options);
+  if (!id) return id.error();
+  if (auto st = append(*id); !st) return st.error();
+  return *id;
+}
+
+inline Status Session::decode(Sampler& sampler, const GenerateOptions& options, const TokenCallback& on_piece,
+                              GenerateResult& res, detail::Clock::time_point t_start) {
+  GenerateStats& st = res.stats;
+  detail::StopFilter text(options.stop, on_piece);
   StreamDecoder decoder(tok_, options.render_special);
-  auto push_text = [&](std::string_view piece, bool final) {
-    all += piece;
-    size_t cut = std::string::npos;
-    for (const auto& s : options.stop) {
-      const size_t from = emitted >= s.size() ? emitted - s.size() + 1 : 0;
-      const size_t p = all.find(s, from);
-      if (p != std::string::npos && p < cut) cut = p;
-    }
-    size_t upto = all.size();
-    if (cut != std::string::npos) {
-      upto = std::max(cut, emitted);
-      all.resize(upto);
-      res.stop = StopReason::stop_string;
-      stopped = true;
-    } else if (!final) {
-      upto = all.size() - detail::stop_prefix_hold(std::string_view(all).substr(emitted), options.stop);
-    }
-    if (upto > emitted) {
-      const std::string_view out = std::string_view(all).substr(emitted, upto - emitted);
-      emitted = upto;
-      if (on_piece && !on_piece(out) && !stopped) {
-        res.stop = StopReason::callback;
-        stopped = true;
-      }
-    }
-  };
-
-  clock::time_point t_first{};
+  const auto at_max = [&] { return options.max_tokens >= 0 && st.generated >= options.max_tokens; };
+  detail::Clock::time_point t_first{};
   double decode_ms = 0;
   int64_t decoded = 0;
-  while (!stopped) {
-    if (options.max_tokens >= 0 && st.generated >= options.max_tokens) {
-      res.stop = StopReason::max_tokens;
-      break;
-    }
-    if (detail::is_cancelled(options.cancel)) {
-      res.stop = StopReason::cancelled;
-      break;
-    }
-    const int32_t id = sampler->sample(logits);
-    sampler->accept(id);
-    res.ids.push_back(id);
+  std::optional<StopReason> stop;
+  for (;;) {
+    if (at_max()) stop = StopReason::max_tokens;
+    else if (detail::is_cancelled(options.cancel)) stop = StopReason::cancelled;
+    if (stop) break;
+    auto id = sample(sampler, options);
+    if (!id) return id.error();
+    res.ids.push_back(*id);
     if (++st.generated == 1) {
-      t_first = clock::now();
+      t_first = detail::Clock::now();
       st.time_to_first_token_ms = std::chrono::duration<double, std::milli>(t_first - t_start).count();
     }
-    const bool eog = has_tokenizer_ && tok_.is_eog(id);
-    if (eog && options.stop_at_eog) {
-      res.stop = StopReason::eog;
+    if (has_tokenizer_ && options.stop_at_eog && tok_.is_eog(*id)) {
+      stop = StopReason::eog;
       break;
     }
     if (has_tokenizer_) {
-      auto piece = decoder.push(id);
+      auto piece = decoder.push(*id);
       if (!piece) return piece.error();
-      push_text(*piece, false);
-      if (stopped) break;
+      if ((stop = text.push(*piece, false))) break;
     }
-    if (options.max_tokens >= 0 && st.generated >= options.max_tokens) {
-      res.stop = StopReason::max_tokens;
+    if (at_max()) {
+      stop = StopReason::max_tokens;
       break;
     }
-    // Evaluate the token, making room first when the context is full.
-    if (ctx_.n_past() >= n_ctx) {
-      if (params_.overflow != OverflowPolicy::shift || keep >= n_ctx - 1) {
-        res.stop = StopReason::context_full;
-        break;
-      }
-      const int64_t n_discard = std::max<int64_t>(1, (n_ctx - keep) / 2);
-      const std::vector<int32_t> rest(tokens_.begin() + keep + n_discard, tokens_.end());
-      if (auto t = ctx_.truncate(keep); !t) return t.error();
-      tokens_.resize(static_cast<size_t>(keep));
-      logits_valid_ = false;
-      ++st.shifts;
-      const auto t_shift = clock::now();
-      auto ok = eval_chunks(rest, options.cancel, &st.prompt_evaluated);
-      if (!ok) return ok.error();
-      decode_ms -= ms_since(t_shift);  // re-evaluation is prefill work, not decoding
-      if (!*ok) {
-        res.stop = StopReason::cancelled;
-        break;
-      }
-    }
-    const auto t_eval = clock::now();
-    auto lg = ctx_.eval(std::span<const int32_t>(&id, 1));
-    if (!lg) return lg.error();
-    tokens_.push_back(id);
-    logits_valid_ = true;
-    logits.assign(lg->begin(), lg->end());
-    decode_ms += ms_since(t_eval);
+    auto room = make_room(options.cancel, st);  // re-evaluation after a shift is prefill work, not decoding
+    if (!room) return room.error();
+    if ((stop = *room)) break;
+    const auto t_eval = detail::Clock::now();
+    if (auto e = eval_token(*id); !e) return e.error();
+    decode_ms += detail::ms_since(t_eval);
     ++decoded;
   }
+  res.stop = *stop;
   if (has_tokenizer_ && res.stop != StopReason::stop_string && res.stop != StopReason::callback) {
-    const std::string rest = decoder.flush();
-    stopped = false;
-    push_text(rest, true);
+    const std::string rest = options.flush_partial_char ? decoder.flush() : std::string();
+    if (auto last = text.push(rest, true)) res.stop = *last;
   }
-  res.text = std::move(all);
-  if (st.generated > 0) st.generation_ms = ms_since(t_first);
+  res.text = text.take_text();
+  if (st.generated > 0) st.generation_ms = detail::ms_since(t_first);
   if (decode_ms > 0) st.generation_tokens_per_s = 1000.0 * static_cast<double>(decoded) / decode_ms;
-  return res;
+  return {};
 }
 
 inline std::vector<uint8_t> Session::save_state() const {
-  const HParams& hp = model_->hparams();
+  const HParams& hp = model().hparams();
   const KvCache& kv = ctx_.kv();
   const uint64_t n = tokens_.size();
   std::vector<uint8_t> out;
@@ -13361,7 +14556,7 @@ inline std::vector<uint8_t> Session::save_state() const {
 }
 
 inline Status Session::load_state(std::span<const uint8_t> bytes) {
-  const HParams& hp = model_->hparams();
+  const HParams& hp = model().hparams();
   auto bad = [](const std::string& m) { return make_error(Errc::invalid_format, "session state: " + m); };
   detail::ByteReader r{bytes.data(), bytes.size()};
   if (!r.has(detail::kStateHeaderBytes + 8)) return bad("too short (" + std::to_string(bytes.size()) + " bytes)");
@@ -13431,52 +14626,35 @@ inline Status Session::load_state_file(const std::string& path) {
   return load_state(std::span<const uint8_t>(src->data(), src->size()));
 }
 
-// Bytes a session on this model will need, from the file's metadata alone (no weights read).
+// Bytes a session on this model will need, from the file's metadata alone (no weights read):
+// the forward layer's ContextPlan, the one Context::create allocates from.
 inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t context, int threads = 1,
                                                 int64_t batch = 512) {
   auto hpx = read_hparams(f);
   if (!hpx) return hpx.error();
-  const HParams& hp = *hpx;
+  HParams& hp = *hpx;
+  if (hp.n_expert > 0) {
+    auto cfg = read_moe_config(f);
+    if (!cfg) return cfg.error();
+    hp.moe = *cfg;
+  }
   const int64_t n_ctx = context <= 0 ? hp.n_ctx_train : context;
   if (n_ctx <= 0 || threads <= 0 || batch <= 0)
     return make_error(Errc::invalid_argument, "memory_estimate: context, threads and batch must be positive");
   int64_t n_vocab = 0;
   if (const GgufTensorInfo* te = f.find_tensor("token_embd.weight"); te && te->n_dims == 2)
     n_vocab = static_cast<int64_t>(te->ne[1]);
+  auto plan = ContextPlan::make(hp, n_vocab, ContextParams{n_ctx, threads, batch, false});
+  if (!plan) return plan.error();
   MemoryEstimate m;
   uint64_t small = 0;
   for (const auto& t : f.tensors()) {
     m.weights += t.n_bytes;
     if (t.n_dims == 1) small += t.n_elements * 4;  // norms and biases are kept as floats
   }
-  const auto u = [](int64_t v) { return static_cast<uint64_t>(v); };
-  m.kv_cache = u(hp.n_layer) * u(n_ctx) * u(hp.n_head_kv) * u(hp.head_dim_k + hp.head_dim_v) * 2;
-  // Mirrors Context::create: per-token activation rows, RoPE tables, attention scratch (keys and
-  // values of one layer as floats plus a score row per thread) and matmul scratch (int8 rows,
-  // their scales and a float copy: about 6 bytes per value).
-  const int64_t B = std::min(batch, n_ctx);
-  const int64_t E = hp.n_embd, QKV = hp.q_dim() + hp.k_dim() + hp.v_dim(), A = hp.n_head * hp.head_dim_v;
-  const int64_t F = hp.n_ff, ctx16 = (n_ctx + 15) / 16 * 16;
-  const int64_t max_cols = (std::max({E, A, F}) + 255) / 256 * 256;
-  m.compute = 4 * u(B) * u(3 * E + QKV + A + 2 * F + 2 * hp.n_rot) +
-              4 * (u(hp.n_head_kv) * u(hp.head_dim_k + hp.head_dim_v) * u(ctx16) +
-                   u(threads) * u(4 * ctx16 + 4 * hp.head_dim_k + 4 * hp.head_dim_v)) +
-              6 * u(B) * u(max_cols);
-  if (hp.n_expert > 0) {
-    // Mirrors MoeScratch::reserve: router logits, selections and expert lists per token, the
-    // gathered rows and gate/up/down outputs of one expert, its matmul scratch (one for the
-    // batch, two rows per thread for decode).
-    auto cfg = read_moe_config(f);
-    if (!cfg) return cfg.error();
-    const int64_t X = cfg->n_expert, k = cfg->n_expert_used;
-    const int64_t ff = std::max(cfg->expert_ff, cfg->shared_expert ? cfg->shared_ff : int64_t{0});
-    const int64_t rows = std::max(B, k + 1), sel = B * k;
-    const int64_t moe_cols = (std::max(E, ff) + 255) / 256 * 256;
-    m.compute += 4 * (u(B) * u(X) + 4 * u(sel) + 2 * u(X + 1) + u(B) + u(B) * u(E) + 2 * u(rows) * u(ff) +
-                      u(rows) * u(E) + u(k + 1)) +
-                 6 * u(B) * u(moe_cols) + 12 * u(threads) * u(moe_cols);
-  }
-  m.logits = 4 * u(n_vocab);
+  m.kv_cache = plan->kv_bytes;
+  m.compute = plan->compute_bytes();
+  m.logits = plan->logit_bytes();
   // Tokenizer: the vocabulary strings twice (text and output pieces), per-token tables, merges;
   // sampler: a candidate (8 bytes) and a count (4) per token plus its probability buffers.
   uint64_t vocab_bytes = 0, n_merges = 0;
@@ -13488,7 +14666,8 @@ inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t conte
   }
   if (auto merges = f.get<GgufArray>("tokenizer.ggml.merges")) n_merges = merges->size();
   // plus a fixed 256 KiB for the small tables and vectors every session has.
-  m.other = small + 2 * vocab_bytes + u(n_vocab) * (4 + 4 + 2 + 4 + 8 + 12 + 8 + 4) + n_merges * 32 + (256u << 10);
+  const uint64_t nv = static_cast<uint64_t>(n_vocab);
+  m.other = small + 2 * vocab_bytes + nv * (4 + 4 + 2 + 4 + 8 + 12 + 8 + 4) + n_merges * 32 + (256u << 10);
   return m;
 }
 
@@ -13565,7 +14744,7 @@ class Chat {
   int64_t dropped_ = 0;
 };
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 // ---- end tinyslm/session.hpp ----
 // ---- end tinyslm.hpp ----

@@ -2,6 +2,11 @@
 #include <tinyslm.hpp>
 
 #include <cstdio>
+#include <type_traits>
+
+// Built without exceptions, the library lives in its own inline namespace (no ODR clash with
+// a copy built with them).
+static_assert(std::is_same_v<tinyslm::Model, tinyslm::v0_noexcept::Model>);
 
 int main() {
   tinyslm::GgufWriter w;

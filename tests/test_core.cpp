@@ -6,10 +6,12 @@
 #include <fstream>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "test_support.hpp"
 #include "tinyslm/core.hpp"
+#include "tinyslm/model.hpp"
 
 using namespace tinyslm;
 
@@ -241,3 +243,8 @@ TEST_CASE("fp16 and bf16 conversions round-trip and round to nearest even") {
   }
   CHECK(fp32_to_bf16(1.00390625f) == 0x3f80);  // tie to even
 }
+
+// The default configuration (threads, exceptions, no Highway) lives in tinyslm::v0; other
+// configurations get other inline namespaces (noexcept_check asserts v0_noexcept).
+static_assert(std::is_same_v<tinyslm::Model, tinyslm::v0::Model>);
+TEST_CASE("ABI tag names the default configuration") { CHECK(std::string(TINYSLM_ABI_TAG) == "v0"); }

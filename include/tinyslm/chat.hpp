@@ -29,7 +29,7 @@
 #include "tokenizer.hpp"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 struct ChatMessage {
   std::string role;  // "system", "user", "assistant" (others are passed through where the family allows)
@@ -926,5 +926,5 @@ inline Status ChatTemplate::render_command_r(std::string& o, std::span<const Cha
   return {};
 }
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm

@@ -88,13 +88,40 @@
 #define TINYSLM_UNLIKELY(x) (x)
 #endif
 
+// The inline namespace every declaration lives in names the configuration macros that change
+// the layout of types or the bodies of inline functions (threads, Highway, exceptions), so two
+// copies of the library built with different settings in one app do not violate the ODR: their
+// symbols differ (v0, v0_nothreads, v0_hwy_noexcept, ...).
+#if defined(TINYSLM_NO_THREADS)
+#define TINYSLM_ABI_THREADS_ _nothreads
+#else
+#define TINYSLM_ABI_THREADS_
+#endif
+#if defined(TINYSLM_USE_HIGHWAY)
+#define TINYSLM_ABI_HWY_ _hwy
+#else
+#define TINYSLM_ABI_HWY_
+#endif
+#if defined(TINYSLM_NO_EXCEPTIONS)
+#define TINYSLM_ABI_EXC_ _noexcept
+#else
+#define TINYSLM_ABI_EXC_
+#endif
+#define TINYSLM_ABI_CAT_(a, b, c, d) a##b##c##d
+#define TINYSLM_ABI_NAME_(a, b, c, d) TINYSLM_ABI_CAT_(a, b, c, d)
+#define TINYSLM_ABI_NAMESPACE TINYSLM_ABI_NAME_(v0, TINYSLM_ABI_THREADS_, TINYSLM_ABI_HWY_, TINYSLM_ABI_EXC_)
+#define TINYSLM_ABI_STR2_(x) #x
+#define TINYSLM_ABI_STR_(x) TINYSLM_ABI_STR2_(x)
+// The inline namespace's name as a string, e.g. "v0_nothreads".
+#define TINYSLM_ABI_TAG TINYSLM_ABI_STR_(TINYSLM_ABI_NAMESPACE)
+
 #define TINYSLM_TRY(var, expr)                                  \
   auto var##_tinyslm_expected = (expr);                         \
   if (!var##_tinyslm_expected) return var##_tinyslm_expected.error(); \
   auto& var = *var##_tinyslm_expected
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 // ---------------------------------------------------------------------------------------
 // Errors
@@ -1002,5 +1029,5 @@ inline Status set_simd_level(SimdLevel l) {
 }
 inline void reset_simd_level() { detail::simd_override().store(-1, std::memory_order_relaxed); }
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm

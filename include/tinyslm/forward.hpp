@@ -28,7 +28,7 @@
 #include "threads.hpp"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 struct ContextParams {
   int64_t n_ctx = 2048;     // positions in the KV cache (allocated once, F16)
@@ -468,5 +468,5 @@ inline Status Context::output_head(int64_t rows) {
   return {};
 }
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm

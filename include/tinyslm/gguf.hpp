@@ -17,7 +17,7 @@
 #include "core.hpp"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 // ---------------------------------------------------------------------------------------
 // Tensor types: ggml's type ids as stored in GGUF tensor infos.
@@ -1041,5 +1041,5 @@ class GgufWriter {
   std::vector<Tensor> tensors_;
 };
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm

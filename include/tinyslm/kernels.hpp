@@ -43,7 +43,7 @@
 #include "kernels_hwy.hpp"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 namespace detail {
 
@@ -548,7 +548,7 @@ inline Status matmul_many(std::span<const MatmulOut> outs, const float* x, int64
   return {};
 }
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 
 #undef TINYSLM_TARGET_AVX2

@@ -39,7 +39,7 @@
 #endif
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 namespace detail {
 namespace x86 {
 
@@ -943,7 +943,7 @@ inline void rows_avxvnni(const uint8_t* data, int64_t row_bytes, int64_t k, cons
 
 }  // namespace x86
 }  // namespace detail
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 
 #if defined(__GNUC__) && !defined(__clang__)

@@ -18,7 +18,7 @@
 #include <hwy/highway.h>
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 namespace detail {
 namespace hwy_kernels {
 
@@ -115,7 +115,7 @@ inline void rows_highway(const uint8_t* data, int64_t row_bytes, int64_t k, cons
 
 }  // namespace hwy_kernels
 }  // namespace detail
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 
 #endif  // TINYSLM_USE_HIGHWAY

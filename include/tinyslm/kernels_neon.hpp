@@ -25,7 +25,7 @@
 #endif
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 namespace detail {
 namespace arm {
 
@@ -198,7 +198,7 @@ inline void rows_neon(const uint8_t* data, int64_t row_bytes, int64_t k, const A
 
 }  // namespace arm
 }  // namespace detail
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 
 #endif  // TINYSLM_SIMD_NEON

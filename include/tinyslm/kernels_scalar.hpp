@@ -13,7 +13,7 @@
 #include "quant.hpp"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 namespace detail {
 
 // ---------------------------------------------------------------------------------------
@@ -395,5 +395,5 @@ inline void rows_scalar(const uint8_t* data, int64_t row_bytes, int64_t k, const
 }
 
 }  // namespace detail
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm

@@ -14,7 +14,7 @@
 #include "ops.hpp"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 class KvCache {
  public:
@@ -93,5 +93,5 @@ class KvCache {
   AlignedBuffer<uint16_t> k_, v_;
 };
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm

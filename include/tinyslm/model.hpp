@@ -23,7 +23,7 @@
 #include "quant.hpp"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 enum class RopeStyle : uint8_t {
   normal,  // rotate adjacent pairs (x[2i], x[2i+1]): llama
@@ -882,5 +882,5 @@ inline Status Model::State::bind() {
 
 #undef TINYSLM_BIND
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm

@@ -40,7 +40,7 @@
 #include "threads.hpp"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 // Weight bytes one decode step of this layer's FFN reads: the router, the k selected
 // experts' gate, up and down matrices, and the shared expert (for the bench's "bytes read
@@ -463,5 +463,5 @@ inline Status moe_ffn(const MoeConfig& cfg, const MoeLayerWeights& w, const floa
   return n == 1 ? step.decode() : step.prefill();
 }
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm

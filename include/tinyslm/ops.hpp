@@ -29,7 +29,7 @@
 #endif
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 namespace ops {
 
 namespace detail {
@@ -650,7 +650,7 @@ inline void attention(const AttentionShape& a, const float* q, int64_t q_stride,
 }
 
 }  // namespace ops
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 
 #undef TINYSLM_OPS_INLINE

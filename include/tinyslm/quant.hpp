@@ -18,7 +18,7 @@
 #include "gguf.hpp"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 // Values per block: the legacy formats and IQ4_NL use 32, the K formats a super-block of 256
 // made of 16 or 8 sub-blocks.
@@ -1247,5 +1247,5 @@ inline Status quantize_row(TensorType t, const float* src, void* dst, int64_t n)
 #pragma GCC pop_options
 #endif
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm

@@ -22,7 +22,7 @@
 #include "quant.hpp"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 // A target: a single type ("Q8_0", "F16") or a mix ("Q4_K_M"); `pure` forces one type.
 struct QuantizeOptions {
@@ -307,5 +307,5 @@ inline Status quantize_model(const GgufFile& in, const std::string& out_path, co
   return w.write_file(out_path);
 }
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm

@@ -18,7 +18,7 @@
 #include "core.hpp"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 // SplitMix64 to expand the seed, xoshiro256** to generate: small, fast and fully specified.
 class Rng {
@@ -326,5 +326,5 @@ class Sampler {
   SamplingScratch scratch_;
 };
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm

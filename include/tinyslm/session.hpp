@@ -62,7 +62,7 @@
 #include "tokenizer.hpp"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 enum class OverflowPolicy : uint8_t { error, shift, drop_messages };
 
@@ -976,5 +976,5 @@ class Chat {
   int64_t dropped_ = 0;
 };
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm

@@ -26,7 +26,7 @@
 #endif
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 namespace detail {
 // True on a pool's worker threads (and on a caller while it runs a job), so a nested run()
@@ -170,7 +170,7 @@ class ThreadPool {
   std::atomic<int> spin_us_{50};
 };
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
 
 #undef TINYSLM_CPU_RELAX

@@ -32,7 +32,7 @@
 #include "unicode_tables.hpp"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 
 namespace detail {
 
@@ -2037,5 +2037,5 @@ class StreamDecoder {
   std::string pending_;
 };
 
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm

@@ -7,7 +7,7 @@
 #define TINYSLM_UNICODE_VERSION "14.0.0"
 
 namespace tinyslm {
-inline namespace v0 {
+inline namespace TINYSLM_ABI_NAMESPACE {
 namespace detail {
 
 inline constexpr uint32_t unicode_class_ranges[] = {
@@ -1015,5 +1015,5 @@ inline constexpr uint32_t unicode_nfd_to[] = {
 };
 
 }  // namespace detail
-}  // namespace v0
+}  // inline namespace TINYSLM_ABI_NAMESPACE
 }  // namespace tinyslm
