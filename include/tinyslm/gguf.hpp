@@ -494,8 +494,21 @@ class GgufFile {
     return {};
   }
 
+  // The whole file: header, metadata, tensor infos, then the tensors' placement.
   Status parse() {
     Cursor c{source_.data(), source_.size(), 0};
+    uint64_t n_tensors = 0, n_kv = 0;
+    if (auto st = parse_header(c, &n_tensors, &n_kv); !st) return st;
+    if (auto st = parse_metadata(c, n_kv); !st) return st;
+    if (auto st = read_alignment(); !st) return st;
+    if (auto st = parse_tensor_infos(c, n_tensors); !st) return st;
+    if (!detail::align_up(c.pos, alignment_, &data_offset_)) return bad("data offset overflows");
+    if (auto st = index_tensor_names(); !st) return st;
+    return place_tensors(c);
+  }
+
+  // Magic, version, counts; absurd counts fail here, before anything is allocated.
+  Status parse_header(Cursor& c, uint64_t* n_tensors, uint64_t* n_kv) {
     if (c.size < 4) return truncated(c, "the magic");
     if (std::memcmp(c.base, "GGUF", 4) != 0) {
       return bad("not a GGUF file (magic bytes are " +
@@ -513,20 +526,21 @@ class GgufFile {
                                                std::to_string(version_) +
                                                " (supported: 2 and 3)");
     }
-    uint64_t n_tensors, n_kv;
-    if (!read(c, &n_tensors)) return truncated(c, "the tensor count");
-    if (!read(c, &n_kv)) return truncated(c, "the metadata count");
-
-    // Lower bounds on the bytes each entry takes make absurd counts fail before allocating:
-    // a key/value is at least 8 (key length) + 4 (type) + 1 byte; a tensor info at least
-    // 8 (name length) + 4 (dims) + 4 (type) + 8 (offset).
+    if (!read(c, n_tensors)) return truncated(c, "the tensor count");
+    if (!read(c, n_kv)) return truncated(c, "the metadata count");
+    // Lower bounds on the bytes each entry takes: a key/value is at least 8 (key length) + 4
+    // (type) + 1 byte; a tensor info at least 8 (name length) + 4 (dims) + 4 (type) + 8 (offset).
     uint64_t need_kv, need_t, need;
-    if (detail::mul_overflows(n_kv, 13, &need_kv) || detail::mul_overflows(n_tensors, 24, &need_t) ||
+    if (detail::mul_overflows(*n_kv, 13, &need_kv) || detail::mul_overflows(*n_tensors, 24, &need_t) ||
         detail::add_overflows(need_kv, need_t, &need) || need > c.remaining())
-      return bad("header claims " + std::to_string(n_kv) + " metadata entries and " +
-                 std::to_string(n_tensors) + " tensors, more than the file of " +
+      return bad("header claims " + std::to_string(*n_kv) + " metadata entries and " +
+                 std::to_string(*n_tensors) + " tensors, more than the file of " +
                  std::to_string(c.size) + " bytes can hold");
+    return {};
+  }
 
+  // The key/value pairs (values validated and left in place), indexed by key; duplicates refused.
+  Status parse_metadata(Cursor& c, uint64_t n_kv) {
     kvs_.reserve(static_cast<size_t>(n_kv));
     for (uint64_t i = 0; i < n_kv; ++i) {
       GgufKv kv;
@@ -552,7 +566,10 @@ class GgufFile {
     for (size_t i = 1; i < kv_order_.size(); ++i)
       if (kvs_[kv_order_[i]].key == kvs_[kv_order_[i - 1]].key)
         return bad("duplicate metadata key " + detail::quoted(kvs_[kv_order_[i]].key));
+    return {};
+  }
 
+  Status read_alignment() {
     alignment_ = default_alignment;
     if (const GgufKv* a = find("general.alignment")) {
       if (a->value.type() != GgufValueType::u32) return type_error(*a, "u32");
@@ -563,41 +580,53 @@ class GgufFile {
         return bad("general.alignment is " + std::to_string(alignment_) +
                    ", which is not a power of two");
     }
+    return {};
+  }
 
+  // One tensor info: name, dimensions (their product must not overflow), type, offset.
+  Status parse_tensor_info(Cursor& c, GgufTensorInfo* out) {
+    GgufTensorInfo& t = *out;
+    auto st = read_string(c, &t.name, "a tensor name", max_tensor_name_length);
+    if (!st) return st;
+    const std::string who = "tensor " + detail::quoted(t.name);
+    if (!read(c, &t.n_dims)) return truncated(c, "a tensor's dimension count");
+    if (t.n_dims == 0 || t.n_dims > max_tensor_dims)
+      return bad(who + " has " + std::to_string(t.n_dims) + " dimensions (1 to 4 allowed)");
+    t.n_elements = 1;
+    for (uint32_t d = 0; d < t.n_dims; ++d) {
+      if (!read(c, &t.ne[d])) return truncated(c, "a tensor dimension");
+      if (t.ne[d] > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+          detail::mul_overflows(t.n_elements, t.ne[d], &t.n_elements) ||
+          t.n_elements > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        return bad(who + " has dimensions " + t.shape_string() + " whose product overflows");
+    }
+    uint32_t type_raw;
+    if (!read(c, &type_raw)) return truncated(c, "a tensor type");
+    const TensorTypeInfo* info = tensor_type_info(type_raw);
+    if (!info)
+      return make_error(Errc::unsupported, name() + ": " + who + " has unknown tensor type " +
+                                               std::to_string(type_raw));
+    t.type = info->type;
+    if (t.ne[0] % info->block_size != 0)
+      return bad(who + " of type " + info->name + " has a row of " + std::to_string(t.ne[0]) +
+                 " values, not a multiple of its block size " + std::to_string(info->block_size));
+    if (detail::mul_overflows(t.n_elements / info->block_size, info->block_bytes, &t.n_bytes))
+      return bad(who + " has a byte size that overflows");
+    if (!read(c, &t.offset)) return truncated(c, "a tensor offset");
+    return {};
+  }
+
+  Status parse_tensor_infos(Cursor& c, uint64_t n_tensors) {
     tensors_.reserve(static_cast<size_t>(n_tensors));
     for (uint64_t i = 0; i < n_tensors; ++i) {
       GgufTensorInfo t;
-      auto st = read_string(c, &t.name, "a tensor name", max_tensor_name_length);
-      if (!st) return st;
-      const std::string who = "tensor " + detail::quoted(t.name);
-      if (!read(c, &t.n_dims)) return truncated(c, "a tensor's dimension count");
-      if (t.n_dims == 0 || t.n_dims > max_tensor_dims)
-        return bad(who + " has " + std::to_string(t.n_dims) + " dimensions (1 to 4 allowed)");
-      t.n_elements = 1;
-      for (uint32_t d = 0; d < t.n_dims; ++d) {
-        if (!read(c, &t.ne[d])) return truncated(c, "a tensor dimension");
-        if (t.ne[d] > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
-            detail::mul_overflows(t.n_elements, t.ne[d], &t.n_elements) ||
-            t.n_elements > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-          return bad(who + " has dimensions " + t.shape_string() + " whose product overflows");
-      }
-      uint32_t type_raw;
-      if (!read(c, &type_raw)) return truncated(c, "a tensor type");
-      const TensorTypeInfo* info = tensor_type_info(type_raw);
-      if (!info)
-        return make_error(Errc::unsupported, name() + ": " + who + " has unknown tensor type " +
-                                                 std::to_string(type_raw));
-      t.type = info->type;
-      if (t.ne[0] % info->block_size != 0)
-        return bad(who + " of type " + info->name + " has a row of " + std::to_string(t.ne[0]) +
-                   " values, not a multiple of its block size " + std::to_string(info->block_size));
-      if (detail::mul_overflows(t.n_elements / info->block_size, info->block_bytes, &t.n_bytes))
-        return bad(who + " has a byte size that overflows");
-      if (!read(c, &t.offset)) return truncated(c, "a tensor offset");
+      if (auto st = parse_tensor_info(c, &t); !st) return st;
       tensors_.push_back(t);
     }
+    return {};
+  }
 
-    if (!detail::align_up(c.pos, alignment_, &data_offset_)) return bad("data offset overflows");
+  Status index_tensor_names() {
     tensor_order_.resize(tensors_.size());
     for (uint32_t i = 0; i < tensor_order_.size(); ++i) tensor_order_[i] = i;
     std::sort(tensor_order_.begin(), tensor_order_.end(),
@@ -605,8 +634,11 @@ class GgufFile {
     for (size_t i = 1; i < tensor_order_.size(); ++i)
       if (tensors_[tensor_order_[i]].name == tensors_[tensor_order_[i - 1]].name)
         return bad("duplicate tensor name " + detail::quoted(tensors_[tensor_order_[i]].name));
+    return {};
+  }
 
-    // Every tensor must be aligned, lie inside the file, and overlap no other tensor.
+  // Every tensor must be aligned, lie inside the file, and overlap no other tensor.
+  Status place_tensors(const Cursor& c) {
     std::vector<uint32_t> by_offset(tensors_.size());
     for (uint32_t i = 0; i < by_offset.size(); ++i) by_offset[i] = i;
     std::sort(by_offset.begin(), by_offset.end(), [&](uint32_t a, uint32_t b) {

@@ -534,6 +534,130 @@ struct AttentionScratch {
   }
 };
 
+namespace detail {
+
+// One call of attention(): its arguments and the paths it can take.
+struct AttentionCall {
+  const AttentionShape& a;
+  const float* q;
+  int64_t q_stride, n_tokens, pos0;
+  const uint16_t* k;
+  const uint16_t* v;
+  int64_t cache_ctx;
+  float* out;
+  int64_t out_stride;
+  AttentionScratch& scratch;
+  const ParallelFor& par;
+
+  int64_t hk() const { return a.head_dim_k; }
+  int64_t hv() const { return a.head_dim_v; }
+  int64_t group() const { return a.n_head / a.n_head_kv; }
+  int64_t n_kv() const { return pos0 + n_tokens; }
+  // The oldest position query position p can see.
+  int64_t window(int64_t p) const { return a.n_swa > 0 && p - a.n_swa + 1 > 0 ? p - a.n_swa + 1 : 0; }
+  // Q rounded to fp16, as llama.cpp multiplies it by the F16 cache in F16.
+  void round_q(float* qh, int64_t h, int64_t i) const {
+    const float* qi = q + i * q_stride + h * hk();
+    for (int64_t d = 0; d < hk(); ++d) qh[d] = round_to_f16(qi[d]);
+  }
+
+#if defined(TINYSLM_OPS_X86)
+  // Decode on AVX-512: one (head, query) per work item, reading the F16 cache directly.
+  void decode_avx512() {
+    par([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(a.n_head * n_tokens, t, nt, 1, &b, &e);
+      float* s = scratch.rows.data() + t * scratch.row_stride;
+      float* qh = s + scratch.n_ctx;
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t h = w / n_tokens, i = w % n_tokens, g = h / group();
+        const int64_t p = pos0 + i, lo = window(p), n = p + 1 - lo;
+        round_q(qh, h, i);
+        decode_head_avx512(qh, k + (g * cache_ctx + lo) * hk(), v + (g * cache_ctx + lo) * hv(), hk(), hv(), n,
+                           a.scale, a.softcap, s, out + i * out_stride + h * hv());
+      }
+    });
+  }
+#endif
+
+  // Decode: one work item per KV head. Its keys and values are converted to f32 rows once and
+  // shared by the heads of its group; then scores, softmax, weighted sum of the values.
+  void decode() {
+    const int64_t ld = scratch.n_ctx, first = window(pos0);
+    par([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(a.n_head_kv, t, nt, 1, &b, &e);
+      float* s = scratch.rows.data() + t * scratch.row_stride;
+      float* qh = s + scratch.n_ctx;
+      for (int64_t g = b; g < e; ++g) {
+        float* kr = scratch.kt.data() + g * hk() * ld;  // [position][d] here
+        float* vr = scratch.vf.data() + g * ld * hv();
+        f16_to_f32(k + (g * cache_ctx + first) * hk(), kr + first * hk(), (n_kv() - first) * hk());
+        f16_to_f32(v + (g * cache_ctx + first) * hv(), vr + first * hv(), (n_kv() - first) * hv());
+        for (int64_t i = 0; i < n_tokens; ++i) {
+          const int64_t p = pos0 + i, lo = window(p), n = p + 1 - lo;
+          for (int64_t h = g * group(); h < (g + 1) * group(); ++h) {
+            round_q(qh, h, i);
+            scores_rows(qh, kr + lo * hk(), hk(), n, s);
+            softmax(s, n, a.scale, a.softcap);
+            mix_values(s, vr + lo * hv(), hv(), n, out + i * out_stride + h * hv());
+          }
+        }
+      }
+    });
+  }
+
+  // Prefill, step 1: keys to f32, transposed (so scores are row-wise multiply-adds), values to f32.
+  void prefill_convert() {
+    const int64_t ld = scratch.n_ctx, first = window(pos0), span = n_kv() - first;
+    par([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(a.n_head_kv * span, t, nt, 16, &b, &e);
+      float tmp[1024];
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t g = w / span, j = first + w % span;
+        f16_to_f32(k + (g * cache_ctx + j) * hk(), tmp, hk());
+        float* kt = scratch.kt.data() + g * hk() * ld;
+        for (int64_t d = 0; d < hk(); ++d) kt[d * ld + j] = tmp[d];
+        f16_to_f32(v + (g * cache_ctx + j) * hv(), scratch.vf.data() + (g * ld + j) * hv(), hv());
+      }
+    });
+  }
+
+  // Prefill, step 2: one (head, block of 4 queries) per work item; the block shares its key and
+  // value loads, each query masked to its own causal window.
+  void prefill_blocks() {
+    const int64_t ld = scratch.n_ctx, n_blocks = (n_tokens + 3) / 4, kd = hk(), vd = hv();
+    par([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(a.n_head * n_blocks, t, nt, 1, &b, &e);
+      float* s = scratch.rows.data() + t * scratch.row_stride;  // 4 rows of n_ctx
+      float* qh = s + 4 * scratch.n_ctx;                          // 4 rows of head_dim_k
+      float* o4 = qh + 4 * kd;                                    // 4 rows of head_dim_v
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t h = w / n_blocks, i0 = (w % n_blocks) * 4, g = h / group();
+        const int64_t count = n_tokens - i0 < 4 ? n_tokens - i0 : 4;
+        const int64_t lo = window(pos0 + i0), n = pos0 + i0 + count - lo;
+        for (int r = 0; r < 4; ++r) round_q(qh + r * kd, h, i0 + (r < count ? r : count - 1));
+        scores4(qh, kd, scratch.kt.data() + g * kd * ld + lo, ld, n, s, scratch.n_ctx);
+        for (int64_t r = 0; r < 4; ++r) {
+          float* sr = s + r * scratch.n_ctx;
+          const int64_t p = pos0 + i0 + (r < count ? r : count - 1);
+          const int64_t a0 = window(p) - lo, a1 = p + 1 - lo;  // this query's keys [a0, a1)
+          softmax(sr + a0, a1 - a0, a.scale, a.softcap);
+          for (int64_t j = 0; j < a0; ++j) sr[j] = 0.0f;
+          for (int64_t j = a1; j < n; ++j) sr[j] = 0.0f;
+        }
+        mix4(s, scratch.n_ctx, scratch.vf.data() + (g * ld + lo) * vd, vd, n, o4, vd);
+        for (int64_t r = 0; r < count; ++r)
+          std::memcpy(out + (i0 + r) * out_stride + h * vd, o4 + r * vd, static_cast<size_t>(vd) * sizeof(float));
+      }
+    });
+  }
+};
+
+}  // namespace detail
+
 // Causal attention for n_tokens queries at positions pos0 .. pos0 + n_tokens - 1.
 //   q:   row i (stride q_stride) holds n_head heads of head_dim_k values (after RoPE)
 //   k,v: this layer's cache, [n_head_kv][cache_ctx][head_dim], positions 0 .. pos0+n_tokens-1 filled
@@ -543,110 +667,15 @@ inline void attention(const AttentionShape& a, const float* q, int64_t q_stride,
                       int64_t pos0, const uint16_t* k, const uint16_t* v, int64_t cache_ctx,
                       float* out, int64_t out_stride, AttentionScratch& scratch,
                       const ParallelFor& par) {
-  const int64_t n_kv = pos0 + n_tokens;
-  const int64_t ld = scratch.n_ctx;
-  // The oldest position any of these queries can see.
-  const int64_t first = a.n_swa > 0 ? (pos0 - a.n_swa + 1 > 0 ? pos0 - a.n_swa + 1 : 0) : 0;
-  const int64_t hk = a.head_dim_k, hv = a.head_dim_v;
-  const int64_t group = a.n_head / a.n_head_kv;
-  auto window = [&](int64_t p) { return a.n_swa > 0 && p - a.n_swa + 1 > 0 ? p - a.n_swa + 1 : 0; };
-  // One query of head h at row i: Q rounded to fp16 as llama.cpp multiplies it by the F16
-  // cache in F16; then scores, softmax, weighted sum of the values.
-  auto finish = [&](float* s, int64_t h, int64_t i, int64_t n, const float* vrows) {
-    detail::softmax(s, n, a.scale, a.softcap);
-    detail::mix_values(s, vrows, hv, n, out + i * out_stride + h * hv);
-  };
-  auto round_q = [&](float* qh, int64_t h, int64_t i) {
-    const float* qi = q + i * q_stride + h * hk;
-    for (int64_t d = 0; d < hk; ++d) qh[d] = detail::round_to_f16(qi[d]);
-  };
-
+  detail::AttentionCall call{a, q, q_stride, n_tokens, pos0, k, v, cache_ctx, out, out_stride, scratch, par};
 #if defined(TINYSLM_OPS_X86)
-  if (n_tokens <= 2 && active_x86_width() == 2 && hk % 16 == 0 && hv % 16 == 0 && hv <= 128) {
-    // Decode on AVX-512: one (head, query) per work item, reading the F16 cache directly.
-    par([&](int t, int nt) {
-      int64_t b, e;
-      ParallelFor::split(a.n_head * n_tokens, t, nt, 1, &b, &e);
-      float* s = scratch.rows.data() + t * scratch.row_stride;
-      float* qh = s + scratch.n_ctx;
-      for (int64_t w = b; w < e; ++w) {
-        const int64_t h = w / n_tokens, i = w % n_tokens, g = h / group;
-        const int64_t p = pos0 + i, lo = window(p), n = p + 1 - lo;
-        round_q(qh, h, i);
-        detail::decode_head_avx512(qh, k + (g * cache_ctx + lo) * hk, v + (g * cache_ctx + lo) * hv, hk, hv, n,
-                                   a.scale, a.softcap, s, out + i * out_stride + h * hv);
-      }
-    });
-    return;
-  }
+  const int64_t hk = a.head_dim_k, hv = a.head_dim_v;
+  if (n_tokens <= 2 && active_x86_width() == 2 && hk % 16 == 0 && hv % 16 == 0 && hv <= 128)
+    return call.decode_avx512();
 #endif
-  if (n_tokens <= 2) {
-    // Decode: one work item per KV head. Its keys and values are converted to f32 rows once
-    // and shared by the heads of its group.
-    par([&](int t, int nt) {
-      int64_t b, e;
-      ParallelFor::split(a.n_head_kv, t, nt, 1, &b, &e);
-      float* s = scratch.rows.data() + t * scratch.row_stride;
-      float* qh = s + scratch.n_ctx;
-      for (int64_t g = b; g < e; ++g) {
-        float* kr = scratch.kt.data() + g * hk * ld;  // [position][d] here
-        float* vr = scratch.vf.data() + g * ld * hv;
-        f16_to_f32(k + (g * cache_ctx + first) * hk, kr + first * hk, (n_kv - first) * hk);
-        f16_to_f32(v + (g * cache_ctx + first) * hv, vr + first * hv, (n_kv - first) * hv);
-        for (int64_t i = 0; i < n_tokens; ++i) {
-          const int64_t p = pos0 + i, lo = window(p), n = p + 1 - lo;
-          for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-            round_q(qh, h, i);
-            detail::scores_rows(qh, kr + lo * hk, hk, n, s);
-            finish(s, h, i, n, vr + lo * hv);
-          }
-        }
-      }
-    });
-    return;
-  }
-
-  // Prefill. 1. Keys to f32, transposed (so scores are row-wise multiply-adds), values to f32.
-  par([&](int t, int nt) {
-    int64_t b, e;
-    ParallelFor::split(a.n_head_kv * (n_kv - first), t, nt, 16, &b, &e);
-    float tmp[1024];
-    for (int64_t w = b; w < e; ++w) {
-      const int64_t g = w / (n_kv - first), j = first + w % (n_kv - first);
-      f16_to_f32(k + (g * cache_ctx + j) * hk, tmp, hk);
-      float* kt = scratch.kt.data() + g * hk * ld;
-      for (int64_t d = 0; d < hk; ++d) kt[d * ld + j] = tmp[d];
-      f16_to_f32(v + (g * cache_ctx + j) * hv, scratch.vf.data() + (g * ld + j) * hv, hv);
-    }
-  });
-
-  // 2. One (head, block of 4 queries) per work item; the block shares its key and value loads.
-  const int64_t n_blocks = (n_tokens + 3) / 4;
-  par([&](int t, int nt) {
-    int64_t b, e;
-    ParallelFor::split(a.n_head * n_blocks, t, nt, 1, &b, &e);
-    float* s = scratch.rows.data() + t * scratch.row_stride;  // 4 rows of n_ctx
-    float* qh = s + 4 * scratch.n_ctx;                          // 4 rows of head_dim_k
-    float* o4 = qh + 4 * hk;                                    // 4 rows of head_dim_v
-    for (int64_t w = b; w < e; ++w) {
-      const int64_t h = w / n_blocks, i0 = (w % n_blocks) * 4, g = h / group;
-      const int64_t count = n_tokens - i0 < 4 ? n_tokens - i0 : 4;
-      const int64_t lo = window(pos0 + i0), n = pos0 + i0 + count - lo;
-      for (int r = 0; r < 4; ++r) round_q(qh + r * hk, h, i0 + (r < count ? r : count - 1));
-      detail::scores4(qh, hk, scratch.kt.data() + g * hk * ld + lo, ld, n, s, scratch.n_ctx);
-      for (int64_t r = 0; r < 4; ++r) {
-        float* sr = s + r * scratch.n_ctx;
-        const int64_t p = pos0 + i0 + (r < count ? r : count - 1);
-        const int64_t a0 = window(p) - lo, a1 = p + 1 - lo;  // this query's keys [a0, a1)
-        detail::softmax(sr + a0, a1 - a0, a.scale, a.softcap);
-        for (int64_t j = 0; j < a0; ++j) sr[j] = 0.0f;
-        for (int64_t j = a1; j < n; ++j) sr[j] = 0.0f;
-      }
-      detail::mix4(s, scratch.n_ctx, scratch.vf.data() + (g * ld + lo) * hv, hv, n, o4, hv);
-      for (int64_t r = 0; r < count; ++r)
-        std::memcpy(out + (i0 + r) * out_stride + h * hv, o4 + r * hv, static_cast<size_t>(hv) * sizeof(float));
-    }
-  });
+  if (n_tokens <= 2) return call.decode();
+  call.prefill_convert();
+  call.prefill_blocks();
 }
 
 }  // namespace ops

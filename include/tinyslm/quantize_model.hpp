@@ -147,20 +147,114 @@ inline uint32_t first_u32(const GgufFile& f, const std::string& key, uint32_t fa
 
 }  // namespace detail
 
+namespace detail {
+
+// llama-quantize's per-tensor choices (no importance matrix), with the counters they keep over
+// the tensors in write order.
+struct MixChooser {
+  const QuantMix& mix;
+  std::string_view m;  // the mix's name
+  bool tied = false;
+  uint32_t n_layer = 0, n_gqa = 1, n_expert = 0;
+  int n_attn_v = 0, i_attn_v = 0, i_ffn_down = 0;
+
+  bool k_m() const { return m == "Q4_K_M" || m == "Q4_K" || m == "Q5_K_M" || m == "Q5_K"; }
+  static bool is_attn_v(std::string_view n) {
+    return contains(n, "attn_v.weight") || contains(n, "attn_qkv.weight") || contains(n, "attn_kv_b.weight");
+  }
+
+  TensorType attn_v(TensorType to) {
+    if (m == "Q2_K") to = n_gqa >= 4 ? TensorType::Q4_K : TensorType::Q3_K;
+    else if (m == "Q3_K_M" || m == "Q3_K") to = i_attn_v < 2 ? TensorType::Q5_K : TensorType::Q4_K;
+    else if (m == "Q3_K_L") to = TensorType::Q5_K;
+    else if (m == "IQ4_NL" && n_gqa >= 4) to = TensorType::Q5_K;
+    else if (k_m() && more_bits_layer(i_attn_v, n_attn_v)) to = TensorType::Q6_K;
+    else if (m == "Q4_K_S" && i_attn_v < 4) to = TensorType::Q5_K;
+    if (n_expert == 8) to = TensorType::Q8_0;
+    ++i_attn_v;
+    return to;
+  }
+
+  TensorType ffn_down(std::string_view n, TensorType to) {
+    int layer = i_ffn_down;
+    if (n_expert > 1) layer = std::max(0, tensor_layer(n));
+    const int nl = static_cast<int>(n_layer);
+    if (m == "Q2_K") to = TensorType::Q3_K;
+    else if (m == "Q3_K_M" || m == "Q3_K") to = layer < nl / 16 ? TensorType::Q5_K : TensorType::Q4_K;  // non-falcon rule
+    else if (m == "Q3_K_L") to = TensorType::Q5_K;
+    else if ((m == "Q4_K_M" || m == "Q4_K") && more_bits_layer(layer, nl)) to = TensorType::Q6_K;
+    else if (m == "IQ4_NL" && layer < nl / 8) to = TensorType::Q5_K;
+    else if ((m == "Q5_K_M" || m == "Q5_K") && more_bits_layer(layer, nl)) to = TensorType::Q6_K;
+    else if (m == "Q4_K_S" && layer < nl / 8) to = TensorType::Q5_K;
+    ++i_ffn_down;
+    return to;
+  }
+
+  TensorType attn_output(TensorType to) const {
+    if (n_expert == 8) {
+      if (m == "Q2_K" || m == "Q3_K_S" || m == "Q3_K_M" || m == "Q3_K" || m == "IQ4_NL" || m == "Q4_K_S" ||
+          m == "Q4_K_M" || m == "Q4_K")
+        to = TensorType::Q5_K;
+    } else if (m == "Q2_K") {
+      to = TensorType::Q3_K;
+    } else if (m == "Q3_K_M" || m == "Q3_K") {
+      to = TensorType::Q4_K;
+    } else if (m == "Q3_K_L") {
+      to = TensorType::Q5_K;
+    }
+    return to;
+  }
+
+  // The mix's type for one tensor (before the block-size fallback).
+  TensorType choose(const GgufTensorInfo& t) {
+    const std::string_view n = t.name;
+    TensorType to = mix.base;
+    const bool is_output = n == "output.weight", is_embd = n == "token_embd.weight";
+    if (is_output || (tied && is_embd)) {
+      if (t.ne[0] % tensor_type_info(to).block_size != 0) to = TensorType::Q8_0;
+      else if (to != TensorType::Q8_0) to = TensorType::Q6_K;
+    } else if (is_embd) {
+      // an untied embedding keeps the base type
+    } else if (is_attn_v(n)) {
+      to = attn_v(to);
+    } else if (contains(n, "attn_k.weight")) {
+      if (n_expert == 8) to = TensorType::Q8_0;
+    } else if (contains(n, "ffn_down")) {
+      to = ffn_down(n, to);
+    } else if (contains(n, "attn_output.weight")) {
+      to = attn_output(to);
+    }
+    return to;
+  }
+};
+
+// Rows that are not whole blocks of the chosen type fall back to a wider type, then F16.
+inline TensorType fit_block(const GgufTensorInfo& t, TensorType to, bool* fell_back) {
+  if (is_block_quantized(to) && t.ne[0] % tensor_type_info(to).block_size != 0) {
+    to = fallback_type(to);
+    if (t.ne[0] % tensor_type_info(to).block_size != 0) to = TensorType::F16;
+    *fell_back = true;
+  }
+  return to;
+}
+
+}  // namespace detail
+
 // The type each tensor of `in` gets, in the order they will be written.
 inline Expected<std::vector<TensorPlan>> plan_quantization(const GgufFile& in, const QuantizeOptions& opt) {
   const detail::QuantMix* mix = detail::find_quant_mix(opt.target);
   if (!mix) return make_error(Errc::invalid_argument, "unknown quantization type '" + opt.target + "'");
-  const std::string& mix_name = mix->name;
   if (!quant_traits(mix->base))
-    return make_error(Errc::unsupported, "quantization to " + mix_name + " is not supported");
+    return make_error(Errc::unsupported, "quantization to " + std::string(mix->name) + " is not supported");
 
   const std::string arch = in.get_or<std::string>("general.architecture", "").value_or("");
-  const uint32_t n_layer = detail::first_u32(in, arch + ".block_count", 0);
+  detail::MixChooser chooser{*mix, mix->name};
+  chooser.n_layer = detail::first_u32(in, arch + ".block_count", 0);
   const uint32_t n_head = detail::first_u32(in, arch + ".attention.head_count", 1);
   const uint32_t n_head_kv = detail::first_u32(in, arch + ".attention.head_count_kv", n_head);
-  const uint32_t n_expert = detail::first_u32(in, arch + ".expert_count", 0);
-  const uint32_t n_gqa = n_head_kv ? n_head / n_head_kv : 1;
+  chooser.n_expert = detail::first_u32(in, arch + ".expert_count", 0);
+  chooser.n_gqa = n_head_kv ? n_head / n_head_kv : 1;
+  chooser.tied = in.find_tensor("output.weight") == nullptr;
 
   std::vector<TensorPlan> plan;
   for (const auto& t : in.tensors()) plan.push_back({&t, t.type, detail::is_quantizable(t), false});
@@ -168,78 +262,14 @@ inline Expected<std::vector<TensorPlan>> plan_quantization(const GgufFile& in, c
     const int la = detail::tensor_layer(a.tensor->name), lb = detail::tensor_layer(b.tensor->name);
     return la != lb ? la < lb : a.tensor->name < b.tensor->name;
   });
-
-  bool tied = in.find_tensor("output.weight") == nullptr;
-  int n_attn_v = 0;
-  for (const auto& p : plan) {
-    const std::string_view n = p.tensor->name;
-    if (detail::contains(n, "attn_v.weight") || detail::contains(n, "attn_qkv.weight") ||
-        detail::contains(n, "attn_kv_b.weight"))
-      ++n_attn_v;
-  }
-  int i_attn_v = 0, i_ffn_down = 0;
-  const std::string_view m = mix_name;
-  const bool k_m = m == "Q4_K_M" || m == "Q4_K" || m == "Q5_K_M" || m == "Q5_K";
+  for (const auto& p : plan) chooser.n_attn_v += detail::MixChooser::is_attn_v(p.tensor->name);
 
   for (auto& p : plan) {
     if (!p.quantizable) continue;
     const std::string_view n = p.tensor->name;
     TensorType to = mix->base;
-    if (detail::is_block_quantized(mix->base) && !opt.pure) {
-      const bool is_output = n == "output.weight";
-      const bool is_embd = n == "token_embd.weight";
-      const bool attn_v = detail::contains(n, "attn_v.weight") || detail::contains(n, "attn_qkv.weight") ||
-                          detail::contains(n, "attn_kv_b.weight");
-      if (is_output || (tied && is_embd)) {
-        if (p.tensor->ne[0] % tensor_type_info(to).block_size != 0)
-          to = TensorType::Q8_0;
-        else if (to != TensorType::Q8_0)
-          to = TensorType::Q6_K;
-      } else if (is_embd) {
-        // an untied embedding keeps the base type
-      } else if (attn_v) {
-        if (m == "Q2_K") to = n_gqa >= 4 ? TensorType::Q4_K : TensorType::Q3_K;
-        else if (m == "Q3_K_M" || m == "Q3_K") to = i_attn_v < 2 ? TensorType::Q5_K : TensorType::Q4_K;
-        else if (m == "Q3_K_L") to = TensorType::Q5_K;
-        else if (m == "IQ4_NL" && n_gqa >= 4) to = TensorType::Q5_K;
-        else if (k_m && detail::more_bits_layer(i_attn_v, n_attn_v)) to = TensorType::Q6_K;
-        else if (m == "Q4_K_S" && i_attn_v < 4) to = TensorType::Q5_K;
-        if (n_expert == 8) to = TensorType::Q8_0;
-        ++i_attn_v;
-      } else if (detail::contains(n, "attn_k.weight")) {
-        if (n_expert == 8) to = TensorType::Q8_0;
-      } else if (detail::contains(n, "ffn_down")) {
-        int layer = i_ffn_down;
-        if (n_expert > 1) layer = std::max(0, detail::tensor_layer(n));
-        const int nl = static_cast<int>(n_layer);
-        if (m == "Q2_K") to = TensorType::Q3_K;
-        else if (m == "Q3_K_M" || m == "Q3_K")
-          to = layer < nl / 16 ? TensorType::Q5_K : TensorType::Q4_K;  // non-falcon rule
-        else if (m == "Q3_K_L") to = TensorType::Q5_K;
-        else if ((m == "Q4_K_M" || m == "Q4_K") && detail::more_bits_layer(layer, nl)) to = TensorType::Q6_K;
-        else if (m == "IQ4_NL" && layer < nl / 8) to = TensorType::Q5_K;
-        else if ((m == "Q5_K_M" || m == "Q5_K") && detail::more_bits_layer(layer, nl)) to = TensorType::Q6_K;
-        else if (m == "Q4_K_S" && layer < nl / 8) to = TensorType::Q5_K;
-        ++i_ffn_down;
-      } else if (detail::contains(n, "attn_output.weight")) {
-        if (n_expert == 8) {
-          if (m == "Q2_K" || m == "Q3_K_S" || m == "Q3_K_M" || m == "Q3_K" || m == "IQ4_NL" ||
-              m == "Q4_K_S" || m == "Q4_K_M" || m == "Q4_K")
-            to = TensorType::Q5_K;
-        } else if (m == "Q2_K") {
-          to = TensorType::Q3_K;
-        } else if (m == "Q3_K_M" || m == "Q3_K") {
-          to = TensorType::Q4_K;
-        } else if (m == "Q3_K_L") {
-          to = TensorType::Q5_K;
-        }
-      }
-    }
-    if (detail::is_block_quantized(to) && p.tensor->ne[0] % tensor_type_info(to).block_size != 0) {
-      to = detail::fallback_type(to);
-      if (p.tensor->ne[0] % tensor_type_info(to).block_size != 0) to = TensorType::F16;
-      p.fell_back = true;
-    }
+    if (detail::is_block_quantized(mix->base) && !opt.pure) to = chooser.choose(*p.tensor);
+    to = detail::fit_block(*p.tensor, to, &p.fell_back);
     if (!quant_traits(to))
       return make_error(Errc::unsupported, "tensor " + detail::quoted(n) + " would need type " +
                                                tensor_type_name(to) + ", which is not supported");
