@@ -798,16 +798,25 @@ struct FloatTileAvx512 {
   }
 };
 
+// Types with a fused GEMV above; the others (the IQ super-block types) decode chunks.
+template <TensorType T>
+constexpr bool has_fused_gemv() {
+  return T != TensorType::IQ4_XS && T != TensorType::IQ3_S;
+}
+
 // The block-type table's AVX-512 entry (RowsFn) of weight type T.
 template <TensorType T>
 inline void rows_avx512(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, const TokenTile* tiles,
                         int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  if constexpr (!block_type(T).integer_dot)
+  if constexpr (!block_type(T).integer_dot) {
     float_rows_t<FloatTileAvx512<T>, T>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
-  else if (tiles)
+  } else if (tiles) {
     gemm_panels<GemmAvx512, T>(data, row_bytes, k, tiles, n, y, ldy, r0, r1);
-  else if (!gemv_fused_n<T>(n, data, row_bytes, k, acts, y, ldy, r0, r1))
+  } else {
+    if constexpr (has_fused_gemv<T>())
+      if (gemv_fused_n<T>(n, data, row_bytes, k, acts, y, ldy, r0, r1)) return;
     int_rows_gemv_avx512<T>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  }
 }
 
 
