@@ -48,7 +48,15 @@ std::vector<float> gaussian(size_t n, uint64_t seed, float sigma = 1.f) {
 const TensorType kAllTypes[] = {TensorType::F32,  TensorType::F16,  TensorType::BF16, TensorType::Q4_0,
                                 TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0,
                                 TensorType::Q8_1, TensorType::Q2_K, TensorType::Q3_K, TensorType::Q4_K,
-                                TensorType::Q5_K, TensorType::Q6_K, TensorType::Q8_K, TensorType::IQ4_NL};
+                                TensorType::Q5_K, TensorType::Q6_K, TensorType::Q8_K, TensorType::IQ4_NL,
+                                TensorType::IQ4_XS};
+// Types the quant layer reads but does not write (no quantizer yet).
+const TensorType kDequantizeOnlyTypes[] = {TensorType::IQ3_S};
+bool dequantize_only(TensorType t) {
+  for (TensorType d : kDequantizeOnlyTypes)
+    if (d == t) return true;
+  return false;
+}
 
 size_t row_bytes(TensorType t, int64_t n) {
   uint64_t b = 0;
@@ -190,7 +198,7 @@ void print_table(const char* title, const std::map<std::string, MatchCount>& by_
 
 TEST_CASE("quant: syn-llama tensors quantized from the F32 master equal llama-quantize's bytes" * doctest::test_suite("shared")) {
   const char* kinds[] = {"F16",  "BF16",   "Q8_0",   "Q4_0",   "Q4_1", "Q5_0",  "Q5_1",
-                         "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_NL"};
+                         "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS"};
   std::map<std::string, MatchCount> by_type;
   std::vector<std::string> failures;
   for (const char* k : kinds) {
@@ -203,7 +211,7 @@ TEST_CASE("quant: syn-llama tensors quantized from the F32 master equal llama-qu
   CHECK(failures.empty());
   // every type of the brief was exercised
   for (const char* t : {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-                        "IQ4_NL", "F16", "BF16"})
+                        "IQ4_NL", "IQ4_XS", "F16", "BF16"})
     CHECK_MESSAGE(by_type.count(t) == 1, t);
 }
 
@@ -296,7 +304,7 @@ TEST_CASE("quant: traits table agrees with the GGUF type table") {
   CHECK(quant_traits(TensorType::Q6_K)->bits_per_weight == doctest::Approx(6.5625));
   CHECK(quant_traits(TensorType::Q2_K)->bits_per_weight == doctest::Approx(2.625));
   for (TensorType t : {TensorType::IQ2_XXS, TensorType::IQ2_XS, TensorType::IQ3_XXS, TensorType::IQ1_S,
-                       TensorType::IQ3_S, TensorType::IQ2_S, TensorType::IQ4_XS, TensorType::IQ1_M,
+                       TensorType::IQ2_S, TensorType::IQ1_M,
                        TensorType::TQ1_0, TensorType::TQ2_0, TensorType::MXFP4, TensorType::I8,
                        TensorType::I32, TensorType::F64}) {
     CHECK(quant_traits(t) == nullptr);
@@ -316,7 +324,7 @@ TEST_CASE("quant: the block-type table has one row per GGUF id, filled exactly f
     ++rows;
     CHECK(static_cast<uint32_t>(q.type) == id);
     CHECK(quant_traits(t) == &q);
-    CHECK(static_cast<bool>(q.quantize));
+    CHECK(static_cast<bool>(q.quantize) == !dequantize_only(t));
     // The canonical-decode shape: 16-value groups exactly for Q2_K / Q3_K / Q6_K; a min for
     // the types whose blocks carry one.
     CHECK((q.group == 16) == (t == TensorType::Q2_K || t == TensorType::Q3_K || t == TensorType::Q6_K));
@@ -324,7 +332,7 @@ TEST_CASE("quant: the block-type table has one row per GGUF id, filled exactly f
                         t == TensorType::Q4_K || t == TensorType::Q5_K));
     CHECK(detail::act_format_for(t) == q.act);
   }
-  CHECK(rows == static_cast<int>(std::size(kAllTypes)));
+  CHECK(rows == static_cast<int>(std::size(kAllTypes) + std::size(kDequantizeOnlyTypes)));
   CHECK_FALSE(static_cast<bool>(detail::block_type(static_cast<TensorType>(77)).dequantize));
 }
 
@@ -332,7 +340,7 @@ TEST_CASE("quant: bad input gives an error, not a crash") {
   std::vector<float> x(512, 1.f);
   std::vector<uint8_t> buf(4096);
   SUBCASE("unsupported types") {
-    for (TensorType t : {TensorType::IQ2_XXS, TensorType::IQ4_XS, TensorType::TQ2_0, TensorType::I32}) {
+    for (TensorType t : {TensorType::IQ2_XXS, TensorType::IQ2_S, TensorType::TQ2_0, TensorType::I32}) {
       auto q = quantize_row(t, x.data(), buf.data(), 256);
       REQUIRE_FALSE(q);
       CHECK(q.error().code() == Errc::unsupported);
@@ -400,7 +408,7 @@ TEST_CASE("quant: round-trip error on Gaussian data stays within the format's re
                         {TensorType::Q5_1, 5}, {TensorType::Q8_0, 8}, {TensorType::Q8_1, 8},
                         {TensorType::Q2_K, 2}, {TensorType::Q3_K, 3}, {TensorType::Q4_K, 4},
                         {TensorType::Q5_K, 5}, {TensorType::Q6_K, 6}, {TensorType::Q8_K, 8},
-                        {TensorType::IQ4_NL, 4}};
+                        {TensorType::IQ4_NL, 4}, {TensorType::IQ4_XS, 4}};
   for (float sigma : {1.f, 1e-3f, 1e3f}) {
     const auto x = gaussian(64 * 256, 1234, sigma);
     for (const Case& c : cases) {
@@ -464,6 +472,7 @@ double largest_multiplier(TensorType t) {
     case TensorType::Q8_0:
     case TensorType::Q8_1:
     case TensorType::IQ4_NL: return 127;
+    case TensorType::IQ4_XS: return 32 * 127;
     case TensorType::Q2_K: return 15 * 3;
     case TensorType::Q3_K: return 32 * 4;
     case TensorType::Q4_K: return 63 * 15;

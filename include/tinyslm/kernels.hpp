@@ -86,6 +86,7 @@ inline constexpr BlockKernels block_kernel_list[] = {
     make_block_kernels<TensorType::IQ4_NL>(), make_block_kernels<TensorType::Q2_K>(),
     make_block_kernels<TensorType::Q3_K>(), make_block_kernels<TensorType::Q4_K>(),
     make_block_kernels<TensorType::Q5_K>(), make_block_kernels<TensorType::Q6_K>(),
+    make_block_kernels<TensorType::IQ4_XS>(), make_block_kernels<TensorType::IQ3_S>(),
 };
 
 constexpr auto make_block_kernel_table() {

@@ -13,7 +13,7 @@
 //    (SIMD for the common types, decode_chunk), one 512-value chunk of a row at a time in L1,
 //    reused for up to 16 tokens.
 //  - GEMM (n >= kGemmMinTokensAvx2): 8-row panels, maddubs or vpdpbusd on activations
-//    a + 128 (panel8_kernel); with vpdpbusd nothing saturates, so Q8_0 and IQ4_NL take it too.
+//    a + 128 (panel8_kernel); with vpdpbusd nothing saturates, so Q8_0, IQ4_NL and IQ4_XS take it too.
 //    gemm_panels is the panel driver shared with the AVX-512 GEMM.
 // Float weights (F32/F16/BF16) use a 4-row x up-to-4-token dot-product tile (float_rows_t,
 // shared with AVX-512).
@@ -195,6 +195,37 @@ TINYSLM_TARGET_AVX2 __attribute__((always_inline)) inline void decode_k23_avx2(c
   }
 }
 
+// IQ4_XS: 8 sub-blocks of 32, each an IQ4_NL block under its own 6-bit scale.
+TINYSLM_TARGET_AVX2 __attribute__((always_inline)) inline void decode_iq4_xs_avx2(const uint8_t* blk, int8_t* o,
+                                                                                 float* s) {
+  const auto* b = reinterpret_cast<const BlockIQ4_XS*>(blk);
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+  for (int ib = 0; ib < 8; ++ib)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 32 * ib), _mm256_shuffle_epi8(table, nibbles32(b->qs + 16 * ib)));
+  const float d = f16_scalar(b->d);
+  for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * static_cast<float>(iq4xs_scale(*b, ib));
+}
+
+// IQ3_S: per 32 values, 8 grid points fetched with one gather (index: 8 bits of qs, the
+// ninth from qh moved to bit 8), then negated where the sign bit is set.
+TINYSLM_TARGET_AVX2 __attribute__((always_inline)) inline void decode_iq3_s_avx2(const uint8_t* blk, int8_t* o,
+                                                                                float* s) {
+  const auto* b = reinterpret_cast<const BlockIQ3_S*>(blk);
+  const __m256i to_bit8 = _mm256_setr_epi32(8, 7, 6, 5, 4, 3, 2, 1);
+  const __m256i bit8 = _mm256_set1_epi32(256);
+  for (int ib = 0; ib < 8; ++ib) {
+    const __m256i low = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b->qs + 8 * ib)));
+    const __m256i high = _mm256_and_si256(_mm256_sllv_epi32(_mm256_set1_epi32(b->qh[ib]), to_bit8), bit8);
+    const __m256i mag = _mm256_i32gather_epi32(reinterpret_cast<const int*>(kIq3sGrid), _mm256_or_si256(low, high), 4);
+    uint32_t sign_bits;
+    std::memcpy(&sign_bits, b->signs + 4 * ib, 4);
+    const __m256i neg = bits_to_bytes(sign_bits);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 32 * ib), _mm256_sub_epi8(_mm256_xor_si256(mag, neg), neg));
+  }
+  const float d = f16_scalar(b->d);
+  for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * static_cast<float>(iq3s_scale(*b, ib));
+}
+
 // Decodes the native blocks of type T covering values [v0, v0 + nv) of `row` into w / sw16
 // (a scale per 16 values) / mw (a min per group of the type, indexed from v0).
 template <TensorType T>
@@ -213,6 +244,10 @@ TINYSLM_TARGET_AVX2 inline void decode_chunk(const uint8_t* row, int64_t v0, int
       decode_q6_k_avx2(blk, o, s);
     else if constexpr (T == TensorType::Q2_K || T == TensorType::Q3_K)
       decode_k23_avx2<T>(blk, o, s, mw + j * gpb);
+    else if constexpr (T == TensorType::IQ4_XS)
+      decode_iq4_xs_avx2(blk, o, s);
+    else if constexpr (T == TensorType::IQ3_S)
+      decode_iq3_s_avx2(blk, o, s);
     else
       decode_legacy_avx2<T>(blk, o, s, mw + j * gpb);
   }
@@ -651,10 +686,11 @@ inline void build_token_tile(const ActRow* acts, int64_t n, int64_t k, int64_t t
 // two products never saturate an int16 (2 * 255 * 32), and even two maddubs results add
 // up without overflow, so pairs of 4-byte steps share one madd. The +128 is taken out
 // exactly per row: -128 * (sum of the row's 16 weights), kept in the panel. Types with
-// larger weights (Q8_0, IQ4_NL) use the decoded-chunk path.
+// larger weights (Q8_0, IQ4_NL, IQ4_XS) use the decoded-chunk path.
 
 inline bool avx2_gemm_supports(int v, TensorType t) {
-  return is_integer_weight_type(t) && (v != kDotAvx2 || (t != TensorType::Q8_0 && t != TensorType::IQ4_NL));
+  return is_integer_weight_type(t) &&
+         (v != kDotAvx2 || (t != TensorType::Q8_0 && t != TensorType::IQ4_NL && t != TensorType::IQ4_XS));
 }
 
 struct alignas(32) Panel8 {

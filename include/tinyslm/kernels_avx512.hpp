@@ -1,7 +1,7 @@
 // tinyslm kernels, x86-64 AVX-512 path (F/BW/VL/DQ + VNNI), on top of kernels_avx2.hpp (whose
 // SIMD decode, activation quantization, token tiles and drivers it shares).
 //
-//  - GEMV, few tokens (n < kGemmMinTokens), for every integer type: fused kernels that unpack
+//  - GEMV, few tokens (n < kGemmMinTokens), for every integer type but IQ3_S (decoded chunks): fused kernels that unpack
 //    each block in registers straight into unsigned bytes u = w + 128 and vpdpbusd them with
 //    every token, with the exact integer correction -128 * sum(a) (corr4, precomputed per 4
 //    activations). With one token, Q4_0 / Q5_0 / Q4_K rearrange the activation once per call
@@ -572,6 +572,42 @@ TINYSLM_TARGET_AVX512 __attribute__((always_inline)) inline float gemv_row_q6_k_
   return _mm512_reduce_add_ps(acc);
 }
 
+// IQ4_XS, few tokens: two sub-blocks (64 values) per zmm. Their 32 bytes of nibbles are laid
+// out as [first, first, second, second] in the four 128-bit lanes, shifted by 0 / 4 per lane
+// so each lane holds 16 codes, then looked up in the level table biased by +128 (unsigned
+// bytes for vpdpbusd, whose +128 is taken out by corr4).
+template <int N>
+TINYSLM_TARGET_AVX512 inline void gemv_row_iq4_xs(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
+  const auto* blocks = reinterpret_cast<const BlockIQ4_XS*>(row);
+  const __m512i table = _mm512_broadcast_i32x4(
+      _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)), _mm_set1_epi8(static_cast<char>(0x80))));
+  const long long by4 = 0x0004000400040004;
+  const __m512i shifts = _mm512_set_epi64(by4, by4, 0, 0, by4, by4, 0, 0);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < k / kBlockK; ++b) {
+    const BlockIQ4_XS& blk = blocks[b];
+    const float d = f16_scalar(blk.d);
+    for (int j = 0; j < 4; ++j) {
+      const __m512i x = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs + 32 * j)));
+      const __m512i codes = _mm512_and_si512(_mm512_srlv_epi16(_mm512_shuffle_i64x2(x, x, 0x50), shifts), m4);
+      const __m512i u = _mm512_shuffle_epi8(table, codes);
+      const float s0 = d * static_cast<float>(iq4xs_scale(blk, 2 * j));
+      const float s1 = d * static_cast<float>(iq4xs_scale(blk, 2 * j + 1));
+      const int64_t v = b * kBlockK + 64 * j;
+      for (int i = 0; i < N; ++i) {
+        const ActRow& a = acts[i];
+        const __m512i dp = _mm512_dpbusd_epi32(_mm512_loadu_si512(a.corr4 + v / 4), u, _mm512_loadu_si512(a.qs + v));
+        const float da = a.da16[v / 16];
+        const __m512 sv = _mm512_insertf32x8(_mm512_set1_ps(s0 * da), _mm256_set1_ps(s1 * da), 1);
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), sv, acc[i]);
+      }
+    }
+  }
+  for (int i = 0; i < N; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
+}
+
 template <TensorType T, int N>
 TINYSLM_TARGET_AVX512 inline void gemv_rows_fused(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
                                                   float* y, int64_t ldy, int64_t r0, int64_t r1) {
@@ -606,6 +642,8 @@ TINYSLM_TARGET_AVX512 inline void gemv_rows_fused(const uint8_t* data, int64_t r
       gemv_row_k<T, N>(row, k, acts, out);
     else if constexpr (T == TensorType::Q2_K || T == TensorType::Q3_K)
       gemv_row_k23<T, N>(row, k, acts, out);
+    else if constexpr (T == TensorType::IQ4_XS)
+      gemv_row_iq4_xs<N>(row, k, acts, out);
     else
       gemv_row_legacy<T, N>(row, k, acts, out);
     for (int i = 0; i < N; ++i) y[i * ldy + r] = out[i];
@@ -798,16 +836,25 @@ struct FloatTileAvx512 {
   }
 };
 
+// Types with a fused GEMV above; the others (IQ3_S) decode chunks.
+template <TensorType T>
+constexpr bool has_fused_gemv() {
+  return T != TensorType::IQ3_S;
+}
+
 // The block-type table's AVX-512 entry (RowsFn) of weight type T.
 template <TensorType T>
 inline void rows_avx512(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, const TokenTile* tiles,
                         int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  if constexpr (!block_type(T).integer_dot)
+  if constexpr (!block_type(T).integer_dot) {
     float_rows_t<FloatTileAvx512<T>, T>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
-  else if (tiles)
+  } else if (tiles) {
     gemm_panels<GemmAvx512, T>(data, row_bytes, k, tiles, n, y, ldy, r0, r1);
-  else if (!gemv_fused_n<T>(n, data, row_bytes, k, acts, y, ldy, r0, r1))
+  } else {
+    if constexpr (has_fused_gemv<T>())
+      if (gemv_fused_n<T>(n, data, row_bytes, k, acts, y, ldy, r0, r1)) return;
     int_rows_gemv_avx512<T>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  }
 }
 
 

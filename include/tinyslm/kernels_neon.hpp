@@ -1,7 +1,7 @@
 // tinyslm kernels, AArch64 path: NEON with the dot-product extension (sdot).
 //
 // Integer weights are decoded chunk by chunk into the canonical form of kernels_scalar.hpp
-// (NEON unpacking for Q4_0 / Q8_0 / Q4_K / Q6_K, the scalar decode for the others) and
+// (NEON unpacking for Q4_0 / Q8_0 / Q4_K / Q6_K / IQ4_XS / IQ3_S, the scalar decode for the others) and
 // multiplied with signed sdot (int8 x int8 -> int32, exact), one int32 sum per 16 values,
 // then scaled in float. Each decoded chunk is reused for up to 16 tokens, so prefill reads
 // every weight once per 16 tokens. Float weights use a 4-row x 1-token NEON tile.
@@ -89,6 +89,29 @@ TINYSLM_TARGET_NEON inline void decode_chunk(TensorType t, const uint8_t* row, i
         }
       const float d = fp16_to_fp32(b->d);
       for (int g = 0; g < 16; ++g) s[g] = d * static_cast<float>(b->scales[g]);
+    } else if (t == TensorType::IQ4_XS) {
+      const auto* b = reinterpret_cast<const BlockIQ4_XS*>(blk);
+      const int8x16_t table = vld1q_s8(kIq4nlValues);
+      for (int ib = 0; ib < 8; ++ib) {
+        const uint8x16_t x = vld1q_u8(b->qs + 16 * ib);
+        vst1q_s8(o + 32 * ib, vqtbl1q_s8(table, vandq_u8(x, m4)));
+        vst1q_s8(o + 32 * ib + 16, vqtbl1q_s8(table, vshrq_n_u8(x, 4)));
+      }
+      const float d = fp16_to_fp32(b->d);
+      for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * static_cast<float>(iq4xs_scale(*b, ib));
+    } else if (t == TensorType::IQ3_S) {
+      // 16 values (4 grid points) per step; a set sign bit selects the negated magnitude.
+      const auto* b = reinterpret_cast<const BlockIQ3_S*>(blk);
+      const uint8x16_t bit = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+      for (int h = 0; h < 16; ++h) {
+        uint32_t points[4];
+        for (int q = 0; q < 4; ++q) points[q] = iq3s_point(*b, 4 * h + q);
+        const int8x16_t mag = vreinterpretq_s8_u8(vld1q_u8(reinterpret_cast<const uint8_t*>(points)));
+        const uint8x16_t neg = vtstq_u8(vcombine_u8(vdup_n_u8(b->signs[2 * h]), vdup_n_u8(b->signs[2 * h + 1])), bit);
+        vst1q_s8(o + 16 * h, vbslq_s8(neg, vnegq_s8(mag), mag));
+      }
+      const float d = fp16_to_fp32(b->d);
+      for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * static_cast<float>(iq3s_scale(*b, ib));
     } else {
       float sw[16], m[16];
       decode_block_scalar(t, blk, o, sw, m);

@@ -283,6 +283,28 @@ inline void decode_block_ref(const uint8_t* blk, int8_t* w, float* sw, float* mw
       }
     }
     for (int g = 0; g < 16; ++g) sw[g] = d * static_cast<float>(sc[g]);
+  } else if constexpr (T == TensorType::IQ4_XS) {
+    const auto* b = reinterpret_cast<const BlockIQ4_XS*>(blk);
+    const float d = fp16_to_fp32(b->d);
+    for (int ib = 0; ib < 8; ++ib) {
+      const uint8_t* qs = b->qs + 16 * ib;
+      for (int i = 0; i < 16; ++i) {
+        w[32 * ib + i] = kIq4nlValues[qs[i] & 0xF];
+        w[32 * ib + 16 + i] = kIq4nlValues[qs[i] >> 4];
+      }
+      sw[ib] = d * static_cast<float>(iq4xs_scale(*b, ib));
+    }
+  } else if constexpr (T == TensorType::IQ3_S) {
+    const auto* b = reinterpret_cast<const BlockIQ3_S*>(blk);
+    const float d = fp16_to_fp32(b->d);
+    for (int g = 0; g < 64; ++g) {
+      const uint32_t point = iq3s_point(*b, g);
+      for (int j = 0; j < 4; ++j) {
+        const int v = static_cast<int>((point >> (8 * j)) & 0xFF);
+        w[4 * g + j] = static_cast<int8_t>(iq3s_negative(*b, 4 * g + j) ? -v : v);
+      }
+    }
+    for (int ib = 0; ib < 8; ++ib) sw[ib] = d * static_cast<float>(iq3s_scale(*b, ib));
   } else if constexpr (T == TensorType::Q2_K) {
     const auto* b = reinterpret_cast<const BlockQ2_K*>(blk);
     const float d = fp16_to_fp32(b->d);
@@ -315,6 +337,8 @@ inline void decode_block_scalar(TensorType t, const uint8_t* blk, int8_t* w, flo
     case TensorType::Q4_K: return decode_block_ref<TensorType::Q4_K>(blk, w, sw, mw);
     case TensorType::Q5_K: return decode_block_ref<TensorType::Q5_K>(blk, w, sw, mw);
     case TensorType::Q6_K: return decode_block_ref<TensorType::Q6_K>(blk, w, sw, mw);
+    case TensorType::IQ4_XS: return decode_block_ref<TensorType::IQ4_XS>(blk, w, sw, mw);
+    case TensorType::IQ3_S: return decode_block_ref<TensorType::IQ3_S>(blk, w, sw, mw);
     default: return;
   }
 }
@@ -355,6 +379,8 @@ inline float dot_row_scalar(TensorType t, const uint8_t* row, int64_t k, const A
     case TensorType::Q4_K: return dot_row_ref<TensorType::Q4_K>(row, k, a);
     case TensorType::Q5_K: return dot_row_ref<TensorType::Q5_K>(row, k, a);
     case TensorType::Q6_K: return dot_row_ref<TensorType::Q6_K>(row, k, a);
+    case TensorType::IQ4_XS: return dot_row_ref<TensorType::IQ4_XS>(row, k, a);
+    case TensorType::IQ3_S: return dot_row_ref<TensorType::IQ3_S>(row, k, a);
     default: return 0.f;
   }
 }

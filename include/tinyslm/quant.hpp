@@ -161,6 +161,102 @@ struct BlockIQ4_NL {
 inline constexpr int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                             1,    13,   25,  38,  53,  69,  89,  113};
 
+// 4.25 bits/weight: 8 sub-blocks of 32 on IQ4_NL's levels, each with a 6-bit scale stored
+// offset by 32 (low 4 bits in scales_l, two per byte; top 2 bits in scales_h, two per
+// sub-block); x = d * (scale - 32) * kIq4nlValues[q]; each sub-block's 16 bytes of qs hold
+// its nibbles as an IQ4_NL block does.
+struct BlockIQ4_XS {
+  static constexpr TensorType type = TensorType::IQ4_XS;
+  static constexpr int block_size = kBlockK;
+  uint16_t d;
+  uint16_t scales_h;
+  uint8_t scales_l[kBlockK / 64];
+  uint8_t qs[kBlockK / 2];
+};
+
+// 3.4375 bits/weight: the 256 values in groups of 4, each group a point of a 512-entry grid
+// of magnitudes (kIq3sGrid: 4 odd values 1..15) chosen by 9 bits (low 8 in qs, the ninth in
+// qh, one bit per group), with one sign bit per value (signs, set = negative) and a 4-bit
+// scale s per 32 values (two per byte of scales); x = d * (1 + 2 s) * grid * sign.
+struct BlockIQ3_S {
+  static constexpr TensorType type = TensorType::IQ3_S;
+  static constexpr int block_size = kBlockK;
+  uint16_t d;
+  uint8_t qs[kBlockK / 4];
+  uint8_t qh[kBlockK / 32];
+  uint8_t signs[kBlockK / 8];
+  uint8_t scales[kBlockK / 64];
+};
+
+// IQ3_S's grid: entry i packs the magnitudes of a group of 4 values, byte j = value j.
+// Only 512 of the 8^4 combinations of odd magnitudes, the ones that occur most in real weights.
+inline constexpr uint32_t kIq3sGrid[512] = {
+    0x01010101, 0x01010103, 0x01010105, 0x0101010b, 0x0101010f, 0x01010301, 0x01010303, 0x01010305,
+    0x01010309, 0x0101030d, 0x01010501, 0x01010503, 0x0101050b, 0x01010707, 0x01010901, 0x01010905,
+    0x0101090b, 0x0101090f, 0x01010b03, 0x01010b07, 0x01010d01, 0x01010d05, 0x01010f03, 0x01010f09,
+    0x01010f0f, 0x01030101, 0x01030103, 0x01030105, 0x01030109, 0x01030301, 0x01030303, 0x0103030b,
+    0x01030501, 0x01030507, 0x0103050f, 0x01030703, 0x0103070b, 0x01030909, 0x01030d03, 0x01030d0b,
+    0x01030f05, 0x01050101, 0x01050103, 0x0105010b, 0x0105010f, 0x01050301, 0x01050307, 0x0105030d,
+    0x01050503, 0x0105050b, 0x01050701, 0x01050709, 0x01050905, 0x0105090b, 0x0105090f, 0x01050b03,
+    0x01050b07, 0x01050f01, 0x01050f07, 0x01070107, 0x01070303, 0x0107030b, 0x01070501, 0x01070505,
+    0x01070703, 0x01070707, 0x0107070d, 0x01070909, 0x01070b01, 0x01070b05, 0x01070d0f, 0x01070f03,
+    0x01070f0b, 0x01090101, 0x01090307, 0x0109030f, 0x01090503, 0x01090509, 0x01090705, 0x01090901,
+    0x01090907, 0x01090b03, 0x01090f01, 0x010b0105, 0x010b0109, 0x010b0501, 0x010b0505, 0x010b050d,
+    0x010b0707, 0x010b0903, 0x010b090b, 0x010b090f, 0x010b0d0d, 0x010b0f07, 0x010d010d, 0x010d0303,
+    0x010d0307, 0x010d0703, 0x010d0b05, 0x010d0f03, 0x010f0101, 0x010f0105, 0x010f0109, 0x010f0501,
+    0x010f0505, 0x010f050d, 0x010f0707, 0x010f0b01, 0x010f0b09, 0x03010101, 0x03010103, 0x03010105,
+    0x03010109, 0x03010301, 0x03010303, 0x03010307, 0x0301030b, 0x0301030f, 0x03010501, 0x03010505,
+    0x03010703, 0x03010709, 0x0301070d, 0x03010b09, 0x03010b0d, 0x03010d03, 0x03010f05, 0x03030101,
+    0x03030103, 0x03030107, 0x0303010d, 0x03030301, 0x03030309, 0x03030503, 0x03030701, 0x03030707,
+    0x03030903, 0x03030b01, 0x03030b05, 0x03030f01, 0x03030f0d, 0x03050101, 0x03050305, 0x0305030b,
+    0x0305030f, 0x03050501, 0x03050509, 0x03050705, 0x03050901, 0x03050907, 0x03050b0b, 0x03050d01,
+    0x03050f05, 0x03070103, 0x03070109, 0x0307010f, 0x03070301, 0x03070307, 0x03070503, 0x0307050f,
+    0x03070701, 0x03070709, 0x03070903, 0x03070d05, 0x03070f01, 0x03090107, 0x0309010b, 0x03090305,
+    0x03090309, 0x03090703, 0x03090707, 0x03090905, 0x0309090d, 0x03090b01, 0x03090b09, 0x030b0103,
+    0x030b0301, 0x030b0307, 0x030b0503, 0x030b0701, 0x030b0705, 0x030b0b03, 0x030d0501, 0x030d0509,
+    0x030d050f, 0x030d0909, 0x030d090d, 0x030f0103, 0x030f0107, 0x030f0301, 0x030f0305, 0x030f0503,
+    0x030f070b, 0x030f0903, 0x030f0d05, 0x030f0f01, 0x05010101, 0x05010103, 0x05010107, 0x0501010b,
+    0x0501010f, 0x05010301, 0x05010305, 0x05010309, 0x0501030d, 0x05010503, 0x05010507, 0x0501050f,
+    0x05010701, 0x05010705, 0x05010903, 0x05010907, 0x0501090b, 0x05010b01, 0x05010b05, 0x05010d0f,
+    0x05010f01, 0x05010f07, 0x05010f0b, 0x05030101, 0x05030105, 0x05030301, 0x05030307, 0x0503030f,
+    0x05030505, 0x0503050b, 0x05030703, 0x05030709, 0x05030905, 0x05030b03, 0x05050103, 0x05050109,
+    0x0505010f, 0x05050503, 0x05050507, 0x05050701, 0x0505070f, 0x05050903, 0x05050b07, 0x05050b0f,
+    0x05050f03, 0x05050f09, 0x05070101, 0x05070105, 0x0507010b, 0x05070303, 0x05070505, 0x05070509,
+    0x05070703, 0x05070707, 0x05070905, 0x05070b01, 0x05070d0d, 0x05090103, 0x0509010f, 0x05090501,
+    0x05090507, 0x05090705, 0x0509070b, 0x05090903, 0x05090f05, 0x05090f0b, 0x050b0109, 0x050b0303,
+    0x050b0505, 0x050b070f, 0x050b0901, 0x050b0b07, 0x050b0f01, 0x050d0101, 0x050d0105, 0x050d010f,
+    0x050d0503, 0x050d0b0b, 0x050d0d03, 0x050f010b, 0x050f0303, 0x050f050d, 0x050f0701, 0x050f0907,
+    0x050f0b01, 0x07010105, 0x07010303, 0x07010307, 0x0701030b, 0x0701030f, 0x07010505, 0x07010703,
+    0x07010707, 0x0701070b, 0x07010905, 0x07010909, 0x0701090f, 0x07010b03, 0x07010d07, 0x07010f03,
+    0x07030103, 0x07030107, 0x0703010b, 0x07030309, 0x07030503, 0x07030507, 0x07030901, 0x07030d01,
+    0x07030f05, 0x07030f0d, 0x07050101, 0x07050305, 0x07050501, 0x07050705, 0x07050709, 0x07050b01,
+    0x07070103, 0x07070301, 0x07070309, 0x07070503, 0x07070507, 0x0707050f, 0x07070701, 0x07070903,
+    0x07070907, 0x0707090f, 0x07070b0b, 0x07070f07, 0x07090107, 0x07090303, 0x0709030d, 0x07090505,
+    0x07090703, 0x07090b05, 0x07090d01, 0x07090d09, 0x070b0103, 0x070b0301, 0x070b0305, 0x070b050b,
+    0x070b0705, 0x070b0909, 0x070b0b0d, 0x070b0f07, 0x070d030d, 0x070d0903, 0x070f0103, 0x070f0107,
+    0x070f0501, 0x070f0505, 0x070f070b, 0x09010101, 0x09010109, 0x09010305, 0x09010501, 0x09010509,
+    0x0901050f, 0x09010705, 0x09010903, 0x09010b01, 0x09010f01, 0x09030105, 0x0903010f, 0x09030303,
+    0x09030307, 0x09030505, 0x09030701, 0x0903070b, 0x09030907, 0x09030b03, 0x09030b0b, 0x09050103,
+    0x09050107, 0x09050301, 0x0905030b, 0x09050503, 0x09050707, 0x09050901, 0x09050b0f, 0x09050d05,
+    0x09050f01, 0x09070109, 0x09070303, 0x09070307, 0x09070501, 0x09070505, 0x09070703, 0x0907070b,
+    0x09090101, 0x09090105, 0x09090509, 0x0909070f, 0x09090901, 0x09090f03, 0x090b010b, 0x090b010f,
+    0x090b0503, 0x090b0d05, 0x090d0307, 0x090d0709, 0x090d0d01, 0x090f0301, 0x090f030b, 0x090f0701,
+    0x090f0907, 0x090f0b03, 0x0b010105, 0x0b010301, 0x0b010309, 0x0b010505, 0x0b010901, 0x0b010909,
+    0x0b01090f, 0x0b010b05, 0x0b010d0d, 0x0b010f09, 0x0b030103, 0x0b030107, 0x0b03010b, 0x0b030305,
+    0x0b030503, 0x0b030705, 0x0b030f05, 0x0b050101, 0x0b050303, 0x0b050507, 0x0b050701, 0x0b05070d,
+    0x0b050b07, 0x0b070105, 0x0b07010f, 0x0b070301, 0x0b07050f, 0x0b070909, 0x0b070b03, 0x0b070d0b,
+    0x0b070f07, 0x0b090103, 0x0b090109, 0x0b090501, 0x0b090705, 0x0b09090d, 0x0b0b0305, 0x0b0b050d,
+    0x0b0b0b03, 0x0b0b0b07, 0x0b0d0905, 0x0b0f0105, 0x0b0f0109, 0x0b0f0505, 0x0d010303, 0x0d010307,
+    0x0d01030b, 0x0d010703, 0x0d010707, 0x0d010d01, 0x0d030101, 0x0d030501, 0x0d03050f, 0x0d030d09,
+    0x0d050305, 0x0d050709, 0x0d050905, 0x0d050b0b, 0x0d050d05, 0x0d050f01, 0x0d070101, 0x0d070309,
+    0x0d070503, 0x0d070901, 0x0d09050b, 0x0d090907, 0x0d090d05, 0x0d0b0101, 0x0d0b0107, 0x0d0b0709,
+    0x0d0b0d01, 0x0d0d010b, 0x0d0d0901, 0x0d0f0303, 0x0d0f0307, 0x0f010101, 0x0f010109, 0x0f01010f,
+    0x0f010501, 0x0f010505, 0x0f01070d, 0x0f010901, 0x0f010b09, 0x0f010d05, 0x0f030105, 0x0f030303,
+    0x0f030509, 0x0f030907, 0x0f03090b, 0x0f050103, 0x0f050109, 0x0f050301, 0x0f05030d, 0x0f050503,
+    0x0f050701, 0x0f050b03, 0x0f070105, 0x0f070705, 0x0f07070b, 0x0f070b07, 0x0f090103, 0x0f09010b,
+    0x0f090307, 0x0f090501, 0x0f090b01, 0x0f0b0505, 0x0f0b0905, 0x0f0d0105, 0x0f0d0703, 0x0f0f0101,
+};
+
 namespace detail {
 // The table entry of a type, found by value: a plain loop stays a constant expression in every
 // build (GCC's UBSan makes the pointer test in tensor_type_info(TensorType) non-constant).
@@ -191,6 +287,8 @@ static_assert(detail::block_matches_table<BlockQ5_K>());
 static_assert(detail::block_matches_table<BlockQ6_K>());
 static_assert(detail::block_matches_table<BlockQ8_K>());
 static_assert(detail::block_matches_table<BlockIQ4_NL>());
+static_assert(detail::block_matches_table<BlockIQ4_XS>() && sizeof(BlockIQ4_XS) == 136);
+static_assert(detail::block_matches_table<BlockIQ3_S>() && sizeof(BlockIQ3_S) == 110);
 
 // ---------------------------------------------------------------------------------------
 // Numeric helpers shared by the quantizers. They reproduce llama.cpp's reference arithmetic
@@ -651,6 +749,49 @@ inline void dequantize_block(const BlockIQ4_NL& b, float* y) {
   }
 }
 
+namespace detail {
+// IQ4_XS: the signed 6-bit scale of sub-block ib (0..7).
+inline int iq4xs_scale(const BlockIQ4_XS& b, int ib) {
+  const int low = (b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF;
+  const int high = (b.scales_h >> (2 * ib)) & 3;
+  return (low | (high << 4)) - 32;
+}
+// IQ3_S: the odd multiplier 1 + 2 s of the 32 values of sub-block ib (0..7).
+inline int iq3s_scale(const BlockIQ3_S& b, int ib) { return 1 + 2 * ((b.scales[ib / 2] >> (4 * (ib % 2))) & 0xF); }
+// IQ3_S: the grid point of group g (0..63) of 4 values.
+inline uint32_t iq3s_point(const BlockIQ3_S& b, int g) {
+  return kIq3sGrid[b.qs[g] | (((b.qh[g / 8] >> (g % 8)) & 1) << 8)];
+}
+// IQ3_S: value i (0..255) is negative.
+inline bool iq3s_negative(const BlockIQ3_S& b, int i) { return (b.signs[i / 8] >> (i % 8)) & 1; }
+}  // namespace detail
+
+inline void dequantize_block(const BlockIQ4_XS& b, float* y) {
+  const float d = fp16_to_fp32(b.d);
+  for (int ib = 0; ib < kBlockK / 32; ++ib, y += 32) {
+    const float dl = d * static_cast<float>(detail::iq4xs_scale(b, ib));
+    const uint8_t* qs = b.qs + 16 * ib;
+    for (int j = 0; j < 16; ++j) {
+      y[j] = dl * kIq4nlValues[qs[j] & 0xF];
+      y[j + 16] = dl * kIq4nlValues[qs[j] >> 4];
+    }
+  }
+}
+
+inline void dequantize_block(const BlockIQ3_S& b, float* y) {
+  const float d = fp16_to_fp32(b.d);
+  for (int ib = 0; ib < kBlockK / 32; ++ib) {
+    const float db = d * static_cast<float>(detail::iq3s_scale(b, ib));
+    for (int g = 8 * ib; g < 8 * ib + 8; ++g) {
+      const uint32_t point = detail::iq3s_point(b, g);
+      for (int j = 0; j < 4; ++j) {
+        const float v = db * static_cast<float>((point >> (8 * j)) & 0xFF);
+        y[4 * g + j] = detail::iq3s_negative(b, 4 * g + j) ? -v : v;
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Reference quantization, one block at a time: x holds Block::block_size floats. Each gives
 // the bytes llama.cpp's `llama-quantize` writes without an importance matrix.
@@ -977,15 +1118,15 @@ inline void quantize_block(const float* x, BlockQ8_K* y) {
   y->d = 1 / iscale;
 }
 
-// IQ4_NL: pick the block scale among 16 candidates (largest magnitude mapped near the extreme
-// level, +-7 steps) by the x^2-weighted least-squares fit to the 16 levels, then snap every
-// value to its nearest level. llama-quantize takes this search path (ntry = 7), not the
-// one-shot `_ref` path.
-inline void quantize_block(const float* x, BlockIQ4_NL* y) {
+namespace detail {
+// IQ4_NL's scale search over one block of 32 (also each sub-block of IQ4_XS): start from the
+// scale mapping the value of largest magnitude to the extreme level, then try 15 more
+// (+-7 steps) and keep the best x^2-weighted least-squares fit to the 16 levels. 0 for a
+// block too small to matter. (llama.cpp's search path, ntry = 7, which llama-quantize takes.)
+inline float fit_iq4_scale(const float* x) {
   constexpr int n = kBlock32;
   const int8_t* levels = kIq4nlValues;
   float weight[n];
-  uint8_t L[n];
   for (int j = 0; j < n; ++j) weight[j] = x[j] * x[j];
   float amax = 0, vmax = 0;
   for (int j = 0; j < n; ++j) {
@@ -995,39 +1136,82 @@ inline void quantize_block(const float* x, BlockIQ4_NL* y) {
       vmax = x[j];
     }
   }
-  float scale = 0.f;
-  if (amax >= detail::kGroupEps) {
-    float d = -vmax / levels[0];
-    float id = 1 / d;
-    float sumqx = 0, sumq2 = 0;
+  if (amax < kGroupEps) return 0.f;
+  float d = -vmax / levels[0];
+  float id = 1 / d;
+  float sumqx = 0, sumq2 = 0;
+  for (int j = 0; j < n; ++j) {
+    const float q = levels[nearest_level_index(levels, 16, id * x[j])];
+    sumqx += weight[j] * q * x[j];
+    sumq2 += weight[j] * q * q;
+  }
+  d = sumq2 > 0 ? sumqx / sumq2 : 0.f;
+  float best = d * sumqx;
+  for (int step = -7; step <= 7; ++step) {
+    id = (step + levels[0]) / vmax;
+    sumqx = sumq2 = 0;
     for (int j = 0; j < n; ++j) {
-      const float q = levels[detail::nearest_level_index(levels, 16, id * x[j])];
+      const float q = levels[nearest_level_index(levels, 16, id * x[j])];
       sumqx += weight[j] * q * x[j];
       sumq2 += weight[j] * q * q;
     }
-    d = sumq2 > 0 ? sumqx / sumq2 : 0.f;
-    float best = d * sumqx;
-    for (int step = -7; step <= 7; ++step) {
-      id = (step + levels[0]) / vmax;
-      sumqx = sumq2 = 0;
-      for (int j = 0; j < n; ++j) {
-        const float q = levels[detail::nearest_level_index(levels, 16, id * x[j])];
-        sumqx += weight[j] * q * x[j];
-        sumq2 += weight[j] * q * q;
-      }
-      if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-        d = sumqx / sumq2;
-        best = d * sumqx;
-      }
+    if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+      d = sumqx / sumq2;
+      best = d * sumqx;
     }
-    scale = d;
   }
+  return d;
+}
+
+// The 32 values at x snapped to their nearest level under inverse scale id, packed as
+// IQ4_NL nibbles (value j low, value j + 16 high).
+inline void pack_iq4_levels(const float* x, float id, uint8_t* qs) {
+  uint8_t L[kBlock32];
+  for (int j = 0; j < kBlock32; ++j) L[j] = static_cast<uint8_t>(nearest_level_index(kIq4nlValues, 16, id * x[j]));
+  for (int j = 0; j < kBlock32 / 2; ++j) qs[j] = static_cast<uint8_t>(L[j] | (L[j + kBlock32 / 2] << 4));
+}
+}  // namespace detail
+
+// IQ4_NL: the block scale from fit_iq4_scale, then every value snapped to its nearest level.
+inline void quantize_block(const float* x, BlockIQ4_NL* y) {
+  const float scale = detail::fit_iq4_scale(x);
   y->d = fp32_to_fp16(scale);
   // quants from the unrounded scale, as llama.cpp does
-  const float id = scale != 0.f ? 1 / scale : 0.f;
-  for (int j = 0; j < n; ++j) L[j] = static_cast<uint8_t>(detail::nearest_level_index(levels, 16, id * x[j]));
-  for (int j = 0; j < n / 2; ++j) y->qs[j] = static_cast<uint8_t>(L[j] | (L[j + n / 2] << 4));
+  detail::pack_iq4_levels(x, scale != 0.f ? 1 / scale : 0.f, y->qs);
 }
+
+// IQ4_XS: each sub-block's IQ4_NL scale, then the super-block scale d maps the one of largest
+// magnitude to -32; sub-block scales become round(scale / d) in [-32, 31] and the values are
+// snapped again under the rounded scale d * l (d unrounded, as llama.cpp does).
+inline void quantize_block(const float* x, BlockIQ4_XS* y) {
+  float scales[kBlockK / 32];
+  float max_scale = 0, amax_scale = 0;
+  for (int ib = 0; ib < kBlockK / 32; ++ib) {
+    scales[ib] = detail::fit_iq4_scale(x + 32 * ib);
+    if (std::fabs(scales[ib]) > amax_scale) {
+      amax_scale = std::fabs(scales[ib]);
+      max_scale = scales[ib];
+    }
+  }
+  const float d = -max_scale / 32;
+  y->d = fp32_to_fp16(d);
+  const float id = d != 0.f ? 1 / d : 0.f;
+  y->scales_h = 0;
+  for (int ib = 0; ib < kBlockK / 32; ++ib) {
+    const int l = std::max(-32, std::min(31, detail::round_nearest(id * scales[ib])));
+    const float dl = d * static_cast<float>(l);
+    detail::pack_iq4_levels(x + 32 * ib, dl != 0.f ? 1 / dl : 0.f, y->qs + 16 * ib);
+    const int biased = l + 32;
+    if (ib % 2 == 0)
+      y->scales_l[ib / 2] = static_cast<uint8_t>(biased & 0xF);
+    else
+      y->scales_l[ib / 2] = static_cast<uint8_t>(y->scales_l[ib / 2] | ((biased & 0xF) << 4));
+    y->scales_h = static_cast<uint16_t>(y->scales_h | ((biased >> 4) << (2 * ib)));
+  }
+}
+
+// IQ3_S has no quantizer here: llama.cpp's is a search over the grid's neighbourhoods (built
+// at start-up from the grid), not yet written for tinyslm; quantize_row refuses the type.
 
 // ---------------------------------------------------------------------------------------
 // Typed rows: nblocks consecutive blocks.
@@ -1071,6 +1255,7 @@ struct QuantTraits {
   float bits_per_weight = 0;   // 8 * block_bytes / block_size
   DequantizeRowFn dequantize = nullptr;  // nullptr: tinyslm cannot convert this type
   QuantizeRowFn quantize = nullptr;      // llama.cpp's reference quantizer without importance matrix
+                                         // (nullptr: dequantize only, quantize_row refuses the type)
   detail::ActFormat act = detail::ActFormat::f32;  // activations its matmul dot takes
   bool integer_dot = false;    // weights decode to small integers (canonical form, kernels layer)
   int group = 32;              // values per scale group of that decode
@@ -1175,6 +1360,8 @@ inline constexpr QuantTraits block_type_list[] = {
     make_block_traits<BlockQ6_K>({ActFormat::q8_k, true, 16, false}),
     make_block_traits<BlockQ8_K>(kNoMatmul),
     make_block_traits<BlockIQ4_NL>({ActFormat::q8_0, true, 32, false}),
+    make_block_traits<BlockIQ4_XS>({ActFormat::q8_k, true, 32, false}),
+    make_traits(TensorType::IQ3_S, &dequantize_row_erased<BlockIQ3_S>, nullptr, {ActFormat::q8_k, true, 32, false}),
 };
 
 // GGUF type ids run from 0 to 39 (MXFP4); the table has a row for each, empty when unsupported.
@@ -1237,6 +1424,8 @@ inline Status dequantize_row(TensorType t, const void* src, float* dst, int64_t 
 inline Status quantize_row(TensorType t, const float* src, void* dst, int64_t n) {
   auto q = detail::traits_for_row(t, n);
   if (!q) return q.error();
+  if (!(*q)->quantize)
+    return make_error(Errc::unsupported, std::string("quantizing to ") + (*q)->name + " is not supported (dequantize only)");
   (*q)->quantize(src, dst, n);
   return {};
 }
