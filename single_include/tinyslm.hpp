@@ -1538,8 +1538,21 @@ class GgufFile {
     return {};
   }
 
+  // The whole file: header, metadata, tensor infos, then the tensors' placement.
   Status parse() {
     Cursor c{source_.data(), source_.size(), 0};
+    uint64_t n_tensors = 0, n_kv = 0;
+    if (auto st = parse_header(c, &n_tensors, &n_kv); !st) return st;
+    if (auto st = parse_metadata(c, n_kv); !st) return st;
+    if (auto st = read_alignment(); !st) return st;
+    if (auto st = parse_tensor_infos(c, n_tensors); !st) return st;
+    if (!detail::align_up(c.pos, alignment_, &data_offset_)) return bad("data offset overflows");
+    if (auto st = index_tensor_names(); !st) return st;
+    return place_tensors(c);
+  }
+
+  // Magic, version, counts; absurd counts fail here, before anything is allocated.
+  Status parse_header(Cursor& c, uint64_t* n_tensors, uint64_t* n_kv) {
     if (c.size < 4) return truncated(c, "the magic");
     if (std::memcmp(c.base, "GGUF", 4) != 0) {
       return bad("not a GGUF file (magic bytes are " +
@@ -1557,20 +1570,21 @@ class GgufFile {
                                                std::to_string(version_) +
                                                " (supported: 2 and 3)");
     }
-    uint64_t n_tensors, n_kv;
-    if (!read(c, &n_tensors)) return truncated(c, "the tensor count");
-    if (!read(c, &n_kv)) return truncated(c, "the metadata count");
-
-    // Lower bounds on the bytes each entry takes make absurd counts fail before allocating:
-    // a key/value is at least 8 (key length) + 4 (type) + 1 byte; a tensor info at least
-    // 8 (name length) + 4 (dims) + 4 (type) + 8 (offset).
+    if (!read(c, n_tensors)) return truncated(c, "the tensor count");
+    if (!read(c, n_kv)) return truncated(c, "the metadata count");
+    // Lower bounds on the bytes each entry takes: a key/value is at least 8 (key length) + 4
+    // (type) + 1 byte; a tensor info at least 8 (name length) + 4 (dims) + 4 (type) + 8 (offset).
     uint64_t need_kv, need_t, need;
-    if (detail::mul_overflows(n_kv, 13, &need_kv) || detail::mul_overflows(n_tensors, 24, &need_t) ||
+    if (detail::mul_overflows(*n_kv, 13, &need_kv) || detail::mul_overflows(*n_tensors, 24, &need_t) ||
         detail::add_overflows(need_kv, need_t, &need) || need > c.remaining())
-      return bad("header claims " + std::to_string(n_kv) + " metadata entries and " +
-                 std::to_string(n_tensors) + " tensors, more than the file of " +
+      return bad("header claims " + std::to_string(*n_kv) + " metadata entries and " +
+                 std::to_string(*n_tensors) + " tensors, more than the file of " +
                  std::to_string(c.size) + " bytes can hold");
+    return {};
+  }
 
+  // The key/value pairs (values validated and left in place), indexed by key; duplicates refused.
+  Status parse_metadata(Cursor& c, uint64_t n_kv) {
     kvs_.reserve(static_cast<size_t>(n_kv));
     for (uint64_t i = 0; i < n_kv; ++i) {
       GgufKv kv;
@@ -1596,7 +1610,10 @@ class GgufFile {
     for (size_t i = 1; i < kv_order_.size(); ++i)
       if (kvs_[kv_order_[i]].key == kvs_[kv_order_[i - 1]].key)
         return bad("duplicate metadata key " + detail::quoted(kvs_[kv_order_[i]].key));
+    return {};
+  }
 
+  Status read_alignment() {
     alignment_ = default_alignment;
     if (const GgufKv* a = find("general.alignment")) {
       if (a->value.type() != GgufValueType::u32) return type_error(*a, "u32");
@@ -1607,41 +1624,53 @@ class GgufFile {
         return bad("general.alignment is " + std::to_string(alignment_) +
                    ", which is not a power of two");
     }
+    return {};
+  }
 
+  // One tensor info: name, dimensions (their product must not overflow), type, offset.
+  Status parse_tensor_info(Cursor& c, GgufTensorInfo* out) {
+    GgufTensorInfo& t = *out;
+    auto st = read_string(c, &t.name, "a tensor name", max_tensor_name_length);
+    if (!st) return st;
+    const std::string who = "tensor " + detail::quoted(t.name);
+    if (!read(c, &t.n_dims)) return truncated(c, "a tensor's dimension count");
+    if (t.n_dims == 0 || t.n_dims > max_tensor_dims)
+      return bad(who + " has " + std::to_string(t.n_dims) + " dimensions (1 to 4 allowed)");
+    t.n_elements = 1;
+    for (uint32_t d = 0; d < t.n_dims; ++d) {
+      if (!read(c, &t.ne[d])) return truncated(c, "a tensor dimension");
+      if (t.ne[d] > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+          detail::mul_overflows(t.n_elements, t.ne[d], &t.n_elements) ||
+          t.n_elements > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        return bad(who + " has dimensions " + t.shape_string() + " whose product overflows");
+    }
+    uint32_t type_raw;
+    if (!read(c, &type_raw)) return truncated(c, "a tensor type");
+    const TensorTypeInfo* info = tensor_type_info(type_raw);
+    if (!info)
+      return make_error(Errc::unsupported, name() + ": " + who + " has unknown tensor type " +
+                                               std::to_string(type_raw));
+    t.type = info->type;
+    if (t.ne[0] % info->block_size != 0)
+      return bad(who + " of type " + info->name + " has a row of " + std::to_string(t.ne[0]) +
+                 " values, not a multiple of its block size " + std::to_string(info->block_size));
+    if (detail::mul_overflows(t.n_elements / info->block_size, info->block_bytes, &t.n_bytes))
+      return bad(who + " has a byte size that overflows");
+    if (!read(c, &t.offset)) return truncated(c, "a tensor offset");
+    return {};
+  }
+
+  Status parse_tensor_infos(Cursor& c, uint64_t n_tensors) {
     tensors_.reserve(static_cast<size_t>(n_tensors));
     for (uint64_t i = 0; i < n_tensors; ++i) {
       GgufTensorInfo t;
-      auto st = read_string(c, &t.name, "a tensor name", max_tensor_name_length);
-      if (!st) return st;
-      const std::string who = "tensor " + detail::quoted(t.name);
-      if (!read(c, &t.n_dims)) return truncated(c, "a tensor's dimension count");
-      if (t.n_dims == 0 || t.n_dims > max_tensor_dims)
-        return bad(who + " has " + std::to_string(t.n_dims) + " dimensions (1 to 4 allowed)");
-      t.n_elements = 1;
-      for (uint32_t d = 0; d < t.n_dims; ++d) {
-        if (!read(c, &t.ne[d])) return truncated(c, "a tensor dimension");
-        if (t.ne[d] > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
-            detail::mul_overflows(t.n_elements, t.ne[d], &t.n_elements) ||
-            t.n_elements > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-          return bad(who + " has dimensions " + t.shape_string() + " whose product overflows");
-      }
-      uint32_t type_raw;
-      if (!read(c, &type_raw)) return truncated(c, "a tensor type");
-      const TensorTypeInfo* info = tensor_type_info(type_raw);
-      if (!info)
-        return make_error(Errc::unsupported, name() + ": " + who + " has unknown tensor type " +
-                                                 std::to_string(type_raw));
-      t.type = info->type;
-      if (t.ne[0] % info->block_size != 0)
-        return bad(who + " of type " + info->name + " has a row of " + std::to_string(t.ne[0]) +
-                   " values, not a multiple of its block size " + std::to_string(info->block_size));
-      if (detail::mul_overflows(t.n_elements / info->block_size, info->block_bytes, &t.n_bytes))
-        return bad(who + " has a byte size that overflows");
-      if (!read(c, &t.offset)) return truncated(c, "a tensor offset");
+      if (auto st = parse_tensor_info(c, &t); !st) return st;
       tensors_.push_back(t);
     }
+    return {};
+  }
 
-    if (!detail::align_up(c.pos, alignment_, &data_offset_)) return bad("data offset overflows");
+  Status index_tensor_names() {
     tensor_order_.resize(tensors_.size());
     for (uint32_t i = 0; i < tensor_order_.size(); ++i) tensor_order_[i] = i;
     std::sort(tensor_order_.begin(), tensor_order_.end(),
@@ -1649,8 +1678,11 @@ class GgufFile {
     for (size_t i = 1; i < tensor_order_.size(); ++i)
       if (tensors_[tensor_order_[i]].name == tensors_[tensor_order_[i - 1]].name)
         return bad("duplicate tensor name " + detail::quoted(tensors_[tensor_order_[i]].name));
+    return {};
+  }
 
-    // Every tensor must be aligned, lie inside the file, and overlap no other tensor.
+  // Every tensor must be aligned, lie inside the file, and overlap no other tensor.
+  Status place_tensors(const Cursor& c) {
     std::vector<uint32_t> by_offset(tensors_.size());
     for (uint32_t i = 0; i < by_offset.size(); ++i) by_offset[i] = i;
     std::sort(by_offset.begin(), by_offset.end(), [&](uint32_t a, uint32_t b) {
@@ -2250,6 +2282,102 @@ struct BlockIQ4_NL {
 inline constexpr int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                             1,    13,   25,  38,  53,  69,  89,  113};
 
+// 4.25 bits/weight: 8 sub-blocks of 32 on IQ4_NL's levels, each with a 6-bit scale stored
+// offset by 32 (low 4 bits in scales_l, two per byte; top 2 bits in scales_h, two per
+// sub-block); x = d * (scale - 32) * kIq4nlValues[q]; each sub-block's 16 bytes of qs hold
+// its nibbles as an IQ4_NL block does.
+struct BlockIQ4_XS {
+  static constexpr TensorType type = TensorType::IQ4_XS;
+  static constexpr int block_size = kBlockK;
+  uint16_t d;
+  uint16_t scales_h;
+  uint8_t scales_l[kBlockK / 64];
+  uint8_t qs[kBlockK / 2];
+};
+
+// 3.4375 bits/weight: the 256 values in groups of 4, each group a point of a 512-entry grid
+// of magnitudes (kIq3sGrid: 4 odd values 1..15) chosen by 9 bits (low 8 in qs, the ninth in
+// qh, one bit per group), with one sign bit per value (signs, set = negative) and a 4-bit
+// scale s per 32 values (two per byte of scales); x = d * (1 + 2 s) * grid * sign.
+struct BlockIQ3_S {
+  static constexpr TensorType type = TensorType::IQ3_S;
+  static constexpr int block_size = kBlockK;
+  uint16_t d;
+  uint8_t qs[kBlockK / 4];
+  uint8_t qh[kBlockK / 32];
+  uint8_t signs[kBlockK / 8];
+  uint8_t scales[kBlockK / 64];
+};
+
+// IQ3_S's grid: entry i packs the magnitudes of a group of 4 values, byte j = value j.
+// Only 512 of the 8^4 combinations of odd magnitudes, the ones that occur most in real weights.
+inline constexpr uint32_t kIq3sGrid[512] = {
+    0x01010101, 0x01010103, 0x01010105, 0x0101010b, 0x0101010f, 0x01010301, 0x01010303, 0x01010305,
+    0x01010309, 0x0101030d, 0x01010501, 0x01010503, 0x0101050b, 0x01010707, 0x01010901, 0x01010905,
+    0x0101090b, 0x0101090f, 0x01010b03, 0x01010b07, 0x01010d01, 0x01010d05, 0x01010f03, 0x01010f09,
+    0x01010f0f, 0x01030101, 0x01030103, 0x01030105, 0x01030109, 0x01030301, 0x01030303, 0x0103030b,
+    0x01030501, 0x01030507, 0x0103050f, 0x01030703, 0x0103070b, 0x01030909, 0x01030d03, 0x01030d0b,
+    0x01030f05, 0x01050101, 0x01050103, 0x0105010b, 0x0105010f, 0x01050301, 0x01050307, 0x0105030d,
+    0x01050503, 0x0105050b, 0x01050701, 0x01050709, 0x01050905, 0x0105090b, 0x0105090f, 0x01050b03,
+    0x01050b07, 0x01050f01, 0x01050f07, 0x01070107, 0x01070303, 0x0107030b, 0x01070501, 0x01070505,
+    0x01070703, 0x01070707, 0x0107070d, 0x01070909, 0x01070b01, 0x01070b05, 0x01070d0f, 0x01070f03,
+    0x01070f0b, 0x01090101, 0x01090307, 0x0109030f, 0x01090503, 0x01090509, 0x01090705, 0x01090901,
+    0x01090907, 0x01090b03, 0x01090f01, 0x010b0105, 0x010b0109, 0x010b0501, 0x010b0505, 0x010b050d,
+    0x010b0707, 0x010b0903, 0x010b090b, 0x010b090f, 0x010b0d0d, 0x010b0f07, 0x010d010d, 0x010d0303,
+    0x010d0307, 0x010d0703, 0x010d0b05, 0x010d0f03, 0x010f0101, 0x010f0105, 0x010f0109, 0x010f0501,
+    0x010f0505, 0x010f050d, 0x010f0707, 0x010f0b01, 0x010f0b09, 0x03010101, 0x03010103, 0x03010105,
+    0x03010109, 0x03010301, 0x03010303, 0x03010307, 0x0301030b, 0x0301030f, 0x03010501, 0x03010505,
+    0x03010703, 0x03010709, 0x0301070d, 0x03010b09, 0x03010b0d, 0x03010d03, 0x03010f05, 0x03030101,
+    0x03030103, 0x03030107, 0x0303010d, 0x03030301, 0x03030309, 0x03030503, 0x03030701, 0x03030707,
+    0x03030903, 0x03030b01, 0x03030b05, 0x03030f01, 0x03030f0d, 0x03050101, 0x03050305, 0x0305030b,
+    0x0305030f, 0x03050501, 0x03050509, 0x03050705, 0x03050901, 0x03050907, 0x03050b0b, 0x03050d01,
+    0x03050f05, 0x03070103, 0x03070109, 0x0307010f, 0x03070301, 0x03070307, 0x03070503, 0x0307050f,
+    0x03070701, 0x03070709, 0x03070903, 0x03070d05, 0x03070f01, 0x03090107, 0x0309010b, 0x03090305,
+    0x03090309, 0x03090703, 0x03090707, 0x03090905, 0x0309090d, 0x03090b01, 0x03090b09, 0x030b0103,
+    0x030b0301, 0x030b0307, 0x030b0503, 0x030b0701, 0x030b0705, 0x030b0b03, 0x030d0501, 0x030d0509,
+    0x030d050f, 0x030d0909, 0x030d090d, 0x030f0103, 0x030f0107, 0x030f0301, 0x030f0305, 0x030f0503,
+    0x030f070b, 0x030f0903, 0x030f0d05, 0x030f0f01, 0x05010101, 0x05010103, 0x05010107, 0x0501010b,
+    0x0501010f, 0x05010301, 0x05010305, 0x05010309, 0x0501030d, 0x05010503, 0x05010507, 0x0501050f,
+    0x05010701, 0x05010705, 0x05010903, 0x05010907, 0x0501090b, 0x05010b01, 0x05010b05, 0x05010d0f,
+    0x05010f01, 0x05010f07, 0x05010f0b, 0x05030101, 0x05030105, 0x05030301, 0x05030307, 0x0503030f,
+    0x05030505, 0x0503050b, 0x05030703, 0x05030709, 0x05030905, 0x05030b03, 0x05050103, 0x05050109,
+    0x0505010f, 0x05050503, 0x05050507, 0x05050701, 0x0505070f, 0x05050903, 0x05050b07, 0x05050b0f,
+    0x05050f03, 0x05050f09, 0x05070101, 0x05070105, 0x0507010b, 0x05070303, 0x05070505, 0x05070509,
+    0x05070703, 0x05070707, 0x05070905, 0x05070b01, 0x05070d0d, 0x05090103, 0x0509010f, 0x05090501,
+    0x05090507, 0x05090705, 0x0509070b, 0x05090903, 0x05090f05, 0x05090f0b, 0x050b0109, 0x050b0303,
+    0x050b0505, 0x050b070f, 0x050b0901, 0x050b0b07, 0x050b0f01, 0x050d0101, 0x050d0105, 0x050d010f,
+    0x050d0503, 0x050d0b0b, 0x050d0d03, 0x050f010b, 0x050f0303, 0x050f050d, 0x050f0701, 0x050f0907,
+    0x050f0b01, 0x07010105, 0x07010303, 0x07010307, 0x0701030b, 0x0701030f, 0x07010505, 0x07010703,
+    0x07010707, 0x0701070b, 0x07010905, 0x07010909, 0x0701090f, 0x07010b03, 0x07010d07, 0x07010f03,
+    0x07030103, 0x07030107, 0x0703010b, 0x07030309, 0x07030503, 0x07030507, 0x07030901, 0x07030d01,
+    0x07030f05, 0x07030f0d, 0x07050101, 0x07050305, 0x07050501, 0x07050705, 0x07050709, 0x07050b01,
+    0x07070103, 0x07070301, 0x07070309, 0x07070503, 0x07070507, 0x0707050f, 0x07070701, 0x07070903,
+    0x07070907, 0x0707090f, 0x07070b0b, 0x07070f07, 0x07090107, 0x07090303, 0x0709030d, 0x07090505,
+    0x07090703, 0x07090b05, 0x07090d01, 0x07090d09, 0x070b0103, 0x070b0301, 0x070b0305, 0x070b050b,
+    0x070b0705, 0x070b0909, 0x070b0b0d, 0x070b0f07, 0x070d030d, 0x070d0903, 0x070f0103, 0x070f0107,
+    0x070f0501, 0x070f0505, 0x070f070b, 0x09010101, 0x09010109, 0x09010305, 0x09010501, 0x09010509,
+    0x0901050f, 0x09010705, 0x09010903, 0x09010b01, 0x09010f01, 0x09030105, 0x0903010f, 0x09030303,
+    0x09030307, 0x09030505, 0x09030701, 0x0903070b, 0x09030907, 0x09030b03, 0x09030b0b, 0x09050103,
+    0x09050107, 0x09050301, 0x0905030b, 0x09050503, 0x09050707, 0x09050901, 0x09050b0f, 0x09050d05,
+    0x09050f01, 0x09070109, 0x09070303, 0x09070307, 0x09070501, 0x09070505, 0x09070703, 0x0907070b,
+    0x09090101, 0x09090105, 0x09090509, 0x0909070f, 0x09090901, 0x09090f03, 0x090b010b, 0x090b010f,
+    0x090b0503, 0x090b0d05, 0x090d0307, 0x090d0709, 0x090d0d01, 0x090f0301, 0x090f030b, 0x090f0701,
+    0x090f0907, 0x090f0b03, 0x0b010105, 0x0b010301, 0x0b010309, 0x0b010505, 0x0b010901, 0x0b010909,
+    0x0b01090f, 0x0b010b05, 0x0b010d0d, 0x0b010f09, 0x0b030103, 0x0b030107, 0x0b03010b, 0x0b030305,
+    0x0b030503, 0x0b030705, 0x0b030f05, 0x0b050101, 0x0b050303, 0x0b050507, 0x0b050701, 0x0b05070d,
+    0x0b050b07, 0x0b070105, 0x0b07010f, 0x0b070301, 0x0b07050f, 0x0b070909, 0x0b070b03, 0x0b070d0b,
+    0x0b070f07, 0x0b090103, 0x0b090109, 0x0b090501, 0x0b090705, 0x0b09090d, 0x0b0b0305, 0x0b0b050d,
+    0x0b0b0b03, 0x0b0b0b07, 0x0b0d0905, 0x0b0f0105, 0x0b0f0109, 0x0b0f0505, 0x0d010303, 0x0d010307,
+    0x0d01030b, 0x0d010703, 0x0d010707, 0x0d010d01, 0x0d030101, 0x0d030501, 0x0d03050f, 0x0d030d09,
+    0x0d050305, 0x0d050709, 0x0d050905, 0x0d050b0b, 0x0d050d05, 0x0d050f01, 0x0d070101, 0x0d070309,
+    0x0d070503, 0x0d070901, 0x0d09050b, 0x0d090907, 0x0d090d05, 0x0d0b0101, 0x0d0b0107, 0x0d0b0709,
+    0x0d0b0d01, 0x0d0d010b, 0x0d0d0901, 0x0d0f0303, 0x0d0f0307, 0x0f010101, 0x0f010109, 0x0f01010f,
+    0x0f010501, 0x0f010505, 0x0f01070d, 0x0f010901, 0x0f010b09, 0x0f010d05, 0x0f030105, 0x0f030303,
+    0x0f030509, 0x0f030907, 0x0f03090b, 0x0f050103, 0x0f050109, 0x0f050301, 0x0f05030d, 0x0f050503,
+    0x0f050701, 0x0f050b03, 0x0f070105, 0x0f070705, 0x0f07070b, 0x0f070b07, 0x0f090103, 0x0f09010b,
+    0x0f090307, 0x0f090501, 0x0f090b01, 0x0f0b0505, 0x0f0b0905, 0x0f0d0105, 0x0f0d0703, 0x0f0f0101,
+};
+
 namespace detail {
 // The table entry of a type, found by value: a plain loop stays a constant expression in every
 // build (GCC's UBSan makes the pointer test in tensor_type_info(TensorType) non-constant).
@@ -2280,6 +2408,8 @@ static_assert(detail::block_matches_table<BlockQ5_K>());
 static_assert(detail::block_matches_table<BlockQ6_K>());
 static_assert(detail::block_matches_table<BlockQ8_K>());
 static_assert(detail::block_matches_table<BlockIQ4_NL>());
+static_assert(detail::block_matches_table<BlockIQ4_XS>() && sizeof(BlockIQ4_XS) == 136);
+static_assert(detail::block_matches_table<BlockIQ3_S>() && sizeof(BlockIQ3_S) == 110);
 
 // ---------------------------------------------------------------------------------------
 // Numeric helpers shared by the quantizers. They reproduce llama.cpp's reference arithmetic
@@ -2740,6 +2870,49 @@ inline void dequantize_block(const BlockIQ4_NL& b, float* y) {
   }
 }
 
+namespace detail {
+// IQ4_XS: the signed 6-bit scale of sub-block ib (0..7).
+inline int iq4xs_scale(const BlockIQ4_XS& b, int ib) {
+  const int low = (b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF;
+  const int high = (b.scales_h >> (2 * ib)) & 3;
+  return (low | (high << 4)) - 32;
+}
+// IQ3_S: the odd multiplier 1 + 2 s of the 32 values of sub-block ib (0..7).
+inline int iq3s_scale(const BlockIQ3_S& b, int ib) { return 1 + 2 * ((b.scales[ib / 2] >> (4 * (ib % 2))) & 0xF); }
+// IQ3_S: the grid point of group g (0..63) of 4 values.
+inline uint32_t iq3s_point(const BlockIQ3_S& b, int g) {
+  return kIq3sGrid[b.qs[g] | (((b.qh[g / 8] >> (g % 8)) & 1) << 8)];
+}
+// IQ3_S: value i (0..255) is negative.
+inline bool iq3s_negative(const BlockIQ3_S& b, int i) { return (b.signs[i / 8] >> (i % 8)) & 1; }
+}  // namespace detail
+
+inline void dequantize_block(const BlockIQ4_XS& b, float* y) {
+  const float d = fp16_to_fp32(b.d);
+  for (int ib = 0; ib < kBlockK / 32; ++ib, y += 32) {
+    const float dl = d * static_cast<float>(detail::iq4xs_scale(b, ib));
+    const uint8_t* qs = b.qs + 16 * ib;
+    for (int j = 0; j < 16; ++j) {
+      y[j] = dl * kIq4nlValues[qs[j] & 0xF];
+      y[j + 16] = dl * kIq4nlValues[qs[j] >> 4];
+    }
+  }
+}
+
+inline void dequantize_block(const BlockIQ3_S& b, float* y) {
+  const float d = fp16_to_fp32(b.d);
+  for (int ib = 0; ib < kBlockK / 32; ++ib) {
+    const float db = d * static_cast<float>(detail::iq3s_scale(b, ib));
+    for (int g = 8 * ib; g < 8 * ib + 8; ++g) {
+      const uint32_t point = detail::iq3s_point(b, g);
+      for (int j = 0; j < 4; ++j) {
+        const float v = db * static_cast<float>((point >> (8 * j)) & 0xFF);
+        y[4 * g + j] = detail::iq3s_negative(b, 4 * g + j) ? -v : v;
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Reference quantization, one block at a time: x holds Block::block_size floats. Each gives
 // the bytes llama.cpp's `llama-quantize` writes without an importance matrix.
@@ -3066,15 +3239,15 @@ inline void quantize_block(const float* x, BlockQ8_K* y) {
   y->d = 1 / iscale;
 }
 
-// IQ4_NL: pick the block scale among 16 candidates (largest magnitude mapped near the extreme
-// level, +-7 steps) by the x^2-weighted least-squares fit to the 16 levels, then snap every
-// value to its nearest level. llama-quantize takes this search path (ntry = 7), not the
-// one-shot `_ref` path.
-inline void quantize_block(const float* x, BlockIQ4_NL* y) {
+namespace detail {
+// IQ4_NL's scale search over one block of 32 (also each sub-block of IQ4_XS): start from the
+// scale mapping the value of largest magnitude to the extreme level, then try 15 more
+// (+-7 steps) and keep the best x^2-weighted least-squares fit to the 16 levels. 0 for a
+// block too small to matter. (llama.cpp's search path, ntry = 7, which llama-quantize takes.)
+inline float fit_iq4_scale(const float* x) {
   constexpr int n = kBlock32;
   const int8_t* levels = kIq4nlValues;
   float weight[n];
-  uint8_t L[n];
   for (int j = 0; j < n; ++j) weight[j] = x[j] * x[j];
   float amax = 0, vmax = 0;
   for (int j = 0; j < n; ++j) {
@@ -3084,39 +3257,82 @@ inline void quantize_block(const float* x, BlockIQ4_NL* y) {
       vmax = x[j];
     }
   }
-  float scale = 0.f;
-  if (amax >= detail::kGroupEps) {
-    float d = -vmax / levels[0];
-    float id = 1 / d;
-    float sumqx = 0, sumq2 = 0;
+  if (amax < kGroupEps) return 0.f;
+  float d = -vmax / levels[0];
+  float id = 1 / d;
+  float sumqx = 0, sumq2 = 0;
+  for (int j = 0; j < n; ++j) {
+    const float q = levels[nearest_level_index(levels, 16, id * x[j])];
+    sumqx += weight[j] * q * x[j];
+    sumq2 += weight[j] * q * q;
+  }
+  d = sumq2 > 0 ? sumqx / sumq2 : 0.f;
+  float best = d * sumqx;
+  for (int step = -7; step <= 7; ++step) {
+    id = (step + levels[0]) / vmax;
+    sumqx = sumq2 = 0;
     for (int j = 0; j < n; ++j) {
-      const float q = levels[detail::nearest_level_index(levels, 16, id * x[j])];
+      const float q = levels[nearest_level_index(levels, 16, id * x[j])];
       sumqx += weight[j] * q * x[j];
       sumq2 += weight[j] * q * q;
     }
-    d = sumq2 > 0 ? sumqx / sumq2 : 0.f;
-    float best = d * sumqx;
-    for (int step = -7; step <= 7; ++step) {
-      id = (step + levels[0]) / vmax;
-      sumqx = sumq2 = 0;
-      for (int j = 0; j < n; ++j) {
-        const float q = levels[detail::nearest_level_index(levels, 16, id * x[j])];
-        sumqx += weight[j] * q * x[j];
-        sumq2 += weight[j] * q * q;
-      }
-      if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-        d = sumqx / sumq2;
-        best = d * sumqx;
-      }
+    if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+      d = sumqx / sumq2;
+      best = d * sumqx;
     }
-    scale = d;
   }
+  return d;
+}
+
+// The 32 values at x snapped to their nearest level under inverse scale id, packed as
+// IQ4_NL nibbles (value j low, value j + 16 high).
+inline void pack_iq4_levels(const float* x, float id, uint8_t* qs) {
+  uint8_t L[kBlock32];
+  for (int j = 0; j < kBlock32; ++j) L[j] = static_cast<uint8_t>(nearest_level_index(kIq4nlValues, 16, id * x[j]));
+  for (int j = 0; j < kBlock32 / 2; ++j) qs[j] = static_cast<uint8_t>(L[j] | (L[j + kBlock32 / 2] << 4));
+}
+}  // namespace detail
+
+// IQ4_NL: the block scale from fit_iq4_scale, then every value snapped to its nearest level.
+inline void quantize_block(const float* x, BlockIQ4_NL* y) {
+  const float scale = detail::fit_iq4_scale(x);
   y->d = fp32_to_fp16(scale);
   // quants from the unrounded scale, as llama.cpp does
-  const float id = scale != 0.f ? 1 / scale : 0.f;
-  for (int j = 0; j < n; ++j) L[j] = static_cast<uint8_t>(detail::nearest_level_index(levels, 16, id * x[j]));
-  for (int j = 0; j < n / 2; ++j) y->qs[j] = static_cast<uint8_t>(L[j] | (L[j + n / 2] << 4));
+  detail::pack_iq4_levels(x, scale != 0.f ? 1 / scale : 0.f, y->qs);
 }
+
+// IQ4_XS: each sub-block's IQ4_NL scale, then the super-block scale d maps the one of largest
+// magnitude to -32; sub-block scales become round(scale / d) in [-32, 31] and the values are
+// snapped again under the rounded scale d * l (d unrounded, as llama.cpp does).
+inline void quantize_block(const float* x, BlockIQ4_XS* y) {
+  float scales[kBlockK / 32];
+  float max_scale = 0, amax_scale = 0;
+  for (int ib = 0; ib < kBlockK / 32; ++ib) {
+    scales[ib] = detail::fit_iq4_scale(x + 32 * ib);
+    if (std::fabs(scales[ib]) > amax_scale) {
+      amax_scale = std::fabs(scales[ib]);
+      max_scale = scales[ib];
+    }
+  }
+  const float d = -max_scale / 32;
+  y->d = fp32_to_fp16(d);
+  const float id = d != 0.f ? 1 / d : 0.f;
+  y->scales_h = 0;
+  for (int ib = 0; ib < kBlockK / 32; ++ib) {
+    const int l = std::max(-32, std::min(31, detail::round_nearest(id * scales[ib])));
+    const float dl = d * static_cast<float>(l);
+    detail::pack_iq4_levels(x + 32 * ib, dl != 0.f ? 1 / dl : 0.f, y->qs + 16 * ib);
+    const int biased = l + 32;
+    if (ib % 2 == 0)
+      y->scales_l[ib / 2] = static_cast<uint8_t>(biased & 0xF);
+    else
+      y->scales_l[ib / 2] = static_cast<uint8_t>(y->scales_l[ib / 2] | ((biased & 0xF) << 4));
+    y->scales_h = static_cast<uint16_t>(y->scales_h | ((biased >> 4) << (2 * ib)));
+  }
+}
+
+// IQ3_S has no quantizer here: llama.cpp's is a search over the grid's neighbourhoods (built
+// at start-up from the grid), not yet written for tinyslm; quantize_row refuses the type.
 
 // ---------------------------------------------------------------------------------------
 // Typed rows: nblocks consecutive blocks.
@@ -3160,6 +3376,7 @@ struct QuantTraits {
   float bits_per_weight = 0;   // 8 * block_bytes / block_size
   DequantizeRowFn dequantize = nullptr;  // nullptr: tinyslm cannot convert this type
   QuantizeRowFn quantize = nullptr;      // llama.cpp's reference quantizer without importance matrix
+                                         // (nullptr: dequantize only, quantize_row refuses the type)
   detail::ActFormat act = detail::ActFormat::f32;  // activations its matmul dot takes
   bool integer_dot = false;    // weights decode to small integers (canonical form, kernels layer)
   int group = 32;              // values per scale group of that decode
@@ -3264,6 +3481,8 @@ inline constexpr QuantTraits block_type_list[] = {
     make_block_traits<BlockQ6_K>({ActFormat::q8_k, true, 16, false}),
     make_block_traits<BlockQ8_K>(kNoMatmul),
     make_block_traits<BlockIQ4_NL>({ActFormat::q8_0, true, 32, false}),
+    make_block_traits<BlockIQ4_XS>({ActFormat::q8_k, true, 32, false}),
+    make_traits(TensorType::IQ3_S, &dequantize_row_erased<BlockIQ3_S>, nullptr, {ActFormat::q8_k, true, 32, false}),
 };
 
 // GGUF type ids run from 0 to 39 (MXFP4); the table has a row for each, empty when unsupported.
@@ -3326,6 +3545,8 @@ inline Status dequantize_row(TensorType t, const void* src, float* dst, int64_t 
 inline Status quantize_row(TensorType t, const float* src, void* dst, int64_t n) {
   auto q = detail::traits_for_row(t, n);
   if (!q) return q.error();
+  if (!(*q)->quantize)
+    return make_error(Errc::unsupported, std::string("quantizing to ") + (*q)->name + " is not supported (dequantize only)");
   (*q)->quantize(src, dst, n);
   return {};
 }
@@ -3486,20 +3707,114 @@ inline uint32_t first_u32(const GgufFile& f, const std::string& key, uint32_t fa
 
 }  // namespace detail
 
+namespace detail {
+
+// llama-quantize's per-tensor choices (no importance matrix), with the counters they keep over
+// the tensors in write order.
+struct MixChooser {
+  const QuantMix& mix;
+  std::string_view m;  // the mix's name
+  bool tied = false;
+  uint32_t n_layer = 0, n_gqa = 1, n_expert = 0;
+  int n_attn_v = 0, i_attn_v = 0, i_ffn_down = 0;
+
+  bool k_m() const { return m == "Q4_K_M" || m == "Q4_K" || m == "Q5_K_M" || m == "Q5_K"; }
+  static bool is_attn_v(std::string_view n) {
+    return contains(n, "attn_v.weight") || contains(n, "attn_qkv.weight") || contains(n, "attn_kv_b.weight");
+  }
+
+  TensorType attn_v(TensorType to) {
+    if (m == "Q2_K") to = n_gqa >= 4 ? TensorType::Q4_K : TensorType::Q3_K;
+    else if (m == "Q3_K_M" || m == "Q3_K") to = i_attn_v < 2 ? TensorType::Q5_K : TensorType::Q4_K;
+    else if (m == "Q3_K_L") to = TensorType::Q5_K;
+    else if (m == "IQ4_NL" && n_gqa >= 4) to = TensorType::Q5_K;
+    else if (k_m() && more_bits_layer(i_attn_v, n_attn_v)) to = TensorType::Q6_K;
+    else if (m == "Q4_K_S" && i_attn_v < 4) to = TensorType::Q5_K;
+    if (n_expert == 8) to = TensorType::Q8_0;
+    ++i_attn_v;
+    return to;
+  }
+
+  TensorType ffn_down(std::string_view n, TensorType to) {
+    int layer = i_ffn_down;
+    if (n_expert > 1) layer = std::max(0, tensor_layer(n));
+    const int nl = static_cast<int>(n_layer);
+    if (m == "Q2_K") to = TensorType::Q3_K;
+    else if (m == "Q3_K_M" || m == "Q3_K") to = layer < nl / 16 ? TensorType::Q5_K : TensorType::Q4_K;  // non-falcon rule
+    else if (m == "Q3_K_L") to = TensorType::Q5_K;
+    else if ((m == "Q4_K_M" || m == "Q4_K") && more_bits_layer(layer, nl)) to = TensorType::Q6_K;
+    else if (m == "IQ4_NL" && layer < nl / 8) to = TensorType::Q5_K;
+    else if ((m == "Q5_K_M" || m == "Q5_K") && more_bits_layer(layer, nl)) to = TensorType::Q6_K;
+    else if (m == "Q4_K_S" && layer < nl / 8) to = TensorType::Q5_K;
+    ++i_ffn_down;
+    return to;
+  }
+
+  TensorType attn_output(TensorType to) const {
+    if (n_expert == 8) {
+      if (m == "Q2_K" || m == "Q3_K_S" || m == "Q3_K_M" || m == "Q3_K" || m == "IQ4_NL" || m == "Q4_K_S" ||
+          m == "Q4_K_M" || m == "Q4_K")
+        to = TensorType::Q5_K;
+    } else if (m == "Q2_K") {
+      to = TensorType::Q3_K;
+    } else if (m == "Q3_K_M" || m == "Q3_K") {
+      to = TensorType::Q4_K;
+    } else if (m == "Q3_K_L") {
+      to = TensorType::Q5_K;
+    }
+    return to;
+  }
+
+  // The mix's type for one tensor (before the block-size fallback).
+  TensorType choose(const GgufTensorInfo& t) {
+    const std::string_view n = t.name;
+    TensorType to = mix.base;
+    const bool is_output = n == "output.weight", is_embd = n == "token_embd.weight";
+    if (is_output || (tied && is_embd)) {
+      if (t.ne[0] % tensor_type_info(to).block_size != 0) to = TensorType::Q8_0;
+      else if (to != TensorType::Q8_0) to = TensorType::Q6_K;
+    } else if (is_embd) {
+      // an untied embedding keeps the base type
+    } else if (is_attn_v(n)) {
+      to = attn_v(to);
+    } else if (contains(n, "attn_k.weight")) {
+      if (n_expert == 8) to = TensorType::Q8_0;
+    } else if (contains(n, "ffn_down")) {
+      to = ffn_down(n, to);
+    } else if (contains(n, "attn_output.weight")) {
+      to = attn_output(to);
+    }
+    return to;
+  }
+};
+
+// Rows that are not whole blocks of the chosen type fall back to a wider type, then F16.
+inline TensorType fit_block(const GgufTensorInfo& t, TensorType to, bool* fell_back) {
+  if (is_block_quantized(to) && t.ne[0] % tensor_type_info(to).block_size != 0) {
+    to = fallback_type(to);
+    if (t.ne[0] % tensor_type_info(to).block_size != 0) to = TensorType::F16;
+    *fell_back = true;
+  }
+  return to;
+}
+
+}  // namespace detail
+
 // The type each tensor of `in` gets, in the order they will be written.
 inline Expected<std::vector<TensorPlan>> plan_quantization(const GgufFile& in, const QuantizeOptions& opt) {
   const detail::QuantMix* mix = detail::find_quant_mix(opt.target);
   if (!mix) return make_error(Errc::invalid_argument, "unknown quantization type '" + opt.target + "'");
-  const std::string& mix_name = mix->name;
   if (!quant_traits(mix->base))
-    return make_error(Errc::unsupported, "quantization to " + mix_name + " is not supported");
+    return make_error(Errc::unsupported, "quantization to " + std::string(mix->name) + " is not supported");
 
   const std::string arch = in.get_or<std::string>("general.architecture", "").value_or("");
-  const uint32_t n_layer = detail::first_u32(in, arch + ".block_count", 0);
+  detail::MixChooser chooser{*mix, mix->name};
+  chooser.n_layer = detail::first_u32(in, arch + ".block_count", 0);
   const uint32_t n_head = detail::first_u32(in, arch + ".attention.head_count", 1);
   const uint32_t n_head_kv = detail::first_u32(in, arch + ".attention.head_count_kv", n_head);
-  const uint32_t n_expert = detail::first_u32(in, arch + ".expert_count", 0);
-  const uint32_t n_gqa = n_head_kv ? n_head / n_head_kv : 1;
+  chooser.n_expert = detail::first_u32(in, arch + ".expert_count", 0);
+  chooser.n_gqa = n_head_kv ? n_head / n_head_kv : 1;
+  chooser.tied = in.find_tensor("output.weight") == nullptr;
 
   std::vector<TensorPlan> plan;
   for (const auto& t : in.tensors()) plan.push_back({&t, t.type, detail::is_quantizable(t), false});
@@ -3507,78 +3822,14 @@ inline Expected<std::vector<TensorPlan>> plan_quantization(const GgufFile& in, c
     const int la = detail::tensor_layer(a.tensor->name), lb = detail::tensor_layer(b.tensor->name);
     return la != lb ? la < lb : a.tensor->name < b.tensor->name;
   });
-
-  bool tied = in.find_tensor("output.weight") == nullptr;
-  int n_attn_v = 0;
-  for (const auto& p : plan) {
-    const std::string_view n = p.tensor->name;
-    if (detail::contains(n, "attn_v.weight") || detail::contains(n, "attn_qkv.weight") ||
-        detail::contains(n, "attn_kv_b.weight"))
-      ++n_attn_v;
-  }
-  int i_attn_v = 0, i_ffn_down = 0;
-  const std::string_view m = mix_name;
-  const bool k_m = m == "Q4_K_M" || m == "Q4_K" || m == "Q5_K_M" || m == "Q5_K";
+  for (const auto& p : plan) chooser.n_attn_v += detail::MixChooser::is_attn_v(p.tensor->name);
 
   for (auto& p : plan) {
     if (!p.quantizable) continue;
     const std::string_view n = p.tensor->name;
     TensorType to = mix->base;
-    if (detail::is_block_quantized(mix->base) && !opt.pure) {
-      const bool is_output = n == "output.weight";
-      const bool is_embd = n == "token_embd.weight";
-      const bool attn_v = detail::contains(n, "attn_v.weight") || detail::contains(n, "attn_qkv.weight") ||
-                          detail::contains(n, "attn_kv_b.weight");
-      if (is_output || (tied && is_embd)) {
-        if (p.tensor->ne[0] % tensor_type_info(to).block_size != 0)
-          to = TensorType::Q8_0;
-        else if (to != TensorType::Q8_0)
-          to = TensorType::Q6_K;
-      } else if (is_embd) {
-        // an untied embedding keeps the base type
-      } else if (attn_v) {
-        if (m == "Q2_K") to = n_gqa >= 4 ? TensorType::Q4_K : TensorType::Q3_K;
-        else if (m == "Q3_K_M" || m == "Q3_K") to = i_attn_v < 2 ? TensorType::Q5_K : TensorType::Q4_K;
-        else if (m == "Q3_K_L") to = TensorType::Q5_K;
-        else if (m == "IQ4_NL" && n_gqa >= 4) to = TensorType::Q5_K;
-        else if (k_m && detail::more_bits_layer(i_attn_v, n_attn_v)) to = TensorType::Q6_K;
-        else if (m == "Q4_K_S" && i_attn_v < 4) to = TensorType::Q5_K;
-        if (n_expert == 8) to = TensorType::Q8_0;
-        ++i_attn_v;
-      } else if (detail::contains(n, "attn_k.weight")) {
-        if (n_expert == 8) to = TensorType::Q8_0;
-      } else if (detail::contains(n, "ffn_down")) {
-        int layer = i_ffn_down;
-        if (n_expert > 1) layer = std::max(0, detail::tensor_layer(n));
-        const int nl = static_cast<int>(n_layer);
-        if (m == "Q2_K") to = TensorType::Q3_K;
-        else if (m == "Q3_K_M" || m == "Q3_K")
-          to = layer < nl / 16 ? TensorType::Q5_K : TensorType::Q4_K;  // non-falcon rule
-        else if (m == "Q3_K_L") to = TensorType::Q5_K;
-        else if ((m == "Q4_K_M" || m == "Q4_K") && detail::more_bits_layer(layer, nl)) to = TensorType::Q6_K;
-        else if (m == "IQ4_NL" && layer < nl / 8) to = TensorType::Q5_K;
-        else if ((m == "Q5_K_M" || m == "Q5_K") && detail::more_bits_layer(layer, nl)) to = TensorType::Q6_K;
-        else if (m == "Q4_K_S" && layer < nl / 8) to = TensorType::Q5_K;
-        ++i_ffn_down;
-      } else if (detail::contains(n, "attn_output.weight")) {
-        if (n_expert == 8) {
-          if (m == "Q2_K" || m == "Q3_K_S" || m == "Q3_K_M" || m == "Q3_K" || m == "IQ4_NL" ||
-              m == "Q4_K_S" || m == "Q4_K_M" || m == "Q4_K")
-            to = TensorType::Q5_K;
-        } else if (m == "Q2_K") {
-          to = TensorType::Q3_K;
-        } else if (m == "Q3_K_M" || m == "Q3_K") {
-          to = TensorType::Q4_K;
-        } else if (m == "Q3_K_L") {
-          to = TensorType::Q5_K;
-        }
-      }
-    }
-    if (detail::is_block_quantized(to) && p.tensor->ne[0] % tensor_type_info(to).block_size != 0) {
-      to = detail::fallback_type(to);
-      if (p.tensor->ne[0] % tensor_type_info(to).block_size != 0) to = TensorType::F16;
-      p.fell_back = true;
-    }
+    if (detail::is_block_quantized(mix->base) && !opt.pure) to = chooser.choose(*p.tensor);
+    to = detail::fit_block(*p.tensor, to, &p.fell_back);
     if (!quant_traits(to))
       return make_error(Errc::unsupported, "tensor " + detail::quoted(n) + " would need type " +
                                                tensor_type_name(to) + ", which is not supported");
@@ -3932,6 +4183,28 @@ inline void decode_block_ref(const uint8_t* blk, int8_t* w, float* sw, float* mw
       }
     }
     for (int g = 0; g < 16; ++g) sw[g] = d * static_cast<float>(sc[g]);
+  } else if constexpr (T == TensorType::IQ4_XS) {
+    const auto* b = reinterpret_cast<const BlockIQ4_XS*>(blk);
+    const float d = fp16_to_fp32(b->d);
+    for (int ib = 0; ib < 8; ++ib) {
+      const uint8_t* qs = b->qs + 16 * ib;
+      for (int i = 0; i < 16; ++i) {
+        w[32 * ib + i] = kIq4nlValues[qs[i] & 0xF];
+        w[32 * ib + 16 + i] = kIq4nlValues[qs[i] >> 4];
+      }
+      sw[ib] = d * static_cast<float>(iq4xs_scale(*b, ib));
+    }
+  } else if constexpr (T == TensorType::IQ3_S) {
+    const auto* b = reinterpret_cast<const BlockIQ3_S*>(blk);
+    const float d = fp16_to_fp32(b->d);
+    for (int g = 0; g < 64; ++g) {
+      const uint32_t point = iq3s_point(*b, g);
+      for (int j = 0; j < 4; ++j) {
+        const int v = static_cast<int>((point >> (8 * j)) & 0xFF);
+        w[4 * g + j] = static_cast<int8_t>(iq3s_negative(*b, 4 * g + j) ? -v : v);
+      }
+    }
+    for (int ib = 0; ib < 8; ++ib) sw[ib] = d * static_cast<float>(iq3s_scale(*b, ib));
   } else if constexpr (T == TensorType::Q2_K) {
     const auto* b = reinterpret_cast<const BlockQ2_K*>(blk);
     const float d = fp16_to_fp32(b->d);
@@ -3964,6 +4237,8 @@ inline void decode_block_scalar(TensorType t, const uint8_t* blk, int8_t* w, flo
     case TensorType::Q4_K: return decode_block_ref<TensorType::Q4_K>(blk, w, sw, mw);
     case TensorType::Q5_K: return decode_block_ref<TensorType::Q5_K>(blk, w, sw, mw);
     case TensorType::Q6_K: return decode_block_ref<TensorType::Q6_K>(blk, w, sw, mw);
+    case TensorType::IQ4_XS: return decode_block_ref<TensorType::IQ4_XS>(blk, w, sw, mw);
+    case TensorType::IQ3_S: return decode_block_ref<TensorType::IQ3_S>(blk, w, sw, mw);
     default: return;
   }
 }
@@ -4004,6 +4279,8 @@ inline float dot_row_scalar(TensorType t, const uint8_t* row, int64_t k, const A
     case TensorType::Q4_K: return dot_row_ref<TensorType::Q4_K>(row, k, a);
     case TensorType::Q5_K: return dot_row_ref<TensorType::Q5_K>(row, k, a);
     case TensorType::Q6_K: return dot_row_ref<TensorType::Q6_K>(row, k, a);
+    case TensorType::IQ4_XS: return dot_row_ref<TensorType::IQ4_XS>(row, k, a);
+    case TensorType::IQ3_S: return dot_row_ref<TensorType::IQ3_S>(row, k, a);
     default: return 0.f;
   }
 }
@@ -4064,7 +4341,7 @@ inline void rows_scalar(const uint8_t* data, int64_t row_bytes, int64_t k, const
 //    (SIMD for the common types, decode_chunk), one 512-value chunk of a row at a time in L1,
 //    reused for up to 16 tokens.
 //  - GEMM (n >= kGemmMinTokensAvx2): 8-row panels, maddubs or vpdpbusd on activations
-//    a + 128 (panel8_kernel); with vpdpbusd nothing saturates, so Q8_0 and IQ4_NL take it too.
+//    a + 128 (panel8_kernel); with vpdpbusd nothing saturates, so Q8_0, IQ4_NL and IQ4_XS take it too.
 //    gemm_panels is the panel driver shared with the AVX-512 GEMM.
 // Float weights (F32/F16/BF16) use a 4-row x up-to-4-token dot-product tile (float_rows_t,
 // shared with AVX-512).
@@ -4244,6 +4521,37 @@ TINYSLM_TARGET_AVX2 __attribute__((always_inline)) inline void decode_k23_avx2(c
   }
 }
 
+// IQ4_XS: 8 sub-blocks of 32, each an IQ4_NL block under its own 6-bit scale.
+TINYSLM_TARGET_AVX2 __attribute__((always_inline)) inline void decode_iq4_xs_avx2(const uint8_t* blk, int8_t* o,
+                                                                                 float* s) {
+  const auto* b = reinterpret_cast<const BlockIQ4_XS*>(blk);
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+  for (int ib = 0; ib < 8; ++ib)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 32 * ib), _mm256_shuffle_epi8(table, nibbles32(b->qs + 16 * ib)));
+  const float d = f16_scalar(b->d);
+  for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * static_cast<float>(iq4xs_scale(*b, ib));
+}
+
+// IQ3_S: per 32 values, 8 grid points fetched with one gather (index: 8 bits of qs, the
+// ninth from qh moved to bit 8), then negated where the sign bit is set.
+TINYSLM_TARGET_AVX2 __attribute__((always_inline)) inline void decode_iq3_s_avx2(const uint8_t* blk, int8_t* o,
+                                                                                float* s) {
+  const auto* b = reinterpret_cast<const BlockIQ3_S*>(blk);
+  const __m256i to_bit8 = _mm256_setr_epi32(8, 7, 6, 5, 4, 3, 2, 1);
+  const __m256i bit8 = _mm256_set1_epi32(256);
+  for (int ib = 0; ib < 8; ++ib) {
+    const __m256i low = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b->qs + 8 * ib)));
+    const __m256i high = _mm256_and_si256(_mm256_sllv_epi32(_mm256_set1_epi32(b->qh[ib]), to_bit8), bit8);
+    const __m256i mag = _mm256_i32gather_epi32(reinterpret_cast<const int*>(kIq3sGrid), _mm256_or_si256(low, high), 4);
+    uint32_t sign_bits;
+    std::memcpy(&sign_bits, b->signs + 4 * ib, 4);
+    const __m256i neg = bits_to_bytes(sign_bits);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 32 * ib), _mm256_sub_epi8(_mm256_xor_si256(mag, neg), neg));
+  }
+  const float d = f16_scalar(b->d);
+  for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * static_cast<float>(iq3s_scale(*b, ib));
+}
+
 // Decodes the native blocks of type T covering values [v0, v0 + nv) of `row` into w / sw16
 // (a scale per 16 values) / mw (a min per group of the type, indexed from v0).
 template <TensorType T>
@@ -4262,6 +4570,10 @@ TINYSLM_TARGET_AVX2 inline void decode_chunk(const uint8_t* row, int64_t v0, int
       decode_q6_k_avx2(blk, o, s);
     else if constexpr (T == TensorType::Q2_K || T == TensorType::Q3_K)
       decode_k23_avx2<T>(blk, o, s, mw + j * gpb);
+    else if constexpr (T == TensorType::IQ4_XS)
+      decode_iq4_xs_avx2(blk, o, s);
+    else if constexpr (T == TensorType::IQ3_S)
+      decode_iq3_s_avx2(blk, o, s);
     else
       decode_legacy_avx2<T>(blk, o, s, mw + j * gpb);
   }
@@ -4700,10 +5012,11 @@ inline void build_token_tile(const ActRow* acts, int64_t n, int64_t k, int64_t t
 // two products never saturate an int16 (2 * 255 * 32), and even two maddubs results add
 // up without overflow, so pairs of 4-byte steps share one madd. The +128 is taken out
 // exactly per row: -128 * (sum of the row's 16 weights), kept in the panel. Types with
-// larger weights (Q8_0, IQ4_NL) use the decoded-chunk path.
+// larger weights (Q8_0, IQ4_NL, IQ4_XS) use the decoded-chunk path.
 
 inline bool avx2_gemm_supports(int v, TensorType t) {
-  return is_integer_weight_type(t) && (v != kDotAvx2 || (t != TensorType::Q8_0 && t != TensorType::IQ4_NL));
+  return is_integer_weight_type(t) &&
+         (v != kDotAvx2 || (t != TensorType::Q8_0 && t != TensorType::IQ4_NL && t != TensorType::IQ4_XS));
 }
 
 struct alignas(32) Panel8 {
@@ -5006,7 +5319,7 @@ inline void rows_avxvnni(const uint8_t* data, int64_t row_bytes, int64_t k, cons
 // tinyslm kernels, x86-64 AVX-512 path (F/BW/VL/DQ + VNNI), on top of kernels_avx2.hpp (whose
 // SIMD decode, activation quantization, token tiles and drivers it shares).
 //
-//  - GEMV, few tokens (n < kGemmMinTokens), for every integer type: fused kernels that unpack
+//  - GEMV, few tokens (n < kGemmMinTokens), for every integer type but IQ3_S (decoded chunks): fused kernels that unpack
 //    each block in registers straight into unsigned bytes u = w + 128 and vpdpbusd them with
 //    every token, with the exact integer correction -128 * sum(a) (corr4, precomputed per 4
 //    activations). With one token, Q4_0 / Q5_0 / Q4_K rearrange the activation once per call
@@ -5575,6 +5888,42 @@ TINYSLM_TARGET_AVX512 __attribute__((always_inline)) inline float gemv_row_q6_k_
   return _mm512_reduce_add_ps(acc);
 }
 
+// IQ4_XS, few tokens: two sub-blocks (64 values) per zmm. Their 32 bytes of nibbles are laid
+// out as [first, first, second, second] in the four 128-bit lanes, shifted by 0 / 4 per lane
+// so each lane holds 16 codes, then looked up in the level table biased by +128 (unsigned
+// bytes for vpdpbusd, whose +128 is taken out by corr4).
+template <int N>
+TINYSLM_TARGET_AVX512 inline void gemv_row_iq4_xs(const uint8_t* row, int64_t k, const ActRow* acts, float* out) {
+  const auto* blocks = reinterpret_cast<const BlockIQ4_XS*>(row);
+  const __m512i table = _mm512_broadcast_i32x4(
+      _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)), _mm_set1_epi8(static_cast<char>(0x80))));
+  const long long by4 = 0x0004000400040004;
+  const __m512i shifts = _mm512_set_epi64(by4, by4, 0, 0, by4, by4, 0, 0);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < k / kBlockK; ++b) {
+    const BlockIQ4_XS& blk = blocks[b];
+    const float d = f16_scalar(blk.d);
+    for (int j = 0; j < 4; ++j) {
+      const __m512i x = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs + 32 * j)));
+      const __m512i codes = _mm512_and_si512(_mm512_srlv_epi16(_mm512_shuffle_i64x2(x, x, 0x50), shifts), m4);
+      const __m512i u = _mm512_shuffle_epi8(table, codes);
+      const float s0 = d * static_cast<float>(iq4xs_scale(blk, 2 * j));
+      const float s1 = d * static_cast<float>(iq4xs_scale(blk, 2 * j + 1));
+      const int64_t v = b * kBlockK + 64 * j;
+      for (int i = 0; i < N; ++i) {
+        const ActRow& a = acts[i];
+        const __m512i dp = _mm512_dpbusd_epi32(_mm512_loadu_si512(a.corr4 + v / 4), u, _mm512_loadu_si512(a.qs + v));
+        const float da = a.da16[v / 16];
+        const __m512 sv = _mm512_insertf32x8(_mm512_set1_ps(s0 * da), _mm256_set1_ps(s1 * da), 1);
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), sv, acc[i]);
+      }
+    }
+  }
+  for (int i = 0; i < N; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
+}
+
 template <TensorType T, int N>
 TINYSLM_TARGET_AVX512 inline void gemv_rows_fused(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts,
                                                   float* y, int64_t ldy, int64_t r0, int64_t r1) {
@@ -5609,6 +5958,8 @@ TINYSLM_TARGET_AVX512 inline void gemv_rows_fused(const uint8_t* data, int64_t r
       gemv_row_k<T, N>(row, k, acts, out);
     else if constexpr (T == TensorType::Q2_K || T == TensorType::Q3_K)
       gemv_row_k23<T, N>(row, k, acts, out);
+    else if constexpr (T == TensorType::IQ4_XS)
+      gemv_row_iq4_xs<N>(row, k, acts, out);
     else
       gemv_row_legacy<T, N>(row, k, acts, out);
     for (int i = 0; i < N; ++i) y[i * ldy + r] = out[i];
@@ -5801,16 +6152,25 @@ struct FloatTileAvx512 {
   }
 };
 
+// Types with a fused GEMV above; the others (IQ3_S) decode chunks.
+template <TensorType T>
+constexpr bool has_fused_gemv() {
+  return T != TensorType::IQ3_S;
+}
+
 // The block-type table's AVX-512 entry (RowsFn) of weight type T.
 template <TensorType T>
 inline void rows_avx512(const uint8_t* data, int64_t row_bytes, int64_t k, const ActRow* acts, const TokenTile* tiles,
                         int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  if constexpr (!block_type(T).integer_dot)
+  if constexpr (!block_type(T).integer_dot) {
     float_rows_t<FloatTileAvx512<T>, T>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
-  else if (tiles)
+  } else if (tiles) {
     gemm_panels<GemmAvx512, T>(data, row_bytes, k, tiles, n, y, ldy, r0, r1);
-  else if (!gemv_fused_n<T>(n, data, row_bytes, k, acts, y, ldy, r0, r1))
+  } else {
+    if constexpr (has_fused_gemv<T>())
+      if (gemv_fused_n<T>(n, data, row_bytes, k, acts, y, ldy, r0, r1)) return;
     int_rows_gemv_avx512<T>(data, row_bytes, k, acts, n, y, ldy, r0, r1);
+  }
 }
 
 
@@ -5830,7 +6190,7 @@ inline void rows_avx512(const uint8_t* data, int64_t row_bytes, int64_t k, const
 // tinyslm kernels, AArch64 path: NEON with the dot-product extension (sdot).
 //
 // Integer weights are decoded chunk by chunk into the canonical form of kernels_scalar.hpp
-// (NEON unpacking for Q4_0 / Q8_0 / Q4_K / Q6_K, the scalar decode for the others) and
+// (NEON unpacking for Q4_0 / Q8_0 / Q4_K / Q6_K / IQ4_XS / IQ3_S, the scalar decode for the others) and
 // multiplied with signed sdot (int8 x int8 -> int32, exact), one int32 sum per 16 values,
 // then scaled in float. Each decoded chunk is reused for up to 16 tokens, so prefill reads
 // every weight once per 16 tokens. Float weights use a 4-row x 1-token NEON tile.
@@ -5916,6 +6276,29 @@ TINYSLM_TARGET_NEON inline void decode_chunk(TensorType t, const uint8_t* row, i
         }
       const float d = fp16_to_fp32(b->d);
       for (int g = 0; g < 16; ++g) s[g] = d * static_cast<float>(b->scales[g]);
+    } else if (t == TensorType::IQ4_XS) {
+      const auto* b = reinterpret_cast<const BlockIQ4_XS*>(blk);
+      const int8x16_t table = vld1q_s8(kIq4nlValues);
+      for (int ib = 0; ib < 8; ++ib) {
+        const uint8x16_t x = vld1q_u8(b->qs + 16 * ib);
+        vst1q_s8(o + 32 * ib, vqtbl1q_s8(table, vandq_u8(x, m4)));
+        vst1q_s8(o + 32 * ib + 16, vqtbl1q_s8(table, vshrq_n_u8(x, 4)));
+      }
+      const float d = fp16_to_fp32(b->d);
+      for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * static_cast<float>(iq4xs_scale(*b, ib));
+    } else if (t == TensorType::IQ3_S) {
+      // 16 values (4 grid points) per step; a set sign bit selects the negated magnitude.
+      const auto* b = reinterpret_cast<const BlockIQ3_S*>(blk);
+      const uint8x16_t bit = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+      for (int h = 0; h < 16; ++h) {
+        uint32_t points[4];
+        for (int q = 0; q < 4; ++q) points[q] = iq3s_point(*b, 4 * h + q);
+        const int8x16_t mag = vreinterpretq_s8_u8(vld1q_u8(reinterpret_cast<const uint8_t*>(points)));
+        const uint8x16_t neg = vtstq_u8(vcombine_u8(vdup_n_u8(b->signs[2 * h]), vdup_n_u8(b->signs[2 * h + 1])), bit);
+        vst1q_s8(o + 16 * h, vbslq_s8(neg, vnegq_s8(mag), mag));
+      }
+      const float d = fp16_to_fp32(b->d);
+      for (int ib = 0; ib < 8; ++ib) s[2 * ib] = s[2 * ib + 1] = d * static_cast<float>(iq3s_scale(*b, ib));
     } else {
       float sw[16], m[16];
       decode_block_scalar(t, blk, o, sw, m);
@@ -6233,6 +6616,7 @@ inline constexpr BlockKernels block_kernel_list[] = {
     make_block_kernels<TensorType::IQ4_NL>(), make_block_kernels<TensorType::Q2_K>(),
     make_block_kernels<TensorType::Q3_K>(), make_block_kernels<TensorType::Q4_K>(),
     make_block_kernels<TensorType::Q5_K>(), make_block_kernels<TensorType::Q6_K>(),
+    make_block_kernels<TensorType::IQ4_XS>(), make_block_kernels<TensorType::IQ3_S>(),
 };
 
 constexpr auto make_block_kernel_table() {
@@ -7239,6 +7623,130 @@ struct AttentionScratch {
   }
 };
 
+namespace detail {
+
+// One call of attention(): its arguments and the paths it can take.
+struct AttentionCall {
+  const AttentionShape& a;
+  const float* q;
+  int64_t q_stride, n_tokens, pos0;
+  const uint16_t* k;
+  const uint16_t* v;
+  int64_t cache_ctx;
+  float* out;
+  int64_t out_stride;
+  AttentionScratch& scratch;
+  const ParallelFor& par;
+
+  int64_t hk() const { return a.head_dim_k; }
+  int64_t hv() const { return a.head_dim_v; }
+  int64_t group() const { return a.n_head / a.n_head_kv; }
+  int64_t n_kv() const { return pos0 + n_tokens; }
+  // The oldest position query position p can see.
+  int64_t window(int64_t p) const { return a.n_swa > 0 && p - a.n_swa + 1 > 0 ? p - a.n_swa + 1 : 0; }
+  // Q rounded to fp16, as llama.cpp multiplies it by the F16 cache in F16.
+  void round_q(float* qh, int64_t h, int64_t i) const {
+    const float* qi = q + i * q_stride + h * hk();
+    for (int64_t d = 0; d < hk(); ++d) qh[d] = round_to_f16(qi[d]);
+  }
+
+#if defined(TINYSLM_OPS_X86)
+  // Decode on AVX-512: one (head, query) per work item, reading the F16 cache directly.
+  void decode_avx512() {
+    par([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(a.n_head * n_tokens, t, nt, 1, &b, &e);
+      float* s = scratch.rows.data() + t * scratch.row_stride;
+      float* qh = s + scratch.n_ctx;
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t h = w / n_tokens, i = w % n_tokens, g = h / group();
+        const int64_t p = pos0 + i, lo = window(p), n = p + 1 - lo;
+        round_q(qh, h, i);
+        decode_head_avx512(qh, k + (g * cache_ctx + lo) * hk(), v + (g * cache_ctx + lo) * hv(), hk(), hv(), n,
+                           a.scale, a.softcap, s, out + i * out_stride + h * hv());
+      }
+    });
+  }
+#endif
+
+  // Decode: one work item per KV head. Its keys and values are converted to f32 rows once and
+  // shared by the heads of its group; then scores, softmax, weighted sum of the values.
+  void decode() {
+    const int64_t ld = scratch.n_ctx, first = window(pos0);
+    par([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(a.n_head_kv, t, nt, 1, &b, &e);
+      float* s = scratch.rows.data() + t * scratch.row_stride;
+      float* qh = s + scratch.n_ctx;
+      for (int64_t g = b; g < e; ++g) {
+        float* kr = scratch.kt.data() + g * hk() * ld;  // [position][d] here
+        float* vr = scratch.vf.data() + g * ld * hv();
+        f16_to_f32(k + (g * cache_ctx + first) * hk(), kr + first * hk(), (n_kv() - first) * hk());
+        f16_to_f32(v + (g * cache_ctx + first) * hv(), vr + first * hv(), (n_kv() - first) * hv());
+        for (int64_t i = 0; i < n_tokens; ++i) {
+          const int64_t p = pos0 + i, lo = window(p), n = p + 1 - lo;
+          for (int64_t h = g * group(); h < (g + 1) * group(); ++h) {
+            round_q(qh, h, i);
+            scores_rows(qh, kr + lo * hk(), hk(), n, s);
+            softmax(s, n, a.scale, a.softcap);
+            mix_values(s, vr + lo * hv(), hv(), n, out + i * out_stride + h * hv());
+          }
+        }
+      }
+    });
+  }
+
+  // Prefill, step 1: keys to f32, transposed (so scores are row-wise multiply-adds), values to f32.
+  void prefill_convert() {
+    const int64_t ld = scratch.n_ctx, first = window(pos0), span = n_kv() - first;
+    par([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(a.n_head_kv * span, t, nt, 16, &b, &e);
+      float tmp[1024];
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t g = w / span, j = first + w % span;
+        f16_to_f32(k + (g * cache_ctx + j) * hk(), tmp, hk());
+        float* kt = scratch.kt.data() + g * hk() * ld;
+        for (int64_t d = 0; d < hk(); ++d) kt[d * ld + j] = tmp[d];
+        f16_to_f32(v + (g * cache_ctx + j) * hv(), scratch.vf.data() + (g * ld + j) * hv(), hv());
+      }
+    });
+  }
+
+  // Prefill, step 2: one (head, block of 4 queries) per work item; the block shares its key and
+  // value loads, each query masked to its own causal window.
+  void prefill_blocks() {
+    const int64_t ld = scratch.n_ctx, n_blocks = (n_tokens + 3) / 4, kd = hk(), vd = hv();
+    par([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(a.n_head * n_blocks, t, nt, 1, &b, &e);
+      float* s = scratch.rows.data() + t * scratch.row_stride;  // 4 rows of n_ctx
+      float* qh = s + 4 * scratch.n_ctx;                          // 4 rows of head_dim_k
+      float* o4 = qh + 4 * kd;                                    // 4 rows of head_dim_v
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t h = w / n_blocks, i0 = (w % n_blocks) * 4, g = h / group();
+        const int64_t count = n_tokens - i0 < 4 ? n_tokens - i0 : 4;
+        const int64_t lo = window(pos0 + i0), n = pos0 + i0 + count - lo;
+        for (int r = 0; r < 4; ++r) round_q(qh + r * kd, h, i0 + (r < count ? r : count - 1));
+        scores4(qh, kd, scratch.kt.data() + g * kd * ld + lo, ld, n, s, scratch.n_ctx);
+        for (int64_t r = 0; r < 4; ++r) {
+          float* sr = s + r * scratch.n_ctx;
+          const int64_t p = pos0 + i0 + (r < count ? r : count - 1);
+          const int64_t a0 = window(p) - lo, a1 = p + 1 - lo;  // this query's keys [a0, a1)
+          softmax(sr + a0, a1 - a0, a.scale, a.softcap);
+          for (int64_t j = 0; j < a0; ++j) sr[j] = 0.0f;
+          for (int64_t j = a1; j < n; ++j) sr[j] = 0.0f;
+        }
+        mix4(s, scratch.n_ctx, scratch.vf.data() + (g * ld + lo) * vd, vd, n, o4, vd);
+        for (int64_t r = 0; r < count; ++r)
+          std::memcpy(out + (i0 + r) * out_stride + h * vd, o4 + r * vd, static_cast<size_t>(vd) * sizeof(float));
+      }
+    });
+  }
+};
+
+}  // namespace detail
+
 // Causal attention for n_tokens queries at positions pos0 .. pos0 + n_tokens - 1.
 //   q:   row i (stride q_stride) holds n_head heads of head_dim_k values (after RoPE)
 //   k,v: this layer's cache, [n_head_kv][cache_ctx][head_dim], positions 0 .. pos0+n_tokens-1 filled
@@ -7248,110 +7756,15 @@ inline void attention(const AttentionShape& a, const float* q, int64_t q_stride,
                       int64_t pos0, const uint16_t* k, const uint16_t* v, int64_t cache_ctx,
                       float* out, int64_t out_stride, AttentionScratch& scratch,
                       const ParallelFor& par) {
-  const int64_t n_kv = pos0 + n_tokens;
-  const int64_t ld = scratch.n_ctx;
-  // The oldest position any of these queries can see.
-  const int64_t first = a.n_swa > 0 ? (pos0 - a.n_swa + 1 > 0 ? pos0 - a.n_swa + 1 : 0) : 0;
-  const int64_t hk = a.head_dim_k, hv = a.head_dim_v;
-  const int64_t group = a.n_head / a.n_head_kv;
-  auto window = [&](int64_t p) { return a.n_swa > 0 && p - a.n_swa + 1 > 0 ? p - a.n_swa + 1 : 0; };
-  // One query of head h at row i: Q rounded to fp16 as llama.cpp multiplies it by the F16
-  // cache in F16; then scores, softmax, weighted sum of the values.
-  auto finish = [&](float* s, int64_t h, int64_t i, int64_t n, const float* vrows) {
-    detail::softmax(s, n, a.scale, a.softcap);
-    detail::mix_values(s, vrows, hv, n, out + i * out_stride + h * hv);
-  };
-  auto round_q = [&](float* qh, int64_t h, int64_t i) {
-    const float* qi = q + i * q_stride + h * hk;
-    for (int64_t d = 0; d < hk; ++d) qh[d] = detail::round_to_f16(qi[d]);
-  };
-
+  detail::AttentionCall call{a, q, q_stride, n_tokens, pos0, k, v, cache_ctx, out, out_stride, scratch, par};
 #if defined(TINYSLM_OPS_X86)
-  if (n_tokens <= 2 && active_x86_width() == 2 && hk % 16 == 0 && hv % 16 == 0 && hv <= 128) {
-    // Decode on AVX-512: one (head, query) per work item, reading the F16 cache directly.
-    par([&](int t, int nt) {
-      int64_t b, e;
-      ParallelFor::split(a.n_head * n_tokens, t, nt, 1, &b, &e);
-      float* s = scratch.rows.data() + t * scratch.row_stride;
-      float* qh = s + scratch.n_ctx;
-      for (int64_t w = b; w < e; ++w) {
-        const int64_t h = w / n_tokens, i = w % n_tokens, g = h / group;
-        const int64_t p = pos0 + i, lo = window(p), n = p + 1 - lo;
-        round_q(qh, h, i);
-        detail::decode_head_avx512(qh, k + (g * cache_ctx + lo) * hk, v + (g * cache_ctx + lo) * hv, hk, hv, n,
-                                   a.scale, a.softcap, s, out + i * out_stride + h * hv);
-      }
-    });
-    return;
-  }
+  const int64_t hk = a.head_dim_k, hv = a.head_dim_v;
+  if (n_tokens <= 2 && active_x86_width() == 2 && hk % 16 == 0 && hv % 16 == 0 && hv <= 128)
+    return call.decode_avx512();
 #endif
-  if (n_tokens <= 2) {
-    // Decode: one work item per KV head. Its keys and values are converted to f32 rows once
-    // and shared by the heads of its group.
-    par([&](int t, int nt) {
-      int64_t b, e;
-      ParallelFor::split(a.n_head_kv, t, nt, 1, &b, &e);
-      float* s = scratch.rows.data() + t * scratch.row_stride;
-      float* qh = s + scratch.n_ctx;
-      for (int64_t g = b; g < e; ++g) {
-        float* kr = scratch.kt.data() + g * hk * ld;  // [position][d] here
-        float* vr = scratch.vf.data() + g * ld * hv;
-        f16_to_f32(k + (g * cache_ctx + first) * hk, kr + first * hk, (n_kv - first) * hk);
-        f16_to_f32(v + (g * cache_ctx + first) * hv, vr + first * hv, (n_kv - first) * hv);
-        for (int64_t i = 0; i < n_tokens; ++i) {
-          const int64_t p = pos0 + i, lo = window(p), n = p + 1 - lo;
-          for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-            round_q(qh, h, i);
-            detail::scores_rows(qh, kr + lo * hk, hk, n, s);
-            finish(s, h, i, n, vr + lo * hv);
-          }
-        }
-      }
-    });
-    return;
-  }
-
-  // Prefill. 1. Keys to f32, transposed (so scores are row-wise multiply-adds), values to f32.
-  par([&](int t, int nt) {
-    int64_t b, e;
-    ParallelFor::split(a.n_head_kv * (n_kv - first), t, nt, 16, &b, &e);
-    float tmp[1024];
-    for (int64_t w = b; w < e; ++w) {
-      const int64_t g = w / (n_kv - first), j = first + w % (n_kv - first);
-      f16_to_f32(k + (g * cache_ctx + j) * hk, tmp, hk);
-      float* kt = scratch.kt.data() + g * hk * ld;
-      for (int64_t d = 0; d < hk; ++d) kt[d * ld + j] = tmp[d];
-      f16_to_f32(v + (g * cache_ctx + j) * hv, scratch.vf.data() + (g * ld + j) * hv, hv);
-    }
-  });
-
-  // 2. One (head, block of 4 queries) per work item; the block shares its key and value loads.
-  const int64_t n_blocks = (n_tokens + 3) / 4;
-  par([&](int t, int nt) {
-    int64_t b, e;
-    ParallelFor::split(a.n_head * n_blocks, t, nt, 1, &b, &e);
-    float* s = scratch.rows.data() + t * scratch.row_stride;  // 4 rows of n_ctx
-    float* qh = s + 4 * scratch.n_ctx;                          // 4 rows of head_dim_k
-    float* o4 = qh + 4 * hk;                                    // 4 rows of head_dim_v
-    for (int64_t w = b; w < e; ++w) {
-      const int64_t h = w / n_blocks, i0 = (w % n_blocks) * 4, g = h / group;
-      const int64_t count = n_tokens - i0 < 4 ? n_tokens - i0 : 4;
-      const int64_t lo = window(pos0 + i0), n = pos0 + i0 + count - lo;
-      for (int r = 0; r < 4; ++r) round_q(qh + r * hk, h, i0 + (r < count ? r : count - 1));
-      detail::scores4(qh, hk, scratch.kt.data() + g * hk * ld + lo, ld, n, s, scratch.n_ctx);
-      for (int64_t r = 0; r < 4; ++r) {
-        float* sr = s + r * scratch.n_ctx;
-        const int64_t p = pos0 + i0 + (r < count ? r : count - 1);
-        const int64_t a0 = window(p) - lo, a1 = p + 1 - lo;  // this query's keys [a0, a1)
-        detail::softmax(sr + a0, a1 - a0, a.scale, a.softcap);
-        for (int64_t j = 0; j < a0; ++j) sr[j] = 0.0f;
-        for (int64_t j = a1; j < n; ++j) sr[j] = 0.0f;
-      }
-      detail::mix4(s, scratch.n_ctx, scratch.vf.data() + (g * ld + lo) * hv, hv, n, o4, hv);
-      for (int64_t r = 0; r < count; ++r)
-        std::memcpy(out + (i0 + r) * out_stride + h * hv, o4 + r * hv, static_cast<size_t>(hv) * sizeof(float));
-    }
-  });
+  if (n_tokens <= 2) return call.decode();
+  call.prefill_convert();
+  call.prefill_blocks();
 }
 
 }  // namespace ops
