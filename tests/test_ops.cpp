@@ -10,6 +10,7 @@
 #include <limits>
 #include <vector>
 
+#include "model_builder.hpp"
 #include "tinyslm.hpp"
 
 using namespace tinyslm;
@@ -19,12 +20,7 @@ namespace {
 // Deterministic uniform values in [-1, 1) (splitmix64), the same on every platform.
 struct TestRng {
   uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
+  uint64_t next() { return tinyslm_test::splitmix64(s); }
   float uniform() { return static_cast<float>(static_cast<double>(next() >> 11) * 0x1.0p-53 * 2.0 - 1.0); }
   std::vector<float> vec(size_t n, float amp) {
     std::vector<float> v(n);
