@@ -6675,6 +6675,13 @@ struct MatrixRef {
 class MatmulScratch {
  public:
   Status reserve(int64_t max_n, int64_t max_cols) { return ensure(max_n, max_cols, true); }
+  // Bytes reserve(n, k) allocates (for memory estimates): per row of k values padded to 256,
+  // the int8 copy, the float copy, corr4 (k/4 words), da16/m16/sum16 (k/16 each), m32/da32
+  // (k/32 each), and the row descriptor.
+  static uint64_t reserve_bytes(int64_t n, int64_t k) {
+    const uint64_t kp = static_cast<uint64_t>((k + 255) / 256 * 256), rows = static_cast<uint64_t>(n);
+    return rows * (kp + 4 * kp + 4 * (kp / 4) + 3 * 4 * (kp / 16) + 2 * 4 * (kp / 32) + sizeof(detail::ActRow));
+  }
 
   // Internal: makes room for n rows of k values; float buffers only when `need_float`.
   Status ensure(int64_t n, int64_t k, bool need_float) {
@@ -9066,24 +9073,40 @@ class MoeStats {
 // ---------------------------------------------------------------------------------------
 // Scratch
 
-// The buffers of the MoE step, in values (what reserve() allocates, and what memory_estimate
-// counts through the forward layer's plan).
+// The buffers of the MoE step, in values: what reserve() allocates, and what memory_estimate
+// counts through the forward layer's plan.
 struct MoeScratchSizes {
-  int64_t floats = 0;        // router logits, weights, gathered rows, gate/up/down outputs
-  int64_t ints = 0;          // selections, per-expert counts and lists, decode slots
+  int64_t logits = 0;        // router logits: max_tokens x n_expert
+  int64_t sel = 0;           // selections (ids, weights, per-expert lists): max_tokens x k each
+  int64_t experts1 = 0;      // per-expert counts and starts: n_expert + 1 each
+  int64_t tokens = 0;        // shared-expert gate: one per token
+  int64_t xg = 0;            // gathered rows of one expert: max_tokens x n_embd
+  int64_t ff = 0;            // widest expert (routed or shared): the row stride of the gate / up outputs
+  int64_t gu = 0;            // gate / up outputs: rows x ff each (decode keeps k + 1 slots)
+  int64_t d = 0;             // down outputs: rows x n_embd
+  int64_t slots = 0;         // decode slots: k + 1
   int64_t mm_rows = 0;       // the batch's matmul scratch: rows x cols
   int64_t mm_cols = 0;
   int64_t thread_mm = 0;     // decode: one single-row matmul scratch of mm_cols per thread
+
+  int64_t floats() const { return logits + 2 * sel + tokens + xg + 2 * gu + d; }  // wts, list_w
+  int64_t ints() const { return 2 * sel + 2 * experts1 + slots; }                 // ids, list_tok
 };
 
 inline MoeScratchSizes moe_scratch_sizes(const MoeConfig& cfg, int64_t n_embd, int64_t max_tokens, int n_threads) {
   const int64_t k = cfg.n_expert_used, X = cfg.n_expert, E = n_embd;
   const int64_t ff = std::max(cfg.expert_ff, cfg.shared_expert ? cfg.shared_ff : int64_t{0});
-  const int64_t rows = std::max(max_tokens, k + 1);  // decode keeps k + 1 slots in the same buffers
-  const int64_t sel = max_tokens * k;
+  const int64_t rows = std::max(max_tokens, k + 1);
   MoeScratchSizes z;
-  z.floats = max_tokens * X + sel + sel + max_tokens + max_tokens * E + 2 * rows * ff + rows * E;
-  z.ints = sel + 2 * (X + 1) + sel + (k + 1);
+  z.logits = max_tokens * X;
+  z.sel = max_tokens * k;
+  z.experts1 = X + 1;
+  z.tokens = max_tokens;
+  z.xg = max_tokens * E;
+  z.ff = ff;
+  z.gu = rows * ff;
+  z.d = rows * E;
+  z.slots = k + 1;
   z.mm_rows = max_tokens;
   z.mm_cols = std::max(E, ff);
   z.thread_mm = n_threads;
@@ -9101,27 +9124,23 @@ class MoeScratch {
     if (!cfg.enabled() || n_embd <= 0 || max_tokens <= 0 || n_threads <= 0 || cfg.n_expert_used <= 0 ||
         cfg.n_expert_used > cfg.n_expert || cfg.expert_ff <= 0)
       return make_error(Errc::invalid_argument, "moe scratch: bad sizes");
-    const int64_t k = cfg.n_expert_used, X = cfg.n_expert, E = n_embd;
-    const int64_t ff = std::max(cfg.expert_ff, cfg.shared_expert ? cfg.shared_ff : int64_t{0});
-    const int64_t rows = std::max(max_tokens, k + 1);
-    const int64_t sel = max_tokens * k;
-    const auto sz = [](int64_t a, int64_t b) { return static_cast<size_t>(a * b); };
-    const bool ok = logits_.allocate(sz(max_tokens, X)) && ids_.allocate(sz(sel, 1)) && wts_.allocate(sz(sel, 1)) &&
-                    count_.allocate(sz(X + 1, 1)) && start_.allocate(sz(X + 1, 1)) &&
-                    list_tok_.allocate(sz(sel, 1)) && list_w_.allocate(sz(sel, 1)) &&
-                    shgate_.allocate(sz(max_tokens, 1)) && xg_.allocate(sz(max_tokens, E)) && g_.allocate(sz(rows, ff)) &&
-                    u_.allocate(sz(rows, ff)) && d_.allocate(sz(rows, E)) && slot_.allocate(sz(k + 1, 1));
-    if (!ok) return make_error(Errc::out_of_memory, "moe scratch: allocation failed");
     const MoeScratchSizes z = moe_scratch_sizes(cfg, n_embd, max_tokens, n_threads);
+    const auto sz = [](int64_t a) { return static_cast<size_t>(a); };
+    const bool ok = logits_.allocate(sz(z.logits)) && ids_.allocate(sz(z.sel)) && wts_.allocate(sz(z.sel)) &&
+                    count_.allocate(sz(z.experts1)) && start_.allocate(sz(z.experts1)) &&
+                    list_tok_.allocate(sz(z.sel)) && list_w_.allocate(sz(z.sel)) && shgate_.allocate(sz(z.tokens)) &&
+                    xg_.allocate(sz(z.xg)) && g_.allocate(sz(z.gu)) && u_.allocate(sz(z.gu)) && d_.allocate(sz(z.d)) &&
+                    slot_.allocate(sz(z.slots));
+    if (!ok) return make_error(Errc::out_of_memory, "moe scratch: allocation failed");
     if (auto st = mm_.reserve(z.mm_rows, z.mm_cols); !st) return st;
     thread_mm_ = std::vector<MatmulScratch>(static_cast<size_t>(z.thread_mm));
     for (auto& t : thread_mm_)
       if (auto st = t.reserve(1, z.mm_cols); !st) return st;
-    outs_.reserve(static_cast<size_t>(2 * (k + 1)));
+    outs_.reserve(static_cast<size_t>(2 * z.slots));
     cfg_ = cfg;
-    n_embd_ = E;
+    n_embd_ = n_embd;
     max_tokens_ = max_tokens;
-    ff_ = ff;
+    ff_ = z.ff;
     return {};
   }
 
@@ -9430,17 +9449,6 @@ struct ContextParams {
   bool all_logits = false;  // keep the logits of every token of an eval (else only the last)
 };
 
-namespace detail {
-
-// Bytes MatmulScratch::reserve(n, k) allocates: per row of k values (padded to 256) an int8
-// copy, its float copy, and the group sums and scales (1/4 + 3/16 + 2/32 words per value).
-inline uint64_t matmul_scratch_bytes(int64_t n, int64_t k) {
-  const uint64_t kp = static_cast<uint64_t>((k + 255) / 256 * 256), rows = static_cast<uint64_t>(n);
-  return rows * (kp * 1 + kp * 4 + kp / 4 * 4 + 3 * (kp / 16) * 4 + 2 * (kp / 32) * 4 + sizeof(ActRow));
-}
-
-}  // namespace detail
-
 // Every buffer a Context allocates, sized from the hyper-parameters and the parameters alone.
 struct ContextPlan {
   int64_t n_ctx = 0, n_batch = 0;
@@ -9502,12 +9510,12 @@ struct ContextPlan {
   uint64_t moe_bytes() const {
     if (!moe) return 0;
     const MoeScratchSizes& z = moe_sizes;
-    return 4 * static_cast<uint64_t>(z.floats + z.ints) + detail::matmul_scratch_bytes(z.mm_rows, z.mm_cols) +
-           static_cast<uint64_t>(z.thread_mm) * detail::matmul_scratch_bytes(1, z.mm_cols);
+    return 4 * static_cast<uint64_t>(z.floats() + z.ints()) + MatmulScratch::reserve_bytes(z.mm_rows, z.mm_cols) +
+           static_cast<uint64_t>(z.thread_mm) * MatmulScratch::reserve_bytes(1, z.mm_cols);
   }
   // Everything besides the KV cache and the logits.
   uint64_t compute_bytes() const {
-    return 4 * activation_floats() + attention_bytes() + detail::matmul_scratch_bytes(n_batch, mm_cols) + moe_bytes();
+    return 4 * activation_floats() + attention_bytes() + MatmulScratch::reserve_bytes(n_batch, mm_cols) + moe_bytes();
   }
   uint64_t logit_bytes() const { return 4 * static_cast<uint64_t>(logit_rows) * static_cast<uint64_t>(n_vocab); }
 };
@@ -9566,7 +9574,7 @@ class Context {
   // The named blocks of the forward pass (n tokens in the chunk; m rows go past attention).
   Status embed(const int32_t* tokens, int64_t n);
   void rope_tables(int64_t pos0, int64_t n);
-  void qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t il, int64_t i, int64_t pos);
+  void qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t i, int64_t pos);
   Status attention_block(int64_t il, int64_t n, int64_t r0, int64_t pos0);
   Status ffn_block(int64_t il, int64_t m);
   Status moe_block(int64_t il, int64_t m);
@@ -9729,7 +9737,7 @@ inline void Context::rope_tables(int64_t pos0, int64_t n) {
 
 // Token i of the chunk: biases, QK-norm (per head or over the whole projection), RoPE, Q
 // pre-scaling; then its K and V into the cache at position pos.
-inline void Context::qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t il, int64_t i, int64_t pos) {
+inline void Context::qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t i, int64_t pos) {
   const HParams& h = hp();
   const int64_t Q = p.q_dim(), K = p.k_dim(), V = p.v_dim(), hk = p.head_dim_k;
   float* q = qkv_.data() + i * (Q + K + V);
@@ -9753,7 +9761,6 @@ inline void Context::qk_prepare(const LayerWeights& L, const LayerPlan& p, int64
   }
   if (h.arch.scale_q) ops::scale(q, h.attn_scale, Q);
   kv_.store(p.kv_layer, pos, k, v);
-  (void)il;
 }
 
 // Attention norm, Q/K/V, causal attention over the cache (sliding window on SWA layers),
@@ -9776,7 +9783,7 @@ inline Status Context::attention_block(int64_t il, int64_t n, int64_t r0, int64_
                                {L.wv.ref(), qkv + Q + K, QKV, L.wv.name}};
     if (auto st = matmul_many(outs, xn, n, mm_, par_); !st) return st;
   }
-  for_rows(n, [&](int64_t i) { qk_prepare(L, p, il, i, pos0 + i); });
+  for_rows(n, [&](int64_t i) { qk_prepare(L, p, i, pos0 + i); });
   const ops::AttentionShape shape{p.n_head, p.n_head_kv, p.head_dim_k, p.head_dim_v,
                                   h.arch.scale_q ? 1.0f : h.attn_scale, h.attn_softcap, p.sliding ? h.n_swa : 0};
   const int64_t m = n - r0;

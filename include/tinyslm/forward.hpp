@@ -37,17 +37,6 @@ struct ContextParams {
   bool all_logits = false;  // keep the logits of every token of an eval (else only the last)
 };
 
-namespace detail {
-
-// Bytes MatmulScratch::reserve(n, k) allocates: per row of k values (padded to 256) an int8
-// copy, its float copy, and the group sums and scales (1/4 + 3/16 + 2/32 words per value).
-inline uint64_t matmul_scratch_bytes(int64_t n, int64_t k) {
-  const uint64_t kp = static_cast<uint64_t>((k + 255) / 256 * 256), rows = static_cast<uint64_t>(n);
-  return rows * (kp * 1 + kp * 4 + kp / 4 * 4 + 3 * (kp / 16) * 4 + 2 * (kp / 32) * 4 + sizeof(ActRow));
-}
-
-}  // namespace detail
-
 // Every buffer a Context allocates, sized from the hyper-parameters and the parameters alone.
 struct ContextPlan {
   int64_t n_ctx = 0, n_batch = 0;
@@ -109,12 +98,12 @@ struct ContextPlan {
   uint64_t moe_bytes() const {
     if (!moe) return 0;
     const MoeScratchSizes& z = moe_sizes;
-    return 4 * static_cast<uint64_t>(z.floats + z.ints) + detail::matmul_scratch_bytes(z.mm_rows, z.mm_cols) +
-           static_cast<uint64_t>(z.thread_mm) * detail::matmul_scratch_bytes(1, z.mm_cols);
+    return 4 * static_cast<uint64_t>(z.floats() + z.ints()) + MatmulScratch::reserve_bytes(z.mm_rows, z.mm_cols) +
+           static_cast<uint64_t>(z.thread_mm) * MatmulScratch::reserve_bytes(1, z.mm_cols);
   }
   // Everything besides the KV cache and the logits.
   uint64_t compute_bytes() const {
-    return 4 * activation_floats() + attention_bytes() + detail::matmul_scratch_bytes(n_batch, mm_cols) + moe_bytes();
+    return 4 * activation_floats() + attention_bytes() + MatmulScratch::reserve_bytes(n_batch, mm_cols) + moe_bytes();
   }
   uint64_t logit_bytes() const { return 4 * static_cast<uint64_t>(logit_rows) * static_cast<uint64_t>(n_vocab); }
 };
@@ -173,7 +162,7 @@ class Context {
   // The named blocks of the forward pass (n tokens in the chunk; m rows go past attention).
   Status embed(const int32_t* tokens, int64_t n);
   void rope_tables(int64_t pos0, int64_t n);
-  void qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t il, int64_t i, int64_t pos);
+  void qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t i, int64_t pos);
   Status attention_block(int64_t il, int64_t n, int64_t r0, int64_t pos0);
   Status ffn_block(int64_t il, int64_t m);
   Status moe_block(int64_t il, int64_t m);
@@ -336,7 +325,7 @@ inline void Context::rope_tables(int64_t pos0, int64_t n) {
 
 // Token i of the chunk: biases, QK-norm (per head or over the whole projection), RoPE, Q
 // pre-scaling; then its K and V into the cache at position pos.
-inline void Context::qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t il, int64_t i, int64_t pos) {
+inline void Context::qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t i, int64_t pos) {
   const HParams& h = hp();
   const int64_t Q = p.q_dim(), K = p.k_dim(), V = p.v_dim(), hk = p.head_dim_k;
   float* q = qkv_.data() + i * (Q + K + V);
@@ -360,7 +349,6 @@ inline void Context::qk_prepare(const LayerWeights& L, const LayerPlan& p, int64
   }
   if (h.arch.scale_q) ops::scale(q, h.attn_scale, Q);
   kv_.store(p.kv_layer, pos, k, v);
-  (void)il;
 }
 
 // Attention norm, Q/K/V, causal attention over the cache (sliding window on SWA layers),
@@ -383,7 +371,7 @@ inline Status Context::attention_block(int64_t il, int64_t n, int64_t r0, int64_
                                {L.wv.ref(), qkv + Q + K, QKV, L.wv.name}};
     if (auto st = matmul_many(outs, xn, n, mm_, par_); !st) return st;
   }
-  for_rows(n, [&](int64_t i) { qk_prepare(L, p, il, i, pos0 + i); });
+  for_rows(n, [&](int64_t i) { qk_prepare(L, p, i, pos0 + i); });
   const ops::AttentionShape shape{p.n_head, p.n_head_kv, p.head_dim_k, p.head_dim_v,
                                   h.arch.scale_q ? 1.0f : h.attn_scale, h.attn_softcap, p.sliding ? h.n_swa : 0};
   const int64_t m = n - r0;

@@ -145,6 +145,13 @@ struct MatrixRef {
 class MatmulScratch {
  public:
   Status reserve(int64_t max_n, int64_t max_cols) { return ensure(max_n, max_cols, true); }
+  // Bytes reserve(n, k) allocates (for memory estimates): per row of k values padded to 256,
+  // the int8 copy, the float copy, corr4 (k/4 words), da16/m16/sum16 (k/16 each), m32/da32
+  // (k/32 each), and the row descriptor.
+  static uint64_t reserve_bytes(int64_t n, int64_t k) {
+    const uint64_t kp = static_cast<uint64_t>((k + 255) / 256 * 256), rows = static_cast<uint64_t>(n);
+    return rows * (kp + 4 * kp + 4 * (kp / 4) + 3 * 4 * (kp / 16) + 2 * 4 * (kp / 32) + sizeof(detail::ActRow));
+  }
 
   // Internal: makes room for n rows of k values; float buffers only when `need_float`.
   Status ensure(int64_t n, int64_t k, bool need_float) {

@@ -134,24 +134,40 @@ class MoeStats {
 // ---------------------------------------------------------------------------------------
 // Scratch
 
-// The buffers of the MoE step, in values (what reserve() allocates, and what memory_estimate
-// counts through the forward layer's plan).
+// The buffers of the MoE step, in values: what reserve() allocates, and what memory_estimate
+// counts through the forward layer's plan.
 struct MoeScratchSizes {
-  int64_t floats = 0;        // router logits, weights, gathered rows, gate/up/down outputs
-  int64_t ints = 0;          // selections, per-expert counts and lists, decode slots
+  int64_t logits = 0;        // router logits: max_tokens x n_expert
+  int64_t sel = 0;           // selections (ids, weights, per-expert lists): max_tokens x k each
+  int64_t experts1 = 0;      // per-expert counts and starts: n_expert + 1 each
+  int64_t tokens = 0;        // shared-expert gate: one per token
+  int64_t xg = 0;            // gathered rows of one expert: max_tokens x n_embd
+  int64_t ff = 0;            // widest expert (routed or shared): the row stride of the gate / up outputs
+  int64_t gu = 0;            // gate / up outputs: rows x ff each (decode keeps k + 1 slots)
+  int64_t d = 0;             // down outputs: rows x n_embd
+  int64_t slots = 0;         // decode slots: k + 1
   int64_t mm_rows = 0;       // the batch's matmul scratch: rows x cols
   int64_t mm_cols = 0;
   int64_t thread_mm = 0;     // decode: one single-row matmul scratch of mm_cols per thread
+
+  int64_t floats() const { return logits + 2 * sel + tokens + xg + 2 * gu + d; }  // wts, list_w
+  int64_t ints() const { return 2 * sel + 2 * experts1 + slots; }                 // ids, list_tok
 };
 
 inline MoeScratchSizes moe_scratch_sizes(const MoeConfig& cfg, int64_t n_embd, int64_t max_tokens, int n_threads) {
   const int64_t k = cfg.n_expert_used, X = cfg.n_expert, E = n_embd;
   const int64_t ff = std::max(cfg.expert_ff, cfg.shared_expert ? cfg.shared_ff : int64_t{0});
-  const int64_t rows = std::max(max_tokens, k + 1);  // decode keeps k + 1 slots in the same buffers
-  const int64_t sel = max_tokens * k;
+  const int64_t rows = std::max(max_tokens, k + 1);
   MoeScratchSizes z;
-  z.floats = max_tokens * X + sel + sel + max_tokens + max_tokens * E + 2 * rows * ff + rows * E;
-  z.ints = sel + 2 * (X + 1) + sel + (k + 1);
+  z.logits = max_tokens * X;
+  z.sel = max_tokens * k;
+  z.experts1 = X + 1;
+  z.tokens = max_tokens;
+  z.xg = max_tokens * E;
+  z.ff = ff;
+  z.gu = rows * ff;
+  z.d = rows * E;
+  z.slots = k + 1;
   z.mm_rows = max_tokens;
   z.mm_cols = std::max(E, ff);
   z.thread_mm = n_threads;
@@ -169,27 +185,23 @@ class MoeScratch {
     if (!cfg.enabled() || n_embd <= 0 || max_tokens <= 0 || n_threads <= 0 || cfg.n_expert_used <= 0 ||
         cfg.n_expert_used > cfg.n_expert || cfg.expert_ff <= 0)
       return make_error(Errc::invalid_argument, "moe scratch: bad sizes");
-    const int64_t k = cfg.n_expert_used, X = cfg.n_expert, E = n_embd;
-    const int64_t ff = std::max(cfg.expert_ff, cfg.shared_expert ? cfg.shared_ff : int64_t{0});
-    const int64_t rows = std::max(max_tokens, k + 1);
-    const int64_t sel = max_tokens * k;
-    const auto sz = [](int64_t a, int64_t b) { return static_cast<size_t>(a * b); };
-    const bool ok = logits_.allocate(sz(max_tokens, X)) && ids_.allocate(sz(sel, 1)) && wts_.allocate(sz(sel, 1)) &&
-                    count_.allocate(sz(X + 1, 1)) && start_.allocate(sz(X + 1, 1)) &&
-                    list_tok_.allocate(sz(sel, 1)) && list_w_.allocate(sz(sel, 1)) &&
-                    shgate_.allocate(sz(max_tokens, 1)) && xg_.allocate(sz(max_tokens, E)) && g_.allocate(sz(rows, ff)) &&
-                    u_.allocate(sz(rows, ff)) && d_.allocate(sz(rows, E)) && slot_.allocate(sz(k + 1, 1));
-    if (!ok) return make_error(Errc::out_of_memory, "moe scratch: allocation failed");
     const MoeScratchSizes z = moe_scratch_sizes(cfg, n_embd, max_tokens, n_threads);
+    const auto sz = [](int64_t a) { return static_cast<size_t>(a); };
+    const bool ok = logits_.allocate(sz(z.logits)) && ids_.allocate(sz(z.sel)) && wts_.allocate(sz(z.sel)) &&
+                    count_.allocate(sz(z.experts1)) && start_.allocate(sz(z.experts1)) &&
+                    list_tok_.allocate(sz(z.sel)) && list_w_.allocate(sz(z.sel)) && shgate_.allocate(sz(z.tokens)) &&
+                    xg_.allocate(sz(z.xg)) && g_.allocate(sz(z.gu)) && u_.allocate(sz(z.gu)) && d_.allocate(sz(z.d)) &&
+                    slot_.allocate(sz(z.slots));
+    if (!ok) return make_error(Errc::out_of_memory, "moe scratch: allocation failed");
     if (auto st = mm_.reserve(z.mm_rows, z.mm_cols); !st) return st;
     thread_mm_ = std::vector<MatmulScratch>(static_cast<size_t>(z.thread_mm));
     for (auto& t : thread_mm_)
       if (auto st = t.reserve(1, z.mm_cols); !st) return st;
-    outs_.reserve(static_cast<size_t>(2 * (k + 1)));
+    outs_.reserve(static_cast<size_t>(2 * z.slots));
     cfg_ = cfg;
-    n_embd_ = E;
+    n_embd_ = n_embd;
     max_tokens_ = max_tokens;
-    ff_ = ff;
+    ff_ = z.ff;
     return {};
   }
 
