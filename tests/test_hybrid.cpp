@@ -257,6 +257,23 @@ TEST_CASE("hybrid: a Chat of several turns on syn-lfm2 reuses every earlier turn
   CHECK(rel_diff(fresh_logits(*m, *ids), cached) < 2e-3);
 }
 
+TEST_CASE("hybrid: drop_messages on syn-lfm2 keeps the conversation consistent" * doctest::test_suite("shared")) {
+  TINYSLM_REQUIRE_SHARED(path, "models/synthetic/syn-lfm2-F32.gguf");
+  auto m = Model::open(path);
+  REQUIRE(m);
+  auto s = Session::create(*m, {.context = 96, .overflow = OverflowPolicy::drop_messages});
+  REQUIRE(s);
+  Chat chat(*s, "Be brief.");
+  for (int turn = 0; turn < 6; ++turn) {
+    auto r = chat.send("Tell me something new about turn number " + std::to_string(turn) + ".", greedy(8));
+    REQUIRE_MESSAGE(r, (r ? "" : r.error().message()));
+  }
+  CHECK(chat.dropped_messages() > 0);
+  // What the cache holds gives the logits of evaluating it from scratch.
+  const std::vector<int32_t> cached(s->tokens().begin(), s->tokens().end());
+  CHECK(rel_diff(fresh_logits(*m, cached), s->last_logits()) < 1e-4);
+}
+
 TEST_CASE("hybrid: save_state / load_state carry the convolution state" * doctest::test_suite("shared")) {
   TINYSLM_REQUIRE_SHARED(path, "models/synthetic/syn-lfm2-F32.gguf");
   auto m = Model::open(path);

@@ -33,9 +33,14 @@
 //   drop_messages  for the Chat helper: whole earlier messages are dropped (the system prompt
 //                  stays) until the conversation fits; a bare Session treats it as `error`.
 //
+// Hybrid models (lfm2) carry a recurrent state that cannot be cut back like the KV cache: the
+// session checkpoints it before and after the last token of every prompt and at the end of
+// every reply, and reuses the longest cached prefix that ends at a checkpoint (or at the end
+// of the cache); with none, it evaluates from the start. Shifts restart the same way.
+//
 // save_state() / load_state() write and read the tokens and the K/V rows of the filled
-// positions with a versioned header, a fingerprint of the model and a checksum; load_state
-// validates everything before it touches the cache.
+// positions (and a hybrid model's recurrent state) with a versioned header, a fingerprint of
+// the model and a checksum; load_state validates everything before it touches the cache.
 #pragma once
 
 #include <algorithm>
