@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
+#include <bit>
 #include <span>
 #include <string>
 #include <vector>
@@ -46,6 +47,8 @@ struct Shape {
   // Mixture of experts (n_expert 0: dense). n_ff is then each expert's width.
   int64_t n_expert = 0, n_expert_used = 0;
   QkNorm qk_norm = QkNorm::none;
+  // Hybrid (lfm2): bit il set = layer il is attention, the others short convolutions (width 3).
+  uint64_t attn_layers = 0;
 };
 
 constexpr Shape kShapes[] = {
@@ -58,6 +61,12 @@ constexpr Shape kShapes[] = {
      64, 8, QkNorm::whole},
     {"Qwen3-MoE-style", "qwen3moe", 1024, 24, 16, 4, 512, 151936, 32768, 1000000.0f, 1e-6f, false, false, false,
      64, 8, QkNorm::per_head},
+    // LFM2-1.2B: 10 short-convolution layers and 6 GQA layers (2, 5, 8, 10, 12, 14), per-head
+    // QK-norm, FFN 8192 (block_ff_dim 12288 after its auto-adjust), vocab 65536, tied.
+    {"LFM2-1.2B", "lfm2", 2048, 16, 32, 8, 8192, 65536, 128000, 1000000.0f, 1e-5f, true, false, false,
+     0, 0, QkNorm::per_head, (1u << 2) | (1u << 5) | (1u << 8) | (1u << 10) | (1u << 12) | (1u << 14)},
+    // SmolLM3-3B: llama-style GQA 16 / 4, every 4th layer without RoPE, tied.
+    {"SmolLM3-3B", "smollm3", 2048, 36, 16, 4, 11008, 128256, 65536, 5000000.0f, 1e-6f, true, false, false},
 };
 
 // llama-quantize's "spend more bits here" layers for Q4_K_M.
@@ -96,6 +105,7 @@ int main(int argc, char** argv) {
                   (long long)s.n_embd, (long long)s.n_layer, (long long)s.n_head, (long long)s.n_head_kv,
                   (long long)s.n_ff, (long long)s.n_vocab, s.tied ? " tied" : "");
       if (s.n_expert > 0) std::printf(" experts %lld top-%lld", (long long)s.n_expert, (long long)s.n_expert_used);
+      if (s.attn_layers) std::printf(" attention layers %d of %lld", std::popcount(s.attn_layers), (long long)s.n_layer);
       std::printf("\n");
     }
     return 0;
@@ -141,6 +151,8 @@ int main(int argc, char** argv) {
   spec.qk_norm = S.qk_norm;
   spec.n_expert = S.n_expert;
   spec.n_expert_used = S.n_expert_used;
+  if (S.attn_layers)
+    for (int64_t il = 0; il < S.n_layer; ++il) spec.layer_head_kv.push_back((S.attn_layers >> il) & 1 ? S.n_head_kv : 0);
   spec.vocab = true;  // so llama.cpp loads the file too
   spec.seed = seed;
   spec.pick = [&](const tinyslm_test::TensorRole& r) { return plan.pick(r.role, r.layer, r.cols, r.is_output); };

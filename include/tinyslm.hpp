@@ -17,6 +17,8 @@
 #include "tinyslm/model.hpp"
 #include "tinyslm/kv.hpp"
 #include "tinyslm/moe.hpp"
+#include "tinyslm/state.hpp"
+#include "tinyslm/conv.hpp"
 #include "tinyslm/forward.hpp"
 #include "tinyslm/tokenizer.hpp"
 #include "tinyslm/chat.hpp"

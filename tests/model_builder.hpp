@@ -55,6 +55,11 @@ struct ModelSpec {
   int64_t n_expert = 0, n_expert_used = 0;
   int64_t shared_ff = 0;     // > 0: a shared expert of this width, gated (qwen2moe)
   bool vocab = false;        // a SentencePiece-style vocabulary of n_vocab tokens
+  // Hybrid (lfm2): head_count_kv per layer, 0 = a short-convolution layer of width conv_kernel.
+  std::vector<int64_t> layer_head_kv;
+  int64_t conv_kernel = 3;
+  int64_t conv_kernel_key = 0;  // > 0: written as shortconv.l_cache instead (bad-input tests)
+  std::string omit_tensor;      // a tensor not written (bad-input tests)
   uint64_t seed = 42;
   TensorType type = TensorType::F16;  // every matrix, unless `pick` says otherwise
   std::function<TensorType(const TensorRole&)> pick;
@@ -125,7 +130,13 @@ class ModelWriter {
     u32("block_count", s_.n_layer);
     u32("feed_forward_length", s_.n_ff);
     u32("attention.head_count", s_.n_head);
-    u32("attention.head_count_kv", s_.n_head_kv);
+    if (s_.layer_head_kv.empty()) {
+      u32("attention.head_count_kv", s_.n_head_kv);
+    } else {
+      std::vector<int32_t> kv(s_.layer_head_kv.begin(), s_.layer_head_kv.end());
+      w_.set_array<int32_t>(A + ".attention.head_count_kv", GgufValueType::i32, kv);
+      u32("shortconv.l_cache", s_.conv_kernel_key > 0 ? s_.conv_kernel_key : s_.conv_kernel);
+    }
     u32("rope.dimension_count", s_.head_size());
     w_.set_f32(A + ".rope.freq_base", s_.rope_base);
     w_.set_f32(A + ".attention.layer_norm_rms_epsilon", s_.rms_eps);
@@ -190,7 +201,7 @@ class ModelWriter {
   // A matrix of `rows` x `cols` (n_mat > 0: a stack of n_mat of them, the experts'
   // [cols, rows, n_mat] layout). The first error is kept; later calls do nothing.
   void matrix(const std::string& name, int64_t cols, int64_t rows, TensorType t, float gain, int64_t n_mat = 0) {
-    if (!st_) return;
+    if (!st_ || name == s_.omit_tensor) return;
     const uint64_t shape[3] = {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows), static_cast<uint64_t>(n_mat)};
     const uint64_t h = hash_name(name, s_.seed);
     const float amp = gain * std::sqrt(3.0f / static_cast<float>(cols));
@@ -207,7 +218,7 @@ class ModelWriter {
                                   });
   }
   void vector(const std::string& name, int64_t n, float center, float spread) {
-    if (!st_) return;
+    if (!st_ || name == s_.omit_tensor) return;
     std::vector<float> v(static_cast<size_t>(n));
     SplitMix rng{hash_name(name, s_.seed)};
     for (auto& x : v) x = center + spread * rng.uniform();
@@ -258,6 +269,15 @@ class ModelWriter {
     if (s_.post_norms) vector(p + "post_attention_norm.weight", E, 1.0f, 0.1f);
   }
 
+  // lfm2's short convolution: in_proj to [b | c | x], the F32 kernel [n_embd][L], out_proj.
+  void short_conv(const std::string& p, int64_t il) {
+    const int64_t E = s_.n_embd, L = s_.conv_kernel;
+    vector(p + "attn_norm.weight", E, 1.0f, 0.1f);
+    matrix(p + "shortconv.in_proj.weight", E, 3 * E, pick("shortconv_in", il, E, false), 1.0f);
+    matrix(p + "shortconv.conv.weight", L, E, TensorType::F32, 1.0f);
+    matrix(p + "shortconv.out_proj.weight", E, E, pick("shortconv_out", il, E, false), 1.0f);
+  }
+
   void ffn(const std::string& p, int64_t il) {
     const int64_t E = s_.n_embd, F = s_.n_ff;
     vector(p + "ffn_norm.weight", E, 1.0f, 0.1f);
@@ -290,12 +310,14 @@ class ModelWriter {
   Status write_tensors() {
     const int64_t E = s_.n_embd;
     matrix("token_embd.weight", E, s_.n_vocab, pick("token_embd", 0, E, s_.tied), 1.0f);
-    vector("output_norm.weight", E, 1.0f, 0.1f);
+    vector(s_.arch == "lfm2" ? "token_embd_norm.weight" : "output_norm.weight", E, 1.0f, 0.1f);
     if (!s_.tied) matrix("output.weight", E, s_.n_vocab, pick("output", 0, E, true), 3.0f);
     if (s_.llama3_rope) llama3_rope_freqs();
     for (int64_t il = 0; il < s_.n_layer && st_; ++il) {
       const std::string p = "blk." + std::to_string(il) + ".";
-      attention(p, il);
+      const bool conv = !s_.layer_head_kv.empty() && s_.layer_head_kv[static_cast<size_t>(il)] == 0;
+      if (conv) short_conv(p, il);
+      else attention(p, il);
       ffn(p, il);
     }
     return st_;
@@ -324,7 +346,8 @@ inline Expected<Model> load_model(const std::vector<uint8_t>& bytes, const std::
 // Every architecture the library runs, as the tiny test models below name them.
 inline const std::vector<std::string>& tiny_archs() {
   static const std::vector<std::string> names = {"llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
-                                                 "phi3", "qwen2moe", "qwen3moe", "olmoe", "mixtral"};
+                                                 "phi3", "qwen2moe", "qwen3moe", "olmoe", "mixtral",
+                                                 "smollm3", "lfm2"};
   return names;
 }
 
@@ -379,6 +402,12 @@ inline ModelSpec tiny_spec(const std::string& family, TensorType type, uint64_t 
     s.n_expert_used = 2;
     s.n_head_kv = 4;
     s.tied = false;
+  } else if (family == "smollm3") {  // layer 3 without RoPE
+    s.n_layer = 4;
+  } else if (family == "lfm2") {  // conv, attention, conv: the last layer's trimmed rows too
+    s.n_layer = 3;
+    s.layer_head_kv = {0, 2, 0};
+    s.qk_norm = QkNorm::per_head;
   } else if (family == "mixtral") {  // experts in a llama file
     s.arch = "llama";
     s.n_expert = 4;

@@ -84,7 +84,8 @@ std::vector<Case> dense_cases() {
                         "qwen2-Q8_0", "qwen3-Q4_K_M", "qwen3-Q8_0", "gemma2-Q4_K_M", "gemma2-Q8_0",
                         "gemma3-Q4_K_M", "gemma3-Q8_0", "phi3-Q4_K_M", "phi3-Q8_0", "mixtral-Q4_K_M",
                         "mixtral-Q8_0", "qwen2moe-Q4_K_M", "qwen2moe-Q8_0", "qwen3moe-Q4_K_M",
-                        "qwen3moe-Q8_0", "olmoe-Q4_K_M", "olmoe-Q8_0"})
+                        "qwen3moe-Q8_0", "olmoe-Q4_K_M", "olmoe-Q8_0", "smollm3-F32", "smollm3-Q8_0",
+                        "smollm3-Q4_K_M", "lfm2-F32", "lfm2-Q8_0", "lfm2-Q4_K_M"})
     c.push_back({std::string("models/synthetic/syn-") + s + ".gguf",
                  std::string("golden/synthetic/syn-") + s + ".json"});
   return c;

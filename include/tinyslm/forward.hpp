@@ -17,7 +17,9 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
+#include "conv.hpp"
 #include "core.hpp"
 #include "kernels.hpp"
 #include "kv.hpp"
@@ -25,6 +27,7 @@
 #include "moe.hpp"
 #include "ops.hpp"
 #include "quant.hpp"
+#include "state.hpp"
 #include "threads.hpp"
 
 namespace tinyslm {
@@ -35,6 +38,7 @@ struct ContextParams {
   int n_threads = 1;        // 1 = no extra threads at all
   int64_t n_batch = 512;    // most tokens per forward chunk
   bool all_logits = false;  // keep the logits of every token of an eval (else only the last)
+  int n_state_checkpoints = 4;  // hybrid models: copies of the recurrent state kept for prefix reuse
 };
 
 // Every buffer a Context allocates, sized from the hyper-parameters and the parameters alone.
@@ -54,6 +58,8 @@ struct ContextPlan {
   bool moe = false;
   MoeScratchSizes moe_sizes;
   uint64_t kv_bytes = 0;
+  uint64_t state_bytes = 0;  // recurrent state of hybrid models and its checkpoints
+  std::vector<int64_t> state_floats;  // per layer
 
   static Expected<ContextPlan> make(const HParams& hp, int64_t n_vocab, const ContextParams& p) {
     if (p.n_ctx <= 0 || p.n_batch <= 0 || p.n_threads <= 0)
@@ -72,6 +78,10 @@ struct ContextPlan {
       c.attn.n_head_kv = std::max(c.attn.n_head_kv, l.n_head_kv);
       c.attn.head_dim_k = std::max(c.attn.head_dim_k, l.head_dim_k);
       c.attn.head_dim_v = std::max(c.attn.head_dim_v, l.head_dim_v);
+      if (l.kind == LayerKind::short_conv) {  // [b | c | x] in the QKV rows, y in the attention rows
+        c.w_qkv = std::max(c.w_qkv, 3 * hp.n_embd);
+        c.w_att = std::max(c.w_att, hp.n_embd);
+      }
     }
     c.n_rot = hp.n_rot;
     c.logit_rows = p.all_logits ? c.n_batch : 1;
@@ -80,7 +90,9 @@ struct ContextPlan {
     c.moe = hp.moe.enabled();
     if (c.moe) c.moe_sizes = moe_scratch_sizes(hp.moe, hp.n_embd, c.n_batch, c.n_threads);
     const auto u = [](int64_t v) { return static_cast<uint64_t>(v); };
-    c.kv_bytes = u(hp.n_layer) * u(c.n_ctx) * u(hp.n_head_kv) * u(hp.head_dim_k + hp.head_dim_v) * 2;
+    for (int64_t il = 0; il < hp.n_layer; ++il) c.state_floats.push_back(hp.state_floats(il));
+    c.state_bytes = RecurrentState::bytes_for(c.state_floats, p.n_state_checkpoints);
+    c.kv_bytes = u(hp.n_kv_layers()) * u(c.n_ctx) * u(hp.n_head_kv) * u(hp.head_dim_k + hp.head_dim_v) * 2;
     return c;
   }
 
@@ -133,9 +145,29 @@ class Context {
 
   int64_t n_past() const { return kv_.size(); }
   int64_t n_ctx() const { return kv_.n_ctx(); }
-  // Keeps the first n positions of the cache (a shared prefix) for the next eval.
-  Status truncate(int64_t n) { return kv_.truncate(n); }
-  void reset() { kv_.clear(); }
+  // Keeps the first n positions of the cache (a shared prefix) for the next eval. A hybrid
+  // model's recurrent state returns to n only from a checkpoint (or n == n_past()).
+  Status truncate(int64_t n) {
+    if (!rs_.empty() && n != kv_.size()) {
+      if (n < 0 || n > kv_.size()) return kv_.truncate(n);
+      if (auto st = rs_.restore(n); !st) return st;
+    }
+    return kv_.truncate(n);
+  }
+  void reset() {
+    kv_.clear();
+    rs_.clear();
+  }
+  // The longest prefix of at most n cached positions truncate() can keep: n, except on a
+  // hybrid model, whose state is restorable only at n_past() and at its checkpoints.
+  int64_t restorable(int64_t n) const {
+    if (rs_.empty() || n >= kv_.size()) return std::min(n, kv_.size());
+    return rs_.restorable(n);
+  }
+  // Keeps a copy of the recurrent state at n_past() (nothing for a model without one).
+  void checkpoint() { rs_.checkpoint(kv_.size()); }
+  RecurrentState& state() { return rs_; }
+  const RecurrentState& state() const { return rs_; }
 
   // The model this context runs (the context holds a share of it, so it stays loaded).
   const Model& model() const { return model_; }
@@ -164,6 +196,7 @@ class Context {
   void rope_tables(int64_t pos0, int64_t n);
   void qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t i, int64_t pos);
   Status attention_block(int64_t il, int64_t n, int64_t r0, int64_t pos0);
+  Status conv_block(int64_t il, int64_t n, int64_t r0);
   Status ffn_block(int64_t il, int64_t m);
   Status moe_block(int64_t il, int64_t m);
   void ffn_residual(const LayerWeights& L, int64_t m);
@@ -175,6 +208,7 @@ class Context {
   ParallelFor par_;
   std::unique_ptr<ThreadPool> pool_;
   KvCache kv_;
+  RecurrentState rs_;  // per-sequence state of short-convolution layers
   MatmulScratch mm_;
   ops::AttentionScratch attn_;
   MoeScratch moe_scratch_;
@@ -214,6 +248,9 @@ inline Status Context::allocate() {
   auto kv = KvCache::create(h, p.n_ctx);
   if (!kv) return kv.error();
   kv_ = std::move(*kv);
+  auto rs = RecurrentState::create(p.state_floats, params_.n_state_checkpoints);
+  if (!rs) return rs.error();
+  rs_ = std::move(*rs);
   const auto sz = [](int64_t a, int64_t b) { return static_cast<size_t>(a * b); };
   const int64_t B = p.n_batch;
   const bool ok = x_.allocate(sz(B, p.w_embd)) && xn_.allocate(sz(B, p.w_embd)) && qkv_.allocate(sz(B, p.w_qkv)) &&
@@ -284,8 +321,10 @@ inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last
     // In the last layer only the rows whose logits are wanted go past attention.
     const bool trim = il == h.n_layer - 1 && !want_all;
     const int64_t r0 = trim ? n - 1 : 0, m = n - r0;
-    // 2. Attention (norm, QKV, RoPE, cache, attention, output projection, residual).
-    if (auto st = attention_block(il, n, r0, pos0); !st) return st;
+    // 2. Attention (norm, QKV, RoPE, cache, attention, output projection, residual), or
+    //    the short convolution of a hybrid model.
+    const bool conv = h.layers[static_cast<size_t>(il)].kind == LayerKind::short_conv;
+    if (auto st = conv ? conv_block(il, n, r0) : attention_block(il, n, r0, pos0); !st) return st;
     // 3. Feed-forward: dense or mixture of experts, then its residual.
     const bool moe = h.layers[static_cast<size_t>(il)].ffn == FfnKind::moe;
     if (auto st = moe ? moe_block(il, m) : ffn_block(il, m); !st) return st;
@@ -385,6 +424,28 @@ inline Status Context::attention_block(int64_t il, int64_t n, int64_t r0, int64_
     if (!L.bo.empty()) ops::add(pr, L.bo.data(), E);
     if (!L.post_attn_norm.empty()) ops::rms_norm(pr, L.post_attn_norm.data(), pr, E, h.rms_eps);
     ops::add(x + i * E, pr, E);
+    ops::rms_norm(x + i * E, L.ffn_norm.data(), xn + i * E, E, h.rms_eps);
+  });
+  return {};
+}
+
+// Norm, in_proj, the gated causal convolution over every row (the state must see them all),
+// out_proj on rows r0.., residual and the FFN norm, as attention_block ends.
+inline Status Context::conv_block(int64_t il, int64_t n, int64_t r0) {
+  const HParams& h = hp();
+  const LayerWeights& L = model_.weights().layers[static_cast<size_t>(il)];
+  const int64_t E = h.n_embd, m = n - r0;
+  float* x = x_.data();
+  float* xn = xn_.data();
+  float* bcx = qkv_.data();
+  for_rows(n, [&](int64_t i) { ops::rms_norm(x + i * E, L.attn_norm.data(), xn + i * E, E, h.rms_eps); });
+  if (auto st = matmul_into(L.conv_in, xn, n, bcx, 3 * E); !st) return st;
+  short_conv(bcx, 3 * E, n, E, h.conv_kernel, L.conv_kernel.data(), rs_.layer(il), att_.data(), E, par_);
+  float* proj = proj_.data();
+  if (auto st = matmul_into(L.conv_out, att_.data() + r0 * E, m, proj, E); !st) return st;
+  if (r0 > 0) std::memmove(x, x + r0 * E, static_cast<size_t>(E) * sizeof(float));
+  for_rows(m, [&](int64_t i) {
+    ops::add(x + i * E, proj + i * E, E);
     ops::rms_norm(x + i * E, L.ffn_norm.data(), xn + i * E, E, h.rms_eps);
   });
   return {};

@@ -27,15 +27,15 @@ class KvCache {
       return make_error(Errc::invalid_argument,
                         "KV cache: context length " + std::to_string(n_ctx) + " out of range");
     KvCache c;
-    c.n_layer_ = hp.n_layer;
+    c.n_layer_ = hp.n_kv_layers();
     c.n_head_kv_ = hp.n_head_kv;
     c.head_dim_k_ = hp.head_dim_k;
     c.head_dim_v_ = hp.head_dim_v;
     c.n_ctx_ = n_ctx;
     uint64_t nk = 0, nv = 0;
-    if (detail::mul_overflows(static_cast<uint64_t>(hp.n_layer * hp.n_head_kv * hp.head_dim_k),
+    if (detail::mul_overflows(static_cast<uint64_t>(c.n_layer_ * hp.n_head_kv * hp.head_dim_k),
                               static_cast<uint64_t>(n_ctx), &nk) ||
-        detail::mul_overflows(static_cast<uint64_t>(hp.n_layer * hp.n_head_kv * hp.head_dim_v),
+        detail::mul_overflows(static_cast<uint64_t>(c.n_layer_ * hp.n_head_kv * hp.head_dim_v),
                               static_cast<uint64_t>(n_ctx), &nv) ||
         !c.k_.allocate(static_cast<size_t>(nk)) || !c.v_.allocate(static_cast<size_t>(nv)))
       return make_error(Errc::out_of_memory, "KV cache: cannot allocate " +
@@ -45,6 +45,7 @@ class KvCache {
   }
 
   int64_t n_ctx() const { return n_ctx_; }
+  int64_t n_layer() const { return n_layer_; }        // cache slots (layers that own a cache)
   int64_t size() const { return n_past_; }           // positions filled
   int64_t free() const { return n_ctx_ - n_past_; }  // positions left
   size_t bytes() const { return (k_.size() + v_.size()) * sizeof(uint16_t); }

@@ -9,6 +9,7 @@
 // sliding or global attention, which RoPE table, which layer's KV it uses, dense FFN or MoE).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
@@ -85,6 +86,10 @@ struct ArchInfo {
   AttnScale attn_scale;
   int64_t n_layer_27b;      // with AttnScale::gemma_27b: the 27B variant's layer count
   MoeArch moe;
+  // Hybrid and 2026 families (trailing, so the rows above keep their defaults).
+  int nope_period = 0;      // layers with (il + 1) % nope_period == 0 run without RoPE (smollm3: 4)
+  bool conv_layers = false; // per-layer head_count_kv, 0 = a short-convolution layer (lfm2)
+  const char* output_norm_name = "output_norm.weight";
 };
 
 namespace detail {
@@ -105,6 +110,10 @@ inline constexpr ArchInfo kArchTable[] = {
     {"qwen2moe", RopeStyle::neox,  FfnActivation::silu,      false, false, QkNorm::none,     true,  false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  {true,  false, true,  true,  true}},
     {"qwen3moe", RopeStyle::neox,  FfnActivation::silu,      false, false, QkNorm::per_head, false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  {true,  true,  true,  false, false}},
     {"olmoe",   RopeStyle::neox,   FfnActivation::silu,      false, false, QkNorm::whole,    false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  {true,  false, false, false, false}},
+    // 2026 phone models: smollm3 drops RoPE on every 4th layer; lfm2 mixes short-convolution
+    // layers (conv.hpp) with GQA attention and names its final norm token_embd_norm.
+    {"smollm3", RopeStyle::normal, FfnActivation::silu,      false, false, QkNorm::none,     false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe, 4},
+    {"lfm2",    RopeStyle::neox,   FfnActivation::silu,      false, false, QkNorm::per_head, false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe, 0, true, "token_embd_norm.weight"},
 };
 
 // Mixture-of-experts families whose routing this library does not implement: refused by name
@@ -144,7 +153,8 @@ struct MoeConfig {
 inline constexpr int64_t kMoeMaxExperts = 512;
 
 enum class LayerKind : uint8_t {
-  attention,  // self-attention over this layer's KV cache, then the FFN
+  attention,   // self-attention over this layer's KV cache, then the FFN
+  short_conv,  // gated short causal convolution with a per-sequence state (lfm2), then the FFN
 };
 
 enum class FfnKind : uint8_t {
@@ -162,7 +172,7 @@ struct LayerPlan {
   bool sliding = false;       // sliding-window attention (n_swa positions)
   bool rope = true;           // RoPE on Q and K
   uint8_t rope_table = 0;     // 0: the global angles (rope_base), 1: the sliding ones (rope_base_swa)
-  int64_t kv_layer = 0;       // the KV cache slot this layer writes and reads (its own index)
+  int64_t kv_layer = 0;       // the KV cache slot this layer writes and reads (-1: none)
 
   int64_t q_dim() const { return n_head * head_dim_k; }
   int64_t k_dim() const { return n_head_kv * head_dim_k; }
@@ -207,6 +217,20 @@ struct HParams {
                                      // (read_moe_config), after each layer's router is found
 
   std::vector<LayerPlan> layers;     // the per-layer plan (n_layer entries)
+  std::vector<int64_t> layer_head_kv;  // per-layer head_count_kv of hybrid files (0 = conv layer)
+  int64_t conv_kernel = 0;           // shortconv.l_cache: width L of the short convolution
+
+  // KV cache slots: one per layer that owns a cache.
+  int64_t n_kv_layers() const {
+    int64_t n = 0;
+    for (const LayerPlan& l : layers) n = std::max(n, l.kv_layer + 1);
+    return layers.empty() ? n_layer : n;
+  }
+  // Floats of layer il's per-sequence state (0: none).
+  int64_t state_floats(int64_t il) const {
+    const LayerPlan& l = layers[static_cast<size_t>(il)];
+    return l.kind == LayerKind::short_conv ? (conv_kernel - 1) * n_embd : 0;
+  }
 
   int64_t q_dim() const { return n_head * head_dim_k; }
   int64_t k_dim() const { return n_head_kv * head_dim_k; }
@@ -278,6 +302,9 @@ struct LayerWeights {
   bool moe = false;
   MoeLayerWeights experts;
   std::vector<float> post_ffn_norm;       // gemma2/3
+  // Short-convolution layer (lfm2): in_proj (3 n_embd rows: b, c, x), kernel [n_embd][L], out_proj.
+  Weight conv_in, conv_out;
+  std::vector<float> conv_kernel;
 };
 
 struct ModelWeights {
@@ -435,13 +462,49 @@ inline Expected<MoeConfig> read_moe_config(const GgufFile& f) {
 
 namespace detail {
 
+// Hybrid files (lfm2): head_count_kv per layer, 0 marking a short-convolution layer, and the
+// convolution width. Returns the KV head count of the attention layers (all equal).
+inline Expected<int64_t> read_layer_head_kv(const GgufFile& f, const std::string& a, HParams& hp) {
+  const std::string key = a + ".attention.head_count_kv";
+  const GgufKv* kv = f.find(key);
+  if (!kv || kv->value.type() != GgufValueType::array)
+    return make_error(Errc::invalid_format, f.name() + ": metadata key '" + key + "' must be a per-layer array");
+  GgufArray arr = kv->value.as_array();
+  if (static_cast<int64_t>(arr.size()) != hp.n_layer)
+    return make_error(Errc::invalid_format, f.name() + ": '" + key + "' has " + std::to_string(arr.size()) +
+                                                " entries for " + std::to_string(hp.n_layer) + " layers");
+  hp.layer_head_kv.clear();
+  arr.for_each([&](const GgufValue& e) {
+    int64_t x = -1;
+    if (!e.as_int64(&x)) x = -1;
+    hp.layer_head_kv.push_back(x);
+    return true;
+  });
+  int64_t heads = 0;
+  for (int64_t x : hp.layer_head_kv) {
+    if (x < 0 || x > hp.n_head || (x > 0 && hp.n_head % x != 0) || (x > 0 && heads > 0 && x != heads))
+      return make_error(Errc::invalid_format, f.name() + ": '" + key + "' entry " + std::to_string(x) +
+                                                  " is not 0 (convolution) or one KV head count dividing " +
+                                                  std::to_string(hp.n_head) + " heads");
+    if (x > 0) heads = x;
+  }
+  if (heads == 0)
+    return make_error(Errc::unsupported, f.name() + ": '" + key + "' has no attention layer");
+  TINYSLM_TRY_READ(hp.conv_kernel, arch_int(f, a, "shortconv.l_cache", -1));
+  if (hp.conv_kernel < 2 || hp.conv_kernel > 64)
+    return make_error(Errc::invalid_format, f.name() + ": metadata key '" + a + ".shortconv.l_cache' is " +
+                                                std::to_string(hp.conv_kernel) + " (expected 2 to 64)");
+  return heads;
+}
+
 // Sizes of the transformer: embedding, layers, heads, FFN, head sizes, RoPE dimensions.
 inline Status read_sizes(const GgufFile& f, const std::string& a, HParams& hp) {
   TINYSLM_TRY_READ(hp.n_embd, arch_int(f, a, "embedding_length", -1));
   TINYSLM_TRY_READ(hp.n_layer, arch_int(f, a, "block_count", -1));
   TINYSLM_TRY_READ(hp.n_ff, arch_int(f, a, "feed_forward_length", -1));
   TINYSLM_TRY_READ(hp.n_head, arch_int(f, a, "attention.head_count", -1));
-  TINYSLM_TRY_READ(hp.n_head_kv, arch_int(f, a, "attention.head_count_kv", hp.n_head));
+  if (hp.arch.conv_layers) TINYSLM_TRY_READ(hp.n_head_kv, read_layer_head_kv(f, a, hp));
+  else TINYSLM_TRY_READ(hp.n_head_kv, arch_int(f, a, "attention.head_count_kv", hp.n_head));
   TINYSLM_TRY_READ(hp.n_ctx_train, arch_int(f, a, "context_length", 2048));
   if (hp.n_embd <= 0 || hp.n_layer <= 0 || hp.n_head <= 0 || hp.n_head_kv <= 0 || hp.n_ff <= 0 ||
       hp.n_head % hp.n_head_kv != 0 || hp.n_embd > (1 << 20) || hp.n_layer > 4096 ||
@@ -556,9 +619,23 @@ inline void build_layer_plan(HParams& hp) {
     p.head_dim_v = hp.head_dim_v;
     p.n_ff = p.ffn == FfnKind::dense ? hp.n_ff : 0;
     p.sliding = hp.is_swa(il);
-    p.rope = true;
+    p.rope = hp.arch.nope_period <= 0 || (il + 1) % hp.arch.nope_period != 0;
     p.rope_table = p.sliding ? 1 : 0;
     p.kv_layer = il;
+  }
+  if (hp.layer_head_kv.empty()) return;
+  // Hybrid: convolution layers have no KV; attention layers take consecutive cache slots.
+  int64_t slot = 0;
+  for (int64_t il = 0; il < hp.n_layer; ++il) {
+    LayerPlan& p = hp.layers[static_cast<size_t>(il)];
+    if (hp.layer_head_kv[static_cast<size_t>(il)] == 0) {
+      p.kind = LayerKind::short_conv;
+      p.n_head_kv = 0;
+      p.rope = false;
+      p.kv_layer = -1;
+    } else {
+      p.kv_layer = slot++;
+    }
   }
 }
 
@@ -779,7 +856,7 @@ inline Status bind_globals(const GgufFile& f, const WeightBinder& b, HParams& hp
     return b.bad_shape(*te, std::string("[").append(std::to_string(E)).append(", n_vocab]"));
   hp.n_vocab = static_cast<int64_t>(te->ne[1]);
   TINYSLM_BIND(b.matrix("token_embd.weight", E, hp.n_vocab, true, &w.token_embd));
-  TINYSLM_BIND(b.vector("output_norm.weight", E, true, &w.output_norm));
+  TINYSLM_BIND(b.vector(hp.arch.output_norm_name, E, true, &w.output_norm));
   TINYSLM_BIND(b.matrix("output.weight", E, hp.n_vocab, false, &w.output));
   if (!w.output) {
     w.output = w.token_embd;
@@ -817,6 +894,31 @@ inline Status bind_attention(const GgufFile& f, const WeightBinder& b, const HPa
   TINYSLM_BIND(b.matrix(blk_name(il, "attn_output.weight"), p.attn_out_dim(), E, true, &L.wo));
   TINYSLM_BIND(b.vector(blk_name(il, "attn_output.bias"), E, false, &L.bo));
   TINYSLM_BIND(b.vector(blk_name(il, "post_attention_norm.weight"), E, ai.post_norms, &L.post_attn_norm));
+  return {};
+}
+
+// The norm, projections and kernel of a short-convolution layer; the kernel's shape must
+// agree with shortconv.l_cache.
+inline Status bind_short_conv(const GgufFile& f, const WeightBinder& b, const HParams& hp, int64_t il,
+                              LayerWeights& L) {
+  const int64_t E = hp.n_embd, K = hp.conv_kernel;
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_norm.weight"), E, true, &L.attn_norm));
+  TINYSLM_BIND(b.matrix(blk_name(il, "shortconv.in_proj.weight"), E, 3 * E, true, &L.conv_in));
+  TINYSLM_BIND(b.matrix(blk_name(il, "shortconv.out_proj.weight"), E, E, true, &L.conv_out));
+  const std::string name = blk_name(il, "shortconv.conv.weight");
+  const GgufTensorInfo* t = f.find_tensor(name);
+  if (!t) return b.missing(name);
+  if (t->n_dims != 2 || static_cast<int64_t>(t->ne[0]) != K || static_cast<int64_t>(t->ne[1]) != E)
+    return make_error(Errc::invalid_format, f.name() + ": tensor '" + name + "' has shape " + t->shape_string() +
+                                                ", expected " + shape_text({K, E}) + " (shortconv.l_cache " +
+                                                std::to_string(K) + ", n_embd " + std::to_string(E) + ")");
+  L.conv_kernel.resize(static_cast<size_t>(K * E));
+  uint64_t rb = 0;
+  if (!tensor_row_bytes(t->type, static_cast<uint64_t>(K), &rb) || rb * static_cast<uint64_t>(E) != t->n_bytes)
+    return make_error(Errc::invalid_format, f.name() + ": tensor '" + name + "' has an unusable type or size");
+  for (int64_t c = 0; c < E; ++c)
+    if (auto st = dequantize_row(t->type, t->data + c * rb, L.conv_kernel.data() + c * K, K); !st)
+      return Error(st.error()).context(f.name() + ": tensor '" + name + "'");
   return {};
 }
 
@@ -874,7 +976,10 @@ inline Status Model::State::bind() {
   w.layers.resize(static_cast<size_t>(hp.n_layer));
   for (int64_t il = 0; il < hp.n_layer; ++il) {
     LayerWeights& L = w.layers[static_cast<size_t>(il)];
-    TINYSLM_BIND(detail::bind_attention(file, b, hp, il, L));
+    if (hp.layers[static_cast<size_t>(il)].kind == LayerKind::short_conv)
+      TINYSLM_BIND(detail::bind_short_conv(file, b, hp, il, L));
+    else
+      TINYSLM_BIND(detail::bind_attention(file, b, hp, il, L));
     TINYSLM_BIND(detail::bind_ffn(file, b, hp, il, L));
   }
   return {};

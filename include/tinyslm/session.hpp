@@ -33,9 +33,14 @@
 //   drop_messages  for the Chat helper: whole earlier messages are dropped (the system prompt
 //                  stays) until the conversation fits; a bare Session treats it as `error`.
 //
+// Hybrid models (lfm2) carry a recurrent state that cannot be cut back like the KV cache: the
+// session checkpoints it before and after the last token of every prompt and at the end of
+// every reply, and reuses the longest cached prefix that ends at a checkpoint (or at the end
+// of the cache); with none, it evaluates from the start. Shifts restart the same way.
+//
 // save_state() / load_state() write and read the tokens and the K/V rows of the filled
-// positions with a versioned header, a fingerprint of the model and a checksum; load_state
-// validates everything before it touches the cache.
+// positions (and a hybrid model's recurrent state) with a versioned header, a fingerprint of
+// the model and a checksum; load_state validates everything before it touches the cache.
 #pragma once
 
 #include <algorithm>
@@ -151,7 +156,8 @@ struct MemoryEstimate {
   uint64_t compute = 0;   // activations, attention and matmul scratch
   uint64_t logits = 0;
   uint64_t other = 0;     // tokenizer, sampler, converted norm vectors
-  uint64_t total() const { return weights + kv_cache + compute + logits + other; }
+  uint64_t state = 0;     // hybrid models: recurrent state and its checkpoints
+  uint64_t total() const { return weights + kv_cache + compute + logits + other + state; }
 };
 
 namespace detail {
@@ -582,14 +588,25 @@ inline Expected<bool> Session::prefill_counted(std::span<const int32_t> ids, con
   size_t common = 0;
   while (common < tokens_.size() && common < prompt.size() && tokens_[common] == prompt[common]) ++common;
   common = std::min(common, prompt.size() - 1);
+  common = static_cast<size_t>(ctx_.restorable(static_cast<int64_t>(common)));  // hybrid: a checkpoint
   if (auto t = ctx_.truncate(static_cast<int64_t>(common)); !t) return t.error();
   tokens_.resize(common);
   logits_valid_ = false;
   st.prompt_reused = static_cast<int64_t>(common);
 
   const auto t_prompt = detail::Clock::now();
-  auto done = eval_chunks(std::span<const int32_t>(prompt).subspan(common), cancel, &st.prompt_evaluated);
+  auto rest = std::span<const int32_t>(prompt).subspan(common);
+  Expected<bool> done = true;
+  // A hybrid model's state cannot be cut back: checkpoint it before the last prompt token (to
+  // evaluate the same prompt again) and after it (for the next turn).
+  if (!ctx_.state().empty() && rest.size() > 1) {
+    done = eval_chunks(rest.first(rest.size() - 1), cancel, &st.prompt_evaluated);
+    if (done && *done) ctx_.checkpoint();
+    rest = rest.last(1);
+  }
+  if (done && *done) done = eval_chunks(rest, cancel, &st.prompt_evaluated);
   if (!done) return done.error();
+  if (*done) ctx_.checkpoint();
   st.prompt_ms = detail::ms_since(t_prompt);
   if (st.prompt_ms > 0) st.prompt_tokens_per_s = 1000.0 * static_cast<double>(st.prompt_evaluated) / st.prompt_ms;
   return *done;
@@ -665,9 +682,12 @@ inline Expected<std::optional<StopReason>> Session::make_room(const std::atomic<
   const int64_t keep = std::min<int64_t>(params_.keep, n_ctx - 1);
   if (params_.overflow != OverflowPolicy::shift || keep >= n_ctx - 1) return std::optional(StopReason::context_full);
   const int64_t n_discard = std::max<int64_t>(1, (n_ctx - keep) / 2);
-  const std::vector<int32_t> rest(tokens_.begin() + keep + n_discard, tokens_.end());
-  if (auto t = ctx_.truncate(keep); !t) return t.error();
-  tokens_.resize(static_cast<size_t>(keep));
+  // A hybrid model restarts from its latest checkpoint inside the kept tokens.
+  const int64_t from = ctx_.restorable(keep);
+  std::vector<int32_t> rest(tokens_.begin() + from, tokens_.begin() + keep);
+  rest.insert(rest.end(), tokens_.begin() + keep + n_discard, tokens_.end());
+  if (auto t = ctx_.truncate(from); !t) return t.error();
+  tokens_.resize(static_cast<size_t>(from));
   logits_valid_ = false;
   ++st.shifts;
   auto ok = eval_chunks(rest, cancel, &st.prompt_evaluated);
@@ -750,6 +770,7 @@ inline Status Session::decode(Sampler& sampler, const GenerateOptions& options, 
     if (auto last = text.push(rest, true)) res.stop = *last;
   }
   res.text = text.take_text();
+  ctx_.checkpoint();  // the end of the reply, where a chat's next turn starts
   if (st.generated > 0) st.generation_ms = detail::ms_since(t_first);
   if (decode_ms > 0) st.generation_tokens_per_s = 1000.0 * static_cast<double>(decoded) / decode_ms;
   return {};
@@ -773,7 +794,7 @@ inline std::vector<uint8_t> Session::save_state() const {
   w.u64(static_cast<uint64_t>(kv.n_ctx()));
   w.u64(n);
   for (int32_t t : tokens_) w.u32(static_cast<uint32_t>(t));
-  for (int64_t il = 0; il < hp.n_layer; ++il) {
+  for (int64_t il = 0; il < kv.n_layer(); ++il) {
     for (int pass = 0; pass < 2; ++pass) {
       const int64_t hd = pass == 0 ? hp.head_dim_k : hp.head_dim_v;
       const uint16_t* base = pass == 0 ? kv.k_layer(il) : kv.v_layer(il);
@@ -781,6 +802,8 @@ inline std::vector<uint8_t> Session::save_state() const {
         w.u16s(base + g * kv.n_ctx() * hd, static_cast<size_t>(n * static_cast<uint64_t>(hd)));
     }
   }
+  // A hybrid model's recurrent state at the last position, F32 bit patterns.
+  for (float v : ctx_.state().live()) w.u32(std::bit_cast<uint32_t>(v));
   detail::Hash64 h;
   h.bytes(out.data(), out.size());
   w.u64(h.value());
@@ -812,8 +835,8 @@ inline Status Session::load_state(std::span<const uint8_t> bytes) {
     return make_error(Errc::out_of_range, "session state: holds " + std::to_string(n) +
                                               " tokens, more than this session's context (" +
                                               std::to_string(ctx_.n_ctx()) + ")");
-  const uint64_t row_halves = static_cast<uint64_t>(hp.n_layer * hp.n_head_kv * (hp.head_dim_k + hp.head_dim_v));
-  const uint64_t expect = detail::kStateHeaderBytes + n * 4 + n * row_halves * 2 + 8;
+  const uint64_t row_halves = static_cast<uint64_t>(ctx_.kv().n_layer() * hp.n_head_kv * (hp.head_dim_k + hp.head_dim_v));
+  const uint64_t expect = detail::kStateHeaderBytes + n * 4 + n * row_halves * 2 + 4 * ctx_.state().floats() + 8;
   if (bytes.size() != expect)
     return bad("size " + std::to_string(bytes.size()) + " bytes, expected " + std::to_string(expect) + " for " +
                std::to_string(n) + " tokens");
@@ -828,15 +851,16 @@ inline Status Session::load_state(std::span<const uint8_t> bytes) {
   }
   // Everything checked: replace the cache.
   KvCache& kv = ctx_.kv();
-  kv.clear();
+  ctx_.reset();  // the cache and the recurrent state with its checkpoints
   tokens_.clear();
-  for (int64_t il = 0; il < hp.n_layer; ++il) {
+  for (int64_t il = 0; il < kv.n_layer(); ++il) {
     for (int pass = 0; pass < 2; ++pass) {
       const int64_t hd = pass == 0 ? hp.head_dim_k : hp.head_dim_v;
       uint16_t* base = pass == 0 ? kv.k_layer(il) : kv.v_layer(il);
       for (int64_t g = 0; g < hp.n_head_kv; ++g) r.u16s(base + g * kv.n_ctx() * hd, static_cast<size_t>(n * static_cast<uint64_t>(hd)));
     }
   }
+  for (float& v : ctx_.state().live()) v = std::bit_cast<float>(r.u32());
   kv.advance(static_cast<int64_t>(n));
   tokens_ = std::move(toks);
   logits_valid_ = false;
@@ -885,6 +909,7 @@ inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t conte
     if (t.n_dims == 1) small += t.n_elements * 4;  // norms and biases are kept as floats
   }
   m.kv_cache = plan->kv_bytes;
+  m.state = plan->state_bytes;
   m.compute = plan->compute_bytes();
   m.logits = plan->logit_bytes();
   // Tokenizer: the vocabulary strings twice (text and output pieces), per-token tables, merges;
