@@ -523,10 +523,12 @@ struct AttentionScratch {
   AlignedBuffer<float> rows;  // per thread: scores[n_ctx] + q[head_dim_k]
   int64_t n_ctx = 0, n_threads = 0, row_stride = 0;
 
-  [[nodiscard]] bool reserve(const AttentionShape& a, int64_t n_ctx_, int n_threads_) {
+  // f32_copies: the kt / vf copies of the F16 path (a quantized cache needs rows only).
+  [[nodiscard]] bool reserve(const AttentionShape& a, int64_t n_ctx_, int n_threads_, bool f32_copies = true) {
     n_ctx = (n_ctx_ + 15) / 16 * 16;
     n_threads = n_threads_;
     row_stride = (4 * n_ctx + 4 * a.head_dim_k + 4 * a.head_dim_v + 15) / 16 * 16;
+    if (!f32_copies) return rows.allocate(static_cast<size_t>(row_stride * n_threads));
     // keys are read in blocks of 64 past the last one: pad
     return kt.allocate(static_cast<size_t>(a.n_head_kv * a.head_dim_k * n_ctx + 64)) &&
            vf.allocate(static_cast<size_t>(a.n_head_kv * n_ctx * a.head_dim_v)) &&
