@@ -54,7 +54,8 @@ std::vector<uint8_t> random_rows(KvType t, int64_t n_kv, int64_t ctx, int64_t hd
   return out;
 }
 
-// Attention in double over the dequantized rows, with q quantized to q8_0 as the kernel does.
+// Attention in double over the dequantized rows (soft-capped scores when asked), with q
+// quantized to q8_0 as the kernel does.
 void reference_attention(const ops::AttentionShape& a, const std::vector<float>& q, int64_t n_tokens, int64_t pos0,
                          ops::KvRows k, ops::KvRows v, int64_t ctx, std::vector<float>& out) {
   const int64_t hk = a.head_dim_k, hv = a.head_dim_v, group = a.n_head / a.n_head_kv;
@@ -72,7 +73,7 @@ void reference_attention(const ops::AttentionShape& a, const std::vector<float>&
         kv_load_row(k.type, k.data + (g * ctx + j) * k.row_bytes, hk, kr.data());
         double d = 0;
         for (int64_t e = 0; e < hk; ++e) d += static_cast<double>(kr[static_cast<size_t>(e)]) * qd[static_cast<size_t>(e)];
-        s.push_back(d * a.scale);
+        s.push_back(a.softcap > 0 ? a.softcap * std::tanh(d * a.scale / a.softcap) : d * a.scale);
       }
       const double mx = *std::max_element(s.begin(), s.end());
       double sum = 0;
@@ -119,48 +120,66 @@ TEST_CASE("kvcache: type names parse; rows read back within the block's rounding
   }
 }
 
-TEST_CASE("kvcache: every SIMD path of the K.q scores and the V sum equals the scalar reference") {
-  const int64_t n = 37, hd = 96, nb = hd / 32;
+TEST_CASE("kvcache: every SIMD path of the K.q scores and the V sums equals the scalar reference") {
+  const int64_t n = 37, hd = 96, nb = hd / 32, M = 3, ld = n + 5;  // 3 heads of a group, 4 blocks of 8 rows + 5
   TestRng r{5};
-  std::vector<float> qf(static_cast<size_t>(hd)), p(static_cast<size_t>(n));
+  std::vector<float> qf(static_cast<size_t>(M * hd)), p(static_cast<size_t>(M * ld));
   for (auto& v : qf) v = r.uniform();
   for (auto& v : p) v = (r.uniform() + 1.0f) / static_cast<float>(n);
-  std::vector<BlockQ8_0> q(static_cast<size_t>(nb));
-  for (int64_t b = 0; b < nb; ++b) quantize_block(qf.data() + b * 32, &q[static_cast<size_t>(b)]);
+  std::vector<BlockQ8_0> q(static_cast<size_t>(M * nb));
+  for (int64_t b = 0; b < M * nb; ++b) quantize_block(qf.data() + b * 32, &q[static_cast<size_t>(b)]);
   for (KvType t : {KvType::q8_0, KvType::q4_0}) {
     const std::vector<uint8_t> rows = random_rows(t, 1, n, hd, 9);
-    const int64_t rb = kv_row_bytes(t, hd);
-    std::vector<float> s_ref(static_cast<size_t>(n)), acc_ref(static_cast<size_t>(hd), 0.0f);
-    ops::detail::kq_scores_scalar(t, rows.data(), rb, n, q.data(), nb, s_ref.data());
-    ops::detail::v_mix_scalar(t, rows.data(), rb, n, p.data(), nb, acc_ref.data());
+    const ops::detail::GroupRows g{rows.data(), kv_row_bytes(t, hd), n, nb, M};
+    std::vector<float> s_ref(static_cast<size_t>(M * ld)), acc_ref(static_cast<size_t>(M * hd), 0.0f);
+    ops::detail::kq_scores_scalar(t, g, q.data(), s_ref.data(), ld);
+    ops::detail::v_mix_scalar(t, g, p.data(), ld, acc_ref.data());
     for (SimdLevel l : levels()) {
       REQUIRE(set_simd_level(l));
-      std::vector<float> s(static_cast<size_t>(n)), acc(static_cast<size_t>(hd), 0.0f);
-      ops::detail::kq_scores(t, rows.data(), rb, n, q.data(), nb, s.data());
-      ops::detail::v_mix(t, rows.data(), rb, n, p.data(), nb, acc.data());
-      for (int64_t j = 0; j < n; ++j)
-        CHECK_MESSAGE(std::fabs(s[static_cast<size_t>(j)] - s_ref[static_cast<size_t>(j)]) <=
-                          1e-5f * (1.0f + std::fabs(s_ref[static_cast<size_t>(j)])),
-                      kv_type_name(t) << " " << simd_level_name(l) << " score " << j);
-      for (int64_t d = 0; d < hd; ++d)
-        CHECK_MESSAGE(std::fabs(acc[static_cast<size_t>(d)] - acc_ref[static_cast<size_t>(d)]) <= 1e-5f,
-                      kv_type_name(t) << " " << simd_level_name(l) << " value " << d);
+      std::vector<float> s(static_cast<size_t>(M * ld)), acc(static_cast<size_t>(M * hd), 0.0f);
+      ops::detail::kq_scores(t, g, q.data(), s.data(), ld);
+      ops::detail::v_mix(t, g, p.data(), ld, acc.data());
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t j = 0; j < n; ++j) {
+          const float want = s_ref[static_cast<size_t>(m * ld + j)], got = s[static_cast<size_t>(m * ld + j)];
+          CHECK_MESSAGE(std::fabs(got - want) <= 1e-5f * (1.0f + std::fabs(want)),
+                        kv_type_name(t) << " " << simd_level_name(l) << " head " << m << " score " << j);
+        }
+      for (size_t d = 0; d < acc.size(); ++d)
+        CHECK_MESSAGE(std::fabs(acc[d] - acc_ref[d]) <= 1e-5f, kv_type_name(t) << " " << simd_level_name(l) << " value " << d);
+    }
+    reset_simd_level();
+  }
+  // the f32 softmax: every path equal to the scalar one, probabilities summing to 1
+  std::vector<float> x(static_cast<size_t>(n));
+  for (auto& v : x) v = r.uniform() * 8.0f;
+  for (float cap : {0.0f, 5.0f}) {
+    std::vector<float> ref = x;
+    ops::detail::softmax_f32_scalar(ref.data(), n, 0.5f, cap);
+    double sum = 0;
+    for (float v : ref) sum += v;
+    CHECK(sum == doctest::Approx(1.0).epsilon(1e-5));
+    for (SimdLevel l : levels()) {
+      REQUIRE(set_simd_level(l));
+      std::vector<float> y = x;
+      ops::detail::softmax_f32(y.data(), n, 0.5f, cap);
+      for (int64_t j = 0; j < n; ++j) CHECK(std::fabs(y[static_cast<size_t>(j)] - ref[static_cast<size_t>(j)]) <= 1e-6f);
     }
     reset_simd_level();
   }
 }
 
-TEST_CASE("kvcache: quantized attention equals a double reference (GQA, window, prefill, decode, threads)") {
+TEST_CASE("kvcache: quantized attention equals a double reference (GQA, window, soft-cap, prefill, decode, threads)") {
   const int64_t ctx = 40, hk = 64, hv = 32;
   for (KvType tk : {KvType::q8_0, KvType::q4_0, KvType::f16})
     for (KvType tv : {KvType::q8_0, KvType::q4_0})
       for (int64_t swa : {int64_t(0), int64_t(7)})
         for (int64_t n_tokens : {int64_t(1), int64_t(9)}) {
-          const ops::AttentionShape a{4, 2, hk, hv, 0.125f, 0.0f, swa};
+          const ops::AttentionShape a{6, 2, hk, hv, 0.125f, swa ? 4.0f : 0.0f, swa};
           const std::vector<uint8_t> kb = random_rows(tk, 2, ctx, hk, 21), vb = random_rows(tv, 2, ctx, hv, 22);
           const ops::KvRows k{kb.data(), tk, kv_row_bytes(tk, hk)}, v{vb.data(), tv, kv_row_bytes(tv, hv)};
           TestRng r{3};
-          std::vector<float> q(static_cast<size_t>(n_tokens * 4 * hk));
+          std::vector<float> q(static_cast<size_t>(n_tokens * 6 * hk));
           for (auto& x : q) x = r.uniform();
           const int64_t pos0 = ctx - n_tokens;
           std::vector<float> ref;
@@ -170,7 +189,7 @@ TEST_CASE("kvcache: quantized attention equals a double reference (GQA, window, 
             ops::AttentionScratch scratch;
             REQUIRE(scratch.reserve(a, ctx, threads, false));
             std::vector<float> out(ref.size());
-            ops::attention_quant(a, q.data(), 4 * hk, n_tokens, pos0, k, v, ctx, out.data(), 4 * hv, scratch,
+            ops::attention_quant(a, q.data(), 6 * hk, n_tokens, pos0, k, v, ctx, out.data(), 6 * hv, scratch,
                                  pool.parallel());
             double worst = 0;
             for (size_t i = 0; i < out.size(); ++i) worst = std::max(worst, std::fabs(double(out[i]) - ref[i]));

@@ -99,7 +99,7 @@ struct ContextPlan {
   uint64_t attention_bytes() const {
     const uint64_t ctx16 = static_cast<uint64_t>((n_ctx + 15) / 16 * 16);
     const uint64_t hk = static_cast<uint64_t>(attn.head_dim_k), hv = static_cast<uint64_t>(attn.head_dim_v);
-    const uint64_t row = (4 * ctx16 + 4 * hk + 4 * hv + 15) / 16 * 16;
+    const uint64_t row = static_cast<uint64_t>(ops::AttentionScratch::row_floats(attn, static_cast<int64_t>(ctx16), kv_f16));
     const uint64_t copies = kv_f16 ? static_cast<uint64_t>(attn.n_head_kv) * (hk + hv) * ctx16 + 64 : 0;
     return 4 * (copies + row * static_cast<uint64_t>(n_threads));
   }

@@ -150,7 +150,7 @@ struct GenerateResult {
 // What an app will need, in bytes, before it loads anything.
 struct MemoryEstimate {
   uint64_t weights = 0;   // tensor data: resident once touched through the mapping (or read)
-  uint64_t kv_cache = 0;  // F16 keys and values for every position of the context
+  uint64_t kv_cache = 0;  // keys and values for every position of the context, in the cache types
   uint64_t compute = 0;   // activations, attention and matmul scratch
   uint64_t logits = 0;
   uint64_t other = 0;     // tokenizer, sampler, converted norm vectors
