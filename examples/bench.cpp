@@ -1,9 +1,12 @@
 // bench: prompt processing and generation speed, in the manner of llama-bench.
 //
-//   bench -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [--load map|read] [--json]
+//   bench -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [-d 0,4096] [-ctk f16] [-ctv f16]
+//         [--load map|read] [--json]
 //
 // pp<P>: one eval of P tokens from an empty cache (prefill, GEMM). tg<N>: N evals of one token
-// each from an empty cache (decode, GEMV). Each test runs once untimed to warm up, then R
+// each from an empty cache (decode, GEMV). -d D (--n-depth, as llama-bench): the cache first
+// holds D tokens (evaluated once, untimed; each run starts back at D), the test named
+// "pp512 @ d4096". -ctk / -ctv (--cache-type-k / --cache-type-v): the KV cache types. Each test runs once untimed to warm up, then R
 // times; the table gives tokens/s as mean ± standard deviation over the R runs.
 //
 // Below the table: the weight bytes one decoded token reads (every matrix it multiplies: the
@@ -13,6 +16,7 @@
 // table is not counted, only its row is read) and its total size; then how the weights are
 // held (--load map: mapped from the file, the default; read: copied into memory) and, on
 // Linux, how much of that memory sits in 2 MB pages, which decode speed depends on.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -132,7 +136,8 @@ struct Result {
 
 int main(int argc, char** argv) {
   std::string model_path;
-  std::vector<int> pp = {512}, tg = {128}, threads = {1};
+  std::vector<int> pp = {512}, tg = {128}, threads = {1}, depths = {0};
+  KvType type_k = KvType::f16, type_v = KvType::f16;
   int reps = 3;
   bool json = false;
   LoadMode load = LoadMode::map;
@@ -150,6 +155,15 @@ int main(int argc, char** argv) {
     else if (a == "-n") tg = parse_list(next());
     else if (a == "-t") threads = parse_list(next());
     else if (a == "-r") reps = std::atoi(next());
+    else if (a == "-d" || a == "--n-depth") depths = parse_list(next());
+    else if (a == "-ctk" || a == "--cache-type-k" || a == "-ctv" || a == "--cache-type-v") {
+      auto t = parse_kv_type(next());
+      if (!t) {
+        std::fprintf(stderr, "bench: %s\n", t.error().message().c_str());
+        return 1;
+      }
+      (a == "-ctk" || a == "--cache-type-k" ? type_k : type_v) = *t;
+    }
     else if (a == "--json") json = true;
     else if (a == "--load") {
       const std::string v = next();
@@ -161,12 +175,14 @@ int main(int argc, char** argv) {
       }
     }
     else {
-      std::fprintf(stderr, "usage: %s -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [--load map|read] [--json]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [-d 0] [-ctk f16] [-ctv f16] [--load map|read] [--json]\n", argv[0]);
       return 1;
     }
   }
-  if (model_path.empty() || reps < 1) {
-    std::fprintf(stderr, "usage: %s -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [--load map|read] [--json]\n", argv[0]);
+  int max_depth = 0;
+  for (int d : depths) max_depth = std::max(max_depth, d);
+  if (model_path.empty() || reps < 1 || depths.empty() || *std::min_element(depths.begin(), depths.end()) < 0) {
+    std::fprintf(stderr, "usage: %s -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [-d 0] [-ctk f16] [-ctv f16] [--load map|read] [--json]\n", argv[0]);
     return 1;
   }
   auto model = Model::open(model_path, load);
@@ -194,7 +210,8 @@ int main(int argc, char** argv) {
   std::vector<Result> results;
   using clock = std::chrono::steady_clock;
   for (int t : threads) {
-    auto ctx = Context::create(*model, {.n_ctx = max_tokens, .n_threads = t, .n_batch = 512});
+    auto ctx = Context::create(*model, {.n_ctx = max_tokens + max_depth, .n_threads = t, .n_batch = 512,
+                                        .type_k = type_k, .type_v = type_v});
     if (!ctx) {
       std::fprintf(stderr, "bench: %s\n", ctx.error().message().c_str());
       return 1;
@@ -204,11 +221,11 @@ int main(int argc, char** argv) {
       for (int i = 0; i < n; ++i) v[static_cast<size_t>(i)] = static_cast<int32_t>((i * 7919 + 11) % hp.n_vocab);
       return v;
     };
-    auto measure = [&](const std::string& test, int n_tokens, bool prefill) {
+    auto measure = [&](const std::string& test, int n_tokens, bool prefill, int depth) {
       const auto toks = tokens(n_tokens);
       Result r{test, t, 0, 0, {}};
       for (int rep = -1; rep < reps; ++rep) {
-        ctx->reset();
+        if (auto st = ctx->truncate(depth); !st) std::exit(1);
         const auto t0 = clock::now();
         if (prefill) {
           auto lg = ctx->eval(toks);
@@ -237,10 +254,21 @@ int main(int argc, char** argv) {
       if (!json)
         std::fprintf(stderr, "  %s t=%d: %.2f t/s\n", test.c_str(), t, r.mean);
     };
-    for (int p : pp)
-      if (p > 0) measure("pp" + std::to_string(p), p, true);
-    for (int n : tg)
-      if (n > 0) measure("tg" + std::to_string(n), n, false);
+    for (int d : depths) {
+      ctx->reset();
+      if (d > 0) {
+        const auto fill = tokens(d);
+        if (auto lg = ctx->eval(fill); !lg) {
+          std::fprintf(stderr, "bench: %s\n", lg.error().message().c_str());
+          return 1;
+        }
+      }
+      const std::string at = d > 0 ? " @ d" + std::to_string(d) : "";
+      for (int p : pp)
+        if (p > 0) measure("pp" + std::to_string(p) + at, p, true, d);
+      for (int n : tg)
+        if (n > 0) measure("tg" + std::to_string(n) + at, n, false, d);
+    }
   }
 
   if (json) {
@@ -248,10 +276,10 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < results.size(); ++i) {
       const auto& r = results[i];
       std::printf("%s\n  {\"model\": \"%s\", \"size_mib\": %.2f, \"type\": \"%s\", \"arch\": \"%s\", \"threads\": %d, "
-                  "\"test\": \"%s\", \"tokens_per_s\": %.3f, \"stddev\": %.3f, \"decode_weight_bytes\": %llu, \"active_params\": %llu, "
+                  "\"type_k\": \"%s\", \"type_v\": \"%s\", \"test\": \"%s\", \"tokens_per_s\": %.3f, \"stddev\": %.3f, \"decode_weight_bytes\": %llu, \"active_params\": %llu, "
                   "\"samples\": [",
                   i ? "," : "", name.c_str(), size_mib, type_name.c_str(), hp.arch_name.c_str(), r.threads,
-                  r.test.c_str(), r.mean, r.stddev, static_cast<unsigned long long>(reads->bytes),
+                  kv_type_name(type_k), kv_type_name(type_v), r.test.c_str(), r.mean, r.stddev, static_cast<unsigned long long>(reads->bytes),
                   static_cast<unsigned long long>(reads->active_params));
       for (size_t k = 0; k < r.samples.size(); ++k) std::printf("%s%.3f", k ? ", " : "", r.samples[k]);
       std::printf("]}");
@@ -259,17 +287,19 @@ int main(int argc, char** argv) {
     std::printf("\n]\n");
     return 0;
   }
-  std::printf("| %-36s | %10s | %-7s | %7s | %6s | %20s |\n", "model", "size", "type", "threads", "test", "t/s");
-  std::printf("| %s | %s | %s | %s | %s | %s |\n", std::string(36, '-').c_str(), std::string(10, '-').c_str(),
-              std::string(7, '-').c_str(), std::string(7, '-').c_str(), std::string(6, '-').c_str(),
-              std::string(20, '-').c_str());
+  std::printf("| %-36s | %10s | %-7s | %7s | %-9s | %14s | %20s |\n", "model", "size", "type", "threads", "kv (K/V)",
+              "test", "t/s");
+  std::printf("| %s | %s | %s | %s | %s | %s | %s |\n", std::string(36, '-').c_str(), std::string(10, '-').c_str(),
+              std::string(7, '-').c_str(), std::string(7, '-').c_str(), std::string(9, '-').c_str(),
+              std::string(14, '-').c_str(), std::string(20, '-').c_str());
+  const std::string kv_name = std::string(kv_type_name(type_k)) + "/" + kv_type_name(type_v);
   for (const auto& r : results) {
     char tps[64];
     std::snprintf(tps, sizeof tps, "%.2f ± %.2f", r.mean, r.stddev);
     char size[32];
     std::snprintf(size, sizeof size, "%.2f MiB", size_mib);
-    std::printf("| %-36s | %10s | %-7s | %7d | %6s | %20s |\n", name.c_str(), size, type_name.c_str(), r.threads,
-                r.test.c_str(), tps);
+    std::printf("| %-36s | %10s | %-7s | %7d | %-9s | %14s | %20s |\n", name.c_str(), size, type_name.c_str(), r.threads,
+                kv_name.c_str(), r.test.c_str(), tps);
   }
   const double active = static_cast<double>(reads->active_params);
   std::printf("\ndecode reads %.2f MiB of weights per token: %.1f M active parameters (%.2f bits each) of %.1f MiB "

@@ -51,7 +51,7 @@ int fail(const std::string& msg) {
 void usage() {
   std::fprintf(stderr,
                "usage: chat -m MODEL [-t THREADS] [-c CTX] [-n MAX_TOKENS] [--temp T] [--top-p P] [--top-k K]\n"
-               "            [--min-p P] [--seed S] [-sys SYSTEM_PROMPT]\n"
+               "            [--min-p P] [--seed S] [-sys SYSTEM_PROMPT] [-ctk TYPE] [-ctv TYPE] (f16, q8_0, q4_0)\n"
                "reads one message per line from stdin; /reset forgets the conversation, /quit ends\n");
 }
 
@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
   std::string model_path, system_prompt;
   int64_t threads = 1, n_ctx = -1, max_tokens = 256, top_k = 40, seed = -1;
   float temp = 0.8f, top_p = 0.95f, min_p = 0.05f;
+  KvType type_k = KvType::f16, type_v = KvType::f16;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
@@ -114,6 +115,10 @@ int main(int argc, char** argv) {
       ok = parse_float(v, &top_p);
     } else if (a == "--min-p") {
       ok = parse_float(v, &min_p);
+    } else if (a == "-ctk" || a == "--cache-type-k" || a == "-ctv" || a == "--cache-type-v") {
+      auto t = parse_kv_type(v ? v : "");
+      if (!t) return fail(t.error().message());
+      (a == "-ctk" || a == "--cache-type-k" ? type_k : type_v) = *t;
     } else {
       return fail("unknown argument '" + a + "' (see --help)");
     }
@@ -137,7 +142,9 @@ int main(int argc, char** argv) {
                                           .threads = static_cast<int>(threads),
                                           .batch = 512,
                                           .overflow = OverflowPolicy::drop_messages,
-                                          .keep = 1});
+                                          .keep = 1,
+                                          .type_k = type_k,
+                                          .type_v = type_v});
   if (!session) return fail(session.error().message());
   if (!session->has_tokenizer()) return fail(model_path + ": the model has no usable tokenizer");
 

@@ -40,7 +40,7 @@ void usage(const char* argv0) {
   std::fprintf(stderr,
                "usage: %s -m MODEL (-p PROMPT | -f FILE | --prompt-ids 1,2,3) [-n N] [-t THREADS] [-c CTX]\n"
                "          [--temp T] [--top-k K] [--top-p P] [--seed S] [--no-bos] [--json] [--top-logits K] [--ids]\n"
-               "          [--moe-stats]\n",
+               "          [--moe-stats] [-ctk f16|q8_0|q4_0] [-ctv f16|q8_0|q4_0]\n",
                argv0);
 }
 
@@ -112,6 +112,7 @@ int main(int argc, char** argv) {
   float temp = 0.8f, top_p = 0.95f;
   uint64_t seed = 42;
   bool no_bos = false, json = false, print_ids = false, have_prompt = false, moe_stats = false;
+  KvType type_k = KvType::f16, type_v = KvType::f16;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -159,6 +160,14 @@ int main(int argc, char** argv) {
     else if (a == "--top-logits") top_logits = static_cast<int>(number(0, 1 << 24));
     else if (a == "--ids") print_ids = true;
     else if (a == "--moe-stats") moe_stats = true;
+    else if (a == "-ctk" || a == "--cache-type-k" || a == "-ctv" || a == "--cache-type-v") {
+      auto t = parse_kv_type(next());
+      if (!t) {
+        std::fprintf(stderr, "complete: %s\n", t.error().message().c_str());
+        return 1;
+      }
+      (a == "-ctk" || a == "--cache-type-k" ? type_k : type_v) = *t;
+    }
     else if (a == "-h" || a == "--help") {
       usage(argv[0]);
       return 0;
@@ -197,7 +206,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   // keep = 0: nothing is shifted (a full context ends generation), and -c 1 stays valid.
-  auto session = Session::create(*model, {.context = n_ctx, .threads = threads, .keep = 0});
+  auto session = Session::create(*model, {.context = n_ctx, .threads = threads, .keep = 0, .type_k = type_k, .type_v = type_v});
   if (!session) {
     std::fprintf(stderr, "complete: %s\n", session.error().message().c_str());
     return 1;

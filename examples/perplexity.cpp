@@ -1,7 +1,7 @@
 // perplexity: how well a model predicts a text, computed exactly as llama.cpp's
 // llama-perplexity does, so the numbers can be compared.
 //
-//   perplexity -m MODEL -f TEXT [-c CTX] [-t THREADS] [-b BATCH]
+//   perplexity -m MODEL -f TEXT [-c CTX] [-t THREADS] [-b BATCH] [-ctk f16|q8_0|q4_0] [-ctv ...]
 //
 // The whole file is tokenized with BOS (special tokens not parsed) and cut into chunks of CTX
 // tokens (the remainder is dropped). Each chunk is evaluated from an empty cache with BOS in its
@@ -29,7 +29,9 @@ int fail(const std::string& msg) {
   return 1;
 }
 
-void usage() { std::fprintf(stderr, "usage: perplexity -m MODEL -f TEXT [-c CTX] [-t THREADS] [-b BATCH]\n"); }
+void usage() {
+  std::fprintf(stderr, "usage: perplexity -m MODEL -f TEXT [-c CTX] [-t THREADS] [-b BATCH] [-ctk TYPE] [-ctv TYPE]\n");
+}
 
 // A whole decimal integer, or false.
 bool parse_int(const char* s, int64_t* out) {
@@ -46,6 +48,7 @@ bool parse_int(const char* s, int64_t* out) {
 int main(int argc, char** argv) {
   std::string model_path, text_path;
   int64_t n_ctx = 512, threads = 1, batch = 0;
+  KvType type_k = KvType::f16, type_v = KvType::f16;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const bool has_value = i + 1 < argc;
@@ -69,6 +72,11 @@ int main(int argc, char** argv) {
       if (!int_arg(&threads)) return fail(a + " needs an integer");
     } else if (a == "-b" || a == "--batch-size") {
       if (!int_arg(&batch)) return fail(a + " needs an integer");
+    } else if (a == "-ctk" || a == "--cache-type-k" || a == "-ctv" || a == "--cache-type-v") {
+      if (!has_value) return fail(a + " needs a value");
+      auto t = parse_kv_type(argv[++i]);
+      if (!t) return fail(t.error().message());
+      (a == "-ctk" || a == "--cache-type-k" ? type_k : type_v) = *t;
     } else {
       return fail("unknown argument '" + a + "' (see --help)");
     }
@@ -99,7 +107,8 @@ int main(int argc, char** argv) {
     return fail("the text has " + std::to_string(n_tokens) + " tokens; a context of " + std::to_string(n_ctx) +
                 " needs at least " + std::to_string(2 * n_ctx));
 
-  auto ctx = Context::create(*model, ContextParams{n_ctx, static_cast<int>(threads), batch, /*all_logits=*/true});
+  auto ctx = Context::create(*model, ContextParams{n_ctx, static_cast<int>(threads), batch, /*all_logits=*/true,
+                                                   type_k, type_v});
   if (!ctx) return fail(ctx.error().message());
 
   const int64_t n_chunk = n_tokens / n_ctx;

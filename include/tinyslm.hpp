@@ -15,6 +15,7 @@
 #include "tinyslm/ops.hpp"
 #include "tinyslm/threads.hpp"
 #include "tinyslm/model.hpp"
+#include "tinyslm/kv_quant.hpp"
 #include "tinyslm/kv.hpp"
 #include "tinyslm/moe.hpp"
 #include "tinyslm/state.hpp"

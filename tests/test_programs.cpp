@@ -245,6 +245,12 @@ TEST_CASE("programs: bad input gives a one-line error and a non-zero exit" * doc
   check_clean_failure("chat", {"-m", synth, "-c", "32", "-sys", long_line}, "Hi\n");
   check_clean_failure("complete", {"-m", stories, "-f", text, "-n", "4", "-c", "64"});
   check_clean_failure("perplexity", {"-m", stories, "-f", text, "-c", "2048"});  // text too short for it
+  // A quantized KV cache on stories260K (head size 8: llama.cpp refuses it too), an unknown cache type.
+  check_clean_failure("chat", {"-m", stories, "-ctk", "q8_0"}, "Hi\n");
+  check_clean_failure("complete", {"-m", stories, "-p", "Hi", "-n", "4", "--cache-type-v", "q4_0"});
+  check_clean_failure("perplexity", {"-m", stories, "-f", text, "-c", "128", "-ctk", "q8_0", "-ctv", "q8_0"});
+  check_clean_failure("complete", {"-m", stories, "-p", "Hi", "-n", "4", "-ctk", "q5_1"});
+  check_clean_failure("perplexity", {"-m", stories, "-f", text, "-c", "128", "-ctv"});
   // -t 0.
   check_clean_failure("chat", {"-m", stories, "-t", "0"}, "Hi\n");
   check_clean_failure("complete", {"-m", stories, "-p", "Hi", "-n", "4", "-t", "0"});

@@ -34,10 +34,12 @@ namespace tinyslm {
 inline namespace TINYSLM_ABI_NAMESPACE {
 
 struct ContextParams {
-  int64_t n_ctx = 2048;     // positions in the KV cache (allocated once, F16)
+  int64_t n_ctx = 2048;     // positions in the KV cache (allocated once)
   int n_threads = 1;        // 1 = no extra threads at all
   int64_t n_batch = 512;    // most tokens per forward chunk
   bool all_logits = false;  // keep the logits of every token of an eval (else only the last)
+  KvType type_k = KvType::f16;  // KV cache element types (llama.cpp's -ctk / -ctv)
+  KvType type_v = KvType::f16;
   int n_state_checkpoints = 4;  // hybrid models: copies of the recurrent state kept for prefix reuse
 };
 
@@ -60,6 +62,7 @@ struct ContextPlan {
   uint64_t kv_bytes = 0;
   uint64_t state_bytes = 0;  // recurrent state of hybrid models and its checkpoints
   std::vector<int64_t> state_floats;  // per layer
+  bool kv_f16 = true;  // both K and V f16: attention converts the prefix to f32 scratch
 
   static Expected<ContextPlan> make(const HParams& hp, int64_t n_vocab, const ContextParams& p) {
     if (p.n_ctx <= 0 || p.n_batch <= 0 || p.n_threads <= 0)
@@ -89,10 +92,14 @@ struct ContextPlan {
     c.mm_cols = std::max({hp.n_embd, c.w_att, c.w_ffn / 2});
     c.moe = hp.moe.enabled();
     if (c.moe) c.moe_sizes = moe_scratch_sizes(hp.moe, hp.n_embd, c.n_batch, c.n_threads);
+    if (auto st = kv_check_head_dim(p.type_k, hp.head_dim_k, "K"); !st) return st.error();
+    if (auto st = kv_check_head_dim(p.type_v, hp.head_dim_v, "V"); !st) return st.error();
     const auto u = [](int64_t v) { return static_cast<uint64_t>(v); };
     for (int64_t il = 0; il < hp.n_layer; ++il) c.state_floats.push_back(hp.state_floats(il));
     c.state_bytes = RecurrentState::bytes_for(c.state_floats, p.n_state_checkpoints);
-    c.kv_bytes = u(hp.n_kv_layers()) * u(c.n_ctx) * u(hp.n_head_kv) * u(hp.head_dim_k + hp.head_dim_v) * 2;
+    c.kv_bytes = u(hp.n_kv_layers()) * u(c.n_ctx) * u(hp.n_head_kv) *
+                 u(kv_row_bytes(p.type_k, hp.head_dim_k) + kv_row_bytes(p.type_v, hp.head_dim_v));
+    c.kv_f16 = p.type_k == KvType::f16 && p.type_v == KvType::f16;
     return c;
   }
 
@@ -104,8 +111,9 @@ struct ContextPlan {
   uint64_t attention_bytes() const {
     const uint64_t ctx16 = static_cast<uint64_t>((n_ctx + 15) / 16 * 16);
     const uint64_t hk = static_cast<uint64_t>(attn.head_dim_k), hv = static_cast<uint64_t>(attn.head_dim_v);
-    const uint64_t row = (4 * ctx16 + 4 * hk + 4 * hv + 15) / 16 * 16;
-    return 4 * (static_cast<uint64_t>(attn.n_head_kv) * (hk + hv) * ctx16 + 64 + row * static_cast<uint64_t>(n_threads));
+    const uint64_t row = static_cast<uint64_t>(ops::AttentionScratch::row_floats(attn, static_cast<int64_t>(ctx16), kv_f16));
+    const uint64_t copies = kv_f16 ? static_cast<uint64_t>(attn.n_head_kv) * (hk + hv) * ctx16 + 64 : 0;
+    return 4 * (copies + row * static_cast<uint64_t>(n_threads));
   }
   uint64_t moe_bytes() const {
     if (!moe) return 0;
@@ -245,7 +253,7 @@ inline Status Context::allocate() {
   const HParams& h = hp();
   const ContextPlan& p = plan_;
   pool_ = std::make_unique<ThreadPool>(p.n_threads);
-  auto kv = KvCache::create(h, p.n_ctx);
+  auto kv = KvCache::create(h, p.n_ctx, params_.type_k, params_.type_v);
   if (!kv) return kv.error();
   kv_ = std::move(*kv);
   auto rs = RecurrentState::create(p.state_floats, params_.n_state_checkpoints);
@@ -256,7 +264,7 @@ inline Status Context::allocate() {
   const bool ok = x_.allocate(sz(B, p.w_embd)) && xn_.allocate(sz(B, p.w_embd)) && qkv_.allocate(sz(B, p.w_qkv)) &&
                   att_.allocate(sz(B, p.w_att)) && proj_.allocate(sz(B, p.w_embd)) &&
                   ffn_.allocate(sz(B, std::max<int64_t>(p.w_ffn, 1))) && rope_.allocate(sz(2 * B, p.n_rot)) &&
-                  logits_.allocate(sz(p.logit_rows, p.n_vocab)) && attn_.reserve(p.attn, p.n_ctx, p.n_threads);
+                  logits_.allocate(sz(p.logit_rows, p.n_vocab)) && attn_.reserve(p.attn, p.n_ctx, p.n_threads, p.kv_f16);
   if (!ok) return make_error(Errc::out_of_memory, "context: cannot allocate the activation buffers");
   if (auto st = mm_.reserve(B, p.mm_cols); !st) return st;
   if (p.moe) {
@@ -414,8 +422,12 @@ inline Status Context::attention_block(int64_t il, int64_t n, int64_t r0, int64_
   const ops::AttentionShape shape{p.n_head, p.n_head_kv, p.head_dim_k, p.head_dim_v,
                                   h.arch.scale_q ? 1.0f : h.attn_scale, h.attn_softcap, p.sliding ? h.n_swa : 0};
   const int64_t m = n - r0;
-  ops::attention(shape, qkv + r0 * QKV, QKV, m, pos0 + r0, kv_.k_layer(p.kv_layer), kv_.v_layer(p.kv_layer),
-                 kv_.n_ctx(), att_.data(), A, attn_, par_);
+  if (plan_.kv_f16)
+    ops::attention(shape, qkv + r0 * QKV, QKV, m, pos0 + r0, kv_.k_layer(p.kv_layer), kv_.v_layer(p.kv_layer),
+                   kv_.n_ctx(), att_.data(), A, attn_, par_);
+  else
+    ops::attention_quant(shape, qkv + r0 * QKV, QKV, m, pos0 + r0, kv_.k_rows(p.kv_layer), kv_.v_rows(p.kv_layer),
+                         kv_.n_ctx(), att_.data(), A, attn_, par_);
   float* proj = proj_.data();
   if (auto st = matmul_into(L.wo, att_.data(), m, proj, E); !st) return st;
   if (r0 > 0) std::memmove(x, x + r0 * E, static_cast<size_t>(E) * sizeof(float));

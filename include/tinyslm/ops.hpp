@@ -522,11 +522,25 @@ struct AttentionScratch {
   AlignedBuffer<float> vf;    // [n_head_kv][n_ctx][head_dim_v]  values, f32
   AlignedBuffer<float> rows;  // per thread: scores[n_ctx] + q[head_dim_k]
   int64_t n_ctx = 0, n_threads = 0, row_stride = 0;
+  int64_t group = 0;  // quantized cache: most heads a row serves at once (kv_quant.hpp)
 
-  [[nodiscard]] bool reserve(const AttentionShape& a, int64_t n_ctx_, int n_threads_) {
+  // Floats of one thread's row. F16 path: 4 query rows of scores, q and output. Quantized
+  // cache: the scores, q blocks and sums of a whole GQA group (plus one f16 row of a mixed cache).
+  static int64_t row_floats(const AttentionShape& a, int64_t n_ctx16, bool f32_copies) {
+    const int64_t hk = a.head_dim_k, hv = a.head_dim_v;
+    if (f32_copies) return (4 * n_ctx16 + 4 * hk + 4 * hv + 15) / 16 * 16;
+    const int64_t g = quant_group(a) * 4;  // 4 queries of a prefill block (kv_quant.hpp kQueryBlock)
+    return (g * n_ctx16 + 2 * g * hk + 2 * hk + g * hv + hv + 15) / 16 * 16;
+  }
+  static int64_t quant_group(const AttentionShape& a) { return (a.n_head + a.n_head_kv - 1) / a.n_head_kv; }
+
+  // f32_copies: the kt / vf copies of the F16 path (a quantized cache needs rows only).
+  [[nodiscard]] bool reserve(const AttentionShape& a, int64_t n_ctx_, int n_threads_, bool f32_copies = true) {
     n_ctx = (n_ctx_ + 15) / 16 * 16;
     n_threads = n_threads_;
-    row_stride = (4 * n_ctx + 4 * a.head_dim_k + 4 * a.head_dim_v + 15) / 16 * 16;
+    row_stride = row_floats(a, n_ctx, f32_copies);
+    group = quant_group(a);
+    if (!f32_copies) return rows.allocate(static_cast<size_t>(row_stride * n_threads));
     // keys are read in blocks of 64 past the last one: pad
     return kt.allocate(static_cast<size_t>(a.n_head_kv * a.head_dim_k * n_ctx + 64)) &&
            vf.allocate(static_cast<size_t>(a.n_head_kv * n_ctx * a.head_dim_v)) &&

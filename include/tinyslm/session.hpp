@@ -40,7 +40,9 @@
 //
 // save_state() / load_state() write and read the tokens and the K/V rows of the filled
 // positions (and a hybrid model's recurrent state) with a versioned header, a fingerprint of
-// the model and a checksum; load_state validates everything before it touches the cache.
+// the model and a checksum; load_state validates everything before it touches the cache. The
+// rows are stored in the cache's own types (f16, q8_0, q4_0); a state saved with other cache
+// types is refused, not converted.
 #pragma once
 
 #include <algorithm>
@@ -77,6 +79,8 @@ struct SessionParams {
   int64_t batch = 512;     // most prompt tokens per forward chunk (and per cancellation check)
   OverflowPolicy overflow = OverflowPolicy::error;
   int64_t keep = 1;        // tokens kept at the start when shifting (1 = the BOS token)
+  KvType type_k = KvType::f16;  // KV cache element types (-ctk / -ctv; kv_quant.hpp)
+  KvType type_v = KvType::f16;
 };
 
 // Receives each piece of generated text (whole UTF-8 characters); return false to stop.
@@ -152,7 +156,7 @@ struct GenerateResult {
 // What an app will need, in bytes, before it loads anything.
 struct MemoryEstimate {
   uint64_t weights = 0;   // tensor data: resident once touched through the mapping (or read)
-  uint64_t kv_cache = 0;  // F16 keys and values for every position of the context
+  uint64_t kv_cache = 0;  // keys and values for every position of the context, in the cache types
   uint64_t compute = 0;   // activations, attention and matmul scratch
   uint64_t logits = 0;
   uint64_t other = 0;     // tokenizer, sampler, converted norm vectors
@@ -256,6 +260,19 @@ struct ByteReader {
 inline constexpr char kStateMagic[8] = {'t', 'i', 'n', 'y', 's', 'l', 'm', 'S'};
 inline constexpr uint32_t kStateVersion = 1;
 inline constexpr uint32_t kStateKvF16 = 1;
+// The kv type field: kStateKvF16 for an all-f16 cache (the files of earlier builds), else
+// 0x100 | type_k | type_v << 4. A state is only loaded into a cache of the same types.
+inline uint32_t state_kv_code(KvType k, KvType v) {
+  if (k == KvType::f16 && v == KvType::f16) return kStateKvF16;
+  return 0x100u | static_cast<uint32_t>(k) | static_cast<uint32_t>(v) << 4;
+}
+inline std::string state_kv_name(uint32_t code) {
+  if (code == kStateKvF16) return "f16/f16";
+  for (KvType k : {KvType::f16, KvType::q8_0, KvType::q4_0})
+    for (KvType v : {KvType::f16, KvType::q8_0, KvType::q4_0})
+      if (state_kv_code(k, v) == code) return std::string(kv_type_name(k)) + "/" + kv_type_name(v);
+  return "unknown";
+}
 // magic, version, header bytes, fingerprint, 6 shape fields, kv type + pad, n_ctx, n_tokens
 inline constexpr uint32_t kStateHeaderBytes = 8 + 4 + 4 + 8 + 6 * 8 + 4 + 4 + 8 + 8;
 
@@ -496,7 +513,7 @@ inline Expected<Session> Session::create(const Model& model, const SessionParams
     return make_error(Errc::invalid_argument, "session: batch size must be positive");
   if (params.keep < 0 || params.keep >= n_ctx)
     return make_error(Errc::invalid_argument, "session: keep must be in [0, context)");
-  auto ctx = Context::create(model, ContextParams{n_ctx, params.threads, params.batch, false});
+  auto ctx = Context::create(model, ContextParams{n_ctx, params.threads, params.batch, false, params.type_k, params.type_v});
   if (!ctx) return ctx.error();
   Session s(std::move(*ctx));
   s.params_ = params;
@@ -789,17 +806,23 @@ inline std::vector<uint8_t> Session::save_state() const {
   w.u64(fingerprint_);
   for (int64_t v : {hp.n_layer, hp.n_head_kv, hp.head_dim_k, hp.head_dim_v, hp.n_vocab, hp.n_embd})
     w.u64(static_cast<uint64_t>(v));
-  w.u32(detail::kStateKvF16);
+  w.u32(detail::state_kv_code(kv.type_k(), kv.type_v()));
   w.u32(0);
   w.u64(static_cast<uint64_t>(kv.n_ctx()));
   w.u64(n);
   for (int32_t t : tokens_) w.u32(static_cast<uint32_t>(t));
   for (int64_t il = 0; il < kv.n_layer(); ++il) {
     for (int pass = 0; pass < 2; ++pass) {
-      const int64_t hd = pass == 0 ? hp.head_dim_k : hp.head_dim_v;
-      const uint16_t* base = pass == 0 ? kv.k_layer(il) : kv.v_layer(il);
-      for (int64_t g = 0; g < hp.n_head_kv; ++g)
-        w.u16s(base + g * kv.n_ctx() * hd, static_cast<size_t>(n * static_cast<uint64_t>(hd)));
+      const KvType t = pass == 0 ? kv.type_k() : kv.type_v();
+      const int64_t rb = pass == 0 ? kv.row_bytes_k() : kv.row_bytes_v();
+      const uint8_t* base = pass == 0 ? kv.k_bytes(il) : kv.v_bytes(il);
+      for (int64_t g = 0; g < hp.n_head_kv; ++g) {
+        const uint8_t* rows = base + g * kv.n_ctx() * rb;
+        const size_t bytes = static_cast<size_t>(n * static_cast<uint64_t>(rb));
+        // F16 rows as little-endian halves; quantized rows are written as the blocks lie in memory
+        if (t == KvType::f16) w.u16s(reinterpret_cast<const uint16_t*>(rows), bytes / 2);
+        else w.raw(rows, bytes);
+      }
     }
   }
   // A hybrid model's recurrent state at the last position, F32 bit patterns.
@@ -827,7 +850,12 @@ inline Status Session::load_state(std::span<const uint8_t> bytes) {
   for (int64_t v : {hp.n_layer, hp.n_head_kv, hp.head_dim_k, hp.head_dim_v, hp.n_vocab, hp.n_embd})
     if (r.u64() != static_cast<uint64_t>(v))
       return make_error(Errc::invalid_argument, "session state: model shape differs");
-  if (r.u32() != detail::kStateKvF16) return make_error(Errc::unsupported, "session state: unknown KV cache type");
+  KvCache& kv = ctx_.kv();
+  const uint32_t kv_code = r.u32(), want_code = detail::state_kv_code(kv.type_k(), kv.type_v());
+  if (kv_code != want_code)
+    return make_error(Errc::invalid_argument, "session state: saved with a " + detail::state_kv_name(kv_code) +
+                                                  " (K/V) cache; this session's cache is " +
+                                                  detail::state_kv_name(want_code));
   r.u32();
   r.u64();  // the saving session's context length (any context that holds the tokens will do)
   const uint64_t n = r.u64();
@@ -835,8 +863,8 @@ inline Status Session::load_state(std::span<const uint8_t> bytes) {
     return make_error(Errc::out_of_range, "session state: holds " + std::to_string(n) +
                                               " tokens, more than this session's context (" +
                                               std::to_string(ctx_.n_ctx()) + ")");
-  const uint64_t row_halves = static_cast<uint64_t>(ctx_.kv().n_layer() * hp.n_head_kv * (hp.head_dim_k + hp.head_dim_v));
-  const uint64_t expect = detail::kStateHeaderBytes + n * 4 + n * row_halves * 2 + 4 * ctx_.state().floats() + 8;
+  const uint64_t row_bytes = static_cast<uint64_t>(kv.n_layer() * hp.n_head_kv * (kv.row_bytes_k() + kv.row_bytes_v()));
+  const uint64_t expect = detail::kStateHeaderBytes + n * 4 + n * row_bytes + 4 * ctx_.state().floats() + 8;
   if (bytes.size() != expect)
     return bad("size " + std::to_string(bytes.size()) + " bytes, expected " + std::to_string(expect) + " for " +
                std::to_string(n) + " tokens");
@@ -850,14 +878,23 @@ inline Status Session::load_state(std::span<const uint8_t> bytes) {
     if (t < 0 || t >= hp.n_vocab) return bad("token id " + std::to_string(t) + " outside the vocabulary");
   }
   // Everything checked: replace the cache.
-  KvCache& kv = ctx_.kv();
   ctx_.reset();  // the cache and the recurrent state with its checkpoints
   tokens_.clear();
   for (int64_t il = 0; il < kv.n_layer(); ++il) {
     for (int pass = 0; pass < 2; ++pass) {
-      const int64_t hd = pass == 0 ? hp.head_dim_k : hp.head_dim_v;
-      uint16_t* base = pass == 0 ? kv.k_layer(il) : kv.v_layer(il);
-      for (int64_t g = 0; g < hp.n_head_kv; ++g) r.u16s(base + g * kv.n_ctx() * hd, static_cast<size_t>(n * static_cast<uint64_t>(hd)));
+      const KvType t = pass == 0 ? kv.type_k() : kv.type_v();
+      const int64_t rb = pass == 0 ? kv.row_bytes_k() : kv.row_bytes_v();
+      uint8_t* base = pass == 0 ? kv.k_bytes(il) : kv.v_bytes(il);
+      for (int64_t g = 0; g < hp.n_head_kv; ++g) {
+        uint8_t* rows = base + g * kv.n_ctx() * rb;
+        const size_t len = static_cast<size_t>(n * static_cast<uint64_t>(rb));
+        if (t == KvType::f16) {
+          r.u16s(reinterpret_cast<uint16_t*>(rows), len / 2);
+        } else {
+          std::memcpy(rows, r.p + r.at, len);
+          r.at += len;
+        }
+      }
     }
   }
   for (float& v : ctx_.state().live()) v = std::bit_cast<float>(r.u32());
@@ -885,7 +922,8 @@ inline Status Session::load_state_file(const std::string& path) {
 // Bytes a session on this model will need, from the file's metadata alone (no weights read):
 // the forward layer's ContextPlan, the one Context::create allocates from.
 inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t context, int threads = 1,
-                                                int64_t batch = 512) {
+                                                int64_t batch = 512, KvType type_k = KvType::f16,
+                                                KvType type_v = KvType::f16) {
   auto hpx = read_hparams(f);
   if (!hpx) return hpx.error();
   HParams& hp = *hpx;
@@ -900,7 +938,7 @@ inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t conte
   int64_t n_vocab = 0;
   if (const GgufTensorInfo* te = f.find_tensor("token_embd.weight"); te && te->n_dims == 2)
     n_vocab = static_cast<int64_t>(te->ne[1]);
-  auto plan = ContextPlan::make(hp, n_vocab, ContextParams{n_ctx, threads, batch, false});
+  auto plan = ContextPlan::make(hp, n_vocab, ContextParams{n_ctx, threads, batch, false, type_k, type_v});
   if (!plan) return plan.error();
   MemoryEstimate m;
   uint64_t small = 0;
@@ -929,10 +967,11 @@ inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t conte
 }
 
 inline Expected<MemoryEstimate> memory_estimate(const std::string& path, int64_t context, int threads = 1,
-                                                int64_t batch = 512) {
+                                                int64_t batch = 512, KvType type_k = KvType::f16,
+                                                KvType type_v = KvType::f16) {
   auto f = GgufFile::open(path);
   if (!f) return f.error();
-  return memory_estimate(*f, context, threads, batch);
+  return memory_estimate(*f, context, threads, batch, type_k, type_v);
 }
 
 // A conversation on a session: the system prompt and the messages so far, rendered with the
