@@ -24,4 +24,5 @@
 #include "tinyslm/tokenizer.hpp"
 #include "tinyslm/chat.hpp"
 #include "tinyslm/sampler.hpp"
+#include "tinyslm/speculative.hpp"
 #include "tinyslm/session.hpp"
