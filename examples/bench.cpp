@@ -1,7 +1,7 @@
 // bench: prompt processing and generation speed, in the manner of llama-bench.
 //
 //   bench -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [-d 0,4096] [-ctk f16] [-ctv f16]
-//         [--load map|read] [--json]
+//         [--load map|read] [--busy-cores N] [--json]
 //
 // pp<P>: one eval of P tokens from an empty cache (prefill, GEMM). tg<N>: N evals of one token
 // each from an empty cache (decode, GEMV). -d D (--n-depth, as llama-bench): the cache first
@@ -16,7 +16,15 @@
 // table is not counted, only its row is read) and its total size; then how the weights are
 // held (--load map: mapped from the file, the default; read: copied into memory) and, on
 // Linux, how much of that memory sits in 2 MB pages, which decode speed depends on.
+//
+// The decode ceiling, per thread count: the read bandwidth measured in the same run (a plain
+// streaming sum over a 256 MiB buffer, larger than any L3, on that many threads), divided by
+// the bytes one decoded token reads, and the fraction of it tg reached.
+//
+// --busy-cores N: N processes (fork; on systems without fork, threads) spin beside the
+// benchmark for its whole run, as other apps do on a phone, and are killed when it exits.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -26,6 +34,18 @@
 #include <vector>
 
 #include "tinyslm.hpp"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#define BENCH_HAVE_FORK 1
+#if defined(__linux__)
+#include <sys/prctl.h>
+#endif
+#else
+#include <thread>
+#endif
 
 using namespace tinyslm;
 
@@ -125,6 +145,76 @@ std::string page_report(const void* data) {
   return out;
 }
 
+// --busy-cores: spinning processes beside the benchmark, killed at exit (atexit, and on the
+// usual terminating signals; on Linux the kernel also kills them if bench dies otherwise).
+#if defined(BENCH_HAVE_FORK)
+std::vector<pid_t> g_busy;
+void stop_busy() {
+  for (pid_t p : g_busy) kill(p, SIGKILL);
+  for (pid_t p : g_busy) waitpid(p, nullptr, 0);
+  g_busy.clear();
+}
+void stop_busy_on_signal(int sig) {
+  for (pid_t p : g_busy) kill(p, SIGKILL);  // async-signal-safe
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+bool start_busy(int n) {
+  const pid_t parent = getpid();
+  std::atexit(stop_busy);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) signal(sig, stop_busy_on_signal);
+  for (int i = 0; i < n; ++i) {
+    const pid_t p = fork();
+    if (p < 0) return false;
+    if (p == 0) {
+#if defined(__linux__)
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+      for (uint64_t k = 1;; ++k)
+        if ((k & ((uint64_t{1} << 26) - 1)) == 0 && getppid() != parent) _exit(0);  // orphaned
+    }
+    g_busy.push_back(p);
+  }
+  return true;
+}
+#else
+std::atomic<bool> g_busy_stop{false};
+bool start_busy(int n) {
+  for (int i = 0; i < n; ++i)
+    std::thread([] {
+      volatile uint64_t k = 0;
+      while (!g_busy_stop.load(std::memory_order_relaxed)) k = k + 1;
+    }).detach();
+  return true;
+}
+#endif
+
+// Read bandwidth in GB/s on `threads` threads: the best of a few streaming sums over buf.
+double read_bandwidth(const PageBuffer& buf, int threads) {
+  ThreadPool pool(threads);
+  const auto* words = reinterpret_cast<const uint64_t*>(buf.data());
+  const int64_t n = static_cast<int64_t>(buf.size() / 8);
+  std::vector<uint64_t> sums(static_cast<size_t>(pool.size()) * 8);  // a cache line each
+  double best = 1e30;
+  for (int rep = 0; rep < 6; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    pool.run([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(n, t, nt, 512, &b, &e);
+      uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (int64_t i = b; i + 4 <= e; i += 4) {
+        s0 += words[i];
+        s1 += words[i + 1];
+        s2 += words[i + 2];
+        s3 += words[i + 3];
+      }
+      sums[static_cast<size_t>(t) * 8] = s0 + s1 + s2 + s3;
+    });
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return static_cast<double>(buf.size()) / best / 1e9;
+}
+
 struct Result {
   std::string test;
   int threads;
@@ -138,7 +228,7 @@ int main(int argc, char** argv) {
   std::string model_path;
   std::vector<int> pp = {512}, tg = {128}, threads = {1}, depths = {0};
   KvType type_k = KvType::f16, type_v = KvType::f16;
-  int reps = 3;
+  int reps = 3, busy_cores = 0;
   bool json = false;
   LoadMode load = LoadMode::map;
   for (int i = 1; i < argc; ++i) {
@@ -165,6 +255,7 @@ int main(int argc, char** argv) {
       (a == "-ctk" || a == "--cache-type-k" ? type_k : type_v) = *t;
     }
     else if (a == "--json") json = true;
+    else if (a == "--busy-cores") busy_cores = std::atoi(next());
     else if (a == "--load") {
       const std::string v = next();
       if (v == "map") load = LoadMode::map;
@@ -175,14 +266,20 @@ int main(int argc, char** argv) {
       }
     }
     else {
-      std::fprintf(stderr, "usage: %s -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [-d 0] [-ctk f16] [-ctv f16] [--load map|read] [--json]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [-d 0] [-ctk f16] [-ctv f16] [--load map|read] [--busy-cores N] [--json]\n", argv[0]);
       return 1;
     }
   }
   int max_depth = 0;
   for (int d : depths) max_depth = std::max(max_depth, d);
-  if (model_path.empty() || reps < 1 || depths.empty() || *std::min_element(depths.begin(), depths.end()) < 0) {
-    std::fprintf(stderr, "usage: %s -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [-d 0] [-ctk f16] [-ctv f16] [--load map|read] [--json]\n", argv[0]);
+  if (model_path.empty() || reps < 1 || depths.empty() || *std::min_element(depths.begin(), depths.end()) < 0 ||
+      busy_cores < 0 || busy_cores > 1024 || threads.empty() ||
+      std::any_of(threads.begin(), threads.end(), [](int t) { return t < 1 || t > 1024; })) {
+    std::fprintf(stderr, "usage: %s -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 3] [-d 0] [-ctk f16] [-ctv f16] [--load map|read] [--busy-cores N] [--json]\n", argv[0]);
+    return 1;
+  }
+  if (busy_cores > 0 && !start_busy(busy_cores)) {
+    std::fprintf(stderr, "bench: cannot start %d busy processes\n", busy_cores);
     return 1;
   }
   auto model = Model::open(model_path, load);
@@ -206,6 +303,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench: %s\n", reads.error().message().c_str());
     return 1;
   }
+
+  PageBuffer bw_buf;  // for the read bandwidth, each thread count's after its tests
+  if (!bw_buf.allocate(size_t{256} << 20)) {
+    std::fprintf(stderr, "bench: cannot allocate the 256 MiB bandwidth buffer\n");
+    return 1;
+  }
+  std::memset(bw_buf.data(), 1, bw_buf.size());
+  std::vector<double> read_gbps;  // per entry of `threads`
 
   std::vector<Result> results;
   using clock = std::chrono::steady_clock;
@@ -269,7 +374,15 @@ int main(int argc, char** argv) {
       for (int n : tg)
         if (n > 0) measure("tg" + std::to_string(n) + at, n, false, d);
     }
+    read_gbps.push_back(read_bandwidth(bw_buf, t));
   }
+  auto gbps_at = [&](int t) {
+    for (size_t i = 0; i < threads.size(); ++i)
+      if (threads[i] == t) return read_gbps[i];
+    return 0.0;
+  };
+  // Tokens/s if decode did nothing but stream its weights at the measured bandwidth.
+  auto ceiling = [&](int t) { return reads->bytes ? gbps_at(t) * 1e9 / static_cast<double>(reads->bytes) : 0.0; };
 
   if (json) {
     std::printf("[");
@@ -277,10 +390,11 @@ int main(int argc, char** argv) {
       const auto& r = results[i];
       std::printf("%s\n  {\"model\": \"%s\", \"size_mib\": %.2f, \"type\": \"%s\", \"arch\": \"%s\", \"threads\": %d, "
                   "\"type_k\": \"%s\", \"type_v\": \"%s\", \"test\": \"%s\", \"tokens_per_s\": %.3f, \"stddev\": %.3f, \"decode_weight_bytes\": %llu, \"active_params\": %llu, "
-                  "\"samples\": [",
+                  "\"read_gbps\": %.3f, \"decode_ceiling_tps\": %.3f, \"busy_cores\": %d, \"samples\": [",
                   i ? "," : "", name.c_str(), size_mib, type_name.c_str(), hp.arch_name.c_str(), r.threads,
                   kv_type_name(type_k), kv_type_name(type_v), r.test.c_str(), r.mean, r.stddev, static_cast<unsigned long long>(reads->bytes),
-                  static_cast<unsigned long long>(reads->active_params));
+                  static_cast<unsigned long long>(reads->active_params), gbps_at(r.threads), ceiling(r.threads),
+                  busy_cores);
       for (size_t k = 0; k < r.samples.size(); ++k) std::printf("%s%.3f", k ? ", " : "", r.samples[k]);
       std::printf("]}");
     }
@@ -307,6 +421,16 @@ int main(int argc, char** argv) {
               static_cast<double>(reads->bytes) / (1024.0 * 1024.0), active / 1e6,
               active > 0 ? 8.0 * static_cast<double>(reads->bytes) / active : 0.0, size_mib,
               100.0 * static_cast<double>(reads->bytes) / static_cast<double>(model->weight_bytes()));
+  std::printf("\ndecode ceiling (read bandwidth measured in this run / weight bytes per token)%s:\n",
+              busy_cores ? (" with " + std::to_string(busy_cores) + " busy core(s)").c_str() : "");
+  std::printf("| threads | read GB/s | ceiling t/s |   test |      t/s | of ceiling |\n");
+  std::printf("| ------- | --------- | ----------- | ------ | -------- | ---------- |\n");
+  for (const auto& r : results) {
+    if (r.test.rfind("tg", 0) != 0) continue;
+    const double c = ceiling(r.threads);
+    std::printf("| %7d | %9.2f | %11.1f | %6s | %8.2f | %9.1f%% |\n", r.threads, gbps_at(r.threads), c, r.test.c_str(),
+                r.mean, c > 0 ? 100.0 * r.mean / c : 0.0);
+  }
   const std::string pages = page_report(model->gguf().source().data());
   std::printf("weights %s%s%s\n", load == LoadMode::map ? "mapped from the file" : "read into memory",
               pages.empty() ? "" : ": ", pages.c_str());

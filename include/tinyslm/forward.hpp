@@ -41,6 +41,7 @@ struct ContextParams {
   KvType type_k = KvType::f16;  // KV cache element types (llama.cpp's -ctk / -ctv)
   KvType type_v = KvType::f16;
   int n_state_checkpoints = 4;  // hybrid models: copies of the recurrent state kept for prefix reuse
+  ThreadPlacement placement = {};  // where the workers run (threads.hpp); default: anywhere
 };
 
 // Every buffer a Context allocates, sized from the hyper-parameters and the parameters alone.
@@ -252,7 +253,7 @@ inline Expected<Context> Context::create(const Model& model, const ContextParams
 inline Status Context::allocate() {
   const HParams& h = hp();
   const ContextPlan& p = plan_;
-  pool_ = std::make_unique<ThreadPool>(p.n_threads);
+  pool_ = std::make_unique<ThreadPool>(p.n_threads, params_.placement);
   auto kv = KvCache::create(h, p.n_ctx, params_.type_k, params_.type_v);
   if (!kv) return kv.error();
   kv_ = std::move(*kv);

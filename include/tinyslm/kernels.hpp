@@ -478,8 +478,8 @@ namespace detail {
 inline Error named(Error e, std::string_view name) { return name.empty() ? e : std::move(e.context(name)); }
 
 // One token, several threads: x quantized once per activation format into scratch row
-// `slot` of that format, then the rows of every output split over the threads in one
-// fork-join (each thread a contiguous share of each matrix, in multiples of kMatmulRowGrain).
+// `slot` of that format, then the rows of every output spread over the threads in one
+// fork-join (chunks of multiples of kMatmulRowGrain taken from a shared counter).
 // Most products of one matmul_many fork-join (an MoE decode step has 2 per selected expert).
 inline constexpr size_t kMatmulManyMaxOuts = 64;
 
@@ -509,12 +509,24 @@ inline Status matmul_many_one_token(std::span<const MatmulOut> outs, const float
     kernels[j] = rows_kernel(outs[j].w.type, level);
     row_bytes[j] = matrix_row_bytes(outs[j].w);
   }
-  par([&](int t, int nt) {
-    for (size_t j = 0; j < outs.size(); ++j) {
+  // The rows of all outputs in chunks claimed from one counter (as run_rows does), so a thread
+  // slowed by another process takes fewer and the others are not left waiting.
+  int64_t chunk[kMaxOuts], first[kMaxOuts + 1];
+  first[0] = 0;
+  for (size_t j = 0; j < outs.size(); ++j) {
+    chunk[j] = outs[j].w.rows / (int64_t{4} * par.n_threads);
+    chunk[j] = chunk[j] < kMatmulRowGrain ? kMatmulRowGrain : (chunk[j] + kMatmulRowGrain - 1) / kMatmulRowGrain * kMatmulRowGrain;
+    first[j + 1] = first[j] + (outs[j].w.rows + chunk[j] - 1) / chunk[j];
+  }
+  std::atomic<int64_t> next{0};
+  par([&](int, int) {
+    size_t j = 0;
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < first[outs.size()];
+         c = next.fetch_add(1, std::memory_order_relaxed)) {
+      while (c >= first[j + 1]) ++j;  // claims only grow: j never moves back
       const MatmulOut& o = outs[j];
-      int64_t b, e;
-      ParallelFor::split(o.w.rows, t, nt, kMatmulRowGrain, &b, &e);
-      if (b < e) kernels[j](o.w.data, row_bytes[j], cols, scratch.rows() + slot[j], nullptr, 1, o.y, o.ldy, b, e);
+      const int64_t b = (c - first[j]) * chunk[j], e = b + chunk[j] < o.w.rows ? b + chunk[j] : o.w.rows;
+      kernels[j](o.w.data, row_bytes[j], cols, scratch.rows() + slot[j], nullptr, 1, o.y, o.ldy, b, e);
     }
   });
   return {};

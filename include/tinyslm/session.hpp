@@ -81,6 +81,7 @@ struct SessionParams {
   int64_t keep = 1;        // tokens kept at the start when shifting (1 = the BOS token)
   KvType type_k = KvType::f16;  // KV cache element types (-ctk / -ctv; kv_quant.hpp)
   KvType type_v = KvType::f16;
+  ThreadPlacement placement = {};  // CPU mask or callback for the worker threads (threads.hpp)
 };
 
 // Receives each piece of generated text (whole UTF-8 characters); return false to stop.
@@ -513,7 +514,9 @@ inline Expected<Session> Session::create(const Model& model, const SessionParams
     return make_error(Errc::invalid_argument, "session: batch size must be positive");
   if (params.keep < 0 || params.keep >= n_ctx)
     return make_error(Errc::invalid_argument, "session: keep must be in [0, context)");
-  auto ctx = Context::create(model, ContextParams{n_ctx, params.threads, params.batch, false, params.type_k, params.type_v});
+  auto ctx = Context::create(model, ContextParams{.n_ctx = n_ctx, .n_threads = params.threads, .n_batch = params.batch,
+                                                             .type_k = params.type_k, .type_v = params.type_v,
+                                                             .placement = params.placement});
   if (!ctx) return ctx.error();
   Session s(std::move(*ctx));
   s.params_ = params;
