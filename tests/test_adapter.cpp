@@ -53,3 +53,50 @@ TEST_CASE("adapter: bad input is a clear error" * doctest::test_suite("shared"))
   REQUIRE_FALSE(cut);
   CHECK(cut.error().message().find("cut.gguf") != std::string::npos);
 }
+
+namespace {
+struct FakeTensor {
+  std::string name;
+  uint64_t ne0, ne1;
+};
+// A hand-made adapter file: zero F32 tensors, the given arch and alpha (NaN alpha when asked).
+std::vector<uint8_t> fake_adapter(const std::vector<FakeTensor>& ts, const char* arch = "llama",
+                                  bool with_alpha = true, float alpha = 16.0f) {
+  GgufWriter w;
+  w.set_string("general.type", "adapter");
+  w.set_string("general.architecture", arch);
+  w.set_string("adapter.type", "lora");
+  if (with_alpha) w.set_f32("adapter.lora.alpha", alpha);
+  for (const auto& t : ts) {
+    const uint64_t shape[2] = {t.ne0, t.ne1};
+    std::vector<float> zeros(t.ne0 * t.ne1, 0.0f);
+    REQUIRE(w.add_tensor(t.name, TensorType::F32, shape, zeros.data(), zeros.size() * 4));
+  }
+  return w.to_bytes();
+}
+std::string fake_error(const Model& m, const std::vector<uint8_t>& bytes) {
+  auto ad = Adapter::from_memory(bytes.data(), bytes.size(), m, "bad.gguf");
+  return ad ? std::string() : ad.error().message();
+}
+}  // namespace
+
+TEST_CASE("adapter: hostile files name the file and tensor" * doctest::test_suite("shared")) {
+  const std::string m = shared_file("models/stories260K.gguf");
+  if (m.empty()) return;
+  auto model = Model::open(m);
+  REQUIRE(model);
+  const FakeTensor qa{"blk.0.attn_q.weight.lora_a", 64, 8}, qb{"blk.0.attn_q.weight.lora_b", 8, 64};
+  CHECK(fake_error(*model, fake_adapter({qa, qb})).empty());
+  auto has = [](const std::string& msg, const char* s) {
+    return msg.find("bad.gguf") != std::string::npos && msg.find(s) != std::string::npos;
+  };
+  CHECK(has(fake_error(*model, fake_adapter({qa, qb}, "qwen3")), "architecture"));
+  CHECK(has(fake_error(*model, fake_adapter({qa, {"blk.0.attn_q.weight.lora_b", 8, 65}})), "attn_q"));
+  CHECK(has(fake_error(*model, fake_adapter({qa})), "lora_b is missing"));
+  CHECK(has(fake_error(*model, fake_adapter({qb})), "lora_a is missing"));
+  CHECK(has(fake_error(*model, fake_adapter({qa, qb, {"blk.0.attn_q.bias", 64, 1}})), "unknown tensor"));
+  CHECK(has(fake_error(*model, fake_adapter({qa, qb}, "llama", false)), "alpha"));
+  CHECK(has(fake_error(*model, fake_adapter({qa, qb}, "llama", true, NAN)), "alpha"));
+  CHECK(has(fake_error(*model, fake_adapter({{"blk.5.attn_q.weight.lora_a", 64, 8},
+                                             {"blk.5.attn_q.weight.lora_b", 8, 64}})), "layer 5"));
+}
