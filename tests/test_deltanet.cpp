@@ -146,6 +146,65 @@ TEST_CASE("deltanet: the recurrence equals the delta rule in double precision") 
   }
 }
 
+TEST_CASE("deltanet: the chunked form equals the token-by-token rule") {
+  for (const DeltaNetShape s : {DeltaNetShape{16, 2, 4, 4}, DeltaNetShape{32, 1, 2, 4}}) {
+    for (const int64_t n : {int64_t{1}, int64_t{9}, int64_t{64}, int64_t{150}}) {
+      CAPTURE(s.d_state);
+      CAPTURE(n);
+      const int64_t d = s.d_state, C = s.channels(), H = s.n_v_heads;
+      auto qkv = random_floats(static_cast<size_t>(n * C), 10 + static_cast<uint64_t>(n), -1, 1);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t h = 0; h < 2 * s.n_k_heads; ++h) {
+          float* x = qkv.data() + t * C + h * d;
+          double ss = 0;
+          for (int64_t i = 0; i < d; ++i) ss += static_cast<double>(x[i]) * x[i];
+          for (int64_t i = 0; i < d; ++i) x[i] = static_cast<float>(x[i] / std::sqrt(ss));
+        }
+      auto ba = random_floats(static_cast<size_t>(n * 2 * H), 20, 0.05, 0.95);
+      const auto g = random_floats(static_cast<size_t>(n * H), 30, -2.0, -0.001);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t h = 0; h < H; ++h) ba[static_cast<size_t>(t * 2 * H + H + h)] = g[static_cast<size_t>(t * H + h)];
+      const auto s0 = random_floats(static_cast<size_t>(H * d * d), 40, -0.5, 0.5);
+      std::vector<float> a = qkv, b = qkv, Ma = s0, Mb = s0;
+      std::vector<float> scratch(static_cast<size_t>(delta_net_scratch_floats(s)));
+      for (int64_t h = 0; h < H; ++h) {
+        delta_net_recurrence(s, h, a.data(), C, ba.data(), 2 * H, n, Ma.data() + h * d * d);
+        delta_net_chunked(s, h, b.data(), C, ba.data(), 2 * H, n, Mb.data() + h * d * d, scratch.data());
+      }
+      double out_err = 0, state_err = 0;
+      for (size_t i = 0; i < a.size(); ++i) out_err = std::max(out_err, std::fabs(double(a[i]) - b[i]));
+      for (size_t i = 0; i < Ma.size(); ++i) state_err = std::max(state_err, std::fabs(double(Ma[i]) - Mb[i]));
+      CHECK(out_err < 2e-5);
+      CHECK(state_err < 2e-5);
+    }
+  }
+}
+
+TEST_CASE("deltanet: a prompt in one batch (chunked) gives the logits of token-by-token decode" *
+          doctest::test_suite("shared")) {
+  TINYSLM_REQUIRE_SHARED(path, "models/synthetic/syn-qwen35-F32.gguf");
+  auto m = Model::open(path);
+  REQUIRE(m);
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 150; ++i) ids.push_back(static_cast<int32_t>((i * 37 + 11) % 1024));
+  for (const int threads : {1, 2}) {
+    CAPTURE(threads);
+    auto batch = Context::create(*m, {.n_ctx = 512, .n_threads = threads, .n_batch = 512, .all_logits = true});
+    auto step = Context::create(*m, {.n_ctx = 512, .n_threads = 1});
+    REQUIRE(batch);
+    REQUIRE(step);
+    REQUIRE(batch->eval(ids));
+    for (size_t i = 0; i < ids.size(); ++i) {
+      auto lg = step->eval(std::span<const int32_t>(&ids[i], 1));
+      REQUIRE(lg);
+      if (i % 10 == 9 || i + 1 == ids.size()) {
+        CAPTURE(i);
+        CHECK(rel_diff(*lg, batch->logits(static_cast<int64_t>(i))) < 1e-4);
+      }
+    }
+  }
+}
+
 TEST_CASE("deltanet: syn-qwen35's plan, state size and memory estimate" * doctest::test_suite("shared")) {
   TINYSLM_REQUIRE_SHARED(path, "models/synthetic/syn-qwen35-F32.gguf");
   auto m = Model::open(path);

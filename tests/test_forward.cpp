@@ -156,7 +156,8 @@ void check_model(const Case& c, Summary& sum) {
   // Decode steps of quantized DeltaNet hybrids (syn-qwen35): the recurrent state carries every
   // rounding difference forward; our scalar and AVX2/AVX-512 kernels alone differ by 2.3% of
   // the range at one step of syn-qwen35-Q4_K_M (step errors against llama.cpp: 1.3% scalar,
-  // 3.6% SIMD), so steps get the MoE files' 5%.
+  // 3.6% SIMD), so their logits get the MoE files' 5%; greedy ids are still compared where
+  // llama.cpp's margin exceeds twice the 2% bound.
   const double step_rel_bound = quant && model->hparams().arch.delta_net ? 0.05 : rel_bound;
 
   auto ctx = Context::create(*model, {.n_ctx = 2048, .n_threads = 1});
@@ -227,7 +228,7 @@ void check_model(const Case& c, Summary& sum) {
     // stay within the bound; our argmax equals its token up to the first step whose margin
     // is not clearly larger than the bound.
     const double step_bound = step_rel_bound * range;
-    const double greedy_margin = 2 * step_bound;
+    const double greedy_margin = 2 * bound;
     const auto gtoks = p["greedy"]["tokens"].int_list();
     const auto& steps = p["greedy"]["step_top"].items();
     bool greedy_ok = true, comparing_ids = true;

@@ -16,6 +16,7 @@
 // convolution) followed by the nV states, all F32 (DeltaNetShape::state_floats).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -135,6 +136,91 @@ inline void delta_net_recurrence(const DeltaNetShape& s, int64_t h, float* qkv, 
       }
       v[j] = o * scale;  // v[j] is read only by row j
     }
+  }
+}
+
+// Chunked form of the same rule for prefill: a chunk of T tokens at once with matrix
+// products. With G_t the cumulative log-decay inside the chunk (Gamma_t = exp(G_t)) and S0 the
+// state before it, the deltas u_t = beta_t (v_t - S'_t^T k_t) solve the unit lower-triangular
+// system (I + L) U = diag(beta) (V - diag(Gamma) K S0), L[t][s] = beta_t e^{G_t - G_s} k_t.k_s
+// (s < t); then o_t = Gamma_t S0^T q_t + sum_{s <= t} e^{G_t - G_s} (q_t.k_s) u_s and
+// S = Gamma_T S0 + sum_s e^{G_T - G_s} k_s u_s^T. Every exponent is <= 0 (g <= 0): no overflow.
+inline constexpr int64_t kDeltaNetChunk = 64;
+inline constexpr int64_t kDeltaNetChunkMin = 8;  // fewer tokens run the token-by-token rule
+
+// Scratch floats delta_net_chunked needs (per thread).
+inline int64_t delta_net_scratch_floats(const DeltaNetShape& s) {
+  const int64_t T = kDeltaNetChunk;
+  return 2 * T * T + 2 * T * s.d_state + T;
+}
+
+namespace detail {
+
+inline float dn_dot(const float* a, const float* b, int64_t n) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+inline void dn_axpy(float* y, const float* x, float a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// One chunk of T <= kDeltaNetChunk tokens of V head h (arguments as delta_net_recurrence).
+inline void dn_chunk(const DeltaNetShape& s, int64_t h, float* qkv, int64_t ld, const float* ba, int64_t ldb,
+                     int64_t T, float* M, float* scratch) {
+  const int64_t d = s.d_state, hk = h % s.n_k_heads, TC = kDeltaNetChunk;
+  float* KK = scratch;          // L, then (I + L)'s solve is in place on U
+  float* QK = KK + TC * TC;     // e^{G_t - G_s} q_t.k_s
+  float* U = QK + TC * TC;      // T x d deltas
+  float* O = U + TC * d;        // T x d outputs
+  float* G = O + TC * d;        // cumulative log-decay
+  const auto q = [&](int64_t t) { return qkv + t * ld + hk * d; };
+  const auto k = [&](int64_t t) { return qkv + t * ld + s.key_dim() + hk * d; };
+  const auto v = [&](int64_t t) { return qkv + t * ld + 2 * s.key_dim() + h * d; };
+  float acc = 0.0f;
+  for (int64_t t = 0; t < T; ++t) G[t] = acc += ba[t * ldb + s.n_v_heads + h];
+  for (int64_t t = 0; t < T; ++t) {  // U = diag(beta) (V - diag(Gamma) K S0); O = diag(Gamma) Q S0
+    const float beta = ba[t * ldb + h], gamma = std::exp(G[t]);
+    for (int64_t j = 0; j < d; ++j) {
+      const float* row = M + j * d;
+      U[t * d + j] = beta * (v(t)[j] - gamma * dn_dot(row, k(t), d));
+      O[t * d + j] = gamma * dn_dot(row, q(t), d);
+    }
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    const float beta = ba[t * ldb + h];
+    for (int64_t u = 0; u <= t; ++u) {
+      const float e = std::exp(G[t] - G[u]);
+      QK[t * TC + u] = e * dn_dot(q(t), k(u), d);
+      if (u < t) KK[t * TC + u] = beta * e * dn_dot(k(t), k(u), d);
+    }
+  }
+  for (int64_t t = 1; t < T; ++t)  // forward substitution: rows of U in order
+    for (int64_t u = 0; u < t; ++u) dn_axpy(U + t * d, U + u * d, -KK[t * TC + u], d);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t u = 0; u <= t; ++u) dn_axpy(O + t * d, U + u * d, QK[t * TC + u], d);
+    for (int64_t j = 0; j < d; ++j) v(t)[j] = O[t * d + j] * scale;
+  }
+  const float gamma_T = std::exp(G[T - 1]);
+  for (int64_t t = 0; t < T; ++t) G[t] = std::exp(G[T - 1] - G[t]);  // e^{G_T - G_s}
+  for (int64_t j = 0; j < d; ++j) {
+    float* row = M + j * d;
+    for (int64_t i = 0; i < d; ++i) row[i] *= gamma_T;
+    for (int64_t t = 0; t < T; ++t) dn_axpy(row, k(t), G[t] * U[t * d + j], d);
+  }
+}
+
+}  // namespace detail
+
+// The delta rule of V head h over n tokens in chunks of kDeltaNetChunk (same arguments and
+// result as delta_net_recurrence, up to rounding); scratch: delta_net_scratch_floats.
+inline void delta_net_chunked(const DeltaNetShape& s, int64_t h, float* qkv, int64_t ld, const float* ba, int64_t ldb,
+                              int64_t n, float* M, float* scratch) {
+  for (int64_t t0 = 0; t0 < n; t0 += kDeltaNetChunk) {
+    const int64_t T = std::min(kDeltaNetChunk, n - t0);
+    detail::dn_chunk(s, h, qkv + t0 * ld, ld, ba + t0 * ldb, ldb, T, M, scratch);
   }
 }
 

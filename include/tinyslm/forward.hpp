@@ -64,6 +64,7 @@ struct ContextPlan {
   uint64_t kv_bytes = 0;
   uint64_t state_bytes = 0;  // recurrent state of hybrid models and its checkpoints
   std::vector<int64_t> state_floats;  // per layer
+  int64_t dn_scratch = 0;    // DeltaNet chunked prefill, floats per thread
 
   static Expected<ContextPlan> make(const HParams& hp, int64_t n_vocab, const ContextParams& p) {
     if (p.n_ctx <= 0 || p.n_batch <= 0 || p.n_threads <= 0)
@@ -89,6 +90,7 @@ struct ContextPlan {
       if (l.kind == LayerKind::delta_net) {  // [mix | z | beta | alpha] rows, the convolved mix
         c.w_qkv = std::max(c.w_qkv, hp.delta_net.proj_width());
         c.w_att = std::max(c.w_att, hp.delta_net.channels());
+        c.dn_scratch = delta_net_scratch_floats(hp.delta_net);
       }
       if (l.attn_gate) c.w_qkv = std::max(c.w_qkv, gated_qkv_width(l));
     }
@@ -124,7 +126,8 @@ struct ContextPlan {
   }
   // Everything besides the KV cache and the logits.
   uint64_t compute_bytes() const {
-    return 4 * activation_floats() + attention_bytes() + MatmulScratch::reserve_bytes(n_batch, mm_cols) + moe_bytes();
+    return 4 * activation_floats() + attention_bytes() + MatmulScratch::reserve_bytes(n_batch, mm_cols) + moe_bytes() +
+           4 * static_cast<uint64_t>(dn_scratch) * static_cast<uint64_t>(n_threads);
   }
   uint64_t logit_bytes() const { return 4 * static_cast<uint64_t>(logit_rows) * static_cast<uint64_t>(n_vocab); }
 };
@@ -233,6 +236,7 @@ class Context {
   AlignedBuffer<float> ffn_;    // [gate | up] per token, 2 * n_ff
   AlignedBuffer<float> rope_;   // cos/sin per token: [n_batch][n_rot] global, then sliding
   AlignedBuffer<float> logits_; // [1 or n_batch][n_vocab]
+  AlignedBuffer<float> dn_scratch_;  // DeltaNet chunked prefill, per thread
   int64_t n_logits_ = 0;
 };
 
@@ -267,7 +271,8 @@ inline Status Context::allocate() {
                   att_.allocate(sz(B, p.w_att)) && proj_.allocate(sz(B, p.w_embd)) &&
                   ffn_.allocate(sz(B, std::max<int64_t>(p.w_ffn, 1))) && rope_.allocate(sz(2 * B, p.n_rot)) &&
                   logits_.allocate(sz(p.logit_rows, p.n_vocab)) && attn_.reserve(p.attn, p.n_ctx, p.n_threads);
-  if (!ok) return make_error(Errc::out_of_memory, "context: cannot allocate the activation buffers");
+  if (!ok || (p.dn_scratch > 0 && !dn_scratch_.allocate(sz(p.dn_scratch, p.n_threads))))
+    return make_error(Errc::out_of_memory, "context: cannot allocate the activation buffers");
   if (auto st = mm_.reserve(B, p.mm_cols); !st) return st;
   if (p.moe) {
     if (auto st = moe_scratch_.reserve(h.moe, h.n_embd, B, p.n_threads); !st) return st;
@@ -505,9 +510,16 @@ inline Status Context::delta_net_block(int64_t il, int64_t n, int64_t r0) {
   });
   float* S = state + s.conv_state_floats();
   const int64_t dd = s.d_state * s.d_state;
-  for_rows(s.n_v_heads, [&](int64_t hv) {
-    delta_net_recurrence(s, hv, mix, C, proj_in + C + V, W, n, S + hv * dd);
-  });
+  if (n < kDeltaNetChunkMin) {  // decode: one token at a time
+    for_rows(s.n_v_heads, [&](int64_t hv) { delta_net_recurrence(s, hv, mix, C, proj_in + C + V, W, n, S + hv * dd); });
+  } else {  // prefill: chunks of tokens with matrix products, the heads split over the threads
+    par_([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(s.n_v_heads, t, nt, 1, &b, &e);
+      float* scratch = dn_scratch_.data() + t * plan_.dn_scratch;
+      for (int64_t hv = b; hv < e; ++hv) delta_net_chunked(s, hv, mix, C, proj_in + C + V, W, n, S + hv * dd, scratch);
+    });
+  }
   // Rows r0..: the gated norm, compacted into dense rows of V (increasing order: a row never
   // lands on an unread one, since V <= C).
   for (int64_t i = 0; i < m; ++i) {
