@@ -205,6 +205,27 @@ TEST_CASE("deltanet: a prompt in one batch (chunked) gives the logits of token-b
   }
 }
 
+TEST_CASE("deltanet: a tiny qwen35: the plan, the RoPE sections, a missing tensor refused by name") {
+  const auto spec = tinyslm_test::tiny_spec("qwen35", TensorType::Q8_0);
+  auto m = tinyslm_test::load_model(tinyslm_test::model_bytes(spec));
+  REQUIRE_MESSAGE(m, (m ? "" : m.error().message()));
+  const HParams& hp = m->hparams();
+  CHECK(hp.layers[0].kind == LayerKind::delta_net);
+  CHECK(hp.layers[3].kind == LayerKind::attention);
+  // Sections [3, 3, 2, 2] over 16 pairs: sector i % 10; sectors 8 (past 3 x 2 of the third)
+  // and 9 (the fourth) take the fourth position, 0 for text.
+  const std::vector<uint8_t> want = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1};
+  CHECK(hp.rope_pair_pos == want);
+  for (const char* t : {"blk.0.ssm_conv1d.weight", "blk.2.ssm_norm.weight", "blk.1.attn_gate.weight",
+                        "blk.3.attn_k_norm.weight", "blk.0.post_attention_norm.weight"}) {
+    auto s = spec;
+    s.omit_tensor = t;
+    auto bad = tinyslm_test::load_model(tinyslm_test::model_bytes(s));
+    REQUIRE(!bad);
+    CHECK(contains(bad.error().message(), t));
+  }
+}
+
 TEST_CASE("deltanet: syn-qwen35's plan, state size and memory estimate" * doctest::test_suite("shared")) {
   TINYSLM_REQUIRE_SHARED(path, "models/synthetic/syn-qwen35-F32.gguf");
   auto m = Model::open(path);
