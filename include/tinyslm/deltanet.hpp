@@ -22,6 +22,7 @@
 #include <cstring>
 
 #include "core.hpp"
+#include "ops.hpp"
 
 namespace tinyslm {
 inline namespace TINYSLM_ABI_NAMESPACE {
@@ -41,6 +42,8 @@ struct DeltaNetShape {
   // One projected row: [mix | z | beta | alpha].
   int64_t proj_width() const { return channels() + value_dim() + 2 * n_v_heads; }
 };
+
+inline constexpr int64_t kDeltaNetMaxState = 1024;  // largest ssm.state_size accepted
 
 namespace detail {
 
@@ -111,7 +114,8 @@ inline void delta_net_prepare(const DeltaNetShape& s, float* qkv, float* ba, con
 
 // The gated delta rule of V head h over n tokens, one at a time: qkv rows (stride ld, q and k
 // normalised), gates rows ba (stride ldb, as delta_net_prepare leaves them), state M (d x d,
-// value index major). The head's output replaces its v in the qkv rows.
+// value index major). The head's output replaces its v in the qkv rows. The dot products of
+// all rows of M at once (ops' SIMD row dots): S^T k = decay (M k) before the update.
 inline void delta_net_recurrence(const DeltaNetShape& s, int64_t h, float* qkv, int64_t ld, const float* ba,
                                  int64_t ldb, int64_t n, float* M) {
   const int64_t d = s.d_state, hk = h % s.n_k_heads;
@@ -121,21 +125,15 @@ inline void delta_net_recurrence(const DeltaNetShape& s, int64_t h, float* qkv, 
     const float* k = q + s.key_dim();
     float* v = qkv + t * ld + 2 * s.key_dim() + h * d;
     const float beta = ba[t * ldb + h], decay = std::exp(ba[t * ldb + s.n_v_heads + h]);
+    float u[kDeltaNetMaxState];  // M k, then the deltas beta (v - decay M k)
+    ops::detail::scores_rows(k, M, d, d, u);
+    for (int64_t j = 0; j < d; ++j) u[j] = beta * (v[j] - decay * u[j]);
     for (int64_t j = 0; j < d; ++j) {
       float* row = M + j * d;
-      float sk = 0.0f;
-      for (int64_t i = 0; i < d; ++i) {
-        row[i] *= decay;
-        sk += row[i] * k[i];
-      }
-      const float delta = (v[j] - sk) * beta;
-      float o = 0.0f;
-      for (int64_t i = 0; i < d; ++i) {
-        row[i] += k[i] * delta;
-        o += row[i] * q[i];
-      }
-      v[j] = o * scale;  // v[j] is read only by row j
+      for (int64_t i = 0; i < d; ++i) row[i] = row[i] * decay + k[i] * u[j];
     }
+    ops::detail::scores_rows(q, M, d, d, v);
+    for (int64_t j = 0; j < d; ++j) v[j] *= scale;
   }
 }
 
@@ -151,16 +149,10 @@ inline constexpr int64_t kDeltaNetChunkMin = 8;  // fewer tokens run the token-b
 // Scratch floats delta_net_chunked needs (per thread).
 inline int64_t delta_net_scratch_floats(const DeltaNetShape& s) {
   const int64_t T = kDeltaNetChunk;
-  return 2 * T * T + 2 * T * s.d_state + T;
+  return 2 * T * T + 3 * T * s.d_state + T;
 }
 
 namespace detail {
-
-inline float dn_dot(const float* a, const float* b, int64_t n) {
-  float sum = 0.0f;
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
 
 inline void dn_axpy(float* y, const float* x, float a, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
@@ -174,26 +166,33 @@ inline void dn_chunk(const DeltaNetShape& s, int64_t h, float* qkv, int64_t ld, 
   float* QK = KK + TC * TC;     // e^{G_t - G_s} q_t.k_s
   float* U = QK + TC * TC;      // T x d deltas
   float* O = U + TC * d;        // T x d outputs
-  float* G = O + TC * d;        // cumulative log-decay
+  float* Kc = O + TC * d;       // the chunk's keys, contiguous
+  float* G = Kc + TC * d;       // cumulative log-decay
   const auto q = [&](int64_t t) { return qkv + t * ld + hk * d; };
-  const auto k = [&](int64_t t) { return qkv + t * ld + s.key_dim() + hk * d; };
+  const auto k = [&](int64_t t) { return Kc + t * d; };
   const auto v = [&](int64_t t) { return qkv + t * ld + 2 * s.key_dim() + h * d; };
   float acc = 0.0f;
-  for (int64_t t = 0; t < T; ++t) G[t] = acc += ba[t * ldb + s.n_v_heads + h];
+  for (int64_t t = 0; t < T; ++t) {
+    G[t] = acc += ba[t * ldb + s.n_v_heads + h];
+    std::memcpy(Kc + t * d, qkv + t * ld + s.key_dim() + hk * d, static_cast<size_t>(d) * sizeof(float));
+  }
   for (int64_t t = 0; t < T; ++t) {  // U = diag(beta) (V - diag(Gamma) K S0); O = diag(Gamma) Q S0
     const float beta = ba[t * ldb + h], gamma = std::exp(G[t]);
+    ops::detail::scores_rows(k(t), M, d, d, U + t * d);
+    ops::detail::scores_rows(q(t), M, d, d, O + t * d);
     for (int64_t j = 0; j < d; ++j) {
-      const float* row = M + j * d;
-      U[t * d + j] = beta * (v(t)[j] - gamma * dn_dot(row, k(t), d));
-      O[t * d + j] = gamma * dn_dot(row, q(t), d);
+      U[t * d + j] = beta * (v(t)[j] - gamma * U[t * d + j]);
+      O[t * d + j] *= gamma;
     }
   }
   for (int64_t t = 0; t < T; ++t) {
     const float beta = ba[t * ldb + h];
+    ops::detail::scores_rows(q(t), Kc, d, t + 1, QK + t * TC);
+    ops::detail::scores_rows(k(t), Kc, d, t, KK + t * TC);
     for (int64_t u = 0; u <= t; ++u) {
       const float e = std::exp(G[t] - G[u]);
-      QK[t * TC + u] = e * dn_dot(q(t), k(u), d);
-      if (u < t) KK[t * TC + u] = beta * e * dn_dot(k(t), k(u), d);
+      QK[t * TC + u] *= e;
+      if (u < t) KK[t * TC + u] *= beta * e;
     }
   }
   for (int64_t t = 1; t < T; ++t)  // forward substitution: rows of U in order

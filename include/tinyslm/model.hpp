@@ -687,7 +687,7 @@ inline Status read_delta_net(const GgufFile& f, const std::string& a, HParams& h
                                                 std::to_string(v) + " (" + want + ")");
   };
   if (s.d_conv < 2 || s.d_conv > 64) return bad("ssm.conv_kernel", s.d_conv, "expected 2 to 64");
-  if (s.d_state <= 0 || s.d_state > 1024) return bad("ssm.state_size", s.d_state, "expected 1 to 1024");
+  if (s.d_state <= 0 || s.d_state > kDeltaNetMaxState) return bad("ssm.state_size", s.d_state, "expected 1 to 1024");
   if (s.n_k_heads <= 0 || s.n_k_heads > 1024) return bad("ssm.group_count", s.n_k_heads, "expected 1 to 1024");
   if (s.n_v_heads <= 0 || s.n_v_heads > 1024 || s.n_v_heads % s.n_k_heads != 0)
     return bad("ssm.time_step_rank", s.n_v_heads, "V heads: a multiple of ssm.group_count, at most 1024");
