@@ -241,6 +241,15 @@ TEST_CASE("deltanet: syn-qwen35's plan, state size and memory estimate" * doctes
   CHECK(hp.state_floats(3) == 0);
   // Multi-section RoPE over 8 pairs, sections [3, 3, 2, 0]: every pair rotates by position.
   CHECK(hp.rope_pair_pos == std::vector<uint8_t>(8, 1));
+  // memory_estimate: 3 DeltaNet layers' state, live plus 4 checkpoints, as a context allocates.
+  auto f = GgufFile::open(path);
+  REQUIRE(f);
+  auto est = memory_estimate(*f, 1024);
+  REQUIRE(est);
+  auto ctx = Context::create(*m, {.n_ctx = 1024});
+  REQUIRE(ctx);
+  CHECK(est->state == 4ull * 3 * (3 * 256 + 4 * 32 * 32) * 5);
+  CHECK(est->state == ctx->state().bytes());
 }
 
 TEST_CASE("deltanet: a multi-turn session on syn-qwen35 evaluates only new tokens and matches a fresh evaluation" *
