@@ -49,6 +49,9 @@ struct Shape {
   QkNorm qk_norm = QkNorm::none;
   // Hybrid (lfm2): bit il set = layer il is attention, the others short convolutions (width 3).
   uint64_t attn_layers = 0;
+  // qwen35: head size, DeltaNet head size and K / V heads (a gated attention layer every 4th),
+  // partial RoPE dimensions (sections [11, 11, 10, 0] as the family ships them).
+  int64_t head_dim = 0, dn_state = 0, dn_k_heads = 0, dn_v_heads = 0, rope_dims = 0;
 };
 
 constexpr Shape kShapes[] = {
@@ -67,6 +70,10 @@ constexpr Shape kShapes[] = {
      0, 0, QkNorm::per_head, (1u << 2) | (1u << 5) | (1u << 8) | (1u << 10) | (1u << 12) | (1u << 14)},
     // SmolLM3-3B: llama-style GQA 16 / 4, every 4th layer without RoPE, tied.
     {"SmolLM3-3B", "smollm3", 2048, 36, 16, 4, 11008, 128256, 65536, 5000000.0f, 1e-6f, true, false, false},
+    // Qwen3.5-0.8B: 18 Gated DeltaNet layers (16 K and 16 V heads of 128, conv 4) and 6 gated
+    // attention layers (8 / 2 heads of 256, RoPE on 64 dims), FFN 3584, vocab 248320, tied.
+    {"Qwen3.5-0.8B", "qwen35", 1024, 24, 8, 2, 3584, 248320, 262144, 10000000.0f, 1e-6f, true, false, false,
+     0, 0, QkNorm::per_head, 0, 256, 128, 16, 16, 64},
 };
 
 // llama-quantize's "spend more bits here" layers for Q4_K_M.
@@ -106,6 +113,7 @@ int main(int argc, char** argv) {
                   (long long)s.n_ff, (long long)s.n_vocab, s.tied ? " tied" : "");
       if (s.n_expert > 0) std::printf(" experts %lld top-%lld", (long long)s.n_expert, (long long)s.n_expert_used);
       if (s.attn_layers) std::printf(" attention layers %d of %lld", std::popcount(s.attn_layers), (long long)s.n_layer);
+      if (s.dn_state > 0) std::printf(" DeltaNet %lld/%lld heads of %lld", (long long)s.dn_k_heads, (long long)s.dn_v_heads, (long long)s.dn_state);
       std::printf("\n");
     }
     return 0;
@@ -153,6 +161,14 @@ int main(int argc, char** argv) {
   spec.n_expert_used = S.n_expert_used;
   if (S.attn_layers)
     for (int64_t il = 0; il < S.n_layer; ++il) spec.layer_head_kv.push_back((S.attn_layers >> il) & 1 ? S.n_head_kv : 0);
+  if (S.dn_state > 0) {
+    spec.head_dim = S.head_dim;
+    spec.dn_state = S.dn_state;
+    spec.dn_k_heads = S.dn_k_heads;
+    spec.dn_v_heads = S.dn_v_heads;
+    spec.rope_dims = S.rope_dims;
+    spec.rope_sections = {11, 11, 10, 0};
+  }
   spec.vocab = true;  // so llama.cpp loads the file too
   spec.seed = seed;
   spec.pick = [&](const tinyslm_test::TensorRole& r) { return plan.pick(r.role, r.layer, r.cols, r.is_output); };

@@ -20,6 +20,7 @@
 #include "tinyslm/moe.hpp"
 #include "tinyslm/state.hpp"
 #include "tinyslm/conv.hpp"
+#include "tinyslm/deltanet.hpp"
 #include "tinyslm/forward.hpp"
 #include "tinyslm/tokenizer.hpp"
 #include "tinyslm/chat.hpp"

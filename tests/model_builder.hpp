@@ -60,6 +60,11 @@ struct ModelSpec {
   int64_t conv_kernel = 3;
   int64_t conv_kernel_key = 0;  // > 0: written as shortconv.l_cache instead (bad-input tests)
   std::string omit_tensor;      // a tensor not written (bad-input tests)
+  // qwen35: Gated DeltaNet layers (head size dn_state, dn_k_heads / dn_v_heads, conv width
+  // dn_conv) with a gated attention layer every full_attn_interval; rope_dims partial RoPE.
+  int64_t dn_state = 0, dn_k_heads = 0, dn_v_heads = 0, dn_conv = 4, full_attn_interval = 4;
+  int64_t rope_dims = 0;  // 0: the head size
+  std::vector<int32_t> rope_sections;
   uint64_t seed = 42;
   TensorType type = TensorType::F16;  // every matrix, unless `pick` says otherwise
   std::function<TensorType(const TensorRole&)> pick;
@@ -137,7 +142,16 @@ class ModelWriter {
       w_.set_array<int32_t>(A + ".attention.head_count_kv", GgufValueType::i32, kv);
       u32("shortconv.l_cache", s_.conv_kernel_key > 0 ? s_.conv_kernel_key : s_.conv_kernel);
     }
-    u32("rope.dimension_count", s_.head_size());
+    u32("rope.dimension_count", s_.rope_dims > 0 ? s_.rope_dims : s_.head_size());
+    if (s_.dn_state > 0) {
+      u32("ssm.conv_kernel", s_.dn_conv);
+      u32("ssm.state_size", s_.dn_state);
+      u32("ssm.group_count", s_.dn_k_heads);
+      u32("ssm.time_step_rank", s_.dn_v_heads);
+      u32("ssm.inner_size", s_.dn_v_heads * s_.dn_state);
+      u32("full_attention_interval", s_.full_attn_interval);
+      w_.set_array<int32_t>(A + ".rope.dimension_sections", GgufValueType::i32, s_.rope_sections);
+    }
     w_.set_f32(A + ".rope.freq_base", s_.rope_base);
     w_.set_f32(A + ".attention.layer_norm_rms_epsilon", s_.rms_eps);
     u32("vocab_size", s_.n_vocab);
@@ -251,7 +265,7 @@ class ModelWriter {
     if (s_.fused_qkv) {
       matrix(p + "attn_qkv.weight", E, Q + 2 * K, pick("attn_qkv", il, E, false), 1.0f);
     } else {
-      matrix(p + "attn_q.weight", E, Q, pick("attn_q", il, E, false), 1.0f);
+      matrix(p + "attn_q.weight", E, s_.dn_state > 0 ? 2 * Q : Q, pick("attn_q", il, E, false), 1.0f);
       matrix(p + "attn_k.weight", E, K, pick("attn_k", il, E, false), 1.0f);
       matrix(p + "attn_v.weight", E, K, pick("attn_v", il, E, false), 1.0f);
     }
@@ -278,9 +292,25 @@ class ModelWriter {
     matrix(p + "shortconv.out_proj.weight", E, E, pick("shortconv_out", il, E, false), 1.0f);
   }
 
+  // qwen35's Gated DeltaNet: [q | k | v] mix, z gate, beta and alpha rows, the F32 conv kernel
+  // [channels][L], dt bias, A < 0, the gated norm, ssm_out.
+  void delta_net(const std::string& p, int64_t il) {
+    const int64_t E = s_.n_embd, d = s_.dn_state, H = s_.dn_v_heads, V = H * d, C = 2 * s_.dn_k_heads * d + V;
+    vector(p + "attn_norm.weight", E, 1.0f, 0.1f);
+    matrix(p + "attn_qkv.weight", E, C, pick("attn_qkv", il, E, false), 1.0f);
+    matrix(p + "attn_gate.weight", E, V, pick("attn_gate", il, E, false), 1.0f);
+    matrix(p + "ssm_beta.weight", E, H, pick("ssm_beta", il, E, false), 1.0f);
+    matrix(p + "ssm_alpha.weight", E, H, pick("ssm_alpha", il, E, false), 1.0f);
+    matrix(p + "ssm_conv1d.weight", s_.dn_conv, C, TensorType::F32, 1.0f);
+    vector(p + "ssm_dt.bias", H, 0.0f, 0.5f);
+    vector(p + "ssm_a", H, -1.0f, 0.5f);
+    vector(p + "ssm_norm.weight", d, 1.0f, 0.1f);
+    matrix(p + "ssm_out.weight", V, E, pick("ssm_out", il, V, false), 1.0f);
+  }
+
   void ffn(const std::string& p, int64_t il) {
     const int64_t E = s_.n_embd, F = s_.n_ff;
-    vector(p + "ffn_norm.weight", E, 1.0f, 0.1f);
+    vector(p + (s_.dn_state > 0 ? "post_attention_norm.weight" : "ffn_norm.weight"), E, 1.0f, 0.1f);
     if (s_.n_expert > 0) {
       // The router stays F32 (as llama-quantize keeps it); a larger gain spreads its logits so
       // the top-k is not uniform.
@@ -316,7 +346,9 @@ class ModelWriter {
     for (int64_t il = 0; il < s_.n_layer && st_; ++il) {
       const std::string p = "blk." + std::to_string(il) + ".";
       const bool conv = !s_.layer_head_kv.empty() && s_.layer_head_kv[static_cast<size_t>(il)] == 0;
+      const bool dn = s_.dn_state > 0 && (il + 1) % s_.full_attn_interval != 0;
       if (conv) short_conv(p, il);
+      else if (dn) delta_net(p, il);
       else attention(p, il);
       ffn(p, il);
     }
@@ -347,7 +379,7 @@ inline Expected<Model> load_model(const std::vector<uint8_t>& bytes, const std::
 inline const std::vector<std::string>& tiny_archs() {
   static const std::vector<std::string> names = {"llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
                                                  "phi3", "qwen2moe", "qwen3moe", "olmoe", "mixtral",
-                                                 "smollm3", "lfm2"};
+                                                 "smollm3", "lfm2", "qwen35"};
   return names;
 }
 
@@ -408,6 +440,15 @@ inline ModelSpec tiny_spec(const std::string& family, TensorType type, uint64_t 
     s.n_layer = 3;
     s.layer_head_kv = {0, 2, 0};
     s.qk_norm = QkNorm::per_head;
+  } else if (family == "qwen35") {  // DeltaNet, DeltaNet, DeltaNet, gated attention
+    s.n_layer = 4;
+    s.qk_norm = QkNorm::per_head;
+    s.dn_state = 64;
+    s.dn_k_heads = 2;
+    s.dn_v_heads = 4;  // tiled over the K heads
+    s.rope_dims = 32;  // partial: 16 of the 32 pairs of a 64-value head
+    s.rope_sections = {3, 3, 2, 2};  // pairs 8 and 9 fall in the fourth section: rotated by 0
+    s.rope_base = 10000000.0f;
   } else if (family == "mixtral") {  // experts in a llama file
     s.arch = "llama";
     s.n_expert = 4;

@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <set>
 #include <string>
 #include <vector>
@@ -85,7 +86,8 @@ std::vector<Case> dense_cases() {
                         "gemma3-Q4_K_M", "gemma3-Q8_0", "phi3-Q4_K_M", "phi3-Q8_0", "mixtral-Q4_K_M",
                         "mixtral-Q8_0", "qwen2moe-Q4_K_M", "qwen2moe-Q8_0", "qwen3moe-Q4_K_M",
                         "qwen3moe-Q8_0", "olmoe-Q4_K_M", "olmoe-Q8_0", "smollm3-F32", "smollm3-Q8_0",
-                        "smollm3-Q4_K_M", "lfm2-F32", "lfm2-Q8_0", "lfm2-Q4_K_M"})
+                        "smollm3-Q4_K_M", "lfm2-F32", "lfm2-Q8_0", "lfm2-Q4_K_M", "qwen35-F32",
+                        "qwen35-Q8_0", "qwen35-Q4_K_M"})
     c.push_back({std::string("models/synthetic/syn-") + s + ".gguf",
                  std::string("golden/synthetic/syn-") + s + ".json"});
   return c;
@@ -151,6 +153,12 @@ void check_model(const Case& c, Summary& sum) {
   const bool quant = model_is_quantized(*model);
   const bool moe = model->hparams().n_expert > 0;
   const double rel_bound = quant ? (moe ? 0.05 : 0.02) : model_has_type(*model, TensorType::BF16) ? 2.5e-3 : 1e-3;
+  // Decode steps of quantized DeltaNet hybrids (syn-qwen35): the recurrent state carries every
+  // rounding difference forward; our scalar and AVX2/AVX-512 kernels alone differ by 2.3% of
+  // the range at one step of syn-qwen35-Q4_K_M (step errors against llama.cpp: 1.3% scalar,
+  // 3.6% SIMD), so their logits get the MoE files' 5%; greedy ids are still compared where
+  // llama.cpp's margin exceeds twice the 2% bound.
+  const double step_rel_bound = quant && model->hparams().arch.delta_net ? 0.05 : rel_bound;
 
   auto ctx = Context::create(*model, {.n_ctx = 2048, .n_threads = 1});
   REQUIRE_MESSAGE(ctx, c.model << ": " << (ctx ? "" : ctx.error().message()));
@@ -219,6 +227,7 @@ void check_model(const Case& c, Summary& sum) {
     // Greedy continuation: feed llama.cpp's 16 tokens. At every step our logits of its top 5
     // stay within the bound; our argmax equals its token up to the first step whose margin
     // is not clearly larger than the bound.
+    const double step_bound = step_rel_bound * range;
     const double greedy_margin = 2 * bound;
     const auto gtoks = p["greedy"]["tokens"].int_list();
     const auto& steps = p["greedy"]["step_top"].items();
@@ -232,10 +241,10 @@ void check_model(const Case& c, Summary& sum) {
         step_err = std::max(step_err, std::fabs(ours[static_cast<size_t>(e[0].as_int())] - e[1].as_number()));
       sum.worst_step_rel = std::max(sum.worst_step_rel, step_err / range);
       ++sum.logit_steps;
-      CHECK_MESSAGE(step_err <= bound, where << " greedy step " << s << " (position "
-                                             << last + 1 + static_cast<int64_t>(s) << "): logit difference "
-                                             << step_err << " on llama.cpp's top 5 > bound " << bound);
-      if (step_err > bound) greedy_ok = false;
+      CHECK_MESSAGE(step_err <= step_bound, where << " greedy step " << s << " (position "
+                                                  << last + 1 + static_cast<int64_t>(s) << "): logit difference "
+                                                  << step_err << " on llama.cpp's top 5 > bound " << step_bound);
+      if (step_err > step_bound) greedy_ok = false;
       if (comparing_ids && step_margin <= greedy_margin) comparing_ids = false;
       if (comparing_ids) {
         const int ours_id = argmax(ours);
@@ -265,7 +274,9 @@ TEST_CASE("forward: every dense model matches llama.cpp's golden outputs" * doct
   if (tinyslm_test::shared_file("golden/README.md").empty()) return;
   std::fprintf(stderr, "%-36s %7s %5s %6s %6s %6s %9s %9s %9s\n", "model", "prompts", "top1", "top10",
                "logits", "greedy", "id steps", "max rel", "step rel");
+  const char* only = std::getenv("TINYSLM_GOLDEN_ONLY");  // substring of the model paths to check
   for (const Case& c : dense_cases()) {
+    if (only && c.model.find(only) == std::string::npos) continue;
     Summary s;
     check_model(c, s);
     std::fprintf(stderr, "%-36s %7d %5d %6d %6d %6d %9d %9.2e %9.2e\n", c.model.substr(c.model.rfind('/') + 1).c_str(),

@@ -21,6 +21,7 @@
 
 #include "conv.hpp"
 #include "core.hpp"
+#include "deltanet.hpp"
 #include "kernels.hpp"
 #include "kv.hpp"
 #include "model.hpp"
@@ -44,6 +45,9 @@ struct ContextParams {
   ThreadPlacement placement = {};  // where the workers run (threads.hpp); default: anywhere
 };
 
+// A gated attention layer's row: [q | k | v | gate | attn_q's raw [query | gate] per head].
+inline int64_t gated_qkv_width(const LayerPlan& l) { return 4 * l.q_dim() + l.k_dim() + l.v_dim(); }
+
 // Every buffer a Context allocates, sized from the hyper-parameters and the parameters alone.
 struct ContextPlan {
   int64_t n_ctx = 0, n_batch = 0;
@@ -64,6 +68,7 @@ struct ContextPlan {
   uint64_t state_bytes = 0;  // recurrent state of hybrid models and its checkpoints
   std::vector<int64_t> state_floats;  // per layer
   bool kv_f16 = true;  // both K and V f16: attention converts the prefix to f32 scratch
+  int64_t dn_scratch = 0;    // DeltaNet chunked prefill, floats per thread
 
   static Expected<ContextPlan> make(const HParams& hp, int64_t n_vocab, const ContextParams& p) {
     if (p.n_ctx <= 0 || p.n_batch <= 0 || p.n_threads <= 0)
@@ -86,6 +91,12 @@ struct ContextPlan {
         c.w_qkv = std::max(c.w_qkv, 3 * hp.n_embd);
         c.w_att = std::max(c.w_att, hp.n_embd);
       }
+      if (l.kind == LayerKind::delta_net) {  // [mix | z | beta | alpha] rows, the convolved mix
+        c.w_qkv = std::max(c.w_qkv, hp.delta_net.proj_width());
+        c.w_att = std::max(c.w_att, hp.delta_net.channels());
+        c.dn_scratch = delta_net_scratch_floats(hp.delta_net);
+      }
+      if (l.attn_gate) c.w_qkv = std::max(c.w_qkv, gated_qkv_width(l));
     }
     c.n_rot = hp.n_rot;
     c.logit_rows = p.all_logits ? c.n_batch : 1;
@@ -124,7 +135,8 @@ struct ContextPlan {
   }
   // Everything besides the KV cache and the logits.
   uint64_t compute_bytes() const {
-    return 4 * activation_floats() + attention_bytes() + MatmulScratch::reserve_bytes(n_batch, mm_cols) + moe_bytes();
+    return 4 * activation_floats() + attention_bytes() + MatmulScratch::reserve_bytes(n_batch, mm_cols) + moe_bytes() +
+           4 * static_cast<uint64_t>(dn_scratch) * static_cast<uint64_t>(n_threads);
   }
   uint64_t logit_bytes() const { return 4 * static_cast<uint64_t>(logit_rows) * static_cast<uint64_t>(n_vocab); }
 };
@@ -203,9 +215,10 @@ class Context {
   // The named blocks of the forward pass (n tokens in the chunk; m rows go past attention).
   Status embed(const int32_t* tokens, int64_t n);
   void rope_tables(int64_t pos0, int64_t n);
-  void qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t i, int64_t pos);
+  void qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t i, int64_t pos, int64_t ld);
   Status attention_block(int64_t il, int64_t n, int64_t r0, int64_t pos0);
   Status conv_block(int64_t il, int64_t n, int64_t r0);
+  Status delta_net_block(int64_t il, int64_t n, int64_t r0);
   Status ffn_block(int64_t il, int64_t m);
   Status moe_block(int64_t il, int64_t m);
   void ffn_residual(const LayerWeights& L, int64_t m);
@@ -232,6 +245,7 @@ class Context {
   AlignedBuffer<float> ffn_;    // [gate | up] per token, 2 * n_ff
   AlignedBuffer<float> rope_;   // cos/sin per token: [n_batch][n_rot] global, then sliding
   AlignedBuffer<float> logits_; // [1 or n_batch][n_vocab]
+  AlignedBuffer<float> dn_scratch_;  // DeltaNet chunked prefill, per thread
   int64_t n_logits_ = 0;
 };
 
@@ -266,7 +280,8 @@ inline Status Context::allocate() {
                   att_.allocate(sz(B, p.w_att)) && proj_.allocate(sz(B, p.w_embd)) &&
                   ffn_.allocate(sz(B, std::max<int64_t>(p.w_ffn, 1))) && rope_.allocate(sz(2 * B, p.n_rot)) &&
                   logits_.allocate(sz(p.logit_rows, p.n_vocab)) && attn_.reserve(p.attn, p.n_ctx, p.n_threads, p.kv_f16);
-  if (!ok) return make_error(Errc::out_of_memory, "context: cannot allocate the activation buffers");
+  if (!ok || (p.dn_scratch > 0 && !dn_scratch_.allocate(sz(p.dn_scratch, p.n_threads))))
+    return make_error(Errc::out_of_memory, "context: cannot allocate the activation buffers");
   if (auto st = mm_.reserve(B, p.mm_cols); !st) return st;
   if (p.moe) {
     if (auto st = moe_scratch_.reserve(h.moe, h.n_embd, B, p.n_threads); !st) return st;
@@ -332,8 +347,13 @@ inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last
     const int64_t r0 = trim ? n - 1 : 0, m = n - r0;
     // 2. Attention (norm, QKV, RoPE, cache, attention, output projection, residual), or
     //    the short convolution of a hybrid model.
-    const bool conv = h.layers[static_cast<size_t>(il)].kind == LayerKind::short_conv;
-    if (auto st = conv ? conv_block(il, n, r0) : attention_block(il, n, r0, pos0); !st) return st;
+    const LayerKind kind = h.layers[static_cast<size_t>(il)].kind;
+    const bool conv = kind == LayerKind::short_conv;
+    if (kind == LayerKind::delta_net) {
+      if (auto st = delta_net_block(il, n, r0); !st) return st;
+    } else if (auto st = conv ? conv_block(il, n, r0) : attention_block(il, n, r0, pos0); !st) {
+      return st;
+    }
     // 3. Feed-forward: dense or mixture of experts, then its residual.
     const bool moe = h.layers[static_cast<size_t>(il)].ffn == FfnKind::moe;
     if (auto st = moe ? moe_block(il, m) : ffn_block(il, m); !st) return st;
@@ -368,15 +388,20 @@ inline void Context::rope_tables(int64_t pos0, int64_t n) {
     ops::rope_angles(pos0 + i, h.n_rot, h.rope_base, h.rope_freq_scale, factors, global + i * h.n_rot);
     if (h.any_swa())
       ops::rope_angles(pos0 + i, h.n_rot, h.rope_base_swa, h.rope_freq_scale_swa, factors, sliding + i * h.n_rot);
+    for (size_t r = 0; r < h.rope_pair_pos.size(); ++r)  // multi-section pairs rotated by position 0
+      if (!h.rope_pair_pos[r]) {
+        global[i * h.n_rot + 2 * static_cast<int64_t>(r)] = 1.0f;
+        global[i * h.n_rot + 2 * static_cast<int64_t>(r) + 1] = 0.0f;
+      }
   }
 }
 
 // Token i of the chunk: biases, QK-norm (per head or over the whole projection), RoPE, Q
 // pre-scaling; then its K and V into the cache at position pos.
-inline void Context::qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t i, int64_t pos) {
+inline void Context::qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t i, int64_t pos, int64_t ld) {
   const HParams& h = hp();
   const int64_t Q = p.q_dim(), K = p.k_dim(), V = p.v_dim(), hk = p.head_dim_k;
-  float* q = qkv_.data() + i * (Q + K + V);
+  float* q = qkv_.data() + i * ld;
   float* k = q + Q;
   float* v = k + K;
   if (!L.bq.empty()) ops::add(q, L.bq.data(), Q);
@@ -406,12 +431,19 @@ inline Status Context::attention_block(int64_t il, int64_t n, int64_t r0, int64_
   const HParams& h = hp();
   const LayerWeights& L = model_.weights().layers[static_cast<size_t>(il)];
   const LayerPlan& p = h.layers[static_cast<size_t>(il)];
-  const int64_t E = h.n_embd, Q = p.q_dim(), K = p.k_dim(), QKV = Q + K + p.v_dim(), A = p.attn_out_dim();
+  const int64_t E = h.n_embd, Q = p.q_dim(), K = p.k_dim(), A = p.attn_out_dim();
+  const int64_t QKV = p.attn_gate ? gated_qkv_width(p) : Q + K + p.v_dim(), G = Q + K + p.v_dim();
   float* x = x_.data();
   float* xn = xn_.data();
   float* qkv = qkv_.data();
   for_rows(n, [&](int64_t i) { ops::rms_norm(x + i * E, L.attn_norm.data(), xn + i * E, E, h.rms_eps); });
-  if (L.wqkv) {
+  if (p.attn_gate) {  // attn_q into the raw tail of each row, then split into q and the gate
+    const MatmulOut outs[3] = {{L.wq.ref(), qkv + G + Q, QKV, L.wq.name},
+                               {L.wk.ref(), qkv + Q, QKV, L.wk.name},
+                               {L.wv.ref(), qkv + Q + K, QKV, L.wv.name}};
+    if (auto st = matmul_many(outs, xn, n, mm_, par_); !st) return st;
+    for_rows(n, [&](int64_t i) { split_query_gate(qkv + i * QKV + G + Q, p.n_head, p.head_dim_k, qkv + i * QKV, qkv + i * QKV + G); });
+  } else if (L.wqkv) {
     if (auto st = matmul_into(L.wqkv, xn, n, qkv, QKV); !st) return st;
   } else {
     const MatmulOut outs[3] = {{L.wq.ref(), qkv, QKV, L.wq.name},
@@ -419,7 +451,7 @@ inline Status Context::attention_block(int64_t il, int64_t n, int64_t r0, int64_
                                {L.wv.ref(), qkv + Q + K, QKV, L.wv.name}};
     if (auto st = matmul_many(outs, xn, n, mm_, par_); !st) return st;
   }
-  for_rows(n, [&](int64_t i) { qk_prepare(L, p, i, pos0 + i); });
+  for_rows(n, [&](int64_t i) { qk_prepare(L, p, i, pos0 + i, QKV); });
   const ops::AttentionShape shape{p.n_head, p.n_head_kv, p.head_dim_k, p.head_dim_v,
                                   h.arch.scale_q ? 1.0f : h.attn_scale, h.attn_softcap, p.sliding ? h.n_swa : 0};
   const int64_t m = n - r0;
@@ -429,6 +461,8 @@ inline Status Context::attention_block(int64_t il, int64_t n, int64_t r0, int64_
   else
     ops::attention_quant(shape, qkv + r0 * QKV, QKV, m, pos0 + r0, kv_.k_rows(p.kv_layer), kv_.v_rows(p.kv_layer),
                          kv_.n_ctx(), att_.data(), A, attn_, par_);
+  if (p.attn_gate)
+    for_rows(m, [&](int64_t i) { apply_output_gate(att_.data() + i * A, qkv + (r0 + i) * QKV + G, A); });
   float* proj = proj_.data();
   if (auto st = matmul_into(L.wo, att_.data(), m, proj, E); !st) return st;
   if (r0 > 0) std::memmove(x, x + r0 * E, static_cast<size_t>(E) * sizeof(float));
@@ -456,6 +490,57 @@ inline Status Context::conv_block(int64_t il, int64_t n, int64_t r0) {
   short_conv(bcx, 3 * E, n, E, h.conv_kernel, L.conv_kernel.data(), rs_.layer(il), att_.data(), E, par_);
   float* proj = proj_.data();
   if (auto st = matmul_into(L.conv_out, att_.data() + r0 * E, m, proj, E); !st) return st;
+  if (r0 > 0) std::memmove(x, x + r0 * E, static_cast<size_t>(E) * sizeof(float));
+  for_rows(m, [&](int64_t i) {
+    ops::add(x + i * E, proj + i * E, E);
+    ops::rms_norm(x + i * E, L.ffn_norm.data(), xn + i * E, E, h.rms_eps);
+  });
+  return {};
+}
+
+// Norm; the [mix | z | beta | alpha] projections; convolution + SiLU of the mix over every
+// row (the state must see them all); gates; the delta rule per V head over the rows in order;
+// the gated norm and ssm_out on rows r0..; residual and the FFN norm, as attention_block ends.
+inline Status Context::delta_net_block(int64_t il, int64_t n, int64_t r0) {
+  const HParams& h = hp();
+  const LayerWeights& L = model_.weights().layers[static_cast<size_t>(il)];
+  const DeltaNetShape& s = h.delta_net;
+  const int64_t E = h.n_embd, C = s.channels(), V = s.value_dim(), W = s.proj_width(), m = n - r0;
+  float* x = x_.data();
+  float* xn = xn_.data();
+  float* proj_in = qkv_.data();
+  float* mix = att_.data();  // convolved [q | k | v] rows of C; v becomes the output
+  for_rows(n, [&](int64_t i) { ops::rms_norm(x + i * E, L.attn_norm.data(), xn + i * E, E, h.rms_eps); });
+  const MatmulOut outs[4] = {{L.ssm_qkv.ref(), proj_in, W, L.ssm_qkv.name},
+                             {L.ssm_gate.ref(), proj_in + C, W, L.ssm_gate.name},
+                             {L.ssm_beta.ref(), proj_in + C + V, W, L.ssm_beta.name},
+                             {L.ssm_alpha.ref(), proj_in + C + V + s.n_v_heads, W, L.ssm_alpha.name}};
+  if (auto st = matmul_many(outs, xn, n, mm_, par_); !st) return st;
+  float* state = rs_.layer(il);
+  delta_net_conv(s, proj_in, W, n, L.ssm_conv.data(), state, mix, C, par_);
+  for_rows(n, [&](int64_t i) {
+    delta_net_prepare(s, mix + i * C, proj_in + i * W + C + V, L.ssm_dt_bias.data(), L.ssm_a.data(), h.rms_eps);
+  });
+  float* S = state + s.conv_state_floats();
+  const int64_t dd = s.d_state * s.d_state;
+  if (n < kDeltaNetChunkMin) {  // decode: one token at a time
+    for_rows(s.n_v_heads, [&](int64_t hv) { delta_net_recurrence(s, hv, mix, C, proj_in + C + V, W, n, S + hv * dd); });
+  } else {  // prefill: chunks of tokens with matrix products, the heads split over the threads
+    par_([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(s.n_v_heads, t, nt, 1, &b, &e);
+      float* scratch = dn_scratch_.data() + t * plan_.dn_scratch;
+      for (int64_t hv = b; hv < e; ++hv) delta_net_chunked(s, hv, mix, C, proj_in + C + V, W, n, S + hv * dd, scratch);
+    });
+  }
+  // Rows r0..: the gated norm, compacted into dense rows of V (increasing order: a row never
+  // lands on an unread one, since V <= C).
+  for (int64_t i = 0; i < m; ++i) {
+    const float* o = mix + (r0 + i) * C + 2 * s.key_dim();
+    delta_net_gated_norm(s, o, L.ssm_norm.data(), proj_in + (r0 + i) * W + C, mix + i * V, h.rms_eps);
+  }
+  float* proj = proj_.data();
+  if (auto st = matmul_into(L.ssm_out, mix, m, proj, E); !st) return st;
   if (r0 > 0) std::memmove(x, x + r0 * E, static_cast<size_t>(E) * sizeof(float));
   for_rows(m, [&](int64_t i) {
     ops::add(x + i * E, proj + i * E, E);

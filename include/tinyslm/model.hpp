@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core.hpp"
+#include "deltanet.hpp"
 #include "gguf.hpp"
 #include "kernels.hpp"
 #include "quant.hpp"
@@ -90,6 +91,8 @@ struct ArchInfo {
   int nope_period = 0;      // layers with (il + 1) % nope_period == 0 run without RoPE (smollm3: 4)
   bool conv_layers = false; // per-layer head_count_kv, 0 = a short-convolution layer (lfm2)
   const char* output_norm_name = "output_norm.weight";
+  bool delta_net = false;   // Gated DeltaNet layers (deltanet.hpp) between gated attention layers (qwen35)
+  const char* ffn_norm_name = "ffn_norm.weight";
 };
 
 namespace detail {
@@ -114,6 +117,9 @@ inline constexpr ArchInfo kArchTable[] = {
     // layers (conv.hpp) with GQA attention and names its final norm token_embd_norm.
     {"smollm3", RopeStyle::normal, FfnActivation::silu,      false, false, QkNorm::none,     false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe, 4},
     {"lfm2",    RopeStyle::neox,   FfnActivation::silu,      false, false, QkNorm::per_head, false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe, 0, true, "token_embd_norm.weight"},
+    // qwen35: DeltaNet layers with a gated attention layer every full_attention_interval; its
+    // pre-FFN norm is named post_attention_norm; RoPE is interleaved multi-section (NEOX halves).
+    {"qwen35",  RopeStyle::neox,   FfnActivation::silu,      false, false, QkNorm::per_head, false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe, 0, false, "output_norm.weight", true, "post_attention_norm.weight"},
 };
 
 // Mixture-of-experts families whose routing this library does not implement: refused by name
@@ -155,6 +161,7 @@ inline constexpr int64_t kMoeMaxExperts = 512;
 enum class LayerKind : uint8_t {
   attention,   // self-attention over this layer's KV cache, then the FFN
   short_conv,  // gated short causal convolution with a per-sequence state (lfm2), then the FFN
+  delta_net,   // Gated DeltaNet linear attention with a per-sequence state (qwen35), then the FFN
 };
 
 enum class FfnKind : uint8_t {
@@ -173,6 +180,7 @@ struct LayerPlan {
   bool rope = true;           // RoPE on Q and K
   uint8_t rope_table = 0;     // 0: the global angles (rope_base), 1: the sliding ones (rope_base_swa)
   int64_t kv_layer = 0;       // the KV cache slot this layer writes and reads (-1: none)
+  bool attn_gate = false;     // Q projection is [query | gate] per head; output *= sigmoid(gate) (qwen35)
 
   int64_t q_dim() const { return n_head * head_dim_k; }
   int64_t k_dim() const { return n_head_kv * head_dim_k; }
@@ -219,6 +227,9 @@ struct HParams {
   std::vector<LayerPlan> layers;     // the per-layer plan (n_layer entries)
   std::vector<int64_t> layer_head_kv;  // per-layer head_count_kv of hybrid files (0 = conv layer)
   int64_t conv_kernel = 0;           // shortconv.l_cache: width L of the short convolution
+  DeltaNetShape delta_net;           // qwen35 ssm.* sizes
+  std::vector<uint8_t> layer_recurrent;  // qwen35: 1 = DeltaNet layer, 0 = gated attention
+  std::vector<uint8_t> rope_pair_pos;    // multi-section RoPE: per pair, 0 = rotated by position 0
 
   // KV cache slots: one per layer that owns a cache.
   int64_t n_kv_layers() const {
@@ -229,6 +240,7 @@ struct HParams {
   // Floats of layer il's per-sequence state (0: none).
   int64_t state_floats(int64_t il) const {
     const LayerPlan& l = layers[static_cast<size_t>(il)];
+    if (l.kind == LayerKind::delta_net) return delta_net.state_floats();
     return l.kind == LayerKind::short_conv ? (conv_kernel - 1) * n_embd : 0;
   }
 
@@ -305,6 +317,10 @@ struct LayerWeights {
   // Short-convolution layer (lfm2): in_proj (3 n_embd rows: b, c, x), kernel [n_embd][L], out_proj.
   Weight conv_in, conv_out;
   std::vector<float> conv_kernel;
+  // Gated DeltaNet layer (qwen35): projections to [q|k|v] mix, z, beta, alpha; conv kernel
+  // [channels][L], dt bias, A (= -exp(A_log)), the norm of the gated output (d values), ssm_out.
+  Weight ssm_qkv, ssm_gate, ssm_beta, ssm_alpha, ssm_out;
+  std::vector<float> ssm_conv, ssm_dt_bias, ssm_a, ssm_norm;
 };
 
 struct ModelWeights {
@@ -603,6 +619,97 @@ inline Status read_scales(const GgufFile& f, const std::string& a, HParams& hp) 
   return {};
 }
 
+// A per-layer or per-section integer array `<arch>.<suffix>` of exactly n entries.
+inline Status arch_int_array(const GgufFile& f, const std::string& a, const char* suffix, size_t n,
+                             std::vector<int64_t>* out) {
+  const std::string key = a + "." + suffix;
+  const GgufKv* kv = f.find(key);
+  if (!kv) return make_error(Errc::not_found, f.name() + ": missing metadata key '" + key + "'");
+  if (kv->value.type() != GgufValueType::array)
+    return make_error(Errc::invalid_format, f.name() + ": metadata key '" + key + "' must be an array");
+  GgufArray arr = kv->value.as_array();
+  if (arr.size() != n)
+    return make_error(Errc::invalid_format, f.name() + ": metadata key '" + key + "' has " +
+                                                std::to_string(arr.size()) + " entries, expected " + std::to_string(n));
+  out->clear();
+  bool ok = true;
+  arr.for_each([&](const GgufValue& e) {
+    int64_t x = 0;
+    if (e.type() == GgufValueType::boolean) x = e.as_bool();
+    else if (!e.as_int64(&x)) ok = false;
+    out->push_back(x);
+    return ok;
+  });
+  if (!ok) return make_error(Errc::type_mismatch, f.name() + ": metadata key '" + key + "' holds non-integers");
+  return {};
+}
+
+// Interleaved multi-section RoPE (qwen35): pair i of the n_rot / 2 belongs to section
+// i % sum(sections) taken round-robin (t, h, w while each lasts); text tokens put their
+// position in t, h and w and 0 in the fourth, so pairs of the fourth section do not rotate.
+inline Status read_rope_sections(const GgufFile& f, const std::string& a, HParams& hp) {
+  std::vector<int64_t> sec;
+  if (auto st = arch_int_array(f, a, "rope.dimension_sections", 4, &sec); !st) return st;
+  const int64_t total = sec[0] + sec[1] + sec[2] + sec[3];
+  if (sec[0] < 0 || sec[1] < 0 || sec[2] < 0 || sec[3] < 0 || total <= 0 || total > hp.n_rot / 2)
+    return make_error(Errc::invalid_format, f.name() + ": metadata key '" + a +
+                                                ".rope.dimension_sections' does not fit rope.dimension_count " +
+                                                std::to_string(hp.n_rot));
+  hp.rope_pair_pos.assign(static_cast<size_t>(hp.n_rot / 2), 1);
+  for (int64_t i = 0; i < hp.n_rot / 2; ++i) {
+    const int64_t sector = i % total, r = sector % 3;
+    const bool positioned = (r == 0 && sector < 3 * sec[0]) || (r == 1 && sector < 3 * sec[1]) ||
+                            (r == 2 && sector < 3 * sec[2]);
+    hp.rope_pair_pos[static_cast<size_t>(i)] = positioned;
+  }
+  return {};
+}
+
+// qwen35: the DeltaNet sizes, which layers are recurrent (attention.recurrent_layers, else
+// every layer but each full_attention_interval-th), the RoPE sections.
+inline Status read_delta_net(const GgufFile& f, const std::string& a, HParams& hp) {
+  if (!hp.arch.delta_net) return {};
+  DeltaNetShape& s = hp.delta_net;
+  int64_t inner = 0, interval = 0, nextn = 0;
+  // Multi-token-prediction blocks follow the main stack; the main pass never runs them.
+  TINYSLM_TRY_READ(nextn, arch_int(f, a, "nextn_predict_layers", 0));
+  if (nextn < 0 || nextn >= hp.n_layer)
+    return make_error(Errc::invalid_format, f.name() + ": metadata key '" + a + ".nextn_predict_layers' is " +
+                                                std::to_string(nextn) + " for " + std::to_string(hp.n_layer) + " blocks");
+  hp.n_layer -= nextn;
+  TINYSLM_TRY_READ(s.d_conv, arch_int(f, a, "ssm.conv_kernel", -1));
+  TINYSLM_TRY_READ(s.d_state, arch_int(f, a, "ssm.state_size", -1));
+  TINYSLM_TRY_READ(s.n_k_heads, arch_int(f, a, "ssm.group_count", -1));
+  TINYSLM_TRY_READ(s.n_v_heads, arch_int(f, a, "ssm.time_step_rank", -1));
+  TINYSLM_TRY_READ(inner, arch_int(f, a, "ssm.inner_size", -1));
+  const auto bad = [&](const char* key, int64_t v, const char* want) {
+    return make_error(Errc::invalid_format, f.name() + ": metadata key '" + a + "." + key + "' is " +
+                                                std::to_string(v) + " (" + want + ")");
+  };
+  if (s.d_conv < 2 || s.d_conv > 64) return bad("ssm.conv_kernel", s.d_conv, "expected 2 to 64");
+  if (s.d_state <= 0 || s.d_state > kDeltaNetMaxState) return bad("ssm.state_size", s.d_state, "expected 1 to 1024");
+  if (s.n_k_heads <= 0 || s.n_k_heads > 1024) return bad("ssm.group_count", s.n_k_heads, "expected 1 to 1024");
+  if (s.n_v_heads <= 0 || s.n_v_heads > 1024 || s.n_v_heads % s.n_k_heads != 0)
+    return bad("ssm.time_step_rank", s.n_v_heads, "V heads: a multiple of ssm.group_count, at most 1024");
+  if (inner != s.value_dim()) return bad("ssm.inner_size", inner, "expected time_step_rank x state_size");
+  if (hp.head_dim_k != hp.head_dim_v)
+    return make_error(Errc::invalid_format, f.name() + ": qwen35 attention needs key_length == value_length");
+  if (f.contains(a + ".attention.recurrent_layers")) {
+    std::vector<int64_t> rec;
+    if (auto st = arch_int_array(f, a, "attention.recurrent_layers", static_cast<size_t>(hp.n_layer), &rec); !st)
+      return st;
+    hp.layer_recurrent.assign(rec.begin(), rec.end());
+  } else {
+    TINYSLM_TRY_READ(interval, arch_int(f, a, "full_attention_interval", 4));
+    if (interval <= 0) return bad("full_attention_interval", interval, "expected a positive interval");
+    for (int64_t il = 0; il < hp.n_layer; ++il) hp.layer_recurrent.push_back((il + 1) % interval != 0);
+  }
+  if (std::find(hp.layer_recurrent.begin(), hp.layer_recurrent.end(), 0) == hp.layer_recurrent.end())
+    return make_error(Errc::unsupported, f.name() + ": '" + a + ".full_attention_interval' / '" + a +
+                                             ".attention.recurrent_layers' leave no attention layer");
+  return read_rope_sections(f, a, hp);
+}
+
 #undef TINYSLM_TRY_READ
 
 // The per-layer plan. Every layer is attention + FFN today; head counts and sizes are
@@ -622,6 +729,18 @@ inline void build_layer_plan(HParams& hp) {
     p.rope = hp.arch.nope_period <= 0 || (il + 1) % hp.arch.nope_period != 0;
     p.rope_table = p.sliding ? 1 : 0;
     p.kv_layer = il;
+  }
+  if (!hp.layer_recurrent.empty()) {  // DeltaNet layers have no KV; attention layers are gated
+    int64_t slot = 0;
+    for (int64_t il = 0; il < hp.n_layer; ++il) {
+      LayerPlan& p = hp.layers[static_cast<size_t>(il)];
+      const bool rec = hp.layer_recurrent[static_cast<size_t>(il)] != 0;
+      p.kind = rec ? LayerKind::delta_net : LayerKind::attention;
+      p.rope = !rec;
+      p.kv_layer = rec ? -1 : slot++;
+      p.attn_gate = !rec;
+    }
+    return;
   }
   if (hp.layer_head_kv.empty()) return;
   // Hybrid: convolution layers have no KV; attention layers take consecutive cache slots.
@@ -662,7 +781,7 @@ inline Expected<HParams> read_hparams(const GgufFile& f) {
   if (hp.n_expert > 0 && !info->moe.allowed)
     return make_error(Errc::unsupported, f.name() + ": experts in a '" + a + "' file are not supported");
   hp.arch = *info;
-  for (auto step : {detail::read_sizes, detail::read_rope, detail::read_swa, detail::read_scales})
+  for (auto step : {detail::read_sizes, detail::read_rope, detail::read_swa, detail::read_scales, detail::read_delta_net})
     if (auto st = step(f, a, hp); !st) return st.error();
   detail::build_layer_plan(hp);
   return hp;
@@ -881,7 +1000,7 @@ inline Status bind_attention(const GgufFile& f, const WeightBinder& b, const HPa
   if (ai.fused_qkv && f.find_tensor(blk_name(il, "attn_qkv.weight"))) {
     TINYSLM_BIND(b.matrix(blk_name(il, "attn_qkv.weight"), E, Q + K + V, true, &L.wqkv));
   } else {
-    TINYSLM_BIND(b.matrix(blk_name(il, "attn_q.weight"), E, Q, true, &L.wq));
+    TINYSLM_BIND(b.matrix(blk_name(il, "attn_q.weight"), E, p.attn_gate ? 2 * Q : Q, true, &L.wq));
     TINYSLM_BIND(b.matrix(blk_name(il, "attn_k.weight"), E, K, true, &L.wk));
     TINYSLM_BIND(b.matrix(blk_name(il, "attn_v.weight"), E, V, true, &L.wv));
   }
@@ -893,7 +1012,8 @@ inline Status bind_attention(const GgufFile& f, const WeightBinder& b, const HPa
   TINYSLM_BIND(b.vector(blk_name(il, "attn_k_norm.weight"), whole ? K : p.head_dim_k, qkn, &L.k_norm));
   TINYSLM_BIND(b.matrix(blk_name(il, "attn_output.weight"), p.attn_out_dim(), E, true, &L.wo));
   TINYSLM_BIND(b.vector(blk_name(il, "attn_output.bias"), E, false, &L.bo));
-  TINYSLM_BIND(b.vector(blk_name(il, "post_attention_norm.weight"), E, ai.post_norms, &L.post_attn_norm));
+  if (std::string_view(ai.ffn_norm_name) != "post_attention_norm.weight")  // else it is the FFN's norm
+    TINYSLM_BIND(b.vector(blk_name(il, "post_attention_norm.weight"), E, ai.post_norms, &L.post_attn_norm));
   return {};
 }
 
@@ -922,12 +1042,54 @@ inline Status bind_short_conv(const GgufFile& f, const WeightBinder& b, const HP
   return {};
 }
 
+// A small F32-converted tensor of exactly `rows` rows of `cols` values (a 1-D tensor when
+// rows == 1), its expected shape named with the metadata keys it follows from.
+inline Status small_tensor(const GgufFile& f, const std::string& name, int64_t cols, int64_t rows, const char* keys,
+                           std::vector<float>* out) {
+  const GgufTensorInfo* t = f.find_tensor(name);
+  if (!t) return make_error(Errc::not_found, f.name() + ": missing tensor '" + name + "' (DeltaNet layer)");
+  const bool shape_ok = static_cast<int64_t>(t->ne[0]) == cols &&
+                        (rows == 1 ? t->n_elements == static_cast<uint64_t>(cols)
+                                   : t->n_dims == 2 && static_cast<int64_t>(t->ne[1]) == rows);
+  uint64_t rb = 0;
+  if (!shape_ok || !tensor_row_bytes(t->type, static_cast<uint64_t>(cols), &rb) ||
+      rb * static_cast<uint64_t>(rows) != t->n_bytes)
+    return make_error(Errc::invalid_format, f.name() + ": tensor '" + name + "' has shape " + t->shape_string() +
+                                                ", expected " + (rows == 1 ? shape_text({cols}) : shape_text({cols, rows})) +
+                                                " (from " + keys + ")");
+  out->resize(static_cast<size_t>(cols * rows));
+  for (int64_t r = 0; r < rows; ++r)
+    if (auto st = dequantize_row(t->type, t->data + r * rb, out->data() + r * cols, cols); !st)
+      return Error(st.error()).context(f.name() + ": tensor '" + name + "'");
+  return {};
+}
+
+// The tensors of a Gated DeltaNet layer; every shape must agree with the ssm.* keys (which
+// size the per-sequence state).
+inline Status bind_delta_net(const GgufFile& f, const WeightBinder& b, const HParams& hp, int64_t il,
+                             LayerWeights& L) {
+  const DeltaNetShape& s = hp.delta_net;
+  const int64_t E = hp.n_embd, C = s.channels(), V = s.value_dim(), H = s.n_v_heads;
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_norm.weight"), E, true, &L.attn_norm));
+  TINYSLM_BIND(b.matrix(blk_name(il, "attn_qkv.weight"), E, C, true, &L.ssm_qkv));
+  TINYSLM_BIND(b.matrix(blk_name(il, "attn_gate.weight"), E, V, true, &L.ssm_gate));
+  TINYSLM_BIND(b.matrix(blk_name(il, "ssm_beta.weight"), E, H, true, &L.ssm_beta));
+  TINYSLM_BIND(b.matrix(blk_name(il, "ssm_alpha.weight"), E, H, true, &L.ssm_alpha));
+  TINYSLM_BIND(b.matrix(blk_name(il, "ssm_out.weight"), V, E, true, &L.ssm_out));
+  TINYSLM_BIND(small_tensor(f, blk_name(il, "ssm_conv1d.weight"), s.d_conv, C, "ssm.conv_kernel, ssm.state_size, "
+               "ssm.group_count, ssm.time_step_rank", &L.ssm_conv));
+  TINYSLM_BIND(small_tensor(f, blk_name(il, "ssm_dt.bias"), H, 1, "ssm.time_step_rank", &L.ssm_dt_bias));
+  TINYSLM_BIND(small_tensor(f, blk_name(il, "ssm_a"), H, 1, "ssm.time_step_rank", &L.ssm_a));
+  TINYSLM_BIND(small_tensor(f, blk_name(il, "ssm_norm.weight"), s.d_state, 1, "ssm.state_size", &L.ssm_norm));
+  return {};
+}
+
 // The FFN norm and either the dense FFN or the router and experts of one layer.
 inline Status bind_ffn(const GgufFile& f, const WeightBinder& b, HParams& hp, int64_t il, LayerWeights& L) {
   const LayerPlan& p = hp.layers[static_cast<size_t>(il)];
   const ArchInfo& ai = hp.arch;
   const int64_t E = hp.n_embd, F = p.n_ff;
-  TINYSLM_BIND(b.vector(blk_name(il, "ffn_norm.weight"), E, true, &L.ffn_norm));
+  TINYSLM_BIND(b.vector(blk_name(il, ai.ffn_norm_name), E, true, &L.ffn_norm));
   const bool has_router = f.find_tensor(blk_name(il, "ffn_gate_inp.weight")) != nullptr;
   if (p.ffn == FfnKind::moe) {
     if (!has_router) return b.missing(blk_name(il, "ffn_gate_inp.weight"));
@@ -978,6 +1140,8 @@ inline Status Model::State::bind() {
     LayerWeights& L = w.layers[static_cast<size_t>(il)];
     if (hp.layers[static_cast<size_t>(il)].kind == LayerKind::short_conv)
       TINYSLM_BIND(detail::bind_short_conv(file, b, hp, il, L));
+    else if (hp.layers[static_cast<size_t>(il)].kind == LayerKind::delta_net)
+      TINYSLM_BIND(detail::bind_delta_net(file, b, hp, il, L));
     else
       TINYSLM_BIND(detail::bind_attention(file, b, hp, il, L));
     TINYSLM_BIND(detail::bind_ffn(file, b, hp, il, L));

@@ -111,6 +111,10 @@ struct GenerateOptions {
                                             // over becomes U+FFFD (false: it is dropped)
   LogitsHook on_logits = {};
   SampleHook on_sample = {};
+  // Hybrid models: also checkpoint the recurrent state after this many prompt tokens (Chat
+  // passes the end of the messages before the generation prompt, where the next turn's
+  // prompt still agrees when the template renders earlier replies differently). -1: none.
+  int64_t checkpoint_at = -1;
 };
 
 enum class StopReason : uint8_t {
@@ -472,7 +476,8 @@ class Session {
   int32_t n_vocab() const { return static_cast<int32_t>(model().hparams().n_vocab); }
   Status check_options(const GenerateOptions& options) const;
   // prefill with the counts and times of the prompt; false when cancelled.
-  Expected<bool> prefill_counted(std::span<const int32_t> ids, const std::atomic<bool>* cancel, GenerateStats& st);
+  Expected<bool> prefill_counted(std::span<const int32_t> ids, const std::atomic<bool>* cancel, GenerateStats& st,
+                                 int64_t checkpoint_at = -1);
   // Evaluates toks on top of the cache in chunks of the batch size; false when cancelled.
   Expected<bool> eval_chunks(std::span<const int32_t> toks, const std::atomic<bool>* cancel, int64_t* evaluated);
   // Room for one more token: nothing when there is (after a shift, if the policy allows it),
@@ -554,7 +559,7 @@ inline Expected<GenerateResult> Session::generate_ids(std::span<const int32_t> p
   auto sampler = Sampler::create(n_vocab(), options.sampler);
   if (!sampler) return sampler.error();
   GenerateResult res;
-  auto done = prefill_counted(prompt_ids, options.cancel, res.stats);
+  auto done = prefill_counted(prompt_ids, options.cancel, res.stats, options.checkpoint_at);
   if (!done) return done.error();
   if (!*done) {
     res.stop = StopReason::cancelled;
@@ -588,7 +593,7 @@ inline Status Session::prefill(std::span<const int32_t> ids, const std::atomic<b
 }
 
 inline Expected<bool> Session::prefill_counted(std::span<const int32_t> ids, const std::atomic<bool>* cancel,
-                                               GenerateStats& st) {
+                                               GenerateStats& st, int64_t checkpoint_at) {
   const int64_t n_ctx = ctx_.n_ctx();
   st.prompt_tokens = static_cast<int64_t>(ids.size());
   // A prompt longer than the context: an error, or (shift) its start and its most recent half.
@@ -619,7 +624,13 @@ inline Expected<bool> Session::prefill_counted(std::span<const int32_t> ids, con
   Expected<bool> done = true;
   // A hybrid model's state cannot be cut back: checkpoint it before the last prompt token (to
   // evaluate the same prompt again) and after it (for the next turn).
-  if (!ctx_.state().empty() && rest.size() > 1) {
+  const int64_t hint = checkpoint_at - static_cast<int64_t>(common);  // tokens of rest before the hint
+  if (!ctx_.state().empty() && st.shifts == 0 && hint > 0 && hint + 1 < static_cast<int64_t>(rest.size())) {
+    done = eval_chunks(rest.first(static_cast<size_t>(hint)), cancel, &st.prompt_evaluated);
+    if (done && *done) ctx_.checkpoint();
+    rest = rest.subspan(static_cast<size_t>(hint));
+  }
+  if (!ctx_.state().empty() && rest.size() > 1 && done && *done) {
     done = eval_chunks(rest.first(rest.size() - 1), cancel, &st.prompt_evaluated);
     if (done && *done) ctx_.checkpoint();
     rest = rest.last(1);
@@ -1025,8 +1036,11 @@ class Chat {
       auto ids = session_->tokenize(*text);
       if (!ids) return ids.error();
       const bool fits = static_cast<int64_t>(ids->size()) + room <= n_ctx;
-      if (fits || session_->params().overflow != OverflowPolicy::drop_messages || messages_.size() <= 1)
-        return session_->generate_ids(*ids, options, on_piece);
+      if (fits || session_->params().overflow != OverflowPolicy::drop_messages || messages_.size() <= 1) {
+        GenerateOptions o = options;
+        o.checkpoint_at = messages_end(*ids);
+        return session_->generate_ids(*ids, o, on_piece);
+      }
       // Drop the oldest turn: its user message and the reply that followed it.
       messages_.erase(messages_.begin());
       ++dropped_;
@@ -1035,6 +1049,19 @@ class Chat {
         ++dropped_;
       }
     }
+  }
+
+  // Tokens of the messages without the generation prompt when they are a prefix of ids (the
+  // point a hybrid model's next turn can restart from), else -1.
+  int64_t messages_end(const std::vector<int32_t>& ids) const {
+    std::vector<ChatMessage> all;
+    if (!system_.empty()) all.push_back({"system", system_});
+    all.insert(all.end(), messages_.begin(), messages_.end());
+    auto text = session_->chat_template().apply(all, /*add_generation_prompt=*/false);
+    if (!text) return -1;
+    auto head = session_->tokenize(*text);
+    if (!head || head->size() >= ids.size() || !std::equal(head->begin(), head->end(), ids.begin())) return -1;
+    return static_cast<int64_t>(head->size());
   }
 
   Session* session_;
