@@ -92,6 +92,7 @@ inline tinyslm_status c_ok(tinyslm_session* s) noexcept {
 template <class F>
 tinyslm_status c_guard(tinyslm_session* s, F&& body) noexcept {
 #if defined(TINYSLM_NO_EXCEPTIONS)
+  (void)s;
   return body();
 #else
   try {
