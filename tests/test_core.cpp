@@ -170,10 +170,73 @@ TEST_CASE("Source reports missing files and directories") {
   REQUIRE_FALSE(missing);
   CHECK(missing.error().code() == Errc::io);
   CHECK(missing.error().message().find("/nonexistent/dir/model.gguf") != std::string::npos);
-  auto dir = Source::open("/tmp", LoadMode::read);
-  REQUIRE_FALSE(dir);
-  CHECK(dir.error().code() == Errc::io);
+  for (LoadMode mode : {LoadMode::map, LoadMode::read}) {
+    auto dir = Source::open("/tmp", mode);
+    REQUIRE_FALSE(dir);
+    CHECK(dir.error().code() == Errc::io);
+#if !defined(_WIN32)
+    CHECK(dir.error().message().find("not a regular file") != std::string::npos);
+#endif
+  }
 }
+
+// Paths are UTF-8 everywhere; on Windows they go through CreateFileW / _wfopen, not the ANSI
+// code page.
+TEST_CASE("Source opens and writes files whose UTF-8 names are not ASCII") {
+  const std::string path = temp_path("\xD0\xBC\xD0\xBE\xD0\xB4\xD0\xB5\xD0\xBB\xD1\x8C_\xF0\x9F\x98\x80");  // "модель_😀"
+  const std::string bytes = "GGUF and more bytes";
+  std::FILE* f = detail::fopen_utf8(path, "wb");
+  REQUIRE(f);
+  CHECK(std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size());
+  CHECK(std::fclose(f) == 0);
+  for (LoadMode mode : {LoadMode::map, LoadMode::read}) {
+    auto s = Source::open(path, mode);
+    REQUIRE_MESSAGE(s, s.error().message());
+    CHECK(std::string(reinterpret_cast<const char*>(s->data()), s->size()) == bytes);
+  }
+#if defined(_WIN32)
+  auto bad = Source::open(std::string("bad\xff.gguf"));
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().message().find("not UTF-8") != std::string::npos);
+  _wremove(detail::widen_utf8(path).c_str());
+#else
+  std::remove(path.c_str());
+#endif
+}
+
+#if !defined(_WIN32)
+// A sparse 5 GB file: mapped whole on a 64-bit system (no page is touched); refused with a
+// clear error where size_t is 32 bits (a 32-bit struct stat cannot even hold its size).
+TEST_CASE("Source of a file over 4 GB: mapped on 64-bit, 'too large for this address space' on 32-bit") {
+  const std::string path = temp_path("sparse5g");
+  const uint64_t size = uint64_t(5) << 30;
+#if defined(__USE_LARGEFILE64) || defined(__BIONIC__)
+  const int fd = ::open64(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0600);
+  const bool made = fd >= 0 && ::ftruncate64(fd, static_cast<off64_t>(size)) == 0;
+#else
+  const int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0600);
+  const bool made = fd >= 0 && ::ftruncate(fd, static_cast<off_t>(size)) == 0;
+#endif
+  if (fd >= 0) ::close(fd);
+  if (!made) {
+    MESSAGE("cannot create a sparse 5 GB file here; not checked");
+    std::remove(path.c_str());
+    return;
+  }
+  auto s = Source::open(path, LoadMode::map);
+  if constexpr (sizeof(size_t) >= 8) {
+    REQUIRE_MESSAGE(s, s.error().message());
+    CHECK(s->size() == size);
+  } else {
+    REQUIRE_FALSE(s);
+    CHECK(s.error().message().find("too large for this address space") != std::string::npos);
+    auto r = Source::open(path, LoadMode::read);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message().find("too large for this address space") != std::string::npos);
+  }
+  std::remove(path.c_str());
+}
+#endif
 
 TEST_CASE("Source of an empty file is empty, not an error") {
   const std::string path = temp_path("empty");

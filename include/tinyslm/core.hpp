@@ -3,9 +3,12 @@
 // conversions and CPU feature detection. Every other layer includes this one.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -589,28 +592,112 @@ class Source {
 #endif
 };
 
+namespace detail {
 #if defined(_WIN32)
-inline Expected<Source> Source::map_file(const std::string& path) {
-  HANDLE file = CreateFileA(path.c_str(), GENERIC_READ, FILE_SHARE_READ, nullptr, OPEN_EXISTING,
+// The wide-character Win32 functions take UTF-16; tinyslm paths are UTF-8 (the A functions
+// would read them in the ANSI code page). Empty when the bytes are not UTF-8.
+inline std::wstring widen_utf8(const std::string& s) {
+  if (s.empty() || s.size() > static_cast<size_t>(INT32_MAX)) return {};
+  const int len = static_cast<int>(s.size());
+  const int n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, s.data(), len, nullptr, 0);
+  if (n <= 0) return {};
+  std::wstring w(static_cast<size_t>(n), L'\0');
+  if (MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, s.data(), len, w.data(), n) != n) return {};
+  return w;
+}
+
+inline Expected<HANDLE> open_for_read(const std::string& path) {
+  const std::wstring w = widen_utf8(path);
+  if (w.empty()) return make_error(Errc::io, path + ": cannot open file (the path is empty or not UTF-8)");
+  HANDLE file = CreateFileW(w.c_str(), GENERIC_READ, FILE_SHARE_READ, nullptr, OPEN_EXISTING,
                             FILE_ATTRIBUTE_NORMAL, nullptr);
   if (file == INVALID_HANDLE_VALUE)
-    return make_error(Errc::io, path + ": cannot open file (error " +
-                                    std::to_string(GetLastError()) + ")");
+    return make_error(Errc::io, path + ": cannot open file (error " + std::to_string(GetLastError()) + ")");
+  return file;
+}
+
+// The file's size, which must fit this process's address space to be mapped or read.
+inline Expected<size_t> file_size(HANDLE file, const std::string& path) {
   LARGE_INTEGER size;
-  if (!GetFileSizeEx(file, &size)) {
-    CloseHandle(file);
-    return make_error(Errc::io, path + ": cannot read the file size");
+  if (!GetFileSizeEx(file, &size)) return make_error(Errc::io, path + ": cannot read the file size");
+  if (static_cast<uint64_t>(size.QuadPart) > SIZE_MAX)
+    return make_error(Errc::io, path + ": file too large for this address space (" +
+                                    std::to_string(size.QuadPart) + " bytes)");
+  return static_cast<size_t>(size.QuadPart);
+}
+#else
+// O_LARGEFILE (0 where off_t is 64-bit already) lets a 32-bit build without
+// _FILE_OFFSET_BITS=64 open a file over 2 GB; open() would fail with EOVERFLOW.
+#if defined(O_LARGEFILE)
+inline constexpr int kOpenLargeFile = O_LARGEFILE;
+#else
+inline constexpr int kOpenLargeFile = 0;
+#endif
+
+inline Expected<int> open_for_read(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | kOpenLargeFile);
+  if (fd < 0) return make_error(Errc::io, path + ": cannot open file (" + std::strerror(errno) + ")");
+  return fd;
+}
+
+// The size of a regular file, which must fit this process's address space to be mapped or
+// read. stat64 where the C library has it (glibc with _LARGEFILE64_SOURCE, which g++ defines,
+// and Android): a 32-bit struct stat cannot hold a size over 2 GB and fstat fails.
+inline Expected<size_t> file_size(int fd, const std::string& path) {
+#if defined(__USE_LARGEFILE64) || defined(__BIONIC__)
+  struct stat64 st {};
+  const int rc = fstat64(fd, &st);
+#else
+  struct stat st {};
+  const int rc = fstat(fd, &st);
+#endif
+  const auto too_large = [&](std::string what) {
+    return make_error(Errc::io, path + ": file too large for this address space" + what);
+  };
+  if (rc != 0) {
+    if (errno == EOVERFLOW) return too_large("");
+    return make_error(Errc::io, path + ": cannot read the file size (" + std::strerror(errno) + ")");
+  }
+  if (!S_ISREG(st.st_mode)) return make_error(Errc::io, path + ": not a regular file");
+  if (st.st_size < 0) return make_error(Errc::io, path + ": cannot read the file size");
+  if (static_cast<uint64_t>(st.st_size) > SIZE_MAX)
+    return too_large(" (" + std::to_string(static_cast<uint64_t>(st.st_size)) + " bytes)");
+  return static_cast<size_t>(st.st_size);
+}
+#endif
+
+// std::fopen with a UTF-8 path (on Windows through _wfopen, which takes UTF-16).
+inline std::FILE* fopen_utf8(const std::string& path, const char* mode) {
+#if defined(_WIN32)
+  const std::wstring w = widen_utf8(path);
+  const std::string m(mode);
+  if (w.empty()) return nullptr;
+  return _wfopen(w.c_str(), std::wstring(m.begin(), m.end()).c_str());
+#else
+  return std::fopen(path.c_str(), mode);
+#endif
+}
+}  // namespace detail
+
+#if defined(_WIN32)
+inline Expected<Source> Source::map_file(const std::string& path) {
+  auto file = detail::open_for_read(path);
+  if (!file) return file.error();
+  auto size = detail::file_size(*file, path);
+  if (!size) {
+    CloseHandle(*file);
+    return size.error();
   }
   Source s;
   s.name_ = path;
   s.kind_ = Kind::mapped;
-  if (size.QuadPart == 0) {
-    CloseHandle(file);
+  if (*size == 0) {
+    CloseHandle(*file);
     s.kind_ = Kind::borrowed;
     return s;
   }
-  HANDLE mapping = CreateFileMappingA(file, nullptr, PAGE_READONLY, 0, 0, nullptr);
-  CloseHandle(file);
+  HANDLE mapping = CreateFileMappingW(*file, nullptr, PAGE_READONLY, 0, 0, nullptr);
+  CloseHandle(*file);
   if (!mapping) return make_error(Errc::unsupported, path + ": cannot map the file");
   void* view = MapViewOfFile(mapping, FILE_MAP_READ, 0, 0, 0);
   if (!view) {
@@ -619,104 +706,96 @@ inline Expected<Source> Source::map_file(const std::string& path) {
   }
   s.mapping_ = mapping;
   s.data_ = static_cast<const uint8_t*>(view);
-  s.size_ = static_cast<size_t>(size.QuadPart);
+  s.size_ = *size;
   return s;
 }
 
 inline Expected<Source> Source::read_file(const std::string& path) {
-  HANDLE file = CreateFileA(path.c_str(), GENERIC_READ, FILE_SHARE_READ, nullptr, OPEN_EXISTING,
-                            FILE_ATTRIBUTE_NORMAL, nullptr);
-  if (file == INVALID_HANDLE_VALUE) return make_error(Errc::io, path + ": cannot open file");
-  LARGE_INTEGER size;
-  if (!GetFileSizeEx(file, &size) || static_cast<uint64_t>(size.QuadPart) > SIZE_MAX) {
-    CloseHandle(file);
-    return make_error(Errc::io, path + ": cannot read the file size");
+  auto file = detail::open_for_read(path);
+  if (!file) return file.error();
+  auto size = detail::file_size(*file, path);
+  if (!size) {
+    CloseHandle(*file);
+    return size.error();
   }
   Source s;
   s.name_ = path;
   s.kind_ = Kind::owned;
-  if (!s.buffer_.allocate(static_cast<size_t>(size.QuadPart))) {
-    CloseHandle(file);
+  if (!s.buffer_.allocate(*size)) {
+    CloseHandle(*file);
     return make_error(Errc::out_of_memory, path + ": cannot allocate a buffer for the file");
   }
   size_t done = 0;
   while (done < s.buffer_.size()) {
     DWORD chunk = static_cast<DWORD>(std::min<size_t>(s.buffer_.size() - done, 1u << 30));
     DWORD got = 0;
-    if (!ReadFile(file, s.buffer_.data() + done, chunk, &got, nullptr) || got == 0) {
-      CloseHandle(file);
+    if (!ReadFile(*file, s.buffer_.data() + done, chunk, &got, nullptr) || got == 0) {
+      CloseHandle(*file);
       return make_error(Errc::io, path + ": read failed");
     }
     done += got;
   }
-  CloseHandle(file);
+  CloseHandle(*file);
   s.data_ = s.buffer_.data();
   s.size_ = s.buffer_.size();
   return s;
 }
 #else
 inline Expected<Source> Source::map_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return make_error(Errc::io, path + ": cannot open file (" + std::strerror(errno) + ")");
-  struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return make_error(Errc::io, path + ": not a regular file");
+  auto fd = detail::open_for_read(path);
+  if (!fd) return fd.error();
+  auto size = detail::file_size(*fd, path);
+  if (!size) {
+    ::close(*fd);
+    return size.error();
   }
   Source s;
   s.name_ = path;
-  if (st.st_size == 0) {
-    ::close(fd);
+  if (*size == 0) {
+    ::close(*fd);
     s.kind_ = Kind::borrowed;
     return s;
   }
-  if (static_cast<uint64_t>(st.st_size) > SIZE_MAX) {
-    ::close(fd);
-    return make_error(Errc::io, path + ": file too large for this address space");
-  }
-  void* p = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
-  ::close(fd);
+  void* p = mmap(nullptr, *size, PROT_READ, MAP_SHARED, *fd, 0);
+  ::close(*fd);
   if (p == MAP_FAILED) return make_error(Errc::unsupported, path + ": cannot map the file");
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  (void)madvise(p, static_cast<size_t>(st.st_size), MADV_HUGEPAGE);  // a hint; failure is harmless
+  (void)madvise(p, *size, MADV_HUGEPAGE);  // a hint; failure is harmless
 #endif
   s.kind_ = Kind::mapped;
   s.data_ = static_cast<const uint8_t*>(p);
-  s.size_ = static_cast<size_t>(st.st_size);
+  s.size_ = *size;
   return s;
 }
 
 inline Expected<Source> Source::read_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return make_error(Errc::io, path + ": cannot open file (" + std::strerror(errno) + ")");
-  struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
-      static_cast<uint64_t>(st.st_size) > SIZE_MAX) {
-    ::close(fd);
-    return make_error(Errc::io, path + ": not a regular file");
+  auto fd = detail::open_for_read(path);
+  if (!fd) return fd.error();
+  auto file_size = detail::file_size(*fd, path);
+  if (!file_size) {
+    ::close(*fd);
+    return file_size.error();
   }
   Source s;
   s.name_ = path;
-  const size_t size = static_cast<size_t>(st.st_size);
+  const size_t size = *file_size;
   s.kind_ = Kind::owned;
   if (!s.buffer_.allocate(size)) {
-    ::close(fd);
+    ::close(*fd);
     return make_error(Errc::out_of_memory, path + ": cannot allocate a buffer for the file");
   }
   uint8_t* dst = s.buffer_.data();
   size_t done = 0;
   while (done < size) {
-    ssize_t got = ::read(fd, dst + done, size - done);
+    ssize_t got = ::read(*fd, dst + done, size - done);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) {
-      ::close(fd);
+      ::close(*fd);
       return make_error(Errc::io, path + ": read failed");
     }
     done += static_cast<size_t>(got);
   }
-  ::close(fd);
+  ::close(*fd);
   s.data_ = dst;
   s.size_ = size;
   return s;

@@ -917,7 +917,7 @@ class GgufWriter {
   }
 
   Status write_file(const std::string& path) const {
-    std::FILE* f = std::fopen(path.c_str(), "wb");
+    std::FILE* f = detail::fopen_utf8(path, "wb");
     if (!f) return make_error(Errc::io, path + ": cannot create file");
     std::vector<uint8_t> head = header();
     bool ok = std::fwrite(head.data(), 1, head.size(), f) == head.size();

@@ -920,7 +920,7 @@ inline Status Session::load_state(std::span<const uint8_t> bytes) {
 
 inline Status Session::save_state_file(const std::string& path) const {
   const std::vector<uint8_t> bytes = save_state();
-  std::FILE* f = std::fopen(path.c_str(), "wb");
+  std::FILE* f = detail::fopen_utf8(path, "wb");
   if (!f) return make_error(Errc::io, path + ": cannot open for writing");
   const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
   if (std::fclose(f) != 0 || !ok) return make_error(Errc::io, path + ": write failed");
