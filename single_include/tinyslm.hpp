@@ -13,9 +13,12 @@
 // model sources (memory-mapped file, plain read, caller-owned memory), half-precision
 // conversions and CPU feature detection. Every other layer includes this one.
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -599,28 +602,112 @@ class Source {
 #endif
 };
 
+namespace detail {
 #if defined(_WIN32)
-inline Expected<Source> Source::map_file(const std::string& path) {
-  HANDLE file = CreateFileA(path.c_str(), GENERIC_READ, FILE_SHARE_READ, nullptr, OPEN_EXISTING,
+// The wide-character Win32 functions take UTF-16; tinyslm paths are UTF-8 (the A functions
+// would read them in the ANSI code page). Empty when the bytes are not UTF-8.
+inline std::wstring widen_utf8(const std::string& s) {
+  if (s.empty() || s.size() > static_cast<size_t>(INT32_MAX)) return {};
+  const int len = static_cast<int>(s.size());
+  const int n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, s.data(), len, nullptr, 0);
+  if (n <= 0) return {};
+  std::wstring w(static_cast<size_t>(n), L'\0');
+  if (MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, s.data(), len, w.data(), n) != n) return {};
+  return w;
+}
+
+inline Expected<HANDLE> open_for_read(const std::string& path) {
+  const std::wstring w = widen_utf8(path);
+  if (w.empty()) return make_error(Errc::io, path + ": cannot open file (the path is empty or not UTF-8)");
+  HANDLE file = CreateFileW(w.c_str(), GENERIC_READ, FILE_SHARE_READ, nullptr, OPEN_EXISTING,
                             FILE_ATTRIBUTE_NORMAL, nullptr);
   if (file == INVALID_HANDLE_VALUE)
-    return make_error(Errc::io, path + ": cannot open file (error " +
-                                    std::to_string(GetLastError()) + ")");
+    return make_error(Errc::io, path + ": cannot open file (error " + std::to_string(GetLastError()) + ")");
+  return file;
+}
+
+// The file's size, which must fit this process's address space to be mapped or read.
+inline Expected<size_t> file_size(HANDLE file, const std::string& path) {
   LARGE_INTEGER size;
-  if (!GetFileSizeEx(file, &size)) {
-    CloseHandle(file);
-    return make_error(Errc::io, path + ": cannot read the file size");
+  if (!GetFileSizeEx(file, &size)) return make_error(Errc::io, path + ": cannot read the file size");
+  if (static_cast<uint64_t>(size.QuadPart) > SIZE_MAX)
+    return make_error(Errc::io, path + ": file too large for this address space (" +
+                                    std::to_string(size.QuadPart) + " bytes)");
+  return static_cast<size_t>(size.QuadPart);
+}
+#else
+// O_LARGEFILE (0 where off_t is 64-bit already) lets a 32-bit build without
+// _FILE_OFFSET_BITS=64 open a file over 2 GB; open() would fail with EOVERFLOW.
+#if defined(O_LARGEFILE)
+inline constexpr int kOpenLargeFile = O_LARGEFILE;
+#else
+inline constexpr int kOpenLargeFile = 0;
+#endif
+
+inline Expected<int> open_for_read(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | kOpenLargeFile);
+  if (fd < 0) return make_error(Errc::io, path + ": cannot open file (" + std::strerror(errno) + ")");
+  return fd;
+}
+
+// The size of a regular file, which must fit this process's address space to be mapped or
+// read. stat64 where the C library has it (glibc with _LARGEFILE64_SOURCE, which g++ defines,
+// and Android): a 32-bit struct stat cannot hold a size over 2 GB and fstat fails.
+inline Expected<size_t> file_size(int fd, const std::string& path) {
+#if defined(__USE_LARGEFILE64) || defined(__BIONIC__)
+  struct stat64 st {};
+  const int rc = fstat64(fd, &st);
+#else
+  struct stat st {};
+  const int rc = fstat(fd, &st);
+#endif
+  const auto too_large = [&](std::string what) {
+    return make_error(Errc::io, path + ": file too large for this address space" + what);
+  };
+  if (rc != 0) {
+    if (errno == EOVERFLOW) return too_large("");
+    return make_error(Errc::io, path + ": cannot read the file size (" + std::strerror(errno) + ")");
+  }
+  if (!S_ISREG(st.st_mode)) return make_error(Errc::io, path + ": not a regular file");
+  if (st.st_size < 0) return make_error(Errc::io, path + ": cannot read the file size");
+  if (static_cast<uint64_t>(st.st_size) > SIZE_MAX)
+    return too_large(" (" + std::to_string(static_cast<uint64_t>(st.st_size)) + " bytes)");
+  return static_cast<size_t>(st.st_size);
+}
+#endif
+
+// std::fopen with a UTF-8 path (on Windows through _wfopen, which takes UTF-16).
+inline std::FILE* fopen_utf8(const std::string& path, const char* mode) {
+#if defined(_WIN32)
+  const std::wstring w = widen_utf8(path);
+  const std::string m(mode);
+  if (w.empty()) return nullptr;
+  return _wfopen(w.c_str(), std::wstring(m.begin(), m.end()).c_str());
+#else
+  return std::fopen(path.c_str(), mode);
+#endif
+}
+}  // namespace detail
+
+#if defined(_WIN32)
+inline Expected<Source> Source::map_file(const std::string& path) {
+  auto file = detail::open_for_read(path);
+  if (!file) return file.error();
+  auto size = detail::file_size(*file, path);
+  if (!size) {
+    CloseHandle(*file);
+    return size.error();
   }
   Source s;
   s.name_ = path;
   s.kind_ = Kind::mapped;
-  if (size.QuadPart == 0) {
-    CloseHandle(file);
+  if (*size == 0) {
+    CloseHandle(*file);
     s.kind_ = Kind::borrowed;
     return s;
   }
-  HANDLE mapping = CreateFileMappingA(file, nullptr, PAGE_READONLY, 0, 0, nullptr);
-  CloseHandle(file);
+  HANDLE mapping = CreateFileMappingW(*file, nullptr, PAGE_READONLY, 0, 0, nullptr);
+  CloseHandle(*file);
   if (!mapping) return make_error(Errc::unsupported, path + ": cannot map the file");
   void* view = MapViewOfFile(mapping, FILE_MAP_READ, 0, 0, 0);
   if (!view) {
@@ -629,104 +716,96 @@ inline Expected<Source> Source::map_file(const std::string& path) {
   }
   s.mapping_ = mapping;
   s.data_ = static_cast<const uint8_t*>(view);
-  s.size_ = static_cast<size_t>(size.QuadPart);
+  s.size_ = *size;
   return s;
 }
 
 inline Expected<Source> Source::read_file(const std::string& path) {
-  HANDLE file = CreateFileA(path.c_str(), GENERIC_READ, FILE_SHARE_READ, nullptr, OPEN_EXISTING,
-                            FILE_ATTRIBUTE_NORMAL, nullptr);
-  if (file == INVALID_HANDLE_VALUE) return make_error(Errc::io, path + ": cannot open file");
-  LARGE_INTEGER size;
-  if (!GetFileSizeEx(file, &size) || static_cast<uint64_t>(size.QuadPart) > SIZE_MAX) {
-    CloseHandle(file);
-    return make_error(Errc::io, path + ": cannot read the file size");
+  auto file = detail::open_for_read(path);
+  if (!file) return file.error();
+  auto size = detail::file_size(*file, path);
+  if (!size) {
+    CloseHandle(*file);
+    return size.error();
   }
   Source s;
   s.name_ = path;
   s.kind_ = Kind::owned;
-  if (!s.buffer_.allocate(static_cast<size_t>(size.QuadPart))) {
-    CloseHandle(file);
+  if (!s.buffer_.allocate(*size)) {
+    CloseHandle(*file);
     return make_error(Errc::out_of_memory, path + ": cannot allocate a buffer for the file");
   }
   size_t done = 0;
   while (done < s.buffer_.size()) {
     DWORD chunk = static_cast<DWORD>(std::min<size_t>(s.buffer_.size() - done, 1u << 30));
     DWORD got = 0;
-    if (!ReadFile(file, s.buffer_.data() + done, chunk, &got, nullptr) || got == 0) {
-      CloseHandle(file);
+    if (!ReadFile(*file, s.buffer_.data() + done, chunk, &got, nullptr) || got == 0) {
+      CloseHandle(*file);
       return make_error(Errc::io, path + ": read failed");
     }
     done += got;
   }
-  CloseHandle(file);
+  CloseHandle(*file);
   s.data_ = s.buffer_.data();
   s.size_ = s.buffer_.size();
   return s;
 }
 #else
 inline Expected<Source> Source::map_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return make_error(Errc::io, path + ": cannot open file (" + std::strerror(errno) + ")");
-  struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return make_error(Errc::io, path + ": not a regular file");
+  auto fd = detail::open_for_read(path);
+  if (!fd) return fd.error();
+  auto size = detail::file_size(*fd, path);
+  if (!size) {
+    ::close(*fd);
+    return size.error();
   }
   Source s;
   s.name_ = path;
-  if (st.st_size == 0) {
-    ::close(fd);
+  if (*size == 0) {
+    ::close(*fd);
     s.kind_ = Kind::borrowed;
     return s;
   }
-  if (static_cast<uint64_t>(st.st_size) > SIZE_MAX) {
-    ::close(fd);
-    return make_error(Errc::io, path + ": file too large for this address space");
-  }
-  void* p = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
-  ::close(fd);
+  void* p = mmap(nullptr, *size, PROT_READ, MAP_SHARED, *fd, 0);
+  ::close(*fd);
   if (p == MAP_FAILED) return make_error(Errc::unsupported, path + ": cannot map the file");
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  (void)madvise(p, static_cast<size_t>(st.st_size), MADV_HUGEPAGE);  // a hint; failure is harmless
+  (void)madvise(p, *size, MADV_HUGEPAGE);  // a hint; failure is harmless
 #endif
   s.kind_ = Kind::mapped;
   s.data_ = static_cast<const uint8_t*>(p);
-  s.size_ = static_cast<size_t>(st.st_size);
+  s.size_ = *size;
   return s;
 }
 
 inline Expected<Source> Source::read_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return make_error(Errc::io, path + ": cannot open file (" + std::strerror(errno) + ")");
-  struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
-      static_cast<uint64_t>(st.st_size) > SIZE_MAX) {
-    ::close(fd);
-    return make_error(Errc::io, path + ": not a regular file");
+  auto fd = detail::open_for_read(path);
+  if (!fd) return fd.error();
+  auto file_size = detail::file_size(*fd, path);
+  if (!file_size) {
+    ::close(*fd);
+    return file_size.error();
   }
   Source s;
   s.name_ = path;
-  const size_t size = static_cast<size_t>(st.st_size);
+  const size_t size = *file_size;
   s.kind_ = Kind::owned;
   if (!s.buffer_.allocate(size)) {
-    ::close(fd);
+    ::close(*fd);
     return make_error(Errc::out_of_memory, path + ": cannot allocate a buffer for the file");
   }
   uint8_t* dst = s.buffer_.data();
   size_t done = 0;
   while (done < size) {
-    ssize_t got = ::read(fd, dst + done, size - done);
+    ssize_t got = ::read(*fd, dst + done, size - done);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) {
-      ::close(fd);
+      ::close(*fd);
       return make_error(Errc::io, path + ": read failed");
     }
     done += static_cast<size_t>(got);
   }
-  ::close(fd);
+  ::close(*fd);
   s.data_ = dst;
   s.size_ = size;
   return s;
@@ -1961,7 +2040,7 @@ class GgufWriter {
   }
 
   Status write_file(const std::string& path) const {
-    std::FILE* f = std::fopen(path.c_str(), "wb");
+    std::FILE* f = detail::fopen_utf8(path, "wb");
     if (!f) return make_error(Errc::io, path + ": cannot create file");
     std::vector<uint8_t> head = header();
     bool ok = std::fwrite(head.data(), 1, head.size(), f) == head.size();
@@ -7008,8 +7087,8 @@ namespace detail {
 inline Error named(Error e, std::string_view name) { return name.empty() ? e : std::move(e.context(name)); }
 
 // One token, several threads: x quantized once per activation format into scratch row
-// `slot` of that format, then the rows of every output split over the threads in one
-// fork-join (each thread a contiguous share of each matrix, in multiples of kMatmulRowGrain).
+// `slot` of that format, then the rows of every output spread over the threads in one
+// fork-join (chunks of multiples of kMatmulRowGrain taken from a shared counter).
 // Most products of one matmul_many fork-join (an MoE decode step has 2 per selected expert).
 inline constexpr size_t kMatmulManyMaxOuts = 64;
 
@@ -7039,12 +7118,24 @@ inline Status matmul_many_one_token(std::span<const MatmulOut> outs, const float
     kernels[j] = rows_kernel(outs[j].w.type, level);
     row_bytes[j] = matrix_row_bytes(outs[j].w);
   }
-  par([&](int t, int nt) {
-    for (size_t j = 0; j < outs.size(); ++j) {
+  // The rows of all outputs in chunks claimed from one counter (as run_rows does), so a thread
+  // slowed by another process takes fewer and the others are not left waiting.
+  int64_t chunk[kMaxOuts], first[kMaxOuts + 1];
+  first[0] = 0;
+  for (size_t j = 0; j < outs.size(); ++j) {
+    chunk[j] = outs[j].w.rows / (int64_t{4} * par.n_threads);
+    chunk[j] = chunk[j] < kMatmulRowGrain ? kMatmulRowGrain : (chunk[j] + kMatmulRowGrain - 1) / kMatmulRowGrain * kMatmulRowGrain;
+    first[j + 1] = first[j] + (outs[j].w.rows + chunk[j] - 1) / chunk[j];
+  }
+  std::atomic<int64_t> next{0};
+  par([&](int, int) {
+    size_t j = 0;
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < first[outs.size()];
+         c = next.fetch_add(1, std::memory_order_relaxed)) {
+      while (c >= first[j + 1]) ++j;  // claims only grow: j never moves back
       const MatmulOut& o = outs[j];
-      int64_t b, e;
-      ParallelFor::split(o.w.rows, t, nt, kMatmulRowGrain, &b, &e);
-      if (b < e) kernels[j](o.w.data, row_bytes[j], cols, scratch.rows() + slot[j], nullptr, 1, o.y, o.ldy, b, e);
+      const int64_t b = (c - first[j]) * chunk[j], e = b + chunk[j] < o.w.rows ? b + chunk[j] : o.w.rows;
+      kernels[j](o.w.data, row_bytes[j], cols, scratch.rows() + slot[j], nullptr, 1, o.y, o.ldy, b, e);
     }
   });
   return {};
@@ -7618,11 +7709,25 @@ struct AttentionScratch {
   AlignedBuffer<float> vf;    // [n_head_kv][n_ctx][head_dim_v]  values, f32
   AlignedBuffer<float> rows;  // per thread: scores[n_ctx] + q[head_dim_k]
   int64_t n_ctx = 0, n_threads = 0, row_stride = 0;
+  int64_t group = 0;  // quantized cache: most heads a row serves at once (kv_quant.hpp)
 
-  [[nodiscard]] bool reserve(const AttentionShape& a, int64_t n_ctx_, int n_threads_) {
+  // Floats of one thread's row. F16 path: 4 query rows of scores, q and output. Quantized
+  // cache: the scores, q blocks and sums of a whole GQA group (plus one f16 row of a mixed cache).
+  static int64_t row_floats(const AttentionShape& a, int64_t n_ctx16, bool f32_copies) {
+    const int64_t hk = a.head_dim_k, hv = a.head_dim_v;
+    if (f32_copies) return (4 * n_ctx16 + 4 * hk + 4 * hv + 15) / 16 * 16;
+    const int64_t g = quant_group(a) * 4;  // 4 queries of a prefill block (kv_quant.hpp kQueryBlock)
+    return (g * n_ctx16 + 2 * g * hk + 2 * hk + g * hv + hv + 15) / 16 * 16;
+  }
+  static int64_t quant_group(const AttentionShape& a) { return (a.n_head + a.n_head_kv - 1) / a.n_head_kv; }
+
+  // f32_copies: the kt / vf copies of the F16 path (a quantized cache needs rows only).
+  [[nodiscard]] bool reserve(const AttentionShape& a, int64_t n_ctx_, int n_threads_, bool f32_copies = true) {
     n_ctx = (n_ctx_ + 15) / 16 * 16;
     n_threads = n_threads_;
-    row_stride = (4 * n_ctx + 4 * a.head_dim_k + 4 * a.head_dim_v + 15) / 16 * 16;
+    row_stride = row_floats(a, n_ctx, f32_copies);
+    group = quant_group(a);
+    if (!f32_copies) return rows.allocate(static_cast<size_t>(row_stride * n_threads));
     // keys are read in blocks of 64 past the last one: pad
     return kt.allocate(static_cast<size_t>(a.n_head_kv * a.head_dim_k * n_ctx + 64)) &&
            vf.allocate(static_cast<size_t>(a.n_head_kv * n_ctx * a.head_dim_v)) &&
@@ -7787,20 +7892,42 @@ inline void attention(const AttentionShape& a, const float* q, int64_t q_stride,
 // ---- end tinyslm/ops.hpp ----
 
 // ---- begin tinyslm/threads.hpp ----
-// tinyslm threads: a small persistent thread pool. The caller's thread takes part as index 0,
-// so a pool of n threads starts n - 1 workers; a pool of 1 starts none and runs work inline.
-// Workers spin briefly after each job (decode issues many short jobs back to back), then
-// sleep on an atomic wait so an idle pool costs no CPU.
+// tinyslm threads: a small persistent thread pool. The caller's thread takes part, so a pool of
+// n threads starts n - 1 workers; a pool of 1 starts none and runs work inline.
+//
+// A job is n_threads calls f(t, n_threads), t = 0 .. n-1. The indices are not tied to threads:
+// each participant (the caller and every awake worker) claims the next unclaimed index from one
+// atomic counter, so the caller never waits for a worker that has not woken up (a worker
+// descheduled by another process on its core); it only waits for indices some worker has
+// already claimed and not finished. Which thread runs an index changes nothing the index
+// computes, so results do not depend on the schedule.
+//
+// Waiting: spin briefly with a pause instruction (decode issues many short jobs back to back),
+// then block on a mutex and condition variable. Not std::atomic::wait: libstdc++'s fallback
+// where there is no futex (mingw, macOS, the BSDs) can lose a wakeup.
+//
+// When threads cannot be created (std::thread throws std::system_error, the system's limit,
+// wasm without pthreads) the pool keeps the workers it has, down to none: size() says how
+// many threads it really has, and nothing fails.
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <utility>
 #include <vector>
 
 #if !defined(TINYSLM_NO_THREADS)
 #include <thread>
+#if !defined(TINYSLM_NO_EXCEPTIONS)
+#include <system_error>
+#endif
+#endif
+#if defined(__linux__)
+#include <sched.h>
 #endif
 
 
@@ -7815,6 +7942,26 @@ inline void attention(const AttentionShape& a, const float* q, int64_t q_stride,
 namespace tinyslm {
 inline namespace TINYSLM_ABI_NAMESPACE {
 
+// Where the pool's workers run, for CPUs with big and little cores. Applied on each worker
+// thread as it starts, before it takes any work; the caller's own thread (index 0 of every
+// job) is the application's and is left alone.
+//   cpu_mask:  bit i set = the workers may run on CPU i (Linux and Android, through
+//              sched_setaffinity; no effect elsewhere, and none when 0 or when the OS refuses).
+//   on_worker_start(worker, user): called on worker thread `worker` (1 .. n_threads - 1) after
+//              the mask is applied; set the affinity, priority or QoS class the platform offers
+//              (SetThreadAffinityMask, pthread_set_qos_class_self_np, ...). Must not throw.
+struct ThreadPlacement {
+  uint64_t cpu_mask = 0;
+  void (*on_worker_start)(int worker, void* user) = nullptr;
+  void* user = nullptr;
+};
+
+// Starts a thread running `body`. The pool's default is std::thread; tests inject one that
+// fails. A failure is a thrown std::system_error or a returned thread that is not joinable.
+#if !defined(TINYSLM_NO_THREADS)
+using ThreadFactory = std::thread (*)(std::function<void()> body);
+#endif
+
 namespace detail {
 // True on a pool's worker threads (and on a caller while it runs a job), so a nested run()
 // executes inline instead of deadlocking on the busy pool.
@@ -7827,6 +7974,8 @@ inline bool& inside_thread_pool() {
 template <class Pred>
 inline bool spin_until(Pred&& pred, int spin_us) {
   using clock = std::chrono::steady_clock;
+  if (pred()) return true;
+  if (spin_us <= 0) return false;
   const auto deadline = clock::now() + std::chrono::microseconds(spin_us);
   for (uint32_t i = 0;; ++i) {
     if (pred()) return true;
@@ -7834,32 +7983,65 @@ inline bool spin_until(Pred&& pred, int spin_us) {
     if ((i & 63) == 63 && clock::now() >= deadline) return pred();
   }
 }
+
+inline void apply_placement(const ThreadPlacement& p, int worker) {
+#if defined(__linux__) && defined(CPU_SET)
+  if (p.cpu_mask) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int c = 0; c < 64; ++c)
+      if (p.cpu_mask >> c & 1) CPU_SET(c, &set);
+    (void)sched_setaffinity(0, sizeof set, &set);  // 0 = this thread on Linux
+  }
+#endif
+  if (p.on_worker_start) p.on_worker_start(worker, p.user);
+}
+
+#if !defined(TINYSLM_NO_THREADS)
+inline std::thread start_std_thread(std::function<void()> body) { return std::thread(std::move(body)); }
+
+// Whether this build can start threads at all (emscripten without -pthread cannot).
+#if defined(__EMSCRIPTEN__) && !defined(__EMSCRIPTEN_PTHREADS__)
+inline constexpr bool kCanStartThreads = false;
+#else
+inline constexpr bool kCanStartThreads = true;
+#endif
+
+// One thread from `factory`, or a non-joinable thread when it cannot be started.
+inline std::thread try_start_thread(ThreadFactory factory, std::function<void()> body) {
+#if defined(TINYSLM_NO_EXCEPTIONS)
+  return factory(std::move(body));
+#else
+  try {
+    return factory(std::move(body));
+  } catch (const std::system_error&) {
+    return std::thread();
+  }
+#endif
+}
+#endif
 }  // namespace detail
 
 class ThreadPool {
  public:
-  // n_threads < 1 is treated as 1. With TINYSLM_NO_THREADS the pool always has size 1.
-  explicit ThreadPool(int n_threads) {
-#if defined(TINYSLM_NO_THREADS)
-    (void)n_threads;
-    n_threads_ = 1;
-#else
-    n_threads_ = n_threads < 1 ? 1 : n_threads;
-    if (n_threads_ > 1) {
-      state_ = std::make_unique<State>();
-      workers_.reserve(static_cast<size_t>(n_threads_ - 1));
-      for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
-    }
-#endif
+  // n_threads < 1 is treated as 1. With TINYSLM_NO_THREADS the pool always has size 1; when
+  // fewer threads can be started than asked for, it has as many as were started (see top).
+  explicit ThreadPool(int n_threads, const ThreadPlacement& placement = {}) : ThreadPool(n_threads, placement, nullptr) {}
+#if !defined(TINYSLM_NO_THREADS)
+  ThreadPool(int n_threads, const ThreadPlacement& placement, ThreadFactory factory) {
+    start(n_threads < 1 ? 1 : n_threads, placement, factory ? factory : &detail::start_std_thread);
   }
+#else
+  ThreadPool(int, const ThreadPlacement&, std::nullptr_t) {}
+#endif
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
   ~ThreadPool() {
 #if !defined(TINYSLM_NO_THREADS)
     if (state_) {
-      state_->stop.store(true, std::memory_order_relaxed);
-      state_->generation.fetch_add(1, std::memory_order_release);
-      state_->generation.notify_all();
+      state_->stop.store(true, std::memory_order_seq_cst);
+      { std::lock_guard<std::mutex> lock(state_->m); }
+      state_->work_cv.notify_all();
       for (auto& w : workers_) w.join();
     }
 #endif
@@ -7876,9 +8058,9 @@ class ThreadPool {
     return p;
   }
 
-  // Calls f(thread_index, n_threads) once on every thread of the pool (index 0 on the
-  // caller) and returns when all calls are done. Not to be called from two threads at once;
-  // a call from inside a job runs all indices inline on the calling thread.
+  // Calls f(index, n_threads) once for every index of the pool and returns when all calls are
+  // done; the calling thread runs every index no awake worker claimed first (see top). Not to be called from two threads at
+  // once; a call from inside a job runs all indices inline on the calling thread.
   template <class F>
   void run(F&& f) {
     if (n_threads_ <= 1 || detail::inside_thread_pool()) {
@@ -7890,16 +8072,22 @@ class ThreadPool {
              const_cast<void*>(static_cast<const void*>(&f)));
   }
 
-  // How long (microseconds) an idle worker spins before it sleeps.
+  // How long (microseconds) an idle thread spins before it blocks. 0 when the pool has more
+  // threads than the machine has cores: spinning would only take time from the ones working.
   void set_spin_microseconds(int us) { spin_us_.store(us < 0 ? 0 : us, std::memory_order_relaxed); }
 
  private:
+  // ctl packs the job's generation (high 32 bits) with its next unclaimed index (low 32), so a
+  // worker that wakes late cannot claim an index of a job other than the one it read.
   struct State {
-    std::atomic<uint32_t> generation{0};
-    std::atomic<int> pending{0};
+    alignas(64) std::atomic<uint64_t> ctl{0};
+    alignas(64) std::atomic<int> done{0};  // indices finished in the current job
+    std::atomic<int> sleepers{0};          // workers blocked (or about to block) on work_cv
     std::atomic<bool> stop{false};
     ParallelFor::Task task = nullptr;
     void* arg = nullptr;
+    std::mutex m;
+    std::condition_variable work_cv, done_cv;
   };
 
   static void dispatch(void* ctx, ParallelFor::Task task, void* arg) {
@@ -7911,47 +8099,99 @@ class ThreadPool {
     pool->run_task(task, arg);
   }
 
-  void run_task(ParallelFor::Task task, void* arg) {
 #if defined(TINYSLM_NO_THREADS)
-    task(arg, 0, 1);
+  void run_task(ParallelFor::Task task, void* arg) { task(arg, 0, 1); }
 #else
+  void start(int n, const ThreadPlacement& placement, ThreadFactory factory) {
+    if (n <= 1 || !detail::kCanStartThreads) return;
+    state_ = std::make_unique<State>();
+    workers_.reserve(static_cast<size_t>(n - 1));
+    for (int i = 1; i < n; ++i) {
+      std::thread t = detail::try_start_thread(factory, [this, i, placement] {
+        detail::apply_placement(placement, i);
+        worker_loop();
+      });
+      if (!t.joinable()) break;
+      workers_.push_back(std::move(t));
+    }
+    // Workers read n_threads_ only inside a job, which starts after this store.
+    n_threads_ = 1 + static_cast<int>(workers_.size());
+    const unsigned cores = std::thread::hardware_concurrency();
+    if (cores != 0 && static_cast<unsigned>(n_threads_) > cores) spin_us_.store(0, std::memory_order_relaxed);
+  }
+
+  // Claims the next index of job `gen`; -1 when that job has none left (or is over).
+  int claim(uint32_t gen) {
+    uint64_t v = state_->ctl.load(std::memory_order_acquire);
+    for (;;) {
+      if (static_cast<uint32_t>(v >> 32) != gen || static_cast<uint32_t>(v) >= static_cast<uint32_t>(n_threads_)) return -1;
+      if (state_->ctl.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire))
+        return static_cast<int>(static_cast<uint32_t>(v));
+    }
+  }
+
+  // Runs indices of job `gen` until none is left; returns how many it ran. task and arg are
+  // read after a successful claim: the job cannot end (and be replaced) before it is counted.
+  int run_claimed(uint32_t gen) {
+    int ran = 0;
+    for (int t = claim(gen); t >= 0; t = claim(gen), ++ran) state_->task(state_->arg, t, n_threads_);
+    return ran;
+  }
+
+  void run_task(ParallelFor::Task task, void* arg) {
     State& s = *state_;
     s.task = task;
     s.arg = arg;
-    s.pending.store(n_threads_ - 1, std::memory_order_relaxed);
-    s.generation.fetch_add(1, std::memory_order_release);  // publishes task and arg
-    s.generation.notify_all();
-    detail::inside_thread_pool() = true;
-    task(arg, 0, n_threads_);
-    detail::inside_thread_pool() = false;
-    // Wait for the workers: spin first (jobs are short), then sleep on the counter.
-    if (!detail::spin_until([&] { return s.pending.load(std::memory_order_acquire) == 0; }, spin_us_.load(std::memory_order_relaxed))) {
-      for (int p = s.pending.load(std::memory_order_acquire); p != 0;
-           p = s.pending.load(std::memory_order_acquire))
-        s.pending.wait(p, std::memory_order_acquire);
+    s.done.store(0, std::memory_order_relaxed);
+    const uint32_t gen = ++generation_;
+    // seq_cst store, then seq_cst load of sleepers: a worker that registers as a sleeper after
+    // this load sees the new generation when it re-checks under the mutex (and one that
+    // registered before is woken here).
+    s.ctl.store(static_cast<uint64_t>(gen) << 32, std::memory_order_seq_cst);
+    if (s.sleepers.load(std::memory_order_seq_cst) > 0) {
+      { std::lock_guard<std::mutex> lock(s.m); }
+      s.work_cv.notify_all();
     }
-#endif
+    detail::inside_thread_pool() = true;
+    const int ran = run_claimed(gen);
+    detail::inside_thread_pool() = false;
+    if (s.done.fetch_add(ran, std::memory_order_acq_rel) + ran == n_threads_) return;
+    const auto finished = [&] { return s.done.load(std::memory_order_acquire) == n_threads_; };
+    if (detail::spin_until(finished, spin_us_.load(std::memory_order_relaxed))) return;
+    std::unique_lock<std::mutex> lock(s.m);
+    s.done_cv.wait(lock, finished);
   }
 
-#if !defined(TINYSLM_NO_THREADS)
-  void worker_loop(int index) {
+  void worker_loop() {
     State& s = *state_;
     detail::inside_thread_pool() = true;
     uint32_t seen = 0;
+    const auto news = [&] {
+      return static_cast<uint32_t>(s.ctl.load(std::memory_order_seq_cst) >> 32) != seen ||
+             s.stop.load(std::memory_order_seq_cst);
+    };
     for (;;) {
-      if (!detail::spin_until([&] { return s.generation.load(std::memory_order_acquire) != seen; },
-                              spin_us_.load(std::memory_order_relaxed))) {
-        s.generation.wait(seen, std::memory_order_acquire);
-        continue;  // re-check (wait may return spuriously)
+      if (!detail::spin_until(news, spin_us_.load(std::memory_order_relaxed))) {
+        std::unique_lock<std::mutex> lock(s.m);
+        s.sleepers.fetch_add(1, std::memory_order_seq_cst);
+        s.work_cv.wait(lock, news);
+        s.sleepers.fetch_sub(1, std::memory_order_relaxed);
       }
-      seen = s.generation.load(std::memory_order_acquire);
-      if (s.stop.load(std::memory_order_relaxed)) return;
-      s.task(s.arg, index, n_threads_);
-      if (s.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) s.pending.notify_one();
+      if (s.stop.load(std::memory_order_acquire)) return;
+      seen = static_cast<uint32_t>(s.ctl.load(std::memory_order_acquire) >> 32);
+      const int ran = run_claimed(seen);
+      // The last index finished wakes the caller if it blocked; taking the mutex orders this
+      // with its check-then-wait.
+      if (ran > 0 && s.done.fetch_add(ran, std::memory_order_acq_rel) + ran == n_threads_) {
+        { std::lock_guard<std::mutex> lock(s.m); }
+        s.done_cv.notify_one();
+      }
     }
   }
+
   std::unique_ptr<State> state_;
   std::vector<std::thread> workers_;
+  uint32_t generation_ = 0;  // written by the caller only
 #endif
   int n_threads_ = 1;
   std::atomic<int> spin_us_{50};
@@ -7974,6 +8214,7 @@ class ThreadPool {
 // HParams::layers is the per-layer plan: what each layer is (its kind, head counts and sizes,
 // sliding or global attention, which RoPE table, which layer's KV it uses, dense FFN or MoE).
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
@@ -7982,6 +8223,263 @@ class ThreadPool {
 #include <string_view>
 #include <vector>
 
+
+// ---- begin tinyslm/deltanet.hpp ----
+// tinyslm deltanet: the Gated DeltaNet linear-attention layers of Qwen3.5.
+//
+// A layer projects its normed input to a mix of [q: nK x d | k: nK x d | v: nV x d] channels
+// (attn_qkv), a gate z (attn_gate, nV x d) and two scalars per V head (ssm_beta, ssm_alpha).
+// The mix goes through a depthwise causal convolution of width L (ssm_conv1d) and SiLU; q and
+// k are L2-normalised per head. Each V head h keeps a d x d state S (K/Q head h % nK: the
+// heads are tiled, not interleaved) updated per token by the gated delta rule:
+//
+//   beta = sigmoid(b_h),  g = softplus(a_h + dt_bias_h) * A_h    (A_h = ssm_a = -exp(A_log))
+//   S = exp(g) S;   S += k (beta (v - S^T k))^T;   o = S^T q / sqrt(d)
+//
+// and the output rms_norm(o) * ssm_norm * silu(z) of all heads goes through ssm_out.
+// S is stored with the value index major: M[j][i] = S[i][j], so S^T k is a row-wise dot.
+//
+// The per-sequence state of one layer is the last L - 1 rows of the mix (before the
+// convolution) followed by the nV states, all F32 (DeltaNetShape::state_floats).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+
+namespace tinyslm {
+inline namespace TINYSLM_ABI_NAMESPACE {
+
+// The sizes of a DeltaNet layer (qwen35.ssm.* keys).
+struct DeltaNetShape {
+  int64_t d_state = 0;    // ssm.state_size: head size of q, k and v
+  int64_t n_k_heads = 0;  // ssm.group_count
+  int64_t n_v_heads = 0;  // ssm.time_step_rank
+  int64_t d_conv = 0;     // ssm.conv_kernel: convolution width L
+
+  int64_t key_dim() const { return n_k_heads * d_state; }
+  int64_t value_dim() const { return n_v_heads * d_state; }
+  int64_t channels() const { return 2 * key_dim() + value_dim(); }
+  int64_t conv_state_floats() const { return (d_conv - 1) * channels(); }
+  int64_t state_floats() const { return conv_state_floats() + n_v_heads * d_state * d_state; }
+  // One projected row: [mix | z | beta | alpha].
+  int64_t proj_width() const { return channels() + value_dim() + 2 * n_v_heads; }
+};
+
+inline constexpr int64_t kDeltaNetMaxState = 1024;  // largest ssm.state_size accepted
+
+namespace detail {
+
+inline float dn_sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+inline float dn_softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
+
+// Channels [c0, c1) of the convolution + SiLU: mix rows (stride ld) -> out rows (stride ldo);
+// state holds the L - 1 mix rows before the chunk (updated to the last L - 1 rows).
+inline void dn_conv_channels(const float* mix, int64_t ld, int64_t n, int64_t C, int64_t L, const float* w,
+                             float* state, float* out, int64_t ldo, int64_t c0, int64_t c1) {
+  const int64_t S = L - 1;
+  for (int64_t t = 0; t < n; ++t) {
+    float* y = out + t * ldo;
+    for (int64_t ch = c0; ch < c1; ++ch) y[ch] = 0.0f;
+    for (int64_t k = 0; k < L; ++k) {
+      const int64_t j = t - S + k;
+      const float* u = j < 0 ? state + (S + j) * C : mix + j * ld;
+      for (int64_t ch = c0; ch < c1; ++ch) y[ch] += w[ch * L + k] * u[ch];
+    }
+    for (int64_t ch = c0; ch < c1; ++ch) y[ch] = y[ch] / (1.0f + std::exp(-y[ch]));
+  }
+  for (int64_t r = 0; r < S; ++r) {  // increasing rows: row r reads old row r + n, not yet written
+    const int64_t j = r + n - S;
+    const float* src = j < 0 ? state + (r + n) * C : mix + j * ld;
+    std::memcpy(state + r * C + c0, src + c0, static_cast<size_t>(c1 - c0) * sizeof(float));
+  }
+}
+
+// x / max(||x||, eps), as ggml_l2_norm.
+inline void dn_l2_norm(float* x, int64_t n, float eps) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
+  const float scale = 1.0f / std::fmax(std::sqrt(static_cast<float>(sum)), eps);
+  for (int64_t i = 0; i < n; ++i) x[i] *= scale;
+}
+
+}  // namespace detail
+
+// The causal convolution and SiLU of a chunk of n mix rows (see dn_conv_channels); w is the
+// kernel [channels][L].
+inline void delta_net_conv(const DeltaNetShape& s, const float* mix, int64_t ld, int64_t n, const float* w,
+                           float* conv_state, float* out, int64_t ldo, const ParallelFor& par) {
+  const int64_t C = s.channels();
+  if (n < 4) {
+    detail::dn_conv_channels(mix, ld, n, C, s.d_conv, w, conv_state, out, ldo, 0, C);
+    return;
+  }
+  par([&](int t, int nt) {
+    int64_t c0, c1;
+    ParallelFor::split(C, t, nt, 16, &c0, &c1);
+    if (c1 > c0) detail::dn_conv_channels(mix, ld, n, C, s.d_conv, w, conv_state, out, ldo, c0, c1);
+  });
+}
+
+// Per token of a projected row: q and k heads L2-normalised in the convolved row `qkv`, and
+// the gates: beta[h] = sigmoid, g[h] = softplus(alpha + dt_bias) * A, written over the raw
+// beta and alpha of the projected row `ba` ([beta nV | alpha nV]).
+inline void delta_net_prepare(const DeltaNetShape& s, float* qkv, float* ba, const float* dt_bias, const float* a,
+                              float eps) {
+  const int64_t d = s.d_state;
+  for (int64_t h = 0; h < 2 * s.n_k_heads; ++h) detail::dn_l2_norm(qkv + h * d, d, eps);
+  for (int64_t h = 0; h < s.n_v_heads; ++h) {
+    ba[h] = detail::dn_sigmoid(ba[h]);
+    float& g = ba[s.n_v_heads + h];
+    g = detail::dn_softplus(g + dt_bias[h]) * a[h];
+  }
+}
+
+// The gated delta rule of V head h over n tokens, one at a time: qkv rows (stride ld, q and k
+// normalised), gates rows ba (stride ldb, as delta_net_prepare leaves them), state M (d x d,
+// value index major). The head's output replaces its v in the qkv rows. The dot products of
+// all rows of M at once (ops' SIMD row dots): S^T k = decay (M k) before the update.
+inline void delta_net_recurrence(const DeltaNetShape& s, int64_t h, float* qkv, int64_t ld, const float* ba,
+                                 int64_t ldb, int64_t n, float* M) {
+  const int64_t d = s.d_state, hk = h % s.n_k_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  for (int64_t t = 0; t < n; ++t) {
+    const float* q = qkv + t * ld + hk * d;
+    const float* k = q + s.key_dim();
+    float* v = qkv + t * ld + 2 * s.key_dim() + h * d;
+    const float beta = ba[t * ldb + h], decay = std::exp(ba[t * ldb + s.n_v_heads + h]);
+    float u[kDeltaNetMaxState];  // M k, then the deltas beta (v - decay M k)
+    ops::detail::scores_rows(k, M, d, d, u);
+    for (int64_t j = 0; j < d; ++j) u[j] = beta * (v[j] - decay * u[j]);
+    for (int64_t j = 0; j < d; ++j) {
+      float* row = M + j * d;
+      for (int64_t i = 0; i < d; ++i) row[i] = row[i] * decay + k[i] * u[j];
+    }
+    ops::detail::scores_rows(q, M, d, d, v);
+    for (int64_t j = 0; j < d; ++j) v[j] *= scale;
+  }
+}
+
+// Chunked form of the same rule for prefill: a chunk of T tokens at once with matrix
+// products. With G_t the cumulative log-decay inside the chunk (Gamma_t = exp(G_t)) and S0 the
+// state before it, the deltas u_t = beta_t (v_t - S'_t^T k_t) solve the unit lower-triangular
+// system (I + L) U = diag(beta) (V - diag(Gamma) K S0), L[t][s] = beta_t e^{G_t - G_s} k_t.k_s
+// (s < t); then o_t = Gamma_t S0^T q_t + sum_{s <= t} e^{G_t - G_s} (q_t.k_s) u_s and
+// S = Gamma_T S0 + sum_s e^{G_T - G_s} k_s u_s^T. Every exponent is <= 0 (g <= 0): no overflow.
+inline constexpr int64_t kDeltaNetChunk = 64;
+inline constexpr int64_t kDeltaNetChunkMin = 8;  // fewer tokens run the token-by-token rule
+
+// Scratch floats delta_net_chunked needs (per thread).
+inline int64_t delta_net_scratch_floats(const DeltaNetShape& s) {
+  const int64_t T = kDeltaNetChunk;
+  return 2 * T * T + 3 * T * s.d_state + T;
+}
+
+namespace detail {
+
+inline void dn_axpy(float* y, const float* x, float a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// One chunk of T <= kDeltaNetChunk tokens of V head h (arguments as delta_net_recurrence).
+inline void dn_chunk(const DeltaNetShape& s, int64_t h, float* qkv, int64_t ld, const float* ba, int64_t ldb,
+                     int64_t T, float* M, float* scratch) {
+  const int64_t d = s.d_state, hk = h % s.n_k_heads, TC = kDeltaNetChunk;
+  float* KK = scratch;          // L, then (I + L)'s solve is in place on U
+  float* QK = KK + TC * TC;     // e^{G_t - G_s} q_t.k_s
+  float* U = QK + TC * TC;      // T x d deltas
+  float* O = U + TC * d;        // T x d outputs
+  float* Kc = O + TC * d;       // the chunk's keys, contiguous
+  float* G = Kc + TC * d;       // cumulative log-decay
+  const auto q = [&](int64_t t) { return qkv + t * ld + hk * d; };
+  const auto k = [&](int64_t t) { return Kc + t * d; };
+  const auto v = [&](int64_t t) { return qkv + t * ld + 2 * s.key_dim() + h * d; };
+  float acc = 0.0f;
+  for (int64_t t = 0; t < T; ++t) {
+    G[t] = acc += ba[t * ldb + s.n_v_heads + h];
+    std::memcpy(Kc + t * d, qkv + t * ld + s.key_dim() + hk * d, static_cast<size_t>(d) * sizeof(float));
+  }
+  for (int64_t t = 0; t < T; ++t) {  // U = diag(beta) (V - diag(Gamma) K S0); O = diag(Gamma) Q S0
+    const float beta = ba[t * ldb + h], gamma = std::exp(G[t]);
+    ops::detail::scores_rows(k(t), M, d, d, U + t * d);
+    ops::detail::scores_rows(q(t), M, d, d, O + t * d);
+    for (int64_t j = 0; j < d; ++j) {
+      U[t * d + j] = beta * (v(t)[j] - gamma * U[t * d + j]);
+      O[t * d + j] *= gamma;
+    }
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    const float beta = ba[t * ldb + h];
+    ops::detail::scores_rows(q(t), Kc, d, t + 1, QK + t * TC);
+    ops::detail::scores_rows(k(t), Kc, d, t, KK + t * TC);
+    for (int64_t u = 0; u <= t; ++u) {
+      const float e = std::exp(G[t] - G[u]);
+      QK[t * TC + u] *= e;
+      if (u < t) KK[t * TC + u] *= beta * e;
+    }
+  }
+  for (int64_t t = 1; t < T; ++t)  // forward substitution: rows of U in order
+    for (int64_t u = 0; u < t; ++u) dn_axpy(U + t * d, U + u * d, -KK[t * TC + u], d);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t u = 0; u <= t; ++u) dn_axpy(O + t * d, U + u * d, QK[t * TC + u], d);
+    for (int64_t j = 0; j < d; ++j) v(t)[j] = O[t * d + j] * scale;
+  }
+  const float gamma_T = std::exp(G[T - 1]);
+  for (int64_t t = 0; t < T; ++t) G[t] = std::exp(G[T - 1] - G[t]);  // e^{G_T - G_s}
+  for (int64_t j = 0; j < d; ++j) {
+    float* row = M + j * d;
+    for (int64_t i = 0; i < d; ++i) row[i] *= gamma_T;
+    for (int64_t t = 0; t < T; ++t) dn_axpy(row, k(t), G[t] * U[t * d + j], d);
+  }
+}
+
+}  // namespace detail
+
+// The delta rule of V head h over n tokens in chunks of kDeltaNetChunk (same arguments and
+// result as delta_net_recurrence, up to rounding); scratch: delta_net_scratch_floats.
+inline void delta_net_chunked(const DeltaNetShape& s, int64_t h, float* qkv, int64_t ld, const float* ba, int64_t ldb,
+                              int64_t n, float* M, float* scratch) {
+  for (int64_t t0 = 0; t0 < n; t0 += kDeltaNetChunk) {
+    const int64_t T = std::min(kDeltaNetChunk, n - t0);
+    detail::dn_chunk(s, h, qkv + t0 * ld, ld, ba + t0 * ldb, ldb, T, M, scratch);
+  }
+}
+
+// out = rms_norm(o) * w * silu(z) per V head (w: d values shared by the heads). out may alias o.
+inline void delta_net_gated_norm(const DeltaNetShape& s, const float* o, const float* w, const float* z, float* out,
+                                 float eps) {
+  const int64_t d = s.d_state;
+  for (int64_t h = 0; h < s.n_v_heads; ++h) {
+    const float* x = o + h * d;
+    double sum = 0.0;
+    for (int64_t i = 0; i < d; ++i) sum += static_cast<double>(x[i]) * x[i];
+    const float scale = 1.0f / std::sqrt(static_cast<float>(sum / static_cast<double>(d)) + eps);
+    for (int64_t i = 0; i < d; ++i) {
+      const float g = z[h * d + i];
+      out[h * d + i] = (x[i] * scale) * w[i] * (g / (1.0f + std::exp(-g)));
+    }
+  }
+}
+
+// qwen35's gated attention layers: attn_q gives per head [query (hd) | gate (hd)]. Splits
+// one row `raw` (2 n_head hd values) into q and gate (n_head hd each).
+inline void split_query_gate(const float* raw, int64_t n_head, int64_t hd, float* q, float* gate) {
+  for (int64_t h = 0; h < n_head; ++h) {
+    std::memcpy(q + h * hd, raw + 2 * h * hd, static_cast<size_t>(hd) * sizeof(float));
+    std::memcpy(gate + h * hd, raw + 2 * h * hd + hd, static_cast<size_t>(hd) * sizeof(float));
+  }
+}
+
+// att *= sigmoid(gate), n values: the attention output before attn_output.
+inline void apply_output_gate(float* att, const float* gate, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) att[i] *= detail::dn_sigmoid(gate[i]);
+}
+
+}  // inline namespace TINYSLM_ABI_NAMESPACE
+}  // namespace tinyslm
+// ---- end tinyslm/deltanet.hpp ----
 
 namespace tinyslm {
 inline namespace TINYSLM_ABI_NAMESPACE {
@@ -8046,6 +8544,12 @@ struct ArchInfo {
   AttnScale attn_scale;
   int64_t n_layer_27b;      // with AttnScale::gemma_27b: the 27B variant's layer count
   MoeArch moe;
+  // Hybrid and 2026 families (trailing, so the rows above keep their defaults).
+  int nope_period = 0;      // layers with (il + 1) % nope_period == 0 run without RoPE (smollm3: 4)
+  bool conv_layers = false; // per-layer head_count_kv, 0 = a short-convolution layer (lfm2)
+  const char* output_norm_name = "output_norm.weight";
+  bool delta_net = false;   // Gated DeltaNet layers (deltanet.hpp) between gated attention layers (qwen35)
+  const char* ffn_norm_name = "ffn_norm.weight";
 };
 
 namespace detail {
@@ -8066,6 +8570,13 @@ inline constexpr ArchInfo kArchTable[] = {
     {"qwen2moe", RopeStyle::neox,  FfnActivation::silu,      false, false, QkNorm::none,     true,  false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  {true,  false, true,  true,  true}},
     {"qwen3moe", RopeStyle::neox,  FfnActivation::silu,      false, false, QkNorm::per_head, false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  {true,  true,  true,  false, false}},
     {"olmoe",   RopeStyle::neox,   FfnActivation::silu,      false, false, QkNorm::whole,    false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  {true,  false, false, false, false}},
+    // 2026 phone models: smollm3 drops RoPE on every 4th layer; lfm2 mixes short-convolution
+    // layers (conv.hpp) with GQA attention and names its final norm token_embd_norm.
+    {"smollm3", RopeStyle::normal, FfnActivation::silu,      false, false, QkNorm::none,     false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe, 4},
+    {"lfm2",    RopeStyle::neox,   FfnActivation::silu,      false, false, QkNorm::per_head, false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe, 0, true, "token_embd_norm.weight"},
+    // qwen35: DeltaNet layers with a gated attention layer every full_attention_interval; its
+    // pre-FFN norm is named post_attention_norm; RoPE is interleaved multi-section (NEOX halves).
+    {"qwen35",  RopeStyle::neox,   FfnActivation::silu,      false, false, QkNorm::per_head, false, false, false, false, 0,   false, false, 0.0f,  0.0f,  AttnScale::head_dim,  0,  detail::kNoMoe, 0, false, "output_norm.weight", true, "post_attention_norm.weight"},
 };
 
 // Mixture-of-experts families whose routing this library does not implement: refused by name
@@ -8105,7 +8616,9 @@ struct MoeConfig {
 inline constexpr int64_t kMoeMaxExperts = 512;
 
 enum class LayerKind : uint8_t {
-  attention,  // self-attention over this layer's KV cache, then the FFN
+  attention,   // self-attention over this layer's KV cache, then the FFN
+  short_conv,  // gated short causal convolution with a per-sequence state (lfm2), then the FFN
+  delta_net,   // Gated DeltaNet linear attention with a per-sequence state (qwen35), then the FFN
 };
 
 enum class FfnKind : uint8_t {
@@ -8123,7 +8636,8 @@ struct LayerPlan {
   bool sliding = false;       // sliding-window attention (n_swa positions)
   bool rope = true;           // RoPE on Q and K
   uint8_t rope_table = 0;     // 0: the global angles (rope_base), 1: the sliding ones (rope_base_swa)
-  int64_t kv_layer = 0;       // the KV cache slot this layer writes and reads (its own index)
+  int64_t kv_layer = 0;       // the KV cache slot this layer writes and reads (-1: none)
+  bool attn_gate = false;     // Q projection is [query | gate] per head; output *= sigmoid(gate) (qwen35)
 
   int64_t q_dim() const { return n_head * head_dim_k; }
   int64_t k_dim() const { return n_head_kv * head_dim_k; }
@@ -8168,6 +8682,24 @@ struct HParams {
                                      // (read_moe_config), after each layer's router is found
 
   std::vector<LayerPlan> layers;     // the per-layer plan (n_layer entries)
+  std::vector<int64_t> layer_head_kv;  // per-layer head_count_kv of hybrid files (0 = conv layer)
+  int64_t conv_kernel = 0;           // shortconv.l_cache: width L of the short convolution
+  DeltaNetShape delta_net;           // qwen35 ssm.* sizes
+  std::vector<uint8_t> layer_recurrent;  // qwen35: 1 = DeltaNet layer, 0 = gated attention
+  std::vector<uint8_t> rope_pair_pos;    // multi-section RoPE: per pair, 0 = rotated by position 0
+
+  // KV cache slots: one per layer that owns a cache.
+  int64_t n_kv_layers() const {
+    int64_t n = 0;
+    for (const LayerPlan& l : layers) n = std::max(n, l.kv_layer + 1);
+    return layers.empty() ? n_layer : n;
+  }
+  // Floats of layer il's per-sequence state (0: none).
+  int64_t state_floats(int64_t il) const {
+    const LayerPlan& l = layers[static_cast<size_t>(il)];
+    if (l.kind == LayerKind::delta_net) return delta_net.state_floats();
+    return l.kind == LayerKind::short_conv ? (conv_kernel - 1) * n_embd : 0;
+  }
 
   int64_t q_dim() const { return n_head * head_dim_k; }
   int64_t k_dim() const { return n_head_kv * head_dim_k; }
@@ -8239,6 +8771,13 @@ struct LayerWeights {
   bool moe = false;
   MoeLayerWeights experts;
   std::vector<float> post_ffn_norm;       // gemma2/3
+  // Short-convolution layer (lfm2): in_proj (3 n_embd rows: b, c, x), kernel [n_embd][L], out_proj.
+  Weight conv_in, conv_out;
+  std::vector<float> conv_kernel;
+  // Gated DeltaNet layer (qwen35): projections to [q|k|v] mix, z, beta, alpha; conv kernel
+  // [channels][L], dt bias, A (= -exp(A_log)), the norm of the gated output (d values), ssm_out.
+  Weight ssm_qkv, ssm_gate, ssm_beta, ssm_alpha, ssm_out;
+  std::vector<float> ssm_conv, ssm_dt_bias, ssm_a, ssm_norm;
 };
 
 struct ModelWeights {
@@ -8396,13 +8935,49 @@ inline Expected<MoeConfig> read_moe_config(const GgufFile& f) {
 
 namespace detail {
 
+// Hybrid files (lfm2): head_count_kv per layer, 0 marking a short-convolution layer, and the
+// convolution width. Returns the KV head count of the attention layers (all equal).
+inline Expected<int64_t> read_layer_head_kv(const GgufFile& f, const std::string& a, HParams& hp) {
+  const std::string key = a + ".attention.head_count_kv";
+  const GgufKv* kv = f.find(key);
+  if (!kv || kv->value.type() != GgufValueType::array)
+    return make_error(Errc::invalid_format, f.name() + ": metadata key '" + key + "' must be a per-layer array");
+  GgufArray arr = kv->value.as_array();
+  if (static_cast<int64_t>(arr.size()) != hp.n_layer)
+    return make_error(Errc::invalid_format, f.name() + ": '" + key + "' has " + std::to_string(arr.size()) +
+                                                " entries for " + std::to_string(hp.n_layer) + " layers");
+  hp.layer_head_kv.clear();
+  arr.for_each([&](const GgufValue& e) {
+    int64_t x = -1;
+    if (!e.as_int64(&x)) x = -1;
+    hp.layer_head_kv.push_back(x);
+    return true;
+  });
+  int64_t heads = 0;
+  for (int64_t x : hp.layer_head_kv) {
+    if (x < 0 || x > hp.n_head || (x > 0 && hp.n_head % x != 0) || (x > 0 && heads > 0 && x != heads))
+      return make_error(Errc::invalid_format, f.name() + ": '" + key + "' entry " + std::to_string(x) +
+                                                  " is not 0 (convolution) or one KV head count dividing " +
+                                                  std::to_string(hp.n_head) + " heads");
+    if (x > 0) heads = x;
+  }
+  if (heads == 0)
+    return make_error(Errc::unsupported, f.name() + ": '" + key + "' has no attention layer");
+  TINYSLM_TRY_READ(hp.conv_kernel, arch_int(f, a, "shortconv.l_cache", -1));
+  if (hp.conv_kernel < 2 || hp.conv_kernel > 64)
+    return make_error(Errc::invalid_format, f.name() + ": metadata key '" + a + ".shortconv.l_cache' is " +
+                                                std::to_string(hp.conv_kernel) + " (expected 2 to 64)");
+  return heads;
+}
+
 // Sizes of the transformer: embedding, layers, heads, FFN, head sizes, RoPE dimensions.
 inline Status read_sizes(const GgufFile& f, const std::string& a, HParams& hp) {
   TINYSLM_TRY_READ(hp.n_embd, arch_int(f, a, "embedding_length", -1));
   TINYSLM_TRY_READ(hp.n_layer, arch_int(f, a, "block_count", -1));
   TINYSLM_TRY_READ(hp.n_ff, arch_int(f, a, "feed_forward_length", -1));
   TINYSLM_TRY_READ(hp.n_head, arch_int(f, a, "attention.head_count", -1));
-  TINYSLM_TRY_READ(hp.n_head_kv, arch_int(f, a, "attention.head_count_kv", hp.n_head));
+  if (hp.arch.conv_layers) TINYSLM_TRY_READ(hp.n_head_kv, read_layer_head_kv(f, a, hp));
+  else TINYSLM_TRY_READ(hp.n_head_kv, arch_int(f, a, "attention.head_count_kv", hp.n_head));
   TINYSLM_TRY_READ(hp.n_ctx_train, arch_int(f, a, "context_length", 2048));
   if (hp.n_embd <= 0 || hp.n_layer <= 0 || hp.n_head <= 0 || hp.n_head_kv <= 0 || hp.n_ff <= 0 ||
       hp.n_head % hp.n_head_kv != 0 || hp.n_embd > (1 << 20) || hp.n_layer > 4096 ||
@@ -8501,6 +9076,97 @@ inline Status read_scales(const GgufFile& f, const std::string& a, HParams& hp) 
   return {};
 }
 
+// A per-layer or per-section integer array `<arch>.<suffix>` of exactly n entries.
+inline Status arch_int_array(const GgufFile& f, const std::string& a, const char* suffix, size_t n,
+                             std::vector<int64_t>* out) {
+  const std::string key = a + "." + suffix;
+  const GgufKv* kv = f.find(key);
+  if (!kv) return make_error(Errc::not_found, f.name() + ": missing metadata key '" + key + "'");
+  if (kv->value.type() != GgufValueType::array)
+    return make_error(Errc::invalid_format, f.name() + ": metadata key '" + key + "' must be an array");
+  GgufArray arr = kv->value.as_array();
+  if (arr.size() != n)
+    return make_error(Errc::invalid_format, f.name() + ": metadata key '" + key + "' has " +
+                                                std::to_string(arr.size()) + " entries, expected " + std::to_string(n));
+  out->clear();
+  bool ok = true;
+  arr.for_each([&](const GgufValue& e) {
+    int64_t x = 0;
+    if (e.type() == GgufValueType::boolean) x = e.as_bool();
+    else if (!e.as_int64(&x)) ok = false;
+    out->push_back(x);
+    return ok;
+  });
+  if (!ok) return make_error(Errc::type_mismatch, f.name() + ": metadata key '" + key + "' holds non-integers");
+  return {};
+}
+
+// Interleaved multi-section RoPE (qwen35): pair i of the n_rot / 2 belongs to section
+// i % sum(sections) taken round-robin (t, h, w while each lasts); text tokens put their
+// position in t, h and w and 0 in the fourth, so pairs of the fourth section do not rotate.
+inline Status read_rope_sections(const GgufFile& f, const std::string& a, HParams& hp) {
+  std::vector<int64_t> sec;
+  if (auto st = arch_int_array(f, a, "rope.dimension_sections", 4, &sec); !st) return st;
+  const int64_t total = sec[0] + sec[1] + sec[2] + sec[3];
+  if (sec[0] < 0 || sec[1] < 0 || sec[2] < 0 || sec[3] < 0 || total <= 0 || total > hp.n_rot / 2)
+    return make_error(Errc::invalid_format, f.name() + ": metadata key '" + a +
+                                                ".rope.dimension_sections' does not fit rope.dimension_count " +
+                                                std::to_string(hp.n_rot));
+  hp.rope_pair_pos.assign(static_cast<size_t>(hp.n_rot / 2), 1);
+  for (int64_t i = 0; i < hp.n_rot / 2; ++i) {
+    const int64_t sector = i % total, r = sector % 3;
+    const bool positioned = (r == 0 && sector < 3 * sec[0]) || (r == 1 && sector < 3 * sec[1]) ||
+                            (r == 2 && sector < 3 * sec[2]);
+    hp.rope_pair_pos[static_cast<size_t>(i)] = positioned;
+  }
+  return {};
+}
+
+// qwen35: the DeltaNet sizes, which layers are recurrent (attention.recurrent_layers, else
+// every layer but each full_attention_interval-th), the RoPE sections.
+inline Status read_delta_net(const GgufFile& f, const std::string& a, HParams& hp) {
+  if (!hp.arch.delta_net) return {};
+  DeltaNetShape& s = hp.delta_net;
+  int64_t inner = 0, interval = 0, nextn = 0;
+  // Multi-token-prediction blocks follow the main stack; the main pass never runs them.
+  TINYSLM_TRY_READ(nextn, arch_int(f, a, "nextn_predict_layers", 0));
+  if (nextn < 0 || nextn >= hp.n_layer)
+    return make_error(Errc::invalid_format, f.name() + ": metadata key '" + a + ".nextn_predict_layers' is " +
+                                                std::to_string(nextn) + " for " + std::to_string(hp.n_layer) + " blocks");
+  hp.n_layer -= nextn;
+  TINYSLM_TRY_READ(s.d_conv, arch_int(f, a, "ssm.conv_kernel", -1));
+  TINYSLM_TRY_READ(s.d_state, arch_int(f, a, "ssm.state_size", -1));
+  TINYSLM_TRY_READ(s.n_k_heads, arch_int(f, a, "ssm.group_count", -1));
+  TINYSLM_TRY_READ(s.n_v_heads, arch_int(f, a, "ssm.time_step_rank", -1));
+  TINYSLM_TRY_READ(inner, arch_int(f, a, "ssm.inner_size", -1));
+  const auto bad = [&](const char* key, int64_t v, const char* want) {
+    return make_error(Errc::invalid_format, f.name() + ": metadata key '" + a + "." + key + "' is " +
+                                                std::to_string(v) + " (" + want + ")");
+  };
+  if (s.d_conv < 2 || s.d_conv > 64) return bad("ssm.conv_kernel", s.d_conv, "expected 2 to 64");
+  if (s.d_state <= 0 || s.d_state > kDeltaNetMaxState) return bad("ssm.state_size", s.d_state, "expected 1 to 1024");
+  if (s.n_k_heads <= 0 || s.n_k_heads > 1024) return bad("ssm.group_count", s.n_k_heads, "expected 1 to 1024");
+  if (s.n_v_heads <= 0 || s.n_v_heads > 1024 || s.n_v_heads % s.n_k_heads != 0)
+    return bad("ssm.time_step_rank", s.n_v_heads, "V heads: a multiple of ssm.group_count, at most 1024");
+  if (inner != s.value_dim()) return bad("ssm.inner_size", inner, "expected time_step_rank x state_size");
+  if (hp.head_dim_k != hp.head_dim_v)
+    return make_error(Errc::invalid_format, f.name() + ": qwen35 attention needs key_length == value_length");
+  if (f.contains(a + ".attention.recurrent_layers")) {
+    std::vector<int64_t> rec;
+    if (auto st = arch_int_array(f, a, "attention.recurrent_layers", static_cast<size_t>(hp.n_layer), &rec); !st)
+      return st;
+    hp.layer_recurrent.assign(rec.begin(), rec.end());
+  } else {
+    TINYSLM_TRY_READ(interval, arch_int(f, a, "full_attention_interval", 4));
+    if (interval <= 0) return bad("full_attention_interval", interval, "expected a positive interval");
+    for (int64_t il = 0; il < hp.n_layer; ++il) hp.layer_recurrent.push_back((il + 1) % interval != 0);
+  }
+  if (std::find(hp.layer_recurrent.begin(), hp.layer_recurrent.end(), 0) == hp.layer_recurrent.end())
+    return make_error(Errc::unsupported, f.name() + ": '" + a + ".full_attention_interval' / '" + a +
+                                             ".attention.recurrent_layers' leave no attention layer");
+  return read_rope_sections(f, a, hp);
+}
+
 #undef TINYSLM_TRY_READ
 
 // The per-layer plan. Every layer is attention + FFN today; head counts and sizes are
@@ -8517,9 +9183,35 @@ inline void build_layer_plan(HParams& hp) {
     p.head_dim_v = hp.head_dim_v;
     p.n_ff = p.ffn == FfnKind::dense ? hp.n_ff : 0;
     p.sliding = hp.is_swa(il);
-    p.rope = true;
+    p.rope = hp.arch.nope_period <= 0 || (il + 1) % hp.arch.nope_period != 0;
     p.rope_table = p.sliding ? 1 : 0;
     p.kv_layer = il;
+  }
+  if (!hp.layer_recurrent.empty()) {  // DeltaNet layers have no KV; attention layers are gated
+    int64_t slot = 0;
+    for (int64_t il = 0; il < hp.n_layer; ++il) {
+      LayerPlan& p = hp.layers[static_cast<size_t>(il)];
+      const bool rec = hp.layer_recurrent[static_cast<size_t>(il)] != 0;
+      p.kind = rec ? LayerKind::delta_net : LayerKind::attention;
+      p.rope = !rec;
+      p.kv_layer = rec ? -1 : slot++;
+      p.attn_gate = !rec;
+    }
+    return;
+  }
+  if (hp.layer_head_kv.empty()) return;
+  // Hybrid: convolution layers have no KV; attention layers take consecutive cache slots.
+  int64_t slot = 0;
+  for (int64_t il = 0; il < hp.n_layer; ++il) {
+    LayerPlan& p = hp.layers[static_cast<size_t>(il)];
+    if (hp.layer_head_kv[static_cast<size_t>(il)] == 0) {
+      p.kind = LayerKind::short_conv;
+      p.n_head_kv = 0;
+      p.rope = false;
+      p.kv_layer = -1;
+    } else {
+      p.kv_layer = slot++;
+    }
   }
 }
 
@@ -8546,7 +9238,7 @@ inline Expected<HParams> read_hparams(const GgufFile& f) {
   if (hp.n_expert > 0 && !info->moe.allowed)
     return make_error(Errc::unsupported, f.name() + ": experts in a '" + a + "' file are not supported");
   hp.arch = *info;
-  for (auto step : {detail::read_sizes, detail::read_rope, detail::read_swa, detail::read_scales})
+  for (auto step : {detail::read_sizes, detail::read_rope, detail::read_swa, detail::read_scales, detail::read_delta_net})
     if (auto st = step(f, a, hp); !st) return st.error();
   detail::build_layer_plan(hp);
   return hp;
@@ -8740,7 +9432,7 @@ inline Status bind_globals(const GgufFile& f, const WeightBinder& b, HParams& hp
     return b.bad_shape(*te, std::string("[").append(std::to_string(E)).append(", n_vocab]"));
   hp.n_vocab = static_cast<int64_t>(te->ne[1]);
   TINYSLM_BIND(b.matrix("token_embd.weight", E, hp.n_vocab, true, &w.token_embd));
-  TINYSLM_BIND(b.vector("output_norm.weight", E, true, &w.output_norm));
+  TINYSLM_BIND(b.vector(hp.arch.output_norm_name, E, true, &w.output_norm));
   TINYSLM_BIND(b.matrix("output.weight", E, hp.n_vocab, false, &w.output));
   if (!w.output) {
     w.output = w.token_embd;
@@ -8765,7 +9457,7 @@ inline Status bind_attention(const GgufFile& f, const WeightBinder& b, const HPa
   if (ai.fused_qkv && f.find_tensor(blk_name(il, "attn_qkv.weight"))) {
     TINYSLM_BIND(b.matrix(blk_name(il, "attn_qkv.weight"), E, Q + K + V, true, &L.wqkv));
   } else {
-    TINYSLM_BIND(b.matrix(blk_name(il, "attn_q.weight"), E, Q, true, &L.wq));
+    TINYSLM_BIND(b.matrix(blk_name(il, "attn_q.weight"), E, p.attn_gate ? 2 * Q : Q, true, &L.wq));
     TINYSLM_BIND(b.matrix(blk_name(il, "attn_k.weight"), E, K, true, &L.wk));
     TINYSLM_BIND(b.matrix(blk_name(il, "attn_v.weight"), E, V, true, &L.wv));
   }
@@ -8777,7 +9469,75 @@ inline Status bind_attention(const GgufFile& f, const WeightBinder& b, const HPa
   TINYSLM_BIND(b.vector(blk_name(il, "attn_k_norm.weight"), whole ? K : p.head_dim_k, qkn, &L.k_norm));
   TINYSLM_BIND(b.matrix(blk_name(il, "attn_output.weight"), p.attn_out_dim(), E, true, &L.wo));
   TINYSLM_BIND(b.vector(blk_name(il, "attn_output.bias"), E, false, &L.bo));
-  TINYSLM_BIND(b.vector(blk_name(il, "post_attention_norm.weight"), E, ai.post_norms, &L.post_attn_norm));
+  if (std::string_view(ai.ffn_norm_name) != "post_attention_norm.weight")  // else it is the FFN's norm
+    TINYSLM_BIND(b.vector(blk_name(il, "post_attention_norm.weight"), E, ai.post_norms, &L.post_attn_norm));
+  return {};
+}
+
+// The norm, projections and kernel of a short-convolution layer; the kernel's shape must
+// agree with shortconv.l_cache.
+inline Status bind_short_conv(const GgufFile& f, const WeightBinder& b, const HParams& hp, int64_t il,
+                              LayerWeights& L) {
+  const int64_t E = hp.n_embd, K = hp.conv_kernel;
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_norm.weight"), E, true, &L.attn_norm));
+  TINYSLM_BIND(b.matrix(blk_name(il, "shortconv.in_proj.weight"), E, 3 * E, true, &L.conv_in));
+  TINYSLM_BIND(b.matrix(blk_name(il, "shortconv.out_proj.weight"), E, E, true, &L.conv_out));
+  const std::string name = blk_name(il, "shortconv.conv.weight");
+  const GgufTensorInfo* t = f.find_tensor(name);
+  if (!t) return b.missing(name);
+  if (t->n_dims != 2 || static_cast<int64_t>(t->ne[0]) != K || static_cast<int64_t>(t->ne[1]) != E)
+    return make_error(Errc::invalid_format, f.name() + ": tensor '" + name + "' has shape " + t->shape_string() +
+                                                ", expected " + shape_text({K, E}) + " (shortconv.l_cache " +
+                                                std::to_string(K) + ", n_embd " + std::to_string(E) + ")");
+  L.conv_kernel.resize(static_cast<size_t>(K * E));
+  uint64_t rb = 0;
+  if (!tensor_row_bytes(t->type, static_cast<uint64_t>(K), &rb) || rb * static_cast<uint64_t>(E) != t->n_bytes)
+    return make_error(Errc::invalid_format, f.name() + ": tensor '" + name + "' has an unusable type or size");
+  for (int64_t c = 0; c < E; ++c)
+    if (auto st = dequantize_row(t->type, t->data + c * rb, L.conv_kernel.data() + c * K, K); !st)
+      return Error(st.error()).context(f.name() + ": tensor '" + name + "'");
+  return {};
+}
+
+// A small F32-converted tensor of exactly `rows` rows of `cols` values (a 1-D tensor when
+// rows == 1), its expected shape named with the metadata keys it follows from.
+inline Status small_tensor(const GgufFile& f, const std::string& name, int64_t cols, int64_t rows, const char* keys,
+                           std::vector<float>* out) {
+  const GgufTensorInfo* t = f.find_tensor(name);
+  if (!t) return make_error(Errc::not_found, f.name() + ": missing tensor '" + name + "' (DeltaNet layer)");
+  const bool shape_ok = static_cast<int64_t>(t->ne[0]) == cols &&
+                        (rows == 1 ? t->n_elements == static_cast<uint64_t>(cols)
+                                   : t->n_dims == 2 && static_cast<int64_t>(t->ne[1]) == rows);
+  uint64_t rb = 0;
+  if (!shape_ok || !tensor_row_bytes(t->type, static_cast<uint64_t>(cols), &rb) ||
+      rb * static_cast<uint64_t>(rows) != t->n_bytes)
+    return make_error(Errc::invalid_format, f.name() + ": tensor '" + name + "' has shape " + t->shape_string() +
+                                                ", expected " + (rows == 1 ? shape_text({cols}) : shape_text({cols, rows})) +
+                                                " (from " + keys + ")");
+  out->resize(static_cast<size_t>(cols * rows));
+  for (int64_t r = 0; r < rows; ++r)
+    if (auto st = dequantize_row(t->type, t->data + r * rb, out->data() + r * cols, cols); !st)
+      return Error(st.error()).context(f.name() + ": tensor '" + name + "'");
+  return {};
+}
+
+// The tensors of a Gated DeltaNet layer; every shape must agree with the ssm.* keys (which
+// size the per-sequence state).
+inline Status bind_delta_net(const GgufFile& f, const WeightBinder& b, const HParams& hp, int64_t il,
+                             LayerWeights& L) {
+  const DeltaNetShape& s = hp.delta_net;
+  const int64_t E = hp.n_embd, C = s.channels(), V = s.value_dim(), H = s.n_v_heads;
+  TINYSLM_BIND(b.vector(blk_name(il, "attn_norm.weight"), E, true, &L.attn_norm));
+  TINYSLM_BIND(b.matrix(blk_name(il, "attn_qkv.weight"), E, C, true, &L.ssm_qkv));
+  TINYSLM_BIND(b.matrix(blk_name(il, "attn_gate.weight"), E, V, true, &L.ssm_gate));
+  TINYSLM_BIND(b.matrix(blk_name(il, "ssm_beta.weight"), E, H, true, &L.ssm_beta));
+  TINYSLM_BIND(b.matrix(blk_name(il, "ssm_alpha.weight"), E, H, true, &L.ssm_alpha));
+  TINYSLM_BIND(b.matrix(blk_name(il, "ssm_out.weight"), V, E, true, &L.ssm_out));
+  TINYSLM_BIND(small_tensor(f, blk_name(il, "ssm_conv1d.weight"), s.d_conv, C, "ssm.conv_kernel, ssm.state_size, "
+               "ssm.group_count, ssm.time_step_rank", &L.ssm_conv));
+  TINYSLM_BIND(small_tensor(f, blk_name(il, "ssm_dt.bias"), H, 1, "ssm.time_step_rank", &L.ssm_dt_bias));
+  TINYSLM_BIND(small_tensor(f, blk_name(il, "ssm_a"), H, 1, "ssm.time_step_rank", &L.ssm_a));
+  TINYSLM_BIND(small_tensor(f, blk_name(il, "ssm_norm.weight"), s.d_state, 1, "ssm.state_size", &L.ssm_norm));
   return {};
 }
 
@@ -8786,7 +9546,7 @@ inline Status bind_ffn(const GgufFile& f, const WeightBinder& b, HParams& hp, in
   const LayerPlan& p = hp.layers[static_cast<size_t>(il)];
   const ArchInfo& ai = hp.arch;
   const int64_t E = hp.n_embd, F = p.n_ff;
-  TINYSLM_BIND(b.vector(blk_name(il, "ffn_norm.weight"), E, true, &L.ffn_norm));
+  TINYSLM_BIND(b.vector(blk_name(il, ai.ffn_norm_name), E, true, &L.ffn_norm));
   const bool has_router = f.find_tensor(blk_name(il, "ffn_gate_inp.weight")) != nullptr;
   if (p.ffn == FfnKind::moe) {
     if (!has_router) return b.missing(blk_name(il, "ffn_gate_inp.weight"));
@@ -8835,7 +9595,12 @@ inline Status Model::State::bind() {
   w.layers.resize(static_cast<size_t>(hp.n_layer));
   for (int64_t il = 0; il < hp.n_layer; ++il) {
     LayerWeights& L = w.layers[static_cast<size_t>(il)];
-    TINYSLM_BIND(detail::bind_attention(file, b, hp, il, L));
+    if (hp.layers[static_cast<size_t>(il)].kind == LayerKind::short_conv)
+      TINYSLM_BIND(detail::bind_short_conv(file, b, hp, il, L));
+    else if (hp.layers[static_cast<size_t>(il)].kind == LayerKind::delta_net)
+      TINYSLM_BIND(detail::bind_delta_net(file, b, hp, il, L));
+    else
+      TINYSLM_BIND(detail::bind_attention(file, b, hp, il, L));
     TINYSLM_BIND(detail::bind_ffn(file, b, hp, il, L));
   }
   return {};
@@ -8847,11 +9612,475 @@ inline Status Model::State::bind() {
 }  // namespace tinyslm
 // ---- end tinyslm/model.hpp ----
 
+// ---- begin tinyslm/kv_quant.hpp ----
+// tinyslm kv_quant: the element types of the KV cache and attention over a quantized cache.
+//
+// A cache row (one position of one kv head) is head_dim values stored as f16, or as q8_0 / q4_0
+// blocks of 32 (the ggml block structs of quant.hpp), as llama.cpp's -ctk / -ctv choose. With a
+// quantized cache, attention never dequantizes the prefix: each query head is quantized to
+// q8_0 once and dotted with the K blocks in integers (as llama.cpp's flash attention does with
+// its vec_dot_type), and each V row is scaled into an f32 accumulator straight from its blocks.
+// The softmax is then in f32 (no fp16 rounding of the probabilities), as llama.cpp's flash
+// attention does for a quantized V. An all-f16 cache keeps ops::attention (ops.hpp).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+
+#if defined(TINYSLM_SIMD_X86)
+#include <immintrin.h>
+#define TINYSLM_KVQ_X86 1
+#define TINYSLM_KVQ_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TINYSLM_KVQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+#define TINYSLM_OPS_KVQ_INLINE __attribute__((always_inline)) inline
+#else
+#define TINYSLM_OPS_KVQ_INLINE inline
+#endif
+
+namespace tinyslm {
+inline namespace TINYSLM_ABI_NAMESPACE {
+
+enum class KvType : uint8_t { f16 = 0, q8_0 = 1, q4_0 = 2 };
+
+inline const char* kv_type_name(KvType t) {
+  switch (t) {
+    case KvType::f16: return "f16";
+    case KvType::q8_0: return "q8_0";
+    case KvType::q4_0: return "q4_0";
+  }
+  return "?";
+}
+
+// llama.cpp's spellings of -ctk / -ctv.
+inline Expected<KvType> parse_kv_type(std::string_view s) {
+  for (KvType t : {KvType::f16, KvType::q8_0, KvType::q4_0})
+    if (s == kv_type_name(t)) return t;
+  return make_error(Errc::invalid_argument,
+                    "unsupported KV cache type '" + std::string(s) + "' (supported: f16, q8_0, q4_0)");
+}
+
+// Values per block: a row must be a whole number of blocks.
+inline int64_t kv_block_size(KvType t) { return t == KvType::f16 ? 1 : kBlock32; }
+
+// Bytes of one cache row of n values (n a multiple of the block size).
+inline int64_t kv_row_bytes(KvType t, int64_t n) {
+  switch (t) {
+    case KvType::f16: return 2 * n;
+    case KvType::q8_0: return n / kBlock32 * static_cast<int64_t>(sizeof(BlockQ8_0));
+    case KvType::q4_0: return n / kBlock32 * static_cast<int64_t>(sizeof(BlockQ4_0));
+  }
+  return 0;
+}
+
+// Refuses a head size the block does not divide, in llama.cpp's words ("K" or "V").
+inline Status kv_check_head_dim(KvType t, int64_t head_dim, const char* which) {
+  const int64_t bs = kv_block_size(t);
+  if (head_dim <= 0 || head_dim % bs != 0)
+    return make_error(Errc::unsupported, std::string(which) + " cache type " + kv_type_name(t) + " with block size " +
+                                             std::to_string(bs) + " does not divide n_embd_head_" +
+                                             (which[0] == 'K' ? "k" : "v") + "=" + std::to_string(head_dim));
+  return {};
+}
+
+// Stores n floats as one cache row of type t.
+inline void kv_store_row(KvType t, const float* x, int64_t n, uint8_t* row) {
+  switch (t) {
+    case KvType::f16: ops::f32_to_f16(x, reinterpret_cast<uint16_t*>(row), n); return;
+    case KvType::q8_0:
+      for (int64_t b = 0; b < n / kBlock32; ++b) quantize_block(x + b * kBlock32, reinterpret_cast<BlockQ8_0*>(row) + b);
+      return;
+    case KvType::q4_0:
+      for (int64_t b = 0; b < n / kBlock32; ++b) quantize_block(x + b * kBlock32, reinterpret_cast<BlockQ4_0*>(row) + b);
+      return;
+  }
+}
+
+// One cache row back to floats (tests, tools; attention does not use it).
+inline void kv_load_row(KvType t, const uint8_t* row, int64_t n, float* x) {
+  if (t == KvType::f16) return ops::f16_to_f32(reinterpret_cast<const uint16_t*>(row), x, n);
+  for (int64_t b = 0; b < n / kBlock32; ++b) {
+    float* o = x + b * kBlock32;
+    if (t == KvType::q8_0) {
+      const BlockQ8_0& k = reinterpret_cast<const BlockQ8_0*>(row)[b];
+      for (int j = 0; j < kBlock32; ++j) o[j] = fp16_to_fp32(k.d) * k.qs[j];
+    } else {
+      const BlockQ4_0& k = reinterpret_cast<const BlockQ4_0*>(row)[b];
+      for (int j = 0; j < kBlock32 / 2; ++j) {
+        o[j] = fp16_to_fp32(k.d) * ((k.qs[j] & 15) - 8);
+        o[j + 16] = fp16_to_fp32(k.d) * ((k.qs[j] >> 4) - 8);
+      }
+    }
+  }
+}
+
+namespace ops {
+
+// One layer of a cache: [n_head_kv][cache_ctx] rows of row_bytes.
+struct KvRows {
+  const uint8_t* data = nullptr;
+  KvType type = KvType::f16;
+  int64_t row_bytes = 0;
+};
+
+namespace detail {
+
+// ---------------------------------------------------------------------------------------
+// Scalar reference kernels. q: the query head as q8_0 blocks (nb of them).
+
+inline float kq_dot_q8_0_scalar(const BlockQ8_0* k, const BlockQ8_0* q, int64_t nb) {
+  float sum = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    int32_t isum = 0;
+    for (int j = 0; j < kBlock32; ++j) isum += k[b].qs[j] * q[b].qs[j];
+    sum += static_cast<float>(isum) * (fp16_to_fp32(k[b].d) * fp16_to_fp32(q[b].d));
+  }
+  return sum;
+}
+
+inline float kq_dot_q4_0_scalar(const BlockQ4_0* k, const BlockQ8_0* q, int64_t nb) {
+  float sum = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    int32_t isum = 0;
+    for (int j = 0; j < kBlock32 / 2; ++j)
+      isum += ((k[b].qs[j] & 15) - 8) * q[b].qs[j] + ((k[b].qs[j] >> 4) - 8) * q[b].qs[j + 16];
+    sum += static_cast<float>(isum) * (fp16_to_fp32(k[b].d) * fp16_to_fp32(q[b].d));
+  }
+  return sum;
+}
+
+// acc[0, 32 nb) += w * (row as floats).
+inline void v_mad_q8_0_scalar(const BlockQ8_0* v, int64_t nb, float w, float* acc) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const float c = w * fp16_to_fp32(v[b].d);
+    for (int j = 0; j < kBlock32; ++j) acc[b * kBlock32 + j] += c * static_cast<float>(v[b].qs[j]);
+  }
+}
+
+inline void v_mad_q4_0_scalar(const BlockQ4_0* v, int64_t nb, float w, float* acc) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const float c = w * fp16_to_fp32(v[b].d);
+    for (int j = 0; j < kBlock32 / 2; ++j) {
+      acc[b * kBlock32 + j] += c * static_cast<float>((v[b].qs[j] & 15) - 8);
+      acc[b * kBlock32 + j + 16] += c * static_cast<float>((v[b].qs[j] >> 4) - 8);
+    }
+  }
+}
+
+// Queries a prefill work item takes together (they share every cache row they read).
+inline constexpr int64_t kQueryBlock = 4;
+
+// The heads of one GQA group read each cache row once: M query heads, q holds M x nb blocks,
+// scores s[m * ld + j] and sums acc[m * hv ..] per head m.
+struct GroupRows {
+  const uint8_t* rows;  // n rows of rb bytes
+  int64_t rb, n, nb, m;
+};
+
+// s[m ld + j] = K row j . q_m for a q8_0 / q4_0 cache.
+inline void kq_scores_scalar(KvType t, const GroupRows& g, const BlockQ8_0* q, float* s, int64_t ld) {
+  for (int64_t j = 0; j < g.n; ++j) {
+    const uint8_t* r = g.rows + j * g.rb;
+    for (int64_t m = 0; m < g.m; ++m)
+      s[m * ld + j] = t == KvType::q8_0 ? kq_dot_q8_0_scalar(reinterpret_cast<const BlockQ8_0*>(r), q + m * g.nb, g.nb)
+                                        : kq_dot_q4_0_scalar(reinterpret_cast<const BlockQ4_0*>(r), q + m * g.nb, g.nb);
+  }
+}
+
+// acc_m += sum_j p[m ld + j] * V row j for a q8_0 / q4_0 cache.
+inline void v_mix_scalar(KvType t, const GroupRows& g, const float* p, int64_t ld, float* acc) {
+  const int64_t hv = g.nb * kBlock32;
+  for (int64_t j = 0; j < g.n; ++j) {
+    const uint8_t* r = g.rows + j * g.rb;
+    for (int64_t m = 0; m < g.m; ++m) {
+      if (t == KvType::q8_0) v_mad_q8_0_scalar(reinterpret_cast<const BlockQ8_0*>(r), g.nb, p[m * ld + j], acc + m * hv);
+      else v_mad_q4_0_scalar(reinterpret_cast<const BlockQ4_0*>(r), g.nb, p[m * ld + j], acc + m * hv);
+    }
+  }
+}
+
+// Scale, optional soft-cap and an f32 softmax of s[0, n), in place.
+TINYSLM_OPS_KVQ_INLINE void softmax_f32_body(float* s, int64_t n, float scale, float softcap) {
+  if (softcap > 0.0f) {
+    const float inv = 1.0f / softcap;
+    for (int64_t j = 0; j < n; ++j) s[j] = softcap * tanh_f32(s[j] * scale * inv);
+  } else {
+    for (int64_t j = 0; j < n; ++j) s[j] *= scale;
+  }
+  const float mx = max_lanes(s, n);
+  for (int64_t j = 0; j < n; ++j) s[j] = exp_f32(s[j] - mx);
+  const float inv = static_cast<float>(1.0 / sum_lanes(s, n));
+  for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+}
+inline void softmax_f32_scalar(float* s, int64_t n, float scale, float softcap) { softmax_f32_body(s, n, scale, softcap); }
+
+#if defined(TINYSLM_KVQ_X86)
+// ---------------------------------------------------------------------------------------
+// x86: 32 signed bytes per block. The K . q products use the sign trick (|k| unsigned times
+// q with k's sign) so one unsigned-by-signed multiply-add covers a block; AVX-512 VNNI does
+// it in one vpdpbusd, AVX2 in vpmaddubsw + vpmaddwd. Eight rows are reduced together.
+
+// The 32 values of a q4_0 block as signed bytes (-8..7), in element order.
+TINYSLM_KVQ_AVX2 inline __m256i q4_0_bytes(const uint8_t* qs) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+  return _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(15)), _mm256_set1_epi8(8));
+}
+
+template <KvType T>
+TINYSLM_KVQ_AVX2 __attribute__((always_inline)) inline __m256i kv_block_bytes(const uint8_t* blk) {
+  if constexpr (T == KvType::q8_0) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+  else return q4_0_bytes(blk + 2);
+}
+
+template <KvType T>
+inline constexpr int64_t kBlockBytes = T == KvType::q8_0 ? int64_t(sizeof(BlockQ8_0)) : int64_t(sizeof(BlockQ4_0));
+
+TINYSLM_KVQ_AVX2 __attribute__((always_inline)) inline float kv_block_scale(const uint8_t* blk) {
+  uint16_t d;
+  std::memcpy(&d, blk, 2);
+  return _cvtsh_ss(d);
+}
+
+// The eight sums of a0..a7, in order.
+TINYSLM_KVQ_AVX2 __attribute__((always_inline)) inline __m256 hsum8(const __m256* a) {
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+TINYSLM_KVQ_AVX2 __attribute__((always_inline)) inline float hsum1(__m256 a) {
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2)));
+}
+
+#define TINYSLM_KVQ_SCORES(TARGET, SUFFIX, MADD)                                                               \
+  template <KvType T>                                                                                          \
+  TARGET __attribute__((always_inline)) inline __m256 row_dot_##SUFFIX(const uint8_t* r, const BlockQ8_0* q,   \
+                                                                       int64_t nb) {                           \
+    __m256 acc = _mm256_setzero_ps();                                                                          \
+    for (int64_t b = 0; b < nb; ++b) {                                                                         \
+      const uint8_t* blk = r + b * kBlockBytes<T>;                                                             \
+      const __m256i kx = kv_block_bytes<T>(blk);                                                               \
+      const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[b].qs));                        \
+      const __m256i p32 = MADD(_mm256_sign_epi8(kx, kx), _mm256_sign_epi8(qy, kx));                            \
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(kv_block_scale(blk) * _cvtsh_ss(q[b].d)), _mm256_cvtepi32_ps(p32), acc); \
+    }                                                                                                          \
+    return acc;                                                                                                \
+  }                                                                                                            \
+  template <KvType T>                                                                                          \
+  TARGET inline void kq_scores_##SUFFIX(const GroupRows& g, const BlockQ8_0* q, float* s, int64_t ld) {       \
+    int64_t j = 0;                                                                                             \
+    for (; j + 8 <= g.n; j += 8)                                                                               \
+      for (int64_t m = 0; m < g.m; ++m) {                                                                      \
+        __m256 acc[8];                                                                                         \
+        for (int r = 0; r < 8; ++r) acc[r] = row_dot_##SUFFIX<T>(g.rows + (j + r) * g.rb, q + m * g.nb, g.nb); \
+        _mm256_storeu_ps(s + m * ld + j, hsum8(acc));                                                          \
+      }                                                                                                        \
+    for (; j < g.n; ++j)                                                                                       \
+      for (int64_t m = 0; m < g.m; ++m) s[m * ld + j] = hsum1(row_dot_##SUFFIX<T>(g.rows + j * g.rb, q + m * g.nb, g.nb)); \
+  }
+
+TINYSLM_KVQ_AVX2 __attribute__((always_inline)) inline __m256i madd_u8s8_avx2(__m256i u, __m256i v) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), _mm256_set1_epi16(1));
+}
+TINYSLM_KVQ_AVX512 __attribute__((always_inline)) inline __m256i madd_u8s8_vnni(__m256i u, __m256i v) {
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, v);
+}
+TINYSLM_KVQ_SCORES(TINYSLM_KVQ_AVX2, avx2, madd_u8s8_avx2)
+TINYSLM_KVQ_SCORES(TINYSLM_KVQ_AVX512, avx512, madd_u8s8_vnni)
+#undef TINYSLM_KVQ_SCORES
+
+// acc_m += sum_j p[m ld + j] * V row j: each block's 32 bytes widened to floats once per row,
+// then scaled by p * d into every head's sum.
+template <KvType T>
+TINYSLM_KVQ_AVX2 inline void v_mix_avx2(const GroupRows& g, const float* p, int64_t ld, float* acc) {
+  const int64_t hv = g.nb * kBlock32;
+  for (int64_t j = 0; j < g.n; ++j) {
+    const uint8_t* r = g.rows + j * g.rb;
+    for (int64_t b = 0; b < g.nb; ++b) {
+      const uint8_t* blk = r + b * kBlockBytes<T>;
+      const float d = kv_block_scale(blk);
+      const __m256i x = kv_block_bytes<T>(blk);
+      const __m128i lo = _mm256_castsi256_si128(x), hi = _mm256_extracti128_si256(x, 1);
+      const __m256 v0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+      const __m256 v1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+      const __m256 v2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+      const __m256 v3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+      for (int64_t m = 0; m < g.m; ++m) {
+        const __m256 c = _mm256_set1_ps(p[m * ld + j] * d);
+        float* a = acc + m * hv + b * kBlock32;
+        _mm256_storeu_ps(a, _mm256_fmadd_ps(c, v0, _mm256_loadu_ps(a)));
+        _mm256_storeu_ps(a + 8, _mm256_fmadd_ps(c, v1, _mm256_loadu_ps(a + 8)));
+        _mm256_storeu_ps(a + 16, _mm256_fmadd_ps(c, v2, _mm256_loadu_ps(a + 16)));
+        _mm256_storeu_ps(a + 24, _mm256_fmadd_ps(c, v3, _mm256_loadu_ps(a + 24)));
+      }
+    }
+  }
+}
+
+TINYSLM_KVQ_AVX2 inline void softmax_f32_avx2(float* s, int64_t n, float scale, float softcap) {
+  softmax_f32_body(s, n, scale, softcap);
+}
+TINYSLM_KVQ_AVX512 inline void softmax_f32_avx512(float* s, int64_t n, float scale, float softcap) {
+  softmax_f32_body(s, n, scale, softcap);
+}
+#endif
+
+// The paths the active SIMD level picks.
+inline void kq_scores(KvType t, const GroupRows& g, const BlockQ8_0* q, float* s, int64_t ld) {
+#if defined(TINYSLM_KVQ_X86)
+  const int w = active_x86_width();
+  if (w == 2) return t == KvType::q8_0 ? kq_scores_avx512<KvType::q8_0>(g, q, s, ld) : kq_scores_avx512<KvType::q4_0>(g, q, s, ld);
+  if (w == 1) return t == KvType::q8_0 ? kq_scores_avx2<KvType::q8_0>(g, q, s, ld) : kq_scores_avx2<KvType::q4_0>(g, q, s, ld);
+#endif
+  kq_scores_scalar(t, g, q, s, ld);
+}
+
+inline void v_mix(KvType t, const GroupRows& g, const float* p, int64_t ld, float* acc) {
+#if defined(TINYSLM_KVQ_X86)
+  if (active_x86_width() >= 1)
+    return t == KvType::q8_0 ? v_mix_avx2<KvType::q8_0>(g, p, ld, acc) : v_mix_avx2<KvType::q4_0>(g, p, ld, acc);
+#endif
+  v_mix_scalar(t, g, p, ld, acc);
+}
+
+inline void softmax_f32(float* s, int64_t n, float scale, float softcap) {
+#if defined(TINYSLM_KVQ_X86)
+  const int w = active_x86_width();
+  if (w == 2) return softmax_f32_avx512(s, n, scale, softcap);
+  if (w == 1) return softmax_f32_avx2(s, n, scale, softcap);
+#endif
+  softmax_f32_scalar(s, n, scale, softcap);
+}
+
+// f16 rows in a mixed cache (one of K, V quantized): converted row by row into tmp.
+inline void kq_scores_f16(const uint8_t* rows, int64_t rb, int64_t n, const float* q, int64_t hk, float* tmp, float* s) {
+  for (int64_t j = 0; j < n; ++j) {
+    f16_to_f32(reinterpret_cast<const uint16_t*>(rows + j * rb), tmp, hk);
+    float sum = 0.0f;
+    for (int64_t d = 0; d < hk; ++d) sum += tmp[d] * q[d];
+    s[j] = sum;
+  }
+}
+inline void v_mix_f16(const uint8_t* rows, int64_t rb, int64_t n, const float* p, int64_t hv, float* tmp, float* acc) {
+  for (int64_t j = 0; j < n; ++j) {
+    f16_to_f32(reinterpret_cast<const uint16_t*>(rows + j * rb), tmp, hv);
+    for (int64_t d = 0; d < hv; ++d) acc[d] += p[j] * tmp[d];
+  }
+}
+
+// Heads h0 .. h0 + m - 1 (one GQA group's, m <= scratch.group) for nq <= kQueryBlock
+// consecutive queries at positions p0 .. p0 + nq - 1, whose rows together span [lo, lo + n):
+// every (query, head) pair is one vector of the kernels, so each cache row is read once for all
+// of them; each keeps only its own causal window in the softmax. w: the thread's scratch row,
+// laid out as AttentionScratch::row_floats sizes it.
+struct GroupQuery {
+  const float* q;  // query 0's row of n_head heads; query r at q + r * q_stride
+  float* out;
+  int64_t q_stride, out_stride;
+  int64_t h0, m, nq, p0, lo, n;
+  const uint8_t* krows;  // row lo
+  const uint8_t* vrows;
+};
+
+inline void quant_group(const AttentionShape& a, KvRows k, KvRows v, const GroupQuery& gq, float* w, int64_t ld,
+                        int64_t group) {
+  const int64_t hk = a.head_dim_k, hv = a.head_dim_v, M = gq.m * gq.nq, n = gq.n, G = group * kQueryBlock;
+  float* s = w;                             // M rows of ld scores
+  float* qbuf = w + G * ld;                 // q8_0 blocks of M vectors, or one f16-rounded q
+  float* acc = qbuf + 2 * G * hk + 2 * hk;  // M sums of hv, then an f16 V row
+  const auto qvec = [&](int64_t x) { return gq.q + x / gq.m * gq.q_stride + (gq.h0 + x % gq.m) * hk; };
+  if (k.type == KvType::f16) {
+    for (int64_t x = 0; x < M; ++x) {
+      for (int64_t d = 0; d < hk; ++d) qbuf[d] = round_to_f16(qvec(x)[d]);
+      kq_scores_f16(gq.krows, k.row_bytes, n, qbuf, hk, qbuf + hk, s + x * ld);
+    }
+  } else {
+    BlockQ8_0* qq = reinterpret_cast<BlockQ8_0*>(qbuf);
+    const int64_t nb = hk / kBlock32;
+    for (int64_t x = 0; x < M; ++x)
+      for (int64_t b = 0; b < nb; ++b) quantize_block(qvec(x) + b * kBlock32, qq + x * nb + b);
+    kq_scores(k.type, GroupRows{gq.krows, k.row_bytes, n, nb, M}, qq, s, ld);
+  }
+  for (int64_t x = 0; x < M; ++x) {
+    const int64_t p = gq.p0 + x / gq.m, first = a.n_swa > 0 && p - a.n_swa + 1 > gq.lo ? p - a.n_swa + 1 : gq.lo;
+    const int64_t a0 = first - gq.lo, a1 = p + 1 - gq.lo;  // this query's rows [a0, a1)
+    float* sx = s + x * ld;
+    softmax_f32(sx + a0, a1 - a0, a.scale, a.softcap);
+    for (int64_t j = 0; j < a0; ++j) sx[j] = 0.0f;
+    for (int64_t j = a1; j < n; ++j) sx[j] = 0.0f;
+  }
+  for (int64_t d = 0; d < M * hv; ++d) acc[d] = 0.0f;
+  if (v.type == KvType::f16) {
+    for (int64_t x = 0; x < M; ++x) v_mix_f16(gq.vrows, v.row_bytes, n, s + x * ld, hv, acc + M * hv, acc + x * hv);
+  } else {
+    v_mix(v.type, GroupRows{gq.vrows, v.row_bytes, n, hv / kBlock32, M}, s, ld, acc);
+  }
+  for (int64_t x = 0; x < M; ++x)
+    std::memcpy(gq.out + x / gq.m * gq.out_stride + (gq.h0 + x % gq.m) * hv, acc + x * hv,
+                static_cast<size_t>(hv) * sizeof(float));
+}
+
+}  // namespace detail
+
+// Causal attention, as ops::attention (same q, out and window rules), over a cache with at least
+// one of K and V quantized. One (head, query) per work item, computed whole by one thread, so
+// the thread count never changes a result. Needs AttentionScratch::rows only.
+inline void attention_quant(const AttentionShape& a, const float* q, int64_t q_stride, int64_t n_tokens, int64_t pos0,
+                            KvRows k, KvRows v, int64_t cache_ctx, float* out, int64_t out_stride,
+                            AttentionScratch& scratch, const ParallelFor& par) {
+  const int64_t group = a.n_head / a.n_head_kv, m_max = std::min(group, scratch.group);
+  const int64_t subs = (group + m_max - 1) / m_max;  // head batches per group (1 unless a layer is wider)
+  const int64_t qb = n_tokens > 2 ? detail::kQueryBlock : 1, n_qb = (n_tokens + qb - 1) / qb;
+  const auto window = [&](int64_t p) { return a.n_swa > 0 && p - a.n_swa + 1 > 0 ? p - a.n_swa + 1 : int64_t(0); };
+  par([&](int t, int nt) {
+    int64_t b, e;
+    ParallelFor::split(a.n_head_kv * subs * n_qb, t, nt, 1, &b, &e);
+    float* w = scratch.rows.data() + t * scratch.row_stride;
+    for (int64_t it = b; it < e; ++it) {
+      const int64_t gs = it / n_qb, i0 = it % n_qb * qb, g = gs / subs, h0 = g * group + gs % subs * m_max;
+      const int64_t nq = std::min(qb, n_tokens - i0), p0 = pos0 + i0, lo = window(p0);
+      const detail::GroupQuery gq{q + i0 * q_stride,
+                                  out + i0 * out_stride,
+                                  q_stride,
+                                  out_stride,
+                                  h0,
+                                  std::min(m_max, (g + 1) * group - h0),
+                                  nq,
+                                  p0,
+                                  lo,
+                                  p0 + nq - lo,
+                                  k.data + (g * cache_ctx + lo) * k.row_bytes,
+                                  v.data + (g * cache_ctx + lo) * v.row_bytes};
+      detail::quant_group(a, k, v, gq, w, scratch.n_ctx, scratch.group);
+    }
+  });
+}
+
+}  // namespace ops
+}  // inline namespace TINYSLM_ABI_NAMESPACE
+}  // namespace tinyslm
+
+#undef TINYSLM_OPS_KVQ_INLINE
+#if defined(TINYSLM_KVQ_X86)
+#undef TINYSLM_KVQ_AVX2
+#undef TINYSLM_KVQ_AVX512
+#undef TINYSLM_KVQ_X86
+#endif
+// ---- end tinyslm/kv_quant.hpp ----
+
 // ---- begin tinyslm/kv.hpp ----
 // tinyslm kv: the key/value cache of one sequence.
 //
-// F16 storage allocated once for the whole context: [layer][kv head][position][head dim], so
-// one head's keys are contiguous for the attention kernel. Positions are absolute; a chat turn
+// Storage allocated once for the whole context: [layer][kv head][position] rows of head_dim
+// values (F16, or q8_0 / q4_0 blocks: kv_quant.hpp), so one head's keys are contiguous for the
+// attention kernel. Positions are absolute; a chat turn
 // keeps the common prefix (truncate) and evaluates only its new tokens. Sliding-window layers
 // simply never read positions older than their window.
 
@@ -8868,32 +10097,47 @@ class KvCache {
   KvCache(KvCache&&) = default;
   KvCache& operator=(KvCache&&) = default;
 
-  static Expected<KvCache> create(const HParams& hp, int64_t n_ctx) {
+  // K and V rows of type tk / tv (kv_quant.hpp); a quantized type needs a head size its block
+  // divides, as llama.cpp requires.
+  static Expected<KvCache> create(const HParams& hp, int64_t n_ctx, KvType tk = KvType::f16,
+                                  KvType tv = KvType::f16) {
     if (n_ctx <= 0 || n_ctx > (int64_t{1} << 24))
       return make_error(Errc::invalid_argument,
                         "KV cache: context length " + std::to_string(n_ctx) + " out of range");
+    if (auto st = kv_check_head_dim(tk, hp.head_dim_k, "K"); !st) return st.error();
+    if (auto st = kv_check_head_dim(tv, hp.head_dim_v, "V"); !st) return st.error();
     KvCache c;
-    c.n_layer_ = hp.n_layer;
+    c.n_layer_ = hp.n_kv_layers();
     c.n_head_kv_ = hp.n_head_kv;
     c.head_dim_k_ = hp.head_dim_k;
     c.head_dim_v_ = hp.head_dim_v;
     c.n_ctx_ = n_ctx;
+    c.type_k_ = tk;
+    c.type_v_ = tv;
+    c.row_k_ = kv_row_bytes(tk, hp.head_dim_k);
+    c.row_v_ = kv_row_bytes(tv, hp.head_dim_v);
     uint64_t nk = 0, nv = 0;
-    if (detail::mul_overflows(static_cast<uint64_t>(hp.n_layer * hp.n_head_kv * hp.head_dim_k),
+    if (detail::mul_overflows(static_cast<uint64_t>(c.n_layer_ * hp.n_head_kv * c.row_k_),
                               static_cast<uint64_t>(n_ctx), &nk) ||
-        detail::mul_overflows(static_cast<uint64_t>(hp.n_layer * hp.n_head_kv * hp.head_dim_v),
+        detail::mul_overflows(static_cast<uint64_t>(c.n_layer_ * hp.n_head_kv * c.row_v_),
                               static_cast<uint64_t>(n_ctx), &nv) ||
         !c.k_.allocate(static_cast<size_t>(nk)) || !c.v_.allocate(static_cast<size_t>(nv)))
       return make_error(Errc::out_of_memory, "KV cache: cannot allocate " +
-                                                 std::to_string((nk + nv) * 2 >> 20) + " MiB for " +
+                                                 std::to_string((nk + nv) >> 20) + " MiB for " +
                                                  std::to_string(n_ctx) + " positions");
     return c;
   }
 
   int64_t n_ctx() const { return n_ctx_; }
+  int64_t n_layer() const { return n_layer_; }        // cache slots (layers that own a cache)
   int64_t size() const { return n_past_; }           // positions filled
   int64_t free() const { return n_ctx_ - n_past_; }  // positions left
-  size_t bytes() const { return (k_.size() + v_.size()) * sizeof(uint16_t); }
+  size_t bytes() const { return k_.size() + v_.size(); }
+  KvType type_k() const { return type_k_; }
+  KvType type_v() const { return type_v_; }
+  // Bytes of one position of one kv head.
+  int64_t row_bytes_k() const { return row_k_; }
+  int64_t row_bytes_v() const { return row_v_; }
 
   // Keeps the first n positions (a shared prompt prefix) and forgets the rest.
   Status truncate(int64_t n) {
@@ -8917,26 +10161,35 @@ class KvCache {
   // Marks n more positions as filled (after their keys and values were stored).
   void advance(int64_t n) { n_past_ += n; }
 
-  // This layer's caches: [n_head_kv][n_ctx][head_dim].
-  uint16_t* k_layer(int64_t il) { return k_.data() + il * n_head_kv_ * n_ctx_ * head_dim_k_; }
-  uint16_t* v_layer(int64_t il) { return v_.data() + il * n_head_kv_ * n_ctx_ * head_dim_v_; }
-  const uint16_t* k_layer(int64_t il) const { return k_.data() + il * n_head_kv_ * n_ctx_ * head_dim_k_; }
-  const uint16_t* v_layer(int64_t il) const { return v_.data() + il * n_head_kv_ * n_ctx_ * head_dim_v_; }
+  // This layer's caches: [n_head_kv][n_ctx] rows of row_bytes_k() / row_bytes_v().
+  uint8_t* k_bytes(int64_t il) { return k_.data() + il * n_head_kv_ * n_ctx_ * row_k_; }
+  uint8_t* v_bytes(int64_t il) { return v_.data() + il * n_head_kv_ * n_ctx_ * row_v_; }
+  const uint8_t* k_bytes(int64_t il) const { return k_.data() + il * n_head_kv_ * n_ctx_ * row_k_; }
+  const uint8_t* v_bytes(int64_t il) const { return v_.data() + il * n_head_kv_ * n_ctx_ * row_v_; }
+  ops::KvRows k_rows(int64_t il) const { return {k_bytes(il), type_k_, row_k_}; }
+  ops::KvRows v_rows(int64_t il) const { return {v_bytes(il), type_v_, row_v_}; }
+  // The same as F16 values, [n_head_kv][n_ctx][head_dim] (only for an f16 K / V).
+  uint16_t* k_layer(int64_t il) { return reinterpret_cast<uint16_t*>(k_bytes(il)); }
+  uint16_t* v_layer(int64_t il) { return reinterpret_cast<uint16_t*>(v_bytes(il)); }
+  const uint16_t* k_layer(int64_t il) const { return reinterpret_cast<const uint16_t*>(k_bytes(il)); }
+  const uint16_t* v_layer(int64_t il) const { return reinterpret_cast<const uint16_t*>(v_bytes(il)); }
 
   // Stores the keys and values of one token (all kv heads, contiguous) at position pos.
   void store(int64_t il, int64_t pos, const float* k, const float* v) {
-    uint16_t* kl = k_layer(il);
-    uint16_t* vl = v_layer(il);
+    uint8_t* kl = k_bytes(il);
+    uint8_t* vl = v_bytes(il);
     for (int64_t g = 0; g < n_head_kv_; ++g) {
-      ops::f32_to_f16(k + g * head_dim_k_, kl + (g * n_ctx_ + pos) * head_dim_k_, head_dim_k_);
-      ops::f32_to_f16(v + g * head_dim_v_, vl + (g * n_ctx_ + pos) * head_dim_v_, head_dim_v_);
+      kv_store_row(type_k_, k + g * head_dim_k_, head_dim_k_, kl + (g * n_ctx_ + pos) * row_k_);
+      kv_store_row(type_v_, v + g * head_dim_v_, head_dim_v_, vl + (g * n_ctx_ + pos) * row_v_);
     }
   }
 
  private:
   int64_t n_layer_ = 0, n_head_kv_ = 0, head_dim_k_ = 0, head_dim_v_ = 0;
   int64_t n_ctx_ = 0, n_past_ = 0;
-  AlignedBuffer<uint16_t> k_, v_;
+  KvType type_k_ = KvType::f16, type_v_ = KvType::f16;
+  int64_t row_k_ = 0, row_v_ = 0;
+  AlignedBuffer<uint8_t> k_, v_;
 };
 
 }  // inline namespace TINYSLM_ABI_NAMESPACE
@@ -9418,6 +10671,215 @@ inline Status moe_ffn(const MoeConfig& cfg, const MoeLayerWeights& w, const floa
 }  // namespace tinyslm
 // ---- end tinyslm/moe.hpp ----
 
+// ---- begin tinyslm/state.hpp ----
+// tinyslm state: the per-sequence recurrent state of hybrid models and its checkpoints.
+//
+// A short-convolution layer (lfm2) or a linear-attention layer (Gated DeltaNet) carries a
+// state that summarises every token seen so far. Unlike a KV cache it cannot be cut back to
+// an earlier position, so the store keeps a few checkpoints: copies of the whole state (every
+// layer, as one unit) taken at chosen positions, typically the end of each prompt and of each
+// reply. Returning to position p restores the checkpoint taken at p; a prefix with no
+// checkpoint at its end is reused only up to the latest checkpoint inside it (position 0 is
+// always restorable: the zero state).
+//
+// All memory is allocated once in create(): the live state and n_checkpoints slots.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <vector>
+
+
+namespace tinyslm {
+inline namespace TINYSLM_ABI_NAMESPACE {
+
+class RecurrentState {
+ public:
+  RecurrentState() = default;
+  RecurrentState(RecurrentState&&) = default;
+  RecurrentState& operator=(RecurrentState&&) = default;
+
+  // layer_floats[il]: floats of layer il's state (0: the layer has none).
+  static Expected<RecurrentState> create(std::span<const int64_t> layer_floats, int n_checkpoints) {
+    RecurrentState s;
+    uint64_t total = 0;
+    s.offset_.reserve(layer_floats.size() + 1);
+    for (int64_t n : layer_floats) {
+      if (n < 0 || n > (int64_t{1} << 32))
+        return make_error(Errc::invalid_argument, "recurrent state: bad layer size " + std::to_string(n));
+      s.offset_.push_back(total);
+      total += static_cast<uint64_t>(n);
+    }
+    s.offset_.push_back(total);
+    s.floats_ = static_cast<size_t>(total);
+    if (s.floats_ == 0) return s;
+    const int slots = std::clamp(n_checkpoints, 0, 64);
+    uint64_t all = 0;
+    if (detail::mul_overflows(total, static_cast<uint64_t>(slots + 1), &all) || !s.buf_.allocate(static_cast<size_t>(all)))
+      return make_error(Errc::out_of_memory, "recurrent state: cannot allocate " + std::to_string(all * 4 >> 20) +
+                                                 " MiB (" + std::to_string(slots) + " checkpoints)");
+    s.pos_.assign(static_cast<size_t>(slots), -1);
+    s.clear();
+    return s;
+  }
+
+  // Bytes create() allocates for these sizes (for memory estimates).
+  static uint64_t bytes_for(std::span<const int64_t> layer_floats, int n_checkpoints) {
+    uint64_t total = 0;
+    for (int64_t n : layer_floats) total += static_cast<uint64_t>(std::max<int64_t>(n, 0));
+    return total == 0 ? 0 : 4 * total * static_cast<uint64_t>(std::clamp(n_checkpoints, 0, 64) + 1);
+  }
+
+  bool empty() const { return floats_ == 0; }
+  size_t floats() const { return floats_; }  // one copy of the whole state
+  size_t bytes() const { return buf_.size() * sizeof(float); }
+
+  // Layer il's live state (nullptr for a layer without one).
+  float* layer(int64_t il) { return floats_ == 0 || size(il) == 0 ? nullptr : buf_.data() + offset_[static_cast<size_t>(il)]; }
+  int64_t size(int64_t il) const {
+    return static_cast<int64_t>(offset_[static_cast<size_t>(il) + 1] - offset_[static_cast<size_t>(il)]);
+  }
+  // The live state of every layer, contiguous (for save / load).
+  std::span<float> live() { return {buf_.data(), floats_}; }
+  std::span<const float> live() const { return {buf_.data(), floats_}; }
+
+  // The zero state (no token seen); every checkpoint forgotten.
+  void clear() {
+    if (floats_ == 0) return;
+    std::fill_n(buf_.data(), floats_, 0.0f);
+    std::fill(pos_.begin(), pos_.end(), -1);
+  }
+
+  // Copies the live state into a slot as the state at position pos: the slot already holding
+  // pos, else a free one, else the one with the lowest position (the least useful to a chat,
+  // which returns to recent turns).
+  void checkpoint(int64_t pos) {
+    if (floats_ == 0 || pos_.empty() || pos <= 0) return;
+    size_t slot = 0;
+    for (size_t i = 0; i < pos_.size(); ++i) {
+      if (pos_[i] == pos) {
+        slot = i;
+        break;
+      }
+      if (pos_[i] < pos_[slot]) slot = i;
+    }
+    std::memcpy(slot_data(slot), buf_.data(), floats_ * sizeof(float));
+    pos_[slot] = pos;
+  }
+
+  // The longest prefix of at most n positions that restore() can return to.
+  int64_t restorable(int64_t n) const {
+    int64_t best = 0;
+    for (int64_t p : pos_)
+      if (p <= n && p > best) best = p;
+    return best;
+  }
+
+  // Makes the live state the one at position pos (0: the zero state) and forgets the
+  // checkpoints after it.
+  Status restore(int64_t pos) {
+    if (floats_ == 0) return {};
+    if (pos == 0) {
+      clear();
+      return {};
+    }
+    for (size_t i = 0; i < pos_.size(); ++i)
+      if (pos_[i] == pos) {
+        std::memcpy(buf_.data(), slot_data(i), floats_ * sizeof(float));
+        for (int64_t& p : pos_)
+          if (p > pos) p = -1;
+        return {};
+      }
+    return make_error(Errc::out_of_range, "recurrent state: no checkpoint at position " + std::to_string(pos));
+  }
+
+ private:
+  float* slot_data(size_t i) { return buf_.data() + (i + 1) * floats_; }
+
+  std::vector<uint64_t> offset_;  // n_layer + 1 offsets into one copy
+  size_t floats_ = 0;
+  AlignedBuffer<float> buf_;      // the live state, then one copy per checkpoint slot
+  std::vector<int64_t> pos_;      // position of each slot's copy, -1 = free
+};
+
+}  // inline namespace TINYSLM_ABI_NAMESPACE
+}  // namespace tinyslm
+// ---- end tinyslm/state.hpp ----
+
+// ---- begin tinyslm/conv.hpp ----
+// tinyslm conv: the gated short causal convolution of LFM2's convolution layers.
+//
+// A layer projects its input to three chunks b, c, x of n_embd values (in_proj), runs a
+// depthwise causal convolution of width L over u = b * x along the sequence, gates the result
+// with c and projects it back (out_proj):
+//
+//   y[t][ch] = c[t][ch] * sum_{k < L} w[ch][k] * u[t - (L - 1) + k][ch]
+//
+// The values of u before the chunk come from the sequence's state: the last L - 1 rows of u.
+// A chunk of n tokens runs in one pass (each thread owns a range of channels for all tokens),
+// so prefill is batched like the matmuls around it.
+
+#include <cstdint>
+#include <cstring>
+
+
+namespace tinyslm {
+inline namespace TINYSLM_ABI_NAMESPACE {
+namespace detail {
+
+// Channels [c0, c1) of the chunk: u = b * x in place of b, then y, then the new state.
+inline void short_conv_channels(float* bcx, int64_t ld, int64_t n, int64_t E, int64_t L, const float* w,
+                                float* state, float* out, int64_t ldo, int64_t c0, int64_t c1) {
+  for (int64_t t = 0; t < n; ++t) {
+    float* b = bcx + t * ld;
+    const float* x = b + 2 * E;
+    for (int64_t ch = c0; ch < c1; ++ch) b[ch] *= x[ch];
+  }
+  const int64_t S = L - 1;  // state rows
+  for (int64_t t = 0; t < n; ++t) {
+    float* y = out + t * ldo;
+    for (int64_t ch = c0; ch < c1; ++ch) y[ch] = 0.0f;
+    for (int64_t k = 0; k < L; ++k) {
+      const int64_t j = t - S + k;  // the input row tap k reads
+      const float* u = j < 0 ? state + (S + j) * E : bcx + j * ld;
+      for (int64_t ch = c0; ch < c1; ++ch) y[ch] += w[ch * L + k] * u[ch];
+    }
+    const float* gate = bcx + t * ld + E;
+    for (int64_t ch = c0; ch < c1; ++ch) y[ch] *= gate[ch];
+  }
+  // The new state: the last S rows of [state; u], in increasing row order (row r reads row
+  // r + n of the old state, not yet overwritten).
+  for (int64_t r = 0; r < S; ++r) {
+    const int64_t j = r + n - S;  // row of u, or of the old state when negative
+    const float* src = j < 0 ? state + (r + n) * E : bcx + j * ld;
+    std::memcpy(state + r * E + c0, src + c0, static_cast<size_t>(c1 - c0) * sizeof(float));
+  }
+}
+
+}  // namespace detail
+
+// The convolution of one chunk: bcx holds n rows of [b | c | x] (n_embd each, row stride ld;
+// b is overwritten), w the kernel [n_embd][L], state the (L - 1) x n_embd rows of u before the
+// chunk (updated), out receives n rows of y (stride ldo).
+inline void short_conv(float* bcx, int64_t ld, int64_t n, int64_t n_embd, int64_t L, const float* w, float* state,
+                       float* out, int64_t ldo, const ParallelFor& par) {
+  if (n < 4) {
+    detail::short_conv_channels(bcx, ld, n, n_embd, L, w, state, out, ldo, 0, n_embd);
+    return;
+  }
+  par([&](int t, int nt) {
+    int64_t c0, c1;
+    ParallelFor::split(n_embd, t, nt, 16, &c0, &c1);
+    if (c1 > c0) detail::short_conv_channels(bcx, ld, n, n_embd, L, w, state, out, ldo, c0, c1);
+  });
+}
+
+}  // inline namespace TINYSLM_ABI_NAMESPACE
+}  // namespace tinyslm
+// ---- end tinyslm/conv.hpp ----
+
 // ---- begin tinyslm/forward.hpp ----
 // tinyslm forward: the transformer forward pass for a batch of tokens.
 //
@@ -9437,17 +10899,25 @@ inline Status moe_ffn(const MoeConfig& cfg, const MoeLayerWeights& w, const floa
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 
 namespace tinyslm {
 inline namespace TINYSLM_ABI_NAMESPACE {
 
 struct ContextParams {
-  int64_t n_ctx = 2048;     // positions in the KV cache (allocated once, F16)
+  int64_t n_ctx = 2048;     // positions in the KV cache (allocated once)
   int n_threads = 1;        // 1 = no extra threads at all
   int64_t n_batch = 512;    // most tokens per forward chunk
   bool all_logits = false;  // keep the logits of every token of an eval (else only the last)
+  KvType type_k = KvType::f16;  // KV cache element types (llama.cpp's -ctk / -ctv)
+  KvType type_v = KvType::f16;
+  int n_state_checkpoints = 4;  // hybrid models: copies of the recurrent state kept for prefix reuse
+  ThreadPlacement placement = {};  // where the workers run (threads.hpp); default: anywhere
 };
+
+// A gated attention layer's row: [q | k | v | gate | attn_q's raw [query | gate] per head].
+inline int64_t gated_qkv_width(const LayerPlan& l) { return 4 * l.q_dim() + l.k_dim() + l.v_dim(); }
 
 // Every buffer a Context allocates, sized from the hyper-parameters and the parameters alone.
 struct ContextPlan {
@@ -9466,6 +10936,10 @@ struct ContextPlan {
   bool moe = false;
   MoeScratchSizes moe_sizes;
   uint64_t kv_bytes = 0;
+  uint64_t state_bytes = 0;  // recurrent state of hybrid models and its checkpoints
+  std::vector<int64_t> state_floats;  // per layer
+  bool kv_f16 = true;  // both K and V f16: attention converts the prefix to f32 scratch
+  int64_t dn_scratch = 0;    // DeltaNet chunked prefill, floats per thread
 
   static Expected<ContextPlan> make(const HParams& hp, int64_t n_vocab, const ContextParams& p) {
     if (p.n_ctx <= 0 || p.n_batch <= 0 || p.n_threads <= 0)
@@ -9484,6 +10958,16 @@ struct ContextPlan {
       c.attn.n_head_kv = std::max(c.attn.n_head_kv, l.n_head_kv);
       c.attn.head_dim_k = std::max(c.attn.head_dim_k, l.head_dim_k);
       c.attn.head_dim_v = std::max(c.attn.head_dim_v, l.head_dim_v);
+      if (l.kind == LayerKind::short_conv) {  // [b | c | x] in the QKV rows, y in the attention rows
+        c.w_qkv = std::max(c.w_qkv, 3 * hp.n_embd);
+        c.w_att = std::max(c.w_att, hp.n_embd);
+      }
+      if (l.kind == LayerKind::delta_net) {  // [mix | z | beta | alpha] rows, the convolved mix
+        c.w_qkv = std::max(c.w_qkv, hp.delta_net.proj_width());
+        c.w_att = std::max(c.w_att, hp.delta_net.channels());
+        c.dn_scratch = delta_net_scratch_floats(hp.delta_net);
+      }
+      if (l.attn_gate) c.w_qkv = std::max(c.w_qkv, gated_qkv_width(l));
     }
     c.n_rot = hp.n_rot;
     c.logit_rows = p.all_logits ? c.n_batch : 1;
@@ -9491,8 +10975,14 @@ struct ContextPlan {
     c.mm_cols = std::max({hp.n_embd, c.w_att, c.w_ffn / 2});
     c.moe = hp.moe.enabled();
     if (c.moe) c.moe_sizes = moe_scratch_sizes(hp.moe, hp.n_embd, c.n_batch, c.n_threads);
+    if (auto st = kv_check_head_dim(p.type_k, hp.head_dim_k, "K"); !st) return st.error();
+    if (auto st = kv_check_head_dim(p.type_v, hp.head_dim_v, "V"); !st) return st.error();
     const auto u = [](int64_t v) { return static_cast<uint64_t>(v); };
-    c.kv_bytes = u(hp.n_layer) * u(c.n_ctx) * u(hp.n_head_kv) * u(hp.head_dim_k + hp.head_dim_v) * 2;
+    for (int64_t il = 0; il < hp.n_layer; ++il) c.state_floats.push_back(hp.state_floats(il));
+    c.state_bytes = RecurrentState::bytes_for(c.state_floats, p.n_state_checkpoints);
+    c.kv_bytes = u(hp.n_kv_layers()) * u(c.n_ctx) * u(hp.n_head_kv) *
+                 u(kv_row_bytes(p.type_k, hp.head_dim_k) + kv_row_bytes(p.type_v, hp.head_dim_v));
+    c.kv_f16 = p.type_k == KvType::f16 && p.type_v == KvType::f16;
     return c;
   }
 
@@ -9504,8 +10994,9 @@ struct ContextPlan {
   uint64_t attention_bytes() const {
     const uint64_t ctx16 = static_cast<uint64_t>((n_ctx + 15) / 16 * 16);
     const uint64_t hk = static_cast<uint64_t>(attn.head_dim_k), hv = static_cast<uint64_t>(attn.head_dim_v);
-    const uint64_t row = (4 * ctx16 + 4 * hk + 4 * hv + 15) / 16 * 16;
-    return 4 * (static_cast<uint64_t>(attn.n_head_kv) * (hk + hv) * ctx16 + 64 + row * static_cast<uint64_t>(n_threads));
+    const uint64_t row = static_cast<uint64_t>(ops::AttentionScratch::row_floats(attn, static_cast<int64_t>(ctx16), kv_f16));
+    const uint64_t copies = kv_f16 ? static_cast<uint64_t>(attn.n_head_kv) * (hk + hv) * ctx16 + 64 : 0;
+    return 4 * (copies + row * static_cast<uint64_t>(n_threads));
   }
   uint64_t moe_bytes() const {
     if (!moe) return 0;
@@ -9515,7 +11006,8 @@ struct ContextPlan {
   }
   // Everything besides the KV cache and the logits.
   uint64_t compute_bytes() const {
-    return 4 * activation_floats() + attention_bytes() + MatmulScratch::reserve_bytes(n_batch, mm_cols) + moe_bytes();
+    return 4 * activation_floats() + attention_bytes() + MatmulScratch::reserve_bytes(n_batch, mm_cols) + moe_bytes() +
+           4 * static_cast<uint64_t>(dn_scratch) * static_cast<uint64_t>(n_threads);
   }
   uint64_t logit_bytes() const { return 4 * static_cast<uint64_t>(logit_rows) * static_cast<uint64_t>(n_vocab); }
 };
@@ -9545,9 +11037,29 @@ class Context {
 
   int64_t n_past() const { return kv_.size(); }
   int64_t n_ctx() const { return kv_.n_ctx(); }
-  // Keeps the first n positions of the cache (a shared prefix) for the next eval.
-  Status truncate(int64_t n) { return kv_.truncate(n); }
-  void reset() { kv_.clear(); }
+  // Keeps the first n positions of the cache (a shared prefix) for the next eval. A hybrid
+  // model's recurrent state returns to n only from a checkpoint (or n == n_past()).
+  Status truncate(int64_t n) {
+    if (!rs_.empty() && n != kv_.size()) {
+      if (n < 0 || n > kv_.size()) return kv_.truncate(n);
+      if (auto st = rs_.restore(n); !st) return st;
+    }
+    return kv_.truncate(n);
+  }
+  void reset() {
+    kv_.clear();
+    rs_.clear();
+  }
+  // The longest prefix of at most n cached positions truncate() can keep: n, except on a
+  // hybrid model, whose state is restorable only at n_past() and at its checkpoints.
+  int64_t restorable(int64_t n) const {
+    if (rs_.empty() || n >= kv_.size()) return std::min(n, kv_.size());
+    return rs_.restorable(n);
+  }
+  // Keeps a copy of the recurrent state at n_past() (nothing for a model without one).
+  void checkpoint() { rs_.checkpoint(kv_.size()); }
+  RecurrentState& state() { return rs_; }
+  const RecurrentState& state() const { return rs_; }
 
   // The model this context runs (the context holds a share of it, so it stays loaded).
   const Model& model() const { return model_; }
@@ -9574,8 +11086,10 @@ class Context {
   // The named blocks of the forward pass (n tokens in the chunk; m rows go past attention).
   Status embed(const int32_t* tokens, int64_t n);
   void rope_tables(int64_t pos0, int64_t n);
-  void qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t i, int64_t pos);
+  void qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t i, int64_t pos, int64_t ld);
   Status attention_block(int64_t il, int64_t n, int64_t r0, int64_t pos0);
+  Status conv_block(int64_t il, int64_t n, int64_t r0);
+  Status delta_net_block(int64_t il, int64_t n, int64_t r0);
   Status ffn_block(int64_t il, int64_t m);
   Status moe_block(int64_t il, int64_t m);
   void ffn_residual(const LayerWeights& L, int64_t m);
@@ -9587,6 +11101,7 @@ class Context {
   ParallelFor par_;
   std::unique_ptr<ThreadPool> pool_;
   KvCache kv_;
+  RecurrentState rs_;  // per-sequence state of short-convolution layers
   MatmulScratch mm_;
   ops::AttentionScratch attn_;
   MoeScratch moe_scratch_;
@@ -9601,6 +11116,7 @@ class Context {
   AlignedBuffer<float> ffn_;    // [gate | up] per token, 2 * n_ff
   AlignedBuffer<float> rope_;   // cos/sin per token: [n_batch][n_rot] global, then sliding
   AlignedBuffer<float> logits_; // [1 or n_batch][n_vocab]
+  AlignedBuffer<float> dn_scratch_;  // DeltaNet chunked prefill, per thread
   int64_t n_logits_ = 0;
 };
 
@@ -9622,17 +11138,21 @@ inline Expected<Context> Context::create(const Model& model, const ContextParams
 inline Status Context::allocate() {
   const HParams& h = hp();
   const ContextPlan& p = plan_;
-  pool_ = std::make_unique<ThreadPool>(p.n_threads);
-  auto kv = KvCache::create(h, p.n_ctx);
+  pool_ = std::make_unique<ThreadPool>(p.n_threads, params_.placement);
+  auto kv = KvCache::create(h, p.n_ctx, params_.type_k, params_.type_v);
   if (!kv) return kv.error();
   kv_ = std::move(*kv);
+  auto rs = RecurrentState::create(p.state_floats, params_.n_state_checkpoints);
+  if (!rs) return rs.error();
+  rs_ = std::move(*rs);
   const auto sz = [](int64_t a, int64_t b) { return static_cast<size_t>(a * b); };
   const int64_t B = p.n_batch;
   const bool ok = x_.allocate(sz(B, p.w_embd)) && xn_.allocate(sz(B, p.w_embd)) && qkv_.allocate(sz(B, p.w_qkv)) &&
                   att_.allocate(sz(B, p.w_att)) && proj_.allocate(sz(B, p.w_embd)) &&
                   ffn_.allocate(sz(B, std::max<int64_t>(p.w_ffn, 1))) && rope_.allocate(sz(2 * B, p.n_rot)) &&
-                  logits_.allocate(sz(p.logit_rows, p.n_vocab)) && attn_.reserve(p.attn, p.n_ctx, p.n_threads);
-  if (!ok) return make_error(Errc::out_of_memory, "context: cannot allocate the activation buffers");
+                  logits_.allocate(sz(p.logit_rows, p.n_vocab)) && attn_.reserve(p.attn, p.n_ctx, p.n_threads, p.kv_f16);
+  if (!ok || (p.dn_scratch > 0 && !dn_scratch_.allocate(sz(p.dn_scratch, p.n_threads))))
+    return make_error(Errc::out_of_memory, "context: cannot allocate the activation buffers");
   if (auto st = mm_.reserve(B, p.mm_cols); !st) return st;
   if (p.moe) {
     if (auto st = moe_scratch_.reserve(h.moe, h.n_embd, B, p.n_threads); !st) return st;
@@ -9696,8 +11216,15 @@ inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last
     // In the last layer only the rows whose logits are wanted go past attention.
     const bool trim = il == h.n_layer - 1 && !want_all;
     const int64_t r0 = trim ? n - 1 : 0, m = n - r0;
-    // 2. Attention (norm, QKV, RoPE, cache, attention, output projection, residual).
-    if (auto st = attention_block(il, n, r0, pos0); !st) return st;
+    // 2. Attention (norm, QKV, RoPE, cache, attention, output projection, residual), or
+    //    the short convolution of a hybrid model.
+    const LayerKind kind = h.layers[static_cast<size_t>(il)].kind;
+    const bool conv = kind == LayerKind::short_conv;
+    if (kind == LayerKind::delta_net) {
+      if (auto st = delta_net_block(il, n, r0); !st) return st;
+    } else if (auto st = conv ? conv_block(il, n, r0) : attention_block(il, n, r0, pos0); !st) {
+      return st;
+    }
     // 3. Feed-forward: dense or mixture of experts, then its residual.
     const bool moe = h.layers[static_cast<size_t>(il)].ffn == FfnKind::moe;
     if (auto st = moe ? moe_block(il, m) : ffn_block(il, m); !st) return st;
@@ -9732,15 +11259,20 @@ inline void Context::rope_tables(int64_t pos0, int64_t n) {
     ops::rope_angles(pos0 + i, h.n_rot, h.rope_base, h.rope_freq_scale, factors, global + i * h.n_rot);
     if (h.any_swa())
       ops::rope_angles(pos0 + i, h.n_rot, h.rope_base_swa, h.rope_freq_scale_swa, factors, sliding + i * h.n_rot);
+    for (size_t r = 0; r < h.rope_pair_pos.size(); ++r)  // multi-section pairs rotated by position 0
+      if (!h.rope_pair_pos[r]) {
+        global[i * h.n_rot + 2 * static_cast<int64_t>(r)] = 1.0f;
+        global[i * h.n_rot + 2 * static_cast<int64_t>(r) + 1] = 0.0f;
+      }
   }
 }
 
 // Token i of the chunk: biases, QK-norm (per head or over the whole projection), RoPE, Q
 // pre-scaling; then its K and V into the cache at position pos.
-inline void Context::qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t i, int64_t pos) {
+inline void Context::qk_prepare(const LayerWeights& L, const LayerPlan& p, int64_t i, int64_t pos, int64_t ld) {
   const HParams& h = hp();
   const int64_t Q = p.q_dim(), K = p.k_dim(), V = p.v_dim(), hk = p.head_dim_k;
-  float* q = qkv_.data() + i * (Q + K + V);
+  float* q = qkv_.data() + i * ld;
   float* k = q + Q;
   float* v = k + K;
   if (!L.bq.empty()) ops::add(q, L.bq.data(), Q);
@@ -9770,12 +11302,19 @@ inline Status Context::attention_block(int64_t il, int64_t n, int64_t r0, int64_
   const HParams& h = hp();
   const LayerWeights& L = model_.weights().layers[static_cast<size_t>(il)];
   const LayerPlan& p = h.layers[static_cast<size_t>(il)];
-  const int64_t E = h.n_embd, Q = p.q_dim(), K = p.k_dim(), QKV = Q + K + p.v_dim(), A = p.attn_out_dim();
+  const int64_t E = h.n_embd, Q = p.q_dim(), K = p.k_dim(), A = p.attn_out_dim();
+  const int64_t QKV = p.attn_gate ? gated_qkv_width(p) : Q + K + p.v_dim(), G = Q + K + p.v_dim();
   float* x = x_.data();
   float* xn = xn_.data();
   float* qkv = qkv_.data();
   for_rows(n, [&](int64_t i) { ops::rms_norm(x + i * E, L.attn_norm.data(), xn + i * E, E, h.rms_eps); });
-  if (L.wqkv) {
+  if (p.attn_gate) {  // attn_q into the raw tail of each row, then split into q and the gate
+    const MatmulOut outs[3] = {{L.wq.ref(), qkv + G + Q, QKV, L.wq.name},
+                               {L.wk.ref(), qkv + Q, QKV, L.wk.name},
+                               {L.wv.ref(), qkv + Q + K, QKV, L.wv.name}};
+    if (auto st = matmul_many(outs, xn, n, mm_, par_); !st) return st;
+    for_rows(n, [&](int64_t i) { split_query_gate(qkv + i * QKV + G + Q, p.n_head, p.head_dim_k, qkv + i * QKV, qkv + i * QKV + G); });
+  } else if (L.wqkv) {
     if (auto st = matmul_into(L.wqkv, xn, n, qkv, QKV); !st) return st;
   } else {
     const MatmulOut outs[3] = {{L.wq.ref(), qkv, QKV, L.wq.name},
@@ -9783,12 +11322,18 @@ inline Status Context::attention_block(int64_t il, int64_t n, int64_t r0, int64_
                                {L.wv.ref(), qkv + Q + K, QKV, L.wv.name}};
     if (auto st = matmul_many(outs, xn, n, mm_, par_); !st) return st;
   }
-  for_rows(n, [&](int64_t i) { qk_prepare(L, p, i, pos0 + i); });
+  for_rows(n, [&](int64_t i) { qk_prepare(L, p, i, pos0 + i, QKV); });
   const ops::AttentionShape shape{p.n_head, p.n_head_kv, p.head_dim_k, p.head_dim_v,
                                   h.arch.scale_q ? 1.0f : h.attn_scale, h.attn_softcap, p.sliding ? h.n_swa : 0};
   const int64_t m = n - r0;
-  ops::attention(shape, qkv + r0 * QKV, QKV, m, pos0 + r0, kv_.k_layer(p.kv_layer), kv_.v_layer(p.kv_layer),
-                 kv_.n_ctx(), att_.data(), A, attn_, par_);
+  if (plan_.kv_f16)
+    ops::attention(shape, qkv + r0 * QKV, QKV, m, pos0 + r0, kv_.k_layer(p.kv_layer), kv_.v_layer(p.kv_layer),
+                   kv_.n_ctx(), att_.data(), A, attn_, par_);
+  else
+    ops::attention_quant(shape, qkv + r0 * QKV, QKV, m, pos0 + r0, kv_.k_rows(p.kv_layer), kv_.v_rows(p.kv_layer),
+                         kv_.n_ctx(), att_.data(), A, attn_, par_);
+  if (p.attn_gate)
+    for_rows(m, [&](int64_t i) { apply_output_gate(att_.data() + i * A, qkv + (r0 + i) * QKV + G, A); });
   float* proj = proj_.data();
   if (auto st = matmul_into(L.wo, att_.data(), m, proj, E); !st) return st;
   if (r0 > 0) std::memmove(x, x + r0 * E, static_cast<size_t>(E) * sizeof(float));
@@ -9797,6 +11342,79 @@ inline Status Context::attention_block(int64_t il, int64_t n, int64_t r0, int64_
     if (!L.bo.empty()) ops::add(pr, L.bo.data(), E);
     if (!L.post_attn_norm.empty()) ops::rms_norm(pr, L.post_attn_norm.data(), pr, E, h.rms_eps);
     ops::add(x + i * E, pr, E);
+    ops::rms_norm(x + i * E, L.ffn_norm.data(), xn + i * E, E, h.rms_eps);
+  });
+  return {};
+}
+
+// Norm, in_proj, the gated causal convolution over every row (the state must see them all),
+// out_proj on rows r0.., residual and the FFN norm, as attention_block ends.
+inline Status Context::conv_block(int64_t il, int64_t n, int64_t r0) {
+  const HParams& h = hp();
+  const LayerWeights& L = model_.weights().layers[static_cast<size_t>(il)];
+  const int64_t E = h.n_embd, m = n - r0;
+  float* x = x_.data();
+  float* xn = xn_.data();
+  float* bcx = qkv_.data();
+  for_rows(n, [&](int64_t i) { ops::rms_norm(x + i * E, L.attn_norm.data(), xn + i * E, E, h.rms_eps); });
+  if (auto st = matmul_into(L.conv_in, xn, n, bcx, 3 * E); !st) return st;
+  short_conv(bcx, 3 * E, n, E, h.conv_kernel, L.conv_kernel.data(), rs_.layer(il), att_.data(), E, par_);
+  float* proj = proj_.data();
+  if (auto st = matmul_into(L.conv_out, att_.data() + r0 * E, m, proj, E); !st) return st;
+  if (r0 > 0) std::memmove(x, x + r0 * E, static_cast<size_t>(E) * sizeof(float));
+  for_rows(m, [&](int64_t i) {
+    ops::add(x + i * E, proj + i * E, E);
+    ops::rms_norm(x + i * E, L.ffn_norm.data(), xn + i * E, E, h.rms_eps);
+  });
+  return {};
+}
+
+// Norm; the [mix | z | beta | alpha] projections; convolution + SiLU of the mix over every
+// row (the state must see them all); gates; the delta rule per V head over the rows in order;
+// the gated norm and ssm_out on rows r0..; residual and the FFN norm, as attention_block ends.
+inline Status Context::delta_net_block(int64_t il, int64_t n, int64_t r0) {
+  const HParams& h = hp();
+  const LayerWeights& L = model_.weights().layers[static_cast<size_t>(il)];
+  const DeltaNetShape& s = h.delta_net;
+  const int64_t E = h.n_embd, C = s.channels(), V = s.value_dim(), W = s.proj_width(), m = n - r0;
+  float* x = x_.data();
+  float* xn = xn_.data();
+  float* proj_in = qkv_.data();
+  float* mix = att_.data();  // convolved [q | k | v] rows of C; v becomes the output
+  for_rows(n, [&](int64_t i) { ops::rms_norm(x + i * E, L.attn_norm.data(), xn + i * E, E, h.rms_eps); });
+  const MatmulOut outs[4] = {{L.ssm_qkv.ref(), proj_in, W, L.ssm_qkv.name},
+                             {L.ssm_gate.ref(), proj_in + C, W, L.ssm_gate.name},
+                             {L.ssm_beta.ref(), proj_in + C + V, W, L.ssm_beta.name},
+                             {L.ssm_alpha.ref(), proj_in + C + V + s.n_v_heads, W, L.ssm_alpha.name}};
+  if (auto st = matmul_many(outs, xn, n, mm_, par_); !st) return st;
+  float* state = rs_.layer(il);
+  delta_net_conv(s, proj_in, W, n, L.ssm_conv.data(), state, mix, C, par_);
+  for_rows(n, [&](int64_t i) {
+    delta_net_prepare(s, mix + i * C, proj_in + i * W + C + V, L.ssm_dt_bias.data(), L.ssm_a.data(), h.rms_eps);
+  });
+  float* S = state + s.conv_state_floats();
+  const int64_t dd = s.d_state * s.d_state;
+  if (n < kDeltaNetChunkMin) {  // decode: one token at a time
+    for_rows(s.n_v_heads, [&](int64_t hv) { delta_net_recurrence(s, hv, mix, C, proj_in + C + V, W, n, S + hv * dd); });
+  } else {  // prefill: chunks of tokens with matrix products, the heads split over the threads
+    par_([&](int t, int nt) {
+      int64_t b, e;
+      ParallelFor::split(s.n_v_heads, t, nt, 1, &b, &e);
+      float* scratch = dn_scratch_.data() + t * plan_.dn_scratch;
+      for (int64_t hv = b; hv < e; ++hv) delta_net_chunked(s, hv, mix, C, proj_in + C + V, W, n, S + hv * dd, scratch);
+    });
+  }
+  // Rows r0..: the gated norm, compacted into dense rows of V (increasing order: a row never
+  // lands on an unread one, since V <= C).
+  for (int64_t i = 0; i < m; ++i) {
+    const float* o = mix + (r0 + i) * C + 2 * s.key_dim();
+    delta_net_gated_norm(s, o, L.ssm_norm.data(), proj_in + (r0 + i) * W + C, mix + i * V, h.rms_eps);
+  }
+  float* proj = proj_.data();
+  if (auto st = matmul_into(L.ssm_out, mix, m, proj, E); !st) return st;
+  if (r0 > 0) std::memmove(x, x + r0 * E, static_cast<size_t>(E) * sizeof(float));
+  for_rows(m, [&](int64_t i) {
+    ops::add(x + i * E, proj + i * E, E);
     ops::rms_norm(x + i * E, L.ffn_norm.data(), xn + i * E, E, h.rms_eps);
   });
   return {};
@@ -14193,6 +15811,99 @@ class Sampler {
 }  // namespace tinyslm
 // ---- end tinyslm/sampler.hpp ----
 
+// ---- begin tinyslm/speculative.hpp ----
+// speculative: draft-model-free speculative decoding pieces. An n-gram (prompt lookup) drafter
+// proposes the tokens that followed the most recent earlier occurrence of the context's last n
+// tokens; the acceptance rule keeps the output distribution of the full sampler unchanged for
+// such a deterministic draft. The verify step (one batched forward over [last + draft], KV
+// rollback past the first rejection) belongs in session.hpp and is not wired yet.
+
+#include <algorithm>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+
+namespace tinyslm {
+inline namespace TINYSLM_ABI_NAMESPACE {
+
+enum class SpecType { none, ngram_simple };
+
+struct SpeculativeOptions {
+  SpecType type = SpecType::none;
+  int draft_max = 16;  // most tokens proposed per step
+  int draft_min = 0;   // a shorter draft is dropped: verifying it would not pay
+  int ngram_min = 1;   // n is tried from ngram_max down to ngram_min
+  int ngram_max = 4;
+};
+
+// Drafts into `draft` (cleared first); returns its length, 0 when no n-gram of the allowed
+// sizes recurs or the continuation is shorter than draft_min. Options out of range give 0.
+inline int ngram_draft(std::span<const int32_t> context, const SpeculativeOptions& opt,
+                       std::vector<int32_t>& draft) {
+  draft.clear();
+  const int64_t n_ctx = static_cast<int64_t>(context.size());
+  if (opt.draft_max <= 0 || opt.ngram_min <= 0 || opt.ngram_max < opt.ngram_min) return 0;
+  for (int64_t n = opt.ngram_max; n >= opt.ngram_min; --n) {
+    if (n >= n_ctx) continue;  // the key needs an earlier occurrence with a successor
+    const int64_t key = n_ctx - n;
+    // Most recent first: recent text is the likeliest to be copied next.
+    for (int64_t start = key - 1; start >= 0; --start) {
+      int64_t m = 0;
+      while (m < n && context[start + m] == context[key + m]) ++m;
+      if (m < n) continue;
+      const int64_t from = start + n;
+      const int64_t len = std::min<int64_t>(opt.draft_max, n_ctx - from);
+      if (len < std::max(1, opt.draft_min)) break;  // a longer n found none; try shorter
+      draft.assign(context.begin() + from, context.begin() + from + len);
+      return static_cast<int>(len);
+    }
+  }
+  return 0;
+}
+
+struct SpecAcceptance {
+  bool accepted = false;
+  int32_t token = -1;  // the draft token when accepted, else the replacement drawn
+};
+
+// The speculative rule for a deterministic draft (q(x) = 1): accept x with probability p(x);
+// otherwise draw from p with x removed and renormalised. The emitted token is then distributed
+// exactly as p. `probs` is the full sampler's distribution (sums to 1, non-negative).
+inline SpecAcceptance speculative_accept(std::span<const float> probs, int32_t draft, Rng& rng) {
+  SpecAcceptance r;
+  const int64_t n = static_cast<int64_t>(probs.size());
+  const float p_draft = (draft >= 0 && draft < n) ? probs[draft] : 0.0f;
+  if (p_draft > 0.0f && rng.uniform() < p_draft) {
+    r.accepted = true;
+    r.token = draft;
+    return r;
+  }
+  double rest = 0.0;
+  for (int64_t i = 0; i < n; ++i)
+    if (i != draft) rest += probs[i];
+  if (rest <= 0.0) {  // p was all on the draft token up to rounding: it is the only choice
+    r.accepted = p_draft > 0.0f;
+    r.token = r.accepted ? draft : -1;
+    return r;
+  }
+  const double u = static_cast<double>(rng.uniform()) * rest;
+  double acc = 0.0;
+  int32_t last = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i == draft || probs[i] <= 0.0f) continue;
+    acc += probs[i];
+    last = static_cast<int32_t>(i);
+    if (u < acc) break;
+  }
+  r.token = last;
+  return r;
+}
+
+}  // inline namespace TINYSLM_ABI_NAMESPACE
+}  // namespace tinyslm
+// ---- end tinyslm/speculative.hpp ----
+
 // ---- begin tinyslm/session.hpp ----
 // tinyslm session: the public API an app uses.
 //
@@ -14229,9 +15940,16 @@ class Sampler {
 //   drop_messages  for the Chat helper: whole earlier messages are dropped (the system prompt
 //                  stays) until the conversation fits; a bare Session treats it as `error`.
 //
+// Hybrid models (lfm2) carry a recurrent state that cannot be cut back like the KV cache: the
+// session checkpoints it before and after the last token of every prompt and at the end of
+// every reply, and reuses the longest cached prefix that ends at a checkpoint (or at the end
+// of the cache); with none, it evaluates from the start. Shifts restart the same way.
+//
 // save_state() / load_state() write and read the tokens and the K/V rows of the filled
-// positions with a versioned header, a fingerprint of the model and a checksum; load_state
-// validates everything before it touches the cache.
+// positions (and a hybrid model's recurrent state) with a versioned header, a fingerprint of
+// the model and a checksum; load_state validates everything before it touches the cache. The
+// rows are stored in the cache's own types (f16, q8_0, q4_0); a state saved with other cache
+// types is refused, not converted.
 
 #include <algorithm>
 #include <atomic>
@@ -14260,6 +15978,9 @@ struct SessionParams {
   int64_t batch = 512;     // most prompt tokens per forward chunk (and per cancellation check)
   OverflowPolicy overflow = OverflowPolicy::error;
   int64_t keep = 1;        // tokens kept at the start when shifting (1 = the BOS token)
+  KvType type_k = KvType::f16;  // KV cache element types (-ctk / -ctv; kv_quant.hpp)
+  KvType type_v = KvType::f16;
+  ThreadPlacement placement = {};  // CPU mask or callback for the worker threads (threads.hpp)
 };
 
 // Receives each piece of generated text (whole UTF-8 characters); return false to stop.
@@ -14289,6 +16010,10 @@ struct GenerateOptions {
                                             // over becomes U+FFFD (false: it is dropped)
   LogitsHook on_logits = {};
   SampleHook on_sample = {};
+  // Hybrid models: also checkpoint the recurrent state after this many prompt tokens (Chat
+  // passes the end of the messages before the generation prompt, where the next turn's
+  // prompt still agrees when the template renders earlier replies differently). -1: none.
+  int64_t checkpoint_at = -1;
 };
 
 enum class StopReason : uint8_t {
@@ -14335,11 +16060,12 @@ struct GenerateResult {
 // What an app will need, in bytes, before it loads anything.
 struct MemoryEstimate {
   uint64_t weights = 0;   // tensor data: resident once touched through the mapping (or read)
-  uint64_t kv_cache = 0;  // F16 keys and values for every position of the context
+  uint64_t kv_cache = 0;  // keys and values for every position of the context, in the cache types
   uint64_t compute = 0;   // activations, attention and matmul scratch
   uint64_t logits = 0;
   uint64_t other = 0;     // tokenizer, sampler, converted norm vectors
-  uint64_t total() const { return weights + kv_cache + compute + logits + other; }
+  uint64_t state = 0;     // hybrid models: recurrent state and its checkpoints
+  uint64_t total() const { return weights + kv_cache + compute + logits + other + state; }
 };
 
 namespace detail {
@@ -14438,6 +16164,19 @@ struct ByteReader {
 inline constexpr char kStateMagic[8] = {'t', 'i', 'n', 'y', 's', 'l', 'm', 'S'};
 inline constexpr uint32_t kStateVersion = 1;
 inline constexpr uint32_t kStateKvF16 = 1;
+// The kv type field: kStateKvF16 for an all-f16 cache (the files of earlier builds), else
+// 0x100 | type_k | type_v << 4. A state is only loaded into a cache of the same types.
+inline uint32_t state_kv_code(KvType k, KvType v) {
+  if (k == KvType::f16 && v == KvType::f16) return kStateKvF16;
+  return 0x100u | static_cast<uint32_t>(k) | static_cast<uint32_t>(v) << 4;
+}
+inline std::string state_kv_name(uint32_t code) {
+  if (code == kStateKvF16) return "f16/f16";
+  for (KvType k : {KvType::f16, KvType::q8_0, KvType::q4_0})
+    for (KvType v : {KvType::f16, KvType::q8_0, KvType::q4_0})
+      if (state_kv_code(k, v) == code) return std::string(kv_type_name(k)) + "/" + kv_type_name(v);
+  return "unknown";
+}
 // magic, version, header bytes, fingerprint, 6 shape fields, kv type + pad, n_ctx, n_tokens
 inline constexpr uint32_t kStateHeaderBytes = 8 + 4 + 4 + 8 + 6 * 8 + 4 + 4 + 8 + 8;
 
@@ -14636,7 +16375,8 @@ class Session {
   int32_t n_vocab() const { return static_cast<int32_t>(model().hparams().n_vocab); }
   Status check_options(const GenerateOptions& options) const;
   // prefill with the counts and times of the prompt; false when cancelled.
-  Expected<bool> prefill_counted(std::span<const int32_t> ids, const std::atomic<bool>* cancel, GenerateStats& st);
+  Expected<bool> prefill_counted(std::span<const int32_t> ids, const std::atomic<bool>* cancel, GenerateStats& st,
+                                 int64_t checkpoint_at = -1);
   // Evaluates toks on top of the cache in chunks of the batch size; false when cancelled.
   Expected<bool> eval_chunks(std::span<const int32_t> toks, const std::atomic<bool>* cancel, int64_t* evaluated);
   // Room for one more token: nothing when there is (after a shift, if the policy allows it),
@@ -14678,7 +16418,9 @@ inline Expected<Session> Session::create(const Model& model, const SessionParams
     return make_error(Errc::invalid_argument, "session: batch size must be positive");
   if (params.keep < 0 || params.keep >= n_ctx)
     return make_error(Errc::invalid_argument, "session: keep must be in [0, context)");
-  auto ctx = Context::create(model, ContextParams{n_ctx, params.threads, params.batch, false});
+  auto ctx = Context::create(model, ContextParams{.n_ctx = n_ctx, .n_threads = params.threads, .n_batch = params.batch,
+                                                             .type_k = params.type_k, .type_v = params.type_v,
+                                                             .placement = params.placement});
   if (!ctx) return ctx.error();
   Session s(std::move(*ctx));
   s.params_ = params;
@@ -14716,7 +16458,7 @@ inline Expected<GenerateResult> Session::generate_ids(std::span<const int32_t> p
   auto sampler = Sampler::create(n_vocab(), options.sampler);
   if (!sampler) return sampler.error();
   GenerateResult res;
-  auto done = prefill_counted(prompt_ids, options.cancel, res.stats);
+  auto done = prefill_counted(prompt_ids, options.cancel, res.stats, options.checkpoint_at);
   if (!done) return done.error();
   if (!*done) {
     res.stop = StopReason::cancelled;
@@ -14750,7 +16492,7 @@ inline Status Session::prefill(std::span<const int32_t> ids, const std::atomic<b
 }
 
 inline Expected<bool> Session::prefill_counted(std::span<const int32_t> ids, const std::atomic<bool>* cancel,
-                                               GenerateStats& st) {
+                                               GenerateStats& st, int64_t checkpoint_at) {
   const int64_t n_ctx = ctx_.n_ctx();
   st.prompt_tokens = static_cast<int64_t>(ids.size());
   // A prompt longer than the context: an error, or (shift) its start and its most recent half.
@@ -14770,14 +16512,31 @@ inline Expected<bool> Session::prefill_counted(std::span<const int32_t> ids, con
   size_t common = 0;
   while (common < tokens_.size() && common < prompt.size() && tokens_[common] == prompt[common]) ++common;
   common = std::min(common, prompt.size() - 1);
+  common = static_cast<size_t>(ctx_.restorable(static_cast<int64_t>(common)));  // hybrid: a checkpoint
   if (auto t = ctx_.truncate(static_cast<int64_t>(common)); !t) return t.error();
   tokens_.resize(common);
   logits_valid_ = false;
   st.prompt_reused = static_cast<int64_t>(common);
 
   const auto t_prompt = detail::Clock::now();
-  auto done = eval_chunks(std::span<const int32_t>(prompt).subspan(common), cancel, &st.prompt_evaluated);
+  auto rest = std::span<const int32_t>(prompt).subspan(common);
+  Expected<bool> done = true;
+  // A hybrid model's state cannot be cut back: checkpoint it before the last prompt token (to
+  // evaluate the same prompt again) and after it (for the next turn).
+  const int64_t hint = checkpoint_at - static_cast<int64_t>(common);  // tokens of rest before the hint
+  if (!ctx_.state().empty() && st.shifts == 0 && hint > 0 && hint + 1 < static_cast<int64_t>(rest.size())) {
+    done = eval_chunks(rest.first(static_cast<size_t>(hint)), cancel, &st.prompt_evaluated);
+    if (done && *done) ctx_.checkpoint();
+    rest = rest.subspan(static_cast<size_t>(hint));
+  }
+  if (!ctx_.state().empty() && rest.size() > 1 && done && *done) {
+    done = eval_chunks(rest.first(rest.size() - 1), cancel, &st.prompt_evaluated);
+    if (done && *done) ctx_.checkpoint();
+    rest = rest.last(1);
+  }
+  if (done && *done) done = eval_chunks(rest, cancel, &st.prompt_evaluated);
   if (!done) return done.error();
+  if (*done) ctx_.checkpoint();
   st.prompt_ms = detail::ms_since(t_prompt);
   if (st.prompt_ms > 0) st.prompt_tokens_per_s = 1000.0 * static_cast<double>(st.prompt_evaluated) / st.prompt_ms;
   return *done;
@@ -14853,9 +16612,12 @@ inline Expected<std::optional<StopReason>> Session::make_room(const std::atomic<
   const int64_t keep = std::min<int64_t>(params_.keep, n_ctx - 1);
   if (params_.overflow != OverflowPolicy::shift || keep >= n_ctx - 1) return std::optional(StopReason::context_full);
   const int64_t n_discard = std::max<int64_t>(1, (n_ctx - keep) / 2);
-  const std::vector<int32_t> rest(tokens_.begin() + keep + n_discard, tokens_.end());
-  if (auto t = ctx_.truncate(keep); !t) return t.error();
-  tokens_.resize(static_cast<size_t>(keep));
+  // A hybrid model restarts from its latest checkpoint inside the kept tokens.
+  const int64_t from = ctx_.restorable(keep);
+  std::vector<int32_t> rest(tokens_.begin() + from, tokens_.begin() + keep);
+  rest.insert(rest.end(), tokens_.begin() + keep + n_discard, tokens_.end());
+  if (auto t = ctx_.truncate(from); !t) return t.error();
+  tokens_.resize(static_cast<size_t>(from));
   logits_valid_ = false;
   ++st.shifts;
   auto ok = eval_chunks(rest, cancel, &st.prompt_evaluated);
@@ -14938,6 +16700,7 @@ inline Status Session::decode(Sampler& sampler, const GenerateOptions& options, 
     if (auto last = text.push(rest, true)) res.stop = *last;
   }
   res.text = text.take_text();
+  ctx_.checkpoint();  // the end of the reply, where a chat's next turn starts
   if (st.generated > 0) st.generation_ms = detail::ms_since(t_first);
   if (decode_ms > 0) st.generation_tokens_per_s = 1000.0 * static_cast<double>(decoded) / decode_ms;
   return {};
@@ -14956,19 +16719,27 @@ inline std::vector<uint8_t> Session::save_state() const {
   w.u64(fingerprint_);
   for (int64_t v : {hp.n_layer, hp.n_head_kv, hp.head_dim_k, hp.head_dim_v, hp.n_vocab, hp.n_embd})
     w.u64(static_cast<uint64_t>(v));
-  w.u32(detail::kStateKvF16);
+  w.u32(detail::state_kv_code(kv.type_k(), kv.type_v()));
   w.u32(0);
   w.u64(static_cast<uint64_t>(kv.n_ctx()));
   w.u64(n);
   for (int32_t t : tokens_) w.u32(static_cast<uint32_t>(t));
-  for (int64_t il = 0; il < hp.n_layer; ++il) {
+  for (int64_t il = 0; il < kv.n_layer(); ++il) {
     for (int pass = 0; pass < 2; ++pass) {
-      const int64_t hd = pass == 0 ? hp.head_dim_k : hp.head_dim_v;
-      const uint16_t* base = pass == 0 ? kv.k_layer(il) : kv.v_layer(il);
-      for (int64_t g = 0; g < hp.n_head_kv; ++g)
-        w.u16s(base + g * kv.n_ctx() * hd, static_cast<size_t>(n * static_cast<uint64_t>(hd)));
+      const KvType t = pass == 0 ? kv.type_k() : kv.type_v();
+      const int64_t rb = pass == 0 ? kv.row_bytes_k() : kv.row_bytes_v();
+      const uint8_t* base = pass == 0 ? kv.k_bytes(il) : kv.v_bytes(il);
+      for (int64_t g = 0; g < hp.n_head_kv; ++g) {
+        const uint8_t* rows = base + g * kv.n_ctx() * rb;
+        const size_t bytes = static_cast<size_t>(n * static_cast<uint64_t>(rb));
+        // F16 rows as little-endian halves; quantized rows are written as the blocks lie in memory
+        if (t == KvType::f16) w.u16s(reinterpret_cast<const uint16_t*>(rows), bytes / 2);
+        else w.raw(rows, bytes);
+      }
     }
   }
+  // A hybrid model's recurrent state at the last position, F32 bit patterns.
+  for (float v : ctx_.state().live()) w.u32(std::bit_cast<uint32_t>(v));
   detail::Hash64 h;
   h.bytes(out.data(), out.size());
   w.u64(h.value());
@@ -14992,7 +16763,12 @@ inline Status Session::load_state(std::span<const uint8_t> bytes) {
   for (int64_t v : {hp.n_layer, hp.n_head_kv, hp.head_dim_k, hp.head_dim_v, hp.n_vocab, hp.n_embd})
     if (r.u64() != static_cast<uint64_t>(v))
       return make_error(Errc::invalid_argument, "session state: model shape differs");
-  if (r.u32() != detail::kStateKvF16) return make_error(Errc::unsupported, "session state: unknown KV cache type");
+  KvCache& kv = ctx_.kv();
+  const uint32_t kv_code = r.u32(), want_code = detail::state_kv_code(kv.type_k(), kv.type_v());
+  if (kv_code != want_code)
+    return make_error(Errc::invalid_argument, "session state: saved with a " + detail::state_kv_name(kv_code) +
+                                                  " (K/V) cache; this session's cache is " +
+                                                  detail::state_kv_name(want_code));
   r.u32();
   r.u64();  // the saving session's context length (any context that holds the tokens will do)
   const uint64_t n = r.u64();
@@ -15000,8 +16776,8 @@ inline Status Session::load_state(std::span<const uint8_t> bytes) {
     return make_error(Errc::out_of_range, "session state: holds " + std::to_string(n) +
                                               " tokens, more than this session's context (" +
                                               std::to_string(ctx_.n_ctx()) + ")");
-  const uint64_t row_halves = static_cast<uint64_t>(hp.n_layer * hp.n_head_kv * (hp.head_dim_k + hp.head_dim_v));
-  const uint64_t expect = detail::kStateHeaderBytes + n * 4 + n * row_halves * 2 + 8;
+  const uint64_t row_bytes = static_cast<uint64_t>(kv.n_layer() * hp.n_head_kv * (kv.row_bytes_k() + kv.row_bytes_v()));
+  const uint64_t expect = detail::kStateHeaderBytes + n * 4 + n * row_bytes + 4 * ctx_.state().floats() + 8;
   if (bytes.size() != expect)
     return bad("size " + std::to_string(bytes.size()) + " bytes, expected " + std::to_string(expect) + " for " +
                std::to_string(n) + " tokens");
@@ -15015,16 +16791,26 @@ inline Status Session::load_state(std::span<const uint8_t> bytes) {
     if (t < 0 || t >= hp.n_vocab) return bad("token id " + std::to_string(t) + " outside the vocabulary");
   }
   // Everything checked: replace the cache.
-  KvCache& kv = ctx_.kv();
-  kv.clear();
+  ctx_.reset();  // the cache and the recurrent state with its checkpoints
   tokens_.clear();
-  for (int64_t il = 0; il < hp.n_layer; ++il) {
+  for (int64_t il = 0; il < kv.n_layer(); ++il) {
     for (int pass = 0; pass < 2; ++pass) {
-      const int64_t hd = pass == 0 ? hp.head_dim_k : hp.head_dim_v;
-      uint16_t* base = pass == 0 ? kv.k_layer(il) : kv.v_layer(il);
-      for (int64_t g = 0; g < hp.n_head_kv; ++g) r.u16s(base + g * kv.n_ctx() * hd, static_cast<size_t>(n * static_cast<uint64_t>(hd)));
+      const KvType t = pass == 0 ? kv.type_k() : kv.type_v();
+      const int64_t rb = pass == 0 ? kv.row_bytes_k() : kv.row_bytes_v();
+      uint8_t* base = pass == 0 ? kv.k_bytes(il) : kv.v_bytes(il);
+      for (int64_t g = 0; g < hp.n_head_kv; ++g) {
+        uint8_t* rows = base + g * kv.n_ctx() * rb;
+        const size_t len = static_cast<size_t>(n * static_cast<uint64_t>(rb));
+        if (t == KvType::f16) {
+          r.u16s(reinterpret_cast<uint16_t*>(rows), len / 2);
+        } else {
+          std::memcpy(rows, r.p + r.at, len);
+          r.at += len;
+        }
+      }
     }
   }
+  for (float& v : ctx_.state().live()) v = std::bit_cast<float>(r.u32());
   kv.advance(static_cast<int64_t>(n));
   tokens_ = std::move(toks);
   logits_valid_ = false;
@@ -15033,7 +16819,7 @@ inline Status Session::load_state(std::span<const uint8_t> bytes) {
 
 inline Status Session::save_state_file(const std::string& path) const {
   const std::vector<uint8_t> bytes = save_state();
-  std::FILE* f = std::fopen(path.c_str(), "wb");
+  std::FILE* f = detail::fopen_utf8(path, "wb");
   if (!f) return make_error(Errc::io, path + ": cannot open for writing");
   const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
   if (std::fclose(f) != 0 || !ok) return make_error(Errc::io, path + ": write failed");
@@ -15049,7 +16835,8 @@ inline Status Session::load_state_file(const std::string& path) {
 // Bytes a session on this model will need, from the file's metadata alone (no weights read):
 // the forward layer's ContextPlan, the one Context::create allocates from.
 inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t context, int threads = 1,
-                                                int64_t batch = 512) {
+                                                int64_t batch = 512, KvType type_k = KvType::f16,
+                                                KvType type_v = KvType::f16) {
   auto hpx = read_hparams(f);
   if (!hpx) return hpx.error();
   HParams& hp = *hpx;
@@ -15064,7 +16851,7 @@ inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t conte
   int64_t n_vocab = 0;
   if (const GgufTensorInfo* te = f.find_tensor("token_embd.weight"); te && te->n_dims == 2)
     n_vocab = static_cast<int64_t>(te->ne[1]);
-  auto plan = ContextPlan::make(hp, n_vocab, ContextParams{n_ctx, threads, batch, false});
+  auto plan = ContextPlan::make(hp, n_vocab, ContextParams{n_ctx, threads, batch, false, type_k, type_v});
   if (!plan) return plan.error();
   MemoryEstimate m;
   uint64_t small = 0;
@@ -15073,6 +16860,7 @@ inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t conte
     if (t.n_dims == 1) small += t.n_elements * 4;  // norms and biases are kept as floats
   }
   m.kv_cache = plan->kv_bytes;
+  m.state = plan->state_bytes;
   m.compute = plan->compute_bytes();
   m.logits = plan->logit_bytes();
   // Tokenizer: the vocabulary strings twice (text and output pieces), per-token tables, merges;
@@ -15092,10 +16880,11 @@ inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t conte
 }
 
 inline Expected<MemoryEstimate> memory_estimate(const std::string& path, int64_t context, int threads = 1,
-                                                int64_t batch = 512) {
+                                                int64_t batch = 512, KvType type_k = KvType::f16,
+                                                KvType type_v = KvType::f16) {
   auto f = GgufFile::open(path);
   if (!f) return f.error();
-  return memory_estimate(*f, context, threads, batch);
+  return memory_estimate(*f, context, threads, batch, type_k, type_v);
 }
 
 // A conversation on a session: the system prompt and the messages so far, rendered with the
@@ -15146,8 +16935,11 @@ class Chat {
       auto ids = session_->tokenize(*text);
       if (!ids) return ids.error();
       const bool fits = static_cast<int64_t>(ids->size()) + room <= n_ctx;
-      if (fits || session_->params().overflow != OverflowPolicy::drop_messages || messages_.size() <= 1)
-        return session_->generate_ids(*ids, options, on_piece);
+      if (fits || session_->params().overflow != OverflowPolicy::drop_messages || messages_.size() <= 1) {
+        GenerateOptions o = options;
+        o.checkpoint_at = messages_end(*ids);
+        return session_->generate_ids(*ids, o, on_piece);
+      }
       // Drop the oldest turn: its user message and the reply that followed it.
       messages_.erase(messages_.begin());
       ++dropped_;
@@ -15156,6 +16948,19 @@ class Chat {
         ++dropped_;
       }
     }
+  }
+
+  // Tokens of the messages without the generation prompt when they are a prefix of ids (the
+  // point a hybrid model's next turn can restart from), else -1.
+  int64_t messages_end(const std::vector<int32_t>& ids) const {
+    std::vector<ChatMessage> all;
+    if (!system_.empty()) all.push_back({"system", system_});
+    all.insert(all.end(), messages_.begin(), messages_.end());
+    auto text = session_->chat_template().apply(all, /*add_generation_prompt=*/false);
+    if (!text) return -1;
+    auto head = session_->tokenize(*text);
+    if (!head || head->size() >= ids.size() || !std::equal(head->begin(), head->end(), ids.begin())) return -1;
+    return static_cast<int64_t>(head->size());
   }
 
   Session* session_;
