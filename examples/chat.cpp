@@ -52,6 +52,7 @@ void usage() {
   std::fprintf(stderr,
                "usage: chat -m MODEL [-t THREADS] [-c CTX] [-n MAX_TOKENS] [--temp T] [--top-p P] [--top-k K]\n"
                "            [--min-p P] [--seed S] [-sys SYSTEM_PROMPT] [-ctk TYPE] [-ctv TYPE] (f16, q8_0, q4_0)\n"
+               "            [--spec-type none|ngram-simple] [--draft-max K] [--draft-min K] (with --temp 0)\n"
                "reads one message per line from stdin; /reset forgets the conversation, /quit ends\n");
 }
 
@@ -87,6 +88,8 @@ int main(int argc, char** argv) {
   int64_t threads = 1, n_ctx = -1, max_tokens = 256, top_k = 40, seed = -1;
   float temp = 0.8f, top_p = 0.95f, min_p = 0.05f;
   KvType type_k = KvType::f16, type_v = KvType::f16;
+  SpeculativeOptions spec;
+  int64_t draft_max = spec.draft_max, draft_min = spec.draft_min;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
@@ -119,6 +122,14 @@ int main(int argc, char** argv) {
       auto t = parse_kv_type(v ? v : "");
       if (!t) return fail(t.error().message());
       (a == "-ctk" || a == "--cache-type-k" ? type_k : type_v) = *t;
+    } else if (a == "--spec-type") {
+      auto t = parse_spec_type(v ? v : "");
+      if (!t) return fail(t.error().message());
+      spec.type = *t;
+    } else if (a == "--draft-max" || a == "--draft" || a == "--draft-n") {
+      ok = parse_int(v, &draft_max);
+    } else if (a == "--draft-min" || a == "--draft-n-min") {
+      ok = parse_int(v, &draft_min);
     } else {
       return fail("unknown argument '" + a + "' (see --help)");
     }
@@ -132,6 +143,10 @@ int main(int argc, char** argv) {
   if (!(top_p > 0.0f && top_p <= 1.0f)) return fail("--top-p must be in (0, 1]");
   if (!(min_p >= 0.0f && min_p <= 1.0f)) return fail("--min-p must be in [0, 1]");
   if (top_k < 0 || top_k > (int64_t{1} << 30)) return fail("--top-k must be 0 (off) or positive");
+  if (draft_max < 0 || draft_max > 256) return fail("--draft-max must be in [0, 256]");
+  if (draft_min < 0 || draft_min > 256) return fail("--draft-min must be in [0, 256]");
+  spec.draft_max = static_cast<int>(draft_max);
+  spec.draft_min = static_cast<int>(draft_min);
 
   auto model = Model::open(model_path);
   if (!model) return fail(model.error().message());
@@ -144,7 +159,8 @@ int main(int argc, char** argv) {
                                           .overflow = OverflowPolicy::drop_messages,
                                           .keep = 1,
                                           .type_k = type_k,
-                                          .type_v = type_v});
+                                          .type_v = type_v,
+                                          .max_draft = spec.type == SpecType::none ? 0 : spec.draft_max});
   if (!session) return fail(session.error().message());
   if (!session->has_tokenizer()) return fail(model_path + ": the model has no usable tokenizer");
 
@@ -174,6 +190,7 @@ int main(int argc, char** argv) {
   opt.sampler.min_p = min_p;
   opt.max_tokens = static_cast<int32_t>(max_tokens);
   opt.cancel = &g_cancel;
+  opt.speculative = spec;
 
   Chat chat(*session, system_prompt);
   std::string doc = plain ? system_prompt : std::string();  // plain mode: the text so far

@@ -40,7 +40,8 @@ void usage(const char* argv0) {
   std::fprintf(stderr,
                "usage: %s -m MODEL (-p PROMPT | -f FILE | --prompt-ids 1,2,3) [-n N] [-t THREADS] [-c CTX]\n"
                "          [--temp T] [--top-k K] [--top-p P] [--seed S] [--no-bos] [--json] [--top-logits K] [--ids]\n"
-               "          [--moe-stats] [-ctk f16|q8_0|q4_0] [-ctv f16|q8_0|q4_0]\n",
+               "          [--moe-stats] [-ctk f16|q8_0|q4_0] [-ctv f16|q8_0|q4_0]\n"
+               "          [--spec-type none|ngram-simple] [--draft-max K] [--draft-min K] (greedy only)\n",
                argv0);
 }
 
@@ -113,6 +114,7 @@ int main(int argc, char** argv) {
   uint64_t seed = 42;
   bool no_bos = false, json = false, print_ids = false, have_prompt = false, moe_stats = false;
   KvType type_k = KvType::f16, type_v = KvType::f16;
+  SpeculativeOptions spec;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -168,6 +170,16 @@ int main(int argc, char** argv) {
       }
       (a == "-ctk" || a == "--cache-type-k" ? type_k : type_v) = *t;
     }
+    else if (a == "--spec-type") {
+      auto t = parse_spec_type(next());
+      if (!t) {
+        std::fprintf(stderr, "complete: %s\n", t.error().message().c_str());
+        return 1;
+      }
+      spec.type = *t;
+    }
+    else if (a == "--draft-max" || a == "--draft" || a == "--draft-n") spec.draft_max = static_cast<int>(number(0, 256));
+    else if (a == "--draft-min" || a == "--draft-n-min") spec.draft_min = static_cast<int>(number(0, 256));
     else if (a == "-h" || a == "--help") {
       usage(argv[0]);
       return 0;
@@ -206,7 +218,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   // keep = 0: nothing is shifted (a full context ends generation), and -c 1 stays valid.
-  auto session = Session::create(*model, {.context = n_ctx, .threads = threads, .keep = 0, .type_k = type_k, .type_v = type_v});
+  const int32_t max_draft = spec.type == SpecType::none ? 0 : spec.draft_max;
+  auto session = Session::create(*model, {.context = n_ctx, .threads = threads, .keep = 0, .type_k = type_k,
+                                          .type_v = type_v, .max_draft = max_draft});
   if (!session) {
     std::fprintf(stderr, "complete: %s\n", session.error().message().c_str());
     return 1;
@@ -276,6 +290,7 @@ int main(int argc, char** argv) {
   opt.sampler.seed = seed;
   opt.max_tokens = n_predict;
   opt.flush_partial_char = false;  // a character cut by -n is left out, as it always was
+  opt.speculative = spec;
   auto gen = session->generate_from_cache(opt, [&](std::string_view piece) {
     if (!json) {
       std::fputs(std::string(piece).c_str(), stdout);
@@ -308,9 +323,11 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < out_ids.size(); ++i) std::printf("%s%d", i ? ", " : "", out_ids[i]);
     std::printf("], \"text\": \"%s\", ", json_escape(text).c_str());
     std::printf("\"timings\": {\"prompt_tokens\": %zu, \"prompt_ms\": %.3f, \"prompt_tokens_per_s\": %.2f, "
-                "\"generated_tokens\": %zu, \"generation_ms\": %.3f, \"generation_tokens_per_s\": %.2f, \"threads\": %d}}\n",
+                "\"generated_tokens\": %zu, \"generation_ms\": %.3f, \"generation_tokens_per_s\": %.2f, \"threads\": %d, "
+                "\"draft_proposed\": %lld, \"draft_accepted\": %lld}}\n",
                 ids.size(), pp_ms, pp_ms > 0 ? 1000.0 * static_cast<double>(ids.size()) / pp_ms : 0.0, out_ids.size(), tg_ms,
-                tg_ms > 0 ? 1000.0 * static_cast<double>(n_gen_evals) / tg_ms : 0.0, ctx.n_threads());
+                tg_ms > 0 ? 1000.0 * static_cast<double>(n_gen_evals) / tg_ms : 0.0, ctx.n_threads(),
+                static_cast<long long>(gen->stats.draft_proposed), static_cast<long long>(gen->stats.draft_accepted));
     std::fflush(stdout);
     if (moe_stats) print_moe_stats(ctx.moe_stats());
     return 0;

@@ -257,6 +257,12 @@ TEST_CASE("programs: bad input gives a one-line error and a non-zero exit" * doc
   check_clean_failure("perplexity", {"-m", stories, "-f", text, "-c", "128", "-t", "0"});
   check_clean_failure("quantize", {stories, out, "Q8_0", "-t", "0"});
   // Unknown flags, flags without values, bad values.
+  // Speculative decoding: an unknown drafter, a draft length out of range.
+  check_clean_failure("complete", {"-m", stories, "-p", "Hi", "-n", "4", "--spec-type", "eagle"});
+  check_clean_failure("complete", {"-m", stories, "-p", "Hi", "-n", "4", "--draft-max", "-1"});
+  check_clean_failure("complete", {"-m", stories, "-p", "Hi", "-n", "4", "--draft-n-min", "x"});
+  check_clean_failure("chat", {"-m", stories, "--spec-type", "ngram"}, "Hi\n");
+  check_clean_failure("chat", {"-m", stories, "--draft", "1000"}, "Hi\n");
   check_clean_failure("chat", {"-m", stories, "--no-such-flag"}, "Hi\n");
   check_clean_failure("chat", {"-m", stories, "--temp"}, "Hi\n");
   check_clean_failure("chat", {"-m", stories, "--top-p", "abc"}, "Hi\n");

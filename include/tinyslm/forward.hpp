@@ -43,6 +43,7 @@ struct ContextParams {
   KvType type_v = KvType::f16;
   int n_state_checkpoints = 4;  // hybrid models: copies of the recurrent state kept for prefix reuse
   ThreadPlacement placement = {};  // where the workers run (threads.hpp); default: anywhere
+  int64_t verify_rows = 0;  // most tokens of an eval_all call (speculative verification); 0: none
 };
 
 // A gated attention layer's row: [q | k | v | gate | attn_q's raw [query | gate] per head].
@@ -99,7 +100,7 @@ struct ContextPlan {
       if (l.attn_gate) c.w_qkv = std::max(c.w_qkv, gated_qkv_width(l));
     }
     c.n_rot = hp.n_rot;
-    c.logit_rows = p.all_logits ? c.n_batch : 1;
+    c.logit_rows = p.all_logits ? c.n_batch : std::clamp<int64_t>(p.verify_rows, 1, c.n_batch);
     c.n_vocab = n_vocab;
     c.mm_cols = std::max({hp.n_embd, c.w_att, c.w_ffn / 2});
     c.moe = hp.moe.enabled();
@@ -153,6 +154,18 @@ class Context {
   // Returns the logits (n_vocab floats) of the last token, valid until the next call.
   // Fails without changing the cache on an out-of-range token id or when the context is full.
   Expected<std::span<const float>> eval(std::span<const int32_t> tokens);
+  // eval that keeps every token's logits (logits(i)) whatever all_logits says, for at most
+  // max_eval_all() tokens: a speculative draft is verified in one forward.
+  Expected<std::span<const float>> eval_all(std::span<const int32_t> tokens);
+  int64_t max_eval_all() const { return plan_.logit_rows; }
+  // Makes row i of the last eval the last logits, as if the eval had ended at token i (after
+  // the cache was truncated past a rejected draft).
+  void keep_logits(int64_t i) {
+    if (i < 0 || i >= n_logits_) return;
+    const size_t nv = static_cast<size_t>(hp().n_vocab);
+    if (i > 0) std::memmove(logits_.data(), logits_.data() + static_cast<size_t>(i) * nv, nv * sizeof(float));
+    n_logits_ = 1;
+  }
 
   // With all_logits: the logits of token i of the last eval (which then had at most n_batch tokens).
   std::span<const float> logits(int64_t i) const {
@@ -211,7 +224,7 @@ class Context {
   template <class Fn>
   void for_rows(int64_t rows, Fn&& fn);
   Status matmul_into(const Weight& w, const float* in, int64_t rows, float* out, int64_t ldy);
-  Status forward_chunk(const int32_t* tokens, int64_t n, bool last_chunk);
+  Status forward_chunk(const int32_t* tokens, int64_t n, bool last_chunk, bool all_rows);
   // The named blocks of the forward pass (n tokens in the chunk; m rows go past attention).
   Status embed(const int32_t* tokens, int64_t n);
   void rope_tables(int64_t pos0, int64_t n);
@@ -308,8 +321,24 @@ inline Expected<std::span<const float>> Context::eval(std::span<const int32_t> t
                                                   std::to_string(B) + ") tokens per call");
   for (int64_t at = 0; at < n; at += B) {
     const int64_t m = std::min(B, n - at);
-    if (auto st = forward_chunk(tokens.data() + at, m, at + m == n); !st) return st.error();
+    if (auto st = forward_chunk(tokens.data() + at, m, at + m == n, params_.all_logits); !st) return st.error();
   }
+  return last_logits();
+}
+
+inline Expected<std::span<const float>> Context::eval_all(std::span<const int32_t> tokens) {
+  if (static_cast<int64_t>(tokens.size()) > max_eval_all())
+    return make_error(Errc::invalid_argument, "eval_all: at most " + std::to_string(max_eval_all()) +
+                                                  " tokens per call");
+  if (params_.all_logits || tokens.empty()) return eval(tokens);
+  if (!model_) return make_error(Errc::invalid_argument, "eval: the context was not created");
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || tokens[i] >= hp().n_vocab)
+      return make_error(Errc::out_of_range, "eval_all: token id " + std::to_string(tokens[i]) +
+                                                " is outside the vocabulary");
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (auto st = kv_.reserve_tokens(n); !st) return st.error();
+  if (auto st = forward_chunk(tokens.data(), n, true, true); !st) return st.error();
   return last_logits();
 }
 
@@ -334,9 +363,9 @@ inline Status Context::matmul_into(const Weight& w, const float* in, int64_t row
 }
 
 // The forward pass of one chunk of n tokens at positions pos0 .. pos0 + n - 1.
-inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last_chunk) {
+inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last_chunk, bool all_rows) {
   const HParams& h = hp();
-  const bool want_all = params_.all_logits;
+  const bool want_all = all_rows;
   const int64_t pos0 = kv_.size();
   // 1. Token embeddings and the RoPE angles of every position.
   if (auto st = embed(tokens, n); !st) return st;

@@ -66,6 +66,7 @@
 #include "gguf.hpp"
 #include "model.hpp"
 #include "sampler.hpp"
+#include "speculative.hpp"
 #include "tokenizer.hpp"
 
 namespace tinyslm {
@@ -82,6 +83,9 @@ struct SessionParams {
   KvType type_k = KvType::f16;  // KV cache element types (-ctk / -ctv; kv_quant.hpp)
   KvType type_v = KvType::f16;
   ThreadPlacement placement = {};  // CPU mask or callback for the worker threads (threads.hpp)
+  int32_t max_draft = 0;  // most speculative draft tokens verified per step (sizes the logits
+                          // buffer: 1 + max_draft rows); a longer draft_max is cut to it, and
+                          // 0 (the default: no extra memory) turns speculation off
 };
 
 // Receives each piece of generated text (whole UTF-8 characters); return false to stop.
@@ -115,6 +119,13 @@ struct GenerateOptions {
   // passes the end of the messages before the generation prompt, where the next turn's
   // prompt still agrees when the template renders earlier replies differently). -1: none.
   int64_t checkpoint_at = -1;
+  // Speculative decoding (n-gram prompt lookup, verified in one batched forward). It only
+  // applies to greedy sampling (temperature <= 0) without on_logits / on_sample hooks on a model
+  // without recurrent state; otherwise decoding is plain, silently. Every token is still chosen
+  // by the sampler from its own position's logits, so the ids are those of plain decoding up
+  // to rounding: a row of a batched forward can differ from a one-token forward in the last
+  // bits (as a prompt's last row already does), which may flip an exact near-tie.
+  SpeculativeOptions speculative = {};
 };
 
 enum class StopReason : uint8_t {
@@ -148,7 +159,9 @@ struct GenerateStats {
   double generation_ms = 0;      // from the first sampled token to the end
   double time_to_first_token_ms = 0;  // from the call to the first sampled token
   double prompt_tokens_per_s = 0;
-  double generation_tokens_per_s = 0;  // tokens evaluated one at a time per second
+  double generation_tokens_per_s = 0;  // generated tokens kept in the cache per second of decoding
+  int64_t draft_proposed = 0;    // speculative draft tokens evaluated
+  int64_t draft_accepted = 0;    // of them, the ones the model agreed with (kept)
 };
 
 struct GenerateResult {
@@ -368,6 +381,9 @@ class StopFilter {
 
 using Clock = std::chrono::steady_clock;
 
+// One generated token's bookkeeping in the decode loop: why to stop after it, if anything.
+using EmitFn = std::function<Expected<std::optional<StopReason>>(int32_t id)>;
+
 inline double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
@@ -490,6 +506,15 @@ class Session {
   // The token loop of generate: samples, streams the text, evaluates, until a stop.
   Status decode(Sampler& sampler, const GenerateOptions& options, const TokenCallback& on_piece,
                 GenerateResult& res, detail::Clock::time_point t_start);
+  bool use_speculative(const GenerateOptions& options) const {
+    return options.speculative.type == SpecType::ngram_simple && options.sampler.temperature <= 0.0f &&
+           !options.on_logits && !options.on_sample && ctx_.state().empty();
+  }
+  // Evaluates the generated token `id` (the cache has room for it) with a draft after it, if
+  // one is found; see decode.
+  Expected<std::optional<StopReason>> speculate(int32_t id, Sampler& sampler, const GenerateOptions& options,
+                                                const detail::EmitFn& emit, GenerateStats& st,
+                                                std::optional<int32_t>& pending, int64_t& kept);
 
   SessionParams params_;
   Context ctx_;
@@ -500,6 +525,7 @@ class Session {
   std::vector<int32_t> tokens_;
   bool logits_valid_ = false;
   std::vector<float> hooked_logits_;  // the copy a logits hook or a veto changes
+  std::vector<int32_t> draft_, verify_;  // speculative scratch: the draft, [token | draft]
   uint64_t fingerprint_ = 0;
 };
 
@@ -519,9 +545,12 @@ inline Expected<Session> Session::create(const Model& model, const SessionParams
     return make_error(Errc::invalid_argument, "session: batch size must be positive");
   if (params.keep < 0 || params.keep >= n_ctx)
     return make_error(Errc::invalid_argument, "session: keep must be in [0, context)");
-  auto ctx = Context::create(model, ContextParams{.n_ctx = n_ctx, .n_threads = params.threads, .n_batch = params.batch,
-                                                             .type_k = params.type_k, .type_v = params.type_v,
-                                                             .placement = params.placement});
+  if (params.max_draft < 0 || params.max_draft > 256)
+    return make_error(Errc::invalid_argument, "session: max_draft must be in [0, 256]");
+  const ContextParams cp{.n_ctx = n_ctx, .n_threads = params.threads, .n_batch = params.batch,
+                         .type_k = params.type_k, .type_v = params.type_v,
+                         .placement = params.placement, .verify_rows = 1 + params.max_draft};
+  auto ctx = Context::create(model, cp);
   if (!ctx) return ctx.error();
   Session s(std::move(*ctx));
   s.params_ = params;
@@ -753,6 +782,10 @@ inline Expected<int32_t> Session::step(Sampler& sampler, const GenerateOptions& 
   return *id;
 }
 
+// `pending` is a generated token (sent through emit) not yet evaluated. Speculation evaluates it
+// with a draft and emits the tokens the sampler picks from the draft's rows, which are exactly
+// the tokens plain decoding would pick; the cache is then cut back to what plain decoding would
+// hold, so the ids, the stop and the final state are the same both ways.
 inline Status Session::decode(Sampler& sampler, const GenerateOptions& options, const TokenCallback& on_piece,
                               GenerateResult& res, detail::Clock::time_point t_start) {
   GenerateStats& st = res.stats;
@@ -762,38 +795,52 @@ inline Status Session::decode(Sampler& sampler, const GenerateOptions& options, 
   detail::Clock::time_point t_first{};
   double decode_ms = 0;
   int64_t decoded = 0;
-  std::optional<StopReason> stop;
-  for (;;) {
-    if (at_max()) stop = StopReason::max_tokens;
-    else if (detail::is_cancelled(options.cancel)) stop = StopReason::cancelled;
-    if (stop) break;
-    auto id = sample(sampler, options);
-    if (!id) return id.error();
-    res.ids.push_back(*id);
+  const detail::EmitFn emit = [&](int32_t id) -> Expected<std::optional<StopReason>> {
+    res.ids.push_back(id);
     if (++st.generated == 1) {
       t_first = detail::Clock::now();
       st.time_to_first_token_ms = std::chrono::duration<double, std::milli>(t_first - t_start).count();
     }
-    if (has_tokenizer_ && options.stop_at_eog && tok_.is_eog(*id)) {
-      stop = StopReason::eog;
-      break;
-    }
+    if (has_tokenizer_ && options.stop_at_eog && tok_.is_eog(id)) return std::optional(StopReason::eog);
     if (has_tokenizer_) {
-      auto piece = decoder.push(*id);
+      auto piece = decoder.push(id);
       if (!piece) return piece.error();
-      if ((stop = text.push(*piece, false))) break;
+      if (auto s = text.push(*piece, false)) return s;
     }
-    if (at_max()) {
-      stop = StopReason::max_tokens;
-      break;
+    if (at_max()) return std::optional(StopReason::max_tokens);
+    return std::optional<StopReason>();
+  };
+  const bool spec = use_speculative(options);
+  std::optional<StopReason> stop;
+  std::optional<int32_t> pending;
+  for (;;) {
+    if (!pending) {
+      if (at_max()) stop = StopReason::max_tokens;
+      else if (detail::is_cancelled(options.cancel)) stop = StopReason::cancelled;
+      if (stop) break;
+      auto id = sample(sampler, options);
+      if (!id) return id.error();
+      auto s = emit(*id);
+      if (!s) return s.error();
+      if ((stop = *s)) break;
+      pending = *id;
     }
     auto room = make_room(options.cancel, st);  // re-evaluation after a shift is prefill work, not decoding
     if (!room) return room.error();
     if ((stop = *room)) break;
     const auto t_eval = detail::Clock::now();
-    if (auto e = eval_token(*id); !e) return e.error();
+    int64_t kept = 1;
+    if (spec) {
+      auto s = speculate(*pending, sampler, options, emit, st, pending, kept);
+      if (!s) return s.error();
+      stop = *s;
+    } else {
+      if (auto e = eval_token(*pending); !e) return e.error();
+      pending.reset();
+    }
     decode_ms += detail::ms_since(t_eval);
-    ++decoded;
+    decoded += kept;
+    if (stop) break;
   }
   res.stop = *stop;
   if (has_tokenizer_ && res.stop != StopReason::stop_string && res.stop != StopReason::callback) {
@@ -805,6 +852,62 @@ inline Status Session::decode(Sampler& sampler, const GenerateOptions& options, 
   if (st.generated > 0) st.generation_ms = detail::ms_since(t_first);
   if (decode_ms > 0) st.generation_tokens_per_s = 1000.0 * static_cast<double>(decoded) / decode_ms;
   return {};
+}
+
+// Drafts after [cache | id]; with no draft, id is evaluated alone. Otherwise [id | draft] is
+// evaluated in one forward keeping every row's logits, and row i (the logits after draft token
+// i) chooses the next token the way sample() would, until it differs from the draft, a stop
+// comes or the rows run out. The cache keeps id and the drafts that were followed, and the
+// logits of the last kept row are the last logits. A draft never needs a context shift.
+inline Expected<std::optional<StopReason>> Session::speculate(int32_t id, Sampler& sampler,
+                                                              const GenerateOptions& options,
+                                                              const detail::EmitFn& emit, GenerateStats& st,
+                                                              std::optional<int32_t>& pending, int64_t& kept) {
+  pending.reset();
+  kept = 1;
+  const int64_t base = n_past();
+  SpeculativeOptions o = options.speculative;
+  o.draft_max = static_cast<int>(std::min<int64_t>({o.draft_max, ctx_.max_eval_all() - 1, n_ctx() - base - 1}));
+  int k = 0;
+  if (o.draft_max > 0) {
+    tokens_.push_back(id);
+    k = ngram_draft(tokens_, o, draft_);
+    tokens_.pop_back();
+  }
+  if (k == 0) {
+    if (auto e = eval_token(id); !e) return e.error();
+    return std::optional<StopReason>();
+  }
+  verify_.assign(1, id);
+  verify_.insert(verify_.end(), draft_.begin(), draft_.end());
+  auto lg = ctx_.eval_all(verify_);
+  if (!lg) return lg.error();
+  tokens_.insert(tokens_.end(), verify_.begin(), verify_.end());
+  logits_valid_ = true;
+  st.draft_proposed += k;
+  std::optional<StopReason> stop;
+  int64_t i = 0;
+  for (;; ++i) {
+    if (detail::is_cancelled(options.cancel)) {  // checked before every token, as plain decoding does
+      stop = StopReason::cancelled;
+      break;
+    }
+    const int32_t next = sampler.sample(ctx_.logits(i));
+    sampler.accept(next);
+    auto s = emit(next);
+    if (!s) return s.error();
+    if ((stop = *s)) break;
+    if (i == k || next != draft_[static_cast<size_t>(i)]) {
+      pending = next;
+      break;
+    }
+    ++st.draft_accepted;
+  }
+  if (auto t = ctx_.truncate(base + 1 + i); !t) return t.error();
+  tokens_.resize(static_cast<size_t>(base + 1 + i));
+  ctx_.keep_logits(i);
+  kept = 1 + i;
+  return stop;
 }
 
 inline std::vector<uint8_t> Session::save_state() const {
@@ -952,7 +1055,9 @@ inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t conte
   int64_t n_vocab = 0;
   if (const GgufTensorInfo* te = f.find_tensor("token_embd.weight"); te && te->n_dims == 2)
     n_vocab = static_cast<int64_t>(te->ne[1]);
-  auto plan = ContextPlan::make(hp, n_vocab, ContextParams{n_ctx, threads, batch, false, type_k, type_v});
+  ContextParams cp{n_ctx, threads, batch, false, type_k, type_v};
+  cp.verify_rows = 1 + SessionParams{}.max_draft;
+  auto plan = ContextPlan::make(hp, n_vocab, cp);
   if (!plan) return plan.error();
   MemoryEstimate m;
   uint64_t small = 0;

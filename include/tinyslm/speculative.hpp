@@ -2,12 +2,14 @@
 // proposes the tokens that followed the most recent earlier occurrence of the context's last n
 // tokens; the acceptance rule keeps the output distribution of the full sampler unchanged for
 // such a deterministic draft. The verify step (one batched forward over [last + draft], KV
-// rollback past the first rejection) belongs in session.hpp and is not wired yet.
+// rollback past the first rejection) is Session::speculate in session.hpp, greedy only so far.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "sampler.hpp"
@@ -24,6 +26,14 @@ struct SpeculativeOptions {
   int ngram_min = 1;   // n is tried from ngram_max down to ngram_min
   int ngram_max = 4;
 };
+
+// llama.cpp's --spec-type spellings of the drafters this library has.
+inline Expected<SpecType> parse_spec_type(std::string_view s) {
+  if (s == "none") return SpecType::none;
+  if (s == "ngram-simple") return SpecType::ngram_simple;
+  return make_error(Errc::invalid_argument,
+                    "unsupported speculative type '" + std::string(s) + "' (supported: none, ngram-simple)");
+}
 
 // Drafts into `draft` (cleared first); returns its length, 0 when no n-gram of the allowed
 // sizes recurs or the continuation is shorter than draft_min. Options out of range give 0.
