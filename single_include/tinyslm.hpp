@@ -10914,6 +10914,7 @@ struct ContextParams {
   KvType type_v = KvType::f16;
   int n_state_checkpoints = 4;  // hybrid models: copies of the recurrent state kept for prefix reuse
   ThreadPlacement placement = {};  // where the workers run (threads.hpp); default: anywhere
+  int64_t verify_rows = 0;  // most tokens of an eval_all call (speculative verification); 0: none
 };
 
 // A gated attention layer's row: [q | k | v | gate | attn_q's raw [query | gate] per head].
@@ -10970,7 +10971,7 @@ struct ContextPlan {
       if (l.attn_gate) c.w_qkv = std::max(c.w_qkv, gated_qkv_width(l));
     }
     c.n_rot = hp.n_rot;
-    c.logit_rows = p.all_logits ? c.n_batch : 1;
+    c.logit_rows = p.all_logits ? c.n_batch : std::clamp<int64_t>(p.verify_rows, 1, c.n_batch);
     c.n_vocab = n_vocab;
     c.mm_cols = std::max({hp.n_embd, c.w_att, c.w_ffn / 2});
     c.moe = hp.moe.enabled();
@@ -11024,6 +11025,18 @@ class Context {
   // Returns the logits (n_vocab floats) of the last token, valid until the next call.
   // Fails without changing the cache on an out-of-range token id or when the context is full.
   Expected<std::span<const float>> eval(std::span<const int32_t> tokens);
+  // eval that keeps every token's logits (logits(i)) whatever all_logits says, for at most
+  // max_eval_all() tokens: a speculative draft is verified in one forward.
+  Expected<std::span<const float>> eval_all(std::span<const int32_t> tokens);
+  int64_t max_eval_all() const { return plan_.logit_rows; }
+  // Makes row i of the last eval the last logits, as if the eval had ended at token i (after
+  // the cache was truncated past a rejected draft).
+  void keep_logits(int64_t i) {
+    if (i < 0 || i >= n_logits_) return;
+    const size_t nv = static_cast<size_t>(hp().n_vocab);
+    if (i > 0) std::memmove(logits_.data(), logits_.data() + static_cast<size_t>(i) * nv, nv * sizeof(float));
+    n_logits_ = 1;
+  }
 
   // With all_logits: the logits of token i of the last eval (which then had at most n_batch tokens).
   std::span<const float> logits(int64_t i) const {
@@ -11082,7 +11095,7 @@ class Context {
   template <class Fn>
   void for_rows(int64_t rows, Fn&& fn);
   Status matmul_into(const Weight& w, const float* in, int64_t rows, float* out, int64_t ldy);
-  Status forward_chunk(const int32_t* tokens, int64_t n, bool last_chunk);
+  Status forward_chunk(const int32_t* tokens, int64_t n, bool last_chunk, bool all_rows);
   // The named blocks of the forward pass (n tokens in the chunk; m rows go past attention).
   Status embed(const int32_t* tokens, int64_t n);
   void rope_tables(int64_t pos0, int64_t n);
@@ -11179,8 +11192,24 @@ inline Expected<std::span<const float>> Context::eval(std::span<const int32_t> t
                                                   std::to_string(B) + ") tokens per call");
   for (int64_t at = 0; at < n; at += B) {
     const int64_t m = std::min(B, n - at);
-    if (auto st = forward_chunk(tokens.data() + at, m, at + m == n); !st) return st.error();
+    if (auto st = forward_chunk(tokens.data() + at, m, at + m == n, params_.all_logits); !st) return st.error();
   }
+  return last_logits();
+}
+
+inline Expected<std::span<const float>> Context::eval_all(std::span<const int32_t> tokens) {
+  if (static_cast<int64_t>(tokens.size()) > max_eval_all())
+    return make_error(Errc::invalid_argument, "eval_all: at most " + std::to_string(max_eval_all()) +
+                                                  " tokens per call");
+  if (params_.all_logits || tokens.empty()) return eval(tokens);
+  if (!model_) return make_error(Errc::invalid_argument, "eval: the context was not created");
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || tokens[i] >= hp().n_vocab)
+      return make_error(Errc::out_of_range, "eval_all: token id " + std::to_string(tokens[i]) +
+                                                " is outside the vocabulary");
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (auto st = kv_.reserve_tokens(n); !st) return st.error();
+  if (auto st = forward_chunk(tokens.data(), n, true, true); !st) return st.error();
   return last_logits();
 }
 
@@ -11205,9 +11234,9 @@ inline Status Context::matmul_into(const Weight& w, const float* in, int64_t row
 }
 
 // The forward pass of one chunk of n tokens at positions pos0 .. pos0 + n - 1.
-inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last_chunk) {
+inline Status Context::forward_chunk(const int32_t* tokens, int64_t n, bool last_chunk, bool all_rows) {
   const HParams& h = hp();
-  const bool want_all = params_.all_logits;
+  const bool want_all = all_rows;
   const int64_t pos0 = kv_.size();
   // 1. Token embeddings and the RoPE angles of every position.
   if (auto st = embed(tokens, n); !st) return st;
@@ -15816,11 +15845,13 @@ class Sampler {
 // proposes the tokens that followed the most recent earlier occurrence of the context's last n
 // tokens; the acceptance rule keeps the output distribution of the full sampler unchanged for
 // such a deterministic draft. The verify step (one batched forward over [last + draft], KV
-// rollback past the first rejection) belongs in session.hpp and is not wired yet.
+// rollback past the first rejection) is Session::speculate in session.hpp, greedy only so far.
 
 #include <algorithm>
 #include <cstdint>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 
@@ -15836,6 +15867,14 @@ struct SpeculativeOptions {
   int ngram_min = 1;   // n is tried from ngram_max down to ngram_min
   int ngram_max = 4;
 };
+
+// llama.cpp's --spec-type spellings of the drafters this library has.
+inline Expected<SpecType> parse_spec_type(std::string_view s) {
+  if (s == "none") return SpecType::none;
+  if (s == "ngram-simple") return SpecType::ngram_simple;
+  return make_error(Errc::invalid_argument,
+                    "unsupported speculative type '" + std::string(s) + "' (supported: none, ngram-simple)");
+}
 
 // Drafts into `draft` (cleared first); returns its length, 0 when no n-gram of the allowed
 // sizes recurs or the continuation is shorter than draft_min. Options out of range give 0.
@@ -15981,6 +16020,9 @@ struct SessionParams {
   KvType type_k = KvType::f16;  // KV cache element types (-ctk / -ctv; kv_quant.hpp)
   KvType type_v = KvType::f16;
   ThreadPlacement placement = {};  // CPU mask or callback for the worker threads (threads.hpp)
+  int32_t max_draft = 0;  // most speculative draft tokens verified per step (sizes the logits
+                          // buffer: 1 + max_draft rows); a longer draft_max is cut to it, and
+                          // 0 (the default: no extra memory) turns speculation off
 };
 
 // Receives each piece of generated text (whole UTF-8 characters); return false to stop.
@@ -16014,6 +16056,13 @@ struct GenerateOptions {
   // passes the end of the messages before the generation prompt, where the next turn's
   // prompt still agrees when the template renders earlier replies differently). -1: none.
   int64_t checkpoint_at = -1;
+  // Speculative decoding (n-gram prompt lookup, verified in one batched forward). It only
+  // applies to greedy sampling (temperature <= 0) without on_logits / on_sample hooks on a model
+  // without recurrent state; otherwise decoding is plain, silently. Every token is still chosen
+  // by the sampler from its own position's logits, so the ids are those of plain decoding up
+  // to rounding: a row of a batched forward can differ from a one-token forward in the last
+  // bits (as a prompt's last row already does), which may flip an exact near-tie.
+  SpeculativeOptions speculative = {};
 };
 
 enum class StopReason : uint8_t {
@@ -16047,7 +16096,9 @@ struct GenerateStats {
   double generation_ms = 0;      // from the first sampled token to the end
   double time_to_first_token_ms = 0;  // from the call to the first sampled token
   double prompt_tokens_per_s = 0;
-  double generation_tokens_per_s = 0;  // tokens evaluated one at a time per second
+  double generation_tokens_per_s = 0;  // generated tokens kept in the cache per second of decoding
+  int64_t draft_proposed = 0;    // speculative draft tokens evaluated
+  int64_t draft_accepted = 0;    // of them, the ones the model agreed with (kept)
 };
 
 struct GenerateResult {
@@ -16267,6 +16318,9 @@ class StopFilter {
 
 using Clock = std::chrono::steady_clock;
 
+// One generated token's bookkeeping in the decode loop: why to stop after it, if anything.
+using EmitFn = std::function<Expected<std::optional<StopReason>>(int32_t id)>;
+
 inline double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
@@ -16389,6 +16443,15 @@ class Session {
   // The token loop of generate: samples, streams the text, evaluates, until a stop.
   Status decode(Sampler& sampler, const GenerateOptions& options, const TokenCallback& on_piece,
                 GenerateResult& res, detail::Clock::time_point t_start);
+  bool use_speculative(const GenerateOptions& options) const {
+    return options.speculative.type == SpecType::ngram_simple && options.sampler.temperature <= 0.0f &&
+           !options.on_logits && !options.on_sample && ctx_.state().empty();
+  }
+  // Evaluates the generated token `id` (the cache has room for it) with a draft after it, if
+  // one is found; see decode.
+  Expected<std::optional<StopReason>> speculate(int32_t id, Sampler& sampler, const GenerateOptions& options,
+                                                const detail::EmitFn& emit, GenerateStats& st,
+                                                std::optional<int32_t>& pending, int64_t& kept);
 
   SessionParams params_;
   Context ctx_;
@@ -16399,6 +16462,7 @@ class Session {
   std::vector<int32_t> tokens_;
   bool logits_valid_ = false;
   std::vector<float> hooked_logits_;  // the copy a logits hook or a veto changes
+  std::vector<int32_t> draft_, verify_;  // speculative scratch: the draft, [token | draft]
   uint64_t fingerprint_ = 0;
 };
 
@@ -16418,9 +16482,12 @@ inline Expected<Session> Session::create(const Model& model, const SessionParams
     return make_error(Errc::invalid_argument, "session: batch size must be positive");
   if (params.keep < 0 || params.keep >= n_ctx)
     return make_error(Errc::invalid_argument, "session: keep must be in [0, context)");
-  auto ctx = Context::create(model, ContextParams{.n_ctx = n_ctx, .n_threads = params.threads, .n_batch = params.batch,
-                                                             .type_k = params.type_k, .type_v = params.type_v,
-                                                             .placement = params.placement});
+  if (params.max_draft < 0 || params.max_draft > 256)
+    return make_error(Errc::invalid_argument, "session: max_draft must be in [0, 256]");
+  const ContextParams cp{.n_ctx = n_ctx, .n_threads = params.threads, .n_batch = params.batch,
+                         .type_k = params.type_k, .type_v = params.type_v,
+                         .placement = params.placement, .verify_rows = 1 + params.max_draft};
+  auto ctx = Context::create(model, cp);
   if (!ctx) return ctx.error();
   Session s(std::move(*ctx));
   s.params_ = params;
@@ -16652,6 +16719,10 @@ inline Expected<int32_t> Session::step(Sampler& sampler, const GenerateOptions& 
   return *id;
 }
 
+// `pending` is a generated token (sent through emit) not yet evaluated. Speculation evaluates it
+// with a draft and emits the tokens the sampler picks from the draft's rows, which are exactly
+// the tokens plain decoding would pick; the cache is then cut back to what plain decoding would
+// hold, so the ids, the stop and the final state are the same both ways.
 inline Status Session::decode(Sampler& sampler, const GenerateOptions& options, const TokenCallback& on_piece,
                               GenerateResult& res, detail::Clock::time_point t_start) {
   GenerateStats& st = res.stats;
@@ -16661,38 +16732,52 @@ inline Status Session::decode(Sampler& sampler, const GenerateOptions& options, 
   detail::Clock::time_point t_first{};
   double decode_ms = 0;
   int64_t decoded = 0;
-  std::optional<StopReason> stop;
-  for (;;) {
-    if (at_max()) stop = StopReason::max_tokens;
-    else if (detail::is_cancelled(options.cancel)) stop = StopReason::cancelled;
-    if (stop) break;
-    auto id = sample(sampler, options);
-    if (!id) return id.error();
-    res.ids.push_back(*id);
+  const detail::EmitFn emit = [&](int32_t id) -> Expected<std::optional<StopReason>> {
+    res.ids.push_back(id);
     if (++st.generated == 1) {
       t_first = detail::Clock::now();
       st.time_to_first_token_ms = std::chrono::duration<double, std::milli>(t_first - t_start).count();
     }
-    if (has_tokenizer_ && options.stop_at_eog && tok_.is_eog(*id)) {
-      stop = StopReason::eog;
-      break;
-    }
+    if (has_tokenizer_ && options.stop_at_eog && tok_.is_eog(id)) return std::optional(StopReason::eog);
     if (has_tokenizer_) {
-      auto piece = decoder.push(*id);
+      auto piece = decoder.push(id);
       if (!piece) return piece.error();
-      if ((stop = text.push(*piece, false))) break;
+      if (auto s = text.push(*piece, false)) return s;
     }
-    if (at_max()) {
-      stop = StopReason::max_tokens;
-      break;
+    if (at_max()) return std::optional(StopReason::max_tokens);
+    return std::optional<StopReason>();
+  };
+  const bool spec = use_speculative(options);
+  std::optional<StopReason> stop;
+  std::optional<int32_t> pending;
+  for (;;) {
+    if (!pending) {
+      if (at_max()) stop = StopReason::max_tokens;
+      else if (detail::is_cancelled(options.cancel)) stop = StopReason::cancelled;
+      if (stop) break;
+      auto id = sample(sampler, options);
+      if (!id) return id.error();
+      auto s = emit(*id);
+      if (!s) return s.error();
+      if ((stop = *s)) break;
+      pending = *id;
     }
     auto room = make_room(options.cancel, st);  // re-evaluation after a shift is prefill work, not decoding
     if (!room) return room.error();
     if ((stop = *room)) break;
     const auto t_eval = detail::Clock::now();
-    if (auto e = eval_token(*id); !e) return e.error();
+    int64_t kept = 1;
+    if (spec) {
+      auto s = speculate(*pending, sampler, options, emit, st, pending, kept);
+      if (!s) return s.error();
+      stop = *s;
+    } else {
+      if (auto e = eval_token(*pending); !e) return e.error();
+      pending.reset();
+    }
     decode_ms += detail::ms_since(t_eval);
-    ++decoded;
+    decoded += kept;
+    if (stop) break;
   }
   res.stop = *stop;
   if (has_tokenizer_ && res.stop != StopReason::stop_string && res.stop != StopReason::callback) {
@@ -16704,6 +16789,62 @@ inline Status Session::decode(Sampler& sampler, const GenerateOptions& options, 
   if (st.generated > 0) st.generation_ms = detail::ms_since(t_first);
   if (decode_ms > 0) st.generation_tokens_per_s = 1000.0 * static_cast<double>(decoded) / decode_ms;
   return {};
+}
+
+// Drafts after [cache | id]; with no draft, id is evaluated alone. Otherwise [id | draft] is
+// evaluated in one forward keeping every row's logits, and row i (the logits after draft token
+// i) chooses the next token the way sample() would, until it differs from the draft, a stop
+// comes or the rows run out. The cache keeps id and the drafts that were followed, and the
+// logits of the last kept row are the last logits. A draft never needs a context shift.
+inline Expected<std::optional<StopReason>> Session::speculate(int32_t id, Sampler& sampler,
+                                                              const GenerateOptions& options,
+                                                              const detail::EmitFn& emit, GenerateStats& st,
+                                                              std::optional<int32_t>& pending, int64_t& kept) {
+  pending.reset();
+  kept = 1;
+  const int64_t base = n_past();
+  SpeculativeOptions o = options.speculative;
+  o.draft_max = static_cast<int>(std::min<int64_t>({o.draft_max, ctx_.max_eval_all() - 1, n_ctx() - base - 1}));
+  int k = 0;
+  if (o.draft_max > 0) {
+    tokens_.push_back(id);
+    k = ngram_draft(tokens_, o, draft_);
+    tokens_.pop_back();
+  }
+  if (k == 0) {
+    if (auto e = eval_token(id); !e) return e.error();
+    return std::optional<StopReason>();
+  }
+  verify_.assign(1, id);
+  verify_.insert(verify_.end(), draft_.begin(), draft_.end());
+  auto lg = ctx_.eval_all(verify_);
+  if (!lg) return lg.error();
+  tokens_.insert(tokens_.end(), verify_.begin(), verify_.end());
+  logits_valid_ = true;
+  st.draft_proposed += k;
+  std::optional<StopReason> stop;
+  int64_t i = 0;
+  for (;; ++i) {
+    if (detail::is_cancelled(options.cancel)) {  // checked before every token, as plain decoding does
+      stop = StopReason::cancelled;
+      break;
+    }
+    const int32_t next = sampler.sample(ctx_.logits(i));
+    sampler.accept(next);
+    auto s = emit(next);
+    if (!s) return s.error();
+    if ((stop = *s)) break;
+    if (i == k || next != draft_[static_cast<size_t>(i)]) {
+      pending = next;
+      break;
+    }
+    ++st.draft_accepted;
+  }
+  if (auto t = ctx_.truncate(base + 1 + i); !t) return t.error();
+  tokens_.resize(static_cast<size_t>(base + 1 + i));
+  ctx_.keep_logits(i);
+  kept = 1 + i;
+  return stop;
 }
 
 inline std::vector<uint8_t> Session::save_state() const {
@@ -16851,7 +16992,9 @@ inline Expected<MemoryEstimate> memory_estimate(const GgufFile& f, int64_t conte
   int64_t n_vocab = 0;
   if (const GgufTensorInfo* te = f.find_tensor("token_embd.weight"); te && te->n_dims == 2)
     n_vocab = static_cast<int64_t>(te->ne[1]);
-  auto plan = ContextPlan::make(hp, n_vocab, ContextParams{n_ctx, threads, batch, false, type_k, type_v});
+  ContextParams cp{n_ctx, threads, batch, false, type_k, type_v};
+  cp.verify_rows = 1 + SessionParams{}.max_draft;
+  auto plan = ContextPlan::make(hp, n_vocab, cp);
   if (!plan) return plan.error();
   MemoryEstimate m;
   uint64_t small = 0;
