@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "model_builder.hpp"
+#include "state_test_helpers.hpp"
 #include "test_support.hpp"
 #include "tinyslm.hpp"
 
@@ -22,37 +23,10 @@ namespace {
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
-std::vector<float> random_floats(size_t n, uint64_t seed, double lo, double hi) {
-  std::vector<float> v(n);
-  uint64_t s = seed;
-  for (auto& x : v)
-    x = static_cast<float>(lo + (hi - lo) * static_cast<double>(tinyslm_test::splitmix64(s) >> 11) * 0x1.0p-53);
-  return v;
-}
-
-double rel_diff(std::span<const float> a, std::span<const float> b) {
-  REQUIRE(a.size() == b.size());
-  const auto [lo, hi] = std::minmax_element(a.begin(), a.end());
-  double d = 0;
-  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::fabs(static_cast<double>(a[i]) - b[i]));
-  return d / (static_cast<double>(*hi) - *lo);
-}
-
-GenerateOptions greedy(int32_t n) {
-  GenerateOptions o;
-  o.sampler.temperature = 0.0f;
-  o.max_tokens = n;
-  o.stop_at_eog = false;
-  return o;
-}
-
-std::vector<float> fresh_logits(const Model& m, std::span<const int32_t> ids) {
-  auto ctx = Context::create(m, {.n_ctx = 2048, .n_threads = 1});
-  REQUIRE(ctx);
-  auto lg = ctx->eval(ids);
-  REQUIRE(lg);
-  return {lg->begin(), lg->end()};
-}
+using tinyslm_test::fresh_logits;
+using tinyslm_test::greedy;
+using tinyslm_test::rel_diff;
+using tinyslm_test::random_floats;
 
 // The file's bytes with every occurrence of `from` replaced by `to` (same length).
 std::vector<uint8_t> patched(const std::vector<unsigned char>& bytes, const std::string& from, const std::string& to) {
@@ -324,25 +298,9 @@ TEST_CASE("deltanet: save_state / load_state carry the recurrent state" * doctes
   TINYSLM_REQUIRE_SHARED(path, "models/synthetic/syn-qwen35-Q8_0.gguf");
   auto m = Model::open(path);
   REQUIRE(m);
-  auto s1 = Session::create(*m, {.context = 256});
   auto s2 = Session::create(*m, {.context = 512});
-  REQUIRE(s1);
   REQUIRE(s2);
-  const std::vector<int32_t> a = {1025, 300, 301, 302, 40, 41, 42, 43, 44};
-  REQUIRE(s1->prefill(a));
-  const std::vector<uint8_t> state = s1->save_state();
-  REQUIRE(s2->load_state(state));
-  CHECK(s2->n_past() == static_cast<int64_t>(a.size()));
-  const std::vector<int32_t> more = {1024, 55, 66, 77};
-  std::vector<int32_t> p = a;
-  p.insert(p.end(), more.begin(), more.end());
-  auto r1 = s1->generate_ids(p, greedy(4));
-  auto r2 = s2->generate_ids(p, greedy(4));
-  REQUIRE(r1);
-  REQUIRE(r2);
-  CHECK(r2->stats.prompt_evaluated == static_cast<int64_t>(more.size()));
-  CHECK(r1->ids == r2->ids);
-  CHECK(rel_diff(s1->last_logits(), s2->last_logits()) == 0.0);
+  const std::vector<uint8_t> state = tinyslm_test::check_state_round_trip(*m, *s2);
   std::vector<uint8_t> flipped = state;  // a changed recurrent state fails the checksum
   flipped[flipped.size() - 20] ^= 1;
   CHECK(!s2->load_state(flipped));
