@@ -7418,9 +7418,9 @@ TINYSLM_OPS_INLINE float max_lanes(const float* x, int64_t n) {
   return acc[0];
 }
 
-// Softmax of s[0, n) after scale and optional soft-cap; the probabilities are rounded to
-// fp16 as llama.cpp's F16-cache attention does. Sum in double.
-TINYSLM_OPS_INLINE void softmax_body(float* s, int64_t n, float scale, float softcap) {
+// Scale, optional soft-cap and exp(s - max) of s[0, n) in place; returns 1 / the sum (summed in
+// double), the factor that normalises them. Both softmaxes of attention start here.
+TINYSLM_OPS_INLINE float softmax_exp_body(float* s, int64_t n, float scale, float softcap) {
   if (softcap > 0.0f) {
     const float inv = 1.0f / softcap;
     for (int64_t j = 0; j < n; ++j) s[j] = softcap * tanh_f32(s[j] * scale * inv);
@@ -7429,7 +7429,13 @@ TINYSLM_OPS_INLINE void softmax_body(float* s, int64_t n, float scale, float sof
   }
   const float mx = max_lanes(s, n);
   for (int64_t j = 0; j < n; ++j) s[j] = exp_f32(s[j] - mx);
-  const float inv = static_cast<float>(1.0 / sum_lanes(s, n));
+  return static_cast<float>(1.0 / sum_lanes(s, n));
+}
+
+// Softmax of s[0, n) after scale and optional soft-cap; the probabilities are rounded to
+// fp16 as llama.cpp's F16-cache attention does.
+TINYSLM_OPS_INLINE void softmax_body(float* s, int64_t n, float scale, float softcap) {
+  const float inv = softmax_exp_body(s, n, scale, softcap);
   for (int64_t j = 0; j < n; ++j) s[j] = round_to_f16(s[j] * inv);
 }
 
@@ -9806,15 +9812,7 @@ inline void v_mix_scalar(KvType t, const GroupRows& g, const float* p, int64_t l
 
 // Scale, optional soft-cap and an f32 softmax of s[0, n), in place.
 TINYSLM_OPS_KVQ_INLINE void softmax_f32_body(float* s, int64_t n, float scale, float softcap) {
-  if (softcap > 0.0f) {
-    const float inv = 1.0f / softcap;
-    for (int64_t j = 0; j < n; ++j) s[j] = softcap * tanh_f32(s[j] * scale * inv);
-  } else {
-    for (int64_t j = 0; j < n; ++j) s[j] *= scale;
-  }
-  const float mx = max_lanes(s, n);
-  for (int64_t j = 0; j < n; ++j) s[j] = exp_f32(s[j] - mx);
-  const float inv = static_cast<float>(1.0 / sum_lanes(s, n));
+  const float inv = softmax_exp_body(s, n, scale, softcap);
   for (int64_t j = 0; j < n; ++j) s[j] *= inv;
 }
 inline void softmax_f32_scalar(float* s, int64_t n, float scale, float softcap) { softmax_f32_body(s, n, scale, softcap); }

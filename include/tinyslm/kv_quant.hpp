@@ -195,15 +195,7 @@ inline void v_mix_scalar(KvType t, const GroupRows& g, const float* p, int64_t l
 
 // Scale, optional soft-cap and an f32 softmax of s[0, n), in place.
 TINYSLM_OPS_KVQ_INLINE void softmax_f32_body(float* s, int64_t n, float scale, float softcap) {
-  if (softcap > 0.0f) {
-    const float inv = 1.0f / softcap;
-    for (int64_t j = 0; j < n; ++j) s[j] = softcap * tanh_f32(s[j] * scale * inv);
-  } else {
-    for (int64_t j = 0; j < n; ++j) s[j] *= scale;
-  }
-  const float mx = max_lanes(s, n);
-  for (int64_t j = 0; j < n; ++j) s[j] = exp_f32(s[j] - mx);
-  const float inv = static_cast<float>(1.0 / sum_lanes(s, n));
+  const float inv = softmax_exp_body(s, n, scale, softcap);
   for (int64_t j = 0; j < n; ++j) s[j] *= inv;
 }
 inline void softmax_f32_scalar(float* s, int64_t n, float scale, float softcap) { softmax_f32_body(s, n, scale, softcap); }
